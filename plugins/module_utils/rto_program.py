@@ -1,0 +1,96 @@
+# -*- coding: utf-8 -*-
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The contract between files/bpf/tcp_initial_rto.bpf.c and the Python side.
+
+Every name, size and byte layout the program and the loader must agree on lives here and in
+the C source, nowhere else. Plain stdlib: the boot-time restore imports it without Ansible.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ipaddress
+import struct
+
+PROGRAM_SECTION = "sockops"
+PROGRAM_NAME = "tcp_initial_rto"
+
+# Capacity of the rules map. The hits map has one more slot, DEFAULT_HIT_SLOT, which counts
+# connections that got the default value.
+MAX_RULES = 1024
+DEFAULT_HIT_SLOT = MAX_RULES
+
+DIRECTION_OUTGOING = 1  # SYN of connect(): full socket in SYN_SENT
+DIRECTION_INCOMING = 2  # SYN-ACK of accept(): request socket (or TFO child in SYN_RECV)
+DIRECTIONS = {
+    "outgoing": DIRECTION_OUTGOING,
+    "incoming": DIRECTION_INCOMING,
+    "both": DIRECTION_OUTGOING | DIRECTION_INCOMING,
+}
+
+# Map names as in the C source, and the kernel map types they must have.
+RULES_MAP = "rules"
+CONFIG_MAP = "config"
+HITS_MAP = "hits"
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_F_NO_PREALLOC = 1
+
+# struct rule_key { __u32 prefixlen; __u32 addr[4]; }: prefixlen in host order, address bytes in
+# network order. IPv4 lives in the IPv4-mapped IPv6 range (::ffff:0:0/96) so that one trie serves
+# both families and a dual-stack socket talking to a mapped address matches the IPv4 rule.
+RULE_KEY = struct.Struct("=I16s")
+# struct rule_value { __u32 rto_jiffies; __u32 hit_slot; }
+RULE_VALUE = struct.Struct("=II")
+# struct config_value { __u32 default_rto_jiffies; __u32 directions; }: 0 jiffies = no default.
+CONFIG_KEY = struct.Struct("=I")
+CONFIG_VALUE = struct.Struct("=II")
+HIT_KEY = struct.Struct("=I")
+HIT_VALUE = struct.Struct("=Q")
+
+# What a loadable object must declare: name -> (map type, key size, value size, max entries, flags)
+MAP_CONTRACT = {
+    RULES_MAP: (BPF_MAP_TYPE_LPM_TRIE, RULE_KEY.size, RULE_VALUE.size, MAX_RULES, BPF_F_NO_PREALLOC),
+    CONFIG_MAP: (BPF_MAP_TYPE_ARRAY, CONFIG_KEY.size, CONFIG_VALUE.size, 1, 0),
+    HITS_MAP: (BPF_MAP_TYPE_PERCPU_ARRAY, HIT_KEY.size, HIT_VALUE.size, MAX_RULES + 1, 0),
+}
+
+_V4_MAPPED_PREFIX = 96
+
+
+def encode_rule_key(network):
+    """ipaddress network -> rules map key bytes."""
+    if network.version == 4:
+        mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + network.network_address.packed)
+        return RULE_KEY.pack(_V4_MAPPED_PREFIX + network.prefixlen, mapped.packed)
+    return RULE_KEY.pack(network.prefixlen, network.network_address.packed)
+
+
+def decode_rule_key(key):
+    """rules map key bytes -> ipaddress network (IPv4 for the mapped range)."""
+    prefixlen, addr = RULE_KEY.unpack(key)
+    address = ipaddress.IPv6Address(addr)
+    if address.ipv4_mapped is not None and prefixlen >= _V4_MAPPED_PREFIX:
+        return ipaddress.ip_network(u"%s/%d" % (address.ipv4_mapped, prefixlen - _V4_MAPPED_PREFIX))
+    return ipaddress.ip_network(u"%s/%d" % (address, prefixlen))
+
+
+def encode_rule_value(rto_jiffies, hit_slot):
+    return RULE_VALUE.pack(rto_jiffies, hit_slot)
+
+
+def decode_rule_value(value):
+    return RULE_VALUE.unpack(value)
+
+
+def encode_config(default_rto_jiffies, directions):
+    return CONFIG_VALUE.pack(default_rto_jiffies or 0, directions)
+
+
+def decode_config(value):
+    """-> (default_rto_jiffies or None, directions bitmask)"""
+    default_rto_jiffies, directions = CONFIG_VALUE.unpack(value)
+    return default_rto_jiffies or None, directions

@@ -1,0 +1,45 @@
+"""Shared pytest set-up: the collection importable as ansible_collections.netbpf.tcp_rto, and
+kernel sandboxes (see tests/sandbox.py) that are removed in every outcome."""
+
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COLLECTIONS_ROOT = os.path.join(REPO, ".cache", "collections")
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+import sandbox  # noqa: E402  (needs the path above)
+
+
+def _link_collection():
+    namespace_dir = os.path.join(COLLECTIONS_ROOT, "ansible_collections", "netbpf")
+    link = os.path.join(namespace_dir, "tcp_rto")
+    if not os.path.islink(link):
+        os.makedirs(namespace_dir, exist_ok=True)
+        os.symlink(REPO, link)
+    if COLLECTIONS_ROOT not in sys.path:
+        sys.path.insert(0, COLLECTIONS_ROOT)
+
+
+_link_collection()
+
+
+def pytest_sessionstart(session):
+    if os.geteuid() == 0:
+        sandbox.sweep_leftovers()
+
+
+@pytest.fixture
+def cgroup():
+    """A fresh child cgroup of the cgroup v2 root, removed with its processes afterwards."""
+    with sandbox.sandbox_cgroup() as path:
+        yield path
+
+
+@pytest.fixture
+def bpffs():
+    """A private bpffs mount; its pins go with the unmount."""
+    with sandbox.sandbox_bpffs() as path:
+        yield path

@@ -1,0 +1,114 @@
+"""Kernel sandboxes for tests and benchmarks: child cgroups and private bpffs mounts.
+
+Everything made here carries SANDBOX_PREFIX in its name so that a sweep can remove what a killed
+run left, and nothing else is ever touched: no attach to a root cgroup, no pin under /sys/fs/bpf.
+A private bpffs mount holds its own pins; unmounting it drops them with the mount.
+"""
+
+import contextlib
+import errno
+import os
+import signal
+import subprocess
+import tempfile
+import time
+import uuid
+
+SANDBOX_PREFIX = "tcp_rto_test-"
+BPFFS_PARENT = "/run"
+
+
+def cgroup2_mount():
+    with open("/proc/mounts") as mounts:
+        for line in mounts:
+            fields = line.split()
+            if fields[2] == "cgroup2":
+                return fields[1]
+    raise RuntimeError("no cgroup2 mount on this machine")
+
+
+def _kill_members(cgroup):
+    kill_file = os.path.join(cgroup, "cgroup.kill")
+    if os.path.exists(kill_file):
+        with open(kill_file, "w") as handle:
+            handle.write("1")
+    else:
+        with open(os.path.join(cgroup, "cgroup.procs")) as handle:
+            for pid in handle.read().split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def remove_cgroup_tree(cgroup):
+    """Remove a cgroup and its descendants, killing their processes first."""
+    if not os.path.isdir(cgroup):
+        return
+    for entry in os.listdir(cgroup):
+        child = os.path.join(cgroup, entry)
+        if os.path.isdir(child):
+            remove_cgroup_tree(child)
+    _kill_members(cgroup)
+    for _ in range(100):
+        try:
+            os.rmdir(cgroup)
+            return
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            if exc.errno != errno.EBUSY:
+                raise
+            time.sleep(0.02)
+    os.rmdir(cgroup)
+
+
+def make_cgroup(parent=None, label="cg"):
+    path = os.path.join(parent or cgroup2_mount(), "%s%s-%s" % (SANDBOX_PREFIX, label, uuid.uuid4().hex[:8]))
+    os.mkdir(path)
+    return path
+
+
+@contextlib.contextmanager
+def sandbox_cgroup(parent=None, label="cg"):
+    path = make_cgroup(parent, label)
+    try:
+        yield path
+    finally:
+        remove_cgroup_tree(path)
+
+
+def mount_bpffs():
+    path = tempfile.mkdtemp(prefix=SANDBOX_PREFIX + "bpffs-", dir=BPFFS_PARENT)
+    subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True)
+    return path
+
+
+def unmount_bpffs(path):
+    subprocess.run(["umount", "-l", path], check=False)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
+
+
+@contextlib.contextmanager
+def sandbox_bpffs():
+    path = mount_bpffs()
+    try:
+        yield path
+    finally:
+        unmount_bpffs(path)
+
+
+def sweep_leftovers():
+    """Remove sandboxes that an interrupted earlier run left (ours only, by prefix)."""
+    with open("/proc/mounts") as mounts:
+        stale_mounts = [line.split()[1] for line in mounts
+                        if line.split()[2] == "bpf" and os.path.basename(line.split()[1]).startswith(SANDBOX_PREFIX)]
+    for path in stale_mounts:
+        unmount_bpffs(path)
+    for entry in os.listdir(BPFFS_PARENT):
+        if entry.startswith(SANDBOX_PREFIX + "bpffs-"):
+            with contextlib.suppress(OSError):
+                os.rmdir(os.path.join(BPFFS_PARENT, entry))
+    root = cgroup2_mount()
+    for entry in os.listdir(root):
+        if entry.startswith(SANDBOX_PREFIX):
+            remove_cgroup_tree(os.path.join(root, entry))
