@@ -1,0 +1,447 @@
+# -*- coding: utf-8 -*-
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Discovering the host: kernel release and features, CONFIG_HZ, the cgroup v2 mount, bpffs,
+privileges, and the sysctls that decide how long a SYN is retried.
+
+Plain stdlib: the boot-time restore imports it without Ansible. Every function takes the paths it
+reads as parameters with the real ones as defaults, so that tests can point them at other files.
+Every HostError says what is wrong and what to do about it.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ctypes
+import errno
+import gzip
+import os
+import platform
+import re
+import resource
+
+# Filesystem magic numbers (include/uapi/linux/magic.h): statfs(2) f_type.
+CGROUP2_SUPER_MAGIC = 0x63677270
+CGROUP_SUPER_MAGIC = 0x27E0EB  # cgroup v1
+BPF_FS_MAGIC = 0xCAFE4A11
+_FS_NAMES = {
+    CGROUP2_SUPER_MAGIC: "cgroup2",
+    CGROUP_SUPER_MAGIC: "cgroup (v1)",
+    BPF_FS_MAGIC: "bpf",
+    0x01021994: "tmpfs",
+    0x62656572: "sysfs",
+    0x9FA0: "proc",
+    0xEF53: "ext2/3/4",
+    0x58465342: "xfs",
+    0x9123683E: "btrfs",
+    0x794C7630: "overlayfs",
+    0x1373: "devfs",
+    0x01021997: "v9fs",
+}
+
+# The program reads bpf_sock_ops.is_fullsock and .state, both added in 4.16; the sock_ops program
+# type itself dates from 4.13.
+MIN_KERNEL = (4, 16)
+MIN_KERNEL_REASON = ("the program reads bpf_sock_ops.is_fullsock and bpf_sock_ops.state, added in "
+                     "Linux 4.16 (sock_ops programs themselves date from 4.13)")
+
+DEFAULT_PIN_ROOT = "/sys/fs/bpf"
+DEFAULT_PIN_DIR = DEFAULT_PIN_ROOT + "/tcp_rto"
+
+TCP_RTO_MAX_SECONDS = 120.0
+
+# Capability bits (include/uapi/linux/capability.h).
+CAP_NET_ADMIN = 12
+CAP_SYS_ADMIN = 21
+CAP_BPF = 39
+
+_MS_NOSUID = 2
+_MS_NODEV = 4
+_MS_NOEXEC = 8
+_MS_RELATIME = 1 << 21
+
+
+class HostError(Exception):
+    """The host cannot run the program as asked; the message says what is wrong and what to do."""
+
+
+# --- kernel release and features ---------------------------------------------------------------
+
+_RELEASE_RE = re.compile(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?")
+
+
+def kernel_release():
+    return platform.release()
+
+
+def parse_release(release):
+    """'6.18.44-fc-v657' -> (6, 18, 44); '4.9' -> (4, 9, 0); '6.1.0-rc3' -> (6, 1, 0)."""
+    match = _RELEASE_RE.match(release or "")
+    if not match:
+        raise HostError("cannot read a kernel version from the release string %r: expected "
+                        "'MAJOR.MINOR[.PATCH]...' as printed by uname -r" % (release,))
+    return tuple(int(part or 0) for part in match.groups())
+
+
+class KernelFeatures:
+    """What the running kernel offers, decided from its release (distributions backport features,
+    so a False here means 'not guaranteed', never 'certainly absent')."""
+
+    FIELDS = ("cgroup_link", "prog_replace", "cap_bpf", "memlock_accounting", "rto_capped",
+              "synack_backoff_from_bpf", "syn_linear_timeouts")
+
+    def __init__(self, release=None):
+        self.release = release if release is not None else kernel_release()
+        self.version = parse_release(self.release)
+        version = self.version[:2]
+        # bpf_link for cgroups (BPF_LINK_CREATE): 5.7
+        self.cgroup_link = version >= (5, 7)
+        # BPF_F_REPLACE on BPF_PROG_ATTACH: 5.6
+        self.prog_replace = version >= (5, 6)
+        # CAP_BPF: 5.8; before it loading needs CAP_SYS_ADMIN
+        self.cap_bpf = version >= (5, 8)
+        # BPF memory charged to RLIMIT_MEMLOCK until memcg accounting in 5.11
+        self.memlock_accounting = version < (5, 11)
+        # 5903123f662e (5.18): the reply is capped at TCP_RTO_MAX (120 s) ...
+        self.rto_capped = version >= (5, 18)
+        # ... and SYN-ACK retransmits double from the BPF value (before: 1 s, 2 s, 4 s ...).
+        # A 2024 5.15-stable backport exists; its exact 5.15.y is not known here, so 5.15 reads False.
+        self.synack_backoff_from_bpf = version >= (5, 18)
+        # net.ipv4.tcp_syn_linear_timeouts: 6.5
+        self.syn_linear_timeouts = version >= (6, 5)
+
+    def as_dict(self):
+        result = dict((name, getattr(self, name)) for name in self.FIELDS)
+        result["release"] = self.release
+        result["version"] = ".".join(str(part) for part in self.version)
+        return result
+
+    def __repr__(self):
+        return "KernelFeatures(%r)" % (self.release,)
+
+
+def check_kernel(release=None):
+    """-> the (major, minor, patch) tuple of a kernel the program runs on, else HostError."""
+    release = release if release is not None else kernel_release()
+    version = parse_release(release)
+    if version[:2] < MIN_KERNEL:
+        raise HostError("kernel %s (release %s) is too old: Linux %d.%d or later is needed because %s; "
+                        "upgrade the kernel" % (".".join(str(part) for part in version), release,
+                                                MIN_KERNEL[0], MIN_KERNEL[1], MIN_KERNEL_REASON))
+    return version
+
+
+def config_hz(release=None, boot_dir="/boot", proc_config="/proc/config.gz"):
+    """CONFIG_HZ of the kernel -> (hz, source path), or None when no kernel config is readable.
+
+    Looks at <boot_dir>/config-<release> first, then the gzip'd <proc_config> (CONFIG_IKCONFIG_PROC).
+    """
+    release = release if release is not None else kernel_release()
+    candidates = ((os.path.join(boot_dir, "config-" + release), open),
+                  (proc_config, gzip.open))
+    for path, opener in candidates:
+        try:
+            with opener(path, "rb") as handle:
+                for line in handle:
+                    if line.startswith(b"CONFIG_HZ="):
+                        return int(line.split(b"=", 1)[1].strip()), path
+        except (IOError, OSError, EOFError, ValueError):
+            continue
+    return None
+
+
+# --- statfs and mount through libc --------------------------------------------------------------
+
+_libc = None
+
+
+def _get_libc():
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+        _libc.statfs.restype = ctypes.c_int
+        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                                ctypes.c_char_p]
+        _libc.mount.restype = ctypes.c_int
+    return _libc
+
+
+# struct statfs starts with f_type (__fsword_t: a long, except unsigned int on s390x); 256 bytes
+# covers the whole struct on every architecture.
+_F_TYPE = ctypes.c_uint if platform.machine() == "s390x" else ctypes.c_ulong
+
+
+def fs_type(path):
+    """statfs(2) f_type of the filesystem holding path (os.statvfs has no f_type). OSError on failure."""
+    buf = ctypes.create_string_buffer(256)
+    if _get_libc().statfs(os.fsencode(path), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return _F_TYPE.from_buffer(buf).value & 0xFFFFFFFF
+
+
+def fs_name(magic):
+    return _FS_NAMES.get(magic, "0x%x" % magic)
+
+
+def _mount(source, target, fstype, flags, data):
+    if _get_libc().mount(os.fsencode(source), os.fsencode(target), os.fsencode(fstype), flags,
+                         os.fsencode(data) if data else None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), target)
+
+
+# --- cgroup v2 ------------------------------------------------------------------------------------
+
+def _unescape_mount_field(field):
+    # /proc/mounts escapes space, tab, newline and backslash as \ooo
+    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
+
+
+def cgroup2_mount(mounts="/proc/mounts"):
+    """The cgroup v2 mount point, else HostError."""
+    try:
+        with open(mounts) as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) >= 3 and fields[2] == "cgroup2":
+                    return _unescape_mount_field(fields[1])
+    except (IOError, OSError) as exc:
+        raise HostError("cannot read %s to find the cgroup v2 mount: %s" % (mounts, exc))
+    raise HostError("no cgroup v2 (cgroup2) filesystem is mounted, and sock_ops programs attach to a "
+                    "cgroup v2 only: boot with systemd.unified_cgroup_hierarchy=1 (or =0 plus a hybrid "
+                    "cgroup2 mount), or mount one: mount -t cgroup2 none /sys/fs/cgroup/unified")
+
+
+def _is_within(path, root):
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def resolve_cgroup(path=None, mount=None):
+    """The real path of a cgroup v2 directory, else HostError.
+
+    path None or empty: the cgroup v2 root (the mount itself). A relative path is taken relative to
+    the mount ('system.slice' -> '<mount>/system.slice'). '..' and symlinks are resolved first; the
+    result must be a directory of the cgroup2 filesystem inside the cgroup v2 mount.
+    """
+    if mount is None:
+        mount = cgroup2_mount()
+    real_mount = os.path.realpath(mount)
+    if not path:
+        path = mount
+    elif not os.path.isabs(path):
+        path = os.path.join(mount, path)
+    real = os.path.realpath(path)
+    shown = path if real == path else "%s (resolves to %s)" % (path, real)
+    if not os.path.exists(real):
+        raise HostError("cgroup %s does not exist: create it first (mkdir, or a systemd slice/scope) "
+                        "or give an existing cgroup v2 directory under %s" % (shown, mount))
+    if not os.path.isdir(real):
+        raise HostError("cgroup %s is not a directory: give a cgroup v2 directory under %s" % (shown, mount))
+    try:
+        magic = fs_type(real)
+    except OSError as exc:
+        raise HostError("cannot statfs cgroup %s: %s" % (shown, exc))
+    if magic == CGROUP_SUPER_MAGIC:
+        raise HostError("%s is a cgroup v1 directory, and sock_ops programs attach to a cgroup v2 only: "
+                        "give the matching directory under the cgroup v2 mount %s" % (shown, mount))
+    if magic != CGROUP2_SUPER_MAGIC:
+        raise HostError("%s is on a %s filesystem, not cgroup2: give a cgroup v2 directory under %s"
+                        % (shown, fs_name(magic), mount))
+    if not _is_within(real, real_mount):
+        raise HostError("cgroup %s is outside the cgroup v2 mount %s: give a path under %s"
+                        % (shown, mount, mount))
+    return real
+
+
+# --- bpffs --------------------------------------------------------------------------------------
+
+def is_bpffs(path):
+    """True when path (followed through symlinks) is on a bpffs; False when it is elsewhere or missing."""
+    try:
+        return fs_type(path) == BPF_FS_MAGIC
+    except OSError as exc:
+        if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return False
+        raise HostError("cannot statfs %s: %s" % (path, exc))
+
+
+def _deepest_existing(path):
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path
+
+
+def ensure_bpffs(pin_dir=DEFAULT_PIN_DIR, mount=True, check_mode=False, pin_root=DEFAULT_PIN_ROOT):
+    """Make sure pin_dir (which need not exist yet) lies on a bpffs. -> True when bpffs was (or, in
+    check mode, would be) mounted at pin_root, False when it was there already; HostError otherwise.
+
+    pin_dir is resolved through symlinks and '..' first: a symlink out of bpffs is refused. When the
+    pin root (/sys/fs/bpf) is not mounted and pin_dir lies under it, bpffs is mounted there with
+    mount(2) (no mount binary needed) if mount is True.
+    """
+    real = os.path.realpath(pin_dir)
+    existing = _deepest_existing(real)
+    if is_bpffs(existing):
+        return False
+    real_root = os.path.realpath(pin_root)
+    how = "mount -t bpf bpf %s (or enable systemd's sys-fs-bpf.mount)" % pin_root
+    if not _is_within(real, real_root):
+        raise HostError("pin_dir %s%s is on a %s filesystem, not bpffs: choose a pin_dir under a bpffs "
+                        "mount (default %s) or mount one at its parent: mount -t bpf bpf <dir>"
+                        % (pin_dir, "" if real == pin_dir else " (resolves to %s)" % real,
+                           _fs_name_of(existing), DEFAULT_PIN_DIR))
+    if not os.path.isdir(real_root):
+        raise HostError("%s does not exist: this kernel has no bpffs mount point (CONFIG_BPF_SYSCALL); "
+                        "use a kernel with BPF support" % pin_root)
+    if existing != real_root:
+        raise HostError("%s is not a bpffs mount, and %s lies on %s below it: remove what is there and %s"
+                        % (pin_root, existing, _fs_name_of(existing), how))
+    if not mount:
+        raise HostError("bpffs is not mounted at %s, where pins live: %s, or let the module mount it"
+                        % (pin_root, how))
+    if check_mode:
+        return True
+    try:
+        _mount("bpf", real_root, "bpf", _MS_NOSUID | _MS_NODEV | _MS_NOEXEC | _MS_RELATIME, "mode=700")
+    except OSError as exc:
+        hint = " (mounting needs CAP_SYS_ADMIN)" if exc.errno == errno.EPERM else ""
+        raise HostError("cannot mount bpffs at %s: %s%s; mount it yourself: %s" % (pin_root, exc, hint, how))
+    # Check again: the new mount might hold a symlink on the way to pin_dir.
+    real = os.path.realpath(pin_dir)
+    if not is_bpffs(_deepest_existing(real)):
+        raise HostError("pin_dir %s resolves to %s, outside the bpffs mounted at %s: remove the symlink "
+                        "or choose another pin_dir" % (pin_dir, real, pin_root))
+    return True
+
+
+def _fs_name_of(path):
+    try:
+        return fs_name(fs_type(path))
+    except OSError:
+        return "an unknown"
+
+
+# --- privileges and limits ----------------------------------------------------------------------
+
+def effective_capabilities(status="/proc/self/status"):
+    """CapEff of this process as an int, or None when it cannot be read."""
+    try:
+        with open(status) as handle:
+            for line in handle:
+                if line.startswith("CapEff:"):
+                    return int(line.split()[1], 16)
+    except (IOError, OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def require_root(release=None, status="/proc/self/status"):
+    """HostError unless this process may load and attach the program: CAP_NET_ADMIN plus CAP_BPF
+    (5.8+) or CAP_SYS_ADMIN. Root normally has all of them; a container may have dropped some."""
+    caps = effective_capabilities(status)
+    if caps is None:
+        if os.geteuid() == 0:
+            return
+        missing = ["root"]
+    else:
+        version = parse_release(release if release is not None else kernel_release())
+        def has(cap):
+            return bool(caps & (1 << cap))
+
+        missing = []
+        if not has(CAP_NET_ADMIN):
+            missing.append("CAP_NET_ADMIN")
+        if not (has(CAP_SYS_ADMIN) or (version[:2] >= (5, 8) and has(CAP_BPF))):
+            missing.append("CAP_BPF or CAP_SYS_ADMIN" if version[:2] >= (5, 8) else "CAP_SYS_ADMIN")
+        if not missing:
+            return
+    raise HostError("insufficient privileges (uid %d, missing %s): loading and attaching a BPF sock_ops "
+                    "program needs root, or CAP_BPF + CAP_NET_ADMIN (CAP_SYS_ADMIN + CAP_NET_ADMIN before "
+                    "Linux 5.8); run with become: true" % (os.geteuid(), ", ".join(missing)))
+
+
+def raise_memlock(required=False):
+    """Raise RLIMIT_MEMLOCK to infinity (kernels before 5.11 charge BPF maps and programs to it).
+
+    -> True when the limit is now infinite. Without CAP_SYS_RESOURCE the hard limit cannot be raised:
+    the soft limit goes up to the hard one and the result is False, or HostError when required.
+    """
+    infinity = resource.RLIM_INFINITY
+    soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if soft == infinity:
+        return True
+    try:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (infinity, infinity))
+        return True
+    except (ValueError, OSError):
+        pass
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (hard, hard))
+    if hard == infinity:
+        return True
+    if required:
+        raise HostError("RLIMIT_MEMLOCK is limited to %d KiB and cannot be raised (no CAP_SYS_RESOURCE); this "
+                        "kernel charges BPF memory to it: run as full root, or raise the limit for the "
+                        "service (ulimit -l unlimited, LimitMEMLOCK=infinity)" % (hard // 1024))
+    return False
+
+
+# --- sysctls and SYN timing ---------------------------------------------------------------------
+
+def read_sysctl(name, default=None, proc_sys="/proc/sys"):
+    """net.ipv4.tcp_syn_retries -> int (or the stripped text when not a number); default when the
+    file does not exist (an older kernel) or cannot be read."""
+    path = os.path.join(proc_sys, *name.split("."))
+    try:
+        with open(path) as handle:
+            text = handle.read().strip()
+    except (IOError, OSError):
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _model_timeout(boundary, rto_base, rto_max):
+    """tcp_model_timeout(): how long `boundary` exponentially backed-off retransmits take."""
+    ratio = int(rto_max // rto_base) if rto_base > 0 else 1
+    thresh = max(ratio, 1).bit_length() - 1  # ilog2
+    if boundary <= thresh:
+        return ((2 << boundary) - 1) * rto_base
+    return ((2 << thresh) - 1) * rto_base + (boundary - thresh) * rto_max
+
+
+def syn_give_up_seconds(rto_seconds, syn_retries, linear_timeouts=0, rto_max_seconds=TCP_RTO_MAX_SECONDS):
+    """Seconds after which connect() to a peer that never answers fails with ETIMEDOUT.
+
+    rto_seconds is the initial RTO R (what the program gives, 1 s without it); syn_retries is
+    net.ipv4.tcp_syn_retries (or TCP_SYNCNT) N; linear_timeouts is net.ipv4.tcp_syn_linear_timeouts L
+    on 6.5+ (pass 0 before: the sysctl does not exist there).
+
+    The kernel (tcp_retransmit_timer / tcp_write_timeout) re-arms the SYN timer with R for the first
+    L + 1 intervals, then doubles it (capped at TCP_RTO_MAX, 120 s). At each expiry after the first
+    retransmit it gives up when N + L retransmits were sent, or when the time since the first SYN
+    reaches tcp_model_timeout(N, R) = (2^(N+1) - 1)·R (while uncapped). So:
+        L = 0 (before 6.5):           (2^(N+1) - 1)·R                 N = 6: 127·R
+        L > 0: the first expiry at or after (2^(N+1) - 1)·R, where expiries fall at
+               R, 2R, ..., (L+1)R, (L+3)R, (L+7)R, ...                N = 6, L = 4: 131·R
+    (with L = 4 on this kernel: N = 1 gives 3·R, N = 2 gives 7·R, N = 3 gives 19·R: measured).
+    """
+    rto = float(rto_seconds)
+    limit = _model_timeout(syn_retries, rto, float(rto_max_seconds))
+    elapsed = 0.0
+    retransmits = 0
+    while True:
+        elapsed += rto  # the timer expires
+        if retransmits and (retransmits >= syn_retries + linear_timeouts or elapsed >= limit * (1 - 1e-9)):
+            return elapsed
+        retransmits += 1
+        if retransmits > linear_timeouts:
+            rto = min(rto * 2, rto_max_seconds)

@@ -1,0 +1,379 @@
+# -*- coding: utf-8 -*-
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Real sockets in a cgroup: the RTO a connection starts with, as the kernel gives it.
+
+outgoing_rto_us(): the initial RTO of a SYN_SENT socket created inside the cgroup (TCP_INFO).
+incoming_rto_ms(): the first SYN-ACK timeout of a request socket of a listener inside the cgroup
+(the request socket's timer, read through NETLINK_SOCK_DIAG).
+
+A forked child joins the cgroup (or a temporary leaf below it, when the cgroup v2 "no internal
+processes" rule keeps processes out) and makes the sockets there; the caller's own cgroup never
+changes. All traffic stays on the loopback. Plain stdlib: the boot-time restore imports it without
+Ansible.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import collections
+import errno
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import time
+
+LEAF_PREFIX = "tcp_rto-probe-"
+DEFAULT_TIMEOUT = 5.0
+
+TCP_INFO = 11
+TCP_DEFER_ACCEPT = 9
+TCP_INFO_LEN = 104  # struct tcp_info as of 2.6: every kernel returns at least this much
+TCP_SYN_SENT = 2
+TCP_SYN_RECV = 3
+TCP_NEW_SYN_RECV = 12
+TCP_RTO_MAX_US = 120 * 1000 * 1000
+
+NETLINK_SOCK_DIAG = 4
+SOCK_DIAG_BY_FAMILY = 20
+NLM_F_REQUEST = 0x1
+NLM_F_DUMP = 0x300
+NLMSG_ERROR = 2
+NLMSG_DONE = 3
+_NLMSGHDR = struct.Struct("=IHHII")
+# struct inet_diag_req_v2: family, protocol, ext, pad, states, then struct inet_diag_sockid
+_DIAG_REQ = struct.Struct("=BBBBI")
+# struct inet_diag_sockid: sport, dport (network order), src[4], dst[4], if, cookie[2]
+_DIAG_SOCKID = struct.Struct("!HH16s16s")
+_DIAG_SOCKID_TAIL = struct.Struct("=III")
+# struct inet_diag_msg: family, state, timer, retrans, sockid (48 bytes), expires, rqueue, wqueue, uid, inode
+_DIAG_MSG_HEAD = struct.Struct("=BBBB")
+_DIAG_MSG_TAIL = struct.Struct("=IIIII")
+_INET_DIAG_NOCOOKIE = 0xFFFFFFFF
+
+IncomingRto = collections.namedtuple("IncomingRto", "rto_ms remaining_ms elapsed_ms resolution_ms")
+IncomingRto.__doc__ = """The first SYN-ACK timeout of a listener in a cgroup.
+
+rto_ms: the estimate, remaining_ms + elapsed_ms (rounded to whole jiffies when HZ is known);
+remaining_ms: what the request socket's timer had left (whole jiffies, in ms); elapsed_ms: the time
+from just before connect() until the timer was read; resolution_ms: how far rto_ms may be off (one
+jiffy when HZ is known, else 10 ms (HZ 100, the coarsest) plus elapsed_ms)."""
+
+
+class ProbeError(Exception):
+    """The probe could not measure; the message says why."""
+
+
+def _family(address):
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _write_procs(cgroup):
+    fd = os.open(os.path.join(cgroup, "cgroup.procs"), os.O_WRONLY)
+    try:
+        os.write(fd, b"0")
+    finally:
+        os.close(fd)
+
+
+def _leaf_path(cgroup, pid):
+    return os.path.join(cgroup, LEAF_PREFIX + str(pid))
+
+
+def _join_cgroup(cgroup):
+    """Move the calling process into cgroup, or into a leaf below it when the cgroup may not hold
+    processes (EBUSY: controllers enabled in its subtree_control; EOPNOTSUPP: not a valid domain).
+    A leaf inherits the cgroup's effective BPF programs. -> the cgroup joined."""
+    try:
+        _write_procs(cgroup)
+        return cgroup
+    except OSError as exc:
+        if exc.errno not in (errno.EBUSY, errno.EOPNOTSUPP):
+            raise
+        first = exc
+    leaf = _leaf_path(cgroup, os.getpid())
+    try:
+        os.mkdir(leaf)
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            raise ProbeError("cannot join cgroup %s (%s) nor create a leaf below it: %s" % (cgroup, first, exc))
+    try:
+        _write_procs(leaf)
+    except OSError as exc:
+        raise ProbeError("cannot join cgroup %s (%s) nor its temporary leaf %s (%s)" % (cgroup, first, leaf, exc))
+    return leaf
+
+
+def _remove_leaf(leaf, attempts=100):
+    """rmdir a probe leaf; EBUSY while the killed child is still leaving it."""
+    for _ in range(attempts):
+        try:
+            os.rmdir(leaf)
+            return
+        except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                return
+            if exc.errno != errno.EBUSY:
+                raise
+        time.sleep(0.01)
+    os.rmdir(leaf)
+
+
+def _describe(exc):
+    if isinstance(exc, ProbeError):
+        return str(exc)
+    return "%s: %s" % (type(exc).__name__, exc)
+
+
+class _Child:
+    """A forked process inside the cgroup, talking JSON lines over a pipe. The parent reads with a
+    deadline; close() kills the child if needed, reaps it and removes its leaf, in every outcome."""
+
+    def __init__(self, cgroup, body, timeout):
+        self.cgroup = cgroup
+        self.timeout = timeout
+        self.deadline = time.monotonic() + timeout
+        self.buffer = b""
+        if not os.path.isfile(os.path.join(cgroup, "cgroup.procs")):
+            raise ProbeError("cgroup %s does not exist (no %s/cgroup.procs)" % (cgroup, cgroup))
+        from_child, child_out = os.pipe()
+        child_in, to_child = os.pipe()
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            for fd in (from_child, child_out, child_in, to_child):
+                os.close(fd)
+            raise ProbeError("cannot fork the probe process: %s" % exc)
+        if pid == 0:  # child: never returns
+            try:
+                os.close(from_child)
+                os.close(to_child)
+                self._child_main(body, child_out, child_in, timeout)
+            finally:
+                os._exit(0)
+        os.close(child_out)
+        os.close(child_in)
+        self.pid = pid
+        self.from_child = from_child
+        self.to_child = to_child
+
+    def _child_main(self, body, out_fd, in_fd, timeout):
+        def send(message):
+            data = (json.dumps(message) + "\n").encode()
+            while data:
+                data = data[os.write(out_fd, data):]
+
+        def wait_parent():
+            # The parent closes its end when it is done (or dies): EOF ends the wait.
+            select.select([in_fd], [], [], timeout)
+
+        try:
+            joined = _join_cgroup(self.cgroup)
+            body(send, wait_parent, joined)
+        except Exception as exc:  # everything goes back to the parent as a message
+            try:
+                send({"error": "in cgroup %s: %s" % (self.cgroup, _describe(exc))})
+            except OSError:
+                pass
+
+    def receive(self):
+        """The next message of the child, or ProbeError on an error, a timeout or an early exit."""
+        while b"\n" not in self.buffer:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise ProbeError("the probe in cgroup %s got no answer within %.1f s" % (self.cgroup, self.timeout))
+            ready = select.select([self.from_child], [], [], remaining)[0]
+            if not ready:
+                continue
+            chunk = os.read(self.from_child, 65536)
+            if not chunk:
+                raise ProbeError("the probe process in cgroup %s exited without an answer" % self.cgroup)
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        message = json.loads(line.decode())
+        if "error" in message:
+            raise ProbeError("probe failed %s" % message["error"])
+        return message
+
+    def close(self):
+        for fd in (self.from_child, self.to_child):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            self._reap()
+        finally:
+            leaf = _leaf_path(self.cgroup, self.pid)
+            if os.path.isdir(leaf):
+                try:
+                    _remove_leaf(leaf)
+                except OSError as exc:
+                    raise ProbeError("cannot remove the probe's temporary cgroup %s: %s; remove it with rmdir"
+                                     % (leaf, exc))
+
+    def _reap(self):
+        """Wait a moment for the child to leave by itself (it sees EOF), then kill it; reap it."""
+        end = time.monotonic() + 0.5
+        while os.waitpid(self.pid, os.WNOHANG)[0] == 0:
+            if time.monotonic() > end:
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except OSError as exc:
+                    if exc.errno != errno.ESRCH:
+                        raise
+                os.waitpid(self.pid, 0)
+                return
+            time.sleep(0.002)
+
+
+def _tcp_info(sock):
+    return sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, TCP_INFO_LEN)
+
+
+def _outgoing_body(address, timeout):
+    def body(send, _wait_parent, joined):
+        family = _family(address)
+        listener = socket.socket(family, socket.SOCK_STREAM)
+        filler = socket.socket(family, socket.SOCK_STREAM)
+        probe = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            listener.bind((address, 0))
+            listener.listen(0)  # the accept queue holds one connection
+            target = listener.getsockname()[:2]
+            filler.settimeout(timeout)
+            filler.connect(target)
+            # Wait until the server side has queued the filler (tcpi_unacked of a listener is its
+            # accept queue length): from then on further SYNs are dropped.
+            end = time.monotonic() + timeout
+            while struct.unpack_from("=I", _tcp_info(listener), 24)[0] < 1:
+                if time.monotonic() > end:
+                    raise ProbeError("the listener's accept queue never filled")
+                time.sleep(0.001)
+            probe.setblocking(False)
+            err = probe.connect_ex(target)
+            if err not in (errno.EINPROGRESS, errno.EALREADY):
+                raise ProbeError("non-blocking connect to %s port %d: %s" % (address, target[1], os.strerror(err)))
+            info = _tcp_info(probe)
+            state, backoff, rto = info[0], info[4], struct.unpack_from("=I", info, 8)[0]
+            if state != TCP_SYN_SENT:
+                raise ProbeError("the probe socket is in TCP state %d, not SYN_SENT: its SYN was answered" % state)
+            if backoff and rto < TCP_RTO_MAX_US:
+                rto >>= backoff  # a retransmit already doubled it (an RTO of a jiffy or two)
+            send({"rto_us": rto, "cgroup": joined})
+        finally:
+            for sock in (probe, filler, listener):
+                sock.close()
+    return body
+
+
+def outgoing_rto_us(cgroup, address="127.0.0.1", timeout=DEFAULT_TIMEOUT):
+    """The initial RTO (µs) of a connect() made from inside cgroup: what the program's reply gives
+    (reply jiffies × 1e6 / HZ), or 1000000 (TCP_TIMEOUT_INIT) without a program.
+
+    A listener on address (127.0.0.1, or ::1 for IPv6) with a full accept queue drops the SYN of a
+    second, non-blocking connect, which stays in SYN_SENT; TCP_INFO.tcpi_rto shows its RTO.
+    """
+    child = _Child(cgroup, _outgoing_body(address, timeout), timeout)
+    try:
+        return int(child.receive()["rto_us"])
+    finally:
+        child.close()
+
+
+def _incoming_body(address):
+    def body(send, wait_parent, joined):
+        listener = socket.socket(_family(address), socket.SOCK_STREAM)
+        try:
+            listener.bind((address, 0))
+            # The client's bare ACK is dropped (and only noted) while the defer period runs, so the
+            # request socket stays in SYN_RECV with its first SYN-ACK timer armed. With 1 second the
+            # first expiry already retransmits the SYN-ACK (num_retrans 1): a timer that fired before
+            # it was read shows up as retransmits > 0, or as a request socket that is gone.
+            listener.setsockopt(socket.IPPROTO_TCP, TCP_DEFER_ACCEPT, 1)
+            listener.listen(8)
+            send({"port": listener.getsockname()[1], "cgroup": joined})
+            wait_parent()
+        finally:
+            listener.close()
+    return body
+
+
+def _diag_request_sockets(family, sport, dport):
+    """[(state, retrans, expires_ms)] of the TCP sockets sport -> dport in SYN_RECV, from NETLINK_SOCK_DIAG."""
+    request = (_DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 0, (1 << TCP_SYN_RECV) | (1 << TCP_NEW_SYN_RECV))
+               + _DIAG_SOCKID.pack(sport, dport, b"\0" * 16, b"\0" * 16)
+               + _DIAG_SOCKID_TAIL.pack(0, _INET_DIAG_NOCOOKIE, _INET_DIAG_NOCOOKIE))
+    message = _NLMSGHDR.pack(_NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY,
+                             NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + request
+    found = []
+    nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+    try:
+        nl.settimeout(5)
+        nl.sendto(message, (0, 0))
+        while True:
+            data = nl.recv(65536)
+            offset = 0
+            while offset + _NLMSGHDR.size <= len(data):
+                length, kind = _NLMSGHDR.unpack_from(data, offset)[:2]
+                if length < _NLMSGHDR.size:
+                    return found
+                body = offset + _NLMSGHDR.size
+                if kind == NLMSG_DONE:
+                    return found
+                if kind == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", data, body)[0]
+                    if code:
+                        raise ProbeError("sock_diag: %s" % os.strerror(code))
+                    return found
+                if kind == SOCK_DIAG_BY_FAMILY:
+                    _fam, state, _timer, retrans = _DIAG_MSG_HEAD.unpack_from(data, body)
+                    msg_sport, msg_dport = _DIAG_SOCKID.unpack_from(data, body + 4)[:2]
+                    expires = _DIAG_MSG_TAIL.unpack_from(data, body + 4 + 48)[0]
+                    if msg_sport == sport and msg_dport == dport:
+                        found.append((state, retrans, expires))
+                offset += (length + 3) & ~3
+    finally:
+        nl.close()
+
+
+def incoming_rto_ms(cgroup, address="127.0.0.1", timeout=DEFAULT_TIMEOUT, hz=None):
+    """The first SYN-ACK timeout (ms) a listener inside cgroup gives an incoming connection, as an
+    IncomingRto (rto_ms, remaining_ms, elapsed_ms, resolution_ms). hz (CONFIG_HZ, when known) rounds
+    rto_ms to whole jiffies; without it rto_ms is the raw sum, good to 10 ms plus elapsed_ms.
+
+    The listener (in the cgroup, TCP_DEFER_ACCEPT) keeps the request socket in SYN_RECV; this process
+    connects from outside and reads the request socket's timer through NETLINK_SOCK_DIAG. A timeout
+    shorter than the time it takes to read it (about a millisecond) cannot be measured: ProbeError.
+    """
+    family = _family(address)
+    child = _Child(cgroup, _incoming_body(address), timeout)
+    client = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        port = child.receive()["port"]
+        client.settimeout(timeout)
+        start = time.monotonic()
+        client.connect((address, port))
+        entries = _diag_request_sockets(family, port, client.getsockname()[1])
+        elapsed_ms = (time.monotonic() - start) * 1000.0
+    finally:
+        client.close()
+        child.close()
+    pending = [entry for entry in entries if entry[0] == TCP_SYN_RECV]
+    if not pending or pending[0][1] > 0:
+        raise ProbeError("the SYN-ACK timer of the listener in %s fired before it could be read (%.1f ms after "
+                         "connect), or no request socket was made (net.ipv4.tcp_syncookies = 2): the initial "
+                         "SYN-ACK timeout is too short to measure this way" % (cgroup, elapsed_ms))
+    remaining_ms = pending[0][2]
+    rto_ms = remaining_ms + elapsed_ms
+    if hz:
+        # The timer runs in whole jiffies: the nearest jiffy is the configured value (±1 jiffy).
+        jiffy_ms = 1000.0 / hz
+        return IncomingRto(rto_ms=round(rto_ms / jiffy_ms) * jiffy_ms, remaining_ms=remaining_ms,
+                           elapsed_ms=elapsed_ms, resolution_ms=jiffy_ms)
+    return IncomingRto(rto_ms=rto_ms, remaining_ms=remaining_ms, elapsed_ms=elapsed_ms,
+                       resolution_ms=10.0 + elapsed_ms)
