@@ -10,12 +10,24 @@ import errno
 import os
 import signal
 import subprocess
-import tempfile
 import time
 import uuid
 
 SANDBOX_PREFIX = "tcp_rto_test-"
 BPFFS_PARENT = "/run"
+
+
+def _owned_name(label):
+    """<prefix><label>-<pid>-<random>: the pid tells a sweep whether the owner still runs."""
+    return "%s%s-%d-%s" % (SANDBOX_PREFIX, label, os.getpid(), uuid.uuid4().hex[:8])
+
+
+def _owner_gone(name):
+    try:
+        pid = int(name.rsplit("-", 2)[-2])
+    except (IndexError, ValueError):
+        return True
+    return not os.path.exists("/proc/%d" % pid)
 
 
 def cgroup2_mount():
@@ -62,7 +74,7 @@ def remove_cgroup_tree(cgroup):
 
 
 def make_cgroup(parent=None, label="cg"):
-    path = os.path.join(parent or cgroup2_mount(), "%s%s-%s" % (SANDBOX_PREFIX, label, uuid.uuid4().hex[:8]))
+    path = os.path.join(parent or cgroup2_mount(), _owned_name(label))
     os.mkdir(path)
     return path
 
@@ -77,7 +89,8 @@ def sandbox_cgroup(parent=None, label="cg"):
 
 
 def mount_bpffs():
-    path = tempfile.mkdtemp(prefix=SANDBOX_PREFIX + "bpffs-", dir=BPFFS_PARENT)
+    path = os.path.join(BPFFS_PARENT, _owned_name("bpffs"))
+    os.mkdir(path, 0o700)
     subprocess.run(["mount", "-t", "bpf", "bpf", path], check=True)
     return path
 
@@ -98,17 +111,21 @@ def sandbox_bpffs():
 
 
 def sweep_leftovers():
-    """Remove sandboxes that an interrupted earlier run left (ours only, by prefix)."""
+    """Remove sandboxes that an interrupted earlier run left: ours only (by prefix), and only those
+    whose creating process is gone, so that test sessions running side by side do not collide."""
+    def stale(path):
+        name = os.path.basename(path)
+        return name.startswith(SANDBOX_PREFIX) and _owner_gone(name)
+
     with open("/proc/mounts") as mounts:
-        stale_mounts = [line.split()[1] for line in mounts
-                        if line.split()[2] == "bpf" and os.path.basename(line.split()[1]).startswith(SANDBOX_PREFIX)]
+        stale_mounts = [line.split()[1] for line in mounts if line.split()[2] == "bpf" and stale(line.split()[1])]
     for path in stale_mounts:
         unmount_bpffs(path)
     for entry in os.listdir(BPFFS_PARENT):
-        if entry.startswith(SANDBOX_PREFIX + "bpffs-"):
+        if stale(entry):
             with contextlib.suppress(OSError):
                 os.rmdir(os.path.join(BPFFS_PARENT, entry))
     root = cgroup2_mount()
     for entry in os.listdir(root):
-        if entry.startswith(SANDBOX_PREFIX):
+        if stale(entry):
             remove_cgroup_tree(os.path.join(root, entry))

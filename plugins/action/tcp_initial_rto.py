@@ -1,0 +1,70 @@
+# -*- coding: utf-8 -*-
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Controller side of netbpf.tcp_rto.tcp_initial_rto: choose the BPF object (the shipped one,
+another .o, or a .c compiled here with clang), send it to the host, run the module on it."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+from ansible.errors import AnsibleActionFail
+from ansible.module_utils.common.text.converters import to_native, to_text
+from ansible.plugins.action import ActionBase
+
+COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BPF_DIR = os.path.join(COLLECTION_ROOT, "files", "bpf")
+SHIPPED_OBJECT = os.path.join(BPF_DIR, "tcp_initial_rto.bpf.o")
+BUILD_SCRIPT = os.path.join(BPF_DIR, "build")
+REMOTE_NAME = "tcp_initial_rto.bpf.o"
+
+
+def compile_source(source, workdir):
+    """Compile a .c with the same command that builds the shipped object."""
+    if shutil.which("clang") is None:
+        raise AnsibleActionFail("src %s is C source and needs clang on the controller to compile it; install clang "
+                                "(Debian/Ubuntu: apt-get install clang) or give a compiled .o" % source)
+    output = os.path.join(workdir, REMOTE_NAME)
+    proc = subprocess.run([BUILD_SCRIPT, output, source], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise AnsibleActionFail("compiling %s failed:\n%s" % (source, to_text(proc.stdout)))
+    return output
+
+
+class ActionModule(ActionBase):
+
+    TRANSFERS_FILES = True
+
+    def _local_object(self, src, workdir):
+        if src is None:
+            return SHIPPED_OBJECT
+        try:
+            path = self._find_needle("files", src)
+        except Exception as exc:
+            raise AnsibleActionFail("src %s: %s" % (src, to_native(exc)))
+        return compile_source(path, workdir) if path.endswith(".c") else path
+
+    def run(self, tmp=None, task_vars=None):
+        result = super(ActionModule, self).run(tmp, task_vars)
+        module_args = dict(self._task.args)
+        workdir = tempfile.mkdtemp(prefix="tcp_rto-")
+        try:
+            if module_args.get("state", "present") == "present":
+                local = self._local_object(module_args.get("src"), workdir)
+                remote = self._connection._shell.join_path(self._connection._shell.tmpdir, REMOTE_NAME)
+                self._transfer_file(local, remote)
+                self._fixup_perms2((self._connection._shell.tmpdir, remote))
+                module_args["src"] = remote
+            result.update(self._execute_module(module_name="netbpf.tcp_rto.tcp_initial_rto",
+                                               module_args=module_args, task_vars=task_vars))
+        except AnsibleActionFail as exc:
+            result.update(failed=True, msg=to_text(exc))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            self._remove_tmp_path(self._connection._shell.tmpdir)
+        return result

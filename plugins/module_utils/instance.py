@@ -1,0 +1,388 @@
+# -*- coding: utf-8 -*-
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The domain: what the user asks for (Desired), what the kernel holds (Current), the plan
+between them and applying it. Plain stdlib: the boot-time restore uses it without Ansible."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import collections
+import errno
+import ipaddress
+import json
+import os
+import re
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
+
+# The kernel caps the initial RTO at TCP_RTO_MAX since 5.18; older kernels take any value, so we
+# enforce the cap everywhere: a longer first SYN timeout is never what anyone wants.
+MAX_RTO_MS = 120000
+KERNEL_DEFAULT_RTO_MS = 1000  # TCP_TIMEOUT_INIT
+
+ATTACH_LINK = "link"
+ATTACH_MULTI = "multi"
+
+PROG_PIN = "prog"
+LINK_PIN = "link"
+META_MAP = "meta"
+META_VALUE_SIZE = 4096
+META_FORMAT = 1
+# bpffs refuses names with a dot (reserved), so neither instance names nor pins have one.
+INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
+NEW_PIN_PREFIX = "new_"  # a pin waiting to be renamed over the one in use
+
+
+class ConfigError(ValueError):
+    """A parameter is wrong; nothing was touched."""
+
+
+class InstanceError(Exception):
+    """The kernel or another program stands in the way; the message says what to do."""
+
+
+Rule = collections.namedtuple("Rule", "dest rto_jiffies")
+Desired = collections.namedtuple(
+    "Desired", "name pin_dir cgroup hz rules default_jiffies direction attach_mode object")
+
+
+# ---------------------------------------------------------------- desired state
+
+def validate_name(name):
+    if not INSTANCE_NAME.match(name or ""):
+        raise ConfigError(
+            "name %r is not a valid instance name: use 1-64 letters, digits, '_' or '-', not starting with '-' "
+            "(it becomes a directory on bpffs, which refuses dots)" % (name,))
+    return name
+
+
+def rto_ms_to_jiffies(rto_ms, hz, what):
+    """Milliseconds -> jiffies, rounded up like the kernel's msecs_to_jiffies()."""
+    if isinstance(rto_ms, bool) or not isinstance(rto_ms, int):
+        raise ConfigError("%s: rto_ms must be a whole number of milliseconds, got %r" % (what, rto_ms))
+    if rto_ms <= 0:
+        raise ConfigError("%s: rto_ms must be positive, got %d" % (what, rto_ms))
+    if rto_ms > MAX_RTO_MS:
+        raise ConfigError("%s: rto_ms %d is above the kernel's TCP_RTO_MAX of %d ms" % (what, rto_ms, MAX_RTO_MS))
+    if rto_ms * hz < 1000:
+        raise ConfigError(
+            "%s: rto_ms %d is below one jiffy at HZ %d (%.1f ms): use at least %d"
+            % (what, rto_ms, hz, 1000.0 / hz, -(-1000 // hz)))
+    return -(-rto_ms * hz // 1000)
+
+
+def plain_number(value):
+    """200.0 -> 200, 52.5 -> 52.5: milliseconds as people write them."""
+    return int(value) if float(value).is_integer() else round(value, 3)
+
+
+def jiffies_to_ms(jiffies, hz):
+    return plain_number(jiffies * 1000.0 / hz)
+
+
+def parse_dest(dest, what):
+    try:
+        return ipaddress.ip_network(u"%s" % (dest,), strict=True)
+    except ValueError as exc:
+        raise ConfigError("%s: dest %r is not a network in CIDR notation: %s" % (what, dest, exc))
+
+
+def parse_rules(raw_rules, hz):
+    """User rules (list of dicts with dest and rto_ms) -> [Rule], validated."""
+    raw_rules = raw_rules or []
+    if len(raw_rules) > abi.MAX_RULES:
+        raise ConfigError("%d rules given; the program's rules map holds at most %d"
+                          % (len(raw_rules), abi.MAX_RULES))
+    rules, seen = [], {}
+    for index, raw in enumerate(raw_rules):
+        what = "rules[%d]" % index
+        if not isinstance(raw, dict) or set(raw) - {"dest", "rto_ms"} or "dest" not in raw or "rto_ms" not in raw:
+            raise ConfigError("%s must be a mapping with exactly the keys dest and rto_ms, got %r" % (what, raw))
+        dest = parse_dest(raw["dest"], what)
+        key = abi.encode_rule_key(dest)
+        if key in seen:
+            raise ConfigError("%s: dest %s is the same network as rules[%d] (%s)"
+                              % (what, dest, seen[key], raw_rules[seen[key]]["dest"]))
+        seen[key] = index
+        rules.append(Rule(dest, rto_ms_to_jiffies(raw["rto_ms"], hz, what)))
+    return rules
+
+
+def desired_state(name, pin_dir, cgroup, hz, raw_rules, default_rto_ms, direction, attach_mode, obj):
+    validate_name(name)
+    if direction not in abi.DIRECTIONS:
+        raise ConfigError("direction %r is not one of %s" % (direction, ", ".join(sorted(abi.DIRECTIONS))))
+    default_jiffies = None
+    if default_rto_ms is not None:
+        default_jiffies = rto_ms_to_jiffies(default_rto_ms, hz, "rto_ms")
+    return Desired(name, pin_dir, cgroup, hz, parse_rules(raw_rules, hz), default_jiffies, direction,
+                   attach_mode, obj)
+
+
+def rule_for(address, rules, default_jiffies):
+    """The jiffies the program gives a connection to address, or None (kernel default)."""
+    address = ipaddress.ip_address(u"%s" % address)
+    matches = [rule for rule in rules if rule.dest.version == address.version and address in rule.dest]
+    if matches:
+        return max(matches, key=lambda rule: rule.dest.prefixlen).rto_jiffies
+    return default_jiffies
+
+
+# ---------------------------------------------------------------- current state
+
+def cgroup_id(path):
+    """The cgroup's id as the kernel reports it in link info: its cgroup2 inode number."""
+    return os.stat(path).st_ino
+
+
+def _open_pin(path):
+    try:
+        return bpf.obj_get(path)
+    except bpf.BpfError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+
+
+class Current:
+    """What the kernel holds for one instance, read from its pins. Owns the fds it opened."""
+
+    def __init__(self, instance_dir):
+        self.instance_dir = instance_dir
+        self.exists = os.path.isdir(instance_dir)
+        self.maps = {}
+        self.map_ids = {}
+        self.prog_fd = self.link_fd = None
+        self.prog_info = self.link_info = None
+        self.meta = None
+        self.meta_problem = None
+        self.rules = []  # [(Rule, hit_slot)]
+        self.default_jiffies = None
+        self.directions = None
+        self.attached = False
+        if self.exists:
+            self._read()
+
+    def _read(self):
+        for name in list(abi.MAP_CONTRACT) + [META_MAP]:
+            fd = _open_pin(os.path.join(self.instance_dir, name))
+            if fd is not None:
+                self.maps[name] = fd
+                self.map_ids[name] = bpf.map_info(fd).id
+        self.prog_fd = _open_pin(os.path.join(self.instance_dir, PROG_PIN))
+        if self.prog_fd is not None:
+            self.prog_info = bpf.prog_info(self.prog_fd)
+        self.link_fd = _open_pin(os.path.join(self.instance_dir, LINK_PIN))
+        if self.link_fd is not None:
+            self.link_info = bpf.link_info(self.link_fd)
+        self._read_meta()
+        self._read_maps()
+        self.attached = self._is_attached()
+
+    def _read_meta(self):
+        if META_MAP not in self.maps:
+            self.meta_problem = "meta map is missing"
+            return
+        raw = bpf.map_lookup(self.maps[META_MAP], abi.CONFIG_KEY.pack(0), META_VALUE_SIZE) or b""
+        try:
+            meta = json.loads(raw.rstrip(b"\0").decode("utf-8"))
+            if meta.get("format") != META_FORMAT or not {"cgroup", "attach_mode", "object_sha256"} <= set(meta):
+                raise ValueError("unknown format")
+        except ValueError as exc:
+            self.meta_problem = "meta record is unreadable (%s)" % exc
+            return
+        self.meta = meta
+
+    def _read_maps(self):
+        if abi.CONFIG_MAP in self.maps:
+            value = bpf.map_lookup(self.maps[abi.CONFIG_MAP], abi.CONFIG_KEY.pack(0), abi.CONFIG_VALUE.size)
+            self.default_jiffies, self.directions = abi.decode_config(value)
+        if abi.RULES_MAP in self.maps:
+            fd = self.maps[abi.RULES_MAP]
+            for key in bpf.map_keys(fd, abi.RULE_KEY.size):
+                value = bpf.map_lookup(fd, key, abi.RULE_VALUE.size)
+                if value is not None:
+                    jiffies, slot = abi.decode_rule_value(value)
+                    self.rules.append((Rule(abi.decode_rule_key(key), jiffies), slot))
+            self.rules.sort(key=lambda pair: pair[1])
+
+    @property
+    def program_intact(self):
+        """Program, maps and meta all pinned, and the program uses exactly the pinned maps."""
+        if self.prog_info is None or self.meta is None:
+            return False
+        if any(name not in self.maps for name in abi.MAP_CONTRACT):
+            return False
+        return set(self.prog_info.map_ids) == {self.map_ids[name] for name in abi.MAP_CONTRACT}
+
+    @property
+    def cgroup(self):
+        return self.meta["cgroup"] if self.meta else None
+
+    @property
+    def attach_mode(self):
+        return self.meta["attach_mode"] if self.meta else None
+
+    def _is_attached(self):
+        if self.prog_info is None or self.meta is None or not os.path.isdir(self.cgroup):
+            return False
+        if self.attach_mode == ATTACH_LINK:
+            return (self.link_info is not None and self.link_info.prog_id == self.prog_info.id
+                    and self.link_info.cgroup_id == cgroup_id(self.cgroup))
+        return self.prog_info.id in attached_program_ids(self.cgroup)[1]
+
+    def hits(self):
+        """Per rule slot (and DEFAULT_HIT_SLOT): connections answered, summed over CPUs."""
+        fd = self.maps.get(abi.HITS_MAP)
+        if fd is None:
+            return {}
+        slots = [slot for _rule, slot in self.rules] + [abi.DEFAULT_HIT_SLOT]
+        return dict((slot, sum(abi.HIT_VALUE.unpack(value)[0]
+                               for value in bpf.percpu_lookup(fd, abi.HIT_KEY.pack(slot), abi.HIT_VALUE.size)))
+                    for slot in slots)
+
+    def close(self):
+        for fd in list(self.maps.values()) + [self.prog_fd, self.link_fd]:
+            if fd is not None:
+                os.close(fd)
+        self.maps, self.prog_fd, self.link_fd = {}, None, None
+
+
+def attached_program_ids(cgroup):
+    """-> (attach_flags, [program ids]) of the sock_ops programs attached to cgroup itself."""
+    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        return bpf.prog_query(fd, bpf.BPF_CGROUP_SOCK_OPS)
+    finally:
+        os.close(fd)
+
+
+def foreign_programs(cgroup, own_ids):
+    """Other sock_ops programs attached to cgroup: reported, never touched."""
+    flags, ids = attached_program_ids(cgroup)
+    found = []
+    for prog_id in ids:
+        if prog_id in own_ids:
+            continue
+        entry = {"id": prog_id, "attach_flags": flags}
+        try:
+            with bpf.closing_fd(bpf.prog_get_fd_by_id(prog_id)) as fd:
+                info = bpf.prog_info(fd)
+            entry.update(name=info.name, tag=info.tag)
+        except bpf.BpfError:
+            pass  # unloaded meanwhile
+        found.append(entry)
+    return found
+
+
+# ---------------------------------------------------------------- describing (diff, result)
+
+def _rules_view(rules, hz, hits=None):
+    view = []
+    for slot, rule in enumerate(rules):
+        entry = {"dest": str(rule.dest), "rto_ms": jiffies_to_ms(rule.rto_jiffies, hz), "rto_jiffies": rule.rto_jiffies}
+        if hits is not None:
+            entry["hits"] = hits.get(slot, 0)
+        view.append(entry)
+    return view
+
+
+def describe_desired(desired):
+    return {
+        "cgroup": desired.cgroup,
+        "attach_mode": desired.attach_mode,
+        "direction": desired.direction,
+        "rules": _rules_view(desired.rules, desired.hz),
+        "default_rto_ms": jiffies_to_ms(desired.default_jiffies, desired.hz) if desired.default_jiffies else None,
+        "object_sha256": desired.object.sha256,
+    }
+
+
+def describe_current(current):
+    """The instance as the kernel holds it, in the shape of describe_desired ({} when absent).
+    Jiffies convert back with the HZ recorded when they were written."""
+    if not current.exists:
+        return {}
+    hz = current.meta.get("hz") if current.meta else None
+    direction = [name for name, bits in abi.DIRECTIONS.items() if bits == current.directions]
+    rules = [rule for rule, _slot in current.rules]
+    return {
+        "cgroup": current.cgroup,
+        "attach_mode": current.attach_mode,
+        "direction": direction[0] if direction else None,
+        "rules": _rules_view(rules, hz) if hz else [{"dest": str(rule.dest), "rto_jiffies": rule.rto_jiffies}
+                                                   for rule in rules],
+        "default_rto_ms": jiffies_to_ms(current.default_jiffies, hz) if current.default_jiffies and hz else None,
+        "object_sha256": current.meta["object_sha256"] if current.meta else None,
+    }
+
+
+# ---------------------------------------------------------------- plan
+
+Plan = collections.namedtuple("Plan", "steps load_maps load_program attach")
+# steps: what will change, for people (empty: nothing); the flags drive apply.apply_present().
+
+
+def same_place(desired, current):
+    """Whether the current program is attached exactly where desired wants it."""
+    return current.attached and (current.cgroup, current.attach_mode) == (desired.cgroup, desired.attach_mode)
+
+
+def plan_present(desired, current):
+    steps = []
+    if current.exists and (not current.program_intact or current.meta_problem):
+        steps.append("repair incomplete instance (%s)" % (current.meta_problem or "pins missing"))
+    load_maps = not (current.program_intact and current.meta["object_sha256"] == desired.object.sha256)
+    if load_maps:
+        steps.append("create maps and load program from object %s" % desired.object.sha256[:12])
+    else:
+        if [rule for rule, _slot in current.rules] != desired.rules:
+            steps.append("update rules")
+        if (current.default_jiffies, current.directions) != (desired.default_jiffies, abi.DIRECTIONS[desired.direction]):
+            steps.append("update default and direction")
+    in_place = same_place(desired, current)
+    # A program attaches to a cgroup once, so moving it (other cgroup or other attach mode) takes
+    # a second program on the same maps, attached before the first goes: no connection sees the
+    # kernel default in between.
+    load_program = load_maps or (current.attached and not in_place)
+    if load_program and not load_maps:
+        steps.append("load a second copy of the program on the same maps")
+    attach = load_program or not current.attached
+    if attach and in_place:
+        steps.append("replace the attached program atomically (%s)" % desired.attach_mode)
+    elif attach:
+        steps.append("attach to %s (%s)" % (desired.cgroup, desired.attach_mode))
+    if current.attached and not in_place:
+        steps.append("detach from %s (%s)" % (current.cgroup, current.attach_mode))
+    return Plan(steps, load_maps, load_program, attach)
+
+
+def plan_absent(current):
+    if not current.exists:
+        return Plan([], False, False, False)
+    steps = []
+    if current.attached:
+        steps.append("detach from %s (%s)" % (current.cgroup, current.attach_mode))
+    steps.append("remove pins of %s" % current.instance_dir)
+    return Plan(steps, False, False, False)
+
+
+def instances_on_cgroup(pin_dir, cgroup, exclude):
+    """Names of other instances under pin_dir attached to cgroup (one instance per cgroup)."""
+    found = []
+    if not os.path.isdir(pin_dir):
+        return found
+    for name in sorted(os.listdir(pin_dir)):
+        path = os.path.join(pin_dir, name)
+        if name == exclude or not os.path.isdir(path):
+            continue
+        other = Current(path)
+        try:
+            if other.cgroup == cgroup:
+                found.append(name)
+        finally:
+            other.close()
+    return found

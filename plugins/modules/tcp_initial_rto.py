@@ -1,0 +1,412 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: tcp_initial_rto
+short_description: Set the TCP initial retransmission timeout per destination with a BPF program
+version_added: 0.1.0
+description:
+  - Linux waits 1 second before it retransmits the first SYN (and SYN-ACK) of a connection. On a
+    network whose round trips are a few milliseconds, a single lost SYN costs a thousand times the
+    round trip. Since kernel 4.13 a BPF C(sock_ops) program attached to a cgroup v2 can answer
+    C(BPF_SOCK_OPS_TIMEOUT_INIT) with another value.
+  - This module loads the collection's program, fills its maps with O(rules) (destination networks
+    and their initial RTO) and attaches it to O(cgroup). It needs nothing on the managed host but
+    Python 3.6 or later; it makes the C(bpf(2)) calls itself. No compiler, bpftool or libbpf.
+  - Changing rules, the default or the direction only rewrites maps; the program id stays the same.
+    A new program object replaces the attached one atomically. O(state=absent) removes every kernel
+    object of the instance.
+  - A smaller initial RTO also shortens the time after which C(connect()) to a dead peer fails
+    (about 127 times the RTO with the default C(net.ipv4.tcp_syn_retries=6)); RV(syn_give_up_s) reports it.
+    A value far below the real round trip causes spurious retransmits, after which the kernel uses
+    a 3 second data RTO for the connection: set it above the p99 handshake round trip of the network.
+  - Kernel objects do not survive a reboot.
+version_added_collection: netbpf.tcp_rto
+author:
+  - netbpf.tcp_rto developers
+requirements:
+  - Linux 4.16 or later with C(CONFIG_BPF_SYSCALL) and C(CONFIG_CGROUP_BPF) (4.16 for the program's
+    reads of C(is_fullsock) and C(state)); bpf_link attachments from 5.7.
+  - A cgroup v2 hierarchy (unified or hybrid).
+  - Root, or C(CAP_BPF) and C(CAP_NET_ADMIN) (C(CAP_SYS_ADMIN) before 5.8).
+options:
+  name:
+    description:
+      - Name of the instance. Its kernel objects are pinned under O(pin_dir)/O(name)/.
+      - One instance per cgroup.
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) loads, fills, attaches and pins the program as described.
+      - V(absent) detaches the instance and removes its pins and maps. Nothing of it is left.
+    type: str
+    choices: [present, absent]
+    default: present
+  cgroup:
+    description:
+      - Path of the cgroup v2 directory the program is attached to. Sockets created by processes in
+        it and in its descendants get the initial RTO.
+      - Defaults to the root of the cgroup v2 mount found in C(/proc/mounts), that is every socket of
+        the host.
+    type: path
+  rules:
+    description:
+      - Destination networks and the initial RTO of connections to (outgoing) or from (incoming)
+        them. The longest matching prefix wins. IPv4 rules also match IPv4-mapped IPv6 addresses.
+      - At most 1024 rules.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      dest:
+        description: A network in CIDR notation without host bits, like V(10.0.0.0/8) or V(fd00::/8).
+        type: str
+        required: true
+      rto_ms:
+        description:
+          - Initial RTO in milliseconds, from one jiffy (4 ms at C(HZ=250)) to 120000.
+          - It is rounded up to whole jiffies; the result reports the effective value.
+        type: int
+        required: true
+  rto_ms:
+    description:
+      - Initial RTO in milliseconds for connections that match no rule.
+      - Omitted, those connections keep the kernel default (1 second).
+    type: int
+  direction:
+    description:
+      - V(outgoing) sets the timeout of the SYN sent by C(connect()), V(incoming) the timeout of the
+        SYN-ACK a listener sends, V(both) both.
+    type: str
+    choices: [both, outgoing, incoming]
+    default: both
+  pin_dir:
+    description: Directory on a bpffs where instances pin their objects.
+    type: path
+    default: /sys/fs/bpf/tcp_rto
+  mount_bpffs:
+    description: Mount bpffs on C(/sys/fs/bpf) when it is not mounted (the kernel does not do it at boot).
+    type: bool
+    default: true
+  hz:
+    description:
+      - The kernel's C(CONFIG_HZ), to convert milliseconds to jiffies.
+      - Omitted, it is read from C(/boot/config-<release>) or C(/proc/config.gz), and when neither
+        exists measured on the kernel itself (with a temporary program on a temporary cgroup).
+    type: int
+  verify:
+    description:
+      - After applying, start a TCP handshake on loopback from a process in O(cgroup) and compare the
+        initial RTO the kernel gives it with the value the rules give loopback. A mismatch (for
+        example a program of an ancestor cgroup overriding the value) fails the task.
+    type: bool
+    default: true
+  src:
+    description:
+      - The BPF object to load, a path on the controller. A C(.c) file is compiled on the controller
+        with C(clang -O2 -target bpf).
+      - Omitted, the object shipped with the collection (C(files/bpf/tcp_initial_rto.bpf.o)).
+      - The object must have a C(sockops) program, a GPL-compatible license and the maps
+        C(rules), C(config) and C(hits) of the collection's program.
+    type: path
+  force_legacy_attach:
+    description:
+      - Test aid. Attach with C(BPF_PROG_ATTACH) and C(BPF_F_ALLOW_MULTI) even where the kernel has
+        cgroup bpf_links (5.7+), to exercise the path older kernels take.
+    type: bool
+    default: false
+attributes:
+  action:
+    description: Picks the object on the controller and transfers it to the managed host.
+    support: full
+  check_mode:
+    description: Computes the same plan and RV(changed) without touching the kernel.
+    support: full
+  diff_mode:
+    description: Returns the instance's configuration before and after.
+    support: full
+  platform:
+    description: Linux hosts only.
+    support: full
+    platforms: posix
+notes:
+  - Programs in a cgroup run from the socket's own cgroup up to the root, all writing one reply.
+    The program leaves a value already set by a program of a cgroup closer to the socket, so when
+    instances nest the most specific cgroup wins.
+  - Programs that other tools attached to the cgroup are never detached, replaced or reordered;
+    RV(foreign_programs) lists them.
+seealso:
+  - name: Kernel sample tcp_synrto_kern.c
+    description: The kernel's own example of a sock_ops program that sets the SYN RTO.
+    link: https://git.kernel.org/pub/scm/linux/kernel/git/torvalds/linux.git/tree/samples/bpf/tcp_synrto_kern.c
+"""
+
+EXAMPLES = r"""
+- name: Faster SYN retries inside the datacenter, kernel default elsewhere
+  netbpf.tcp_rto.tcp_initial_rto:
+    name: dc
+    rules:
+      - dest: 10.0.0.0/8
+        rto_ms: 50
+      - dest: fd00::/8
+        rto_ms: 50
+
+- name: Only the SYNs of one service's own connects, with a default for everything else
+  netbpf.tcp_rto.tcp_initial_rto:
+    name: api
+    cgroup: /sys/fs/cgroup/system.slice/api.service
+    direction: outgoing
+    rules:
+      - dest: 192.0.2.0/24
+        rto_ms: 100
+    rto_ms: 500
+
+- name: Remove the instance and everything it put in the kernel
+  netbpf.tcp_rto.tcp_initial_rto:
+    name: dc
+    state: absent
+"""
+
+RETURN = r"""
+instance:
+  description: The instance as the kernel now holds it (as it would with O(state=present) in check mode).
+  returned: when O(state=present)
+  type: dict
+  contains:
+    name: {description: Instance name., type: str, sample: dc}
+    cgroup: {description: The cgroup the program is attached to., type: str, sample: /sys/fs/cgroup}
+    pin_dir: {description: Where the instance's objects are pinned., type: str, sample: /sys/fs/bpf/tcp_rto/dc}
+    program_id: {description: Kernel id of the attached program (null in check mode before creation)., type: int, sample: 42}
+    attach_mode: {description: V(link) (a pinned bpf_link) or V(multi) (BPF_PROG_ATTACH with BPF_F_ALLOW_MULTI)., type: str, sample: link}
+    direction: {description: Which handshakes the program answers., type: str, sample: both}
+    rules:
+      description: The rules in order, with the effective value in ms and jiffies, and hits since the rule was set.
+      type: list
+      elements: dict
+      sample: [{dest: 10.0.0.0/8, rto_ms: 52, rto_jiffies: 13, hits: 1200}]
+    default_rto_ms: {description: Effective value for connections matching no rule (null = kernel default)., type: float, sample: 1000}
+    default_hits: {description: Connections that got the default value., type: int, sample: 3}
+    object_sha256: {description: SHA-256 of the loaded object., type: str}
+kernel:
+  description: What the module found on the host.
+  returned: always
+  type: dict
+  contains:
+    release: {description: Kernel release., type: str, sample: 6.1.0-28-amd64}
+    hz: {description: CONFIG_HZ used to convert milliseconds., type: int, sample: 250}
+    hz_source: {description: Where HZ came from (a file, V(measured) or V(parameter))., type: str, sample: /proc/config.gz}
+    features: {description: Kernel features the module relies on and whether this kernel has them., type: dict}
+verification:
+  description: The handshake probe after applying.
+  returned: when O(state=present) and O(verify=true) and not in check mode
+  type: dict
+  sample: {address: 127.0.0.1, direction: outgoing, expected_ms: 52, observed_ms: 52, ok: true}
+syn_give_up_s:
+  description:
+    - Seconds after which C(connect()) to an unreachable peer gives up, for the smallest configured
+      RTO, from C(net.ipv4.tcp_syn_retries) and C(net.ipv4.tcp_syn_linear_timeouts).
+  returned: when O(state=present)
+  type: float
+  sample: 6.35
+foreign_programs:
+  description: Other sock_ops programs attached to the cgroup. They are left as they are.
+  returned: always
+  type: list
+  elements: dict
+  sample: [{id: 17, name: other_prog, tag: 3b1d2c7a5e9f0a11, attach_flags: 2}]
+actions:
+  description: What was (or in check mode would be) changed.
+  returned: always
+  type: list
+  elements: str
+  sample: ["update rules"]
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_native
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import apply as kernel_apply
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject, BpfObjectError, check_contract
+
+PROBE_ADDRESS = "127.0.0.1"
+
+ARGUMENT_SPEC = dict(
+    name=dict(type="str", required=True),
+    state=dict(type="str", choices=["present", "absent"], default="present"),
+    cgroup=dict(type="path"),
+    rules=dict(type="list", elements="dict", default=[], options=dict(
+        dest=dict(type="str", required=True),
+        rto_ms=dict(type="int", required=True),
+    )),
+    rto_ms=dict(type="int"),
+    direction=dict(type="str", choices=list(abi.DIRECTIONS), default="both"),
+    pin_dir=dict(type="path", default="/sys/fs/bpf/tcp_rto"),
+    mount_bpffs=dict(type="bool", default=True),
+    hz=dict(type="int"),
+    verify=dict(type="bool", default=True),
+    src=dict(type="path"),
+    force_legacy_attach=dict(type="bool", default=False),
+)
+
+
+def discover_hz(params, release, obj, cgroup):
+    if params["hz"] is not None:
+        if params["hz"] <= 0:
+            raise model.ConfigError("hz must be positive, got %d" % params["hz"])
+        return params["hz"], "parameter"
+    found = host.config_hz(release)
+    if found:
+        return found
+    if obj is None:
+        return None, None
+    return kernel_apply.measure_hz(obj, cgroup), "measured"
+
+
+def verify(desired):
+    """Probe a real handshake from inside the cgroup and compare with what the rules give it."""
+    expected = None
+    if abi.DIRECTIONS[desired.direction] & abi.DIRECTION_OUTGOING:
+        expected = model.rule_for(PROBE_ADDRESS, desired.rules, desired.default_jiffies)
+    expected_ms = model.jiffies_to_ms(expected, desired.hz) if expected else model.KERNEL_DEFAULT_RTO_MS
+    observed_us = probe.outgoing_rto_us(desired.cgroup, PROBE_ADDRESS)
+    observed_ms = model.plain_number(observed_us / 1000.0)
+    return {"address": PROBE_ADDRESS, "direction": "outgoing", "expected_ms": expected_ms,
+            "observed_ms": observed_ms, "ok": abs(observed_ms - expected_ms) < 1000.0 / desired.hz}
+
+
+def instance_result(desired, current):
+    """The instance as the kernel holds it after apply (current re-read), or as planned."""
+    view = model.describe_desired(desired)
+    hits = current.hits() if current.exists else {}
+    for slot, rule in enumerate(view["rules"]):
+        rule["hits"] = hits.get(slot, 0)
+    view.update(
+        name=desired.name,
+        pin_dir=current.instance_dir,
+        program_id=current.prog_info.id if current.prog_info else None,
+        default_hits=hits.get(abi.DEFAULT_HIT_SLOT, 0),
+    )
+    return view
+
+
+def give_up_seconds(desired):
+    values = [rule.rto_jiffies for rule in desired.rules] + [desired.default_jiffies or desired.hz]
+    return round(host.syn_give_up_seconds(
+        min(values) / float(desired.hz),
+        host.read_sysctl("net.ipv4.tcp_syn_retries", 6),
+        host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0)), 3)
+
+
+def run(module):
+    params = module.params
+    result = dict(changed=False, actions=[], foreign_programs=[])
+    host.require_root()
+    release = os.uname()[2]
+    host.check_kernel(release)
+    features = host.KernelFeatures(release)
+    result["kernel"] = dict(release=release, hz=None, hz_source=None, features=features.as_dict())
+    model.validate_name(params["name"])
+    obj = cgroup = None
+    if params["state"] == "present":
+        cgroup_root = host.cgroup2_mount()
+        cgroup = host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
+        if not params["src"]:
+            raise model.ConfigError("src is required: run the module as netbpf.tcp_rto.tcp_initial_rto so that "
+                                    "its action plugin sends the object, or give the object's path on the host")
+        obj = BpfObject.from_file(params["src"])
+        check_contract(obj)
+    if features.memlock_accounting:
+        host.raise_memlock()
+    hz, hz_source = discover_hz(params, release, None if module.check_mode else obj, cgroup)
+    result["kernel"].update(hz=hz, hz_source=hz_source)
+    if params["state"] == "present" and hz is None:
+        raise model.ConfigError("CONFIG_HZ is not in /boot/config-%s nor /proc/config.gz, and check mode cannot "
+                                "measure it (that loads a program): give hz" % release)
+    desired = None
+    if params["state"] == "present":
+        attach_mode = model.ATTACH_LINK if features.cgroup_link and not params["force_legacy_attach"] \
+            else model.ATTACH_MULTI
+        desired = model.desired_state(params["name"], params["pin_dir"], cgroup, hz, params["rules"],
+                                      params["rto_ms"], params["direction"], attach_mode, obj)
+
+    if host.ensure_bpffs(params["pin_dir"], mount=params["mount_bpffs"], check_mode=module.check_mode):
+        result["actions"].append("mount bpffs on /sys/fs/bpf")
+    current = model.Current(os.path.join(params["pin_dir"], params["name"]))
+    try:
+        if desired is None:
+            plan = model.plan_absent(current)
+            if plan.steps and not module.check_mode:
+                kernel_apply.apply_absent(current, params["pin_dir"])
+            before = model.describe_current(current)
+            after = {}
+        else:
+            others = model.instances_on_cgroup(params["pin_dir"], cgroup, exclude=params["name"])
+            if others:
+                raise model.InstanceError("cgroup %s already has the tcp_rto instance %s: one instance per cgroup. "
+                                          "Change that instance's rules, or remove it first." % (cgroup, others[0]))
+            plan = model.plan_present(desired, current)
+            before = model.describe_current(current)
+            after = model.describe_desired(desired)
+            if plan.steps and not module.check_mode:
+                kernel_apply.apply_present(desired, current, plan, can_replace=features.prog_replace)
+        result["actions"].extend(plan.steps)
+    finally:
+        current.close()
+
+    result["changed"] = bool(result["actions"])
+    if module._diff:
+        result["diff"] = dict(before=before, after=after)
+    if desired is None:
+        return result
+
+    if params["verify"] and not module.check_mode:
+        result["verification"] = verify(desired)
+    applied = model.Current(os.path.join(params["pin_dir"], params["name"]))
+    try:
+        result["instance"] = instance_result(desired, applied)
+        own_ids = [applied.prog_info.id] if applied.prog_info else []
+    finally:
+        applied.close()
+    result["foreign_programs"] = model.foreign_programs(cgroup, own_ids)
+    result["syn_give_up_s"] = give_up_seconds(desired)
+    check = result.get("verification")
+    if check and not check["ok"]:
+        module.fail_json(
+            msg="verification failed: a socket in %s started with an initial RTO of %s ms, the rules give %s ms "
+                "for %s. Another sock_ops program (on this cgroup: %s; or on an ancestor cgroup) may override "
+                "the value or return 0. The instance stays applied; see the programs that run for the cgroup with "
+                "'bpftool cgroup tree'."
+                % (cgroup, check["observed_ms"], check["expected_ms"], PROBE_ADDRESS,
+                   [program["id"] for program in result["foreign_programs"]] or "none"),
+            **result)
+    return result
+
+
+def main():
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    try:
+        module.exit_json(**run(module))
+    except (model.ConfigError, model.InstanceError, host.HostError, BpfObjectError, probe.ProbeError) as exc:
+        module.fail_json(msg=to_native(exc))
+    except bpf.BpfError as exc:
+        module.fail_json(msg="a bpf(2) call failed: %s. Nothing of the failed step was left in the kernel."
+                         % to_native(exc))
+
+
+if __name__ == "__main__":
+    main()

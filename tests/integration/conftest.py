@@ -1,0 +1,96 @@
+"""Running the collection through ansible-playbook against localhost, and looking at the kernel
+with tools that share no code with the collection (bpftool, tests/tcpinfo_probe.py)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+COLLECTIONS_ROOT = os.path.join(REPO, ".cache", "collections")
+ANSIBLE_BIN = os.path.dirname(sys.executable)
+# Debian's own Python, as on a real managed host (pyenv shims may name a python3.X not installed).
+MANAGED_PYTHON = "/usr/bin/python3"
+MODULE = "netbpf.tcp_rto.tcp_initial_rto"
+
+
+class Playbook:
+    """Writes tasks into a playbook for localhost, runs it, returns each task's result."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.inventory = os.path.join(workdir, "inventory.ini")
+        with open(self.inventory, "w") as handle:
+            handle.write("localhost ansible_connection=local ansible_python_interpreter=%s\n" % MANAGED_PYTHON)
+        self.runs = 0
+
+    def run(self, tasks, check=False, diff=False, extra_args=()):
+        self.runs += 1
+        playbook = os.path.join(self.workdir, "play%d.yml" % self.runs)
+        results_file = os.path.join(self.workdir, "results%d.jsonl" % self.runs)
+        with open(playbook, "w") as handle:
+            json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}], handle)
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT,
+                   ANSIBLE_CALLBACK_PLUGINS=os.path.join(HERE, "callback_plugins"),
+                   ANSIBLE_CALLBACKS_ENABLED="record_results", RECORD_RESULTS_FILE=results_file,
+                   ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_LOCAL_TEMP=self.workdir)
+        command = [os.path.join(ANSIBLE_BIN, "ansible-playbook"), "-i", self.inventory, playbook]
+        command += ["--check"] if check else []
+        command += ["--diff"] if diff else []
+        proc = subprocess.run(command + list(extra_args), env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, universal_newlines=True, timeout=300)
+        results = []
+        if os.path.exists(results_file):
+            with open(results_file) as handle:
+                results = [json.loads(line) for line in handle]
+        return PlaybookRun(proc.returncode, proc.stdout, results)
+
+    def module(self, check=False, diff=False, **args):
+        """One task of the module; returns its result dict (with .output for debugging)."""
+        run = self.run([{"name": "tcp_initial_rto", MODULE: args, "ignore_errors": True}], check=check, diff=diff)
+        assert run.results, "no result recorded:\n" + run.output
+        result = run.results[-1]
+        result["_output"] = run.output
+        return result
+
+
+class PlaybookRun:
+    def __init__(self, returncode, output, results):
+        self.returncode, self.output, self.results = returncode, output, results
+
+
+@pytest.fixture
+def playbook(tmp_path):
+    return Playbook(str(tmp_path))
+
+
+def bpftool(*args):
+    out = subprocess.run(["bpftool", "-j"] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         universal_newlines=True, check=True).stdout
+    return json.loads(out) if out.strip() else []
+
+
+def cgroup_program_ids(cgroup):
+    """Program ids attached to cgroup itself as bpftool sees them."""
+    # bpftool 7.1 names the attach type cgroup_sock_ops, older ones sock_ops
+    return [entry["id"] for entry in bpftool("cgroup", "show", cgroup)
+            if entry.get("attach_type") in ("sock_ops", "cgroup_sock_ops")]
+
+
+def observed_rto_us(cgroup, address="127.0.0.1"):
+    """The initial RTO a socket created in cgroup gets, measured by a separate process."""
+    out = subprocess.run(["/usr/bin/python3", os.path.join(REPO, "scripts", "syn_rto_probe.py"), cgroup, address],
+                         stdout=subprocess.PIPE, universal_newlines=True, check=True, timeout=30).stdout
+    return int(out)
+
+
+def kernel_hz():
+    import gzip
+    with gzip.open("/proc/config.gz", "rt") as config:
+        for line in config:
+            if line.startswith("CONFIG_HZ="):
+                return int(line.split("=")[1])
+    raise RuntimeError("no CONFIG_HZ")

@@ -1,0 +1,385 @@
+"""Bad input to netbpf.tcp_rto.tcp_initial_rto: every case fails the task with a message that says
+what to do (no traceback) and leaves the kernel as it was, both for a new instance and, for a
+representative subset, for an instance that is already applied (same program id, same maps).
+
+The kernel is compared with bpftool (tests/bpf_inventory.py), which shares no code with the
+collection; files are compared by listing the private bpffs, the test cgroup and the case's
+scratch directory."""
+
+import collections
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+import bpf_inventory
+from conftest import REPO, bpftool, kernel_hz
+
+pytestmark = pytest.mark.kernel
+
+HZ = kernel_hz()
+ONE_JIFFY_MS = -(-1000 // HZ)  # the smallest rto_ms the module accepts
+SHIPPED_OBJECT = os.path.join(REPO, "files", "bpf", "tcp_initial_rto.bpf.o")
+MULTIARCH = "/usr/include/x86_64-linux-gnu"  # asm/types.h for linux/bpf.h, as files/bpf/build uses
+NAME = "t1"
+GOOD = dict(rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}, {"dest": "fd00::/8", "rto_ms": 40}], rto_ms=500)
+
+
+# ---------------------------------------------------------------- BPF objects made for the cases
+
+# A minimal object that meets the collection's contract; the cases vary one thing of it.
+MAP_DEFS = {
+    "rules": "BPF_MAP_TYPE_LPM_TRIE, .key_size = 20, .value_size = 8, .max_entries = 1024, "
+             ".map_flags = BPF_F_NO_PREALLOC",
+    "config": "BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 8, .max_entries = 1",
+    "hits": "BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = 4, .value_size = 8, .max_entries = 1025",
+}
+OK_BODY = "return 1;"
+# A ctx read far past struct bpf_sock_ops: clang emits it, the verifier refuses it.
+OUT_OF_BOUNDS_BODY = "return *(volatile __u32 *)((char *)skops + 4096) ? 1 : 1;"
+# No bound at all: the verifier refuses the back-edge (or gives up on the complexity).
+UNBOUNDED_LOOP_BODY = "while (*(volatile __u32 *)&skops->op != 99) ; return 1;"
+
+
+def program_source(section="sockops", license="GPL", maps=MAP_DEFS, body=OK_BODY):
+    lines = ["#include <linux/bpf.h>",
+             "#define SEC(name) __attribute__((section(name), used))",
+             "struct bpf_map_def { __u32 type, key_size, value_size, max_entries, map_flags; };"]
+    lines += ["struct bpf_map_def SEC(\"maps\") %s = { .type = %s };" % (name, spec) for name, spec in maps.items()]
+    if section is not None:
+        lines.append("SEC(\"%s\") int prog(struct bpf_sock_ops *skops) { %s }" % (section, body))
+    lines.append("char _license[] SEC(\"license\") = \"%s\";" % license)
+    return "\n".join(lines) + "\n"
+
+
+def compile_object(source, path):
+    """clang with the flags of files/bpf/build: source text -> object at path."""
+    c_file = path[:-2] + ".c"
+    with open(c_file, "w") as handle:
+        handle.write(source)
+    subprocess.run(["clang", "-O2", "-target", "bpf", "-mcpu=v2", "-fno-addrsig", "-I" + MULTIARCH,
+                    "-c", c_file, "-o", path], check=True)
+    return path
+
+
+def compiled(name, **variant):
+    return lambda env: compile_object(program_source(**variant), env.scratch(name + ".o"))
+
+
+def c_source(name, text):
+    def make(env):
+        path = env.scratch(name)
+        with open(path, "w") as handle:
+            handle.write(text)
+        return path
+    return make
+
+
+def truncated_object(env):
+    path = env.scratch("truncated.bpf.o")
+    with open(SHIPPED_OBJECT, "rb") as source, open(path, "wb") as handle:
+        handle.write(source.read(100))
+    return path
+
+
+# ---------------------------------------------------------------- the environment of one case
+
+class Env:
+    """The test's cgroup, private bpffs and a scratch directory for files the cases point at."""
+
+    def __init__(self, cgroup, bpffs, tmp_path):
+        self.cgroup = cgroup
+        self.bpffs = bpffs
+        self.pin_dir = os.path.join(bpffs, "tcp_rto")
+        self.scratch_dir = str(tmp_path / "scratch")
+        os.mkdir(self.scratch_dir)
+
+    def scratch(self, *parts):
+        return os.path.join(self.scratch_dir, *parts)
+
+    def args(self, **extra):
+        return dict(dict(name=NAME, cgroup=self.cgroup, pin_dir=self.pin_dir, mount_bpffs=False), **extra)
+
+
+@pytest.fixture
+def env(cgroup, bpffs, tmp_path):
+    return Env(cgroup, bpffs, tmp_path)
+
+
+def _tree(root):
+    """Every path under root (symlinks not followed), with its kind; None when root is missing."""
+    if not os.path.lexists(root):
+        return None
+    found = []
+    for directory, subdirs, files in os.walk(root):
+        for entry in subdirs + files:
+            path = os.path.join(directory, entry)
+            kind = "link" if os.path.islink(path) else "dir" if os.path.isdir(path) else "file"
+            found.append((os.path.relpath(path, root), kind))
+    return sorted(found)
+
+
+def _cgroup_children(cgroup):
+    return sorted(entry for entry in os.listdir(cgroup) if os.path.isdir(os.path.join(cgroup, entry)))
+
+
+def _pinned_instance(pin_dir, name):
+    """An applied instance as bpftool reads it from its pins: program, link and map contents."""
+    directory = os.path.join(pin_dir, name)
+    if not os.path.isdir(directory):
+        return None
+    found = {"prog": bpftool("prog", "show", "pinned", os.path.join(directory, "prog"))["id"]}
+    if os.path.exists(os.path.join(directory, "link")):
+        link = bpftool("link", "show", "pinned", os.path.join(directory, "link"))
+        found["link"] = (link["id"], link["prog_id"])
+    for map_name in ("rules", "config", "meta"):  # not hits: counters are not configuration
+        found[map_name] = bpftool("map", "dump", "pinned", os.path.join(directory, map_name))
+    return found
+
+
+def host_state(env, kernel):
+    """Everything a bad input must leave alone, around a bpftool kernel inventory."""
+    return {
+        "kernel": kernel,
+        "bpffs": _tree(env.bpffs),
+        "scratch": _tree(env.scratch_dir),
+        "cgroup children": _cgroup_children(env.cgroup),
+        "instance": _pinned_instance(env.pin_dir, NAME),
+    }
+
+
+def baseline(env):
+    return host_state(env, bpf_inventory.steady([env.cgroup]))
+
+
+def assert_refused(result, fragment, before, env):
+    """The one check of every case: a failed task with a clear message, and nothing changed."""
+    output = result["_output"]
+    assert result["status"] == "failed", output
+    for marker in ("Traceback", "MODULE FAILURE"):  # fail_json, not a crash
+        assert marker not in json.dumps(result), output
+    assert "module_stderr" not in result, output
+    assert fragment in result.get("msg", ""), result.get("msg")
+    after = host_state(env, bpf_inventory.settle(before["kernel"], [env.cgroup]))
+    assert after == before
+
+
+# ---------------------------------------------------------------- the cases
+
+Case = collections.namedtuple("Case", "id args expect existing")
+# args: the bad module arguments, or a function env -> them (for paths the case makes).
+# expect: a distinctive part of the message. existing: also run against an applied instance.
+
+
+def case(case_id, args, expect, existing=False):
+    return Case(case_id, args, expect, existing)
+
+
+def rule(rto_ms=100, dest="10.0.0.0/8", **extra):
+    return dict(extra, dest=dest, rto_ms=rto_ms)
+
+
+def symlink_to(target_of, name):
+    """A function env -> path of a symlink in the scratch dir pointing at target_of(env)."""
+    def make(env):
+        link = env.scratch(name)
+        os.symlink(target_of(env), link)
+        return link
+    return make
+
+
+def scratch_dir(name):
+    def make(env):
+        path = env.scratch(name)
+        os.makedirs(path)
+        return path
+    return make
+
+
+def scratch_file(name, text="not a cgroup\n"):
+    def make(env):
+        path = env.scratch(name)
+        with open(path, "w") as handle:
+            handle.write(text)
+        return path
+    return make
+
+
+def bpffs_symlink_out(env):
+    """A symlink inside the private bpffs pointing at a directory outside it."""
+    target = scratch_dir("outside-bpffs")(env)
+    link = os.path.join(env.bpffs, "escape")
+    os.symlink(target, link)
+    return os.path.join(link, "tcp_rto")
+
+
+def cgroup_escape(env):
+    # <mount>/<test cgroup>/../.. is /sys/fs/cgroup: the tmpfs holding the cgroup mounts
+    return os.path.join(env.cgroup, "..", "..")
+
+
+RTO_CASES = [
+    case("rto_ms-zero", dict(rto_ms=0), "rto_ms must be positive", existing=True),
+    case("rto_ms-negative", dict(rto_ms=-5), "rto_ms must be positive"),
+    case("rto_ms-not-a-number", dict(rto_ms="abc"), "cannot be converted to an int", existing=True),
+    case("rto_ms-fraction", dict(rto_ms=1.5), "cannot be converted to an int"),
+    case("rto_ms-above-rto-max", dict(rto_ms=120001), "above the kernel's TCP_RTO_MAX of 120000 ms"),
+    case("rto_ms-below-one-jiffy", dict(rto_ms=ONE_JIFFY_MS - 1), "use at least %d" % ONE_JIFFY_MS),
+    case("rule-rto_ms-zero", dict(rules=[rule(0)]), "rules[0]: rto_ms must be positive"),
+    case("rule-rto_ms-negative", dict(rules=[rule(-5)]), "rules[0]: rto_ms must be positive"),
+    case("rule-rto_ms-not-a-number", dict(rules=[rule("abc")]), "cannot be converted to an int"),
+    case("rule-rto_ms-fraction", dict(rules=[rule(1.5)]), "cannot be converted to an int"),
+    case("rule-rto_ms-above-rto-max", dict(rules=[rule(), rule(120001, "fd00::/8")]),
+         "rules[1]: rto_ms 120001 is above the kernel's TCP_RTO_MAX", existing=True),
+    case("rule-rto_ms-below-one-jiffy", dict(rules=[rule(ONE_JIFFY_MS - 1)]), "use at least %d" % ONE_JIFFY_MS),
+]
+
+RULE_CASES = [
+    case("dest-prefix-too-long", dict(rules=[rule(dest="10.0.0.0/33")]), "is not a network in CIDR notation",
+         existing=True),
+    case("dest-not-an-ip", dict(rules=[rule(dest="not-an-ip")]), "is not a network in CIDR notation"),
+    case("dest-host-bits-set", dict(rules=[rule(dest="10.0.0.1/8")]), "has host bits set"),
+    case("dest-duplicate", dict(rules=[rule(dest="10.0.0.0/8"), rule(dest="10.0.0.0/8")]),
+         "rules[1]: dest 10.0.0.0/8 is the same network as rules[0]", existing=True),
+    case("dest-v4-and-v4-mapped", dict(rules=[rule(dest="10.0.0.0/8"), rule(dest="::ffff:10.0.0.0/104")]),
+         "is the same network as rules[0] (10.0.0.0/8)"),
+    case("rule-unknown-key", dict(rules=[rule(port=443)]), "port", existing=True),
+    case("rule-without-dest", dict(rules=[{"rto_ms": 100}]), "dest"),
+    case("too-many-rules", dict(rules=[rule(dest="10.%d.%d.0/24" % divmod(index, 256)) for index in range(1025)]),
+         "1025 rules given; the program's rules map holds at most 1024", existing=True),
+    case("direction-unknown", dict(direction="sideways"), "direction must be one of", existing=True),
+]
+
+NAME_CASES = [
+    case("name-slash", dict(name="a/b"), "is not a valid instance name"),
+    case("name-dotdot", dict(name=".."), "is not a valid instance name"),
+    case("name-space", dict(name="a b"), "is not a valid instance name"),
+    case("name-dot", dict(name="a.b"), "is not a valid instance name"),
+    case("name-empty", dict(name=""), "is not a valid instance name"),
+    case("name-too-long", dict(name="n" * 65), "is not a valid instance name"),
+]
+
+CGROUP_CASES = [
+    case("cgroup-missing", lambda env: dict(cgroup=os.path.join(env.cgroup, "missing")), "does not exist",
+         existing=True),
+    case("cgroup-regular-file", lambda env: dict(cgroup=scratch_file("file")(env)), "is not a directory"),
+    case("cgroup-v1", dict(cgroup="/sys/fs/cgroup/cpu"), "is a cgroup v1 directory", existing=True),
+    case("cgroup-outside-mount", lambda env: dict(cgroup=scratch_dir("dir")(env)), "not cgroup2"),
+    case("cgroup-dotdot-escapes-mount", lambda env: dict(cgroup=cgroup_escape(env)), "not cgroup2", existing=True),
+    case("cgroup-relative-dotdot-to-v1", dict(cgroup="../cpu"), "is a cgroup v1 directory"),
+    case("cgroup-symlink-out", lambda env: dict(cgroup=symlink_to(scratch_dir("dir"), "link")(env)),
+         "resolves to"),
+    case("cgroup-symlink-to-v1", lambda env: dict(cgroup=symlink_to(lambda _env: "/sys/fs/cgroup/cpu", "v1")(env)),
+         "is a cgroup v1 directory"),
+]
+
+PIN_DIR_CASES = [
+    case("pin_dir-not-bpffs", lambda env: dict(pin_dir=scratch_dir("pins")(env)), "not bpffs"),
+    case("pin_dir-symlink-out-of-bpffs", lambda env: dict(pin_dir=bpffs_symlink_out(env)), "not bpffs"),
+]
+
+SRC_CASES = [
+    case("src-missing", lambda env: dict(src=env.scratch("missing.bpf.o")), "Could not find or access",
+         existing=True),
+    case("src-truncated", lambda env: dict(src=truncated_object(env)), "truncated", existing=True),
+    case("src-not-elf", lambda env: dict(src=scratch_file("object.o", "hello\n")(env)), "not an ELF file"),
+    case("src-empty", lambda env: dict(src=scratch_file("empty.o", "")(env)), "not an ELF file"),
+    case("src-elf-not-bpf", dict(src="/bin/true"), "is not BPF"),
+    case("src-no-program", lambda env: dict(src=compiled("noprog", section=None)(env)), "no program section"),
+    case("src-kprobe-section", lambda env: dict(src=compiled("kprobe", section="kprobe/x")(env)),
+         "a sock_ops program must be in SEC('sockops')"),
+    case("src-xdp-program", lambda env: dict(src=compiled("xdp", section="xdp")(env)),
+         "a sock_ops program must be in SEC('sockops')"),
+    case("src-missing-hits-map",
+         lambda env: dict(src=compiled("nohits", maps=dict((k, v) for k, v in MAP_DEFS.items() if k != "hits"))(env)),
+         "object has no 'hits' map", existing=True),
+    case("src-hits-map-wrong-type",
+         lambda env: dict(src=compiled("hitsarray", maps=dict(MAP_DEFS, hits=MAP_DEFS["hits"].replace(
+             "PERCPU_ARRAY", "ARRAY")))(env)), "map 'hits' is type 2 (ARRAY), the program needs 6"),
+    case("src-proprietary-license", lambda env: dict(src=compiled("proprietary", license="Proprietary")(env)),
+         "license 'Proprietary' is not GPL-compatible"),
+    case("src-c-does-not-compile", lambda env: dict(src=c_source("broken.c", "int broken( {\n")(env)),
+         "compiling", existing=True),
+    case("src-o-verifier-ctx-out-of-bounds",
+         lambda env: dict(src=compiled("oob", body=OUT_OF_BOUNDS_BODY)(env)),
+         "invalid bpf_context access", existing=True),
+    case("src-o-verifier-unbounded-loop",
+         lambda env: dict(src=compiled("loop", body=UNBOUNDED_LOOP_BODY)(env)), "Verifier log"),
+    case("src-c-verifier-ctx-out-of-bounds",
+         lambda env: dict(src=c_source("oob.c", program_source(body=OUT_OF_BOUNDS_BODY))(env)),
+         "invalid bpf_context access", existing=True),
+    case("src-c-verifier-unbounded-loop",
+         lambda env: dict(src=c_source("loop.c", program_source(body=UNBOUNDED_LOOP_BODY))(env)), "Verifier log"),
+]
+
+CASES = RTO_CASES + RULE_CASES + NAME_CASES + CGROUP_CASES + PIN_DIR_CASES + SRC_CASES
+
+
+def params(cases):
+    return [pytest.param(item, id=item.id) for item in cases]
+
+
+def bad_args(item, env):
+    return item.args(env) if callable(item.args) else dict(item.args)
+
+
+@pytest.mark.parametrize("item", params(CASES))
+def test_bad_input_on_a_new_instance(playbook, env, item):
+    bad = bad_args(item, env)
+    before = baseline(env)
+    result = playbook.module(**env.args(**bad))
+    assert_refused(result, item.expect, before, env)
+
+
+@pytest.mark.parametrize("item", params([item for item in CASES if item.existing]))
+def test_bad_input_leaves_an_applied_instance_alone(playbook, env, item):
+    good = env.args(**GOOD)
+    applied = playbook.module(**good)
+    assert applied["status"] == "ok", applied["_output"]
+    program_id = applied["instance"]["program_id"]
+    bad = bad_args(item, env)
+    before = baseline(env)
+    assert before["instance"]["prog"] == program_id
+    result = playbook.module(**dict(good, **bad))
+    assert_refused(result, item.expect, before, env)
+    again = playbook.module(check=True, **good)  # the module itself sees nothing to change either
+    assert again["changed"] is False, again["actions"]
+    assert again["instance"]["program_id"] == program_id
+
+
+# ---------------------------------------------------------------- one instance per cgroup
+
+def same_cgroup_spellings():
+    return [
+        pytest.param(lambda env: env.cgroup, id="same-path"),
+        pytest.param(lambda env: env.cgroup + "/", id="trailing-slash"),
+        pytest.param(lambda env: os.path.basename(env.cgroup), id="relative-to-mount"),
+        pytest.param(symlink_to(lambda env: env.cgroup, "cgroup-link"), id="via-symlink"),
+    ]
+
+
+@pytest.mark.parametrize("spelling", same_cgroup_spellings())
+def test_second_instance_on_the_same_cgroup(playbook, env, spelling):
+    first = playbook.module(**env.args(name="a", **GOOD))
+    assert first["status"] == "ok", first["_output"]
+    cgroup = spelling(env)
+    instance_a = _pinned_instance(env.pin_dir, "a")
+    before = baseline(env)
+    result = playbook.module(**env.args(name="b", cgroup=cgroup, rto_ms=300))
+    assert_refused(result, "already has the tcp_rto instance a", before, env)
+    assert _pinned_instance(env.pin_dir, "a") == instance_a
+    assert not os.path.lexists(os.path.join(env.pin_dir, "b"))
+
+
+# ---------------------------------------------------------------- check mode
+
+def test_check_mode_with_a_good_config_touches_nothing(playbook, env):
+    before = baseline(env)
+    result = playbook.module(check=True, **env.args(**GOOD))
+    assert result["status"] == "ok", result["_output"]
+    assert result["changed"] is True
+    assert result["actions"]
+    assert not os.path.lexists(env.pin_dir)
+    assert host_state(env, bpf_inventory.settle(before["kernel"], [env.cgroup])) == before
