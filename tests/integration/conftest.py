@@ -20,8 +20,9 @@ MODULE = "netbpf.tcp_rto.tcp_initial_rto"
 class Playbook:
     """Writes tasks into a playbook for localhost, runs it, returns each task's result."""
 
-    def __init__(self, workdir):
+    def __init__(self, workdir, collections_root=COLLECTIONS_ROOT):
         self.workdir = workdir
+        self.collections_root = collections_root
         self.inventory = os.path.join(workdir, "inventory.ini")
         with open(self.inventory, "w") as handle:
             handle.write("localhost ansible_connection=local ansible_python_interpreter=%s\n" % MANAGED_PYTHON)
@@ -33,7 +34,7 @@ class Playbook:
         results_file = os.path.join(self.workdir, "results%d.jsonl" % self.runs)
         with open(playbook, "w") as handle:
             json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}], handle)
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT,
+        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=self.collections_root,
                    ANSIBLE_CALLBACK_PLUGINS=os.path.join(HERE, "callback_plugins"),
                    ANSIBLE_CALLBACKS_ENABLED="record_results", RECORD_RESULTS_FILE=results_file,
                    ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_LOCAL_TEMP=self.workdir)

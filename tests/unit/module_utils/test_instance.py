@@ -1,0 +1,137 @@
+"""Pure logic of the domain: rule validation, jiffies conversion, the plan. No kernel needed:
+the current state is a stand-in with the attributes plan_present reads."""
+
+import ipaddress
+
+import pytest
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
+
+
+class FakeObject:
+    def __init__(self, sha256="a" * 64):
+        self.sha256 = sha256
+
+
+def desired(rules=(), default=None, direction="both", cgroup="/cg", attach_mode="link", sha256="a" * 64, hz=250):
+    return model.desired_state("t", "/pins", cgroup, hz, list(rules), default, direction, attach_mode,
+                               FakeObject(sha256))
+
+
+class FakeCurrent:
+    """The attributes of instance.Current that plan_present reads."""
+
+    def __init__(self, want, attached=True, intact=True, cgroup=None, attach_mode=None, sha256=None):
+        self.exists = True
+        self.program_intact = intact
+        self.meta_problem = None
+        self.meta = {"object_sha256": sha256 or want.object.sha256}
+        self.rules = [(rule, slot) for slot, rule in enumerate(want.rules)]
+        self.default_jiffies = want.default_jiffies
+        self.directions = abi.DIRECTIONS[want.direction]
+        self.attached = attached
+        self.cgroup = cgroup or want.cgroup
+        self.attach_mode = attach_mode or want.attach_mode
+
+
+@pytest.mark.parametrize("rto_ms, hz, jiffies", [(200, 250, 50), (50, 250, 13), (4, 250, 1), (1, 1000, 1),
+                                                 (120000, 250, 30000), (10, 100, 1), (52, 300, 16)])
+def test_rto_rounds_up_to_whole_jiffies(rto_ms, hz, jiffies):
+    assert model.rto_ms_to_jiffies(rto_ms, hz, "x") == jiffies
+
+
+@pytest.mark.parametrize("rto_ms, message", [
+    (0, "must be positive"), (-5, "must be positive"), (120001, "TCP_RTO_MAX"), (3, "below one jiffy at HZ 250"),
+    (1.5, "whole number"), ("200", "whole number"), (True, "whole number"),
+])
+def test_bad_rto(rto_ms, message):
+    with pytest.raises(model.ConfigError, match=message):
+        model.rto_ms_to_jiffies(rto_ms, 250, "x")
+
+
+def test_effective_ms_shown_back():
+    assert model.jiffies_to_ms(13, 250) == 52
+    assert model.jiffies_to_ms(16, 300) == 53.333
+
+
+@pytest.mark.parametrize("rules, message", [
+    ([{"dest": "10.0.0.0/33", "rto_ms": 50}], "not a network"),
+    ([{"dest": "10.0.0.1/8", "rto_ms": 50}], "host bits set"),
+    ([{"dest": "10.0.0.0/8", "rto_ms": 50}, {"dest": "10.0.0.0/8", "rto_ms": 60}], r"same network as rules\[0\]"),
+    ([{"dest": "10.0.0.0/8", "rto_ms": 50}, {"dest": "::ffff:10.0.0.0/104", "rto_ms": 60}], "same network"),
+    ([{"dest": "10.0.0.0/8"}], "exactly the keys dest and rto_ms"),
+    ([{"dest": "10.0.0.0/8", "rto_ms": 50, "x": 1}], "exactly the keys"),
+    ([{"dest": "10.%d.0.0/16" % (i % 256), "rto_ms": 50} for i in range(abi.MAX_RULES + 1)], "holds at most 1024"),
+])
+def test_bad_rules(rules, message):
+    with pytest.raises(model.ConfigError, match=message):
+        model.parse_rules(rules, 250)
+
+
+@pytest.mark.parametrize("name", ["", "a/b", "..", "a b", "a.b", "-x", "x" * 65, u"r\u00e9gion"])
+def test_bad_names(name):
+    with pytest.raises(model.ConfigError, match="not a valid instance name"):
+        model.validate_name(name)
+
+
+def test_longest_prefix_and_default():
+    rules = model.parse_rules([{"dest": "127.0.0.0/8", "rto_ms": 200}, {"dest": "127.0.0.1/32", "rto_ms": 100},
+                               {"dest": "::1/128", "rto_ms": 40}], 250)
+    assert model.rule_for("127.0.0.1", rules, None) == 25
+    assert model.rule_for("127.0.0.2", rules, None) == 50
+    assert model.rule_for("::1", rules, 7) == 10
+    assert model.rule_for("192.0.2.1", rules, 7) == 7
+    assert model.rule_for("192.0.2.1", rules, None) is None
+
+
+def test_rule_keys_round_trip():
+    for text in ("10.0.0.0/8", "0.0.0.0/0", "192.0.2.7/32", "fd00::/8", "::/0"):
+        network = ipaddress.ip_network(text)
+        assert abi.decode_rule_key(abi.encode_rule_key(network)) == network
+
+
+def test_plan_nothing_to_do():
+    want = desired(rules=[{"dest": "10.0.0.0/8", "rto_ms": 50}], default=500)
+    plan = model.plan_present(want, FakeCurrent(want))
+    assert plan.steps == [] and not (plan.load_maps or plan.load_program or plan.attach)
+
+
+def test_plan_values_only_touch_maps():
+    held = desired(rules=[{"dest": "10.0.0.0/8", "rto_ms": 50}])
+    want = desired(rules=[{"dest": "10.0.0.0/8", "rto_ms": 60}], default=500)
+    plan = model.plan_present(want, FakeCurrent(held))
+    assert plan.steps == ["update rules", "update default and direction"]
+    assert not (plan.load_maps or plan.load_program or plan.attach)
+
+
+def test_plan_new_object_replaces_in_place():
+    want = desired(sha256="b" * 64)
+    plan = model.plan_present(want, FakeCurrent(want, sha256="a" * 64))
+    assert plan.load_maps and plan.load_program and plan.attach
+    assert "replace the attached program atomically (link)" in plan.steps
+
+
+def test_plan_move_loads_second_program_then_detaches():
+    held = desired(cgroup="/old")
+    want = desired(cgroup="/new")
+    plan = model.plan_present(want, FakeCurrent(held))
+    assert not plan.load_maps and plan.load_program and plan.attach
+    assert plan.steps == ["load a second copy of the program on the same maps", "attach to /new (link)",
+                          "detach from /old (link)"]
+
+
+def test_plan_reattaches_same_program_after_drift():
+    want = desired()
+    plan = model.plan_present(want, FakeCurrent(want, attached=False))
+    assert plan.steps == ["attach to /cg (link)"]
+    assert not plan.load_program
+
+
+def test_plan_fresh_instance():
+    want = desired()
+    current = FakeCurrent(want, attached=False, intact=False)
+    current.exists = False
+    plan = model.plan_present(want, current)
+    assert plan.load_maps and plan.load_program and plan.attach
+    assert not any(step.startswith("repair") for step in plan.steps)
