@@ -15,7 +15,6 @@ import json
 import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import (
     ATTACH_LINK, ATTACH_MULTI, LINK_PIN, META_FORMAT, META_MAP, META_VALUE_SIZE, NEW_PIN_PREFIX, PROG_PIN,
@@ -37,6 +36,17 @@ class _Undo:
                 action(*args)
             except (OSError, bpf.BpfError):
                 pass  # best effort: the original error is what the user must see
+
+
+def _make_dirs(path, undo):
+    """mkdir -p that the undo removes again, level by level (pin_dir too when this made it)."""
+    missing = []
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        os.mkdir(directory, 0o700)
+        undo.push(os.rmdir, directory)
 
 
 def _unlink_quiet(path):
@@ -182,9 +192,7 @@ def apply_present(desired, current, plan, can_replace=True):
     opened = []
     new_pins = []
     try:
-        if not os.path.isdir(instance_dir):
-            os.makedirs(instance_dir, 0o700)
-            undo.push(os.rmdir, instance_dir)
+        _make_dirs(instance_dir, undo)
         if plan.load_maps:
             map_fds = _create_maps(desired.object, opened)
             write_rules(map_fds[abi.RULES_MAP], map_fds[abi.HITS_MAP], desired.rules)
@@ -244,36 +252,3 @@ def apply_absent(current, pin_dir):
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY):
             raise
 
-
-# CONFIG_HZ values Linux offers on any architecture; a measurement outside them is a wrong one.
-KNOWN_HZ = (24, 32, 48, 64, 100, 128, 200, 250, 256, 300, 500, 512, 1000, 1024, 1200)
-
-
-def measure_hz(obj, parent_cgroup):
-    """CONFIG_HZ measured on the kernel itself, for hosts without a kernel config: a SYN_SENT
-    socket whose program answered one jiffy reports jiffies_to_usecs(1) = 1e6 / HZ in TCP_INFO.
-    Uses a temporary program on a temporary child cgroup; both are gone when this returns."""
-    cgroup = os.path.join(parent_cgroup, "tcp_rto-hz-%d" % os.getpid())
-    os.mkdir(cgroup)
-    opened = []
-    try:
-        map_fds = _create_maps(obj, opened)
-        bpf.map_update(map_fds[abi.CONFIG_MAP], abi.CONFIG_KEY.pack(0),
-                       abi.encode_config(1, abi.DIRECTION_OUTGOING))
-        prog_fd = load_program(obj, map_fds)
-        opened.append(prog_fd)
-        _attach_multi(cgroup, prog_fd)
-        try:
-            usecs = probe.outgoing_rto_us(cgroup)
-        finally:
-            _detach_multi(cgroup, prog_fd)
-    finally:
-        for fd in opened:
-            os.close(fd)
-        os.rmdir(cgroup)
-    hz = int(round(1e6 / usecs))
-    if hz not in KNOWN_HZ:
-        raise InstanceError("measuring CONFIG_HZ gave %d (one jiffy = %d us), not a value Linux offers; another "
-                            "sock_ops program on an ancestor of %s may have overridden the probe. Give hz."
-                            % (hz, usecs, parent_cgroup))
-    return hz

@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import resource
+import time
 
 # Filesystem magic numbers (include/uapi/linux/magic.h): statfs(2) f_type.
 CGROUP2_SUPER_MAGIC = 0x63677270
@@ -50,6 +51,9 @@ DEFAULT_PIN_ROOT = "/sys/fs/bpf"
 DEFAULT_PIN_DIR = DEFAULT_PIN_ROOT + "/tcp_rto"
 
 TCP_RTO_MAX_SECONDS = 120.0
+
+# Linux clock id (uapi, every architecture); the time module names it only from Python 3.13 on.
+CLOCK_MONOTONIC_COARSE = 6
 
 # Capability bits (include/uapi/linux/capability.h).
 CAP_NET_ADMIN = 12
@@ -149,6 +153,12 @@ def config_hz(release=None, boot_dir="/boot", proc_config="/proc/config.gz"):
         except (IOError, OSError, EOFError, ValueError):
             continue
     return None
+
+
+def tick_hz():
+    """CONFIG_HZ measured, for hosts without a kernel config: CLOCK_MONOTONIC_COARSE advances once per
+    jiffy and clock_getres() reports that tick (4 ms at HZ 250)."""
+    return int(round(1.0 / time.clock_getres(CLOCK_MONOTONIC_COARSE)))
 
 
 # --- statfs and mount through libc --------------------------------------------------------------
@@ -297,8 +307,9 @@ def ensure_bpffs(pin_dir=DEFAULT_PIN_DIR, mount=True, check_mode=False, pin_root
                         % (pin_dir, "" if real == pin_dir else " (resolves to %s)" % real,
                            _fs_name_of(existing), DEFAULT_PIN_DIR))
     if not os.path.isdir(real_root):
-        raise HostError("%s does not exist: this kernel has no bpffs mount point (CONFIG_BPF_SYSCALL); "
-                        "use a kernel with BPF support" % pin_root)
+        raise HostError("%s does not exist, so bpffs cannot be mounted there (a kernel without "
+                        "CONFIG_BPF_SYSCALL has no /sys/fs/bpf): use a kernel with BPF support, or a "
+                        "pin_dir under another bpffs mount" % pin_root)
     if existing != real_root:
         raise HostError("%s is not a bpffs mount, and %s lies on %s below it: remove what is there and %s"
                         % (pin_root, existing, _fs_name_of(existing), how))

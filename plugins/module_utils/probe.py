@@ -36,7 +36,11 @@ TCP_INFO_LEN = 104  # struct tcp_info as of 2.6: every kernel returns at least t
 TCP_SYN_SENT = 2
 TCP_SYN_RECV = 3
 TCP_NEW_SYN_RECV = 12
-TCP_RTO_MAX_US = 120 * 1000 * 1000
+# Linux clock id (uapi, every architecture); Python names it only from 3.13 on. It advances once per
+# jiffy, together with the jiffies counter, and clock_getres() gives the tick length.
+CLOCK_MONOTONIC_COARSE = 6
+INCOMING_ATTEMPTS = 5
+OUTGOING_ATTEMPTS = 5
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -55,13 +59,15 @@ _DIAG_MSG_HEAD = struct.Struct("=BBBB")
 _DIAG_MSG_TAIL = struct.Struct("=IIIII")
 _INET_DIAG_NOCOOKIE = 0xFFFFFFFF
 
-IncomingRto = collections.namedtuple("IncomingRto", "rto_ms remaining_ms elapsed_ms resolution_ms")
+IncomingRto = collections.namedtuple("IncomingRto", "rto_ms exact resolution_ms jiffy_ms remaining_ms elapsed_ms")
 IncomingRto.__doc__ = """The first SYN-ACK timeout of a listener in a cgroup.
 
-rto_ms: the estimate, remaining_ms + elapsed_ms (rounded to whole jiffies when HZ is known);
-remaining_ms: what the request socket's timer had left (whole jiffies, in ms); elapsed_ms: the time
-from just before connect() until the timer was read; resolution_ms: how far rto_ms may be off (one
-jiffy when HZ is known, else 10 ms (HZ 100, the coarsest) plus elapsed_ms)."""
+rto_ms: the timeout in ms, as the kernel converts jiffies (750 jiffies at HZ 250: 3000).
+exact: True when no jiffy tick fell between arming the timer and reading it, so that the timer's
+remaining time is the whole timeout (resolution_ms 0). Otherwise rto_ms is remaining_ms + elapsed_ms
+rounded to whole jiffies, good to resolution_ms (one jiffy).
+jiffy_ms: the tick length (1000 / CONFIG_HZ). remaining_ms: what the request socket's timer had
+left; elapsed_ms: from just before connect() until the timer was read."""
 
 
 class ProbeError(Exception):
@@ -140,6 +146,9 @@ class _Child:
         self.buffer = b""
         if not os.path.isfile(os.path.join(cgroup, "cgroup.procs")):
             raise ProbeError("cgroup %s does not exist (no %s/cgroup.procs)" % (cgroup, cgroup))
+        if not os.path.isfile(os.path.join(cgroup, "cgroup.controllers")):
+            # joining a v1 cgroup would leave the sockets in the caller's v2 cgroup: a wrong answer
+            raise ProbeError("%s is not a cgroup v2 directory (no cgroup.controllers)" % cgroup)
         from_child, child_out = os.pipe()
         child_in, to_child = os.pipe()
         try:
@@ -235,12 +244,32 @@ def _tcp_info(sock):
     return sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, TCP_INFO_LEN)
 
 
+def _syn_sent_rto(family, target):
+    """A non-blocking connect whose SYN is dropped: -> its tcpi_rto, or None when a retransmit came
+    first (an RTO of a jiffy or so and a slow read): the RTO may have changed by then."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        err = sock.connect_ex(target)
+        if err not in (errno.EINPROGRESS, errno.EALREADY):
+            raise ProbeError("non-blocking connect to %s port %d: %s" % (target[0], target[1], os.strerror(err)))
+        info = _tcp_info(sock)
+    finally:
+        sock.close()
+    # struct tcp_info: u8 state, ca_state, retransmits, probes, backoff, ...; u32 rto at byte 8
+    state, retransmits, backoff = info[0], info[2], info[4]
+    if state != TCP_SYN_SENT:
+        raise ProbeError("the probe socket is in TCP state %d, not SYN_SENT: its SYN was answered" % state)
+    if retransmits or backoff:
+        return None
+    return struct.unpack_from("=I", info, 8)[0]
+
+
 def _outgoing_body(address, timeout):
     def body(send, _wait_parent, joined):
         family = _family(address)
         listener = socket.socket(family, socket.SOCK_STREAM)
         filler = socket.socket(family, socket.SOCK_STREAM)
-        probe = socket.socket(family, socket.SOCK_STREAM)
         try:
             listener.bind((address, 0))
             listener.listen(0)  # the accept queue holds one connection
@@ -254,19 +283,15 @@ def _outgoing_body(address, timeout):
                 if time.monotonic() > end:
                     raise ProbeError("the listener's accept queue never filled")
                 time.sleep(0.001)
-            probe.setblocking(False)
-            err = probe.connect_ex(target)
-            if err not in (errno.EINPROGRESS, errno.EALREADY):
-                raise ProbeError("non-blocking connect to %s port %d: %s" % (address, target[1], os.strerror(err)))
-            info = _tcp_info(probe)
-            state, backoff, rto = info[0], info[4], struct.unpack_from("=I", info, 8)[0]
-            if state != TCP_SYN_SENT:
-                raise ProbeError("the probe socket is in TCP state %d, not SYN_SENT: its SYN was answered" % state)
-            if backoff and rto < TCP_RTO_MAX_US:
-                rto >>= backoff  # a retransmit already doubled it (an RTO of a jiffy or two)
-            send({"rto_us": rto, "cgroup": joined})
+            for _attempt in range(OUTGOING_ATTEMPTS):
+                rto = _syn_sent_rto(family, target)
+                if rto is not None:
+                    send({"rto_us": rto, "cgroup": joined})
+                    return
+            raise ProbeError("the SYN was retransmitted before TCP_INFO could be read, %d times: the "
+                             "initial RTO is too short to measure this way" % OUTGOING_ATTEMPTS)
         finally:
-            for sock in (probe, filler, listener):
+            for sock in (filler, listener):
                 sock.close()
     return body
 
@@ -295,7 +320,7 @@ def _incoming_body(address):
             # first expiry already retransmits the SYN-ACK (num_retrans 1): a timer that fired before
             # it was read shows up as retransmits > 0, or as a request socket that is gone.
             listener.setsockopt(socket.IPPROTO_TCP, TCP_DEFER_ACCEPT, 1)
-            listener.listen(8)
+            listener.listen(2 * INCOMING_ATTEMPTS)
             send({"port": listener.getsockname()[1], "cgroup": joined})
             wait_parent()
         finally:
@@ -341,39 +366,70 @@ def _diag_request_sockets(family, sport, dport):
         nl.close()
 
 
-def incoming_rto_ms(cgroup, address="127.0.0.1", timeout=DEFAULT_TIMEOUT, hz=None):
-    """The first SYN-ACK timeout (ms) a listener inside cgroup gives an incoming connection, as an
-    IncomingRto (rto_ms, remaining_ms, elapsed_ms, resolution_ms). hz (CONFIG_HZ, when known) rounds
-    rto_ms to whole jiffies; without it rto_ms is the raw sum, good to 10 ms plus elapsed_ms.
+def _coarse():
+    return time.clock_gettime(CLOCK_MONOTONIC_COARSE)
 
-    The listener (in the cgroup, TCP_DEFER_ACCEPT) keeps the request socket in SYN_RECV; this process
-    connects from outside and reads the request socket's timer through NETLINK_SOCK_DIAG. A timeout
-    shorter than the time it takes to read it (about a millisecond) cannot be measured: ProbeError.
-    """
-    family = _family(address)
-    child = _Child(cgroup, _incoming_body(address), timeout)
+
+def _wait_for_tick():
+    """Return just after a jiffy tick, so that the next few hundred microseconds see no other."""
+    now = _coarse()
+    while _coarse() == now:
+        pass
+
+
+def _read_request_timer(family, address, port, timeout):
+    """One connect to the listener: -> (remaining_ms, elapsed_ms, ticked) of its request socket, or
+    None when the timer fired before it could be read."""
     client = socket.socket(family, socket.SOCK_STREAM)
     try:
-        port = child.receive()["port"]
         client.settimeout(timeout)
+        _wait_for_tick()
+        tick = _coarse()
         start = time.monotonic()
         client.connect((address, port))
         entries = _diag_request_sockets(family, port, client.getsockname()[1])
         elapsed_ms = (time.monotonic() - start) * 1000.0
+        ticked = _coarse() != tick
     finally:
         client.close()
-        child.close()
     pending = [entry for entry in entries if entry[0] == TCP_SYN_RECV]
     if not pending or pending[0][1] > 0:
-        raise ProbeError("the SYN-ACK timer of the listener in %s fired before it could be read (%.1f ms after "
-                         "connect), or no request socket was made (net.ipv4.tcp_syncookies = 2): the initial "
-                         "SYN-ACK timeout is too short to measure this way" % (cgroup, elapsed_ms))
-    remaining_ms = pending[0][2]
-    rto_ms = remaining_ms + elapsed_ms
-    if hz:
-        # The timer runs in whole jiffies: the nearest jiffy is the configured value (±1 jiffy).
-        jiffy_ms = 1000.0 / hz
-        return IncomingRto(rto_ms=round(rto_ms / jiffy_ms) * jiffy_ms, remaining_ms=remaining_ms,
-                           elapsed_ms=elapsed_ms, resolution_ms=jiffy_ms)
-    return IncomingRto(rto_ms=rto_ms, remaining_ms=remaining_ms, elapsed_ms=elapsed_ms,
-                       resolution_ms=10.0 + elapsed_ms)
+        return None
+    return pending[0][2], elapsed_ms, ticked
+
+
+def incoming_rto_ms(cgroup, address="127.0.0.1", timeout=DEFAULT_TIMEOUT):
+    """The first SYN-ACK timeout (ms) a listener inside cgroup gives an incoming connection, as an
+    IncomingRto (rto_ms, exact, resolution_ms, jiffy_ms, remaining_ms, elapsed_ms).
+
+    The listener (in the cgroup, TCP_DEFER_ACCEPT) keeps the request socket in SYN_RECV; this process
+    connects from outside, right after a jiffy tick, and reads the request socket's timer through
+    NETLINK_SOCK_DIAG (in whole jiffies). When no tick fell in between, the remaining time is the
+    whole timeout; otherwise it tries again (INCOMING_ATTEMPTS in all) and at last estimates. A
+    timeout shorter than the time it takes to read it (a fraction of a millisecond) cannot be
+    measured: ProbeError.
+    """
+    family = _family(address)
+    jiffy_ms = time.clock_getres(CLOCK_MONOTONIC_COARSE) * 1000.0
+    child = _Child(cgroup, _incoming_body(address), timeout)
+    try:
+        port = child.receive()["port"]
+        reading = None
+        for _attempt in range(INCOMING_ATTEMPTS):
+            this = _read_request_timer(family, address, port, timeout)
+            reading = this or reading
+            if this is not None and not this[2]:
+                break
+    finally:
+        child.close()
+    if reading is None:
+        raise ProbeError("the SYN-ACK timer of the listener in %s fired before it could be read, or no "
+                         "request socket was made (net.ipv4.tcp_syncookies = 2): the initial SYN-ACK "
+                         "timeout is too short to measure this way" % cgroup)
+    remaining_ms, elapsed_ms, ticked = reading
+    if not ticked:
+        return IncomingRto(rto_ms=float(remaining_ms), exact=True, resolution_ms=0.0, jiffy_ms=jiffy_ms,
+                           remaining_ms=remaining_ms, elapsed_ms=elapsed_ms)
+    estimate = round((remaining_ms + elapsed_ms) / jiffy_ms) * jiffy_ms
+    return IncomingRto(rto_ms=estimate, exact=False, resolution_ms=jiffy_ms, jiffy_ms=jiffy_ms,
+                       remaining_ms=remaining_ms, elapsed_ms=elapsed_ms)

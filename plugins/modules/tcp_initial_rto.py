@@ -24,7 +24,8 @@ description:
     A new program object replaces the attached one atomically. O(state=absent) removes every kernel
     object of the instance.
   - A smaller initial RTO also shortens the time after which C(connect()) to a dead peer fails
-    (about 127 times the RTO with the default C(net.ipv4.tcp_syn_retries=6)); RV(syn_give_up_s) reports it.
+    (127 times the RTO with the default C(net.ipv4.tcp_syn_retries=6), 131 times on 6.5+ where
+    C(net.ipv4.tcp_syn_linear_timeouts=4)); RV(syn_give_up_s) reports it.
     A value far below the real round trip causes spurious retransmits, after which the kernel uses
     a 3 second data RTO for the connection: set it above the p99 handshake round trip of the network.
   - Kernel objects do not survive a reboot.
@@ -100,13 +101,15 @@ options:
     description:
       - The kernel's C(CONFIG_HZ), to convert milliseconds to jiffies.
       - Omitted, it is read from C(/boot/config-<release>) or C(/proc/config.gz), and when neither
-        exists measured on the kernel itself (with a temporary program on a temporary cgroup).
+        exists measured on the kernel itself (the tick of C(CLOCK_MONOTONIC_COARSE) is one jiffy).
     type: int
   verify:
     description:
-      - After applying, start a TCP handshake on loopback from a process in O(cgroup) and compare the
-        initial RTO the kernel gives it with the value the rules give loopback. A mismatch (for
-        example a program of an ancestor cgroup overriding the value) fails the task.
+      - After applying, start TCP handshakes on loopback from a process in O(cgroup) and compare the
+        initial RTO the kernel gives them with the value the rules give loopback. A C(connect()) is
+        always checked (it keeps the kernel default when O(direction=incoming)); the SYN-ACK timer of a
+        listener in the cgroup when O(direction) includes V(incoming).
+      - A mismatch (for example a program of an ancestor cgroup overriding the value) fails the task.
     type: bool
     default: true
   src:
@@ -205,10 +208,16 @@ kernel:
     hz_source: {description: Where HZ came from (a file, V(measured) or V(parameter))., type: str, sample: /proc/config.gz}
     features: {description: Kernel features the module relies on and whether this kernel has them., type: dict}
 verification:
-  description: The handshake probe after applying.
+  description: The handshake probes after applying; RV(verification.ok) is false only when the task failed.
   returned: when O(state=present) and O(verify=true) and not in check mode
   type: dict
-  sample: {address: 127.0.0.1, direction: outgoing, expected_ms: 52, observed_ms: 52, ok: true}
+  contains:
+    ok: {description: Whether every check matched., type: bool, sample: true}
+    checks:
+      description: One entry per handshake probed, V(outgoing) always, V(incoming) when O(direction) includes it.
+      type: list
+      elements: dict
+      sample: [{direction: outgoing, address: 127.0.0.1, expected_ms: 52, observed_ms: 52, ok: true}]
 syn_give_up_s:
   description:
     - Seconds after which C(connect()) to an unreachable peer gives up, for the smallest configured
@@ -264,29 +273,34 @@ ARGUMENT_SPEC = dict(
 )
 
 
-def discover_hz(params, release, obj, cgroup):
+def discover_hz(params, release):
     if params["hz"] is not None:
         if params["hz"] <= 0:
             raise model.ConfigError("hz must be positive, got %d" % params["hz"])
         return params["hz"], "parameter"
-    found = host.config_hz(release)
-    if found:
-        return found
-    if obj is None:
-        return None, None
-    return kernel_apply.measure_hz(obj, cgroup), "measured"
+    return host.config_hz(release) or (host.tick_hz(), "measured")
+
+
+def _check(direction, expected_jiffies, observed_ms, tolerance_ms, hz):
+    expected_ms = model.jiffies_to_ms(expected_jiffies, hz) if expected_jiffies else model.KERNEL_DEFAULT_RTO_MS
+    return {"direction": direction, "address": PROBE_ADDRESS, "expected_ms": expected_ms,
+            "observed_ms": model.plain_number(observed_ms), "ok": abs(observed_ms - expected_ms) <= tolerance_ms}
 
 
 def verify(desired):
-    """Probe a real handshake from inside the cgroup and compare with what the rules give it."""
-    expected = None
-    if abi.DIRECTIONS[desired.direction] & abi.DIRECTION_OUTGOING:
-        expected = model.rule_for(PROBE_ADDRESS, desired.rules, desired.default_jiffies)
-    expected_ms = model.jiffies_to_ms(expected, desired.hz) if expected else model.KERNEL_DEFAULT_RTO_MS
-    observed_us = probe.outgoing_rto_us(desired.cgroup, PROBE_ADDRESS)
-    observed_ms = model.plain_number(observed_us / 1000.0)
-    return {"address": PROBE_ADDRESS, "direction": "outgoing", "expected_ms": expected_ms,
-            "observed_ms": observed_ms, "ok": abs(observed_ms - expected_ms) < 1000.0 / desired.hz}
+    """Real handshakes from inside the cgroup compared with what the instance should give them:
+    always a connect() (the kernel default when direction leaves it out), and an accept() when
+    direction includes incoming."""
+    directions = abi.DIRECTIONS[desired.direction]
+    jiffies = model.rule_for(PROBE_ADDRESS, desired.rules, desired.default_jiffies)
+    jiffy_ms = 1000.0 / desired.hz
+    checks = [_check("outgoing", jiffies if directions & abi.DIRECTION_OUTGOING else None,
+                     probe.outgoing_rto_us(desired.cgroup, PROBE_ADDRESS) / 1000.0, jiffy_ms / 2, desired.hz)]
+    if directions & abi.DIRECTION_INCOMING:
+        incoming = probe.incoming_rto_ms(desired.cgroup, PROBE_ADDRESS)
+        checks.append(_check("incoming", jiffies, incoming.rto_ms, max(incoming.resolution_ms, jiffy_ms / 2),
+                             desired.hz))
+    return {"ok": all(check["ok"] for check in checks), "checks": checks}
 
 
 def instance_result(desired, current):
@@ -332,11 +346,8 @@ def run(module):
         check_contract(obj)
     if features.memlock_accounting:
         host.raise_memlock()
-    hz, hz_source = discover_hz(params, release, None if module.check_mode else obj, cgroup)
+    hz, hz_source = discover_hz(params, release)
     result["kernel"].update(hz=hz, hz_source=hz_source)
-    if params["state"] == "present" and hz is None:
-        raise model.ConfigError("CONFIG_HZ is not in /boot/config-%s nor /proc/config.gz, and check mode cannot "
-                                "measure it (that loads a program): give hz" % release)
     desired = None
     if params["state"] == "present":
         attach_mode = model.ATTACH_LINK if features.cgroup_link and not params["force_legacy_attach"] \
@@ -384,14 +395,15 @@ def run(module):
         applied.close()
     result["foreign_programs"] = model.foreign_programs(cgroup, own_ids)
     result["syn_give_up_s"] = give_up_seconds(desired)
-    check = result.get("verification")
-    if check and not check["ok"]:
+    failed = [check for check in result.get("verification", {}).get("checks", []) if not check["ok"]]
+    if failed:
         module.fail_json(
-            msg="verification failed: a socket in %s started with an initial RTO of %s ms, the rules give %s ms "
-                "for %s. Another sock_ops program (on this cgroup: %s; or on an ancestor cgroup) may override "
-                "the value or return 0. The instance stays applied; see the programs that run for the cgroup with "
-                "'bpftool cgroup tree'."
-                % (cgroup, check["observed_ms"], check["expected_ms"], PROBE_ADDRESS,
+            msg="verification failed: %s. Another sock_ops program (on this cgroup: %s; or on an ancestor cgroup) "
+                "may override the value or return 0. The instance stays applied; see the programs that run for the "
+                "cgroup with 'bpftool cgroup tree'."
+                % ("; ".join("an %s handshake with %s in %s started with an initial RTO of %s ms, the rules give %s ms"
+                             % (check["direction"], check["address"], cgroup, check["observed_ms"], check["expected_ms"])
+                             for check in failed),
                    [program["id"] for program in result["foreign_programs"]] or "none"),
             **result)
     return result
@@ -402,7 +414,7 @@ def main():
     try:
         module.exit_json(**run(module))
     except (model.ConfigError, model.InstanceError, host.HostError, BpfObjectError, probe.ProbeError) as exc:
-        module.fail_json(msg=to_native(exc))
+        module.fail_json(msg=("src is not a BPF object this collection can load: %s" if isinstance(exc, BpfObjectError) else "%s") % to_native(exc))
     except bpf.BpfError as exc:
         module.fail_json(msg="a bpf(2) call failed: %s. Nothing of the failed step was left in the kernel."
                          % to_native(exc))

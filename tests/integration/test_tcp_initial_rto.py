@@ -39,8 +39,9 @@ def test_check_apply_reapply(playbook, args, cgroup):
 
     applied = playbook.module(**wanted)
     assert applied["changed"] is True, applied["_output"]
-    assert applied["verification"] == {"address": "127.0.0.1", "direction": "outgoing", "expected_ms": 200,
-                                       "observed_ms": 200, "ok": True}
+    assert applied["verification"] == {"ok": True, "checks": [
+        {"direction": "outgoing", "address": "127.0.0.1", "expected_ms": 200, "observed_ms": 200, "ok": True},
+        {"direction": "incoming", "address": "127.0.0.1", "expected_ms": 200, "observed_ms": 200, "ok": True}]}
     assert cgroup_program_ids(cgroup) == [program_id(applied)]
     assert observed_rto_us(cgroup) == jiffies_us(200)
     assert applied["instance"]["rules"][0]["rto_jiffies"] == -(-200 * HZ // 1000)
@@ -116,23 +117,30 @@ def test_move_to_another_cgroup(playbook, args, cgroup):
     assert observed_rto_us(other) == jiffies_us(500)
 
 
-def test_foreign_program_survives_every_step(playbook, args, cgroup, bpffs, tmp_path):
+def load_foreign_program(tmp_path, bpffs, body):
+    """Compile and pin (with bpftool) a sock_ops program that is not ours; returns its pin."""
     source = tmp_path / "foreign.c"
     source.write_text('#include <linux/bpf.h>\n'
-                      '__attribute__((section("sockops"), used)) int foreign(struct bpf_sock_ops *s) { return 1; }\n'
-                      'char _license[] __attribute__((section("license"), used)) = "GPL";\n')
+                      '__attribute__((section("sockops"), used)) int foreign(struct bpf_sock_ops *skops)\n'
+                      '{ if (skops->op == BPF_SOCK_OPS_TIMEOUT_INIT) { %s } return 1; }\n'
+                      'char _license[] __attribute__((section("license"), used)) = "GPL";\n' % body)
     obj = tmp_path / "foreign.o"
     subprocess.run(["clang", "-O2", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", str(source),
                     "-o", str(obj)], check=True)
     pin = os.path.join(bpffs, "foreign")
     subprocess.run(["bpftool", "prog", "load", str(obj), pin, "type", "sockops"], check=True)
+    return pin
+
+
+def test_foreign_program_survives_every_step(playbook, args, cgroup, bpffs, tmp_path):
+    pin = load_foreign_program(tmp_path, bpffs, "")
     subprocess.run(["bpftool", "cgroup", "attach", cgroup, "sock_ops", "pinned", pin, "multi"], check=True)
     foreign_id = bpftool("prog", "show", "pinned", pin)["id"]
     try:
         for step in (dict(rto_ms=500), dict(rto_ms=500), dict(rto_ms=300), dict(rto_ms=300, force_legacy_attach=True),
                      dict(state="absent")):
             result = playbook.module(**dict(args, **step))
-            assert "failed" not in result or not result["failed"], result["_output"]
+            assert result["status"] == "ok", result["_output"]
             assert foreign_id in cgroup_program_ids(cgroup)
             if step.get("state") != "absent":
                 assert [prog["id"] for prog in result["foreign_programs"]] == [foreign_id]
@@ -163,11 +171,32 @@ def test_new_object_replaces_program(playbook, args, cgroup, variant_source, leg
     assert playbook.module(rto_ms=500, src=variant_source, **args)["changed"] is False
 
 
-@pytest.mark.parametrize("direction, outgoing_us", [("outgoing", 500000), ("incoming", 1000000), ("both", 500000)])
-def test_direction(playbook, args, cgroup, direction, outgoing_us):
+@pytest.mark.parametrize("direction, checked", [
+    ("outgoing", {"outgoing": 500}),
+    ("incoming", {"outgoing": 1000, "incoming": 500}),
+    ("both", {"outgoing": 500, "incoming": 500}),
+])
+def test_direction(playbook, args, cgroup, direction, checked):
     result = playbook.module(rto_ms=500, direction=direction, **args)
     assert result["verification"]["ok"] is True, result["_output"]
-    assert observed_rto_us(cgroup) == outgoing_us
+    assert dict((check["direction"], check["observed_ms"]) for check in result["verification"]["checks"]) == checked
+    assert observed_rto_us(cgroup) == checked["outgoing"] * 1000
+
+
+def test_verification_catches_an_overriding_ancestor(playbook, args, cgroup, bpffs, tmp_path):
+    """A foreign program on the parent that writes the reply unconditionally beats ours: the task
+    must fail and say so, not pass silently."""
+    child = os.path.join(cgroup, "child")
+    os.mkdir(child)
+    pin = load_foreign_program(tmp_path, bpffs, "skops->reply = 2500;")
+    subprocess.run(["bpftool", "cgroup", "attach", cgroup, "sock_ops", "pinned", pin, "multi"], check=True)
+    try:
+        result = playbook.module(rto_ms=500, **dict(args, cgroup=child))
+        assert result["status"] == "failed", result["_output"]
+        assert "verification failed" in result["msg"] and "ancestor cgroup" in result["msg"]
+        assert result["verification"]["checks"][0]["observed_ms"] == 2500 * 1000 // HZ
+    finally:
+        subprocess.run(["bpftool", "cgroup", "detach", cgroup, "sock_ops", "pinned", pin], check=False)
 
 
 def test_ipv6_rule(playbook, args, cgroup):

@@ -1,0 +1,461 @@
+"""host.py against this machine's real files (kernel release, /proc/config.gz, /proc/mounts, the
+cgroup v2 and v1 hierarchies, bpffs mounts) and tmp files for what this machine does not have."""
+
+import gzip
+import os
+import platform
+import resource
+import tempfile
+import uuid
+
+import pytest
+import sandbox
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.host import HostError
+
+CGROUP_V1_DIR = "/sys/fs/cgroup/cpu"  # a cgroup v1 hierarchy on this (hybrid) machine
+
+
+# --- kernel release and features ---------------------------------------------------------------
+
+@pytest.mark.parametrize("release, expected", [
+    ("6.18.44-fc-v657", (6, 18, 44)),
+    ("5.10.0-28-cloud-amd64", (5, 10, 0)),
+    ("4.9.0", (4, 9, 0)),
+    ("6.1.0-rc3", (6, 1, 0)),
+    ("6.8.0-45-generic", (6, 8, 0)),
+    ("5.15", (5, 15, 0)),
+    ("4.18.0-513.5.1.el8_9.x86_64", (4, 18, 0)),
+    ("6.6.32+rpt-rpi-v8", (6, 6, 32)),
+])
+def test_parse_release(release, expected):
+    assert host.parse_release(release) == expected
+
+
+@pytest.mark.parametrize("release", ["", "linux", "v6.1", "6"])
+def test_parse_release_garbage(release):
+    with pytest.raises(HostError, match="uname -r"):
+        host.parse_release(release)
+
+
+def test_parse_release_of_this_machine():
+    version = host.parse_release(platform.release())
+    assert version[:2] == tuple(int(part) for part in platform.release().split(".")[:2])
+
+
+@pytest.mark.parametrize("release, features", [
+    ("4.16.0", dict(cgroup_link=False, prog_replace=False, memlock_accounting=True, rto_capped=False,
+                    synack_backoff_from_bpf=False, syn_linear_timeouts=False, cap_bpf=False)),
+    ("5.6.19", dict(cgroup_link=False, prog_replace=True)),
+    ("5.7.0", dict(cgroup_link=True, prog_replace=True, cap_bpf=False)),
+    ("5.8.0", dict(cap_bpf=True)),
+    ("5.10.0-28-cloud-amd64", dict(memlock_accounting=True, rto_capped=False)),
+    ("5.11.0", dict(memlock_accounting=False)),
+    ("5.17.15", dict(rto_capped=False, synack_backoff_from_bpf=False)),
+    ("5.18.0", dict(rto_capped=True, synack_backoff_from_bpf=True, syn_linear_timeouts=False)),
+    ("6.4.16", dict(syn_linear_timeouts=False)),
+    ("6.5.0", dict(syn_linear_timeouts=True)),
+    ("6.18.44-fc-v657", dict(cgroup_link=True, prog_replace=True, memlock_accounting=False, rto_capped=True,
+                             synack_backoff_from_bpf=True, syn_linear_timeouts=True, cap_bpf=True)),
+])
+def test_kernel_features(release, features):
+    found = host.KernelFeatures(release)
+    for name, value in features.items():
+        assert getattr(found, name) is value, name
+    as_dict = found.as_dict()
+    assert as_dict["release"] == release
+    assert set(host.KernelFeatures.FIELDS) <= set(as_dict)
+
+
+def test_kernel_features_of_this_machine():
+    features = host.KernelFeatures()
+    assert features.release == platform.release()
+    assert features.version == host.parse_release(platform.release())
+
+
+@pytest.mark.parametrize("release", ["4.15.18", "4.9.0", "3.10.0-1160.el7.x86_64", "4.13.0"])
+def test_check_kernel_too_old(release):
+    with pytest.raises(HostError) as error:
+        host.check_kernel(release)
+    message = str(error.value)
+    assert release in message and "4.16" in message and "is_fullsock" in message
+
+
+@pytest.mark.parametrize("release", ["4.16.0", "5.10.0-28-cloud-amd64", "6.1.0-rc3"])
+def test_check_kernel_ok(release):
+    assert host.check_kernel(release) == host.parse_release(release)
+
+
+def test_check_kernel_of_this_machine():
+    assert host.check_kernel() >= host.MIN_KERNEL
+
+
+# --- CONFIG_HZ ----------------------------------------------------------------------------------
+
+def _hz_from_proc_config():
+    with gzip.open("/proc/config.gz", "rt") as handle:
+        for line in handle:
+            if line.startswith("CONFIG_HZ="):
+                return int(line.strip().split("=")[1])
+    return None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/config.gz"), reason="no /proc/config.gz here")
+def test_config_hz_of_this_machine():
+    # No /boot/config-* here: the answer comes from /proc/config.gz.
+    found = host.config_hz()
+    assert found == (_hz_from_proc_config(), "/proc/config.gz")
+    assert found[0] in (100, 250, 300, 1000)
+
+
+def test_tick_hz():
+    # measured HZ agrees with the kernel config wherever one is readable
+    found = host.config_hz()
+    assert host.tick_hz() in (100, 250, 300, 1000)
+    if found:
+        assert host.tick_hz() == found[0]
+
+
+def test_config_hz_prefers_boot_config(tmp_path):
+    (tmp_path / "config-5.10.0-28-amd64").write_text("# comment\nCONFIG_HZ_1000=y\nCONFIG_HZ=1000\n")
+    assert host.config_hz("5.10.0-28-amd64", boot_dir=str(tmp_path), proc_config=str(tmp_path / "none.gz")) == (
+        1000, str(tmp_path / "config-5.10.0-28-amd64"))
+
+
+def test_config_hz_from_gzip(tmp_path):
+    proc_config = tmp_path / "config.gz"
+    with gzip.open(str(proc_config), "wt") as handle:
+        handle.write("CONFIG_HZ_300=y\nCONFIG_HZ=300\n")
+    assert host.config_hz("1.2.3", boot_dir=str(tmp_path), proc_config=str(proc_config)) == (300, str(proc_config))
+
+
+def test_config_hz_missing_or_unreadable(tmp_path):
+    assert host.config_hz("1.2.3", boot_dir=str(tmp_path), proc_config=str(tmp_path / "missing.gz")) is None
+    (tmp_path / "config-1.2.3").write_text("CONFIG_NO_HZ=y\n")  # no CONFIG_HZ= line
+    (tmp_path / "broken.gz").write_bytes(b"not gzip at all")
+    assert host.config_hz("1.2.3", boot_dir=str(tmp_path), proc_config=str(tmp_path / "broken.gz")) is None
+
+
+# --- cgroup v2 ----------------------------------------------------------------------------------
+
+def test_cgroup2_mount_of_this_machine():
+    assert host.cgroup2_mount() == sandbox.cgroup2_mount()
+    assert host.fs_type(host.cgroup2_mount()) == host.CGROUP2_SUPER_MAGIC
+
+
+def test_cgroup2_mount_missing(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("cgroup /sys/fs/cgroup/cpu cgroup rw,relatime,cpu 0 0\nproc /proc proc rw 0 0\n")
+    with pytest.raises(HostError) as error:
+        host.cgroup2_mount(str(mounts))
+    message = str(error.value)
+    assert "systemd.unified_cgroup_hierarchy=1" in message
+    assert "mount -t cgroup2 none /sys/fs/cgroup/unified" in message
+
+
+def test_cgroup2_mount_unreadable(tmp_path):
+    with pytest.raises(HostError, match="cannot read"):
+        host.cgroup2_mount(str(tmp_path / "no-such-file"))
+
+
+def test_cgroup2_mount_escaped_path(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text("cgroup2 /mnt/my\\040cgroups cgroup2 rw 0 0\n")
+    assert host.cgroup2_mount(str(mounts)) == "/mnt/my cgroups"
+
+
+def test_resolve_cgroup_real(cgroup):
+    assert host.resolve_cgroup(cgroup) == os.path.realpath(cgroup)
+    assert host.resolve_cgroup(cgroup + "/") == os.path.realpath(cgroup)
+
+
+def test_resolve_cgroup_default_is_the_mount():
+    mount = host.cgroup2_mount()
+    assert host.resolve_cgroup() == os.path.realpath(mount)
+    assert host.resolve_cgroup(None, mount) == os.path.realpath(mount)
+
+
+def test_resolve_cgroup_relative_to_mount(cgroup):
+    mount = host.cgroup2_mount()
+    assert host.resolve_cgroup(os.path.basename(cgroup), mount) == os.path.realpath(cgroup)
+
+
+def test_resolve_cgroup_dotdot_inside(cgroup):
+    os.mkdir(os.path.join(cgroup, "child"))
+    assert host.resolve_cgroup(os.path.join(cgroup, "child", "..")) == os.path.realpath(cgroup)
+
+
+def test_resolve_cgroup_missing(cgroup):
+    with pytest.raises(HostError, match="does not exist: create it"):
+        host.resolve_cgroup(os.path.join(cgroup, "missing"))
+
+
+def test_resolve_cgroup_not_a_directory(cgroup):
+    with pytest.raises(HostError, match="not a directory"):
+        host.resolve_cgroup(os.path.join(cgroup, "cgroup.procs"))
+
+
+def test_resolve_cgroup_v1_directory():
+    assert host.fs_type(CGROUP_V1_DIR) == host.CGROUP_SUPER_MAGIC  # hybrid machine
+    with pytest.raises(HostError) as error:
+        host.resolve_cgroup(CGROUP_V1_DIR)
+    assert "cgroup v1" in str(error.value) and host.cgroup2_mount() in str(error.value)
+
+
+def test_resolve_cgroup_tmpfs():
+    # /sys/fs/cgroup is the tmpfs holding the hybrid mounts; /dev/shm is tmpfs anyway.
+    for path in ("/dev/shm", os.path.dirname(host.cgroup2_mount())):
+        if host.fs_type(path) != 0x01021994:
+            continue
+        with pytest.raises(HostError, match="tmpfs filesystem, not cgroup2"):
+            host.resolve_cgroup(path)
+
+
+def test_resolve_cgroup_plain_dir(tmp_path):
+    with pytest.raises(HostError, match="not cgroup2"):
+        host.resolve_cgroup(str(tmp_path))
+
+
+def test_resolve_cgroup_dotdot_escape(cgroup):
+    # cgroup/../.. is the directory holding the cgroup2 mount: another filesystem
+    with pytest.raises(HostError, match="not cgroup2"):
+        host.resolve_cgroup(os.path.join(cgroup, "..", ".."))
+    # ... and ../../cpu is a cgroup v1 directory
+    with pytest.raises(HostError, match="cgroup v1"):
+        host.resolve_cgroup(os.path.join(host.cgroup2_mount(), "..", "cpu"))
+
+
+def test_resolve_cgroup_outside_mount(cgroup):
+    # Real cgroup2 directories outside the given mount: taken as 'mount' here, the fixture cgroup makes
+    # its parent (the real v2 root) lie outside; reached through '..' and through a symlink.
+    inner = os.path.join(cgroup, "inner")
+    os.mkdir(inner)
+    with pytest.raises(HostError, match="outside the cgroup v2 mount"):
+        host.resolve_cgroup(os.path.join(inner, "..", ".."), mount=cgroup)
+    link_dir = tempfile.mkdtemp()
+    try:
+        link = os.path.join(link_dir, "cg")
+        os.symlink(os.path.dirname(cgroup), link)
+        with pytest.raises(HostError, match="outside the cgroup v2 mount"):
+            host.resolve_cgroup(link, mount=cgroup)
+        assert host.resolve_cgroup(os.path.join(link, os.path.basename(cgroup)), mount=cgroup) == cgroup
+    finally:
+        os.unlink(os.path.join(link_dir, "cg"))
+        os.rmdir(link_dir)
+
+
+def test_resolve_cgroup_symlinks(cgroup, tmp_path):
+    to_cgroup = tmp_path / "to_cgroup"
+    to_cgroup.symlink_to(cgroup)
+    assert host.resolve_cgroup(str(to_cgroup)) == os.path.realpath(cgroup)
+    to_v1 = tmp_path / "to_v1"
+    to_v1.symlink_to(CGROUP_V1_DIR)
+    with pytest.raises(HostError, match="resolves to %s.*cgroup v1" % CGROUP_V1_DIR):
+        host.resolve_cgroup(str(to_v1))
+    to_plain = tmp_path / "to_plain"
+    to_plain.symlink_to(tmp_path)
+    with pytest.raises(HostError, match="not cgroup2"):
+        host.resolve_cgroup(str(to_plain))
+
+
+# --- bpffs --------------------------------------------------------------------------------------
+
+def test_is_bpffs(bpffs, tmp_path):
+    assert host.is_bpffs(bpffs)
+    assert not host.is_bpffs(str(tmp_path))
+    assert not host.is_bpffs(str(tmp_path / "missing"))
+    assert not host.is_bpffs(host.cgroup2_mount())
+
+
+def test_ensure_bpffs_already_mounted(bpffs):
+    assert host.ensure_bpffs(os.path.join(bpffs, "tcp_rto"), pin_root=bpffs) is False
+    os.mkdir(os.path.join(bpffs, "tcp_rto"))
+    assert host.ensure_bpffs(os.path.join(bpffs, "tcp_rto", "deeper"), pin_root=bpffs) is False
+    # a pin_dir on another bpffs than the pin root is fine too
+    assert host.ensure_bpffs(os.path.join(bpffs, "x")) is False
+
+
+def test_ensure_bpffs_other_filesystem(tmp_path):
+    with pytest.raises(HostError) as error:
+        host.ensure_bpffs(str(tmp_path / "pins"))
+    assert "not bpffs" in str(error.value) and "mount -t bpf bpf" in str(error.value)
+
+
+def test_ensure_bpffs_symlink_out_of_bpffs(bpffs, tmp_path):
+    link = os.path.join(bpffs, "escape")
+    os.symlink(str(tmp_path), link)
+    with pytest.raises(HostError, match="resolves to %s" % tmp_path):
+        host.ensure_bpffs(os.path.join(link, "tcp_rto"), pin_root=bpffs)
+
+
+def test_ensure_bpffs_dotdot_out_of_bpffs(bpffs):
+    with pytest.raises(HostError, match="not bpffs"):
+        host.ensure_bpffs(os.path.join(bpffs, "..", "tcp_rto"), pin_root=bpffs)
+
+
+@pytest.fixture
+def unmounted_pin_root():
+    """An empty directory standing in for an unmounted /sys/fs/bpf; unmounted and removed afterwards."""
+    # named like sandbox.py's own mounts (<prefix>bpffs-<pid>-<random>) so that a sweep of leftovers
+    # recognises it, and leaves it alone while this process runs
+    path = os.path.join(sandbox.BPFFS_PARENT, "%sbpffs-%d-%s" % (sandbox.SANDBOX_PREFIX, os.getpid(),
+                                                                 uuid.uuid4().hex[:8]))
+    os.mkdir(path, 0o700)
+    try:
+        yield path
+    finally:
+        for _ in range(3):  # ensure_bpffs may have mounted it (once)
+            if not host.is_bpffs(path):
+                break
+            sandbox.unmount_bpffs(path)
+        if os.path.isdir(path):
+            os.rmdir(path)
+
+
+def test_ensure_bpffs_mounts_the_pin_root(unmounted_pin_root):
+    pin_dir = os.path.join(unmounted_pin_root, "tcp_rto")
+    assert not host.is_bpffs(unmounted_pin_root)
+    assert host.ensure_bpffs(pin_dir, pin_root=unmounted_pin_root) is True
+    assert host.is_bpffs(unmounted_pin_root)
+    assert oct(os.stat(unmounted_pin_root).st_mode & 0o777) == oct(0o700)
+    assert host.ensure_bpffs(pin_dir, pin_root=unmounted_pin_root) is False  # idempotent
+
+
+def test_ensure_bpffs_check_mode_does_not_mount(unmounted_pin_root):
+    assert host.ensure_bpffs(os.path.join(unmounted_pin_root, "tcp_rto"), check_mode=True,
+                             pin_root=unmounted_pin_root) is True
+    assert not host.is_bpffs(unmounted_pin_root)
+
+
+def test_ensure_bpffs_mount_false(unmounted_pin_root):
+    with pytest.raises(HostError) as error:
+        host.ensure_bpffs(os.path.join(unmounted_pin_root, "tcp_rto"), mount=False, pin_root=unmounted_pin_root)
+    assert "not mounted at %s" % unmounted_pin_root in str(error.value)
+    assert "mount -t bpf bpf %s" % unmounted_pin_root in str(error.value)
+    assert not host.is_bpffs(unmounted_pin_root)
+
+
+def test_ensure_bpffs_missing_pin_root(tmp_path):
+    root = str(tmp_path / "no-bpf")
+    with pytest.raises(HostError, match="does not exist"):
+        host.ensure_bpffs(os.path.join(root, "tcp_rto"), pin_root=root)
+
+
+# --- privileges and limits ----------------------------------------------------------------------
+
+def _status(tmp_path, caps):
+    status = tmp_path / "status"
+    status.write_text("Name:\tpython\nCapInh:\t0000000000000000\nCapEff:\t%016x\n" % caps)
+    return str(status)
+
+
+def test_require_root_this_process():
+    host.require_root()  # the tests run as root
+
+
+def test_require_root_capabilities(tmp_path):
+    bpf_net = (1 << host.CAP_BPF) | (1 << host.CAP_NET_ADMIN)
+    host.require_root("6.1.0", status=_status(tmp_path, bpf_net))
+    host.require_root("5.4.0", status=_status(tmp_path, (1 << host.CAP_SYS_ADMIN) | (1 << host.CAP_NET_ADMIN)))
+    with pytest.raises(HostError, match="missing CAP_SYS_ADMIN"):
+        host.require_root("5.4.0", status=_status(tmp_path, bpf_net))  # no CAP_BPF before 5.8
+    with pytest.raises(HostError, match="missing CAP_BPF or CAP_SYS_ADMIN"):
+        host.require_root("6.1.0", status=_status(tmp_path, 1 << host.CAP_NET_ADMIN))
+    with pytest.raises(HostError) as error:
+        host.require_root("6.1.0", status=_status(tmp_path, 0))
+    message = str(error.value)
+    assert "CAP_NET_ADMIN" in message and "root" in message and "become" in message
+
+
+def test_require_root_without_status_file(tmp_path):
+    host.require_root(status=str(tmp_path / "missing"))  # euid 0 is enough then
+
+
+def _in_child(function):
+    """Run function in a forked child (rlimits stay untouched here); -> its return value or exception."""
+    import pickle
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(read_end)
+            try:
+                result = ("ok", function())
+            except Exception as exc:
+                result = ("error", exc)
+            os.write(write_end, pickle.dumps(result))
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as handle:
+        data = handle.read()
+    os.waitpid(pid, 0)
+    kind, value = pickle.loads(data)
+    if kind == "error":
+        raise value
+    return value
+
+
+def _has_cap(cap):
+    return bool(host.effective_capabilities() & (1 << cap))
+
+
+def test_raise_memlock():
+    def lowered_then_raised():
+        soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, hard))
+        return host.raise_memlock(), resource.getrlimit(resource.RLIMIT_MEMLOCK), hard
+
+    result, (soft, hard), original_hard = _in_child(lowered_then_raised)
+    if _has_cap(24):  # CAP_SYS_RESOURCE: the hard limit can go up
+        assert result is True and soft == hard == resource.RLIM_INFINITY
+    else:  # as here: the hard limit stays, the soft limit reaches it
+        assert soft == hard == original_hard
+        assert result is (hard == resource.RLIM_INFINITY)
+
+
+def test_raise_memlock_required():
+    hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)[1]
+    if _has_cap(24) or hard == resource.RLIM_INFINITY:
+        assert _in_child(lambda: host.raise_memlock(required=True)) is True
+    else:
+        with pytest.raises(HostError, match="LimitMEMLOCK=infinity"):
+            _in_child(lambda: host.raise_memlock(required=True))
+
+
+# --- sysctls and SYN timing ---------------------------------------------------------------------
+
+def test_read_sysctl_real():
+    with open("/proc/sys/net/ipv4/tcp_syn_retries") as handle:
+        assert host.read_sysctl("net.ipv4.tcp_syn_retries") == int(handle.read())
+    linear = "/proc/sys/net/ipv4/tcp_syn_linear_timeouts"
+    if os.path.exists(linear):  # 6.5+
+        with open(linear) as handle:
+            assert host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0) == int(handle.read())
+    assert isinstance(host.read_sysctl("net.ipv4.tcp_congestion_control"), str)
+
+
+def test_read_sysctl_missing_and_fake(tmp_path):
+    assert host.read_sysctl("net.ipv4.tcp_no_such_thing") is None
+    assert host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0, proc_sys=str(tmp_path)) == 0
+    (tmp_path / "net" / "ipv4").mkdir(parents=True)
+    (tmp_path / "net" / "ipv4" / "tcp_syn_retries").write_text("  3\n")
+    assert host.read_sysctl("net.ipv4.tcp_syn_retries", proc_sys=str(tmp_path)) == 3
+
+
+@pytest.mark.parametrize("rto, retries, linear, expected", [
+    (1.0, 6, 0, 127.0),     # before 6.5: 1+2+4+...+64
+    (1.0, 6, 4, 131.0),     # 6.5+ defaults: 1+1+1+1+1 + 2+4+...+64
+    (0.01, 6, 4, 1.31),
+    (0.01, 6, 0, 1.27),
+    (1.0, 5, 0, 63.0),
+    (0.1, 1, 4, 0.3),       # the time limit (2^(N+1)-1)·R ends it before N+L retransmits
+    (0.1, 2, 4, 0.7),
+    (0.1, 3, 4, 1.9),
+    (0.1, 2, 2, 0.9),
+    (1.0, 15, 0, 1207.0),   # backoff capped at 120 s: 127 + 9·120
+    (3.0, 6, 0, 3.0 + 6 + 12 + 24 + 48 + 96 + 120),
+])
+def test_syn_give_up_seconds(rto, retries, linear, expected):
+    assert host.syn_give_up_seconds(rto, retries, linear) == pytest.approx(expected)
