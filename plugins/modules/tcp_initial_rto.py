@@ -27,9 +27,8 @@ description:
     (127 times the RTO with the default C(net.ipv4.tcp_syn_retries=6), 131 times on 6.5+ where
     C(net.ipv4.tcp_syn_linear_timeouts=4)); RV(syn_give_up_s) reports it.
     A value far below the real round trip causes spurious retransmits, after which the kernel uses
-    a 3 second data RTO for the connection: set it above the p99 handshake round trip of the network.
+    a 3 second data RTO for the connection. Set it above the p99 handshake round trip of the network.
   - Kernel objects do not survive a reboot.
-version_added_collection: netbpf.tcp_rto
 author:
   - netbpf.tcp_rto developers
 requirements:
@@ -126,6 +125,22 @@ options:
         cgroup bpf_links (5.7+), to exercise the path older kernels take.
     type: bool
     default: false
+  persistent:
+    description:
+      - Keep the instance across reboots. The module records its parameters in
+        C(/etc/tcp_rto/<name>.json), copies the object and the collection's own Python code (standard
+        library only) to C(/var/lib/tcp_rto/), and enables the systemd unit C(tcp-rto@<name>.service)
+        (a oneshot ordered before C(network-online.target)) that applies the record at boot with
+        that code. No Ansible, compiler or bpftool is needed at boot.
+      - O(state=absent) removes the record, the unit and the copied files whatever this option says.
+    type: bool
+    default: false
+  persist_root:
+    description:
+      - Test aid (and for building images). Directory that stands for C(/) for the files O(persistent)
+        writes and O(state=absent) removes.
+    type: path
+    default: /
 attributes:
   action:
     description: Picks the object on the controller and transfers it to the managed host.
@@ -239,20 +254,13 @@ actions:
   sample: ["update rules"]
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import apply as kernel_apply
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject, BpfObjectError, check_contract
-
-PROBE_ADDRESS = "127.0.0.1"
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
+# Not called here: imported so that Ansible ships it to the host, where persistence copies it for
+# the boot-time restore.
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import restore  # noqa: F401 pylint: disable=unused-import
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
@@ -263,161 +271,27 @@ ARGUMENT_SPEC = dict(
         rto_ms=dict(type="int", required=True),
     )),
     rto_ms=dict(type="int"),
-    direction=dict(type="str", choices=list(abi.DIRECTIONS), default="both"),
+    direction=dict(type="str", choices=["both", "outgoing", "incoming"], default="both"),
     pin_dir=dict(type="path", default="/sys/fs/bpf/tcp_rto"),
     mount_bpffs=dict(type="bool", default=True),
     hz=dict(type="int"),
     verify=dict(type="bool", default=True),
     src=dict(type="path"),
     force_legacy_attach=dict(type="bool", default=False),
+    persistent=dict(type="bool", default=False),
+    persist_root=dict(type="path", default="/"),
 )
-
-
-def discover_hz(params, release):
-    if params["hz"] is not None:
-        if params["hz"] <= 0:
-            raise model.ConfigError("hz must be positive, got %d" % params["hz"])
-        return params["hz"], "parameter"
-    return host.config_hz(release) or (host.tick_hz(), "measured")
-
-
-def _check(direction, expected_jiffies, observed_ms, tolerance_ms, hz):
-    expected_ms = model.jiffies_to_ms(expected_jiffies, hz) if expected_jiffies else model.KERNEL_DEFAULT_RTO_MS
-    return {"direction": direction, "address": PROBE_ADDRESS, "expected_ms": expected_ms,
-            "observed_ms": model.plain_number(observed_ms), "ok": abs(observed_ms - expected_ms) <= tolerance_ms}
-
-
-def verify(desired):
-    """Real handshakes from inside the cgroup compared with what the instance should give them:
-    always a connect() (the kernel default when direction leaves it out), and an accept() when
-    direction includes incoming."""
-    directions = abi.DIRECTIONS[desired.direction]
-    jiffies = model.rule_for(PROBE_ADDRESS, desired.rules, desired.default_jiffies)
-    jiffy_ms = 1000.0 / desired.hz
-    checks = [_check("outgoing", jiffies if directions & abi.DIRECTION_OUTGOING else None,
-                     probe.outgoing_rto_us(desired.cgroup, PROBE_ADDRESS) / 1000.0, jiffy_ms / 2, desired.hz)]
-    if directions & abi.DIRECTION_INCOMING:
-        incoming = probe.incoming_rto_ms(desired.cgroup, PROBE_ADDRESS)
-        checks.append(_check("incoming", jiffies, incoming.rto_ms, max(incoming.resolution_ms, jiffy_ms / 2),
-                             desired.hz))
-    return {"ok": all(check["ok"] for check in checks), "checks": checks}
-
-
-def instance_result(desired, current):
-    """The instance as the kernel holds it after apply (current re-read), or as planned."""
-    view = model.describe_desired(desired)
-    hits = current.hits() if current.exists else {}
-    for slot, rule in enumerate(view["rules"]):
-        rule["hits"] = hits.get(slot, 0)
-    view.update(
-        name=desired.name,
-        pin_dir=current.instance_dir,
-        program_id=current.prog_info.id if current.prog_info else None,
-        default_hits=hits.get(abi.DEFAULT_HIT_SLOT, 0),
-    )
-    return view
-
-
-def give_up_seconds(desired):
-    values = [rule.rto_jiffies for rule in desired.rules] + [desired.default_jiffies or desired.hz]
-    return round(host.syn_give_up_seconds(
-        min(values) / float(desired.hz),
-        host.read_sysctl("net.ipv4.tcp_syn_retries", 6),
-        host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0)), 3)
-
-
-def run(module):
-    params = module.params
-    result = dict(changed=False, actions=[], foreign_programs=[])
-    host.require_root()
-    release = os.uname()[2]
-    host.check_kernel(release)
-    features = host.KernelFeatures(release)
-    result["kernel"] = dict(release=release, hz=None, hz_source=None, features=features.as_dict())
-    model.validate_name(params["name"])
-    obj = cgroup = None
-    if params["state"] == "present":
-        cgroup_root = host.cgroup2_mount()
-        cgroup = host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
-        if not params["src"]:
-            raise model.ConfigError("src is required: run the module as netbpf.tcp_rto.tcp_initial_rto so that "
-                                    "its action plugin sends the object, or give the object's path on the host")
-        obj = BpfObject.from_file(params["src"])
-        check_contract(obj)
-    if features.memlock_accounting:
-        host.raise_memlock()
-    hz, hz_source = discover_hz(params, release)
-    result["kernel"].update(hz=hz, hz_source=hz_source)
-    desired = None
-    if params["state"] == "present":
-        attach_mode = model.ATTACH_LINK if features.cgroup_link and not params["force_legacy_attach"] \
-            else model.ATTACH_MULTI
-        desired = model.desired_state(params["name"], params["pin_dir"], cgroup, hz, params["rules"],
-                                      params["rto_ms"], params["direction"], attach_mode, obj)
-
-    if host.ensure_bpffs(params["pin_dir"], mount=params["mount_bpffs"], check_mode=module.check_mode):
-        result["actions"].append("mount bpffs on /sys/fs/bpf")
-    current = model.Current(os.path.join(params["pin_dir"], params["name"]))
-    try:
-        if desired is None:
-            plan = model.plan_absent(current)
-            if plan.steps and not module.check_mode:
-                kernel_apply.apply_absent(current, params["pin_dir"])
-            before = model.describe_current(current)
-            after = {}
-        else:
-            others = model.instances_on_cgroup(params["pin_dir"], cgroup, exclude=params["name"])
-            if others:
-                raise model.InstanceError("cgroup %s already has the tcp_rto instance %s: one instance per cgroup. "
-                                          "Change that instance's rules, or remove it first." % (cgroup, others[0]))
-            plan = model.plan_present(desired, current)
-            before = model.describe_current(current)
-            after = model.describe_desired(desired)
-            if plan.steps and not module.check_mode:
-                kernel_apply.apply_present(desired, current, plan, can_replace=features.prog_replace)
-        result["actions"].extend(plan.steps)
-    finally:
-        current.close()
-
-    result["changed"] = bool(result["actions"])
-    if module._diff:
-        result["diff"] = dict(before=before, after=after)
-    if desired is None:
-        return result
-
-    if params["verify"] and not module.check_mode:
-        result["verification"] = verify(desired)
-    applied = model.Current(os.path.join(params["pin_dir"], params["name"]))
-    try:
-        result["instance"] = instance_result(desired, applied)
-        own_ids = [applied.prog_info.id] if applied.prog_info else []
-    finally:
-        applied.close()
-    result["foreign_programs"] = model.foreign_programs(cgroup, own_ids)
-    result["syn_give_up_s"] = give_up_seconds(desired)
-    failed = [check for check in result.get("verification", {}).get("checks", []) if not check["ok"]]
-    if failed:
-        module.fail_json(
-            msg="verification failed: %s. Another sock_ops program (on this cgroup: %s; or on an ancestor cgroup) "
-                "may override the value or return 0. The instance stays applied; see the programs that run for the "
-                "cgroup with 'bpftool cgroup tree'."
-                % ("; ".join("an %s handshake with %s in %s started with an initial RTO of %s ms, the rules give %s ms"
-                             % (check["direction"], check["address"], cgroup, check["observed_ms"], check["expected_ms"])
-                             for check in failed),
-                   [program["id"] for program in result["foreign_programs"]] or "none"),
-            **result)
-    return result
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
-        module.exit_json(**run(module))
-    except (model.ConfigError, model.InstanceError, host.HostError, BpfObjectError, probe.ProbeError) as exc:
-        module.fail_json(msg=("src is not a BPF object this collection can load: %s" if isinstance(exc, BpfObjectError) else "%s") % to_native(exc))
-    except bpf.BpfError as exc:
-        module.fail_json(msg="a bpf(2) call failed: %s. Nothing of the failed step was left in the kernel."
-                         % to_native(exc))
+        result = reconcile.run(module.params, check_mode=module.check_mode, diff=module._diff)
+    except reconcile.VerificationFailed as exc:
+        module.fail_json(msg=to_native(exc), **exc.result)
+    except reconcile.ERRORS as exc:
+        module.fail_json(msg=reconcile.describe_error(exc))
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import gzip
 import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
-from ansible_collections.netbpf.tcp_rto.plugins.modules import tcp_initial_rto
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
 
 
 def config_hz():
@@ -13,14 +13,14 @@ def config_hz():
 
 
 def test_hz_from_kernel_config():
-    assert tcp_initial_rto.discover_hz(dict(hz=None), os.uname()[2]) == (config_hz(), "/proc/config.gz")
+    assert reconcile.discover_hz(dict(hz=None), os.uname()[2]) == (config_hz(), "/proc/config.gz")
 
 
 def test_hz_measured_when_no_kernel_config(monkeypatch):
     """A host without /boot/config-* and /proc/config.gz (the one thing mocked: missing files)."""
     monkeypatch.setattr(host, "config_hz", lambda release: None)
-    assert tcp_initial_rto.discover_hz(dict(hz=None), os.uname()[2]) == (config_hz(), "measured")
+    assert reconcile.discover_hz(dict(hz=None), os.uname()[2]) == (config_hz(), "measured")
 
 
 def test_hz_parameter_wins():
-    assert tcp_initial_rto.discover_hz(dict(hz=1000), os.uname()[2]) == (1000, "parameter")
+    assert reconcile.discover_hz(dict(hz=1000), os.uname()[2]) == (1000, "parameter")

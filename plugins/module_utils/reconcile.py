@@ -1,0 +1,188 @@
+# -*- coding: utf-8 -*-
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One run of an instance, from parameters to result: preflight, plan, apply, verify.
+
+The module and the boot-time restore both call run(), so a host restores exactly what Ansible
+applied. Plain stdlib: no Ansible import."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import apply as kernel_apply
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject, BpfObjectError, check_contract
+
+PROBE_ADDRESS = "127.0.0.1"
+
+
+class VerificationFailed(Exception):
+    """Applied, but a real handshake does not start with the configured RTO; .result has the rest."""
+
+    def __init__(self, message, result):
+        super(VerificationFailed, self).__init__(message)
+        self.result = result
+
+
+# What run() raises for the caller to report (each message says what to do).
+ERRORS = (model.ConfigError, model.InstanceError, host.HostError, BpfObjectError, probe.ProbeError, bpf.BpfError,
+          persistence.RecordError, EnvironmentError)
+
+
+def describe_error(exc):
+    if isinstance(exc, BpfObjectError):
+        return "src is not a BPF object this collection can load: %s" % exc
+    if isinstance(exc, bpf.BpfError):
+        return "a bpf(2) call failed: %s. Nothing of the failed step was left in the kernel." % exc
+    return str(exc)
+
+
+def discover_hz(params, release):
+    if params["hz"] is not None:
+        if params["hz"] <= 0:
+            raise model.ConfigError("hz must be positive, got %d" % params["hz"])
+        return params["hz"], "parameter"
+    return host.config_hz(release) or (host.tick_hz(), "measured")
+
+
+def _check(direction, expected_jiffies, observed_ms, tolerance_ms, hz):
+    expected_ms = model.jiffies_to_ms(expected_jiffies, hz) if expected_jiffies else model.KERNEL_DEFAULT_RTO_MS
+    return {"direction": direction, "address": PROBE_ADDRESS, "expected_ms": expected_ms,
+            "observed_ms": model.plain_number(observed_ms), "ok": abs(observed_ms - expected_ms) <= tolerance_ms}
+
+
+def verify(desired):
+    """Real handshakes from inside the cgroup compared with what the instance should give them:
+    always a connect() (the kernel default when direction leaves it out), and an accept() when
+    direction includes incoming."""
+    directions = abi.DIRECTIONS[desired.direction]
+    jiffies = model.rule_for(PROBE_ADDRESS, desired.rules, desired.default_jiffies)
+    jiffy_ms = 1000.0 / desired.hz
+    checks = [_check("outgoing", jiffies if directions & abi.DIRECTION_OUTGOING else None,
+                     probe.outgoing_rto_us(desired.cgroup, PROBE_ADDRESS) / 1000.0, jiffy_ms / 2, desired.hz)]
+    if directions & abi.DIRECTION_INCOMING:
+        incoming = probe.incoming_rto_ms(desired.cgroup, PROBE_ADDRESS)
+        checks.append(_check("incoming", jiffies, incoming.rto_ms, max(incoming.resolution_ms, jiffy_ms / 2),
+                             desired.hz))
+    return {"ok": all(check["ok"] for check in checks), "checks": checks}
+
+
+def instance_result(desired, current):
+    """The instance as the kernel holds it after apply (current re-read), or as planned."""
+    view = model.describe_desired(desired)
+    hits = current.hits() if current.exists else {}
+    for slot, rule in enumerate(view["rules"]):
+        rule["hits"] = hits.get(slot, 0)
+    view.update(
+        name=desired.name,
+        pin_dir=current.instance_dir,
+        program_id=current.prog_info.id if current.prog_info else None,
+        default_hits=hits.get(abi.DEFAULT_HIT_SLOT, 0),
+    )
+    return view
+
+
+def give_up_seconds(desired):
+    values = [rule.rto_jiffies for rule in desired.rules] + [desired.default_jiffies or desired.hz]
+    return round(host.syn_give_up_seconds(
+        min(values) / float(desired.hz),
+        host.read_sysctl("net.ipv4.tcp_syn_retries", 6),
+        host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0)), 3)
+
+
+def run(params, check_mode=False, diff=False):
+    """Bring the instance params describe about (state present or absent); -> the result dict.
+    Raises one of ERRORS; VerificationFailed after an apply whose handshakes do not match."""
+    result = dict(changed=False, actions=[], foreign_programs=[])
+    host.require_root()
+    release = os.uname()[2]
+    host.check_kernel(release)
+    features = host.KernelFeatures(release)
+    result["kernel"] = dict(release=release, hz=None, hz_source=None, features=features.as_dict())
+    model.validate_name(params["name"])
+    obj = cgroup = None
+    if params["state"] == "present":
+        cgroup_root = host.cgroup2_mount()
+        cgroup = host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
+        if not params["src"]:
+            raise model.ConfigError("src is required: run the module as netbpf.tcp_rto.tcp_initial_rto so that "
+                                    "its action plugin sends the object, or give the object's path on the host")
+        obj = BpfObject.from_file(params["src"])
+        check_contract(obj)
+    if features.memlock_accounting:
+        host.raise_memlock()
+    hz, hz_source = discover_hz(params, release)
+    result["kernel"].update(hz=hz, hz_source=hz_source)
+    desired = None
+    if params["state"] == "present":
+        attach_mode = model.ATTACH_LINK if features.cgroup_link and not params["force_legacy_attach"] \
+            else model.ATTACH_MULTI
+        desired = model.desired_state(params["name"], params["pin_dir"], cgroup, hz, params["rules"],
+                                      params["rto_ms"], params["direction"], attach_mode, obj)
+
+    if host.ensure_bpffs(params["pin_dir"], mount=params["mount_bpffs"], check_mode=check_mode):
+        result["actions"].append("mount bpffs on /sys/fs/bpf")
+    current = model.Current(os.path.join(params["pin_dir"], params["name"]))
+    try:
+        if desired is None:
+            plan = model.plan_absent(current)
+            if plan.steps and not check_mode:
+                kernel_apply.apply_absent(current, params["pin_dir"])
+            before = model.describe_current(current)
+            after = {}
+        else:
+            others = model.instances_on_cgroup(params["pin_dir"], cgroup, exclude=params["name"])
+            if others:
+                raise model.InstanceError("cgroup %s already has the tcp_rto instance %s: one instance per cgroup. "
+                                          "Change that instance's rules, or remove it first." % (cgroup, others[0]))
+            plan = model.plan_present(desired, current)
+            before = model.describe_current(current)
+            after = model.describe_desired(desired)
+            if plan.steps and not check_mode:
+                kernel_apply.apply_present(desired, current, plan, can_replace=features.prog_replace)
+        result["actions"].extend(plan.steps)
+    finally:
+        current.close()
+
+    if desired is None:
+        result["actions"].extend(persistence.remove(params["name"], params.get("persist_root") or "/", check_mode))
+    result["changed"] = bool(result["actions"])
+    if diff:
+        result["diff"] = dict(before=before, after=after)
+    if desired is None:
+        return result
+
+    if params["verify"] and not check_mode:
+        result["verification"] = verify(desired)
+    applied = model.Current(os.path.join(params["pin_dir"], params["name"]))
+    try:
+        result["instance"] = instance_result(desired, applied)
+        own_ids = [applied.prog_info.id] if applied.prog_info else []
+    finally:
+        applied.close()
+    result["foreign_programs"] = model.foreign_programs(cgroup, own_ids)
+    result["syn_give_up_s"] = give_up_seconds(desired)
+    failed = [check for check in result.get("verification", {}).get("checks", []) if not check["ok"]]
+    if failed:
+        raise VerificationFailed(
+            "verification failed: %s. Another sock_ops program (on this cgroup: %s; or on an ancestor cgroup) "
+            "may override the value or return 0. The instance stays applied; see the programs that run for the "
+            "cgroup with 'bpftool cgroup tree'."
+            % ("; ".join("an %s handshake with %s in %s started with an initial RTO of %s ms, the rules give %s ms"
+                         % (check["direction"], check["address"], cgroup, check["observed_ms"], check["expected_ms"])
+                         for check in failed),
+               [program["id"] for program in result["foreign_programs"]] or "none"),
+            result)
+    if params.get("persistent"):
+        result["actions"].extend(persistence.install(params, params["src"], obj.sha256, params.get("persist_root") or "/",
+                                                     check_mode=check_mode))
+        result["changed"] = bool(result["actions"])
+    return result

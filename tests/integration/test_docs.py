@@ -1,0 +1,28 @@
+"""The module's documentation parses and renders as users read it (ansible-doc)."""
+
+import json
+import os
+import subprocess
+
+from conftest import ANSIBLE_BIN, COLLECTIONS_ROOT
+from ansible_collections.netbpf.tcp_rto.plugins.modules import tcp_initial_rto
+
+
+def ansible_doc_json(plugin):
+    out = subprocess.run([os.path.join(ANSIBLE_BIN, "ansible-doc"), "-j", plugin], check=True,
+                         stdout=subprocess.PIPE, universal_newlines=True,
+                         env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT)).stdout
+    return json.loads(out)[plugin]
+
+
+def test_module_doc_renders_and_matches_argument_spec():
+    doc = ansible_doc_json("netbpf.tcp_rto.tcp_initial_rto")
+    options = doc["doc"]["options"]
+    assert set(options) == set(tcp_initial_rto.ARGUMENT_SPEC)
+    for name, spec in tcp_initial_rto.ARGUMENT_SPEC.items():
+        assert options[name]["type"] == spec["type"], name
+        assert options[name].get("default") == spec.get("default"), name
+        assert options[name].get("choices") == spec.get("choices"), name
+    assert set(doc["doc"]["attributes"]) == {"action", "check_mode", "diff_mode", "platform"}
+    assert {"instance", "kernel", "verification", "syn_give_up_s", "foreign_programs", "actions"} <= set(doc["return"])
+    assert "netbpf.tcp_rto.tcp_initial_rto:" in doc["examples"]

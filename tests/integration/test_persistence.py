@@ -1,0 +1,126 @@
+"""persistent: true keeps an instance across a reboot, simulated by removing every kernel object of
+the instance and running the ExecStart line of its systemd unit. Files go under a test root."""
+
+import os
+import shlex
+import shutil
+import subprocess
+
+import pytest
+
+from bpf_inventory import settle, steady
+from conftest import cgroup_program_ids, observed_rto_us
+
+pytestmark = pytest.mark.kernel
+
+
+@pytest.fixture
+def root(tmp_path):
+    path = tmp_path / "root"
+    path.mkdir()
+    return str(path)
+
+
+@pytest.fixture
+def args(cgroup, bpffs, root):
+    return dict(name="boot", cgroup=cgroup, pin_dir=os.path.join(bpffs, "tcp_rto"), mount_bpffs=False,
+                persistent=True, persist_root=root, rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}])
+
+
+def files_under(root):
+    return sorted(os.path.relpath(os.path.join(directory, name), root)
+                  for directory, _dirs, names in os.walk(root) for name in names)
+
+
+def exec_start(root, name):
+    """The unit's ExecStart command line for instance name, as systemd would run it."""
+    with open(os.path.join(root, "etc/systemd/system/tcp-rto@.service")) as unit:
+        line = [line for line in unit if line.startswith("ExecStart=")][0]
+    return shlex.split(line[len("ExecStart="):].replace("%i", name))
+
+
+def reboot(args):
+    """What a reboot does to the instance: every pin and attachment gone."""
+    shutil.rmtree(args["pin_dir"])
+
+
+def test_files_installed_and_unit_verifies(playbook, args, root):
+    applied = playbook.module(**args)
+    assert applied["status"] == "ok", applied["_output"]
+    assert "record %s/etc/tcp_rto/boot.json" % root in applied["actions"]
+    assert files_under(root) == sorted(
+        ["etc/systemd/system/multi-user.target.wants/tcp-rto@boot.service", "etc/systemd/system/tcp-rto@.service",
+         "etc/tcp_rto/boot.json", "var/lib/tcp_rto/objects/boot.bpf.o", "var/lib/tcp_rto/restore.py"]
+        + ["var/lib/tcp_rto/lib/ansible_collections/netbpf/tcp_rto/plugins/module_utils/%s.py" % name
+           for name in ("apply", "bpf_object", "bpf_syscall", "host", "instance", "persistence", "probe",
+                        "reconcile", "restore", "rto_program")])
+    for path in files_under(root):
+        status = os.lstat(os.path.join(root, path))
+        assert status.st_uid == 0 and (os.path.islink(os.path.join(root, path)) or status.st_mode & 0o777 == 0o644)
+    assert playbook.module(**args)["changed"] is False
+
+    unit_copy = os.path.join(root, "tcp-rto@boot.service")  # systemd-analyze verifies instances, not templates
+    shutil.copy(os.path.join(root, "etc/systemd/system/tcp-rto@.service"), unit_copy)
+    verify = subprocess.run(["systemd-analyze", "verify", unit_copy], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, universal_newlines=True)
+    assert verify.returncode == 0, verify.stdout
+
+
+def test_restore_after_reboot(playbook, args, root, cgroup):
+    applied = playbook.module(**args)
+    assert observed_rto_us(cgroup) == 200000
+    reboot(args)
+    assert cgroup_program_ids(cgroup) == []
+    assert observed_rto_us(cgroup) == 1000000
+
+    restore = subprocess.run(exec_start(root, "boot"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, timeout=60)
+    assert restore.returncode == 0, restore.stderr
+    assert '"ok": true' in restore.stdout
+    assert observed_rto_us(cgroup) == 200000
+    assert len(cgroup_program_ids(cgroup)) == 1
+    assert cgroup_program_ids(cgroup) != [applied["instance"]["program_id"]]  # loaded anew
+    # Ansible afterwards sees the restored instance as its own: nothing to change
+    assert playbook.module(**args)["changed"] is False
+
+
+@pytest.mark.parametrize("damage", ["corrupt", "edited", "missing"])
+def test_bad_record_fails_loudly_and_touches_nothing(playbook, args, root, cgroup, damage):
+    playbook.module(**args)
+    reboot(args)
+    record = os.path.join(root, "etc/tcp_rto/boot.json")
+    if damage == "corrupt":
+        with open(record, "w") as handle:
+            handle.write('{"format": 1, "name": "boot", "rules": [')
+    elif damage == "edited":
+        with open(record) as handle:
+            text = handle.read()
+        with open(record, "w") as handle:
+            handle.write(text.replace('"rto_ms": 200', '"rto_ms": 0'))
+    else:
+        os.unlink(record)
+    before = steady([cgroup])
+    restore = subprocess.run(exec_start(root, "boot"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             universal_newlines=True, timeout=60)
+    assert restore.returncode == 1
+    assert restore.stderr.startswith("tcp-rto restore of boot failed: ")
+    assert {"corrupt": "is not valid", "edited": "rto_ms must be positive", "missing": "no record"}[damage] \
+        in restore.stderr
+    assert "Traceback" not in restore.stderr
+    assert settle(before, [cgroup]) == before
+    assert not os.path.exists(args["pin_dir"])
+
+
+def test_absent_removes_every_file(playbook, args, root, cgroup):
+    playbook.module(**args)
+    other = dict(args, name="other", cgroup=os.path.join(cgroup, "other"))
+    os.mkdir(other["cgroup"])
+    playbook.module(**other)
+    removed = playbook.module(state="absent", **args)
+    assert removed["changed"] is True
+    assert "etc/tcp_rto/other.json" in files_under(root)  # the other instance keeps the shared files
+    assert "etc/systemd/system/tcp-rto@.service" in files_under(root)
+    assert not [path for path in files_under(root) if "boot" in path]
+    playbook.module(state="absent", **other)
+    assert files_under(root) == []
+    assert playbook.module(state="absent", **args)["changed"] is False
