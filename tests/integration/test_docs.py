@@ -26,3 +26,9 @@ def test_module_doc_renders_and_matches_argument_spec():
     assert set(doc["doc"]["attributes"]) == {"action", "check_mode", "diff_mode", "platform"}
     assert {"instance", "kernel", "verification", "syn_give_up_s", "foreign_programs", "actions"} <= set(doc["return"])
     assert "netbpf.tcp_rto.tcp_initial_rto:" in doc["examples"]
+
+
+def test_info_module_doc_renders():
+    doc = ansible_doc_json("netbpf.tcp_rto.tcp_initial_rto_info")
+    assert set(doc["doc"]["options"]) == {"pin_dir", "cgroups", "persist_root"}
+    assert {"supported", "unsupported_reasons", "kernel", "instances", "foreign_programs"} <= set(doc["return"])

@@ -1,0 +1,151 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: tcp_initial_rto_info
+short_description: Report the TCP initial RTO instances of a host and whether it can run them
+version_added: 0.1.0
+description:
+  - Read-only. Tells whether the host can run the collection's BPF program and, when not, why
+    (kernel, cgroup v2 mount, privileges), with the kernel's C(CONFIG_HZ).
+  - Lists every instance of M(netbpf.tcp_rto.tcp_initial_rto) pinned under O(pin_dir) with its
+    cgroup, rules, default, direction, program id, attach mode, whether it is attached, whether it
+    is persistent, and hit counters summed over CPUs.
+  - Lists the other sock_ops programs on the instances' cgroups and on the cgroups in O(cgroups).
+  - Runs on any host; on a host that cannot run the program it reports the reasons and no instances.
+author:
+  - netbpf.tcp_rto developers
+options:
+  pin_dir:
+    description: Directory on bpffs where instances are pinned, as given to M(netbpf.tcp_rto.tcp_initial_rto).
+    type: path
+    default: /sys/fs/bpf/tcp_rto
+  cgroups:
+    description: More cgroup v2 directories whose attached sock_ops programs to report.
+    type: list
+    elements: path
+    default: []
+  persist_root:
+    description: Test aid. Directory that stands for C(/) when looking for records of persistent instances.
+    type: path
+    default: /
+attributes:
+  check_mode:
+    description: Read-only; runs the same in check mode.
+    support: full
+  diff_mode:
+    description: Changes nothing, so there is no diff.
+    support: none
+  platform:
+    description: Linux hosts only.
+    support: full
+    platforms: posix
+seealso:
+  - module: netbpf.tcp_rto.tcp_initial_rto
+"""
+
+EXAMPLES = r"""
+- name: What does this host hold?
+  netbpf.tcp_rto.tcp_initial_rto_info:
+  register: rto
+
+- name: Fail where the program cannot run
+  ansible.builtin.assert:
+    that: rto.supported
+    fail_msg: "{{ rto.unsupported_reasons | join('; ') }}"
+
+- name: Hits per rule of the instance dc
+  ansible.builtin.debug:
+    msg: "{{ (rto.instances | selectattr('name', 'equalto', 'dc') | first).rules }}"
+"""
+
+RETURN = r"""
+supported:
+  description: Whether the program can run on this host.
+  returned: always
+  type: bool
+  sample: true
+unsupported_reasons:
+  description: Why not, each with what to do.
+  returned: always
+  type: list
+  elements: str
+  sample: ["kernel 4.9.0 (release 4.9.0-19-amd64) is too old: Linux 4.16 or later is needed ..."]
+kernel:
+  description: Kernel release, CONFIG_HZ and where it came from, and the features the collection uses.
+  returned: always
+  type: dict
+  sample: {release: 6.1.0-28-amd64, hz: 250, hz_source: /boot/config-6.1.0-28-amd64, features: {cgroup_link: true}}
+cgroup2_mount:
+  description: Where the cgroup v2 hierarchy is mounted (null when it is not).
+  returned: always
+  type: str
+  sample: /sys/fs/cgroup
+bpffs_mounted:
+  description: Whether the parent of O(pin_dir) is a bpffs.
+  returned: always
+  type: bool
+instances:
+  description: The instances pinned under O(pin_dir).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    name: {description: Instance name., type: str}
+    cgroup: {description: Cgroup it is attached to (as recorded)., type: str}
+    attached: {description: Whether its program is attached there now., type: bool}
+    attach_mode: {description: V(link) or V(multi)., type: str}
+    program_id: {description: Kernel program id., type: int}
+    direction: {description: V(both), V(outgoing) or V(incoming)., type: str}
+    rules: {description: Rules with effective ms, jiffies and hits summed over CPUs., type: list, elements: dict}
+    default_rto_ms: {description: Value for connections matching no rule (null = kernel default)., type: float}
+    default_hits: {description: Connections that got the default., type: int}
+    persistent: {description: Whether a record restores it at boot., type: bool}
+    problems: {description: What is wrong with its kernel objects (empty when nothing)., type: list, elements: str}
+    foreign_programs: {description: Other sock_ops programs attached to its cgroup., type: list, elements: dict}
+  sample: [{name: dc, cgroup: /sys/fs/cgroup, attached: true, attach_mode: link, program_id: 42, direction: both,
+            rules: [{dest: 10.0.0.0/8, rto_ms: 52, rto_jiffies: 13, hits: 1200}], default_rto_ms: null,
+            default_hits: 0, persistent: true, problems: [], foreign_programs: []}]
+recorded_not_loaded:
+  description: Persistent instances whose record exists but which the kernel does not hold (not restored yet).
+  returned: always
+  type: list
+  elements: str
+foreign_programs:
+  description: For each cgroup of O(cgroups), the sock_ops programs attached to it.
+  returned: always
+  type: dict
+  sample: {/sys/fs/cgroup/system.slice: [{id: 17, name: other_prog, tag: 3b1d2c7a5e9f0a11, attach_flags: 2}]}
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.common.text.converters import to_native
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import info
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            pin_dir=dict(type="path", default="/sys/fs/bpf/tcp_rto"),
+            cgroups=dict(type="list", elements="path", default=[]),
+            persist_root=dict(type="path", default="/"),
+        ),
+        supports_check_mode=True,
+    )
+    try:
+        report = info.gather(module.params["pin_dir"], module.params["cgroups"], module.params["persist_root"])
+    except (OSError, ValueError) as exc:
+        module.fail_json(msg="reading the host's BPF state failed: %s" % to_native(exc))
+    module.exit_json(changed=False, **report)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""netbpf.tcp_rto.tcp_initial_rto_info through ansible-playbook, checked against bpftool."""
+
+import os
+import subprocess
+
+import pytest
+
+from conftest import bpftool, cgroup_program_ids, kernel_hz
+from test_tcp_initial_rto import load_foreign_program
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, info
+
+pytestmark = pytest.mark.kernel
+INFO = "netbpf.tcp_rto.tcp_initial_rto_info"
+
+
+def gather(playbook, check=False, **args):
+    run = playbook.run([{"name": "info", INFO: args}], check=check)
+    assert run.results and run.results[-1]["status"] == "ok", run.output
+    return run.results[-1]
+
+
+def test_reports_instances_counters_and_foreign_programs(playbook, cgroup, bpffs, tmp_path):
+    pin_dir = os.path.join(bpffs, "tcp_rto")
+    other_cgroup = os.path.join(cgroup, "other")
+    os.mkdir(other_cgroup)
+    empty = gather(playbook, pin_dir=pin_dir)
+    assert empty["supported"] is True and empty["unsupported_reasons"] == []
+    assert empty["instances"] == [] and empty["changed"] is False
+
+    root = str(tmp_path / "root")
+    applied = playbook.module(name="dc", cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, persistent=True,
+                              persist_root=root, rules=[{"dest": "127.0.0.0/8", "rto_ms": 200},
+                                                        {"dest": "10.0.0.0/8", "rto_ms": 50}])
+    foreign = load_foreign_program(tmp_path, bpffs, "")
+    subprocess.run(["bpftool", "cgroup", "attach", other_cgroup, "sock_ops", "pinned", foreign, "multi"], check=True)
+    try:
+        report = gather(playbook, check=True, pin_dir=pin_dir, cgroups=[other_cgroup], persist_root=root)
+        foreign_id = bpftool("prog", "show", "pinned", foreign)["id"]
+    finally:
+        subprocess.run(["bpftool", "cgroup", "detach", other_cgroup, "sock_ops", "pinned", foreign], check=False)
+    [instance] = report["instances"]
+    assert instance["program_id"] == applied["instance"]["program_id"] == cgroup_program_ids(cgroup)[0]
+    assert (instance["cgroup"], instance["attached"], instance["attach_mode"]) == (cgroup, True, "link")
+    assert instance["persistent"] is True and instance["problems"] == []
+    assert [(rule["dest"], rule["rto_ms"], rule["rto_jiffies"]) for rule in instance["rules"]] == \
+        [("127.0.0.0/8", 200, 50), ("10.0.0.0/8", 52, 13)]
+    assert instance["rules"][0]["hits"] >= 2  # the module's two verification handshakes
+    assert instance["rules"][1]["hits"] == 0
+    assert instance["foreign_programs"] == []
+    assert [prog["id"] for prog in report["foreign_programs"][other_cgroup]] == [foreign_id]
+    assert report["kernel"]["hz"] == kernel_hz()
+
+
+def test_reports_drift(playbook, cgroup, bpffs):
+    pin_dir = os.path.join(bpffs, "tcp_rto")
+    applied = playbook.module(name="dc", cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, rto_ms=300,
+                              force_legacy_attach=True)
+    subprocess.run(["bpftool", "cgroup", "detach", cgroup, "sock_ops", "id", str(applied["instance"]["program_id"])],
+                   check=True)
+    [instance] = gather(playbook, pin_dir=pin_dir)["instances"]
+    assert instance["attached"] is False
+    assert instance["default_rto_ms"] == 300
+
+
+def test_old_kernel_is_unsupported_with_its_reason(monkeypatch):
+    """The one thing that cannot be real here: an old kernel's release string."""
+    monkeypatch.setattr(host, "kernel_release", lambda: "4.9.0-19-amd64")
+    report = info.gather("/nonexistent/tcp_rto")
+    assert report["supported"] is False
+    assert any("4.16" in reason and "upgrade the kernel" in reason for reason in report["unsupported_reasons"])
+    assert report["instances"] == []
