@@ -13,8 +13,8 @@ import shutil
 import subprocess
 import tempfile
 
-from ansible.errors import AnsibleActionFail
-from ansible.module_utils.common.text.converters import to_native, to_text
+from ansible.errors import AnsibleActionFail, AnsibleError
+from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
 COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -45,8 +45,9 @@ class ActionModule(ActionBase):
             return SHIPPED_OBJECT
         try:
             path = self._find_needle("files", src)
-        except Exception as exc:
-            raise AnsibleActionFail("src %s: %s" % (src, to_native(exc)))
+        except AnsibleError:
+            raise AnsibleActionFail("src %s not found on the controller: give an absolute path, or one relative to "
+                                    "the playbook's or the role's files/ directory" % src)
         return compile_source(path, workdir) if path.endswith(".c") else path
 
     def run(self, tmp=None, task_vars=None):

@@ -117,7 +117,7 @@ def desired_state(name, pin_dir, cgroup, hz, raw_rules, default_rto_ms, directio
         raise ConfigError("direction %r is not one of %s" % (direction, ", ".join(sorted(abi.DIRECTIONS))))
     default_jiffies = None
     if default_rto_ms is not None:
-        default_jiffies = rto_ms_to_jiffies(default_rto_ms, hz, "rto_ms")
+        default_jiffies = rto_ms_to_jiffies(default_rto_ms, hz, "default")
     return Desired(name, pin_dir, cgroup, hz, parse_rules(raw_rules, hz), default_jiffies, direction,
                    attach_mode, obj)
 
