@@ -69,7 +69,8 @@ def compiled(name, **variant):
     return lambda env: compile_object(program_source(**variant), env.scratch(name + ".o"))
 
 
-def c_source(name, text):
+def scratch_text(name, text):
+    """A file with text in the case's scratch directory (C source, or anything else)."""
     def make(env):
         path = env.scratch(name)
         with open(path, "w") as handle:
@@ -272,15 +273,6 @@ def scratch_dir(name):
     return make
 
 
-def scratch_file(name, text="not a cgroup\n"):
-    def make(env):
-        path = env.scratch(name)
-        with open(path, "w") as handle:
-            handle.write(text)
-        return path
-    return make
-
-
 def bpffs_symlink_out(env):
     """A symlink inside the private bpffs pointing at a directory outside it."""
     target = scratch_dir("outside-bpffs")(env)
@@ -344,7 +336,7 @@ NAME_CASES = [
 CGROUP_CASES = [
     case("cgroup-missing", lambda env: dict(cgroup=os.path.join(env.cgroup, "missing")), "does not exist",
          existing=True),
-    case("cgroup-regular-file", lambda env: dict(cgroup=scratch_file("file")(env)), "is not a directory"),
+    case("cgroup-regular-file", lambda env: dict(cgroup=scratch_text("file", "not a cgroup\n")(env)), "is not a directory"),
     case("cgroup-v1", dict(cgroup="/sys/fs/cgroup/cpu"), "is a cgroup v1 directory", existing=True),
     case("cgroup-outside-mount", lambda env: dict(cgroup=scratch_dir("dir")(env)), "not cgroup2"),
     case("cgroup-dotdot-escapes-mount", lambda env: dict(cgroup=cgroup_escape(env)), "not cgroup2", existing=True),
@@ -379,8 +371,8 @@ SRC_CASES = [
          existing=True),
     case("src-truncated", src(truncated_object), unloadable("section header table past end of file (truncated?)"),
          existing=True),
-    case("src-not-elf", src(scratch_file("object.o", "hello\n")), unloadable("not an ELF file")),
-    case("src-empty", src(scratch_file("empty.o", "")), unloadable("not an ELF file")),
+    case("src-not-elf", src(scratch_text("object.o", "hello\n")), unloadable("not an ELF file")),
+    case("src-empty", src(scratch_text("empty.o", "")), unloadable("not an ELF file")),
     case("src-elf-not-bpf", dict(src="/bin/true"), unloadable("ELF machine 62 is not BPF (247)")),
     case("src-no-program", src(compiled("noprog", section=None)), unloadable("object has no program section")),
     case("src-kprobe-section", src(compiled("kprobe", section="kprobe/x")),
@@ -393,13 +385,13 @@ SRC_CASES = [
          unloadable("map 'hits' is type 2 (ARRAY), the program needs 6 (PERCPU_ARRAY)")),
     case("src-proprietary-license", src(compiled("proprietary", license="Proprietary")),
          unloadable("license 'Proprietary' is not GPL-compatible")),
-    case("src-c-does-not-compile", src(c_source("broken.c", "int broken( {\n")), "broken.c failed:", existing=True),
+    case("src-c-does-not-compile", src(scratch_text("broken.c", "int broken( {\n")), "broken.c failed:", existing=True),
     case("src-o-verifier-ctx-out-of-bounds", src(compiled("oob", body=OUT_OF_BOUNDS_BODY)),
          "invalid bpf_context access off=4096", existing=True),
     case("src-o-verifier-unbounded-loop", src(compiled("loop", body=UNBOUNDED_LOOP_BODY)), "infinite loop detected"),
-    case("src-c-verifier-ctx-out-of-bounds", src(c_source("oob.c", program_source(body=OUT_OF_BOUNDS_BODY))),
+    case("src-c-verifier-ctx-out-of-bounds", src(scratch_text("oob.c", program_source(body=OUT_OF_BOUNDS_BODY))),
          "invalid bpf_context access off=4096", existing=True),
-    case("src-c-verifier-unbounded-loop", src(c_source("loop.c", program_source(body=UNBOUNDED_LOOP_BODY))),
+    case("src-c-verifier-unbounded-loop", src(scratch_text("loop.c", program_source(body=UNBOUNDED_LOOP_BODY))),
          "infinite loop detected"),
 ]
 
