@@ -99,35 +99,57 @@ def give_up_seconds(desired):
 
 
 def run(params, check_mode=False, diff=False):
-    """Bring the instance params describe about (state present or absent); -> the result dict.
+    """Bring the instance to what params describe (state present or absent); -> the result dict.
     Raises one of ERRORS; VerificationFailed after an apply whose handshakes do not match."""
     result = dict(changed=False, actions=[], foreign_programs=[])
+    features = preflight(params, result)
+    desired = desired_instance(params, features, result["kernel"]["hz"]) if params["state"] == "present" else None
+    converge(params, desired, features.prog_replace, check_mode, diff, result)
+    if desired is None:
+        result["actions"].extend(persistence.remove(params["name"], _persist_root(params), check_mode))
+    else:
+        report(params, desired, check_mode, result)
+        if params.get("persistent"):
+            result["actions"].extend(persistence.install(params, params["src"], desired.object.sha256,
+                                                         _persist_root(params), check_mode=check_mode))
+    result["changed"] = bool(result["actions"])
+    return result
+
+
+def _persist_root(params):
+    return params.get("persist_root") or "/"
+
+
+def preflight(params, result):
+    """Checks that touch nothing: privileges, kernel, name, HZ. -> the kernel's features."""
     host.require_root()
     release = os.uname()[2]
     host.check_kernel(release)
     features = host.KernelFeatures(release)
-    result["kernel"] = dict(release=release, hz=None, hz_source=None, features=features.as_dict())
     model.validate_name(params["name"])
-    obj = cgroup = None
-    if params["state"] == "present":
-        cgroup_root = host.cgroup2_mount()
-        cgroup = host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
-        if not params["src"]:
-            raise model.ConfigError("src is required: run the module as netbpf.tcp_rto.tcp_initial_rto so that "
-                                    "its action plugin sends the object, or give the object's path on the host")
-        obj = BpfObject.from_file(params["src"])
-        check_contract(obj)
     if features.memlock_accounting:
         host.raise_memlock()
     hz, hz_source = discover_hz(params, release)
-    result["kernel"].update(hz=hz, hz_source=hz_source)
-    desired = None
-    if params["state"] == "present":
-        attach_mode = model.ATTACH_LINK if features.cgroup_link and not params["force_legacy_attach"] \
-            else model.ATTACH_MULTI
-        desired = model.desired_state(params["name"], params["pin_dir"], cgroup, hz, params["rules"],
-                                      params["rto_ms"], params["direction"], attach_mode, obj)
+    result["kernel"] = dict(release=release, hz=hz, hz_source=hz_source, features=features.as_dict())
+    return features
 
+
+def desired_instance(params, features, hz):
+    """The instance params ask for, fully validated (cgroup, object, rules) before any change."""
+    cgroup_root = host.cgroup2_mount()
+    cgroup = host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
+    if not params["src"]:
+        raise model.ConfigError("src is required: run the module as netbpf.tcp_rto.tcp_initial_rto so that "
+                                "its action plugin sends the object, or give the object's path on the host")
+    obj = BpfObject.from_file(params["src"])
+    check_contract(obj)
+    attach_mode = model.ATTACH_LINK if features.cgroup_link and not params["force_legacy_attach"] else model.ATTACH_MULTI
+    return model.desired_state(params["name"], params["pin_dir"], cgroup, hz, params["rules"], params["rto_ms"],
+                               params["direction"], attach_mode, obj)
+
+
+def converge(params, desired, can_replace, check_mode, diff, result):
+    """Plan from what the pins hold to desired (None: absent) and, unless check_mode, apply it."""
     if host.ensure_bpffs(params["pin_dir"], mount=params["mount_bpffs"], check_mode=check_mode):
         result["actions"].append("mount bpffs on /sys/fs/bpf")
     current = model.Current(os.path.join(params["pin_dir"], params["name"]))
@@ -136,30 +158,25 @@ def run(params, check_mode=False, diff=False):
             plan = model.plan_absent(current)
             if plan.steps and not check_mode:
                 kernel_apply.apply_absent(current, params["pin_dir"])
-            before = model.describe_current(current)
-            after = {}
         else:
-            others = model.instances_on_cgroup(params["pin_dir"], cgroup, exclude=params["name"])
+            others = model.instances_on_cgroup(params["pin_dir"], desired.cgroup, exclude=params["name"])
             if others:
                 raise model.InstanceError("cgroup %s already has the tcp_rto instance %s: one instance per cgroup. "
-                                          "Change that instance's rules, or remove it first." % (cgroup, others[0]))
+                                          "Change that instance's rules, or remove it first."
+                                          % (desired.cgroup, others[0]))
             plan = model.plan_present(desired, current)
-            before = model.describe_current(current)
-            after = model.describe_desired(desired)
             if plan.steps and not check_mode:
-                kernel_apply.apply_present(desired, current, plan, can_replace=features.prog_replace)
+                kernel_apply.apply_present(desired, current, plan, can_replace=can_replace)
         result["actions"].extend(plan.steps)
+        if diff:
+            result["diff"] = dict(before=model.describe_current(current),
+                                  after=model.describe_desired(desired) if desired else {})
     finally:
         current.close()
 
-    if desired is None:
-        result["actions"].extend(persistence.remove(params["name"], params.get("persist_root") or "/", check_mode))
-    result["changed"] = bool(result["actions"])
-    if diff:
-        result["diff"] = dict(before=before, after=after)
-    if desired is None:
-        return result
 
+def report(params, desired, check_mode, result):
+    """What the kernel holds now, proven by real handshakes unless check mode or verify: false."""
     if params["verify"] and not check_mode:
         result["verification"] = verify(desired)
     applied = model.Current(os.path.join(params["pin_dir"], params["name"]))
@@ -168,21 +185,17 @@ def run(params, check_mode=False, diff=False):
         own_ids = [applied.prog_info.id] if applied.prog_info else []
     finally:
         applied.close()
-    result["foreign_programs"] = model.foreign_programs(cgroup, own_ids)
+    result["foreign_programs"] = model.foreign_programs(desired.cgroup, own_ids)
     result["syn_give_up_s"] = give_up_seconds(desired)
     failed = [check for check in result.get("verification", {}).get("checks", []) if not check["ok"]]
     if failed:
+        result["changed"] = bool(result["actions"])
         raise VerificationFailed(
             "verification failed: %s. Another sock_ops program (on this cgroup: %s; or on an ancestor cgroup) "
             "may override the value or return 0. The instance stays applied; see the programs that run for the "
             "cgroup with 'bpftool cgroup tree'."
             % ("; ".join("an %s handshake with %s in %s started with an initial RTO of %s ms, the rules give %s ms"
-                         % (check["direction"], check["address"], cgroup, check["observed_ms"], check["expected_ms"])
-                         for check in failed),
+                         % (check["direction"], check["address"], desired.cgroup, check["observed_ms"],
+                            check["expected_ms"]) for check in failed),
                [program["id"] for program in result["foreign_programs"]] or "none"),
             result)
-    if params.get("persistent"):
-        result["actions"].extend(persistence.install(params, params["src"], obj.sha256, params.get("persist_root") or "/",
-                                                     check_mode=check_mode))
-        result["changed"] = bool(result["actions"])
-    return result

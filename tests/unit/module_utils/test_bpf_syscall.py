@@ -9,6 +9,7 @@ import errno
 import ipaddress
 import json
 import os
+import time
 import struct
 import subprocess
 import sys
@@ -412,4 +413,11 @@ def test_inventory_sees_objects_and_their_cleanup(cgroup, bpffs):
         opened.close()
         if os.path.exists(pin):
             os.unlink(pin)
-    assert bpf_inventory.settle(before, [cgroup]) == before
+    # Only what this test made: the machine-wide lists also move with anything else running here.
+    deadline = time.monotonic() + 5
+    after = bpf_inventory.snapshot([cgroup])
+    while (ident in after["progs"] or map_id in after["maps"]) and time.monotonic() < deadline:
+        time.sleep(0.05)  # freed after an RCU grace period
+        after = bpf_inventory.snapshot([cgroup])
+    assert ident not in after["progs"] and map_id not in after["maps"]
+    assert after["cgroups"] == before["cgroups"]
