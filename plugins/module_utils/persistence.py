@@ -87,7 +87,9 @@ class Layout:
     def recorded_names(self):
         if not os.path.isdir(self.record_dir):
             return []
-        return sorted(entry[:-5] for entry in os.listdir(self.record_dir) if entry.endswith(".json"))
+        # Instance names have no dot, so <name>.previous.json (the role's history) is no record.
+        return sorted(entry[:-5] for entry in os.listdir(self.record_dir)
+                      if entry.endswith(".json") and "." not in entry[:-5])
 
 
 def _read(path):

@@ -29,20 +29,25 @@ class Playbook:
         self.runs = 0
 
     def run(self, tasks, check=False, diff=False, extra_args=()):
+        """Run tasks in a play for localhost."""
         self.runs += 1
         playbook = os.path.join(self.workdir, "play%d.yml" % self.runs)
-        results_file = os.path.join(self.workdir, "results%d.jsonl" % self.runs)
         with open(playbook, "w") as handle:
             json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}], handle)
+        return self.run_playbook(playbook, self.inventory, (["--check"] if check else []) + (["--diff"] if diff else [])
+                                 + list(extra_args))
+
+    def run_playbook(self, playbook, inventory, extra_args=()):
+        """Run a playbook file, or a collection playbook by FQCN; each task's result is recorded."""
+        self.runs += 1
+        results_file = os.path.join(self.workdir, "results%d.jsonl" % self.runs)
         env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=self.collections_root,
                    ANSIBLE_CALLBACK_PLUGINS=os.path.join(HERE, "callback_plugins"),
                    ANSIBLE_CALLBACKS_ENABLED="record_results", RECORD_RESULTS_FILE=results_file,
                    ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_LOCAL_TEMP=self.workdir)
-        command = [os.path.join(ANSIBLE_BIN, "ansible-playbook"), "-i", self.inventory, playbook]
-        command += ["--check"] if check else []
-        command += ["--diff"] if diff else []
-        proc = subprocess.run(command + list(extra_args), env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, universal_newlines=True, timeout=300)
+        command = [os.path.join(ANSIBLE_BIN, "ansible-playbook"), "-i", inventory, playbook] + list(extra_args)
+        proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              universal_newlines=True, timeout=600, cwd=self.workdir)
         results = []
         if os.path.exists(results_file):
             with open(results_file) as handle:

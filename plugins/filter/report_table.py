@@ -1,0 +1,87 @@
+# -*- coding: utf-8 -*-
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+name: report_table
+short_description: One table of tcp_initial_rto_info results, as CSV or Markdown
+version_added: 0.1.0
+description:
+  - Turns a mapping of host name to the result of M(netbpf.tcp_rto.tcp_initial_rto_info) into one table
+    with a row per host and instance (a host without instances gets one row).
+  - Columns are host, kernel, hz, instance, cgroup, rules, default_ms, program_id, hits, foreign, supported.
+author: netbpf.tcp_rto developers
+options:
+  _input:
+    description: Host name to info result (a failed or unreachable host may map to its error result).
+    type: dict
+    required: true
+  fmt:
+    description: Output format.
+    type: str
+    choices: [csv, markdown]
+    default: csv
+"""
+
+EXAMPLES = r"""
+- name: Write the report
+  ansible.builtin.copy:
+    content: "{{ dict(ansible_play_hosts_all | zip(ansible_play_hosts_all | map('extract', hostvars, 'info')))
+                 | netbpf.tcp_rto.report_table('markdown') }}"
+    dest: report.md
+    mode: "0644"
+"""
+
+RETURN = r"""
+_value:
+  description: The table.
+  type: str
+"""
+
+import csv
+import io
+
+COLUMNS = ("host", "kernel", "hz", "instance", "cgroup", "rules", "default_ms", "program_id", "hits", "foreign",
+           "supported")
+
+
+def _rows(infos):
+    for host in sorted(infos):
+        info = infos[host] or {}
+        reasons = info.get("unsupported_reasons") or [info.get("msg", "no result")]
+        base = dict(host=host, kernel=info.get("kernel", {}).get("release", ""), hz=info.get("kernel", {}).get("hz", ""),
+                    supported="yes" if info.get("supported") else "no: " + "; ".join(reasons))
+        for instance in info.get("instances") or [{}]:
+            rules = instance.get("rules", [])
+            yield dict(
+                base,
+                instance=instance.get("name", ""),
+                cgroup=instance.get("cgroup", ""),
+                rules=" ".join("%s=%sms" % (rule["dest"], rule["rto_ms"]) for rule in rules),
+                default_ms="" if instance.get("default_rto_ms") is None else instance["default_rto_ms"],
+                program_id="" if instance.get("program_id") is None else instance["program_id"],
+                hits=sum(rule.get("hits", 0) for rule in rules) + instance.get("default_hits", 0) if instance else "",
+                foreign=" ".join(str(program.get("id")) for program in instance.get("foreign_programs", [])),
+            )
+
+
+def report_table(infos, fmt="csv"):
+    rows = [[u"%s" % row[column] for column in COLUMNS] for row in _rows(infos)]
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(COLUMNS)
+        writer.writerows(rows)
+        return out.getvalue()
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+class FilterModule(object):
+    def filters(self):
+        return {"report_table": report_table}
