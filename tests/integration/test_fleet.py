@@ -73,6 +73,9 @@ def test_rollout_failed_batch_rollback_report(fleet, tmp_path):
     assert fleet.rto_ms() == dict.fromkeys(HOSTS, 300)
     assert [batch["hosts"] for batch in summary(first)] == [["h1"], ["h2", "h3"], ["h4", "h5"]]
     assert [batch["changed"] for batch in summary(first)] == [["h1"], ["h2", "h3"], ["h4", "h5"]]
+    unchanged = fleet.rollout(300)
+    assert unchanged.returncode == 0, unchanged.output
+    assert [batch["unchanged"] for batch in summary(unchanged)] == [["h1"], ["h2", "h3"], ["h4", "h5"]]
     before = fleet.program_ids()
     assert all(len(ids) == 1 for ids in before.values())
 
@@ -83,7 +86,7 @@ def test_rollout_failed_batch_rollback_report(fleet, tmp_path):
     assert "rollout stopped: a host of batch 2 failed" in second.output
     batches = summary(second)
     assert len(batches) == 2
-    assert batches[0] == dict(hosts=["h1"], changed=["h1"], failed=[], failures={}, rolled_back=[])
+    assert batches[0] == dict(hosts=["h1"], changed=["h1"], unchanged=[], failed=[], failures={}, rolled_back=[])
     assert batches[1]["failed"] == ["h3"] and batches[1]["rolled_back"] == ["h2", "h3"], second.output
     assert fleet.rto_ms() == dict(h1=200, h2=300, h3=300, h4=300, h5=300)
     after = fleet.program_ids()
