@@ -1,0 +1,20 @@
+"""The kernel matrix as part of the test command: the module's scenarios on Debian's 5.10, 6.1, 6.12
+and newest 6.16-6.18 kernels under qemu (tests/kernels/run). A missing qemu fails the test: the
+matrix is how the kernels users run are covered, so it must not silently go away."""
+
+import os
+import shutil
+import subprocess
+
+from conftest import REPO
+
+RUN = os.path.join(REPO, "tests", "kernels", "run")
+
+
+def test_kernel_matrix():
+    assert shutil.which("qemu-system-x86_64"), (
+        "qemu-system-x86_64 is not installed: scripts/setup-env installs it (apt package qemu-system-x86)")
+    proc = subprocess.run([RUN], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                          timeout=1800)
+    print(proc.stdout)  # the table: pytest -rP shows it
+    assert proc.returncode == 0, "tests/kernels/run exited %d:\n%s" % (proc.returncode, proc.stdout[-30000:])

@@ -1,0 +1,328 @@
+"""The kernel matrix job, run by tests/kernels/init inside each qemu guest.
+
+Every step runs the AnsiballZ payload that the host built for it (steps.py), as a managed host
+runs a task; each scenario then checks the result, and the kernel itself (BPF_PROG_QUERY, links,
+pins, real sockets). Results go to the serial console as lines matrix.py parses:
+
+    @@TCPRTO INFO {...}                      the kernel, CONFIG_HZ, RLIMIT_MEMLOCK at start
+    @@TCPRTO CELL <scenario> PASS|FAIL {...} one per scenario: a note for the table, seconds
+    @@TCPRTO BEGIN <scenario> ... @@TCPRTO END <scenario>   why a cell failed, the step's result
+                                                            JSON and the verifier log
+    @@TCPRTO DONE
+"""
+
+import json
+import os
+import re
+import resource
+import subprocess
+import sys
+import time
+import traceback
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from guest_kernel import (  # noqa: E402
+    ATTACH, CONFIG, HZ, JIFFY_MS, PIN_DIR, RELEASE, TCP_TIMEOUT_INIT_MS, VERSION, Failed, attached, check,
+    connect_give_up, in_cgroup, links_of, program_exists, syn_timers, synack_timers, wheel_granule)
+from steps import GUEST_ROOT, STEPS, cgroup  # noqa: E402
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf  # noqa: E402
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe  # noqa: E402
+
+MARK = "@@TCPRTO"
+
+
+def emit(*words):
+    print(MARK, *words, flush=True)
+
+
+def run_step(name, memlock=None):
+    """The step's payload under this Python, as Ansible runs a module: -> its result dict.
+    memlock: the RLIMIT_MEMLOCK (soft and hard) it starts with."""
+    payload = os.path.join(GUEST_ROOT, "payloads", name + ".py")
+    limit = None if memlock is None else (lambda: resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock)))
+    proc = subprocess.run([sys.executable, payload], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=180, cwd="/root", preexec_fn=limit)
+    try:
+        result = json.loads(proc.stdout)
+    except ValueError:
+        raise Failed("step %s printed no JSON result (rc %d)" % (name, proc.returncode), name,
+                     {"rc": proc.returncode, "stdout": proc.stdout[-4000:], "stderr": proc.stderr[-4000:]})
+    if result.get("failed"):
+        msg = str(result.get("msg", "")).split("Verifier log:")[0]
+        raise Failed("step %s failed: %s" % (name, msg[:300].strip()), name, result)
+    return result
+
+
+def rto_us(ms):
+    """What TCP_INFO shows for rto_ms: whole jiffies, rounded up as the module does."""
+    return -(-ms * HZ // 1000) * 1000000 // HZ
+
+
+def checks_of(result):
+    return dict((item["direction"], item["expected_ms"]) for item in result["verification"]["checks"])
+
+
+def prog_id(result):
+    return result["instance"]["program_id"]
+
+
+# ---------------------------------------------------------------- scenarios
+# Each returns a short note for the table; a failed check raises Failed.
+
+STATE = {}
+
+
+def scenario_apply():
+    os.mkdir(cgroup("main"))
+    result = run_step("apply")
+    step = "apply"
+    check(result["changed"] is True, "changed is not true", step, result)
+    check("mount bpffs on /sys/fs/bpf" in result["actions"], "the module did not mount bpffs", step, result)
+    check(result["verification"]["ok"] and checks_of(result) == {"outgoing": 200, "incoming": 200},
+          "verification is not ok for 200 ms both ways", step, result)
+    check(result["kernel"]["hz"] == HZ and result["kernel"]["hz_source"] == CONFIG,
+          "HZ %s from %s, expected %d from %s" % (result["kernel"]["hz"], result["kernel"]["hz_source"], HZ, CONFIG),
+          step, result)
+    features = result["kernel"]["features"]
+    check(features["memlock_accounting"] == (VERSION < (5, 11)), "features.memlock_accounting is wrong", step, result)
+    check(features["cgroup_link"] == (VERSION >= (5, 7)), "features.cgroup_link is wrong", step, result)
+    pid = prog_id(result)
+    check(result["instance"]["attach_mode"] == ATTACH, "attach mode %s, expected %s"
+          % (result["instance"]["attach_mode"], ATTACH), step, result)
+    check(attached(cgroup("main"))[1] == [pid], "BPF_PROG_QUERY on the cgroup shows %s, expected [%d]"
+          % (attached(cgroup("main"))[1], pid), step, result)
+    if ATTACH == "link" and VERSION >= (5, 8):  # BPF_LINK_GET_NEXT_ID
+        check(len(links_of(pid)) == 1, "no bpf_link holds program %d" % pid, step, result)
+    check(probe.outgoing_rto_us(cgroup("main")) == rto_us(200), "a socket in the cgroup does not start at 200 ms",
+          step, result)
+    STATE["main_id"] = pid
+    return ATTACH
+
+
+def scenario_reapply():
+    result = run_step("reapply")
+    check(result["changed"] is False and result["actions"] == [], "reapplying changed something: %s"
+          % result["actions"], "reapply", result)
+    check(prog_id(result) == STATE.get("main_id"), "program id changed", "reapply", result)
+    return "same id"
+
+
+def scenario_rules():
+    result = run_step("rules")
+    step = "rules"
+    check(result["changed"] is True, "changed is not true", step, result)
+    check(prog_id(result) == STATE.get("main_id"), "program id changed: %s -> %s"
+          % (STATE.get("main_id"), prog_id(result)), step, result)
+    check([rule["rto_ms"] for rule in result["instance"]["rules"]] == [300, 40]
+          and result["instance"]["default_rto_ms"] == 700, "the instance does not hold the new rules", step, result)
+    check(result["verification"]["ok"] and checks_of(result) == {"outgoing": 300, "incoming": 300},
+          "verification is not ok for 300 ms", step, result)
+    check(probe.outgoing_rto_us(cgroup("main")) == rto_us(300), "a socket does not start at 300 ms", step, result)
+    return "same id"
+
+
+def scenario_absent():
+    step = "absent"
+    result = run_step(step)
+    check(result["changed"] is True, "changed is not true", step, result)
+    check(attached(cgroup("main"))[1] == [], "programs still attached: %s" % attached(cgroup("main"))[1],
+          step, result)
+    pins = os.path.join(PIN_DIR, "main")
+    check(not os.path.exists(pins), "pins left: %s" % (os.listdir(pins) if os.path.isdir(pins) else pins),
+          step, result)
+    if STATE.get("main_id"):
+        check(not program_exists(STATE["main_id"]), "program %d still exists" % STATE["main_id"], step, result)
+    check(probe.outgoing_rto_us(cgroup("main")) == 1000000, "a socket does not start at the kernel default",
+          step, result)
+    again = run_step("absent-again")
+    check(again["changed"] is False, "removing again changed something", "absent-again", again)
+    return "clean"
+
+
+def scenario_direction():
+    os.mkdir(cgroup("dir"))
+    outgoing = run_step("outgoing")
+    check(outgoing["verification"]["ok"] and checks_of(outgoing) == {"outgoing": 500},
+          "direction outgoing: verification %s" % checks_of(outgoing), "outgoing", outgoing)
+    incoming = run_step("incoming")
+    # connect() keeps the kernel default; the listener's SYN-ACK gets the value
+    check(incoming["verification"]["ok"] and checks_of(incoming) == {"outgoing": 1000, "incoming": 500},
+          "direction incoming: verification %s" % checks_of(incoming), "incoming", incoming)
+    check(prog_id(incoming) == prog_id(outgoing), "program id changed", "incoming", incoming)
+    check(probe.outgoing_rto_us(cgroup("dir")) == 1000000, "connect() does not keep the default", "incoming",
+          incoming)
+    return "in/out"
+
+
+def scenario_legacy():
+    os.mkdir(cgroup("legacy"))
+    step = "legacy"
+    result = run_step(step)
+    pid = prog_id(result)
+    check(result["instance"]["attach_mode"] == "multi", "attach mode is not multi", step, result)
+    check(result["verification"]["ok"], "verification is not ok", step, result)
+    flags, ids = attached(cgroup("legacy"))
+    check(ids == [pid] and flags == bpf.BPF_F_ALLOW_MULTI, "BPF_PROG_QUERY: flags %d ids %s, expected %d [%d]"
+          % (flags, ids, bpf.BPF_F_ALLOW_MULTI, pid), step, result)
+    if VERSION >= (5, 8):  # BPF_LINK_GET_NEXT_ID
+        check(links_of(pid) == [], "a bpf_link holds the program", step, result)
+    again = run_step("legacy-again")
+    check(again["changed"] is False and prog_id(again) == pid, "reapplying changed something", "legacy-again", again)
+    removed = run_step("legacy-absent")
+    check(attached(cgroup("legacy"))[1] == [] and not os.path.exists(PIN_DIR + "/legacy"),
+          "state=absent left the program attached or pinned", "legacy-absent", removed)
+    return "multi"
+
+
+def scenario_synack():
+    """After the first SYN-ACK timeout the timer doubles the BPF value from 5.18 on
+    (5903123f662e); before, it is TCP_TIMEOUT_INIT << 1 = 2 s whatever the program said."""
+    os.mkdir(cgroup("synack"))
+    result = run_step("synack")
+    check(result["verification"]["ok"], "verification is not ok", "synack", result)
+    rto_ms = 300
+    from_bpf = VERSION >= (5, 18)
+    expected = 2 * rto_ms if from_bpf else TCP_TIMEOUT_INIT_MS << 1
+    first, second = in_cgroup(cgroup("synack"), synack_timers)
+    check(result["kernel"]["features"]["synack_backoff_from_bpf"] == from_bpf,
+          "features.synack_backoff_from_bpf disagrees with the kernel version", "synack", result)
+    # The second timer is read a few ms after it was re-armed; one jiffy above for rounding.
+    check(expected - 150 <= second <= expected + JIFFY_MS,
+          "second SYN-ACK timer %d ms (first %s ms), expected %d ms for %s"
+          % (second, first, expected, "5.18+" if from_bpf else "a kernel before 5.18"), "synack", result)
+    return "2nd %d ms" % second
+
+
+def scenario_give_up():
+    """SYN retransmits double from the initial RTO R; connect() fails at the expiry after
+    tcp_syn_retries (6) retransmits: 127 R. From 6.5 on the first tcp_syn_linear_timeouts (4)
+    intervals repeat R and 6 + 4 retransmits are sent: 131 R. The module's syn_give_up_s must
+    say the same."""
+    os.mkdir(cgroup("giveup"))
+    result = run_step("give-up")
+    rto_ms, retries = 20, 6
+    linear = 4 if VERSION >= (6, 5) else 0
+    timers = syn_timers(-(-rto_ms * HZ // 1000), retries, linear)
+    expected_ms = sum(timers) * JIFFY_MS
+    latest_ms = expected_ms + (sum(wheel_granule(timer) for timer in timers) + 1) * JIFFY_MS
+    check(result["kernel"]["features"]["syn_linear_timeouts"] == bool(linear)
+          and os.path.exists("/proc/sys/net/ipv4/tcp_syn_linear_timeouts") == bool(linear),
+          "tcp_syn_linear_timeouts: feature and sysctl disagree with the kernel version", "give-up", result)
+    check(abs(result["syn_give_up_s"] * 1000 - expected_ms) < 1, "syn_give_up_s %s, expected %.3f"
+          % (result["syn_give_up_s"], expected_ms / 1000.0), "give-up", result)
+    elapsed, retransmits = in_cgroup(cgroup("giveup"), connect_give_up)
+    check(retransmits == retries + linear and expected_ms - JIFFY_MS <= elapsed <= latest_ms,
+          "connect() gave up after %.0f ms and %d SYN retransmits, expected %.0f-%.0f ms (%d R) and %d"
+          % (elapsed, retransmits, expected_ms, latest_ms, expected_ms // rto_ms, retries + linear),
+          "give-up", result)
+    return "%d rtx %.2f s" % (retransmits, elapsed / 1000.0)
+
+
+MAP_UNDER_ZERO_MEMLOCK = """
+import os, resource, sys
+sys.path.insert(0, %r)
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
+try:
+    os.close(bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, 8, 1))
+    print("created")
+except bpf.BpfError as exc:
+    print(exc.strerror)
+""" % GUEST_ROOT
+
+
+def scenario_memlock():
+    """Kernels before 5.11 charge BPF memory to RLIMIT_MEMLOCK (5.11 moved it to memcg): a process
+    whose limit is 0 cannot create a map there, and the module, started with that limit, must still
+    apply (it raises the limit)."""
+    os.mkdir(cgroup("memlock"))
+    charged = VERSION < (5, 11)
+    control = subprocess.run([sys.executable, "-c", MAP_UNDER_ZERO_MEMLOCK], stdout=subprocess.PIPE,
+                             universal_newlines=True, timeout=60).stdout.strip()
+    check(control == ("Operation not permitted" if charged else "created"),
+          "a map under RLIMIT_MEMLOCK 0: %r, expected %s" % (control, "EPERM" if charged else "success"))
+    result = run_step("memlock", memlock=0)
+    check(result["kernel"]["features"]["memlock_accounting"] == charged,
+          "features.memlock_accounting disagrees with the kernel version", "memlock", result)
+    check(result["verification"]["ok"], "verification is not ok", "memlock", result)
+    return "rlimit" if charged else "memcg"
+
+
+def scenario_hz_measured():
+    """No kernel config readable (as on many hosts): the module measures HZ from the clock tick."""
+    os.mkdir(cgroup("hz"))
+    hidden = CONFIG + ".hidden"
+    os.rename(CONFIG, hidden)
+    try:
+        result = run_step("hz-measured")
+    finally:
+        os.rename(hidden, CONFIG)
+    check(result["kernel"]["hz_source"] == "measured" and result["kernel"]["hz"] == HZ,
+          "HZ %s from %s, expected %d measured" % (result["kernel"]["hz"], result["kernel"]["hz_source"], HZ),
+          "hz-measured", result)
+    check(result["verification"]["ok"], "verification is not ok", "hz-measured", result)
+    return "%d" % result["kernel"]["hz"]
+
+
+SCENARIOS = [
+    ("apply", scenario_apply),
+    ("reapply", scenario_reapply),
+    ("rules", scenario_rules),
+    ("absent", scenario_absent),
+    ("direction", scenario_direction),
+    ("legacy", scenario_legacy),
+    ("synack-2nd", scenario_synack),
+    ("syn-give-up", scenario_give_up),
+    ("memlock", scenario_memlock),
+    ("hz-measured", scenario_hz_measured),
+]
+
+
+VERIFIER_LOGS = {}  # log -> the first scenario that printed it
+
+
+def report_failure(name, exc):
+    emit("BEGIN", name)
+    print("why: %s" % exc)
+    if exc.step:
+        print("step: %s %s" % (exc.step, json.dumps(STEPS.get(exc.step), sort_keys=True)))
+    if exc.result is not None:
+        result = dict((key, value) for key, value in exc.result.items() if key != "invocation")  # = the step
+        msg, _, verifier_log = str(result.get("msg", "")).partition("Verifier log:")
+        if verifier_log:
+            result["msg"] = msg + "Verifier log: below"
+        print("result:")
+        print(json.dumps(result, indent=1, sort_keys=True, default=str))
+        same = re.sub(r"0x[0-9a-f]{8,}", "", verifier_log)  # map addresses differ between loads
+        if verifier_log and same in VERIFIER_LOGS:
+            print("verifier log: the same as for %s" % VERIFIER_LOGS[same])
+        elif verifier_log:
+            VERIFIER_LOGS[same] = name
+            print("verifier log:")
+            print(verifier_log.strip())
+    emit("END", name)
+
+
+def main():
+    soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    emit("INFO", json.dumps({"release": RELEASE, "hz": HZ, "attach": ATTACH, "python": sys.version.split()[0],
+                             "memlock_kib": None if soft == resource.RLIM_INFINITY else soft // 1024}))
+    for name, scenario in SCENARIOS:
+        started = time.monotonic()
+        try:
+            note = scenario()
+            status = "PASS"
+        except Exception as exc:  # every failure becomes a readable cell
+            if not isinstance(exc, Failed):
+                exc = Failed("%s: %s\n%s" % (type(exc).__name__, exc, traceback.format_exc()))
+            note = str(exc).splitlines()[0][:80]
+            status = "FAIL"
+            report_failure(name, exc)
+        emit("CELL", name, status, json.dumps({"note": note, "seconds": round(time.monotonic() - started, 1)}))
+    emit("DONE")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,50 @@
+"""The module invocations of the kernel matrix: step name -> the task's parameters.
+
+Imported by the host (matrix.py builds one AnsiballZ payload per step) and by the guest
+(guest_job.py runs the payloads in order and checks their results). Plain stdlib.
+"""
+
+GUEST_ROOT = "/opt/tcp_rto"
+SRC = GUEST_ROOT + "/tcp_initial_rto.bpf.o"  # what the action plugin would have transferred
+CGROUP_ROOT = "/sys/fs/cgroup"
+LOOPBACK = "127.0.0.0/8"
+
+
+def cgroup(name):
+    return CGROUP_ROOT + "/" + name
+
+
+def task(name, **params):
+    """One instance per scenario, in a cgroup of its own name; pins under the default pin_dir, with
+    bpffs mounted by the module itself (the guest does not mount it). Like the action plugin, src
+    only for state=present."""
+    base = dict(name=name, cgroup=cgroup(name))
+    if params.get("state", "present") == "present":
+        base["src"] = SRC
+    return dict(base, **params)
+
+
+STEPS = {
+    # apply, reapply, rules change, absent: one instance
+    "apply": task("main", rules=[{"dest": LOOPBACK, "rto_ms": 200}], rto_ms=500),
+    "reapply": task("main", rules=[{"dest": LOOPBACK, "rto_ms": 200}], rto_ms=500),
+    "rules": task("main", rules=[{"dest": LOOPBACK, "rto_ms": 300}, {"dest": "fd00::/8", "rto_ms": 40}],
+                  rto_ms=700),
+    "absent": task("main", state="absent"),
+    "absent-again": task("main", state="absent"),
+    # direction
+    "outgoing": task("dir", rto_ms=500, direction="outgoing"),
+    "incoming": task("dir", rto_ms=500, direction="incoming"),
+    # BPF_PROG_ATTACH with BPF_F_ALLOW_MULTI where bpf_link exists
+    "legacy": task("legacy", rto_ms=400, force_legacy_attach=True),
+    "legacy-again": task("legacy", rto_ms=400, force_legacy_attach=True),
+    "legacy-absent": task("legacy", state="absent"),
+    # the second SYN-ACK timer (measured by the guest job)
+    "synack": task("synack", rto_ms=300, direction="incoming"),
+    # connect() to a peer that never answers gives up after ~127 RTOs (131 on 6.5+)
+    "give-up": task("giveup", rto_ms=20, direction="outgoing"),
+    # run with RLIMIT_MEMLOCK 0 (kernels before 5.11 charge BPF memory to it)
+    "memlock": task("memlock", rto_ms=500),
+    # CONFIG_HZ with no kernel config readable
+    "hz-measured": task("hz", rto_ms=500),
+}
