@@ -24,10 +24,12 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from guest_kernel import (  # noqa: E402
-    ATTACH, CONFIG, HZ, JIFFY_MS, PIN_DIR, RELEASE, TCP_TIMEOUT_INIT_MS, VERSION, Failed, attached, check,
+    ATTACH, CONFIG, HZ, JIFFY_MS, PIN_DIR, RELEASE, TCP_TIMEOUT_INIT_MS, VERSION, Failed, check,
     connect_give_up, in_cgroup, links_of, program_exists, syn_timers, synack_timers, wheel_granule)
 from steps import GUEST_ROOT, STEPS, cgroup  # noqa: E402
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf  # noqa: E402
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import (  # noqa: E402
+    attached_program_ids as attached)
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe  # noqa: E402
 
 MARK = "@@TCPRTO"

@@ -43,15 +43,6 @@ def check(condition, why, step=None, result=None):
         raise Failed(why, step, result)
 
 
-def attached(cg):
-    """(attach_flags, [program ids]) of sock_ops programs attached to cg itself."""
-    fd = os.open(cg, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        return bpf.prog_query(fd, bpf.BPF_CGROUP_SOCK_OPS)
-    finally:
-        os.close(fd)
-
-
 def links_of(program):
     """Every bpf_link whose program has the id program."""
     found, link_id = [], 0
