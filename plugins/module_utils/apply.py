@@ -34,7 +34,7 @@ class _Undo:
             action, args = self.actions.pop()
             try:
                 action(*args)
-            except (OSError, bpf.BpfError):
+            except OSError:  # bpf.BpfError included
                 pass  # best effort: the original error is what the user must see
 
 

@@ -147,6 +147,20 @@ def _open_pin(path):
         raise
 
 
+def read_meta(meta_fd):
+    """The instance record in the meta map -> (record, None), or (None, what is wrong with it)."""
+    if meta_fd is None:
+        return None, "meta map is missing"
+    raw = bpf.map_lookup(meta_fd, abi.CONFIG_KEY.pack(0), META_VALUE_SIZE) or b""
+    try:
+        meta = json.loads(raw.rstrip(b"\0").decode("utf-8"))
+        if meta.get("format") != META_FORMAT or not {"cgroup", "attach_mode", "object_sha256"} <= set(meta):
+            raise ValueError("unknown format")
+    except ValueError as exc:
+        return None, "meta record is unreadable (%s)" % exc
+    return meta, None
+
+
 class Current:
     """What the kernel holds for one instance, read from its pins. Owns the fds it opened."""
 
@@ -183,18 +197,7 @@ class Current:
         self.attached = self._is_attached()
 
     def _read_meta(self):
-        if META_MAP not in self.maps:
-            self.meta_problem = "meta map is missing"
-            return
-        raw = bpf.map_lookup(self.maps[META_MAP], abi.CONFIG_KEY.pack(0), META_VALUE_SIZE) or b""
-        try:
-            meta = json.loads(raw.rstrip(b"\0").decode("utf-8"))
-            if meta.get("format") != META_FORMAT or not {"cgroup", "attach_mode", "object_sha256"} <= set(meta):
-                raise ValueError("unknown format")
-        except ValueError as exc:
-            self.meta_problem = "meta record is unreadable (%s)" % exc
-            return
-        self.meta = meta
+        self.meta, self.meta_problem = read_meta(self.maps.get(META_MAP))
 
     def _read_maps(self):
         if abi.CONFIG_MAP in self.maps:
@@ -379,10 +382,13 @@ def instances_on_cgroup(pin_dir, cgroup, exclude):
         path = os.path.join(pin_dir, name)
         if name == exclude or not os.path.isdir(path):
             continue
-        other = Current(path)
+        meta_fd = _open_pin(os.path.join(path, META_MAP))  # the record alone says where it is attached
+        if meta_fd is None:
+            continue
         try:
-            if other.cgroup == cgroup:
-                found.append(name)
+            meta, _problem = read_meta(meta_fd)
         finally:
-            other.close()
+            os.close(meta_fd)
+        if meta and meta["cgroup"] == cgroup:
+            found.append(name)
     return found
