@@ -6,6 +6,7 @@ Usage: syn_rto_probe.py CGROUP [ADDRESS]
 The demo shows what it prints; the tests use it as an oracle independent of the collection,
 so it deliberately shares no code with plugins/module_utils/probe.py.
 """
+
 import socket
 import struct
 import sys

@@ -21,8 +21,13 @@ import time
 
 def _bpftool(*args):
     """`bpftool -j ARGS` as parsed JSON; bpftool prints nothing at all for an empty cgroup."""
-    result = subprocess.run(["bpftool", "-j"] + list(args), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, universal_newlines=True, check=True)
+    result = subprocess.run(
+        ["bpftool", "-j", *list(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        check=True,
+    )
     return json.loads(result.stdout) if result.stdout.strip() else []
 
 
@@ -30,20 +35,20 @@ def _cgroup(path):
     """Programs attached to one cgroup (sorted), or None when the cgroup does not exist."""
     if not os.path.isdir(path):
         return None
-    return sorted((entry["id"], str(entry.get("attach_type", "")), str(entry.get("attach_flags", "")),
-                   entry.get("name", ""))
-                  for entry in _bpftool("cgroup", "show", path))
+    return sorted(
+        (entry["id"], str(entry.get("attach_type", "")), str(entry.get("attach_flags", "")), entry.get("name", ""))
+        for entry in _bpftool("cgroup", "show", path)
+    )
 
 
 def snapshot(cgroups=()):
     """A comparable dict: programs and maps by id -> (type, name), links by id -> (type, prog id),
     and for each given cgroup path its attached (id, attach type, attach flags, name)."""
     return {
-        "progs": dict((prog["id"], (prog["type"], prog.get("name", ""))) for prog in _bpftool("prog", "show")),
-        "maps": dict((bpf_map["id"], (bpf_map["type"], bpf_map.get("name", "")))
-                     for bpf_map in _bpftool("map", "show")),
-        "links": dict((link["id"], (link["type"], link.get("prog_id"))) for link in _bpftool("link", "show")),
-        "cgroups": dict((path, _cgroup(path)) for path in cgroups),
+        "progs": {prog["id"]: (prog["type"], prog.get("name", "")) for prog in _bpftool("prog", "show")},
+        "maps": {bpf_map["id"]: (bpf_map["type"], bpf_map.get("name", "")) for bpf_map in _bpftool("map", "show")},
+        "links": {link["id"]: (link["type"], link.get("prog_id")) for link in _bpftool("link", "show")},
+        "cgroups": {path: _cgroup(path) for path in cgroups},
     }
 
 

@@ -113,6 +113,7 @@ def sandbox_bpffs():
 def sweep_leftovers():
     """Remove sandboxes that an interrupted earlier run left: ours only (by prefix), and only those
     whose creating process is gone, so that test sessions running side by side do not collide."""
+
     def stale(path):
         name = os.path.basename(path)
         return name.startswith(SANDBOX_PREFIX) and _owner_gone(name)

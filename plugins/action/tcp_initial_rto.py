@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller side of netbpf.tcp_rto.tcp_initial_rto: choose the BPF object (the shipped one,
@@ -27,17 +26,18 @@ REMOTE_NAME = "tcp_initial_rto.bpf.o"
 def compile_source(source, workdir):
     """Compile a .c with the same command that builds the shipped object."""
     if shutil.which("clang") is None:
-        raise AnsibleActionFail("src %s is C source and needs clang on the controller to compile it; install clang "
-                                "(Debian/Ubuntu: apt-get install clang) or give a compiled .o" % source)
+        raise AnsibleActionFail(
+            "src %s is C source and needs clang on the controller to compile it; install clang "
+            "(Debian/Ubuntu: apt-get install clang) or give a compiled .o" % source
+        )
     output = os.path.join(workdir, REMOTE_NAME)
-    proc = subprocess.run([BUILD_SCRIPT, output, source], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    proc = subprocess.run([BUILD_SCRIPT, output, source], check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise AnsibleActionFail("compiling %s failed:\n%s" % (source, to_text(proc.stdout)))
     return output
 
 
 class ActionModule(ActionBase):
-
     TRANSFERS_FILES = True
 
     def _local_object(self, src, workdir):
@@ -46,12 +46,14 @@ class ActionModule(ActionBase):
         try:
             path = self._find_needle("files", src)
         except AnsibleError:
-            raise AnsibleActionFail("src %s not found on the controller: give an absolute path, or one relative to "
-                                    "the playbook's or the role's files/ directory" % src)
+            raise AnsibleActionFail(
+                "src %s not found on the controller: give an absolute path, or one relative to "
+                "the playbook's or the role's files/ directory" % src
+            )
         return compile_source(path, workdir) if path.endswith(".c") else path
 
     def run(self, tmp=None, task_vars=None):
-        result = super(ActionModule, self).run(tmp, task_vars)
+        result = super().run(tmp, task_vars)
         module_args = dict(self._task.args)
         workdir = tempfile.mkdtemp(prefix="tcp_rto-")
         try:
@@ -61,8 +63,11 @@ class ActionModule(ActionBase):
                 self._transfer_file(local, remote)
                 self._fixup_perms2((self._connection._shell.tmpdir, remote))
                 module_args["src"] = remote
-            result.update(self._execute_module(module_name="netbpf.tcp_rto.tcp_initial_rto",
-                                               module_args=module_args, task_vars=task_vars))
+            result.update(
+                self._execute_module(
+                    module_name="netbpf.tcp_rto.tcp_initial_rto", module_args=module_args, task_vars=task_vars
+                )
+            )
         except AnsibleActionFail as exc:
             result.update(failed=True, msg=to_text(exc))
         finally:

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
@@ -45,16 +44,31 @@ _value:
 import csv
 import io
 
-COLUMNS = ("host", "kernel", "hz", "instance", "cgroup", "rules", "default_ms", "program_id", "hits", "foreign",
-           "supported")
+COLUMNS = (
+    "host",
+    "kernel",
+    "hz",
+    "instance",
+    "cgroup",
+    "rules",
+    "default_ms",
+    "program_id",
+    "hits",
+    "foreign",
+    "supported",
+)
 
 
 def _rows(infos):
     for host in sorted(infos):
         info = infos[host] or {}
         reasons = info.get("unsupported_reasons") or [info.get("msg", "no result")]
-        base = dict(host=host, kernel=info.get("kernel", {}).get("release", ""), hz=info.get("kernel", {}).get("hz", ""),
-                    supported="yes" if info.get("supported") else "no: " + "; ".join(reasons))
+        base = dict(
+            host=host,
+            kernel=info.get("kernel", {}).get("release", ""),
+            hz=info.get("kernel", {}).get("hz", ""),
+            supported="yes" if info.get("supported") else "no: " + "; ".join(reasons),
+        )
         for instance in info.get("instances") or [{}]:
             rules = instance.get("rules", [])
             yield dict(
@@ -70,7 +84,7 @@ def _rows(infos):
 
 
 def report_table(infos, fmt="csv"):
-    rows = [[u"%s" % row[column] for column in COLUMNS] for row in _rows(infos)]
+    rows = [["%s" % row[column] for column in COLUMNS] for row in _rows(infos)]
     if fmt == "csv":
         out = io.StringIO()
         writer = csv.writer(out, lineterminator="\n")
@@ -82,6 +96,6 @@ def report_table(infos, fmt="csv"):
     return "\n".join(lines) + "\n"
 
 
-class FilterModule(object):
+class FilterModule:
     def filters(self):
         return {"report_table": report_table}

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Carrying out a plan (instance.plan_present / plan_absent) on the kernel.
@@ -17,8 +16,19 @@ import os
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import (
-    ATTACH_LINK, ATTACH_MULTI, LINK_PIN, META_FORMAT, META_MAP, META_VALUE_SIZE, NEW_PIN_PREFIX, PROG_PIN,
-    ConfigError, InstanceError, same_place)
+    ATTACH_LINK,
+    ATTACH_MULTI,
+    LINK_PIN,
+    META_FORMAT,
+    META_MAP,
+    META_VALUE_SIZE,
+    NEW_PIN_PREFIX,
+    PROG_PIN,
+    ConfigError,
+    InstanceError,
+    same_place,
+)
+
 
 class _Undo:
     """Kernel changes made so far, undone in reverse order when a later step fails."""
@@ -66,7 +76,8 @@ def _attach_error(exc, cgroup):
         return InstanceError(
             "the kernel refused to attach to %s (EPERM): a sock_ops program is attached there or on an "
             "ancestor cgroup without BPF_F_ALLOW_MULTI. tcp_rto never detaches programs it did not attach: "
-            "re-attach that program with 'multi' or choose another cgroup." % cgroup)
+            "re-attach that program with 'multi' or choose another cgroup." % cgroup
+        )
     return InstanceError("attaching to %s failed: %s" % (cgroup, exc))
 
 
@@ -82,12 +93,16 @@ def write_rules(rules_fd, hits_fd, desired_rules, current_rules=None):
     """Make the rules map hold desired_rules (hit slot = list position), touching only what
     differs; current_rules None means the maps are new. Upserts come before deletes so that a
     connection never falls through while a rule moves."""
-    wanted = dict((abi.encode_rule_key(rule.dest), abi.encode_rule_value(rule.rto_jiffies, slot))
-                  for slot, rule in enumerate(desired_rules))
-    held = dict((abi.encode_rule_key(rule.dest), abi.encode_rule_value(rule.rto_jiffies, slot))
-                for rule, slot in current_rules or ())
+    wanted = {
+        abi.encode_rule_key(rule.dest): abi.encode_rule_value(rule.rto_jiffies, slot)
+        for slot, rule in enumerate(desired_rules)
+    }
+    held = {
+        abi.encode_rule_key(rule.dest): abi.encode_rule_value(rule.rto_jiffies, slot)
+        for rule, slot in current_rules or ()
+    }
     if current_rules is not None:
-        held_slots = dict((slot, rule.dest) for rule, slot in current_rules)
+        held_slots = {slot: rule.dest for rule, slot in current_rules}
         zero = [abi.HIT_VALUE.pack(0)] * len(bpf.possible_cpus())
         for slot, rule in enumerate(desired_rules):
             if held_slots.get(slot) != rule.dest:  # this slot's counter now counts another rule
@@ -105,12 +120,19 @@ def write_config(config_fd, desired):
 
 
 def write_meta(meta_fd, desired):
-    record = {"format": META_FORMAT, "cgroup": desired.cgroup, "attach_mode": desired.attach_mode,
-              "object_sha256": desired.object.sha256, "hz": desired.hz}
+    record = {
+        "format": META_FORMAT,
+        "cgroup": desired.cgroup,
+        "attach_mode": desired.attach_mode,
+        "object_sha256": desired.object.sha256,
+        "hz": desired.hz,
+    }
     raw = json.dumps(record, sort_keys=True).encode("utf-8")
     if len(raw) > META_VALUE_SIZE:
-        raise ConfigError("instance record is %d bytes, more than the %d the meta map holds (cgroup path too long?)"
-                          % (len(raw), META_VALUE_SIZE))
+        raise ConfigError(
+            "instance record is %d bytes, more than the %d the meta map holds (cgroup path too long?)"
+            % (len(raw), META_VALUE_SIZE)
+        )
     bpf.map_update(meta_fd, abi.CONFIG_KEY.pack(0), raw.ljust(META_VALUE_SIZE, b"\0"))
 
 
@@ -198,7 +220,7 @@ def apply_present(desired, current, plan, can_replace=True):
             write_rules(map_fds[abi.RULES_MAP], map_fds[abi.HITS_MAP], desired.rules)
             new_pins.extend(map_fds)
         else:
-            map_fds = dict((name, current.maps[name]) for name in abi.MAP_CONTRACT)
+            map_fds = {name: current.maps[name] for name in abi.MAP_CONTRACT}
             write_rules(map_fds[abi.RULES_MAP], map_fds[abi.HITS_MAP], desired.rules, current.rules)
         write_config(map_fds[abi.CONFIG_MAP], desired)
         meta_fd = current.maps.get(META_MAP)
@@ -251,4 +273,3 @@ def apply_absent(current, pin_dir):
     except OSError as exc:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY):
             raise
-

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Reading a BPF ELF object: program section, license, legacy map definitions, map relocations.
@@ -31,7 +30,7 @@ ELFCLASS32, ELFCLASS64 = 1, 2
 ELFDATA2LSB, ELFDATA2MSB = 1, 2
 SHT_NOBITS, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_REL = 8, 1, 2, 3, 4, 9
 SHF_EXECINSTR = 0x4
-SHN_UNDEF, SHN_LORESERVE, SHN_XINDEX = 0, 0xff00, 0xffff
+SHN_UNDEF, SHN_LORESERVE, SHN_XINDEX = 0, 0xFF00, 0xFFFF
 STT_FUNC, STT_SECTION = 2, 3
 R_BPF_NONE, R_BPF_64_64, R_BPF_64_32 = 0, 1, 10
 
@@ -48,7 +47,12 @@ MAP_DEF_SIZE = 4 * MAP_DEF_FIELDS
 
 # include/linux/license.h license_is_gpl_compatible(): exact strings.
 GPL_COMPATIBLE_LICENSES = (
-    "GPL", "GPL v2", "GPL and additional rights", "Dual BSD/GPL", "Dual MIT/GPL", "Dual MPL/GPL",
+    "GPL",
+    "GPL v2",
+    "GPL and additional rights",
+    "Dual BSD/GPL",
+    "Dual MIT/GPL",
+    "Dual MPL/GPL",
 )
 
 MAP_TYPE_NAMES = {
@@ -96,8 +100,21 @@ class _Elf:
             raise BpfObjectError("unknown ELF data encoding %d (neither little- nor big-endian)" % elf_data)
         if len(data) < _ELF64_HEADER_SIZE:
             raise BpfObjectError("ELF header truncated (%d of %d bytes)" % (len(data), _ELF64_HEADER_SIZE))
-        (e_type, e_machine, _version, _entry, _phoff, e_shoff, _flags, _ehsize, _phentsize, _phnum,
-         e_shentsize, e_shnum, e_shstrndx) = struct.unpack_from(self.endian + "HHIQQQIHHHHHH", data, 16)
+        (
+            e_type,
+            e_machine,
+            _version,
+            _entry,
+            _phoff,
+            e_shoff,
+            _flags,
+            _ehsize,
+            _phentsize,
+            _phnum,
+            e_shentsize,
+            e_shnum,
+            e_shstrndx,
+        ) = struct.unpack_from(self.endian + "HHIQQQIHHHHHH", data, 16)
         if e_machine != EM_BPF:
             raise BpfObjectError("ELF machine %d is not BPF (%d)" % (e_machine, EM_BPF))
         if e_type != ET_REL:
@@ -107,16 +124,21 @@ class _Elf:
         if e_shentsize != _ELF64_SHDR_SIZE:
             raise BpfObjectError("section header size %d, expected %d" % (e_shentsize, _ELF64_SHDR_SIZE))
         if e_shoff + e_shnum * e_shentsize > len(data):
-            raise BpfObjectError("section header table past end of file (truncated?): %d headers at offset %d, "
-                                 "file is %d bytes" % (e_shnum, e_shoff, len(data)))
+            raise BpfObjectError(
+                "section header table past end of file (truncated?): %d headers at offset %d, "
+                "file is %d bytes" % (e_shnum, e_shoff, len(data))
+            )
         if e_shstrndx == SHN_XINDEX or e_shstrndx >= e_shnum:
             raise BpfObjectError("section name table index %d out of range (%d sections)" % (e_shstrndx, e_shnum))
-        headers = [struct.unpack_from(self.endian + "IIQQQQIIQQ", data, e_shoff + i * e_shentsize)
-                   for i in range(e_shnum)]
+        headers = [
+            struct.unpack_from(self.endian + "IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)
+        ]
         for index, (_name, sh_type, _flags, _addr, offset, size, _link, _info, _align, _entsize) in enumerate(headers):
             if sh_type != SHT_NOBITS and offset + size > len(data):
-                raise BpfObjectError("section %d (offset %d, size %d) past end of file (%d bytes, truncated?)"
-                                     % (index, offset, size, len(data)))
+                raise BpfObjectError(
+                    "section %d (offset %d, size %d) past end of file (%d bytes, truncated?)"
+                    % (index, offset, size, len(data))
+                )
         names_header = headers[e_shstrndx]
         self._shstrtab = (names_header[4], names_header[5])
         self.sections = []
@@ -133,14 +155,14 @@ class _Elf:
         if end < 0:
             raise BpfObjectError("%s: string not NUL-terminated inside its table" % what)
         try:
-            return self.data[start + offset:end].decode("utf-8")
+            return self.data[start + offset : end].decode("utf-8")
         except UnicodeDecodeError:
             raise BpfObjectError("%s: not valid UTF-8" % what)
 
     def body(self, section):
         if section.type == SHT_NOBITS:
             return b""
-        return self.data[section.offset:section.offset + section.size]
+        return self.data[section.offset : section.offset + section.size]
 
     def by_name(self, name):
         found = [section for section in self.sections if section.name == name]
@@ -162,19 +184,24 @@ class _Elf:
         table = tables[0]
         self.symtab_index = table.index
         if table.entsize != _ELF64_SYM_SIZE or table.size % _ELF64_SYM_SIZE:
-            raise BpfObjectError("symbol table entry size %d / size %d, expected multiples of %d"
-                                 % (table.entsize, table.size, _ELF64_SYM_SIZE))
+            raise BpfObjectError(
+                "symbol table entry size %d / size %d, expected multiples of %d"
+                % (table.entsize, table.size, _ELF64_SYM_SIZE)
+            )
         strtab = self.section(table.link, "symbol table string table")
         if strtab.type != SHT_STRTAB:
-            raise BpfObjectError("symbol table links section %d (%r), which is not a string table"
-                                 % (strtab.index, strtab.name))
+            raise BpfObjectError(
+                "symbol table links section %d (%r), which is not a string table" % (strtab.index, strtab.name)
+            )
         strings = (strtab.offset, strtab.size)
         symbols = []
         for index in range(table.size // _ELF64_SYM_SIZE):
             name, info, _other, shndx, value, size = struct.unpack_from(
-                self.endian + "IBBHQQ", self.data, table.offset + index * _ELF64_SYM_SIZE)
-            symbols.append(_Symbol(index, self._string(strings, name, "symbol %d name" % index),
-                                   info, shndx, value, size))
+                self.endian + "IBBHQQ", self.data, table.offset + index * _ELF64_SYM_SIZE
+            )
+            symbols.append(
+                _Symbol(index, self._string(strings, name, "symbol %d name" % index), info, shndx, value, size)
+            )
         return symbols
 
     def symbol_section_name(self, symbol):
@@ -189,18 +216,22 @@ class BpfObject:
     """What the loader needs from one BPF object file. Build with from_bytes() or from_file()."""
 
     def __init__(self, section, name, insns, license, maps, map_relocations, sha256, byteorder):
-        self.section = section                  # program section name, e.g. "sockops"
-        self.name = name                        # function symbol at the start of that section, or None
-        self.insns = insns                      # raw instructions, bytes (8 per slot)
-        self.license = license                  # str, None when the object has no license section
-        self.maps = maps                        # OrderedDict name -> MapSpec, in definition order
+        self.section = section  # program section name, e.g. "sockops"
+        self.name = name  # function symbol at the start of that section, or None
+        self.insns = insns  # raw instructions, bytes (8 per slot)
+        self.license = license  # str, None when the object has no license section
+        self.maps = maps  # OrderedDict name -> MapSpec, in definition order
         self.map_relocations = map_relocations  # [(instruction index, map name)]
-        self.sha256 = sha256                    # hex digest of the whole file
-        self.byteorder = byteorder              # "little" or "big"
+        self.sha256 = sha256  # hex digest of the whole file
+        self.byteorder = byteorder  # "little" or "big"
 
     def __repr__(self):
         return "BpfObject(section=%r, insns=%d, maps=%r, sha256=%s)" % (
-            self.section, len(self.insns) // BPF_INSN_SIZE, list(self.maps), self.sha256[:12])
+            self.section,
+            len(self.insns) // BPF_INSN_SIZE,
+            list(self.maps),
+            self.sha256[:12],
+        )
 
     @classmethod
     def from_file(cls, path):
@@ -237,7 +268,7 @@ class BpfObject:
             if name not in map_fds:
                 raise BpfObjectError("no fd given for map %r" % name)
             fd = map_fds[name]
-            if not isinstance(fd, int) or not 0 <= fd < 2 ** 31:
+            if not isinstance(fd, int) or not 0 <= fd < 2**31:
                 raise BpfObjectError("fd %r for map %r is not a file descriptor" % (fd, name))
             offset = index * BPF_INSN_SIZE
             dst_reg = _regs(insns[offset + 1], self.byteorder)[0]
@@ -250,8 +281,8 @@ class BpfObject:
 def _regs(byte, byteorder):
     """(dst_reg, src_reg) of an instruction's register byte: the nibble order follows the byte order."""
     if byteorder == "little":
-        return byte & 0xf, byte >> 4
-    return byte >> 4, byte & 0xf
+        return byte & 0xF, byte >> 4
+    return byte >> 4, byte & 0xF
 
 
 def _pack_regs(dst_reg, src_reg, byteorder):
@@ -261,26 +292,33 @@ def _pack_regs(dst_reg, src_reg, byteorder):
 
 
 def _program_section(elf):
-    code = [section for section in elf.sections
-            if section.type == SHT_PROGBITS and section.flags & SHF_EXECINSTR and section.size > 0]
+    code = [
+        section
+        for section in elf.sections
+        if section.type == SHT_PROGBITS and section.flags & SHF_EXECINSTR and section.size > 0
+    ]
     if not code:
         raise BpfObjectError("object has no program section (no non-empty executable section)")
     if len(code) > 1:
         names = ", ".join(section.name for section in code)
         if any(section.name == ".text" for section in code):
-            raise BpfObjectError("object has code in .text besides its program (%s): functions that were not "
-                                 "inlined (bpf-to-bpf calls) are not supported; mark them always_inline" % names)
+            raise BpfObjectError(
+                "object has code in .text besides its program (%s): functions that were not "
+                "inlined (bpf-to-bpf calls) are not supported; mark them always_inline" % names
+            )
         raise BpfObjectError("object has %d program sections (%s); the loader loads exactly one" % (len(code), names))
     program = code[0]
     if program.size % BPF_INSN_SIZE:
-        raise BpfObjectError("program section %r is %d bytes, not a multiple of the %d-byte instruction"
-                             % (program.name, program.size, BPF_INSN_SIZE))
+        raise BpfObjectError(
+            "program section %r is %d bytes, not a multiple of the %d-byte instruction"
+            % (program.name, program.size, BPF_INSN_SIZE)
+        )
     return program
 
 
 def _function_name(elf, program):
     for symbol in elf.symbols:
-        if symbol.shndx == program.index and symbol.value == 0 and symbol.info & 0xf == STT_FUNC:
+        if symbol.shndx == program.index and symbol.value == 0 and symbol.info & 0xF == STT_FUNC:
             return symbol.name
     return None
 
@@ -305,20 +343,30 @@ def _read_maps(elf):
     if section.type != SHT_PROGBITS:
         raise BpfObjectError("maps section has type %d, expected PROGBITS (initialised definitions)" % section.type)
     if section.size % MAP_DEF_SIZE:
-        raise BpfObjectError("maps section is %d bytes, not a multiple of the %d-byte struct bpf_map_def "
-                             "(five u32: type, key_size, value_size, max_entries, map_flags)"
-                             % (section.size, MAP_DEF_SIZE))
+        raise BpfObjectError(
+            "maps section is %d bytes, not a multiple of the %d-byte struct bpf_map_def "
+            "(five u32: type, key_size, value_size, max_entries, map_flags)" % (section.size, MAP_DEF_SIZE)
+        )
     body = elf.body(section)
-    named = sorted((symbol for symbol in elf.symbols
-                    if symbol.shndx == section.index and symbol.name and symbol.info & 0xf != STT_SECTION),
-                   key=lambda symbol: symbol.value)
+    named = sorted(
+        (
+            symbol
+            for symbol in elf.symbols
+            if symbol.shndx == section.index and symbol.name and symbol.info & 0xF != STT_SECTION
+        ),
+        key=lambda symbol: symbol.value,
+    )
     offsets = {}
     for symbol in named:
         if symbol.value % MAP_DEF_SIZE or symbol.value + MAP_DEF_SIZE > section.size:
-            raise BpfObjectError("map %r at offset %d is not a whole struct bpf_map_def inside the %d-byte maps section"
-                                 % (symbol.name, symbol.value, section.size))
+            raise BpfObjectError(
+                "map %r at offset %d is not a whole struct bpf_map_def inside the %d-byte maps section"
+                % (symbol.name, symbol.value, section.size)
+            )
         if symbol.size not in (0, MAP_DEF_SIZE):
-            raise BpfObjectError("map %r is %d bytes, struct bpf_map_def is %d" % (symbol.name, symbol.size, MAP_DEF_SIZE))
+            raise BpfObjectError(
+                "map %r is %d bytes, struct bpf_map_def is %d" % (symbol.name, symbol.size, MAP_DEF_SIZE)
+            )
         if symbol.name in maps:
             raise BpfObjectError("map name %r defined twice" % symbol.name)
         if symbol.value in offsets:
@@ -327,8 +375,9 @@ def _read_maps(elf):
         maps[symbol.name] = MapSpec(symbol.name, *fields)
         offsets[symbol.value] = symbol.name
     if len(maps) != section.size // MAP_DEF_SIZE:
-        raise BpfObjectError("maps section holds %d definitions but %d are named by symbols"
-                             % (section.size // MAP_DEF_SIZE, len(maps)))
+        raise BpfObjectError(
+            "maps section holds %d definitions but %d are named by symbols" % (section.size // MAP_DEF_SIZE, len(maps))
+        )
     return maps, section, offsets
 
 
@@ -342,47 +391,65 @@ def _read_relocations(elf, program, insns, maps_section, map_offsets):
         if section.type == SHT_RELA:
             raise BpfObjectError("relocation section %r is RELA; BPF objects use REL" % section.name)
         if section.link != elf.symtab_index:
-            raise BpfObjectError("relocation section %r links section %d, not the symbol table (%d)"
-                                 % (section.name, section.link, elf.symtab_index))
+            raise BpfObjectError(
+                "relocation section %r links section %d, not the symbol table (%d)"
+                % (section.name, section.link, elf.symtab_index)
+            )
         if section.size % _ELF64_REL_SIZE:
-            raise BpfObjectError("relocation section %r is %d bytes, not a multiple of %d"
-                                 % (section.name, section.size, _ELF64_REL_SIZE))
+            raise BpfObjectError(
+                "relocation section %r is %d bytes, not a multiple of %d"
+                % (section.name, section.size, _ELF64_REL_SIZE)
+            )
         for entry in range(section.size // _ELF64_REL_SIZE):
             r_offset, r_info = struct.unpack_from(elf.endian + "QQ", elf.data, section.offset + entry * _ELF64_REL_SIZE)
-            sym_index, r_type = r_info >> 32, r_info & 0xffffffff
+            sym_index, r_type = r_info >> 32, r_info & 0xFFFFFFFF
             where = "relocation %d of %r" % (entry, section.name)
             if r_type == R_BPF_NONE:
                 continue
             if r_offset % BPF_INSN_SIZE or r_offset + 2 * BPF_INSN_SIZE > len(insns):
-                raise BpfObjectError("%s: offset %d is outside the program section %r (%d instructions) "
-                                     "or not on an ld_imm64" % (where, r_offset, program.name, count))
+                raise BpfObjectError(
+                    "%s: offset %d is outside the program section %r (%d instructions) "
+                    "or not on an ld_imm64" % (where, r_offset, program.name, count)
+                )
             if sym_index >= len(elf.symbols):
-                raise BpfObjectError("%s: symbol index %d out of range (%d symbols)" % (where, sym_index, len(elf.symbols)))
+                raise BpfObjectError(
+                    "%s: symbol index %d out of range (%d symbols)" % (where, sym_index, len(elf.symbols))
+                )
             symbol = elf.symbols[sym_index]
             index = r_offset // BPF_INSN_SIZE
             if r_type == R_BPF_64_32:
-                raise BpfObjectError("%s: instruction %d calls %r: bpf-to-bpf calls are not supported; "
-                                     "mark the function always_inline" % (where, index, symbol.name))
+                raise BpfObjectError(
+                    "%s: instruction %d calls %r: bpf-to-bpf calls are not supported; "
+                    "mark the function always_inline" % (where, index, symbol.name)
+                )
             if r_type != R_BPF_64_64:
-                raise BpfObjectError("%s: relocation type %d is not supported (only R_BPF_64_64 map references)"
-                                     % (where, r_type))
+                raise BpfObjectError(
+                    "%s: relocation type %d is not supported (only R_BPF_64_64 map references)" % (where, r_type)
+                )
             if insns[r_offset] != BPF_LD_IMM64:
-                raise BpfObjectError("%s: instruction %d has opcode 0x%02x, not ld_imm64 (0x18)"
-                                     % (where, index, insns[r_offset]))
+                raise BpfObjectError(
+                    "%s: instruction %d has opcode 0x%02x, not ld_imm64 (0x18)" % (where, index, insns[r_offset])
+                )
             section_name = elf.symbol_section_name(symbol)
             if maps_section is None or symbol.shndx != maps_section.index:
                 if section_name is None:
-                    raise BpfObjectError("%s: instruction %d references undefined symbol %r (an extern?); only maps in "
-                                         'SEC("maps") are supported' % (where, index, symbol.name))
-                raise BpfObjectError("%s: instruction %d references %r in section %r; only maps in SEC(\"maps\") are "
-                                     "supported (no global data: .rodata, .data, .bss)"
-                                     % (where, index, symbol.name or section_name, section_name))
+                    raise BpfObjectError(
+                        "%s: instruction %d references undefined symbol %r (an extern?); only maps in "
+                        'SEC("maps") are supported' % (where, index, symbol.name)
+                    )
+                raise BpfObjectError(
+                    '%s: instruction %d references %r in section %r; only maps in SEC("maps") are '
+                    "supported (no global data: .rodata, .data, .bss)"
+                    % (where, index, symbol.name or section_name, section_name)
+                )
             # REL has no addend field: it sits in the instruction's imm (0 for a named map symbol).
             addend = struct.unpack_from(elf.endian + "i", insns, r_offset + 4)[0]
             target = symbol.value + addend
             if target not in map_offsets:
-                raise BpfObjectError("%s: instruction %d references offset %d of the maps section, where no map starts"
-                                     % (where, index, target))
+                raise BpfObjectError(
+                    "%s: instruction %d references offset %d of the maps section, where no map starts"
+                    % (where, index, target)
+                )
             relocations.append((index, map_offsets[target]))
     relocations.sort()
     return relocations
@@ -397,29 +464,37 @@ def check_contract(obj, byteorder=sys.byteorder):
     one sockops program, a GPL-compatible license, exactly the maps of rto_program.MAP_CONTRACT,
     instructions in the byte order of the host that loads it (byteorder: "little" or "big")."""
     if obj.byteorder != byteorder:
-        raise BpfObjectError("object is %s-endian, the host is %s-endian: build it with clang -target bpf "
-                             "on a host of the same byte order (or -target bpf%s)"
-                             % (obj.byteorder, byteorder, "el" if byteorder == "little" else "eb"))
+        raise BpfObjectError(
+            "object is %s-endian, the host is %s-endian: build it with clang -target bpf "
+            "on a host of the same byte order (or -target bpf%s)"
+            % (obj.byteorder, byteorder, "el" if byteorder == "little" else "eb")
+        )
     if obj.section != rto_program.PROGRAM_SECTION and not obj.section.startswith(rto_program.PROGRAM_SECTION + "/"):
-        raise BpfObjectError("program section is %r; a sock_ops program must be in SEC(%r) (or %r)"
-                             % (obj.section, rto_program.PROGRAM_SECTION, rto_program.PROGRAM_SECTION + "/..."))
+        raise BpfObjectError(
+            "program section is %r; a sock_ops program must be in SEC(%r) (or %r)"
+            % (obj.section, rto_program.PROGRAM_SECTION, rto_program.PROGRAM_SECTION + "/...")
+        )
     if obj.license is None:
         raise BpfObjectError('object has no license section: add char _license[] SEC("license") = "GPL";')
     if obj.license not in GPL_COMPATIBLE_LICENSES:
         # The kernel loads a non-GPL program as long as it calls no GPL-only helper (this one calls
         # only bpf_map_lookup_elem, which is not); the requirement is the collection's.
-        raise BpfObjectError("license %r is not GPL-compatible: the collection requires one of %s, as the "
-                             "kernel spells them (a non-GPL program may not call GPL-only helpers such as "
-                             "bpf_trace_printk or bpf_perf_event_output)"
-                             % (obj.license, ", ".join(repr(name) for name in GPL_COMPATIBLE_LICENSES)))
+        raise BpfObjectError(
+            "license %r is not GPL-compatible: the collection requires one of %s, as the "
+            "kernel spells them (a non-GPL program may not call GPL-only helpers such as "
+            "bpf_trace_printk or bpf_perf_event_output)"
+            % (obj.license, ", ".join(repr(name) for name in GPL_COMPATIBLE_LICENSES))
+        )
     for name in sorted(rto_program.MAP_CONTRACT):
         want = rto_program.MAP_CONTRACT[name]
         spec = obj.maps.get(name)
         if spec is None:
             raise BpfObjectError("object has no %r map" % name)
         if spec.type != want[0]:
-            raise BpfObjectError("map %r is type %d (%s), the program needs %d (%s)"
-                                 % (name, spec.type, _map_type_name(spec.type), want[0], _map_type_name(want[0])))
+            raise BpfObjectError(
+                "map %r is type %d (%s), the program needs %d (%s)"
+                % (name, spec.type, _map_type_name(spec.type), want[0], _map_type_name(want[0]))
+            )
         got = spec[2:]
         labels = ("key_size", "value_size", "max_entries", "map_flags")
         for label, have, need in zip(labels, got, want[1:]):
@@ -427,5 +502,7 @@ def check_contract(obj, byteorder=sys.byteorder):
                 raise BpfObjectError("map %r has %s %d, the program needs %d" % (name, label, have, need))
     extra = [name for name in obj.maps if name not in rto_program.MAP_CONTRACT]
     if extra:
-        raise BpfObjectError("map(s) %s are not part of the program's contract (%s); the loader creates only those"
-                             % (", ".join(repr(name) for name in extra), ", ".join(sorted(rto_program.MAP_CONTRACT))))
+        raise BpfObjectError(
+            "map(s) %s are not part of the program's contract (%s); the loader creates only those"
+            % (", ".join(repr(name) for name in extra), ", ".join(sorted(rto_program.MAP_CONTRACT)))
+        )

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The bpf(2) system call through ctypes: maps, program load, pins, attach, links, query, info.
@@ -46,55 +45,122 @@ BPF_OBJ_NAME_LEN = 16
 
 # bpf(2) by os.uname().machine (arch/*/include/uapi/asm/unistd*.h, or the generic table).
 SYSCALL_NUMBERS = {
-    "x86_64": 321, "aarch64": 280, "i386": 357, "i686": 357, "armv7l": 386,
-    "ppc64le": 361, "s390x": 351, "riscv64": 280,
+    "x86_64": 321,
+    "aarch64": 280,
+    "i386": 357,
+    "i686": 357,
+    "armv7l": 386,
+    "ppc64le": 361,
+    "s390x": 351,
+    "riscv64": 280,
 }
 
 # command -> (number, {field: (offset, struct format)}), offsets as in union bpf_attr. A "Q"
 # field given a ctypes buffer gets its address; a field given None stays zero.
 _COMMANDS = {
-    "BPF_MAP_CREATE": (0, {
-        "map_type": (0, "I"), "key_size": (4, "I"), "value_size": (8, "I"),
-        "max_entries": (12, "I"), "map_flags": (16, "I"), "map_name": (28, "16s")}),
+    "BPF_MAP_CREATE": (
+        0,
+        {
+            "map_type": (0, "I"),
+            "key_size": (4, "I"),
+            "value_size": (8, "I"),
+            "max_entries": (12, "I"),
+            "map_flags": (16, "I"),
+            "map_name": (28, "16s"),
+        },
+    ),
     "BPF_MAP_LOOKUP_ELEM": (1, {"map_fd": (0, "I"), "key": (8, "Q"), "value": (16, "Q"), "flags": (24, "Q")}),
     "BPF_MAP_UPDATE_ELEM": (2, {"map_fd": (0, "I"), "key": (8, "Q"), "value": (16, "Q"), "flags": (24, "Q")}),
     "BPF_MAP_DELETE_ELEM": (3, {"map_fd": (0, "I"), "key": (8, "Q")}),
     "BPF_MAP_GET_NEXT_KEY": (4, {"map_fd": (0, "I"), "key": (8, "Q"), "next_key": (16, "Q")}),
-    "BPF_PROG_LOAD": (5, {
-        "prog_type": (0, "I"), "insn_cnt": (4, "I"), "insns": (8, "Q"), "license": (16, "Q"),
-        "log_level": (24, "I"), "log_size": (28, "I"), "log_buf": (32, "Q"),
-        "prog_name": (48, "16s"), "expected_attach_type": (68, "I")}),
+    "BPF_PROG_LOAD": (
+        5,
+        {
+            "prog_type": (0, "I"),
+            "insn_cnt": (4, "I"),
+            "insns": (8, "Q"),
+            "license": (16, "Q"),
+            "log_level": (24, "I"),
+            "log_size": (28, "I"),
+            "log_buf": (32, "Q"),
+            "prog_name": (48, "16s"),
+            "expected_attach_type": (68, "I"),
+        },
+    ),
     "BPF_OBJ_PIN": (6, {"pathname": (0, "Q"), "bpf_fd": (8, "I"), "file_flags": (12, "I")}),
     "BPF_OBJ_GET": (7, {"pathname": (0, "Q"), "bpf_fd": (8, "I"), "file_flags": (12, "I")}),
-    "BPF_PROG_ATTACH": (8, {
-        "target_fd": (0, "I"), "attach_bpf_fd": (4, "I"), "attach_type": (8, "I"),
-        "attach_flags": (12, "I"), "replace_bpf_fd": (16, "I")}),
+    "BPF_PROG_ATTACH": (
+        8,
+        {
+            "target_fd": (0, "I"),
+            "attach_bpf_fd": (4, "I"),
+            "attach_type": (8, "I"),
+            "attach_flags": (12, "I"),
+            "replace_bpf_fd": (16, "I"),
+        },
+    ),
     "BPF_PROG_DETACH": (9, {"target_fd": (0, "I"), "attach_bpf_fd": (4, "I"), "attach_type": (8, "I")}),
     "BPF_PROG_GET_NEXT_ID": (11, {"start_id": (0, "I"), "next_id": (4, "I")}),
     "BPF_PROG_GET_FD_BY_ID": (13, {"id": (0, "I"), "open_flags": (8, "I")}),
     "BPF_MAP_GET_FD_BY_ID": (14, {"id": (0, "I"), "open_flags": (8, "I")}),
     "BPF_OBJ_GET_INFO_BY_FD": (15, {"bpf_fd": (0, "I"), "info_len": (4, "I"), "info": (8, "Q")}),
-    "BPF_PROG_QUERY": (16, {
-        "target_fd": (0, "I"), "attach_type": (4, "I"), "query_flags": (8, "I"),
-        "attach_flags": (12, "I"), "prog_ids": (16, "Q"), "prog_cnt": (24, "I")}),
-    "BPF_LINK_CREATE": (28, {
-        "prog_fd": (0, "I"), "target_fd": (4, "I"), "attach_type": (8, "I"), "flags": (12, "I")}),
-    "BPF_LINK_UPDATE": (29, {
-        "link_fd": (0, "I"), "new_prog_fd": (4, "I"), "flags": (8, "I"), "old_prog_fd": (12, "I")}),
+    "BPF_PROG_QUERY": (
+        16,
+        {
+            "target_fd": (0, "I"),
+            "attach_type": (4, "I"),
+            "query_flags": (8, "I"),
+            "attach_flags": (12, "I"),
+            "prog_ids": (16, "Q"),
+            "prog_cnt": (24, "I"),
+        },
+    ),
+    "BPF_LINK_CREATE": (28, {"prog_fd": (0, "I"), "target_fd": (4, "I"), "attach_type": (8, "I"), "flags": (12, "I")}),
+    "BPF_LINK_UPDATE": (
+        29,
+        {"link_fd": (0, "I"), "new_prog_fd": (4, "I"), "flags": (8, "I"), "old_prog_fd": (12, "I")},
+    ),
     "BPF_LINK_GET_FD_BY_ID": (30, {"id": (0, "I"), "open_flags": (8, "I")}),
     "BPF_LINK_GET_NEXT_ID": (31, {"start_id": (0, "I"), "next_id": (4, "I")}),
     "BPF_LINK_DETACH": (34, {"link_fd": (0, "I")}),
 }
 
 # Object info structs: field -> (offset, format); the size passed as info_len.
-_PROG_INFO = (256, {  # struct bpf_prog_info (232 bytes in 6.1)
-    "type": (0, "I"), "id": (4, "I"), "tag": (8, "8s"), "nr_map_ids": (52, "I"), "map_ids": (56, "Q"),
-    "name": (64, "16s"), "run_time_ns": (192, "Q"), "run_cnt": (200, "Q")})
-_MAP_INFO = (128, {  # struct bpf_map_info (88 bytes in 6.1)
-    "type": (0, "I"), "id": (4, "I"), "key_size": (8, "I"), "value_size": (12, "I"),
-    "max_entries": (16, "I"), "map_flags": (20, "I"), "name": (24, "16s")})
-_LINK_INFO = (128, {  # struct bpf_link_info, cgroup member of the union (48 bytes in 6.1)
-    "type": (0, "I"), "id": (4, "I"), "prog_id": (8, "I"), "cgroup_id": (16, "Q"), "attach_type": (24, "I")})
+_PROG_INFO = (
+    256,
+    {  # struct bpf_prog_info (232 bytes in 6.1)
+        "type": (0, "I"),
+        "id": (4, "I"),
+        "tag": (8, "8s"),
+        "nr_map_ids": (52, "I"),
+        "map_ids": (56, "Q"),
+        "name": (64, "16s"),
+        "run_time_ns": (192, "Q"),
+        "run_cnt": (200, "Q"),
+    },
+)
+_MAP_INFO = (
+    128,
+    {  # struct bpf_map_info (88 bytes in 6.1)
+        "type": (0, "I"),
+        "id": (4, "I"),
+        "key_size": (8, "I"),
+        "value_size": (12, "I"),
+        "max_entries": (16, "I"),
+        "map_flags": (20, "I"),
+        "name": (24, "16s"),
+    },
+)
+_LINK_INFO = (
+    128,
+    {  # struct bpf_link_info, cgroup member of the union (48 bytes in 6.1)
+        "type": (0, "I"),
+        "id": (4, "I"),
+        "prog_id": (8, "I"),
+        "cgroup_id": (16, "Q"),
+        "attach_type": (24, "I"),
+    },
+)
 
 ProgInfo = collections.namedtuple("ProgInfo", "type id tag name map_ids run_time_ns run_cnt")
 MapInfo = collections.namedtuple("MapInfo", "type id key_size value_size max_entries map_flags name")
@@ -108,7 +174,7 @@ class BpfError(OSError):
     """A failed bpf(2) command: .command ("BPF_PROG_LOAD"), .errno, .log (verifier log or "")."""
 
     def __init__(self, command, err, log=""):
-        super(BpfError, self).__init__(err, os.strerror(err))
+        super().__init__(err, os.strerror(err))
         self.command = command
         self.log = log
 
@@ -194,14 +260,22 @@ def _name(raw):
 
 def _obj_name(name):
     """Object names: at most BPF_OBJ_NAME_LEN - 1 bytes, NUL-terminated by the zero padding."""
-    return _bytes(name)[:BPF_OBJ_NAME_LEN - 1]
+    return _bytes(name)[: BPF_OBJ_NAME_LEN - 1]
 
 
 # Maps
 
+
 def map_create(map_type, key_size, value_size, max_entries, flags=0, name=""):
-    return _bpf("BPF_MAP_CREATE", map_type=map_type, key_size=key_size, value_size=value_size,
-                max_entries=max_entries, map_flags=flags, map_name=_obj_name(name))[0]
+    return _bpf(
+        "BPF_MAP_CREATE",
+        map_type=map_type,
+        key_size=key_size,
+        value_size=value_size,
+        max_entries=max_entries,
+        map_flags=flags,
+        map_name=_obj_name(name),
+    )[0]
 
 
 def map_lookup(fd, key, value_size):
@@ -267,7 +341,7 @@ def percpu_lookup(fd, key, value_size):
     raw = map_lookup(fd, key, slot * len(possible_cpus()))
     if raw is None:
         return None
-    return [raw[start:start + value_size] for start in range(0, len(raw), slot)]
+    return [raw[start : start + value_size] for start in range(0, len(raw), slot)]
 
 
 def percpu_update(fd, key, values, flags=BPF_ANY):
@@ -281,12 +355,18 @@ def percpu_update(fd, key, values, flags=BPF_ANY):
 
 # Programs
 
+
 def prog_load(prog_type, insns, license, name="", expected_attach_type=0):
     """Load raw instructions (bytes, 8 per insn) -> fd. On failure, load again with the verifier
     log on and raise BpfError with .log."""
-    fields = dict(prog_type=prog_type, insn_cnt=len(insns) // 8, insns=_buffer(insns),
-                  license=_cstring(license), prog_name=_obj_name(name),
-                  expected_attach_type=expected_attach_type)
+    fields = dict(
+        prog_type=prog_type,
+        insn_cnt=len(insns) // 8,
+        insns=_buffer(insns),
+        license=_cstring(license),
+        prog_name=_obj_name(name),
+        expected_attach_type=expected_attach_type,
+    )
     try:
         return _bpf("BPF_PROG_LOAD", **fields)[0]
     except BpfError:
@@ -316,8 +396,14 @@ def prog_attach(target_fd, prog_fd, attach_type, flags=0, replace_prog_fd=None):
     """Legacy attach; with replace_prog_fd, BPF_F_REPLACE swaps that program for prog_fd."""
     if replace_prog_fd is not None:
         flags |= BPF_F_REPLACE
-    _bpf("BPF_PROG_ATTACH", target_fd=target_fd, attach_bpf_fd=prog_fd, attach_type=attach_type,
-         attach_flags=flags, replace_bpf_fd=replace_prog_fd)
+    _bpf(
+        "BPF_PROG_ATTACH",
+        target_fd=target_fd,
+        attach_bpf_fd=prog_fd,
+        attach_type=attach_type,
+        attach_flags=flags,
+        replace_bpf_fd=replace_prog_fd,
+    )
 
 
 def prog_detach(target_fd, prog_fd, attach_type):
@@ -330,9 +416,14 @@ def prog_query(target_fd, attach_type, effective=False):
     while True:
         ids = (ctypes.c_uint32 * count)()
         try:
-            _, attr = _bpf("BPF_PROG_QUERY", target_fd=target_fd, attach_type=attach_type,
-                           query_flags=BPF_F_QUERY_EFFECTIVE if effective else 0,
-                           prog_ids=ids, prog_cnt=count)
+            _, attr = _bpf(
+                "BPF_PROG_QUERY",
+                target_fd=target_fd,
+                attach_type=attach_type,
+                query_flags=BPF_F_QUERY_EFFECTIVE if effective else 0,
+                prog_ids=ids,
+                prog_cnt=count,
+            )
         except BpfError as exc:
             if exc.errno == errno.ENOSPC:
                 count *= 4
@@ -344,14 +435,20 @@ def prog_query(target_fd, attach_type, effective=False):
 
 # Links
 
+
 def link_create(prog_fd, target_fd, attach_type):
     return _bpf("BPF_LINK_CREATE", prog_fd=prog_fd, target_fd=target_fd, attach_type=attach_type)[0]
 
 
 def link_update(link_fd, new_prog_fd, old_prog_fd=None):
     """Swap the link's program; with old_prog_fd, only if that is the current one (else EPERM)."""
-    _bpf("BPF_LINK_UPDATE", link_fd=link_fd, new_prog_fd=new_prog_fd,
-         flags=BPF_F_REPLACE if old_prog_fd is not None else 0, old_prog_fd=old_prog_fd)
+    _bpf(
+        "BPF_LINK_UPDATE",
+        link_fd=link_fd,
+        new_prog_fd=new_prog_fd,
+        flags=BPF_F_REPLACE if old_prog_fd is not None else 0,
+        old_prog_fd=old_prog_fd,
+    )
 
 
 def link_detach(link_fd):
@@ -359,6 +456,7 @@ def link_detach(link_fd):
 
 
 # Ids
+
 
 def _get_fd_by_id(kind, obj_id):
     return _bpf("BPF_%s_GET_FD_BY_ID" % kind, id=obj_id, open_flags=0)[0]
@@ -399,12 +497,13 @@ def link_get_next_id(start=0):
 
 # Object info
 
+
 def _obj_info(fd, info_struct, **fields):
     """BPF_OBJ_GET_INFO_BY_FD -> {field: value}; fields the kernel did not fill read as zero."""
     size, layout = info_struct
     info = _pack(layout, size, fields)
     _bpf("BPF_OBJ_GET_INFO_BY_FD", bpf_fd=fd, info_len=size, info=info)
-    return dict((field, _unpack(layout, info, field)) for field in layout)
+    return {field: _unpack(layout, info, field) for field in layout}
 
 
 def prog_info(fd):
@@ -413,9 +512,16 @@ def prog_info(fd):
     if first["nr_map_ids"]:
         ids = (ctypes.c_uint32 * first["nr_map_ids"])()
         second = _obj_info(fd, _PROG_INFO, nr_map_ids=len(ids), map_ids=ids)
-        map_ids = list(ids[:min(second["nr_map_ids"], len(ids))])
-    return ProgInfo(first["type"], first["id"], _hex(first["tag"]), _name(first["name"]), map_ids,
-                    first["run_time_ns"], first["run_cnt"])
+        map_ids = list(ids[: min(second["nr_map_ids"], len(ids))])
+    return ProgInfo(
+        first["type"],
+        first["id"],
+        _hex(first["tag"]),
+        _name(first["name"]),
+        map_ids,
+        first["run_time_ns"],
+        first["run_cnt"],
+    )
 
 
 def map_info(fd):

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Discovering the host: kernel release and features, CONFIG_HZ, the cgroup v2 mount, bpffs,
@@ -44,8 +43,10 @@ _FS_NAMES = {
 # The program reads bpf_sock_ops.is_fullsock and .state, both added in 4.16; the sock_ops program
 # type itself dates from 4.13.
 MIN_KERNEL = (4, 16)
-MIN_KERNEL_REASON = ("the program reads bpf_sock_ops.is_fullsock and bpf_sock_ops.state, added in "
-                     "Linux 4.16 (sock_ops programs themselves date from 4.13)")
+MIN_KERNEL_REASON = (
+    "the program reads bpf_sock_ops.is_fullsock and bpf_sock_ops.state, added in "
+    "Linux 4.16 (sock_ops programs themselves date from 4.13)"
+)
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf"
 DEFAULT_PIN_DIR = DEFAULT_PIN_ROOT + "/tcp_rto"
@@ -83,8 +84,10 @@ def parse_release(release):
     """'6.18.44-fc-v657' -> (6, 18, 44); '4.9' -> (4, 9, 0); '6.1.0-rc3' -> (6, 1, 0)."""
     match = _RELEASE_RE.match(release or "")
     if not match:
-        raise HostError("cannot read a kernel version from the release string %r: expected "
-                        "'MAJOR.MINOR[.PATCH]...' as printed by uname -r" % (release,))
+        raise HostError(
+            "cannot read a kernel version from the release string %r: expected "
+            "'MAJOR.MINOR[.PATCH]...' as printed by uname -r" % (release,)
+        )
     return tuple(int(part or 0) for part in match.groups())
 
 
@@ -92,8 +95,15 @@ class KernelFeatures:
     """What the running kernel offers, decided from its release (distributions backport features,
     so a False here means 'not guaranteed', never 'certainly absent')."""
 
-    FIELDS = ("cgroup_link", "prog_replace", "cap_bpf", "memlock_accounting", "rto_capped",
-              "synack_backoff_from_bpf", "syn_linear_timeouts")
+    FIELDS = (
+        "cgroup_link",
+        "prog_replace",
+        "cap_bpf",
+        "memlock_accounting",
+        "rto_capped",
+        "synack_backoff_from_bpf",
+        "syn_linear_timeouts",
+    )
 
     def __init__(self, release=None):
         self.release = release if release is not None else kernel_release()
@@ -116,7 +126,7 @@ class KernelFeatures:
         self.syn_linear_timeouts = version >= (6, 5)
 
     def as_dict(self):
-        result = dict((name, getattr(self, name)) for name in self.FIELDS)
+        result = {name: getattr(self, name) for name in self.FIELDS}
         result["release"] = self.release
         result["version"] = ".".join(str(part) for part in self.version)
         return result
@@ -130,9 +140,11 @@ def check_kernel(release=None):
     release = release if release is not None else kernel_release()
     version = parse_release(release)
     if version[:2] < MIN_KERNEL:
-        raise HostError("kernel %s (release %s) is too old: Linux %d.%d or later is needed because %s; "
-                        "upgrade the kernel" % (".".join(str(part) for part in version), release,
-                                                MIN_KERNEL[0], MIN_KERNEL[1], MIN_KERNEL_REASON))
+        raise HostError(
+            "kernel %s (release %s) is too old: Linux %d.%d or later is needed because %s; "
+            "upgrade the kernel"
+            % (".".join(str(part) for part in version), release, MIN_KERNEL[0], MIN_KERNEL[1], MIN_KERNEL_REASON)
+        )
     return version
 
 
@@ -142,15 +154,14 @@ def config_hz(release=None, boot_dir="/boot", proc_config="/proc/config.gz"):
     Looks at <boot_dir>/config-<release> first, then the gzip'd <proc_config> (CONFIG_IKCONFIG_PROC).
     """
     release = release if release is not None else kernel_release()
-    candidates = ((os.path.join(boot_dir, "config-" + release), open),
-                  (proc_config, gzip.open))
+    candidates = ((os.path.join(boot_dir, "config-" + release), open), (proc_config, gzip.open))
     for path, opener in candidates:
         try:
             with opener(path, "rb") as handle:
                 for line in handle:
                     if line.startswith(b"CONFIG_HZ="):
                         return int(line.split(b"=", 1)[1].strip()), path
-        except (IOError, OSError, EOFError, ValueError):
+        except (OSError, EOFError, ValueError):
             continue
     return None
 
@@ -158,7 +169,7 @@ def config_hz(release=None, boot_dir="/boot", proc_config="/proc/config.gz"):
 def tick_hz():
     """CONFIG_HZ measured, for hosts without a kernel config: CLOCK_MONOTONIC_COARSE advances once per
     jiffy and clock_getres() reports that tick (4 ms at HZ 250)."""
-    return int(round(1.0 / time.clock_getres(CLOCK_MONOTONIC_COARSE)))
+    return round(1.0 / time.clock_getres(CLOCK_MONOTONIC_COARSE))
 
 
 # --- statfs and mount through libc --------------------------------------------------------------
@@ -172,8 +183,7 @@ def _get_libc():
         _libc = ctypes.CDLL(None, use_errno=True)
         _libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
         _libc.statfs.restype = ctypes.c_int
-        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
-                                ctypes.c_char_p]
+        _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
         _libc.mount.restype = ctypes.c_int
     return _libc
 
@@ -197,13 +207,18 @@ def fs_name(magic):
 
 
 def _mount(source, target, fstype, flags, data):
-    if _get_libc().mount(os.fsencode(source), os.fsencode(target), os.fsencode(fstype), flags,
-                         os.fsencode(data) if data else None) != 0:
+    if (
+        _get_libc().mount(
+            os.fsencode(source), os.fsencode(target), os.fsencode(fstype), flags, os.fsencode(data) if data else None
+        )
+        != 0
+    ):
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), target)
 
 
 # --- cgroup v2 ------------------------------------------------------------------------------------
+
 
 def _unescape_mount_field(field):
     # /proc/mounts escapes space, tab, newline and backslash as \ooo
@@ -218,11 +233,13 @@ def cgroup2_mount(mounts="/proc/mounts"):
                 fields = line.split()
                 if len(fields) >= 3 and fields[2] == "cgroup2":
                     return _unescape_mount_field(fields[1])
-    except (IOError, OSError) as exc:
+    except OSError as exc:
         raise HostError("cannot read %s to find the cgroup v2 mount: %s" % (mounts, exc))
-    raise HostError("no cgroup v2 (cgroup2) filesystem is mounted, and sock_ops programs attach to a "
-                    "cgroup v2 only: boot with systemd.unified_cgroup_hierarchy=1 (or =0 plus a hybrid "
-                    "cgroup2 mount), or mount one: mount -t cgroup2 none /sys/fs/cgroup/unified")
+    raise HostError(
+        "no cgroup v2 (cgroup2) filesystem is mounted, and sock_ops programs attach to a "
+        "cgroup v2 only: boot with systemd.unified_cgroup_hierarchy=1 (or =0 plus a hybrid "
+        "cgroup2 mount), or mount one: mount -t cgroup2 none /sys/fs/cgroup/unified"
+    )
 
 
 def _is_within(path, root):
@@ -246,8 +263,10 @@ def resolve_cgroup(path=None, mount=None):
     real = os.path.realpath(path)
     shown = path if real == path else "%s (resolves to %s)" % (path, real)
     if not os.path.exists(real):
-        raise HostError("cgroup %s does not exist: create it first (mkdir, or a systemd slice/scope) "
-                        "or give an existing cgroup v2 directory under %s" % (shown, mount))
+        raise HostError(
+            "cgroup %s does not exist: create it first (mkdir, or a systemd slice/scope) "
+            "or give an existing cgroup v2 directory under %s" % (shown, mount)
+        )
     if not os.path.isdir(real):
         raise HostError("cgroup %s is not a directory: give a cgroup v2 directory under %s" % (shown, mount))
     try:
@@ -255,18 +274,22 @@ def resolve_cgroup(path=None, mount=None):
     except OSError as exc:
         raise HostError("cannot statfs cgroup %s: %s" % (shown, exc))
     if magic == CGROUP_SUPER_MAGIC:
-        raise HostError("%s is a cgroup v1 directory, and sock_ops programs attach to a cgroup v2 only: "
-                        "give the matching directory under the cgroup v2 mount %s" % (shown, mount))
+        raise HostError(
+            "%s is a cgroup v1 directory, and sock_ops programs attach to a cgroup v2 only: "
+            "give the matching directory under the cgroup v2 mount %s" % (shown, mount)
+        )
     if magic != CGROUP2_SUPER_MAGIC:
-        raise HostError("%s is on a %s filesystem, not cgroup2: give a cgroup v2 directory under %s"
-                        % (shown, fs_name(magic), mount))
+        raise HostError(
+            "%s is on a %s filesystem, not cgroup2: give a cgroup v2 directory under %s"
+            % (shown, fs_name(magic), mount)
+        )
     if not _is_within(real, real_mount):
-        raise HostError("cgroup %s is outside the cgroup v2 mount %s: give a path under %s"
-                        % (shown, mount, mount))
+        raise HostError("cgroup %s is outside the cgroup v2 mount %s: give a path under %s" % (shown, mount, mount))
     return real
 
 
 # --- bpffs --------------------------------------------------------------------------------------
+
 
 def is_bpffs(path):
     """True when path (followed through symlinks) is on a bpffs; False when it is elsewhere or missing."""
@@ -302,20 +325,24 @@ def ensure_bpffs(pin_dir=DEFAULT_PIN_DIR, mount=True, check_mode=False, pin_root
     real_root = os.path.realpath(pin_root)
     how = "mount -t bpf bpf %s (or enable systemd's sys-fs-bpf.mount)" % pin_root
     if not _is_within(real, real_root):
-        raise HostError("pin_dir %s%s is on a %s filesystem, not bpffs: choose a pin_dir under a bpffs "
-                        "mount (default %s) or mount one at its parent: mount -t bpf bpf <dir>"
-                        % (pin_dir, "" if real == pin_dir else " (resolves to %s)" % real,
-                           _fs_name_of(existing), DEFAULT_PIN_DIR))
+        raise HostError(
+            "pin_dir %s%s is on a %s filesystem, not bpffs: choose a pin_dir under a bpffs "
+            "mount (default %s) or mount one at its parent: mount -t bpf bpf <dir>"
+            % (pin_dir, "" if real == pin_dir else " (resolves to %s)" % real, _fs_name_of(existing), DEFAULT_PIN_DIR)
+        )
     if not os.path.isdir(real_root):
-        raise HostError("%s does not exist, so bpffs cannot be mounted there (a kernel without "
-                        "CONFIG_BPF_SYSCALL has no /sys/fs/bpf): use a kernel with BPF support, or a "
-                        "pin_dir under another bpffs mount" % pin_root)
+        raise HostError(
+            "%s does not exist, so bpffs cannot be mounted there (a kernel without "
+            "CONFIG_BPF_SYSCALL has no /sys/fs/bpf): use a kernel with BPF support, or a "
+            "pin_dir under another bpffs mount" % pin_root
+        )
     if existing != real_root:
-        raise HostError("%s is not a bpffs mount, and %s lies on %s below it: remove what is there and %s"
-                        % (pin_root, existing, _fs_name_of(existing), how))
+        raise HostError(
+            "%s is not a bpffs mount, and %s lies on %s below it: remove what is there and %s"
+            % (pin_root, existing, _fs_name_of(existing), how)
+        )
     if not mount:
-        raise HostError("bpffs is not mounted at %s, where pins live: %s, or let the module mount it"
-                        % (pin_root, how))
+        raise HostError("bpffs is not mounted at %s, where pins live: %s, or let the module mount it" % (pin_root, how))
     if check_mode:
         return True
     try:
@@ -326,8 +353,10 @@ def ensure_bpffs(pin_dir=DEFAULT_PIN_DIR, mount=True, check_mode=False, pin_root
     # Check again: the new mount might hold a symlink on the way to pin_dir.
     real = os.path.realpath(pin_dir)
     if not is_bpffs(_deepest_existing(real)):
-        raise HostError("pin_dir %s resolves to %s, outside the bpffs mounted at %s: remove the symlink "
-                        "or choose another pin_dir" % (pin_dir, real, pin_root))
+        raise HostError(
+            "pin_dir %s resolves to %s, outside the bpffs mounted at %s: remove the symlink "
+            "or choose another pin_dir" % (pin_dir, real, pin_root)
+        )
     return True
 
 
@@ -340,6 +369,7 @@ def _fs_name_of(path):
 
 # --- privileges and limits ----------------------------------------------------------------------
 
+
 def effective_capabilities(status="/proc/self/status"):
     """CapEff of this process as an int, or None when it cannot be read."""
     try:
@@ -347,7 +377,7 @@ def effective_capabilities(status="/proc/self/status"):
             for line in handle:
                 if line.startswith("CapEff:"):
                     return int(line.split()[1], 16)
-    except (IOError, OSError, ValueError, IndexError):
+    except (OSError, ValueError, IndexError):
         pass
     return None
 
@@ -362,6 +392,7 @@ def require_root(release=None, status="/proc/self/status"):
         missing = ["root"]
     else:
         version = parse_release(release if release is not None else kernel_release())
+
         def has(cap):
             return bool(caps & (1 << cap))
 
@@ -372,9 +403,11 @@ def require_root(release=None, status="/proc/self/status"):
             missing.append("CAP_BPF or CAP_SYS_ADMIN" if version[:2] >= (5, 8) else "CAP_SYS_ADMIN")
         if not missing:
             return
-    raise HostError("insufficient privileges (uid %d, missing %s): loading and attaching a BPF sock_ops "
-                    "program needs root, or CAP_BPF + CAP_NET_ADMIN (CAP_SYS_ADMIN + CAP_NET_ADMIN before "
-                    "Linux 5.8); run with become: true" % (os.geteuid(), ", ".join(missing)))
+    raise HostError(
+        "insufficient privileges (uid %d, missing %s): loading and attaching a BPF sock_ops "
+        "program needs root, or CAP_BPF + CAP_NET_ADMIN (CAP_SYS_ADMIN + CAP_NET_ADMIN before "
+        "Linux 5.8); run with become: true" % (os.geteuid(), ", ".join(missing))
+    )
 
 
 def raise_memlock(required=False):
@@ -397,13 +430,16 @@ def raise_memlock(required=False):
     if hard == infinity:
         return True
     if required:
-        raise HostError("RLIMIT_MEMLOCK is limited to %d KiB and cannot be raised (no CAP_SYS_RESOURCE); this "
-                        "kernel charges BPF memory to it: run as full root, or raise the limit for the "
-                        "service (ulimit -l unlimited, LimitMEMLOCK=infinity)" % (hard // 1024))
+        raise HostError(
+            "RLIMIT_MEMLOCK is limited to %d KiB and cannot be raised (no CAP_SYS_RESOURCE); this "
+            "kernel charges BPF memory to it: run as full root, or raise the limit for the "
+            "service (ulimit -l unlimited, LimitMEMLOCK=infinity)" % (hard // 1024)
+        )
     return False
 
 
 # --- sysctls and SYN timing ---------------------------------------------------------------------
+
 
 def read_sysctl(name, default=None, proc_sys="/proc/sys"):
     """net.ipv4.tcp_syn_retries -> int (or the stripped text when not a number); default when the
@@ -412,7 +448,7 @@ def read_sysctl(name, default=None, proc_sys="/proc/sys"):
     try:
         with open(path) as handle:
             text = handle.read().strip()
-    except (IOError, OSError):
+    except OSError:
         return default
     try:
         return int(text)

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Read-only report of a host: can it run the program (and why not), which instances of the
@@ -11,9 +10,8 @@ __metaclass__ = type
 import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, persistence
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 
 
@@ -86,5 +84,5 @@ def gather(pin_dir, cgroups=(), persist_root="/"):
         bpffs_mounted=bpffs_mounted,
         instances=instances,
         recorded_not_loaded=[name for name in record_names if name not in [view["name"] for view in instances]],
-        foreign_programs=dict((cgroup, _foreign(cgroup, own_ids)) for cgroup in cgroups) if not reasons else {},
+        foreign_programs={cgroup: _foreign(cgroup, own_ids) for cgroup in cgroups} if not reasons else {},
     )

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The domain: what the user asks for (Desired), what the kernel holds (Current), the plan
@@ -45,17 +44,18 @@ class InstanceError(Exception):
 
 
 Rule = collections.namedtuple("Rule", "dest rto_jiffies")
-Desired = collections.namedtuple(
-    "Desired", "name pin_dir cgroup hz rules default_jiffies direction attach_mode object")
+Desired = collections.namedtuple("Desired", "name pin_dir cgroup hz rules default_jiffies direction attach_mode object")
 
 
 # ---------------------------------------------------------------- desired state
+
 
 def validate_name(name):
     if not INSTANCE_NAME.match(name or ""):
         raise ConfigError(
             "name %r is not a valid instance name: use 1-64 letters, digits, '_' or '-', not starting with '-' "
-            "(it becomes a directory on bpffs, which refuses dots)" % (name,))
+            "(it becomes a directory on bpffs, which refuses dots)" % (name,)
+        )
     return name
 
 
@@ -70,7 +70,8 @@ def rto_ms_to_jiffies(rto_ms, hz, what):
     if rto_ms * hz < 1000:
         raise ConfigError(
             "%s: rto_ms %d is below one jiffy at HZ %d (%.1f ms): use at least %d"
-            % (what, rto_ms, hz, 1000.0 / hz, -(-1000 // hz)))
+            % (what, rto_ms, hz, 1000.0 / hz, -(-1000 // hz))
+        )
     return -(-rto_ms * hz // 1000)
 
 
@@ -85,7 +86,7 @@ def jiffies_to_ms(jiffies, hz):
 
 def parse_dest(dest, what):
     try:
-        return ipaddress.ip_network(u"%s" % (dest,), strict=True)
+        return ipaddress.ip_network("%s" % (dest,), strict=True)
     except ValueError as exc:
         raise ConfigError("%s: dest %r is not a network in CIDR notation: %s" % (what, dest, exc))
 
@@ -94,8 +95,7 @@ def parse_rules(raw_rules, hz):
     """User rules (list of dicts with dest and rto_ms) -> [Rule], validated."""
     raw_rules = raw_rules or []
     if len(raw_rules) > abi.MAX_RULES:
-        raise ConfigError("%d rules given; the program's rules map holds at most %d"
-                          % (len(raw_rules), abi.MAX_RULES))
+        raise ConfigError("%d rules given; the program's rules map holds at most %d" % (len(raw_rules), abi.MAX_RULES))
     rules, seen = [], {}
     for index, raw in enumerate(raw_rules):
         what = "rules[%d]" % index
@@ -104,8 +104,10 @@ def parse_rules(raw_rules, hz):
         dest = parse_dest(raw["dest"], what)
         key = abi.encode_rule_key(dest)
         if key in seen:
-            raise ConfigError("%s: dest %s is the same network as rules[%d] (%s)"
-                              % (what, dest, seen[key], raw_rules[seen[key]]["dest"]))
+            raise ConfigError(
+                "%s: dest %s is the same network as rules[%d] (%s)"
+                % (what, dest, seen[key], raw_rules[seen[key]]["dest"])
+            )
         seen[key] = index
         rules.append(Rule(dest, rto_ms_to_jiffies(raw["rto_ms"], hz, what)))
     return rules
@@ -118,13 +120,12 @@ def desired_state(name, pin_dir, cgroup, hz, raw_rules, default_rto_ms, directio
     default_jiffies = None
     if default_rto_ms is not None:
         default_jiffies = rto_ms_to_jiffies(default_rto_ms, hz, "default")
-    return Desired(name, pin_dir, cgroup, hz, parse_rules(raw_rules, hz), default_jiffies, direction,
-                   attach_mode, obj)
+    return Desired(name, pin_dir, cgroup, hz, parse_rules(raw_rules, hz), default_jiffies, direction, attach_mode, obj)
 
 
 def rule_for(address, rules, default_jiffies):
     """The jiffies the program gives a connection to address, or None (kernel default)."""
-    address = ipaddress.ip_address(u"%s" % address)
+    address = ipaddress.ip_address("%s" % address)
     matches = [rule for rule in rules if rule.dest.version == address.version and address in rule.dest]
     if matches:
         return max(matches, key=lambda rule: rule.dest.prefixlen).rto_jiffies
@@ -132,6 +133,7 @@ def rule_for(address, rules, default_jiffies):
 
 
 # ---------------------------------------------------------------- current state
+
 
 def cgroup_id(path):
     """The cgroup's id as the kernel reports it in link info: its cgroup2 inode number."""
@@ -181,7 +183,7 @@ class Current:
             self._read()
 
     def _read(self):
-        for name in list(abi.MAP_CONTRACT) + [META_MAP]:
+        for name in [*list(abi.MAP_CONTRACT), META_MAP]:
             fd = _open_pin(os.path.join(self.instance_dir, name))
             if fd is not None:
                 self.maps[name] = fd
@@ -233,8 +235,11 @@ class Current:
         if self.prog_info is None or self.meta is None or not os.path.isdir(self.cgroup):
             return False
         if self.attach_mode == ATTACH_LINK:
-            return (self.link_info is not None and self.link_info.prog_id == self.prog_info.id
-                    and self.link_info.cgroup_id == cgroup_id(self.cgroup))
+            return (
+                self.link_info is not None
+                and self.link_info.prog_id == self.prog_info.id
+                and self.link_info.cgroup_id == cgroup_id(self.cgroup)
+            )
         return self.prog_info.id in attached_program_ids(self.cgroup)[1]
 
     def hits(self):
@@ -243,12 +248,16 @@ class Current:
         if fd is None:
             return {}
         slots = [slot for _rule, slot in self.rules] + [abi.DEFAULT_HIT_SLOT]
-        return dict((slot, sum(abi.HIT_VALUE.unpack(value)[0]
-                               for value in bpf.percpu_lookup(fd, abi.HIT_KEY.pack(slot), abi.HIT_VALUE.size)))
-                    for slot in slots)
+        return {
+            slot: sum(
+                abi.HIT_VALUE.unpack(value)[0]
+                for value in bpf.percpu_lookup(fd, abi.HIT_KEY.pack(slot), abi.HIT_VALUE.size)
+            )
+            for slot in slots
+        }
 
     def close(self):
-        for fd in list(self.maps.values()) + [self.prog_fd, self.link_fd]:
+        for fd in [*list(self.maps.values()), self.prog_fd, self.link_fd]:
             if fd is not None:
                 os.close(fd)
         self.maps, self.prog_fd, self.link_fd = {}, None, None
@@ -283,6 +292,7 @@ def foreign_programs(cgroup, own_ids):
 
 # ---------------------------------------------------------------- describing (diff, result)
 
+
 def _rules_view(rules, hz, hits=None):
     view = []
     for slot, rule in enumerate(rules):
@@ -316,8 +326,9 @@ def describe_current(current):
         "cgroup": current.cgroup,
         "attach_mode": current.attach_mode,
         "direction": direction[0] if direction else None,
-        "rules": _rules_view(rules, hz) if hz else [{"dest": str(rule.dest), "rto_jiffies": rule.rto_jiffies}
-                                                   for rule in rules],
+        "rules": _rules_view(rules, hz)
+        if hz
+        else [{"dest": str(rule.dest), "rto_jiffies": rule.rto_jiffies} for rule in rules],
         "default_rto_ms": jiffies_to_ms(current.default_jiffies, hz) if current.default_jiffies and hz else None,
         "object_sha256": current.meta["object_sha256"] if current.meta else None,
     }
@@ -344,7 +355,10 @@ def plan_present(desired, current):
     else:
         if [rule for rule, _slot in current.rules] != desired.rules:
             steps.append("update rules")
-        if (current.default_jiffies, current.directions) != (desired.default_jiffies, abi.DIRECTIONS[desired.direction]):
+        if (current.default_jiffies, current.directions) != (
+            desired.default_jiffies,
+            abi.DIRECTIONS[desired.direction],
+        ):
             steps.append("update default and direction")
     in_place = same_place(desired, current)
     # A program attaches to a cgroup once, so moving it (other cgroup or other attach mode) takes

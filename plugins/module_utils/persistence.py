@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Keeping an instance across reboots, which the kernel does not.
@@ -23,12 +22,32 @@ import sys
 
 MODULE_UTILS = "ansible_collections.netbpf.tcp_rto.plugins.module_utils"
 # The module_utils the restore imports, directly or not.
-CODE_FILES = ("rto_program", "bpf_syscall", "bpf_object", "host", "probe", "instance", "apply", "reconcile",
-              "persistence", "restore")
+CODE_FILES = (
+    "rto_program",
+    "bpf_syscall",
+    "bpf_object",
+    "host",
+    "probe",
+    "instance",
+    "apply",
+    "reconcile",
+    "persistence",
+    "restore",
+)
 RECORD_FORMAT = 1
 # Module parameters the record keeps: what reconcile.run needs to apply the instance again.
-RECORDED = ("name", "cgroup", "rules", "rto_ms", "direction", "pin_dir", "mount_bpffs", "hz", "verify",
-            "force_legacy_attach")
+RECORDED = (
+    "name",
+    "cgroup",
+    "rules",
+    "rto_ms",
+    "direction",
+    "pin_dir",
+    "mount_bpffs",
+    "hz",
+    "verify",
+    "force_legacy_attach",
+)
 UNIT_TEMPLATE = "tcp-rto@.service"
 
 UNIT_TEXT = """\
@@ -88,15 +107,16 @@ class Layout:
         if not os.path.isdir(self.record_dir):
             return []
         # Instance names have no dot, so <name>.previous.json (the role's history) is no record.
-        return sorted(entry[:-5] for entry in os.listdir(self.record_dir)
-                      if entry.endswith(".json") and "." not in entry[:-5])
+        return sorted(
+            entry[:-5] for entry in os.listdir(self.record_dir) if entry.endswith(".json") and "." not in entry[:-5]
+        )
 
 
 def _read(path):
     try:
         with open(path, "rb") as handle:
             return handle.read()
-    except (IOError, OSError) as exc:
+    except OSError as exc:
         if exc.errno == errno.ENOENT:
             return None
         raise
@@ -138,7 +158,7 @@ def _remove(path, check_mode):
 
 
 def record_content(params, object_sha256, object_path):
-    record = dict((key, params[key]) for key in RECORDED)
+    record = {key: params[key] for key in RECORDED}
     record.update(format=RECORD_FORMAT, src=object_path, object_sha256=object_sha256)
     return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
@@ -153,14 +173,25 @@ def install(params, object_path, object_sha256, root="/", python=None, check_mod
             changes.append("copy object to %s" % layout.object(name))
     code_changed = False
     for module in CODE_FILES:
-        code_changed |= _write(os.path.join(layout.code_dir, module + ".py"),
-                               pkgutil.get_data(MODULE_UTILS, module + ".py"), 0o644, check_mode)
-    code_changed |= _write(layout.script, SCRIPT_TEXT.format(lib=os.path.join(layout.lib_dir, "lib"),
-                                                             root=root).encode("utf-8"), 0o644, check_mode)
+        code_changed |= _write(
+            os.path.join(layout.code_dir, module + ".py"),
+            pkgutil.get_data(MODULE_UTILS, module + ".py"),
+            0o644,
+            check_mode,
+        )
+    code_changed |= _write(
+        layout.script,
+        SCRIPT_TEXT.format(lib=os.path.join(layout.lib_dir, "lib"), root=root).encode("utf-8"),
+        0o644,
+        check_mode,
+    )
     if code_changed:
         changes.append("copy restore code to %s" % layout.lib_dir)
-    unit = UNIT_TEXT.format(record_dir="/etc/tcp_rto" if root == "/" else layout.record_dir,
-                            python=python or sys.executable, script=layout.script)
+    unit = UNIT_TEXT.format(
+        record_dir="/etc/tcp_rto" if root == "/" else layout.record_dir,
+        python=python or sys.executable,
+        script=layout.script,
+    )
     if _write(layout.unit, unit.encode("utf-8"), 0o644, check_mode):
         changes.append("install %s" % layout.unit)
     if _write(layout.record(name), record_content(params, object_sha256, layout.object(name)), 0o644, check_mode):
@@ -199,21 +230,25 @@ def read_record(name, root="/"):
     path = Layout(root).record(name)
     raw = _read(path)
     if raw is None:
-        raise RecordError("no record %s: the instance %s is not persistent on this host; apply it with "
-                          "persistent: true, or disable tcp-rto@%s.service" % (path, name, name))
+        raise RecordError(
+            "no record %s: the instance %s is not persistent on this host; apply it with "
+            "persistent: true, or disable tcp-rto@%s.service" % (path, name, name)
+        )
     try:
         record = json.loads(raw.decode("utf-8"))
         if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
             raise ValueError("format is not %d" % RECORD_FORMAT)
-        missing = [key for key in RECORDED + ("src",) if key not in record]
+        missing = [key for key in (*RECORDED, "src") if key not in record]
         if missing:
             raise ValueError("missing %s" % ", ".join(missing))
         if record["name"] != name:
             raise ValueError("it names the instance %r" % record["name"])
     except ValueError as exc:
-        raise RecordError("record %s is not valid (%s): it was edited or damaged; apply the instance again with "
-                          "Ansible to rewrite it" % (path, exc))
-    return dict((key, record[key]) for key in RECORDED + ("src",))
+        raise RecordError(
+            "record %s is not valid (%s): it was edited or damaged; apply the instance again with "
+            "Ansible to rewrite it" % (path, exc)
+        )
+    return {key: record[key] for key in (*RECORDED, "src")}
 
 
 def _reload_systemd(root):

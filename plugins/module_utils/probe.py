@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Real sockets in a cgroup: the RTO a connection starts with, as the kernel gives it.
@@ -174,7 +173,7 @@ class _Child:
         def send(message):
             data = (json.dumps(message) + "\n").encode()
             while data:
-                data = data[os.write(out_fd, data):]
+                data = data[os.write(out_fd, data) :]
 
         def wait_parent():
             # The parent closes its end when it is done (or dies): EOF ends the wait.
@@ -222,8 +221,9 @@ class _Child:
                 try:
                     _remove_leaf(leaf)
                 except OSError as exc:
-                    raise ProbeError("cannot remove the probe's temporary cgroup %s: %s; remove it with rmdir"
-                                     % (leaf, exc))
+                    raise ProbeError(
+                        "cannot remove the probe's temporary cgroup %s: %s; remove it with rmdir" % (leaf, exc)
+                    )
 
     def _reap(self):
         """Wait a moment for the child to leave by itself (it sees EOF), then kill it; reap it."""
@@ -288,17 +288,20 @@ def _outgoing_body(address, timeout):
                 if rto is not None:
                     send({"rto_us": rto, "cgroup": joined})
                     return
-            raise ProbeError("the SYN was retransmitted before TCP_INFO could be read, %d times: the "
-                             "initial RTO is too short to measure this way" % OUTGOING_ATTEMPTS)
+            raise ProbeError(
+                "the SYN was retransmitted before TCP_INFO could be read, %d times: the "
+                "initial RTO is too short to measure this way" % OUTGOING_ATTEMPTS
+            )
         finally:
             for sock in (filler, listener):
                 sock.close()
+
     return body
 
 
 def outgoing_rto_us(cgroup, address="127.0.0.1", timeout=DEFAULT_TIMEOUT):
     """The initial RTO (µs) of a connect() made from inside cgroup: what the program's reply gives
-    (reply jiffies × 1e6 / HZ), or 1000000 (TCP_TIMEOUT_INIT) without a program.
+    (reply jiffies * 1e6 / HZ), or 1000000 (TCP_TIMEOUT_INIT) without a program.
 
     A listener on address (127.0.0.1, or ::1 for IPv6) with a full accept queue drops the SYN of a
     second, non-blocking connect, which stays in SYN_SENT; TCP_INFO.tcpi_rto shows its RTO.
@@ -325,16 +328,20 @@ def _incoming_body(address):
             wait_parent()
         finally:
             listener.close()
+
     return body
 
 
 def _diag_request_sockets(family, sport, dport):
     """[(state, retrans, expires_ms)] of the TCP sockets sport -> dport in SYN_RECV, from NETLINK_SOCK_DIAG."""
-    request = (_DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 0, (1 << TCP_SYN_RECV) | (1 << TCP_NEW_SYN_RECV))
-               + _DIAG_SOCKID.pack(sport, dport, b"\0" * 16, b"\0" * 16)
-               + _DIAG_SOCKID_TAIL.pack(0, _INET_DIAG_NOCOOKIE, _INET_DIAG_NOCOOKIE))
-    message = _NLMSGHDR.pack(_NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY,
-                             NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + request
+    request = (
+        _DIAG_REQ.pack(family, socket.IPPROTO_TCP, 0, 0, (1 << TCP_SYN_RECV) | (1 << TCP_NEW_SYN_RECV))
+        + _DIAG_SOCKID.pack(sport, dport, b"\0" * 16, b"\0" * 16)
+        + _DIAG_SOCKID_TAIL.pack(0, _INET_DIAG_NOCOOKIE, _INET_DIAG_NOCOOKIE)
+    )
+    message = (
+        _NLMSGHDR.pack(_NLMSGHDR.size + len(request), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + request
+    )
     found = []
     nl = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
     try:
@@ -423,13 +430,27 @@ def incoming_rto_ms(cgroup, address="127.0.0.1", timeout=DEFAULT_TIMEOUT):
     finally:
         child.close()
     if reading is None:
-        raise ProbeError("the SYN-ACK timer of the listener in %s fired before it could be read, or no "
-                         "request socket was made (net.ipv4.tcp_syncookies = 2): the initial SYN-ACK "
-                         "timeout is too short to measure this way" % cgroup)
+        raise ProbeError(
+            "the SYN-ACK timer of the listener in %s fired before it could be read, or no "
+            "request socket was made (net.ipv4.tcp_syncookies = 2): the initial SYN-ACK "
+            "timeout is too short to measure this way" % cgroup
+        )
     remaining_ms, elapsed_ms, ticked = reading
     if not ticked:
-        return IncomingRto(rto_ms=float(remaining_ms), exact=True, resolution_ms=0.0, jiffy_ms=jiffy_ms,
-                           remaining_ms=remaining_ms, elapsed_ms=elapsed_ms)
+        return IncomingRto(
+            rto_ms=float(remaining_ms),
+            exact=True,
+            resolution_ms=0.0,
+            jiffy_ms=jiffy_ms,
+            remaining_ms=remaining_ms,
+            elapsed_ms=elapsed_ms,
+        )
     estimate = round((remaining_ms + elapsed_ms) / jiffy_ms) * jiffy_ms
-    return IncomingRto(rto_ms=estimate, exact=False, resolution_ms=jiffy_ms, jiffy_ms=jiffy_ms,
-                       remaining_ms=remaining_ms, elapsed_ms=elapsed_ms)
+    return IncomingRto(
+        rto_ms=estimate,
+        exact=False,
+        resolution_ms=jiffy_ms,
+        jiffy_ms=jiffy_ms,
+        remaining_ms=remaining_ms,
+        elapsed_ms=elapsed_ms,
+    )

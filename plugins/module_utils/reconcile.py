@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """One run of an instance, from parameters to result: preflight, plan, apply, verify.
@@ -14,10 +13,8 @@ import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import apply as kernel_apply
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, persistence, probe
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject, BpfObjectError, check_contract
 
@@ -28,13 +25,21 @@ class VerificationFailed(Exception):
     """Applied, but a real handshake does not start with the configured RTO; .result has the rest."""
 
     def __init__(self, message, result):
-        super(VerificationFailed, self).__init__(message)
+        super().__init__(message)
         self.result = result
 
 
 # What run() raises for the caller to report (each message says what to do).
-ERRORS = (model.ConfigError, model.InstanceError, host.HostError, BpfObjectError, probe.ProbeError, bpf.BpfError,
-          persistence.RecordError, EnvironmentError)
+ERRORS = (
+    model.ConfigError,
+    model.InstanceError,
+    host.HostError,
+    BpfObjectError,
+    probe.ProbeError,
+    bpf.BpfError,
+    persistence.RecordError,
+    EnvironmentError,
+)
 
 
 def describe_error(exc):
@@ -56,8 +61,13 @@ def discover_hz(params, release):
 def _check(direction, expected_jiffies, observed_ms, low_ms, high_ms, hz):
     """One handshake: ok when the value the rules give lies within what was observed."""
     expected_ms = model.jiffies_to_ms(expected_jiffies, hz) if expected_jiffies else model.KERNEL_DEFAULT_RTO_MS
-    return {"direction": direction, "address": PROBE_ADDRESS, "expected_ms": expected_ms,
-            "observed_ms": model.plain_number(observed_ms), "ok": low_ms <= expected_ms <= high_ms}
+    return {
+        "direction": direction,
+        "address": PROBE_ADDRESS,
+        "expected_ms": expected_ms,
+        "observed_ms": model.plain_number(observed_ms),
+        "ok": low_ms <= expected_ms <= high_ms,
+    }
 
 
 def verify(desired):
@@ -68,15 +78,31 @@ def verify(desired):
     jiffies = model.rule_for(PROBE_ADDRESS, desired.rules, desired.default_jiffies)
     jiffy_ms = 1000.0 / desired.hz
     outgoing_ms = probe.outgoing_rto_us(desired.cgroup, PROBE_ADDRESS) / 1000.0  # exact: tcpi_rto
-    checks = [_check("outgoing", jiffies if directions & abi.DIRECTION_OUTGOING else None, outgoing_ms,
-                     outgoing_ms - jiffy_ms / 2, outgoing_ms + jiffy_ms / 2, desired.hz)]
+    checks = [
+        _check(
+            "outgoing",
+            jiffies if directions & abi.DIRECTION_OUTGOING else None,
+            outgoing_ms,
+            outgoing_ms - jiffy_ms / 2,
+            outgoing_ms + jiffy_ms / 2,
+            desired.hz,
+        )
+    ]
     if directions & abi.DIRECTION_INCOMING:
         incoming = probe.incoming_rto_ms(desired.cgroup, PROBE_ADDRESS)
         # The timer was armed somewhere between the connect and the read, so its full length lies in
         # [remaining, remaining + elapsed], give or take a jiffy of timer granularity; a busy VM's
         # clock can make the "exact" reading one jiffy off.
-        checks.append(_check("incoming", jiffies, incoming.rto_ms, incoming.remaining_ms - jiffy_ms,
-                             incoming.remaining_ms + incoming.elapsed_ms + jiffy_ms, desired.hz))
+        checks.append(
+            _check(
+                "incoming",
+                jiffies,
+                incoming.rto_ms,
+                incoming.remaining_ms - jiffy_ms,
+                incoming.remaining_ms + incoming.elapsed_ms + jiffy_ms,
+                desired.hz,
+            )
+        )
     return {"ok": all(check["ok"] for check in checks), "checks": checks}
 
 
@@ -97,10 +123,14 @@ def instance_result(desired, current):
 
 def give_up_seconds(desired):
     values = [rule.rto_jiffies for rule in desired.rules] + [desired.default_jiffies or desired.hz]
-    return round(host.syn_give_up_seconds(
-        min(values) / float(desired.hz),
-        host.read_sysctl("net.ipv4.tcp_syn_retries", 6),
-        host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0)), 3)
+    return round(
+        host.syn_give_up_seconds(
+            min(values) / float(desired.hz),
+            host.read_sysctl("net.ipv4.tcp_syn_retries", 6),
+            host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0),
+        ),
+        3,
+    )
 
 
 def run(params, check_mode=False, diff=False):
@@ -115,8 +145,11 @@ def run(params, check_mode=False, diff=False):
     else:
         report(params, desired, check_mode, result)
         if params.get("persistent"):
-            result["actions"].extend(persistence.install(params, params["src"], desired.object.sha256,
-                                                         _persist_root(params), check_mode=check_mode))
+            result["actions"].extend(
+                persistence.install(
+                    params, params["src"], desired.object.sha256, _persist_root(params), check_mode=check_mode
+                )
+            )
     result["changed"] = bool(result["actions"])
     return result
 
@@ -144,13 +177,26 @@ def desired_instance(params, features, hz):
     cgroup_root = host.cgroup2_mount()
     cgroup = host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
     if not params["src"]:
-        raise model.ConfigError("src is required: run the module as netbpf.tcp_rto.tcp_initial_rto so that "
-                                "its action plugin sends the object, or give the object's path on the host")
+        raise model.ConfigError(
+            "src is required: run the module as netbpf.tcp_rto.tcp_initial_rto so that "
+            "its action plugin sends the object, or give the object's path on the host"
+        )
     obj = BpfObject.from_file(params["src"])
     check_contract(obj)
-    attach_mode = model.ATTACH_LINK if features.cgroup_link and not params["force_legacy_attach"] else model.ATTACH_MULTI
-    return model.desired_state(params["name"], params["pin_dir"], cgroup, hz, params["rules"], params["rto_ms"],
-                               params["direction"], attach_mode, obj)
+    attach_mode = (
+        model.ATTACH_LINK if features.cgroup_link and not params["force_legacy_attach"] else model.ATTACH_MULTI
+    )
+    return model.desired_state(
+        params["name"],
+        params["pin_dir"],
+        cgroup,
+        hz,
+        params["rules"],
+        params["rto_ms"],
+        params["direction"],
+        attach_mode,
+        obj,
+    )
 
 
 def converge(params, desired, can_replace, check_mode, diff, result):
@@ -166,16 +212,18 @@ def converge(params, desired, can_replace, check_mode, diff, result):
         else:
             others = model.instances_on_cgroup(params["pin_dir"], desired.cgroup, exclude=params["name"])
             if others:
-                raise model.InstanceError("cgroup %s already has the tcp_rto instance %s: one instance per cgroup. "
-                                          "Change that instance's rules, or remove it first."
-                                          % (desired.cgroup, others[0]))
+                raise model.InstanceError(
+                    "cgroup %s already has the tcp_rto instance %s: one instance per cgroup. "
+                    "Change that instance's rules, or remove it first." % (desired.cgroup, others[0])
+                )
             plan = model.plan_present(desired, current)
             if plan.steps and not check_mode:
                 kernel_apply.apply_present(desired, current, plan, can_replace=can_replace)
         result["actions"].extend(plan.steps)
         if diff:
-            result["diff"] = dict(before=model.describe_current(current),
-                                  after=model.describe_desired(desired) if desired else {})
+            result["diff"] = dict(
+                before=model.describe_current(current), after=model.describe_desired(desired) if desired else {}
+            )
     finally:
         current.close()
 
@@ -199,8 +247,13 @@ def report(params, desired, check_mode, result):
             "verification failed: %s. Another sock_ops program (on this cgroup: %s; or on an ancestor cgroup) "
             "may override the value or return 0. The instance stays applied; see the programs that run for the "
             "cgroup with 'bpftool cgroup tree'."
-            % ("; ".join("an %s handshake with %s in %s started with an initial RTO of %s ms, the rules give %s ms"
-                         % (check["direction"], check["address"], desired.cgroup, check["observed_ms"],
-                            check["expected_ms"]) for check in failed),
-               [program["id"] for program in result["foreign_programs"]] or "none"),
-            result)
+            % (
+                "; ".join(
+                    "an %s handshake with %s in %s started with an initial RTO of %s ms, the rules give %s ms"
+                    % (check["direction"], check["address"], desired.cgroup, check["observed_ms"], check["expected_ms"])
+                    for check in failed
+                ),
+                [program["id"] for program in result["foreign_programs"]] or "none",
+            ),
+            result,
+        )

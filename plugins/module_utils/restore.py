@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Boot-time restore of a persistent instance: tcp-rto@<name>.service runs main([name]).
@@ -24,10 +23,10 @@ def main(argv, root="/"):
     try:
         params = persistence.read_record(name, root)
         result = reconcile.run(dict(params, state="present", persistent=False, persist_root=root))
-    except (persistence.RecordError, reconcile.VerificationFailed) + reconcile.ERRORS as exc:
+    except (persistence.RecordError, reconcile.VerificationFailed, *reconcile.ERRORS) as exc:
         sys.stderr.write("tcp-rto restore of %s failed: %s\n" % (name, reconcile.describe_error(exc)))
         return 1
-    summary = dict((key, result.get(key)) for key in ("changed", "actions", "verification"))
+    summary = {key: result.get(key) for key in ("changed", "actions", "verification")}
     summary["program_id"] = result["instance"]["program_id"]
     sys.stdout.write("tcp-rto restore of %s: %s\n" % (name, json.dumps(summary, sort_keys=True)))
     return 0

@@ -1,4 +1,3 @@
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The contract between files/bpf/tcp_initial_rto.bpf.c and the Python side.
@@ -74,8 +73,8 @@ def decode_rule_key(key):
     prefixlen, addr = RULE_KEY.unpack(key)
     address = ipaddress.IPv6Address(addr)
     if address.ipv4_mapped is not None and prefixlen >= _V4_MAPPED_PREFIX:
-        return ipaddress.ip_network(u"%s/%d" % (address.ipv4_mapped, prefixlen - _V4_MAPPED_PREFIX))
-    return ipaddress.ip_network(u"%s/%d" % (address, prefixlen))
+        return ipaddress.ip_network("%s/%d" % (address.ipv4_mapped, prefixlen - _V4_MAPPED_PREFIX))
+    return ipaddress.ip_network("%s/%d" % (address, prefixlen))
 
 
 def encode_rule_value(rto_jiffies, hit_slot):

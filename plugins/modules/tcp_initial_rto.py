@@ -1,5 +1,4 @@
 #!/usr/bin/python
-# -*- coding: utf-8 -*-
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 
@@ -257,19 +256,26 @@ actions:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
 # Not called here: imported so that Ansible ships it to the host, where persistence copies it for
 # the boot-time restore.
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import restore  # noqa: F401 pylint: disable=unused-import
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    reconcile,
+    restore,  # noqa: F401 pylint: disable=unused-import
+)
 
 ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
     state=dict(type="str", choices=["present", "absent"], default="present"),
     cgroup=dict(type="path"),
-    rules=dict(type="list", elements="dict", default=[], options=dict(
-        dest=dict(type="str", required=True),
-        rto_ms=dict(type="int", required=True),
-    )),
+    rules=dict(
+        type="list",
+        elements="dict",
+        default=[],
+        options=dict(
+            dest=dict(type="str", required=True),
+            rto_ms=dict(type="int", required=True),
+        ),
+    ),
     rto_ms=dict(type="int"),
     direction=dict(type="str", choices=["both", "outgoing", "incoming"], default="both"),
     pin_dir=dict(type="path", default="/sys/fs/bpf/tcp_rto"),

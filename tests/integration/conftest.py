@@ -34,20 +34,34 @@ class Playbook:
         playbook = os.path.join(self.workdir, "play%d.yml" % self.runs)
         with open(playbook, "w") as handle:
             json.dump([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}], handle)
-        return self.run_playbook(playbook, self.inventory, (["--check"] if check else []) + (["--diff"] if diff else [])
-                                 + list(extra_args))
+        return self.run_playbook(
+            playbook, self.inventory, (["--check"] if check else []) + (["--diff"] if diff else []) + list(extra_args)
+        )
 
     def run_playbook(self, playbook, inventory, extra_args=()):
         """Run a playbook file, or a collection playbook by FQCN; each task's result is recorded."""
         self.runs += 1
         results_file = os.path.join(self.workdir, "results%d.jsonl" % self.runs)
-        env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=self.collections_root,
-                   ANSIBLE_CALLBACK_PLUGINS=os.path.join(HERE, "callback_plugins"),
-                   ANSIBLE_CALLBACKS_ENABLED="record_results", RECORD_RESULTS_FILE=results_file,
-                   ANSIBLE_NOCOLOR="1", ANSIBLE_RETRY_FILES_ENABLED="0", ANSIBLE_LOCAL_TEMP=self.workdir)
-        command = [os.path.join(ANSIBLE_BIN, "ansible-playbook"), "-i", inventory, playbook] + list(extra_args)
-        proc = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              universal_newlines=True, timeout=600, cwd=self.workdir)
+        env = dict(
+            os.environ,
+            ANSIBLE_COLLECTIONS_PATH=self.collections_root,
+            ANSIBLE_CALLBACK_PLUGINS=os.path.join(HERE, "callback_plugins"),
+            ANSIBLE_CALLBACKS_ENABLED="record_results",
+            RECORD_RESULTS_FILE=results_file,
+            ANSIBLE_NOCOLOR="1",
+            ANSIBLE_RETRY_FILES_ENABLED="0",
+            ANSIBLE_LOCAL_TEMP=self.workdir,
+        )
+        command = [os.path.join(ANSIBLE_BIN, "ansible-playbook"), "-i", inventory, playbook, *list(extra_args)]
+        proc = subprocess.run(
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            universal_newlines=True,
+            timeout=600,
+            cwd=self.workdir,
+        )
         results = []
         if os.path.exists(results_file):
             with open(results_file) as handle:
@@ -74,27 +88,41 @@ def playbook(tmp_path):
 
 
 def bpftool(*args):
-    out = subprocess.run(["bpftool", "-j"] + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         universal_newlines=True, check=True).stdout
+    out = subprocess.run(
+        ["bpftool", "-j", *list(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        check=True,
+    ).stdout
     return json.loads(out) if out.strip() else []
 
 
 def cgroup_program_ids(cgroup):
     """Program ids attached to cgroup itself as bpftool sees them."""
     # bpftool 7.1 names the attach type cgroup_sock_ops, older ones sock_ops
-    return [entry["id"] for entry in bpftool("cgroup", "show", cgroup)
-            if entry.get("attach_type") in ("sock_ops", "cgroup_sock_ops")]
+    return [
+        entry["id"]
+        for entry in bpftool("cgroup", "show", cgroup)
+        if entry.get("attach_type") in ("sock_ops", "cgroup_sock_ops")
+    ]
 
 
 def observed_rto_us(cgroup, address="127.0.0.1"):
     """The initial RTO a socket created in cgroup gets, measured by a separate process."""
-    out = subprocess.run(["/usr/bin/python3", os.path.join(REPO, "scripts", "syn_rto_probe.py"), cgroup, address],
-                         stdout=subprocess.PIPE, universal_newlines=True, check=True, timeout=30).stdout
+    out = subprocess.run(
+        ["/usr/bin/python3", os.path.join(REPO, "scripts", "syn_rto_probe.py"), cgroup, address],
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+        check=True,
+        timeout=30,
+    ).stdout
     return int(out)
 
 
 def kernel_hz():
     import gzip
+
     with gzip.open("/proc/config.gz", "rt") as config:
         for line in config:
             if line.startswith("CONFIG_HZ="):

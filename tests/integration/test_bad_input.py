@@ -12,9 +12,8 @@ import os
 import subprocess
 import time
 
-import pytest
-
 import bpf_inventory
+import pytest
 import sandbox
 from conftest import REPO, bpftool, kernel_hz
 
@@ -33,7 +32,7 @@ GOOD = dict(rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}, {"dest": "fd00::/8", 
 # A minimal object that meets the collection's contract; the cases vary one thing of it.
 MAP_DEFS = {
     "rules": "BPF_MAP_TYPE_LPM_TRIE, .key_size = 20, .value_size = 8, .max_entries = 1024, "
-             ".map_flags = BPF_F_NO_PREALLOC",
+    ".map_flags = BPF_F_NO_PREALLOC",
     "config": "BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 8, .max_entries = 1",
     "hits": "BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = 4, .value_size = 8, .max_entries = 1025",
 }
@@ -45,13 +44,15 @@ UNBOUNDED_LOOP_BODY = "while (*(volatile __u32 *)&skops->op != 99) { } return 1;
 
 
 def program_source(section="sockops", license="GPL", maps=MAP_DEFS, body=OK_BODY):
-    lines = ["#include <linux/bpf.h>",
-             "#define SEC(name) __attribute__((section(name), used))",
-             "struct bpf_map_def { __u32 type, key_size, value_size, max_entries, map_flags; };"]
-    lines += ["struct bpf_map_def SEC(\"maps\") %s = { .type = %s };" % (name, spec) for name, spec in maps.items()]
+    lines = [
+        "#include <linux/bpf.h>",
+        "#define SEC(name) __attribute__((section(name), used))",
+        "struct bpf_map_def { __u32 type, key_size, value_size, max_entries, map_flags; };",
+    ]
+    lines += ['struct bpf_map_def SEC("maps") %s = { .type = %s };' % (name, spec) for name, spec in maps.items()]
     if section is not None:
-        lines.append("SEC(\"%s\") int prog(struct bpf_sock_ops *skops) { %s }" % (section, body))
-    lines.append("char _license[] SEC(\"license\") = \"%s\";" % license)
+        lines.append('SEC("%s") int prog(struct bpf_sock_ops *skops) { %s }' % (section, body))
+    lines.append('char _license[] SEC("license") = "%s";' % license)
     return "\n".join(lines) + "\n"
 
 
@@ -60,8 +61,10 @@ def compile_object(source, path):
     c_file = path[:-2] + ".c"
     with open(c_file, "w") as handle:
         handle.write(source)
-    subprocess.run(["clang", "-O2", "-target", "bpf", "-mcpu=v2", "-fno-addrsig", "-I" + MULTIARCH,
-                    "-c", c_file, "-o", path], check=True)
+    subprocess.run(
+        ["clang", "-O2", "-target", "bpf", "-mcpu=v2", "-fno-addrsig", "-I" + MULTIARCH, "-c", c_file, "-o", path],
+        check=True,
+    )
     return path
 
 
@@ -71,11 +74,13 @@ def compiled(name, **variant):
 
 def scratch_text(name, text):
     """A file with text in the case's scratch directory (C source, or anything else)."""
+
     def make(env):
         path = env.scratch(name)
         with open(path, "w") as handle:
             handle.write(text)
         return path
+
     return make
 
 
@@ -87,6 +92,7 @@ def truncated_object(env):
 
 
 # ---------------------------------------------------------------- the environment of one case
+
 
 class Env:
     """The test's cgroup, private bpffs and a scratch directory for files the cases point at."""
@@ -124,8 +130,10 @@ def _tree(root):
 
 
 def _cgroup_tree(cgroup):
-    return [cgroup] + sorted(os.path.join(directory, entry)
-                             for directory, subdirs, _files in os.walk(cgroup) for entry in subdirs)
+    return [
+        cgroup,
+        *sorted(os.path.join(directory, entry) for directory, subdirs, _files in os.walk(cgroup) for entry in subdirs),
+    ]
 
 
 def _quiet_bpftool(*args):
@@ -153,22 +161,24 @@ def kernel_objects(env):
     Not the machine-wide lists of tests/bpf_inventory.py: other test runs on this machine load and
     free programs all the time, and every object a module run could leave behind is reachable from
     here (an object that is neither pinned, attached nor linked dies with the module's process)."""
-    cgroups = _cgroup_tree(env.cgroup) + [sandbox.cgroup2_mount()]
-    attached = dict((path, bpf_inventory._cgroup(path)) for path in cgroups)
+    cgroups = [*_cgroup_tree(env.cgroup), sandbox.cgroup2_mount()]
+    attached = {path: bpf_inventory._cgroup(path) for path in cgroups}
     pins = {}
     for root in (env.bpffs, "/sys/fs/bpf"):
         for relative, kind in _tree(root) or []:
             if kind == "file" and not relative.endswith(".debug"):
                 pins[os.path.join(root, relative)] = _pinned_object(os.path.join(root, relative))
-    cgroup_ids = set(os.stat(path).st_ino for path in cgroups if os.path.isdir(path))
-    prog_ids = set(entry[0] for entries in attached.values() for entry in entries or [])
-    prog_ids |= set(object_id for kind, object_id in pins.values() if kind == "prog")
-    links = dict((link["id"], (link.get("type"), link.get("prog_id"), link.get("cgroup_id")))
-                 for link in bpftool("link", "show")
-                 if link.get("cgroup_id") in cgroup_ids or link["id"] in
-                 set(object_id for kind, object_id in pins.values() if kind == "link"))
-    prog_ids |= set(prog_id for _type, prog_id, _cgroup in links.values())
-    progs, map_ids = {}, set(object_id for kind, object_id in pins.values() if kind == "map")
+    cgroup_ids = {os.stat(path).st_ino for path in cgroups if os.path.isdir(path)}
+    prog_ids = {entry[0] for entries in attached.values() for entry in entries or []}
+    prog_ids |= {object_id for kind, object_id in pins.values() if kind == "prog"}
+    links = {
+        link["id"]: (link.get("type"), link.get("prog_id"), link.get("cgroup_id"))
+        for link in bpftool("link", "show")
+        if link.get("cgroup_id") in cgroup_ids
+        or link["id"] in {object_id for kind, object_id in pins.values() if kind == "link"}
+    }
+    prog_ids |= {prog_id for _type, prog_id, _cgroup in links.values()}
+    progs, map_ids = {}, {object_id for kind, object_id in pins.values() if kind == "map"}
     for prog_id in prog_ids:
         prog = _quiet_bpftool("prog", "show", "id", str(prog_id)) or {}
         progs[prog_id] = (prog.get("type"), prog.get("name"), tuple(prog.get("map_ids", ())))
@@ -196,7 +206,7 @@ def _pinned_instance(pin_dir, name):
 
 def _instances(pin_dir):
     names = sorted(os.listdir(pin_dir)) if os.path.isdir(pin_dir) else []
-    return dict((name, _pinned_instance(pin_dir, name)) for name in names)
+    return {name: _pinned_instance(pin_dir, name) for name in names}
 
 
 def _processes(cgroup):
@@ -258,10 +268,12 @@ def rule(rto_ms=100, dest="10.0.0.0/8", **extra):
 
 def symlink_to(target_of, name):
     """A function env -> path of a symlink in the scratch dir pointing at target_of(env)."""
+
     def make(env):
         link = env.scratch(name)
         os.symlink(target_of(env), link)
         return link
+
     return make
 
 
@@ -270,6 +282,7 @@ def scratch_dir(name):
         path = env.scratch(name)
         os.makedirs(path)
         return path
+
     return make
 
 
@@ -289,38 +302,68 @@ def cgroup_escape(env):
 RTO_CASES = [
     case("rto_ms-zero", dict(rto_ms=0), "rto_ms must be positive", existing=True),
     case("rto_ms-negative", dict(rto_ms=-5), "rto_ms must be positive"),
-    case("rto_ms-not-a-number", dict(rto_ms="abc"),
-         "argument 'rto_ms' is of type str and we were unable to convert to int", existing=True),
-    case("rto_ms-fraction", dict(rto_ms=1.5), "\"1.5\" cannot be converted to an int"),
+    case(
+        "rto_ms-not-a-number",
+        dict(rto_ms="abc"),
+        "argument 'rto_ms' is of type str and we were unable to convert to int",
+        existing=True,
+    ),
+    case("rto_ms-fraction", dict(rto_ms=1.5), '"1.5" cannot be converted to an int'),
     case("rto_ms-above-rto-max", dict(rto_ms=120001), "above the kernel's TCP_RTO_MAX of 120000 ms"),
     case("rto_ms-one-ms-below-one-jiffy", dict(rto_ms=1), "is below one jiffy at HZ %d" % HZ),
     case("rto_ms-just-below-one-jiffy", dict(rto_ms=ONE_JIFFY_MS - 1), "use at least %d" % ONE_JIFFY_MS),
     case("rule-rto_ms-zero", dict(rules=[rule(0)]), "rules[0]: rto_ms must be positive"),
     case("rule-rto_ms-negative", dict(rules=[rule(-5)]), "rules[0]: rto_ms must be positive"),
-    case("rule-rto_ms-not-a-number", dict(rules=[rule("abc")]),
-         "argument 'rto_ms' is of type str found in 'rules'. and we were unable to convert to int"),
-    case("rule-rto_ms-fraction", dict(rules=[rule(1.5)]), "\"1.5\" cannot be converted to an int"),
-    case("rule-rto_ms-above-rto-max", dict(rules=[rule(), rule(120001, "fd00::/8")]),
-         "rules[1]: rto_ms 120001 is above the kernel's TCP_RTO_MAX", existing=True),
+    case(
+        "rule-rto_ms-not-a-number",
+        dict(rules=[rule("abc")]),
+        "argument 'rto_ms' is of type str found in 'rules'. and we were unable to convert to int",
+    ),
+    case("rule-rto_ms-fraction", dict(rules=[rule(1.5)]), '"1.5" cannot be converted to an int'),
+    case(
+        "rule-rto_ms-above-rto-max",
+        dict(rules=[rule(), rule(120001, "fd00::/8")]),
+        "rules[1]: rto_ms 120001 is above the kernel's TCP_RTO_MAX",
+        existing=True,
+    ),
     case("rule-rto_ms-below-one-jiffy", dict(rules=[rule(1)]), "rules[0]: rto_ms 1 is below one jiffy"),
 ]
 if ONE_JIFFY_MS == 1:  # HZ 1000 and more: 1 ms is a whole jiffy, nothing is below it but 0
     RTO_CASES = [item for item in RTO_CASES if "jiffy" not in item.id]
 
 RULE_CASES = [
-    case("dest-prefix-too-long", dict(rules=[rule(dest="10.0.0.0/33")]), "is not a network in CIDR notation",
-         existing=True),
+    case(
+        "dest-prefix-too-long",
+        dict(rules=[rule(dest="10.0.0.0/33")]),
+        "is not a network in CIDR notation",
+        existing=True,
+    ),
     case("dest-not-an-ip", dict(rules=[rule(dest="not-an-ip")]), "is not a network in CIDR notation"),
     case("dest-host-bits-set", dict(rules=[rule(dest="10.0.0.1/8")]), "has host bits set"),
-    case("dest-duplicate", dict(rules=[rule(dest="10.0.0.0/8"), rule(dest="10.0.0.0/8")]),
-         "rules[1]: dest 10.0.0.0/8 is the same network as rules[0]", existing=True),
-    case("dest-v4-and-v4-mapped", dict(rules=[rule(dest="10.0.0.0/8"), rule(dest="::ffff:10.0.0.0/104")]),
-         "is the same network as rules[0] (10.0.0.0/8)"),
-    case("rule-unknown-key", dict(rules=[rule(port=443)]),
-         "Unsupported parameters for (netbpf.tcp_rto.tcp_initial_rto) module: rules.port", existing=True),
+    case(
+        "dest-duplicate",
+        dict(rules=[rule(dest="10.0.0.0/8"), rule(dest="10.0.0.0/8")]),
+        "rules[1]: dest 10.0.0.0/8 is the same network as rules[0]",
+        existing=True,
+    ),
+    case(
+        "dest-v4-and-v4-mapped",
+        dict(rules=[rule(dest="10.0.0.0/8"), rule(dest="::ffff:10.0.0.0/104")]),
+        "is the same network as rules[0] (10.0.0.0/8)",
+    ),
+    case(
+        "rule-unknown-key",
+        dict(rules=[rule(port=443)]),
+        "Unsupported parameters for (netbpf.tcp_rto.tcp_initial_rto) module: rules.port",
+        existing=True,
+    ),
     case("rule-without-dest", dict(rules=[{"rto_ms": 100}]), "missing required arguments: dest found in rules"),
-    case("too-many-rules", dict(rules=[rule(dest="10.%d.%d.0/24" % divmod(index, 256)) for index in range(1025)]),
-         "1025 rules given; the program's rules map holds at most 1024", existing=True),
+    case(
+        "too-many-rules",
+        dict(rules=[rule(dest="10.%d.%d.0/24" % divmod(index, 256)) for index in range(1025)]),
+        "1025 rules given; the program's rules map holds at most 1024",
+        existing=True,
+    ),
     case("direction-unknown", dict(direction="sideways"), "direction must be one of", existing=True),
 ]
 
@@ -334,17 +377,24 @@ NAME_CASES = [
 ]
 
 CGROUP_CASES = [
-    case("cgroup-missing", lambda env: dict(cgroup=os.path.join(env.cgroup, "missing")), "does not exist",
-         existing=True),
-    case("cgroup-regular-file", lambda env: dict(cgroup=scratch_text("file", "not a cgroup\n")(env)), "is not a directory"),
+    case(
+        "cgroup-missing", lambda env: dict(cgroup=os.path.join(env.cgroup, "missing")), "does not exist", existing=True
+    ),
+    case(
+        "cgroup-regular-file",
+        lambda env: dict(cgroup=scratch_text("file", "not a cgroup\n")(env)),
+        "is not a directory",
+    ),
     case("cgroup-v1", dict(cgroup="/sys/fs/cgroup/cpu"), "is a cgroup v1 directory", existing=True),
     case("cgroup-outside-mount", lambda env: dict(cgroup=scratch_dir("dir")(env)), "not cgroup2"),
     case("cgroup-dotdot-escapes-mount", lambda env: dict(cgroup=cgroup_escape(env)), "not cgroup2", existing=True),
     case("cgroup-relative-dotdot-to-v1", dict(cgroup="../cpu"), "is a cgroup v1 directory"),
-    case("cgroup-symlink-out", lambda env: dict(cgroup=symlink_to(scratch_dir("dir"), "link")(env)),
-         "resolves to"),
-    case("cgroup-symlink-to-v1", lambda env: dict(cgroup=symlink_to(lambda _env: "/sys/fs/cgroup/cpu", "v1")(env)),
-         "is a cgroup v1 directory"),
+    case("cgroup-symlink-out", lambda env: dict(cgroup=symlink_to(scratch_dir("dir"), "link")(env)), "resolves to"),
+    case(
+        "cgroup-symlink-to-v1",
+        lambda env: dict(cgroup=symlink_to(lambda _env: "/sys/fs/cgroup/cpu", "v1")(env)),
+        "is a cgroup v1 directory",
+    ),
 ]
 
 PIN_DIR_CASES = [
@@ -363,36 +413,68 @@ def unloadable(detail):
     return "src is not a BPF object this collection can load: " + detail
 
 
-WITHOUT_HITS = dict((name, spec) for name, spec in MAP_DEFS.items() if name != "hits")
+WITHOUT_HITS = {name: spec for name, spec in MAP_DEFS.items() if name != "hits"}
 HITS_NOT_PERCPU = dict(MAP_DEFS, hits=MAP_DEFS["hits"].replace("PERCPU_ARRAY", "ARRAY"))
 
 SRC_CASES = [
-    case("src-missing", lambda env: dict(src=env.scratch("missing.bpf.o")), "not found on the controller",
-         existing=True),
-    case("src-truncated", src(truncated_object), unloadable("section header table past end of file (truncated?)"),
-         existing=True),
+    case(
+        "src-missing", lambda env: dict(src=env.scratch("missing.bpf.o")), "not found on the controller", existing=True
+    ),
+    case(
+        "src-truncated",
+        src(truncated_object),
+        unloadable("section header table past end of file (truncated?)"),
+        existing=True,
+    ),
     case("src-not-elf", src(scratch_text("object.o", "hello\n")), unloadable("not an ELF file")),
     case("src-empty", src(scratch_text("empty.o", "")), unloadable("not an ELF file")),
     case("src-elf-not-bpf", dict(src="/bin/true"), unloadable("ELF machine 62 is not BPF (247)")),
     case("src-no-program", src(compiled("noprog", section=None)), unloadable("object has no program section")),
-    case("src-kprobe-section", src(compiled("kprobe", section="kprobe/x")),
-         unloadable("program section is 'kprobe/x'; a sock_ops program must be in SEC('sockops')")),
-    case("src-xdp-program", src(compiled("xdp", section="xdp")),
-         unloadable("program section is 'xdp'; a sock_ops program must be in SEC('sockops')")),
-    case("src-missing-hits-map", src(compiled("nohits", maps=WITHOUT_HITS)), unloadable("object has no 'hits' map"),
-         existing=True),
-    case("src-hits-map-wrong-type", src(compiled("hitsarray", maps=HITS_NOT_PERCPU)),
-         unloadable("map 'hits' is type 2 (ARRAY), the program needs 6 (PERCPU_ARRAY)")),
-    case("src-proprietary-license", src(compiled("proprietary", license="Proprietary")),
-         unloadable("license 'Proprietary' is not GPL-compatible")),
+    case(
+        "src-kprobe-section",
+        src(compiled("kprobe", section="kprobe/x")),
+        unloadable("program section is 'kprobe/x'; a sock_ops program must be in SEC('sockops')"),
+    ),
+    case(
+        "src-xdp-program",
+        src(compiled("xdp", section="xdp")),
+        unloadable("program section is 'xdp'; a sock_ops program must be in SEC('sockops')"),
+    ),
+    case(
+        "src-missing-hits-map",
+        src(compiled("nohits", maps=WITHOUT_HITS)),
+        unloadable("object has no 'hits' map"),
+        existing=True,
+    ),
+    case(
+        "src-hits-map-wrong-type",
+        src(compiled("hitsarray", maps=HITS_NOT_PERCPU)),
+        unloadable("map 'hits' is type 2 (ARRAY), the program needs 6 (PERCPU_ARRAY)"),
+    ),
+    case(
+        "src-proprietary-license",
+        src(compiled("proprietary", license="Proprietary")),
+        unloadable("license 'Proprietary' is not GPL-compatible"),
+    ),
     case("src-c-does-not-compile", src(scratch_text("broken.c", "int broken( {\n")), "broken.c failed:", existing=True),
-    case("src-o-verifier-ctx-out-of-bounds", src(compiled("oob", body=OUT_OF_BOUNDS_BODY)),
-         "invalid bpf_context access off=4096", existing=True),
+    case(
+        "src-o-verifier-ctx-out-of-bounds",
+        src(compiled("oob", body=OUT_OF_BOUNDS_BODY)),
+        "invalid bpf_context access off=4096",
+        existing=True,
+    ),
     case("src-o-verifier-unbounded-loop", src(compiled("loop", body=UNBOUNDED_LOOP_BODY)), "infinite loop detected"),
-    case("src-c-verifier-ctx-out-of-bounds", src(scratch_text("oob.c", program_source(body=OUT_OF_BOUNDS_BODY))),
-         "invalid bpf_context access off=4096", existing=True),
-    case("src-c-verifier-unbounded-loop", src(scratch_text("loop.c", program_source(body=UNBOUNDED_LOOP_BODY))),
-         "infinite loop detected"),
+    case(
+        "src-c-verifier-ctx-out-of-bounds",
+        src(scratch_text("oob.c", program_source(body=OUT_OF_BOUNDS_BODY))),
+        "invalid bpf_context access off=4096",
+        existing=True,
+    ),
+    case(
+        "src-c-verifier-unbounded-loop",
+        src(scratch_text("loop.c", program_source(body=UNBOUNDED_LOOP_BODY))),
+        "infinite loop detected",
+    ),
 ]
 
 CASES = RTO_CASES + RULE_CASES + NAME_CASES + CGROUP_CASES + PIN_DIR_CASES + SRC_CASES
@@ -432,6 +514,7 @@ def test_bad_input_leaves_an_applied_instance_alone(playbook, env, item):
 
 # ---------------------------------------------------------------- one instance per cgroup
 
+
 def same_cgroup_spellings():
     return [
         pytest.param(lambda env: env.cgroup, id="same-path"),
@@ -453,6 +536,7 @@ def test_second_instance_on_the_same_cgroup(playbook, env, spelling):
 
 
 # ---------------------------------------------------------------- check mode
+
 
 def test_check_mode_with_a_good_config_touches_nothing(playbook, env):
     before = settled_state(env)

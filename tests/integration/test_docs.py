@@ -5,13 +5,18 @@ import os
 import subprocess
 
 from conftest import ANSIBLE_BIN, COLLECTIONS_ROOT
+
 from ansible_collections.netbpf.tcp_rto.plugins.modules import tcp_initial_rto
 
 
 def ansible_doc_json(plugin):
-    out = subprocess.run([os.path.join(ANSIBLE_BIN, "ansible-doc"), "-j", plugin], check=True,
-                         stdout=subprocess.PIPE, universal_newlines=True,
-                         env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT)).stdout
+    out = subprocess.run(
+        [os.path.join(ANSIBLE_BIN, "ansible-doc"), "-j", plugin],
+        check=True,
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+        env=dict(os.environ, ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT),
+    ).stdout
     return json.loads(out)[plugin]
 
 

@@ -7,7 +7,6 @@ import json
 import os
 
 import pytest
-
 from conftest import MANAGED_PYTHON, cgroup_program_ids, observed_rto_us
 
 pytestmark = pytest.mark.kernel
@@ -20,13 +19,13 @@ class Fleet:
     def __init__(self, playbook, cgroup, bpffs, tmp_path):
         self.playbook = playbook
         self.root = str(tmp_path / "root")
-        self.cgroups = dict((host, os.path.join(cgroup, host)) for host in HOSTS)
+        self.cgroups = {host: os.path.join(cgroup, host) for host in HOSTS}
         for path in self.cgroups.values():
             os.mkdir(path)
         # one machine stands in for five: each host pins under its own directory and keeps its files
         # under its own root, as it would on its own bpffs and filesystem
-        self.pin_dirs = dict((host, os.path.join(bpffs, host)) for host in HOSTS)
-        self.roots = dict((host, os.path.join(self.root, host)) for host in HOSTS)
+        self.pin_dirs = {host: os.path.join(bpffs, host) for host in HOSTS}
+        self.roots = {host: os.path.join(self.root, host) for host in HOSTS}
         self.inventory = str(tmp_path / "fleet.ini")
         self.write_inventory({})
 
@@ -34,9 +33,11 @@ class Fleet:
         lines = ["[fleet]"]
         for host in HOSTS:
             extra = " ".join("%s=%s" % (key, value) for key, value in host_vars.get(host, {}).items())
-            lines.append("%s ansible_connection=local ansible_python_interpreter=%s tcp_rto_name=%s tcp_rto_cgroup=%s "
-                         "tcp_rto_pin_dir=%s tcp_rto_persist_root=%s %s"
-                         % (host, MANAGED_PYTHON, host, self.cgroups[host], self.pin_dirs[host], self.roots[host], extra))
+            lines.append(
+                "%s ansible_connection=local ansible_python_interpreter=%s tcp_rto_name=%s tcp_rto_cgroup=%s "
+                "tcp_rto_pin_dir=%s tcp_rto_persist_root=%s %s"
+                % (host, MANAGED_PYTHON, host, self.cgroups[host], self.pin_dirs[host], self.roots[host], extra)
+            )
         lines += ["[fleet:vars]", "tcp_rto_mount_bpffs=false"]
         with open(self.inventory, "w") as handle:
             handle.write("\n".join(lines) + "\n")
@@ -46,15 +47,19 @@ class Fleet:
         return self.playbook.run_playbook("netbpf.tcp_rto." + name, self.inventory, ["-e", json.dumps(extra_vars)])
 
     def rollout(self, rto_ms, **extra_vars):
-        return self.play("rollout", tcp_rto_batches=json.loads(BATCHES),
-                         tcp_rto_rules=[{"dest": "127.0.0.0/8", "rto_ms": rto_ms}], **extra_vars)
+        return self.play(
+            "rollout",
+            tcp_rto_batches=json.loads(BATCHES),
+            tcp_rto_rules=[{"dest": "127.0.0.0/8", "rto_ms": rto_ms}],
+            **extra_vars,
+        )
 
     def rto_ms(self):
         """The initial RTO a socket in each host's cgroup gets, per the kernel."""
-        return dict((host, observed_rto_us(path) // 1000) for host, path in self.cgroups.items())
+        return {host: observed_rto_us(path) // 1000 for host, path in self.cgroups.items()}
 
     def program_ids(self):
-        return dict((host, cgroup_program_ids(path)) for host, path in self.cgroups.items())
+        return {host: cgroup_program_ids(path) for host, path in self.cgroups.items()}
 
 
 @pytest.fixture
@@ -123,7 +128,7 @@ def test_rollout_failed_batch_rollback_report(fleet, tmp_path):
     # remove everything: zero kernel objects, zero files
     gone = fleet.play("rollback", tcp_rto_state="absent")
     assert gone.returncode == 0, gone.output
-    assert fleet.program_ids() == dict((host, []) for host in HOSTS)
+    assert fleet.program_ids() == {host: [] for host in HOSTS}
     assert fleet.rto_ms() == dict.fromkeys(HOSTS, 1000)
     assert not [path for path in fleet.pin_dirs.values() if os.path.exists(path)]
     assert [files for _dir, _sub, files in os.walk(fleet.root) if files] == []

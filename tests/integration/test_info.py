@@ -4,7 +4,6 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import bpftool, cgroup_program_ids, kernel_hz
 from test_tcp_initial_rto import load_foreign_program
 
@@ -29,9 +28,15 @@ def test_reports_instances_counters_and_foreign_programs(playbook, cgroup, bpffs
     assert empty["instances"] == [] and empty["changed"] is False
 
     root = str(tmp_path / "root")
-    applied = playbook.module(name="dc", cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, persistent=True,
-                              persist_root=root, rules=[{"dest": "127.0.0.0/8", "rto_ms": 200},
-                                                        {"dest": "10.0.0.0/8", "rto_ms": 50}])
+    applied = playbook.module(
+        name="dc",
+        cgroup=cgroup,
+        pin_dir=pin_dir,
+        mount_bpffs=False,
+        persistent=True,
+        persist_root=root,
+        rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}, {"dest": "10.0.0.0/8", "rto_ms": 50}],
+    )
     foreign = load_foreign_program(tmp_path, bpffs, "")
     subprocess.run(["bpftool", "cgroup", "attach", other_cgroup, "sock_ops", "pinned", foreign, "multi"], check=True)
     try:
@@ -43,8 +48,10 @@ def test_reports_instances_counters_and_foreign_programs(playbook, cgroup, bpffs
     assert instance["program_id"] == applied["instance"]["program_id"] == cgroup_program_ids(cgroup)[0]
     assert (instance["cgroup"], instance["attached"], instance["attach_mode"]) == (cgroup, True, "link")
     assert instance["persistent"] is True and instance["problems"] == []
-    assert [(rule["dest"], rule["rto_ms"], rule["rto_jiffies"]) for rule in instance["rules"]] == \
-        [("127.0.0.0/8", 200, 50), ("10.0.0.0/8", 52, 13)]
+    assert [(rule["dest"], rule["rto_ms"], rule["rto_jiffies"]) for rule in instance["rules"]] == [
+        ("127.0.0.0/8", 200, 50),
+        ("10.0.0.0/8", 52, 13),
+    ]
     assert instance["rules"][0]["hits"] >= 2  # the module's two verification handshakes
     assert instance["rules"][1]["hits"] == 0
     assert instance["foreign_programs"] == []
@@ -54,10 +61,12 @@ def test_reports_instances_counters_and_foreign_programs(playbook, cgroup, bpffs
 
 def test_reports_drift(playbook, cgroup, bpffs):
     pin_dir = os.path.join(bpffs, "tcp_rto")
-    applied = playbook.module(name="dc", cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, rto_ms=300,
-                              force_legacy_attach=True)
-    subprocess.run(["bpftool", "cgroup", "detach", cgroup, "sock_ops", "id", str(applied["instance"]["program_id"])],
-                   check=True)
+    applied = playbook.module(
+        name="dc", cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, rto_ms=300, force_legacy_attach=True
+    )
+    subprocess.run(
+        ["bpftool", "cgroup", "detach", cgroup, "sock_ops", "id", str(applied["instance"]["program_id"])], check=True
+    )
     [instance] = gather(playbook, pin_dir=pin_dir)["instances"]
     assert instance["attached"] is False
     assert instance["default_rto_ms"] == 300

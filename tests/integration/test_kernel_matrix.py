@@ -13,9 +13,11 @@ RUN = os.path.join(REPO, "tests", "kernels", "run")
 
 def test_kernel_matrix(capsys):
     assert shutil.which("qemu-system-x86_64"), (
-        "qemu-system-x86_64 is not installed: scripts/setup-env installs it (apt package qemu-system-x86)")
-    proc = subprocess.run([RUN], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
-                          timeout=1800)
+        "qemu-system-x86_64 is not installed: scripts/setup-env installs it (apt package qemu-system-x86)"
+    )
+    proc = subprocess.run(
+        [RUN], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=1800
+    )
     with capsys.disabled():  # the kernel table belongs in the test command's output, pass or fail
         print("\n" + proc.stdout)
     assert proc.returncode == 0, "tests/kernels/run exited %d:\n%s" % (proc.returncode, proc.stdout[-30000:])

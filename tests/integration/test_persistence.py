@@ -7,7 +7,6 @@ import shutil
 import subprocess
 
 import pytest
-
 from bpf_inventory import snapshot
 from conftest import cgroup_program_ids, observed_rto_us
 
@@ -23,20 +22,30 @@ def root(tmp_path):
 
 @pytest.fixture
 def args(cgroup, bpffs, root):
-    return dict(name="boot", cgroup=cgroup, pin_dir=os.path.join(bpffs, "tcp_rto"), mount_bpffs=False,
-                persistent=True, persist_root=root, rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}])
+    return dict(
+        name="boot",
+        cgroup=cgroup,
+        pin_dir=os.path.join(bpffs, "tcp_rto"),
+        mount_bpffs=False,
+        persistent=True,
+        persist_root=root,
+        rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}],
+    )
 
 
 def files_under(root):
-    return sorted(os.path.relpath(os.path.join(directory, name), root)
-                  for directory, _dirs, names in os.walk(root) for name in names)
+    return sorted(
+        os.path.relpath(os.path.join(directory, name), root)
+        for directory, _dirs, names in os.walk(root)
+        for name in names
+    )
 
 
 def exec_start(root, name):
     """The unit's ExecStart command line for instance name, as systemd would run it."""
     with open(os.path.join(root, "etc/systemd/system/tcp-rto@.service")) as unit:
-        line = [line for line in unit if line.startswith("ExecStart=")][0]
-    return shlex.split(line[len("ExecStart="):].replace("%i", name))
+        line = next(line for line in unit if line.startswith("ExecStart="))
+    return shlex.split(line[len("ExecStart=") :].replace("%i", name))
 
 
 def reboot(args):
@@ -49,11 +58,29 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
     assert applied["status"] == "ok", applied["_output"]
     assert "record %s/etc/tcp_rto/boot.json" % root in applied["actions"]
     assert files_under(root) == sorted(
-        ["etc/systemd/system/multi-user.target.wants/tcp-rto@boot.service", "etc/systemd/system/tcp-rto@.service",
-         "etc/tcp_rto/boot.json", "var/lib/tcp_rto/objects/boot.bpf.o", "var/lib/tcp_rto/restore.py"]
-        + ["var/lib/tcp_rto/lib/ansible_collections/netbpf/tcp_rto/plugins/module_utils/%s.py" % name
-           for name in ("apply", "bpf_object", "bpf_syscall", "host", "instance", "persistence", "probe",
-                        "reconcile", "restore", "rto_program")])
+        [
+            "etc/systemd/system/multi-user.target.wants/tcp-rto@boot.service",
+            "etc/systemd/system/tcp-rto@.service",
+            "etc/tcp_rto/boot.json",
+            "var/lib/tcp_rto/objects/boot.bpf.o",
+            "var/lib/tcp_rto/restore.py",
+        ]
+        + [
+            "var/lib/tcp_rto/lib/ansible_collections/netbpf/tcp_rto/plugins/module_utils/%s.py" % name
+            for name in (
+                "apply",
+                "bpf_object",
+                "bpf_syscall",
+                "host",
+                "instance",
+                "persistence",
+                "probe",
+                "reconcile",
+                "restore",
+                "rto_program",
+            )
+        ]
+    )
     for path in files_under(root):
         status = os.lstat(os.path.join(root, path))
         assert status.st_uid == 0 and (os.path.islink(os.path.join(root, path)) or status.st_mode & 0o777 == 0o644)
@@ -61,8 +88,12 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
 
     unit_copy = os.path.join(root, "tcp-rto@boot.service")  # systemd-analyze verifies instances, not templates
     shutil.copy(os.path.join(root, "etc/systemd/system/tcp-rto@.service"), unit_copy)
-    verify = subprocess.run(["systemd-analyze", "verify", unit_copy], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, universal_newlines=True)
+    verify = subprocess.run(
+        ["systemd-analyze", "verify", unit_copy],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        universal_newlines=True,
+    )
     assert verify.returncode == 0, verify.stdout
 
 
@@ -73,8 +104,14 @@ def test_restore_after_reboot(playbook, args, root, cgroup):
     assert cgroup_program_ids(cgroup) == []
     assert observed_rto_us(cgroup) == 1000000
 
-    restore = subprocess.run(exec_start(root, "boot"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             universal_newlines=True, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}, timeout=60)
+    restore = subprocess.run(
+        exec_start(root, "boot"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        timeout=60,
+    )
     assert restore.returncode == 0, restore.stderr
     assert '"ok": true' in restore.stdout
     assert observed_rto_us(cgroup) == 200000
@@ -100,12 +137,14 @@ def test_bad_record_fails_loudly_and_touches_nothing(playbook, args, root, cgrou
     else:
         os.unlink(record)
     before = snapshot([cgroup])["cgroups"]
-    restore = subprocess.run(exec_start(root, "boot"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             universal_newlines=True, timeout=60)
+    restore = subprocess.run(
+        exec_start(root, "boot"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=60
+    )
     assert restore.returncode == 1
     assert restore.stderr.startswith("tcp-rto restore of boot failed: ")
-    assert {"corrupt": "is not valid", "edited": "rto_ms must be positive", "missing": "no record"}[damage] \
-        in restore.stderr
+    assert {"corrupt": "is not valid", "edited": "rto_ms must be positive", "missing": "no record"}[
+        damage
+    ] in restore.stderr
     assert "Traceback" not in restore.stderr
     # what a restore process could leave after it exits: attachments and pins
     assert snapshot([cgroup])["cgroups"] == before

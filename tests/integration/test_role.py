@@ -7,7 +7,6 @@ import os
 
 import pytest
 import yaml
-
 from conftest import MANAGED_PYTHON, REPO, cgroup_program_ids
 
 ROLE = os.path.join(REPO, "roles", "tcp_rto")
@@ -20,8 +19,12 @@ def test_scenario(playbook, cgroup, bpffs, tmp_path, scenario):
     inventory = tmp_path / "inventory.ini"
     inventory.write_text("sandbox ansible_connection=local ansible_python_interpreter=%s\n" % MANAGED_PYTHON)
     root = tmp_path / "root"
-    extra = dict(tcp_rto_cgroup=cgroup, tcp_rto_pin_dir=os.path.join(bpffs, "tcp_rto"), tcp_rto_mount_bpffs=False,
-                 tcp_rto_persist_root=str(root))
+    extra = dict(
+        tcp_rto_cgroup=cgroup,
+        tcp_rto_pin_dir=os.path.join(bpffs, "tcp_rto"),
+        tcp_rto_mount_bpffs=False,
+        tcp_rto_persist_root=str(root),
+    )
     run = playbook.run_playbook(scenario, str(inventory), ["-e", json.dumps(extra)])
     assert run.returncode == 0, run.output
     assert cgroup_program_ids(cgroup) == []  # the always: cleanup left nothing

@@ -5,7 +5,6 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import REPO, bpftool, cgroup_program_ids, kernel_hz, observed_rto_us
 
 pytestmark = pytest.mark.kernel
@@ -39,9 +38,13 @@ def test_check_apply_reapply(playbook, args, cgroup):
 
     applied = playbook.module(**wanted)
     assert applied["changed"] is True, applied["_output"]
-    assert applied["verification"] == {"ok": True, "checks": [
-        {"direction": "outgoing", "address": "127.0.0.1", "expected_ms": 200, "observed_ms": 200, "ok": True},
-        {"direction": "incoming", "address": "127.0.0.1", "expected_ms": 200, "observed_ms": 200, "ok": True}]}
+    assert applied["verification"] == {
+        "ok": True,
+        "checks": [
+            {"direction": "outgoing", "address": "127.0.0.1", "expected_ms": 200, "observed_ms": 200, "ok": True},
+            {"direction": "incoming", "address": "127.0.0.1", "expected_ms": 200, "observed_ms": 200, "ok": True},
+        ],
+    }
     assert cgroup_program_ids(cgroup) == [program_id(applied)]
     assert observed_rto_us(cgroup) == jiffies_us(200)
     assert applied["instance"]["rules"][0]["rto_jiffies"] == -(-200 * HZ // 1000)
@@ -56,8 +59,9 @@ def test_check_apply_reapply(playbook, args, cgroup):
 
 def test_value_change_keeps_program(playbook, args, cgroup):
     first = playbook.module(rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}], **args)
-    changed = playbook.module(rules=[{"dest": "127.0.0.0/8", "rto_ms": 300}, {"dest": "fd00::/8", "rto_ms": 40}],
-                              rto_ms=700, **args)
+    changed = playbook.module(
+        rules=[{"dest": "127.0.0.0/8", "rto_ms": 300}, {"dest": "fd00::/8", "rto_ms": 40}], rto_ms=700, **args
+    )
     assert changed["changed"] is True
     assert changed["actions"] == ["update rules", "update default and direction"]
     assert program_id(changed) == program_id(first)
@@ -92,8 +96,9 @@ def test_legacy_attach_path(playbook, args, cgroup):
     legacy = dict(args, force_legacy_attach=True)
     applied = playbook.module(rto_ms=500, **legacy)
     assert applied["instance"]["attach_mode"] == "multi"
-    assert bpftool("link", "show") == [] or all(link.get("prog_id") != program_id(applied)
-                                                  for link in bpftool("link", "show"))
+    assert bpftool("link", "show") == [] or all(
+        link.get("prog_id") != program_id(applied) for link in bpftool("link", "show")
+    )
     assert observed_rto_us(cgroup) == jiffies_us(500)
     assert playbook.module(rto_ms=500, **legacy)["changed"] is False
     changed = playbook.module(rto_ms=300, **legacy)
@@ -120,13 +125,17 @@ def test_move_to_another_cgroup(playbook, args, cgroup):
 def load_foreign_program(tmp_path, bpffs, body):
     """Compile and pin (with bpftool) a sock_ops program that is not ours; returns its pin."""
     source = tmp_path / "foreign.c"
-    source.write_text('#include <linux/bpf.h>\n'
-                      '__attribute__((section("sockops"), used)) int foreign(struct bpf_sock_ops *skops)\n'
-                      '{ if (skops->op == BPF_SOCK_OPS_TIMEOUT_INIT) { %s } return 1; }\n'
-                      'char _license[] __attribute__((section("license"), used)) = "GPL";\n' % body)
+    source.write_text(
+        "#include <linux/bpf.h>\n"
+        '__attribute__((section("sockops"), used)) int foreign(struct bpf_sock_ops *skops)\n'
+        "{ if (skops->op == BPF_SOCK_OPS_TIMEOUT_INIT) { %s } return 1; }\n"
+        'char _license[] __attribute__((section("license"), used)) = "GPL";\n' % body
+    )
     obj = tmp_path / "foreign.o"
-    subprocess.run(["clang", "-O2", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", str(source),
-                    "-o", str(obj)], check=True)
+    subprocess.run(
+        ["clang", "-O2", "-target", "bpf", "-I/usr/include/x86_64-linux-gnu", "-c", str(source), "-o", str(obj)],
+        check=True,
+    )
     pin = os.path.join(bpffs, "foreign")
     subprocess.run(["bpftool", "prog", "load", str(obj), pin, "type", "sockops"], check=True)
     return pin
@@ -137,8 +146,13 @@ def test_foreign_program_survives_every_step(playbook, args, cgroup, bpffs, tmp_
     subprocess.run(["bpftool", "cgroup", "attach", cgroup, "sock_ops", "pinned", pin, "multi"], check=True)
     foreign_id = bpftool("prog", "show", "pinned", pin)["id"]
     try:
-        for step in (dict(rto_ms=500), dict(rto_ms=500), dict(rto_ms=300), dict(rto_ms=300, force_legacy_attach=True),
-                     dict(state="absent")):
+        for step in (
+            dict(rto_ms=500),
+            dict(rto_ms=500),
+            dict(rto_ms=300),
+            dict(rto_ms=300, force_legacy_attach=True),
+            dict(state="absent"),
+        ):
             result = playbook.module(**dict(args, **step))
             assert result["status"] == "ok", result["_output"]
             assert foreign_id in cgroup_program_ids(cgroup)
@@ -171,15 +185,18 @@ def test_new_object_replaces_program(playbook, args, cgroup, variant_source, leg
     assert playbook.module(rto_ms=500, src=variant_source, **args)["changed"] is False
 
 
-@pytest.mark.parametrize("direction, checked", [
-    ("outgoing", {"outgoing": 500}),
-    ("incoming", {"outgoing": 1000, "incoming": 500}),
-    ("both", {"outgoing": 500, "incoming": 500}),
-])
+@pytest.mark.parametrize(
+    "direction, checked",
+    [
+        ("outgoing", {"outgoing": 500}),
+        ("incoming", {"outgoing": 1000, "incoming": 500}),
+        ("both", {"outgoing": 500, "incoming": 500}),
+    ],
+)
 def test_direction(playbook, args, cgroup, direction, checked):
     result = playbook.module(rto_ms=500, direction=direction, **args)
     assert result["verification"]["ok"] is True, result["_output"]
-    assert dict((check["direction"], check["observed_ms"]) for check in result["verification"]["checks"]) == checked
+    assert {check["direction"]: check["observed_ms"] for check in result["verification"]["checks"]} == checked
     assert observed_rto_us(cgroup) == checked["outgoing"] * 1000
 
 

@@ -47,17 +47,23 @@ def run(command, **kwargs):
     kwargs.setdefault("stderr", subprocess.PIPE)
     proc = subprocess.run(command, universal_newlines=True, **kwargs)
     if proc.returncode != 0:
-        raise MatrixError("%s failed (%d):\n%s" % (" ".join(command[:3]), proc.returncode,
-                                                   (proc.stderr or proc.stdout or "")[-2000:]))
+        raise MatrixError(
+            "%s failed (%d):\n%s" % (" ".join(command[:3]), proc.returncode, (proc.stderr or proc.stdout or "")[-2000:])
+        )
     return proc.stdout
 
 
 def _sources_entries():
     """(uris, suites) of every enabled apt source of this machine, one-line and deb822 formats."""
     entries = []
-    paths = ["/etc/apt/sources.list"] + sorted(
-        os.path.join("/etc/apt/sources.list.d", name) for name in os.listdir("/etc/apt/sources.list.d")
-        if name.endswith((".list", ".sources")))
+    paths = [
+        "/etc/apt/sources.list",
+        *sorted(
+            os.path.join("/etc/apt/sources.list.d", name)
+            for name in os.listdir("/etc/apt/sources.list.d")
+            if name.endswith((".list", ".sources"))
+        ),
+    ]
     for path in paths:
         try:
             text = open(path).read()
@@ -99,13 +105,18 @@ class Apt:
         self.root = root
         self.sources = os.path.join(root, "sources.list")
         self.options = []
-        for key, value in (("Dir::Etc::sourcelist", self.sources),
-                           ("Dir::Etc::sourceparts", os.path.join(root, "none")),
-                           ("Dir::State", os.path.join(root, "state")),
-                           ("Dir::State::status", os.path.join(root, "status")),
-                           ("Dir::Cache", os.path.join(root, "cache")), ("Debug::NoLocking", "1"),
-                           ("APT::Architecture", "amd64"), ("APT::Architectures", "amd64"),
-                           ("Acquire::Languages", "none"), ("APT::Sandbox::User", "root")):
+        for key, value in (
+            ("Dir::Etc::sourcelist", self.sources),
+            ("Dir::Etc::sourceparts", os.path.join(root, "none")),
+            ("Dir::State", os.path.join(root, "state")),
+            ("Dir::State::status", os.path.join(root, "status")),
+            ("Dir::Cache", os.path.join(root, "cache")),
+            ("Debug::NoLocking", "1"),
+            ("APT::Architecture", "amd64"),
+            ("APT::Architectures", "amd64"),
+            ("Acquire::Languages", "none"),
+            ("APT::Sandbox::User", "root"),
+        ):
             self.options += ["-o", "%s=%s" % (key, value)]
 
     def update(self, suites):
@@ -118,13 +129,13 @@ class Apt:
                 uri = security if suite.endswith("-security") else archive
                 if uri:
                     handle.write("deb [signed-by=%s] %s %s main\n" % (DEBIAN_KEYRING, uri, suite))
-        run(["apt-get", "-q"] + self.options + ["update"])
+        run(["apt-get", "-q", *self.options, "update"])
 
     def cache(self, *args):
-        return run(["apt-cache"] + self.options + list(args))
+        return run(["apt-cache", *self.options, *list(args)])
 
     def download(self, packages, directory):
-        run(["apt-get", "-q"] + self.options + ["download"] + packages, cwd=directory)
+        run(["apt-get", "-q", *self.options, "download", *packages], cwd=directory)
         return [os.path.join(directory, name) for name in os.listdir(directory) if name.endswith(".deb")]
 
 
@@ -162,10 +173,12 @@ def resolve_kernels(apt, kernels):
 def extract_kernel(deb, dest):
     """vmlinuz, config and the DIAG_MODULES out of a kernel .deb into dest/ (modules decompressed);
     -> the kernel release. Stops reading the archive once all are out."""
-    wanted = ["vmlinuz", "config"] + DIAG_MODULES
-    pattern = re.compile(r"^\./(?:boot/(vmlinuz|config)-(.+)"
-                         r"|(?:usr/)?lib/modules/[^/]+/kernel/net/ipv4/(%s)(\.xz)?)$"
-                         % "|".join(re.escape(name) for name in DIAG_MODULES))
+    wanted = ["vmlinuz", "config", *DIAG_MODULES]
+    pattern = re.compile(
+        r"^\./(?:boot/(vmlinuz|config)-(.+)"
+        r"|(?:usr/)?lib/modules/[^/]+/kernel/net/ipv4/(%s)(\.xz)?)$"
+        % "|".join(re.escape(name) for name in DIAG_MODULES)
+    )
     proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE)
     release, got = None, set()
     try:
@@ -202,14 +215,17 @@ def cached_kernel(key):
 def fetch_kernels(apt, refresh, keys):
     """{key: kernel dict} from the cache, downloading what is missing (with refresh: what is not
     the newest in the archive)."""
-    result = dict((key, cached_kernel(key)) for key in keys)
+    result = {key: cached_kernel(key) for key in keys}
     todo = [key for key in keys if refresh or result[key] is None]
     if not todo:
         return result
     log("resolving kernel images in Debian's archive: %s" % ", ".join(todo))
     chosen = resolve_kernels(apt, [entry for entry in KERNELS if entry[0] in todo])
-    needed = [key for key in todo
-              if result[key] is None or (result[key]["package"], result[key]["version"]) != chosen[key][:2]]
+    needed = [
+        key
+        for key in todo
+        if result[key] is None or (result[key]["package"], result[key]["version"]) != chosen[key][:2]
+    ]
     if not needed:
         return result
     log("downloading %s" % ", ".join("%s=%s" % chosen[key][:2] for key in needed))
@@ -218,14 +234,22 @@ def fetch_kernels(apt, refresh, keys):
         debs = apt.download(["%s=%s" % chosen[key][:2] for key in needed], work)
         for key in needed:
             package, version, suite = chosen[key]
-            deb = [path for path in debs if os.path.basename(path).startswith(package + "_")][0]
+            deb = next(path for path in debs if os.path.basename(path).startswith(package + "_"))
             dest = os.path.join(CACHE, key)
             shutil.rmtree(dest, ignore_errors=True)
             os.makedirs(dest)
             release = extract_kernel(deb, dest)
             hz = int(re.search(r"^CONFIG_HZ=(\d+)$", open(os.path.join(dest, "config")).read(), re.M).group(1))
-            result[key] = dict(format=KERNEL_FORMAT, key=key, package=package, version=version, suite=suite,
-                               release=release, hz=hz, modules=DIAG_MODULES)
+            result[key] = dict(
+                format=KERNEL_FORMAT,
+                key=key,
+                package=package,
+                version=version,
+                suite=suite,
+                release=release,
+                hz=hz,
+                modules=DIAG_MODULES,
+            )
             with open(os.path.join(dest, "kernel.json"), "w") as handle:
                 json.dump(result[key], handle, indent=1)
     finally:

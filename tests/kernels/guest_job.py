@@ -24,13 +24,29 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from guest_kernel import (  # noqa: E402
-    ATTACH, CONFIG, HZ, JIFFY_MS, PIN_DIR, RELEASE, TCP_TIMEOUT_INIT_MS, VERSION, Failed, check,
-    connect_give_up, in_cgroup, links_of, program_exists, syn_timers, synack_timers, wheel_granule)
+    ATTACH,
+    CONFIG,
+    HZ,
+    JIFFY_MS,
+    PIN_DIR,
+    RELEASE,
+    TCP_TIMEOUT_INIT_MS,
+    VERSION,
+    Failed,
+    check,
+    connect_give_up,
+    in_cgroup,
+    links_of,
+    program_exists,
+    syn_timers,
+    synack_timers,
+    wheel_granule,
+)
 from steps import GUEST_ROOT, STEPS, cgroup  # noqa: E402
+
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf  # noqa: E402
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import (  # noqa: E402
-    attached_program_ids as attached)
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe  # noqa: E402
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import attached_program_ids as attached  # noqa: E402
 
 MARK = "@@TCPRTO"
 
@@ -44,13 +60,23 @@ def run_step(name, memlock=None):
     memlock: the RLIMIT_MEMLOCK (soft and hard) it starts with."""
     payload = os.path.join(GUEST_ROOT, "payloads", name + ".py")
     limit = None if memlock is None else (lambda: resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock)))
-    proc = subprocess.run([sys.executable, payload], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          universal_newlines=True, timeout=180, cwd="/root", preexec_fn=limit)
+    proc = subprocess.run(
+        [sys.executable, payload],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=180,
+        cwd="/root",
+        preexec_fn=limit,
+    )
     try:
         result = json.loads(proc.stdout)
     except ValueError:
-        raise Failed("step %s printed no JSON result (rc %d)" % (name, proc.returncode), name,
-                     {"rc": proc.returncode, "stdout": proc.stdout[-4000:], "stderr": proc.stderr[-4000:]})
+        raise Failed(
+            "step %s printed no JSON result (rc %d)" % (name, proc.returncode),
+            name,
+            {"rc": proc.returncode, "stdout": proc.stdout[-4000:], "stderr": proc.stderr[-4000:]},
+        )
     if result.get("failed"):
         msg = str(result.get("msg", "")).split("Verifier log:")[0]
         raise Failed("step %s failed: %s" % (name, msg[:300].strip()), name, result)
@@ -63,7 +89,7 @@ def rto_us(ms):
 
 
 def checks_of(result):
-    return dict((item["direction"], item["expected_ms"]) for item in result["verification"]["checks"])
+    return {item["direction"]: item["expected_ms"] for item in result["verification"]["checks"]}
 
 
 def prog_id(result):
@@ -82,31 +108,54 @@ def scenario_apply():
     step = "apply"
     check(result["changed"] is True, "changed is not true", step, result)
     check("mount bpffs on /sys/fs/bpf" in result["actions"], "the module did not mount bpffs", step, result)
-    check(result["verification"]["ok"] and checks_of(result) == {"outgoing": 200, "incoming": 200},
-          "verification is not ok for 200 ms both ways", step, result)
-    check(result["kernel"]["hz"] == HZ and result["kernel"]["hz_source"] == CONFIG,
-          "HZ %s from %s, expected %d from %s" % (result["kernel"]["hz"], result["kernel"]["hz_source"], HZ, CONFIG),
-          step, result)
+    check(
+        result["verification"]["ok"] and checks_of(result) == {"outgoing": 200, "incoming": 200},
+        "verification is not ok for 200 ms both ways",
+        step,
+        result,
+    )
+    check(
+        result["kernel"]["hz"] == HZ and result["kernel"]["hz_source"] == CONFIG,
+        "HZ %s from %s, expected %d from %s" % (result["kernel"]["hz"], result["kernel"]["hz_source"], HZ, CONFIG),
+        step,
+        result,
+    )
     features = result["kernel"]["features"]
     check(features["memlock_accounting"] == (VERSION < (5, 11)), "features.memlock_accounting is wrong", step, result)
     check(features["cgroup_link"] == (VERSION >= (5, 7)), "features.cgroup_link is wrong", step, result)
     pid = prog_id(result)
-    check(result["instance"]["attach_mode"] == ATTACH, "attach mode %s, expected %s"
-          % (result["instance"]["attach_mode"], ATTACH), step, result)
-    check(attached(cgroup("main"))[1] == [pid], "BPF_PROG_QUERY on the cgroup shows %s, expected [%d]"
-          % (attached(cgroup("main"))[1], pid), step, result)
+    check(
+        result["instance"]["attach_mode"] == ATTACH,
+        "attach mode %s, expected %s" % (result["instance"]["attach_mode"], ATTACH),
+        step,
+        result,
+    )
+    check(
+        attached(cgroup("main"))[1] == [pid],
+        "BPF_PROG_QUERY on the cgroup shows %s, expected [%d]" % (attached(cgroup("main"))[1], pid),
+        step,
+        result,
+    )
     if ATTACH == "link" and VERSION >= (5, 8):  # BPF_LINK_GET_NEXT_ID
         check(len(links_of(pid)) == 1, "no bpf_link holds program %d" % pid, step, result)
-    check(probe.outgoing_rto_us(cgroup("main")) == rto_us(200), "a socket in the cgroup does not start at 200 ms",
-          step, result)
+    check(
+        probe.outgoing_rto_us(cgroup("main")) == rto_us(200),
+        "a socket in the cgroup does not start at 200 ms",
+        step,
+        result,
+    )
     STATE["main_id"] = pid
     return ATTACH
 
 
 def scenario_reapply():
     result = run_step("reapply")
-    check(result["changed"] is False and result["actions"] == [], "reapplying changed something: %s"
-          % result["actions"], "reapply", result)
+    check(
+        result["changed"] is False and result["actions"] == [],
+        "reapplying changed something: %s" % result["actions"],
+        "reapply",
+        result,
+    )
     check(prog_id(result) == STATE.get("main_id"), "program id changed", "reapply", result)
     return "same id"
 
@@ -115,12 +164,25 @@ def scenario_rules():
     result = run_step("rules")
     step = "rules"
     check(result["changed"] is True, "changed is not true", step, result)
-    check(prog_id(result) == STATE.get("main_id"), "program id changed: %s -> %s"
-          % (STATE.get("main_id"), prog_id(result)), step, result)
-    check([rule["rto_ms"] for rule in result["instance"]["rules"]] == [300, 40]
-          and result["instance"]["default_rto_ms"] == 700, "the instance does not hold the new rules", step, result)
-    check(result["verification"]["ok"] and checks_of(result) == {"outgoing": 300, "incoming": 300},
-          "verification is not ok for 300 ms", step, result)
+    check(
+        prog_id(result) == STATE.get("main_id"),
+        "program id changed: %s -> %s" % (STATE.get("main_id"), prog_id(result)),
+        step,
+        result,
+    )
+    check(
+        [rule["rto_ms"] for rule in result["instance"]["rules"]] == [300, 40]
+        and result["instance"]["default_rto_ms"] == 700,
+        "the instance does not hold the new rules",
+        step,
+        result,
+    )
+    check(
+        result["verification"]["ok"] and checks_of(result) == {"outgoing": 300, "incoming": 300},
+        "verification is not ok for 300 ms",
+        step,
+        result,
+    )
     check(probe.outgoing_rto_us(cgroup("main")) == rto_us(300), "a socket does not start at 300 ms", step, result)
     return "same id"
 
@@ -129,15 +191,14 @@ def scenario_absent():
     step = "absent"
     result = run_step(step)
     check(result["changed"] is True, "changed is not true", step, result)
-    check(attached(cgroup("main"))[1] == [], "programs still attached: %s" % attached(cgroup("main"))[1],
-          step, result)
+    check(attached(cgroup("main"))[1] == [], "programs still attached: %s" % attached(cgroup("main"))[1], step, result)
     pins = os.path.join(PIN_DIR, "main")
-    check(not os.path.exists(pins), "pins left: %s" % (os.listdir(pins) if os.path.isdir(pins) else pins),
-          step, result)
+    check(not os.path.exists(pins), "pins left: %s" % (os.listdir(pins) if os.path.isdir(pins) else pins), step, result)
     if STATE.get("main_id"):
         check(not program_exists(STATE["main_id"]), "program %d still exists" % STATE["main_id"], step, result)
-    check(probe.outgoing_rto_us(cgroup("main")) == 1000000, "a socket does not start at the kernel default",
-          step, result)
+    check(
+        probe.outgoing_rto_us(cgroup("main")) == 1000000, "a socket does not start at the kernel default", step, result
+    )
     again = run_step("absent-again")
     check(again["changed"] is False, "removing again changed something", "absent-again", again)
     return "clean"
@@ -146,15 +207,22 @@ def scenario_absent():
 def scenario_direction():
     os.mkdir(cgroup("dir"))
     outgoing = run_step("outgoing")
-    check(outgoing["verification"]["ok"] and checks_of(outgoing) == {"outgoing": 500},
-          "direction outgoing: verification %s" % checks_of(outgoing), "outgoing", outgoing)
+    check(
+        outgoing["verification"]["ok"] and checks_of(outgoing) == {"outgoing": 500},
+        "direction outgoing: verification %s" % checks_of(outgoing),
+        "outgoing",
+        outgoing,
+    )
     incoming = run_step("incoming")
     # connect() keeps the kernel default; the listener's SYN-ACK gets the value
-    check(incoming["verification"]["ok"] and checks_of(incoming) == {"outgoing": 1000, "incoming": 500},
-          "direction incoming: verification %s" % checks_of(incoming), "incoming", incoming)
+    check(
+        incoming["verification"]["ok"] and checks_of(incoming) == {"outgoing": 1000, "incoming": 500},
+        "direction incoming: verification %s" % checks_of(incoming),
+        "incoming",
+        incoming,
+    )
     check(prog_id(incoming) == prog_id(outgoing), "program id changed", "incoming", incoming)
-    check(probe.outgoing_rto_us(cgroup("dir")) == 1000000, "connect() does not keep the default", "incoming",
-          incoming)
+    check(probe.outgoing_rto_us(cgroup("dir")) == 1000000, "connect() does not keep the default", "incoming", incoming)
     return "in/out"
 
 
@@ -166,15 +234,23 @@ def scenario_legacy():
     check(result["instance"]["attach_mode"] == "multi", "attach mode is not multi", step, result)
     check(result["verification"]["ok"], "verification is not ok", step, result)
     flags, ids = attached(cgroup("legacy"))
-    check(ids == [pid] and flags == bpf.BPF_F_ALLOW_MULTI, "BPF_PROG_QUERY: flags %d ids %s, expected %d [%d]"
-          % (flags, ids, bpf.BPF_F_ALLOW_MULTI, pid), step, result)
+    check(
+        ids == [pid] and flags == bpf.BPF_F_ALLOW_MULTI,
+        "BPF_PROG_QUERY: flags %d ids %s, expected %d [%d]" % (flags, ids, bpf.BPF_F_ALLOW_MULTI, pid),
+        step,
+        result,
+    )
     if VERSION >= (5, 8):  # BPF_LINK_GET_NEXT_ID
         check(links_of(pid) == [], "a bpf_link holds the program", step, result)
     again = run_step("legacy-again")
     check(again["changed"] is False and prog_id(again) == pid, "reapplying changed something", "legacy-again", again)
     removed = run_step("legacy-absent")
-    check(attached(cgroup("legacy"))[1] == [] and not os.path.exists(PIN_DIR + "/legacy"),
-          "state=absent left the program attached or pinned", "legacy-absent", removed)
+    check(
+        attached(cgroup("legacy"))[1] == [] and not os.path.exists(PIN_DIR + "/legacy"),
+        "state=absent left the program attached or pinned",
+        "legacy-absent",
+        removed,
+    )
     return "multi"
 
 
@@ -188,12 +264,20 @@ def scenario_synack():
     from_bpf = VERSION >= (5, 18)
     expected = 2 * rto_ms if from_bpf else TCP_TIMEOUT_INIT_MS << 1
     first, second = in_cgroup(cgroup("synack"), synack_timers)
-    check(result["kernel"]["features"]["synack_backoff_from_bpf"] == from_bpf,
-          "features.synack_backoff_from_bpf disagrees with the kernel version", "synack", result)
+    check(
+        result["kernel"]["features"]["synack_backoff_from_bpf"] == from_bpf,
+        "features.synack_backoff_from_bpf disagrees with the kernel version",
+        "synack",
+        result,
+    )
     # The second timer is read a few ms after it was re-armed; one jiffy above for rounding.
-    check(expected - 150 <= second <= expected + JIFFY_MS,
-          "second SYN-ACK timer %d ms (first %s ms), expected %d ms for %s"
-          % (second, first, expected, "5.18+" if from_bpf else "a kernel before 5.18"), "synack", result)
+    check(
+        expected - 150 <= second <= expected + JIFFY_MS,
+        "second SYN-ACK timer %d ms (first %s ms), expected %d ms for %s"
+        % (second, first, expected, "5.18+" if from_bpf else "a kernel before 5.18"),
+        "synack",
+        result,
+    )
     return "2nd %d ms" % second
 
 
@@ -209,20 +293,32 @@ def scenario_give_up():
     timers = syn_timers(-(-rto_ms * HZ // 1000), retries, linear)
     expected_ms = sum(timers) * JIFFY_MS
     latest_ms = expected_ms + (sum(wheel_granule(timer) for timer in timers) + 1) * JIFFY_MS
-    check(result["kernel"]["features"]["syn_linear_timeouts"] == bool(linear)
-          and os.path.exists("/proc/sys/net/ipv4/tcp_syn_linear_timeouts") == bool(linear),
-          "tcp_syn_linear_timeouts: feature and sysctl disagree with the kernel version", "give-up", result)
-    check(abs(result["syn_give_up_s"] * 1000 - expected_ms) < 1, "syn_give_up_s %s, expected %.3f"
-          % (result["syn_give_up_s"], expected_ms / 1000.0), "give-up", result)
+    check(
+        result["kernel"]["features"]["syn_linear_timeouts"] == bool(linear)
+        and os.path.exists("/proc/sys/net/ipv4/tcp_syn_linear_timeouts") == bool(linear),
+        "tcp_syn_linear_timeouts: feature and sysctl disagree with the kernel version",
+        "give-up",
+        result,
+    )
+    check(
+        abs(result["syn_give_up_s"] * 1000 - expected_ms) < 1,
+        "syn_give_up_s %s, expected %.3f" % (result["syn_give_up_s"], expected_ms / 1000.0),
+        "give-up",
+        result,
+    )
     elapsed, retransmits = in_cgroup(cgroup("giveup"), connect_give_up)
-    check(retransmits == retries + linear and expected_ms - JIFFY_MS <= elapsed <= latest_ms,
-          "connect() gave up after %.0f ms and %d SYN retransmits, expected %.0f-%.0f ms (%d R) and %d"
-          % (elapsed, retransmits, expected_ms, latest_ms, expected_ms // rto_ms, retries + linear),
-          "give-up", result)
+    check(
+        retransmits == retries + linear and expected_ms - JIFFY_MS <= elapsed <= latest_ms,
+        "connect() gave up after %.0f ms and %d SYN retransmits, expected %.0f-%.0f ms (%d R) and %d"
+        % (elapsed, retransmits, expected_ms, latest_ms, expected_ms // rto_ms, retries + linear),
+        "give-up",
+        result,
+    )
     return "%d rtx %.2f s" % (retransmits, elapsed / 1000.0)
 
 
-MAP_UNDER_ZERO_MEMLOCK = """
+MAP_UNDER_ZERO_MEMLOCK = (
+    """
 import os, resource, sys
 sys.path.insert(0, %r)
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
@@ -232,7 +328,9 @@ try:
     print("created")
 except bpf.BpfError as exc:
     print(exc.strerror)
-""" % GUEST_ROOT
+"""
+    % GUEST_ROOT
+)
 
 
 def scenario_memlock():
@@ -241,13 +339,20 @@ def scenario_memlock():
     apply (it raises the limit)."""
     os.mkdir(cgroup("memlock"))
     charged = VERSION < (5, 11)
-    control = subprocess.run([sys.executable, "-c", MAP_UNDER_ZERO_MEMLOCK], stdout=subprocess.PIPE,
-                             universal_newlines=True, timeout=60).stdout.strip()
-    check(control == ("Operation not permitted" if charged else "created"),
-          "a map under RLIMIT_MEMLOCK 0: %r, expected %s" % (control, "EPERM" if charged else "success"))
+    control = subprocess.run(
+        [sys.executable, "-c", MAP_UNDER_ZERO_MEMLOCK], stdout=subprocess.PIPE, universal_newlines=True, timeout=60
+    ).stdout.strip()
+    check(
+        control == ("Operation not permitted" if charged else "created"),
+        "a map under RLIMIT_MEMLOCK 0: %r, expected %s" % (control, "EPERM" if charged else "success"),
+    )
     result = run_step("memlock", memlock=0)
-    check(result["kernel"]["features"]["memlock_accounting"] == charged,
-          "features.memlock_accounting disagrees with the kernel version", "memlock", result)
+    check(
+        result["kernel"]["features"]["memlock_accounting"] == charged,
+        "features.memlock_accounting disagrees with the kernel version",
+        "memlock",
+        result,
+    )
     check(result["verification"]["ok"], "verification is not ok", "memlock", result)
     return "rlimit" if charged else "memcg"
 
@@ -261,9 +366,12 @@ def scenario_hz_measured():
         result = run_step("hz-measured")
     finally:
         os.rename(hidden, CONFIG)
-    check(result["kernel"]["hz_source"] == "measured" and result["kernel"]["hz"] == HZ,
-          "HZ %s from %s, expected %d measured" % (result["kernel"]["hz"], result["kernel"]["hz_source"], HZ),
-          "hz-measured", result)
+    check(
+        result["kernel"]["hz_source"] == "measured" and result["kernel"]["hz"] == HZ,
+        "HZ %s from %s, expected %d measured" % (result["kernel"]["hz"], result["kernel"]["hz_source"], HZ),
+        "hz-measured",
+        result,
+    )
     check(result["verification"]["ok"], "verification is not ok", "hz-measured", result)
     return "%d" % result["kernel"]["hz"]
 
@@ -291,7 +399,7 @@ def report_failure(name, exc):
     if exc.step:
         print("step: %s %s" % (exc.step, json.dumps(STEPS.get(exc.step), sort_keys=True)))
     if exc.result is not None:
-        result = dict((key, value) for key, value in exc.result.items() if key != "invocation")  # = the step
+        result = {key: value for key, value in exc.result.items() if key != "invocation"}  # = the step
         msg, _, verifier_log = str(result.get("msg", "")).partition("Verifier log:")
         if verifier_log:
             result["msg"] = msg + "Verifier log: below"
@@ -309,8 +417,18 @@ def report_failure(name, exc):
 
 def main():
     soft, _hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    emit("INFO", json.dumps({"release": RELEASE, "hz": HZ, "attach": ATTACH, "python": sys.version.split()[0],
-                             "memlock_kib": None if soft == resource.RLIM_INFINITY else soft // 1024}))
+    emit(
+        "INFO",
+        json.dumps(
+            {
+                "release": RELEASE,
+                "hz": HZ,
+                "attach": ATTACH,
+                "python": sys.version.split()[0],
+                "memlock_kib": None if soft == resource.RLIM_INFINITY else soft // 1024,
+            }
+        ),
+    )
     for name, scenario in SCENARIOS:
         started = time.monotonic()
         try:

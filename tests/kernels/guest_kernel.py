@@ -34,7 +34,7 @@ ATTACH = "link" if VERSION >= (5, 7) else "multi"  # cgroup bpf_link: 5.7
 
 class Failed(Exception):
     def __init__(self, why, step=None, result=None):
-        super(Failed, self).__init__(why)
+        super().__init__(why)
         self.step, self.result = step, result
 
 
@@ -127,8 +127,11 @@ def synack_timers():
         first = last = None
         end = time.monotonic() + 10
         while time.monotonic() < end:
-            pending = [entry for entry in probe._diag_request_sockets(socket.AF_INET, port, client_port)
-                       if entry[0] == probe.TCP_SYN_RECV]
+            pending = [
+                entry
+                for entry in probe._diag_request_sockets(socket.AF_INET, port, client_port)
+                if entry[0] == probe.TCP_SYN_RECV
+            ]
             if not pending:
                 raise Failed("the request socket went away")
             expires = pending[0][2]

@@ -20,12 +20,32 @@ GUEST_FILES = ["guest_job.py", "guest_kernel.py", "steps.py"]
 # module imports (ctypes, hashlib, zipfile ...) link against.
 GUEST_SUITE = "bookworm"
 GUEST_PYTHON = "python3.11"
-GUEST_PACKAGES = ["busybox-static", "libc6", "python3.11-minimal", "libpython3.11-minimal",
-                  "libpython3.11-stdlib", "libffi8", "libssl3", "libexpat1", "zlib1g", "libbz2-1.0", "liblzma5"]
-GUEST_PRUNE = ["usr/share", "usr/lib/x86_64-linux-gnu/gconv", "usr/lib/x86_64-linux-gnu/engines-3",
-               "usr/lib/x86_64-linux-gnu/ossl-modules", "usr/lib/python3.11/ensurepip",
-               "usr/lib/python3.11/lib2to3", "usr/lib/python3.11/pydoc_data", "usr/lib/python3.11/idlelib",
-               "usr/lib/python3.11/tkinter", "usr/lib/python3.11/turtledemo", "usr/lib/python3.11/distutils"]
+GUEST_PACKAGES = [
+    "busybox-static",
+    "libc6",
+    "python3.11-minimal",
+    "libpython3.11-minimal",
+    "libpython3.11-stdlib",
+    "libffi8",
+    "libssl3",
+    "libexpat1",
+    "zlib1g",
+    "libbz2-1.0",
+    "liblzma5",
+]
+GUEST_PRUNE = [
+    "usr/share",
+    "usr/lib/x86_64-linux-gnu/gconv",
+    "usr/lib/x86_64-linux-gnu/engines-3",
+    "usr/lib/x86_64-linux-gnu/ossl-modules",
+    "usr/lib/python3.11/ensurepip",
+    "usr/lib/python3.11/lib2to3",
+    "usr/lib/python3.11/pydoc_data",
+    "usr/lib/python3.11/idlelib",
+    "usr/lib/python3.11/tkinter",
+    "usr/lib/python3.11/turtledemo",
+    "usr/lib/python3.11/distutils",
+]
 GUEST_FORMAT = 1  # bump when the way the base image is built changes
 
 
@@ -98,14 +118,33 @@ def _compile_stdlib(root):
     ld.so), so that the emulated CPU does not compile it at every module run."""
     libs = "%s/lib/x86_64-linux-gnu:%s/usr/lib/x86_64-linux-gnu" % (root, root)
     env = dict(PATH=os.environ.get("PATH", "/usr/bin:/bin"), PYTHONHOME=root + "/usr")
-    run([root + "/lib64/ld-linux-x86-64.so.2", "--library-path", libs, root + "/usr/bin/" + GUEST_PYTHON,
-         "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "unchecked-hash", "-s", root, "-p", "/",
-         root + "/usr/lib/" + GUEST_PYTHON], env=env)
+    run(
+        [
+            root + "/lib64/ld-linux-x86-64.so.2",
+            "--library-path",
+            libs,
+            root + "/usr/bin/" + GUEST_PYTHON,
+            "-m",
+            "compileall",
+            "-q",
+            "-j",
+            "0",
+            "--invalidation-mode",
+            "unchecked-hash",
+            "-s",
+            root,
+            "-p",
+            "/",
+            root + "/usr/lib/" + GUEST_PYTHON,
+        ],
+        env=env,
+    )
 
 
 def project_cpio(path, payloads, kernels):
     """The second cpio: /init, the job, the payloads, the shipped object, and per kernel its config
     in /boot (where the module reads CONFIG_HZ on a Debian host) and its sock_diag modules."""
+
     def read(*parts):
         with open(os.path.join(*parts), "rb") as handle:
             return handle.read()
@@ -118,7 +157,9 @@ def project_cpio(path, payloads, kernels):
     for name in os.listdir(utils):
         if name.endswith(".py"):
             files[guest + "/ansible_collections/netbpf/tcp_rto/plugins/module_utils/" + name] = (
-                0o644, read(utils, name))
+                0o644,
+                read(utils, name),
+            )
     for step, data in payloads.items():
         files[guest + "/payloads/" + step + ".py"] = (0o755, data)
     for kernel in kernels:

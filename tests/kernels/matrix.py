@@ -29,14 +29,42 @@ from steps import STEPS  # noqa: E402
 
 MODULE = "netbpf.tcp_rto.tcp_initial_rto"
 MARK = "@@TCPRTO"
-SCENARIOS = ["apply", "reapply", "rules", "absent", "direction", "legacy", "synack-2nd", "syn-give-up", "memlock",
-             "hz-measured"]
+SCENARIOS = [
+    "apply",
+    "reapply",
+    "rules",
+    "absent",
+    "direction",
+    "legacy",
+    "synack-2nd",
+    "syn-give-up",
+    "memlock",
+    "hz-measured",
+]
 
 # -icount: the guest's clock advances by instructions executed, so a slow or busy host does not show
 # up in the guest as late timers (the probes read socket timers to the jiffy), and sleep=off skips
 # the idle waits (SYN-ACK and SYN timeouts) instead of sitting through them.
-QEMU = ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "Westmere", "-m", "512M", "-smp", "1", "-nographic",
-        "-no-reboot", "-nodefaults", "-serial", "stdio", "-monitor", "none", "-icount", "shift=0,sleep=off"]
+QEMU = [
+    "qemu-system-x86_64",
+    "-accel",
+    "tcg",
+    "-cpu",
+    "Westmere",
+    "-m",
+    "512M",
+    "-smp",
+    "1",
+    "-nographic",
+    "-no-reboot",
+    "-nodefaults",
+    "-serial",
+    "stdio",
+    "-monitor",
+    "none",
+    "-icount",
+    "shift=0,sleep=off",
+]
 KERNEL_CMDLINE = "console=ttyS0 panic=-1 quiet"
 
 
@@ -67,24 +95,40 @@ def build_payloads():
 
     root = collections_root()
     _AnsibleCollectionFinder(paths=[root])._install()
-    module_path = os.path.join(root, "ansible_collections", "netbpf", "tcp_rto", "plugins", "modules",
-                               "tcp_initial_rto.py")
+    module_path = os.path.join(
+        root, "ansible_collections", "netbpf", "tcp_rto", "plugins", "modules", "tcp_initial_rto.py"
+    )
     templar = Templar(loader=DataLoader())
     payloads = {}
     for step, params in STEPS.items():
         args = dict(params)
         args.update(
-            _ansible_check_mode=False, _ansible_no_log=False, _ansible_debug=False, _ansible_diff=False,
-            _ansible_verbosity=0, _ansible_version=__version__, _ansible_module_name=MODULE,
+            _ansible_check_mode=False,
+            _ansible_no_log=False,
+            _ansible_debug=False,
+            _ansible_diff=False,
+            _ansible_verbosity=0,
+            _ansible_version=__version__,
+            _ansible_module_name=MODULE,
             _ansible_syslog_facility=C.DEFAULT_SYSLOG_FACILITY,
-            _ansible_selinux_special_fs=C.DEFAULT_SELINUX_SPECIAL_FS, _ansible_socket=None,
-            _ansible_shell_executable="/bin/sh", _ansible_keep_remote_files=False, _ansible_tmpdir=None,
-            _ansible_remote_tmp="~/.ansible/tmp", _ansible_ignore_unknown_opts=False,
-            _ansible_target_log_info=None, _ansible_tracebacks_for=[])
+            _ansible_selinux_special_fs=C.DEFAULT_SELINUX_SPECIAL_FS,
+            _ansible_socket=None,
+            _ansible_shell_executable="/bin/sh",
+            _ansible_keep_remote_files=False,
+            _ansible_tmpdir=None,
+            _ansible_remote_tmp="~/.ansible/tmp",
+            _ansible_ignore_unknown_opts=False,
+            _ansible_target_log_info=None,
+            _ansible_tracebacks_for=[],
+        )
         built = module_common.modify_module(
-            module_name=MODULE, module_path=module_path, module_args=args, templar=templar,
+            module_name=MODULE,
+            module_path=module_path,
+            module_args=args,
+            templar=templar,
             task_vars={"ansible_python_interpreter": "/usr/bin/python3"},
-            module_compression=C.config.get_config_value("DEFAULT_MODULE_COMPRESSION"))
+            module_compression=C.config.get_config_value("DEFAULT_MODULE_COMPRESSION"),
+        )
         payloads[step] = built.b_module_data
     return payloads
 
@@ -96,8 +140,19 @@ def boot(kernel, initrd, timeout, logdir):
     """Boot one kernel with the job; -> dict(kernel, cells, info, details, seconds, log, problem)."""
     logfile = os.path.join(logdir, kernel["key"] + ".log")
     started = time.monotonic()
-    command = ["timeout", "-k", "5", str(timeout)] + QEMU + [
-        "-kernel", os.path.join(CACHE, kernel["key"], "vmlinuz"), "-initrd", initrd, "-append", KERNEL_CMDLINE]
+    command = [
+        "timeout",
+        "-k",
+        "5",
+        str(timeout),
+        *QEMU,
+        "-kernel",
+        os.path.join(CACHE, kernel["key"], "vmlinuz"),
+        "-initrd",
+        initrd,
+        "-append",
+        KERNEL_CMDLINE,
+    ]
     with open(logfile, "wb") as out:
         proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     console = open(logfile, "rb").read().decode("utf-8", "replace").replace("\r", "")
@@ -105,9 +160,10 @@ def boot(kernel, initrd, timeout, logdir):
     parsed = parse_console(console)
     parsed.update(kernel=kernel, seconds=time.monotonic() - started, log=logfile)
     if not parsed["done"]:
-        parsed["problem"] = ("the guest did not finish (%s); last console lines:\n%s" % (
+        parsed["problem"] = "the guest did not finish (%s); last console lines:\n%s" % (
             "timed out after %d s" % timeout if proc.returncode in (124, 137) else "qemu exit %d" % proc.returncode,
-            "\n".join(console.strip().splitlines()[-25:])))
+            "\n".join(console.strip().splitlines()[-25:]),
+        )
     return parsed
 
 
@@ -116,7 +172,7 @@ def parse_console(console):
     current = None
     for line in console.splitlines():
         if MARK + " " in line:
-            line = line[line.index(MARK):]
+            line = line[line.index(MARK) :]
             words = line.split(" ", 4)
             kind = words[1]
             if kind == "INFO":
@@ -132,8 +188,13 @@ def parse_console(console):
                 done = True
         elif current is not None:
             details[current].append(line)
-    return dict(cells=cells, details=dict((key, "\n".join(lines)) for key, lines in details.items()),
-                info=info, done=done, problem=None)
+    return dict(
+        cells=cells,
+        details={key: "\n".join(lines) for key, lines in details.items()},
+        info=info,
+        done=done,
+        problem=None,
+    )
 
 
 def cell_text(cell):
@@ -141,26 +202,34 @@ def cell_text(cell):
 
 
 def table(results):
-    header = ["kernel", "suite", "HZ", "attach"] + SCENARIOS
+    header = ["kernel", "suite", "HZ", "attach", *SCENARIOS]
     rows = []
     for result in results:
         kernel, cells = result["kernel"], result["cells"]
-        row = [kernel["release"], kernel["suite"], str(result["info"].get("hz", kernel["hz"])),
-               result["info"].get("attach", "?")]
+        row = [
+            kernel["release"],
+            kernel["suite"],
+            str(result["info"].get("hz", kernel["hz"])),
+            result["info"].get("attach", "?"),
+        ]
         rows.append(row + [cell_text(cells.get(scenario)) for scenario in SCENARIOS])
-    widths = [max(len(row[column]) for row in [header] + rows) for column in range(len(header))]
-    lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header] + rows]
+    widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
+    lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     return "\n".join(lines)
 
 
 def markdown_table(results):
-    header = ["kernel", "Debian suite", "HZ", "attach"] + SCENARIOS
+    header = ["kernel", "Debian suite", "HZ", "attach", *SCENARIOS]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
         kernel, cells = result["kernel"], result["cells"]
-        row = ["%s (%s)" % (kernel["release"], kernel["version"]), kernel["suite"], str(kernel["hz"]),
-               result["info"].get("attach", "?")]
+        row = [
+            "%s (%s)" % (kernel["release"], kernel["version"]),
+            kernel["suite"],
+            str(kernel["hz"]),
+            result["info"].get("attach", "?"),
+        ]
         lines.append("| " + " | ".join(row + [cell_text(cells.get(scenario)) for scenario in SCENARIOS]) + " |")
     return "\n".join(lines)
 
@@ -174,10 +243,16 @@ def failed(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="tests/kernels/run", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kernels", default=",".join(key for key, _s, _p in KERNELS),
-                        help="comma-separated suites to test (default: all): %(default)s")
-    parser.add_argument("--refresh", action="store_true",
-                        help="look for newer kernel images in the archive instead of using the cached ones")
+    parser.add_argument(
+        "--kernels",
+        default=",".join(key for key, _s, _p in KERNELS),
+        help="comma-separated suites to test (default: all): %(default)s",
+    )
+    parser.add_argument(
+        "--refresh",
+        action="store_true",
+        help="look for newer kernel images in the archive instead of using the cached ones",
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="guests at once (default: cores)")
     parser.add_argument("--timeout", type=int, default=420, help="seconds per guest (default: %(default)s)")
     options = parser.parse_args(argv)
@@ -203,7 +278,7 @@ def main(argv=None):
     def suites_ready():
         if not updated:
             log("apt-get update (private lists in .cache/kernels/apt)")
-            apt.update(set(suite for _k, suites, _p in KERNELS for suite in suites) | {initramfs.GUEST_SUITE})
+            apt.update({suite for _k, suites, _p in KERNELS for suite in suites} | {initramfs.GUEST_SUITE})
             updated.append(True)
 
     cached = all(archive.cached_kernel(key) for key in keys)
@@ -228,8 +303,10 @@ def main(argv=None):
             with open(part, "rb") as handle:
                 shutil.copyfileobj(handle, out)
     prepared = time.monotonic()
-    log("prepared in %.0f s; booting %d kernels, %d at a time" % (prepared - started, len(kernels),
-                                                                  min(options.jobs, len(kernels))))
+    log(
+        "prepared in %.0f s; booting %d kernels, %d at a time"
+        % (prepared - started, len(kernels), min(options.jobs, len(kernels)))
+    )
 
     with concurrent.futures.ThreadPoolExecutor(max(1, options.jobs)) as pool:
         results = list(pool.map(functools.partial(boot, initrd=initrd, timeout=options.timeout, logdir=work), kernels))
@@ -239,8 +316,10 @@ def main(argv=None):
     for result in results:
         if failed(result):
             kernel = result["kernel"]
-            print("\n=== %s (%s): console log %s"
-                  % (kernel["release"], kernel["suite"], os.path.relpath(result["log"], REPO)))
+            print(
+                "\n=== %s (%s): console log %s"
+                % (kernel["release"], kernel["suite"], os.path.relpath(result["log"], REPO))
+            )
             if result["problem"]:
                 print(result["problem"])
             for scenario in SCENARIOS:
@@ -251,9 +330,15 @@ def main(argv=None):
     with open(os.path.join(CACHE, "last-run.md"), "w") as handle:
         handle.write(markdown_table(results) + "\n")
     bad = [result for result in results if failed(result)]
-    print("\n%d kernels, %d failed; guests %s; total %.0f s" % (
-        len(results), len(bad), ", ".join("%s %.0f s" % (r["kernel"]["suite"], r["seconds"]) for r in results),
-        time.monotonic() - started))
+    print(
+        "\n%d kernels, %d failed; guests %s; total %.0f s"
+        % (
+            len(results),
+            len(bad),
+            ", ".join("%s %.0f s" % (r["kernel"]["suite"], r["seconds"]) for r in results),
+            time.monotonic() - started,
+        )
+    )
     return 1 if bad else 0
 
 

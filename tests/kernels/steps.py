@@ -28,8 +28,7 @@ STEPS = {
     # apply, reapply, rules change, absent: one instance
     "apply": task("main", rules=[{"dest": LOOPBACK, "rto_ms": 200}], rto_ms=500),
     "reapply": task("main", rules=[{"dest": LOOPBACK, "rto_ms": 200}], rto_ms=500),
-    "rules": task("main", rules=[{"dest": LOOPBACK, "rto_ms": 300}, {"dest": "fd00::/8", "rto_ms": 40}],
-                  rto_ms=700),
+    "rules": task("main", rules=[{"dest": LOOPBACK, "rto_ms": 300}, {"dest": "fd00::/8", "rto_ms": 40}], rto_ms=700),
     "absent": task("main", state="absent"),
     "absent-again": task("main", state="absent"),
     # direction

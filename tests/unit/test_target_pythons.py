@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-INTERPRETERS = sorted(set(["/usr/bin/python3"] + glob.glob("/root/.pyenv/versions/3.*/bin/python3")))
+INTERPRETERS = sorted({"/usr/bin/python3", *glob.glob("/root/.pyenv/versions/3.*/bin/python3")})
 
 SNIPPET = """
 import os, sys
@@ -27,7 +27,12 @@ print(host.KernelFeatures().release)
 
 @pytest.mark.parametrize("python", INTERPRETERS)
 def test_module_utils_on_target_python(python):
-    proc = subprocess.run([python, "-c", SNIPPET, REPO], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          universal_newlines=True, timeout=60)
+    proc = subprocess.run(
+        [python, "-c", SNIPPET, REPO],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        universal_newlines=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stdout
     assert proc.stdout.strip() == os.uname()[2]

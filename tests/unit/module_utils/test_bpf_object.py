@@ -15,8 +15,8 @@ import subprocess
 import sys
 
 import pytest
-
 import sandbox
+
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, rto_program
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -41,16 +41,17 @@ def shipped(shipped_bytes):
 
 # --- a minimal ELF64 little-endian editor, independent of the code under test -------------------
 
+
 def _sections(data):
     """name -> (header offset, section offset, size, index)"""
-    shoff, = struct.unpack_from("<Q", data, 0x28)
-    shnum, shstrndx = struct.unpack_from("<HH", data, 0x3c)
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shnum, shstrndx = struct.unpack_from("<HH", data, 0x3C)
     headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + 64 * index) for index in range(shnum)]
     names_offset = headers[shstrndx][4]
     result = {}
     for index, header in enumerate(headers):
         start = names_offset + header[0]
-        name = data[start:data.index(b"\0", start)].decode()
+        name = data[start : data.index(b"\0", start)].decode()
         result[name] = (shoff + 64 * index, header[4], header[5], index)
     return result
 
@@ -61,9 +62,9 @@ def _symbol_offset(data, name):
     _, symtab, size, _ = sections[".symtab"]
     _, strtab, _, _ = sections[".strtab"]
     for entry in range(size // 24):
-        st_name, = struct.unpack_from("<I", data, symtab + 24 * entry)
+        (st_name,) = struct.unpack_from("<I", data, symtab + 24 * entry)
         start = strtab + st_name
-        if data[start:data.index(b"\0", start)] == name.encode():
+        if data[start : data.index(b"\0", start)] == name.encode():
             return symtab + 24 * entry
     raise AssertionError("no symbol %r" % name)
 
@@ -99,6 +100,7 @@ def _contract_error(obj, **kwargs):
 
 # --- the shipped object -------------------------------------------------------------------------
 
+
 def test_shipped_object_matches_the_contract(shipped, shipped_bytes):
     assert shipped.section == rto_program.PROGRAM_SECTION
     assert shipped.name == rto_program.PROGRAM_NAME
@@ -112,7 +114,7 @@ def test_shipped_object_matches_the_contract(shipped, shipped_bytes):
 
 
 def test_shipped_object_relocations_are_map_loads(shipped):
-    assert sorted(set(name for _, name in shipped.map_relocations)) == sorted(rto_program.MAP_CONTRACT)
+    assert sorted({name for _, name in shipped.map_relocations}) == sorted(rto_program.MAP_CONTRACT)
     for index, _ in shipped.map_relocations:
         assert shipped.insns[index * 8] == bpf_object.BPF_LD_IMM64
     assert shipped.map_relocations == sorted(shipped.map_relocations)
@@ -128,8 +130,12 @@ def test_from_file_reads_the_same_as_from_bytes(shipped, tmp_path, shipped_bytes
     copy = tmp_path / "copy.o"
     copy.write_bytes(shipped_bytes)
     again = bpf_object.BpfObject.from_file(str(copy))
-    assert (again.insns, again.maps, again.map_relocations, again.sha256) == \
-        (shipped.insns, shipped.maps, shipped.map_relocations, shipped.sha256)
+    assert (again.insns, again.maps, again.map_relocations, again.sha256) == (
+        shipped.insns,
+        shipped.maps,
+        shipped.map_relocations,
+        shipped.sha256,
+    )
 
 
 def test_rebuilding_from_source_gives_the_shipped_program(shipped, tmp_path):
@@ -146,8 +152,9 @@ def test_rebuilding_from_source_gives_the_shipped_program(shipped, tmp_path):
 
 # --- instructions(): map fds patched in ---------------------------------------------------------
 
+
 def test_instructions_patch_map_fds(shipped):
-    fds = {"rules": 7, "config": 1000, "hits": 2 ** 31 - 1}
+    fds = {"rules": 7, "config": 1000, "hits": 2**31 - 1}
     patched = shipped.instructions(fds)
     assert len(patched) == len(shipped.insns)
     touched = set()
@@ -155,11 +162,12 @@ def test_instructions_patch_map_fds(shipped):
         first, second = index * 8, index * 8 + 8
         assert patched[first] == bpf_object.BPF_LD_IMM64
         assert patched[first + 1] >> 4 == bpf_object.BPF_PSEUDO_MAP_FD
-        assert patched[first + 1] & 0xf == shipped.insns[first + 1] & 0xf  # dst_reg kept
+        assert patched[first + 1] & 0xF == shipped.insns[first + 1] & 0xF  # dst_reg kept
         assert struct.unpack_from("<i", patched, first + 4)[0] == fds[name]
         assert struct.unpack_from("<i", patched, second + 4)[0] == 0
-        touched.update((first + 1, first + 4, first + 5, first + 6, first + 7, second + 4, second + 5,
-                        second + 6, second + 7))
+        touched.update(
+            (first + 1, first + 4, first + 5, first + 6, first + 7, second + 4, second + 5, second + 6, second + 7)
+        )
     for offset in range(len(patched)):
         if offset not in touched:
             assert patched[offset] == shipped.insns[offset], offset
@@ -171,13 +179,14 @@ def test_instructions_need_every_map_fd(shipped):
         shipped.instructions({"rules": 3, "config": 4})
 
 
-@pytest.mark.parametrize("fd", [-1, 2 ** 31, "3", None])
+@pytest.mark.parametrize("fd", [-1, 2**31, "3", None])
 def test_instructions_refuse_what_is_not_an_fd(shipped, fd):
     with pytest.raises(BpfObjectError, match="for map 'config' is not a file descriptor"):
         shipped.instructions({"rules": 3, "config": fd, "hits": 5})
 
 
 # --- malformed files ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("data", [b"", b"\x7fEL", b"hello world, not an object", b"MZ\x90\x00" + b"\0" * 60])
 def test_not_elf(data):
@@ -223,7 +232,7 @@ def test_not_relocatable(shipped_bytes):
 
 
 def test_section_count_past_end(shipped_bytes):
-    message = _parse_error(_edit(shipped_bytes, 0x3c, "<H", 0xfeff))
+    message = _parse_error(_edit(shipped_bytes, 0x3C, "<H", 0xFEFF))
     assert message.startswith("section header table past end of file (truncated?)")
 
 
@@ -233,7 +242,7 @@ def test_section_table_offset_past_end(shipped_bytes):
 
 
 def test_section_table_offset_overflow(shipped_bytes):
-    assert "past end of file" in _parse_error(_edit(shipped_bytes, 0x28, "<Q", 2 ** 64 - 8))
+    assert "past end of file" in _parse_error(_edit(shipped_bytes, 0x28, "<Q", 2**64 - 8))
 
 
 def test_no_section_table(shipped_bytes):
@@ -241,11 +250,11 @@ def test_no_section_table(shipped_bytes):
 
 
 def test_wrong_section_header_size(shipped_bytes):
-    assert "section header size 40" in _parse_error(_edit(shipped_bytes, 0x3a, "<H", 40))
+    assert "section header size 40" in _parse_error(_edit(shipped_bytes, 0x3A, "<H", 40))
 
 
 def test_section_name_table_index_out_of_range(shipped_bytes):
-    assert "section name table index 200 out of range" in _parse_error(_edit(shipped_bytes, 0x3e, "<H", 200))
+    assert "section name table index 200 out of range" in _parse_error(_edit(shipped_bytes, 0x3E, "<H", 200))
 
 
 @pytest.mark.parametrize("section", ["sockops", "maps", ".symtab", ".relsockops"])
@@ -255,11 +264,11 @@ def test_section_offset_past_end(shipped_bytes, section):
 
 
 def test_section_size_overflow(shipped_bytes):
-    assert "past end of file" in _parse_error(_section_field(shipped_bytes, "sockops", SH_SIZE, "<Q", 2 ** 64 - 1))
+    assert "past end of file" in _parse_error(_section_field(shipped_bytes, "sockops", SH_SIZE, "<Q", 2**64 - 1))
 
 
 def test_section_name_offset_past_table(shipped_bytes):
-    message = _parse_error(_section_field(shipped_bytes, "maps", SH_NAME, "<I", 0x7fffffff))
+    message = _parse_error(_section_field(shipped_bytes, "maps", SH_NAME, "<I", 0x7FFFFFFF))
     assert "section 5 name: string offset 2147483647 past its table" in message
 
 
@@ -274,7 +283,7 @@ def test_symbol_table_string_table_out_of_range(shipped_bytes):
 
 
 def test_symbol_name_offset_out_of_range(shipped_bytes):
-    data = _edit(shipped_bytes, _symbol_offset(shipped_bytes, "config"), "<I", 0xffffff)
+    data = _edit(shipped_bytes, _symbol_offset(shipped_bytes, "config"), "<I", 0xFFFFFF)
     assert "string offset 16777215 past its table" in _parse_error(data)
 
 
@@ -323,11 +332,11 @@ def _relocation(data, entry):
 
 def test_relocation_symbol_index_out_of_range(shipped_bytes):
     at, r_offset, r_info = _relocation(shipped_bytes, 0)
-    data = _edit(shipped_bytes, at, "<QQ", r_offset, (999 << 32) | (r_info & 0xffffffff))
+    data = _edit(shipped_bytes, at, "<QQ", r_offset, (999 << 32) | (r_info & 0xFFFFFFFF))
     assert "symbol index 999 out of range" in _parse_error(data)
 
 
-@pytest.mark.parametrize("r_offset", [0x280, 0x278, 2 ** 63, 2 ** 64 - 8])
+@pytest.mark.parametrize("r_offset", [0x280, 0x278, 2**63, 2**64 - 8])
 def test_relocation_offset_outside_program(shipped_bytes, r_offset):
     at, _, r_info = _relocation(shipped_bytes, 0)
     message = _parse_error(_edit(shipped_bytes, at, "<QQ", r_offset, r_info))
@@ -346,7 +355,7 @@ def test_relocation_on_other_instruction(shipped_bytes):
 
 def test_relocation_type_unsupported(shipped_bytes):
     at, r_offset, r_info = _relocation(shipped_bytes, 0)
-    data = _edit(shipped_bytes, at, "<QQ", r_offset, (r_info & ~0xffffffff) | 2)
+    data = _edit(shipped_bytes, at, "<QQ", r_offset, (r_info & ~0xFFFFFFFF) | 2)
     assert "relocation type 2 is not supported" in _parse_error(data)
 
 
@@ -375,9 +384,9 @@ def test_random_damage_raises_only_bpf_object_error(shipped_bytes):
         data = bytearray(shipped_bytes)
         for _ in range(rng.randint(1, 4)):
             offset = rng.randrange(len(data))
-            data[offset] = rng.choice((0, 0xff, 0x7f, 0x80, rng.randrange(256)))
+            data[offset] = rng.choice((0, 0xFF, 0x7F, 0x80, rng.randrange(256)))
         if rng.random() < 0.2:
-            data = data[:rng.randrange(len(data))]
+            data = data[: rng.randrange(len(data))]
         try:
             obj = bpf_object.BpfObject.from_bytes(bytes(data))
         except BpfObjectError:
@@ -385,7 +394,7 @@ def test_random_damage_raises_only_bpf_object_error(shipped_bytes):
         parsed += 1
         try:
             bpf_object.check_contract(obj)
-            obj.instructions({name: 3 for name in obj.maps})
+            obj.instructions(dict.fromkeys(obj.maps, 3))
         except BpfObjectError:
             pass
     assert parsed > 0  # some damage is harmless (padding, instruction bytes)
@@ -393,10 +402,11 @@ def test_random_damage_raises_only_bpf_object_error(shipped_bytes):
 
 # --- contract checks on byte edits of the shipped object -----------------------------------------
 
+
 @pytest.mark.parametrize("name", sorted(rto_program.MAP_CONTRACT))
 def test_missing_map(shipped_bytes, name):
     at = _symbol_offset(shipped_bytes, name)
-    st_name, = struct.unpack_from("<I", shipped_bytes, at)
+    (st_name,) = struct.unpack_from("<I", shipped_bytes, at)
     strtab = _sections(shipped_bytes)[".strtab"][1]
     data = _edit(shipped_bytes, strtab + st_name + len(name) - 1, "B", ord("z"))
     obj = bpf_object.BpfObject.from_bytes(data)
@@ -406,7 +416,7 @@ def test_missing_map(shipped_bytes, name):
 
 def _map_field(data, name, field, value):
     maps_offset = _sections(data)["maps"][1]
-    symbol_value, = struct.unpack_from("<Q", data, _symbol_offset(data, name) + 8)
+    (symbol_value,) = struct.unpack_from("<Q", data, _symbol_offset(data, name) + 8)
     return _edit(data, maps_offset + symbol_value + 4 * field, "<I", value)
 
 
@@ -415,10 +425,17 @@ def test_wrong_map_type(shipped_bytes):
     assert _contract_error(obj) == "map 'rules' is type 2 (ARRAY), the program needs 11 (LPM_TRIE)"
 
 
-@pytest.mark.parametrize("name, field, label", [
-    ("rules", 1, "key_size"), ("rules", 2, "value_size"), ("config", 3, "max_entries"),
-    ("rules", 4, "map_flags"), ("hits", 2, "value_size"), ("hits", 3, "max_entries"),
-])
+@pytest.mark.parametrize(
+    "name, field, label",
+    [
+        ("rules", 1, "key_size"),
+        ("rules", 2, "value_size"),
+        ("config", 3, "max_entries"),
+        ("rules", 4, "map_flags"),
+        ("hits", 2, "value_size"),
+        ("hits", 3, "max_entries"),
+    ],
+)
 def test_wrong_map_size_or_flags(shipped_bytes, name, field, label):
     want = rto_program.MAP_CONTRACT[name][field]
     obj = bpf_object.BpfObject.from_bytes(_map_field(shipped_bytes, name, field, want + 1))
@@ -426,7 +443,7 @@ def test_wrong_map_size_or_flags(shipped_bytes, name, field, label):
 
 
 def test_missing_license(shipped_bytes):
-    name_offset, = struct.unpack_from("<I", shipped_bytes, _sections(shipped_bytes)["license"][0])
+    (name_offset,) = struct.unpack_from("<I", shipped_bytes, _sections(shipped_bytes)["license"][0])
     strtab = _sections(shipped_bytes)[".strtab"][1]
     data = _edit(shipped_bytes, strtab + name_offset, "B", ord("L"))  # section now "License"
     obj = bpf_object.BpfObject.from_bytes(data)
@@ -440,14 +457,32 @@ def test_big_endian_contract_depends_on_the_host(shipped):
 
 # --- variants compiled from the source -----------------------------------------------------------
 
+
 def _compile(tmp_path, source, target="bpf", name="variant"):
     assert shutil.which("clang"), "clang is needed for these tests (scripts/setup-env installs it)"
-    multiarch = subprocess.run(["gcc", "-print-multiarch"], stdout=subprocess.PIPE,
-                               universal_newlines=True).stdout.strip() or "x86_64-linux-gnu"
+    multiarch = (
+        subprocess.run(["gcc", "-print-multiarch"], stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+        or "x86_64-linux-gnu"
+    )
     c_file, o_file = tmp_path / (name + ".c"), tmp_path / (name + ".o")
     c_file.write_text(source)
-    subprocess.run(["clang", "-O2", "-target", target, "-mcpu=v2", "-fno-addrsig", "-Wall",
-                    "-I/usr/include/" + multiarch, "-c", str(c_file), "-o", str(o_file)], check=True)
+    subprocess.run(
+        [
+            "clang",
+            "-O2",
+            "-target",
+            target,
+            "-mcpu=v2",
+            "-fno-addrsig",
+            "-Wall",
+            "-I/usr/include/" + multiarch,
+            "-c",
+            str(c_file),
+            "-o",
+            str(o_file),
+        ],
+        check=True,
+    )
     return o_file.read_bytes()
 
 
@@ -471,21 +506,30 @@ def test_variant_build_matches_shipped(shipped, tmp_path):
 
 
 def test_two_program_sections(tmp_path):
-    data = _variant(tmp_path, (LICENSE_LINE, LICENSE_LINE + '\nSEC("sockops/second")\n'
-                               'int second(struct bpf_sock_ops *skops) { return 1; }\n'))
+    data = _variant(
+        tmp_path,
+        (
+            LICENSE_LINE,
+            LICENSE_LINE + '\nSEC("sockops/second")\nint second(struct bpf_sock_ops *skops) { return 1; }\n',
+        ),
+    )
     assert "object has 2 program sections (sockops, sockops/second)" in _parse_error(data)
 
 
 def test_wrong_program_section_name(tmp_path):
     obj = bpf_object.BpfObject.from_bytes(
-        _variant(tmp_path, (PROGRAM_SEC, PROGRAM_SEC.replace("sockops", "kprobe/tcp_connect"))))
+        _variant(tmp_path, (PROGRAM_SEC, PROGRAM_SEC.replace("sockops", "kprobe/tcp_connect")))
+    )
     assert obj.section == "kprobe/tcp_connect"
-    assert "program section is 'kprobe/tcp_connect'; a sock_ops program must be in SEC('sockops')" \
-        in _contract_error(obj)
+    assert "program section is 'kprobe/tcp_connect'; a sock_ops program must be in SEC('sockops')" in _contract_error(
+        obj
+    )
 
 
 def test_sockops_subsection_is_accepted(tmp_path):
-    obj = bpf_object.BpfObject.from_bytes(_variant(tmp_path, (PROGRAM_SEC, PROGRAM_SEC.replace("sockops", "sockops/rto"))))
+    obj = bpf_object.BpfObject.from_bytes(
+        _variant(tmp_path, (PROGRAM_SEC, PROGRAM_SEC.replace("sockops", "sockops/rto")))
+    )
     assert obj.section == "sockops/rto"
     bpf_object.check_contract(obj)
 
@@ -496,21 +540,27 @@ def test_sockops_prefix_without_slash_is_refused(tmp_path):
 
 
 def test_not_inlined_function(tmp_path):
-    data = _variant(tmp_path, ("static __attribute__((always_inline)) void count_hit",
-                               "static __attribute__((noinline)) void count_hit"))
+    data = _variant(
+        tmp_path,
+        ("static __attribute__((always_inline)) void count_hit", "static __attribute__((noinline)) void count_hit"),
+    )
     assert "code in .text besides its program" in _parse_error(data)
 
 
 @pytest.mark.parametrize("license", ["Proprietary", "GPLv2", "GPL-2.0", "MIT", "gpl"])
 def test_non_gpl_license(tmp_path, license):
-    obj = bpf_object.BpfObject.from_bytes(_variant(tmp_path, (LICENSE_LINE, LICENSE_LINE.replace('"GPL"', '"%s"' % license))))
+    obj = bpf_object.BpfObject.from_bytes(
+        _variant(tmp_path, (LICENSE_LINE, LICENSE_LINE.replace('"GPL"', '"%s"' % license)))
+    )
     assert obj.license == license
     assert "license %r is not GPL-compatible" % license in _contract_error(obj)
 
 
 @pytest.mark.parametrize("license", ["Dual BSD/GPL", "GPL v2", "Dual MIT/GPL"])
 def test_gpl_compatible_license(tmp_path, license):
-    obj = bpf_object.BpfObject.from_bytes(_variant(tmp_path, (LICENSE_LINE, LICENSE_LINE.replace('"GPL"', '"%s"' % license))))
+    obj = bpf_object.BpfObject.from_bytes(
+        _variant(tmp_path, (LICENSE_LINE, LICENSE_LINE.replace('"GPL"', '"%s"' % license)))
+    )
     bpf_object.check_contract(obj)
 
 
@@ -524,21 +574,33 @@ def test_btf_defined_maps(tmp_path):
     assert _parse_error(data) == 'uses BTF-defined maps (.maps section); build it with legacy SEC("maps") definitions'
 
 
-@pytest.mark.parametrize("declaration, section", [
-    ("volatile __u32 knob = FULL_PREFIX;", ".data"),
-    ("volatile __u32 knob;", ".bss"),
-    ("const volatile __u32 knob = FULL_PREFIX;", ".rodata"),
-])
+@pytest.mark.parametrize(
+    "declaration, section",
+    [
+        ("volatile __u32 knob = FULL_PREFIX;", ".data"),
+        ("volatile __u32 knob;", ".bss"),
+        ("const volatile __u32 knob = FULL_PREFIX;", ".rodata"),
+    ],
+)
 def test_global_data(tmp_path, declaration, section):
-    data = _variant(tmp_path, (PROGRAM_SEC, declaration + "\n" + PROGRAM_SEC),
-                    ("key.prefixlen = FULL_PREFIX;", "key.prefixlen = knob;"))
+    data = _variant(
+        tmp_path,
+        (PROGRAM_SEC, declaration + "\n" + PROGRAM_SEC),
+        ("key.prefixlen = FULL_PREFIX;", "key.prefixlen = knob;"),
+    )
     message = _parse_error(data)
     assert "references 'knob' in section %r; only maps in SEC(\"maps\") are supported" % section in message
 
 
 def test_extra_map(tmp_path):
-    data = _variant(tmp_path, (LICENSE_LINE, LICENSE_LINE + '\nstruct bpf_map_def SEC("maps") extra = '
-                               '{ .type = BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 4, .max_entries = 1 };\n'))
+    data = _variant(
+        tmp_path,
+        (
+            LICENSE_LINE,
+            LICENSE_LINE + '\nstruct bpf_map_def SEC("maps") extra = '
+            "{ .type = BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 4, .max_entries = 1 };\n",
+        ),
+    )
     obj = bpf_object.BpfObject.from_bytes(data)
     assert list(obj.maps)[-1] == "extra"
     assert "map(s) 'extra' are not part of the program's contract" in _contract_error(obj)
@@ -548,14 +610,14 @@ def test_big_endian_object(tmp_path, shipped):
     obj = bpf_object.BpfObject.from_bytes(_variant(tmp_path, target="bpfeb"))
     assert obj.byteorder == "big"
     assert obj.maps == shipped.maps  # the code differs: V4_MAPPED_WORD follows the byte order
-    assert sorted(set(name for _, name in obj.map_relocations)) == sorted(obj.maps)
+    assert sorted({name for _, name in obj.map_relocations}) == sorted(obj.maps)
     if sys.byteorder == "little":
         assert "object is big-endian, the host is little-endian" in _contract_error(obj)
     bpf_object.check_contract(obj, byteorder="big")
     patched = obj.instructions({"rules": 5, "config": 6, "hits": 7})
     for index, name in obj.map_relocations:
         offset = index * 8
-        assert patched[offset + 1] & 0xf == bpf_object.BPF_PSEUDO_MAP_FD  # src_reg: low nibble in big-endian
+        assert patched[offset + 1] & 0xF == bpf_object.BPF_PSEUDO_MAP_FD  # src_reg: low nibble in big-endian
         assert patched[offset + 1] >> 4 == obj.insns[offset + 1] >> 4
         assert struct.unpack_from(">i", patched, offset + 4)[0] == {"rules": 5, "config": 6, "hits": 7}[name]
 
@@ -591,8 +653,20 @@ def _load_and_pin(obj, directory):
     fds, paths = {}, {"prog": os.path.join(directory, "prog")}
     try:
         for name, spec in obj.maps.items():
-            fds[name] = _bpf(BPF_MAP_CREATE, struct.pack("=IIIIIII16s", spec.type, spec.key_size, spec.value_size,
-                                                         spec.max_entries, spec.flags, 0, 0, name.encode()))
+            fds[name] = _bpf(
+                BPF_MAP_CREATE,
+                struct.pack(
+                    "=IIIIIII16s",
+                    spec.type,
+                    spec.key_size,
+                    spec.value_size,
+                    spec.max_entries,
+                    spec.flags,
+                    0,
+                    0,
+                    name.encode(),
+                ),
+            )
             paths[name] = os.path.join(directory, name)
             _pin(fds[name], paths[name])
         insns = obj.instructions(fds)
@@ -600,9 +674,22 @@ def _load_and_pin(obj, directory):
         license_buf = ctypes.create_string_buffer(obj.license.encode())
         log = ctypes.create_string_buffer(1 << 20)
         try:
-            prog = _bpf(BPF_PROG_LOAD, struct.pack(
-                "=IIQQIIQII16s", BPF_PROG_TYPE_SOCK_OPS, len(insns) // 8, ctypes.addressof(insns_buf),
-                ctypes.addressof(license_buf), 1, len(log), ctypes.addressof(log), 0, 0, b"tcp_initial_rto"))
+            prog = _bpf(
+                BPF_PROG_LOAD,
+                struct.pack(
+                    "=IIQQIIQII16s",
+                    BPF_PROG_TYPE_SOCK_OPS,
+                    len(insns) // 8,
+                    ctypes.addressof(insns_buf),
+                    ctypes.addressof(license_buf),
+                    1,
+                    len(log),
+                    ctypes.addressof(log),
+                    0,
+                    0,
+                    b"tcp_initial_rto",
+                ),
+            )
         except OSError as exc:
             raise AssertionError("verifier refused the program: %s\n%s" % (exc, log.value.decode(errors="replace")))
         fds["prog"] = prog
@@ -614,8 +701,7 @@ def _load_and_pin(obj, directory):
 
 
 def _bpftool(*args):
-    result = subprocess.run(("bpftool",) + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            universal_newlines=True)
+    result = subprocess.run(("bpftool", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
     assert result.returncode == 0, "bpftool %s: %s%s" % (" ".join(args), result.stdout, result.stderr)
     return result.stdout
 
@@ -625,7 +711,7 @@ def _hex(data):
 
 
 def _map_update(path, key, value):
-    _bpftool("map", "update", "pinned", path, "key", *(_hex(key) + ["value"] + _hex(value)))
+    _bpftool("map", "update", "pinned", path, "key", *([*_hex(key), "value", *_hex(value)]))
 
 
 def _hits(path, slot):
@@ -667,8 +753,13 @@ TCP_SYN_SENT = 2
 
 
 def _probe_rto(cgroup):
-    result = subprocess.run([sys.executable, "-c", _PROBE, cgroup], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            universal_newlines=True, timeout=30)
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, cgroup],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     probe = json.loads(result.stdout)
     assert probe["state"] == TCP_SYN_SENT, probe
@@ -698,8 +789,11 @@ def test_shipped_program_sets_the_initial_rto(shipped, bpffs, cgroup):
 
         # a rule for 127.0.0.0/8 beats the default
         _map_update(outer["config"], rto_program.CONFIG_KEY.pack(0), rto_program.encode_config(750, 3))
-        _map_update(outer["rules"], rto_program.encode_rule_key(ipaddress.ip_network(u"127.0.0.0/8")),
-                    rto_program.encode_rule_value(100, 0))
+        _map_update(
+            outer["rules"],
+            rto_program.encode_rule_key(ipaddress.ip_network("127.0.0.0/8")),
+            rto_program.encode_rule_value(100, 0),
+        )
         assert _probe_rto(cgroup) == 100 * jiffies_us
         assert _hits(outer["hits"], 0) >= 3
         assert _hits(outer["hits"], rto_program.DEFAULT_HIT_SLOT) == 4

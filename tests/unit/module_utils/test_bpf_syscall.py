@@ -9,17 +9,15 @@ import errno
 import ipaddress
 import json
 import os
-import time
 import struct
 import subprocess
 import sys
-
-import pytest
-
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program
+import time
 
 import bpf_inventory
+import pytest
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, rto_program
 
 pytestmark = pytest.mark.kernel
 
@@ -35,7 +33,7 @@ def insn(code, dst=0, src=0, off=0, imm=0):
     return struct.pack("=BBhi", code, regs, off, imm)
 
 
-MOV64_IMM, LDX_W, STX_W, LD_IMM64, EXIT = 0xb7, 0x61, 0x63, 0x18, 0x95
+MOV64_IMM, LDX_W, STX_W, LD_IMM64, EXIT = 0xB7, 0x61, 0x63, 0x18, 0x95
 R0, R1, R2 = 0, 1, 2
 RETURN_1 = insn(MOV64_IMM, R0, imm=1) + insn(EXIT)
 # skops->reply (offset 4) = 750; return 1. The verifier refuses BPF_ST into ctx: go through r2.
@@ -46,7 +44,7 @@ OUT_OF_BOUNDS = insn(LDX_W, R0, R1, off=10000) + insn(EXIT)
 
 def uses_map(map_fd):
     """r1 = map (ld_imm64 with BPF_PSEUDO_MAP_FD); return 1."""
-    return (insn(LD_IMM64, R1, bpf_syscall.BPF_PSEUDO_MAP_FD, imm=map_fd) + insn(0) + RETURN_1)
+    return insn(LD_IMM64, R1, bpf_syscall.BPF_PSEUDO_MAP_FD, imm=map_fd) + insn(0) + RETURN_1
 
 
 class Fds:
@@ -60,8 +58,7 @@ class Fds:
         return fd
 
     def prog(self, insns=RETURN_1, name="tcp_rto_test"):
-        return self.add(bpf_syscall.prog_load(SOCK_OPS, insns, "GPL", name=name,
-                                              expected_attach_type=CG_SOCK_OPS))
+        return self.add(bpf_syscall.prog_load(SOCK_OPS, insns, "GPL", name=name, expected_attach_type=CG_SOCK_OPS))
 
     def map(self, *args, **kwargs):
         return self.add(bpf_syscall.map_create(*args, **kwargs))
@@ -117,8 +114,9 @@ def prog_id(fd):
 
 
 def bpftool_json(*args):
-    out = subprocess.run(["bpftool", "-j"] + list(args), stdout=subprocess.PIPE, check=True,
-                         universal_newlines=True).stdout
+    out = subprocess.run(
+        ["bpftool", "-j", *list(args)], stdout=subprocess.PIPE, check=True, universal_newlines=True
+    ).stdout
     return json.loads(out) if out.strip() else []
 
 
@@ -131,6 +129,7 @@ def expect_error(command, err, call, *args, **kwargs):
 
 # Maps
 
+
 def test_array_map(fds):
     fd = fds.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 3, name="rto_test_array")
     key = struct.Struct("=I").pack
@@ -139,8 +138,9 @@ def test_array_map(fds):
     assert bpf_syscall.map_lookup(fd, key(0), 8) == bytes(8)  # arrays are preallocated, zeroed
     assert bpf_syscall.map_lookup(fd, key(3), 8) is None  # out of range: ENOENT
     assert bpf_syscall.map_keys(fd, 4) == [key(0), key(1), key(2)]
-    expect_error("BPF_MAP_UPDATE_ELEM", errno.EEXIST, bpf_syscall.map_update, fd, key(1), bytes(8),
-                 bpf_syscall.BPF_NOEXIST)
+    expect_error(
+        "BPF_MAP_UPDATE_ELEM", errno.EEXIST, bpf_syscall.map_update, fd, key(1), bytes(8), bpf_syscall.BPF_NOEXIST
+    )
     expect_error("BPF_MAP_DELETE_ELEM", errno.EINVAL, bpf_syscall.map_delete, fd, key(1))
     info = bpf_syscall.map_info(fd)
     assert info[:1] + info[2:] == (bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 3, 0, "rto_test_array")
@@ -150,7 +150,7 @@ def test_array_map(fds):
 def test_lpm_trie_map_with_rule_layout(fds):
     map_type, key_size, value_size, max_entries, flags = rto_program.MAP_CONTRACT[rto_program.RULES_MAP]
     fd = fds.map(map_type, key_size, value_size, max_entries, flags, name=rto_program.RULES_MAP)
-    wide, narrow = ipaddress.ip_network(u"10.0.0.0/8"), ipaddress.ip_network(u"10.1.0.0/16")
+    wide, narrow = ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("10.1.0.0/16")
     bpf_syscall.map_update(fd, rto_program.encode_rule_key(wide), rto_program.encode_rule_value(250, 0))
     bpf_syscall.map_update(fd, rto_program.encode_rule_key(narrow), rto_program.encode_rule_value(25, 1))
 
@@ -158,15 +158,22 @@ def test_lpm_trie_map_with_rule_layout(fds):
         value = bpf_syscall.map_lookup(fd, rto_program.encode_rule_key(ipaddress.ip_network(address)), value_size)
         return value and rto_program.decode_rule_value(value)
 
-    assert lookup(u"10.1.2.3/32") == (25, 1)  # longest prefix
-    assert lookup(u"10.2.3.4/32") == (250, 0)
-    assert lookup(u"192.0.2.1/32") is None
+    assert lookup("10.1.2.3/32") == (25, 1)  # longest prefix
+    assert lookup("10.2.3.4/32") == (250, 0)
+    assert lookup("192.0.2.1/32") is None
     assert sorted(map(rto_program.decode_rule_key, bpf_syscall.map_keys(fd, key_size))) == [wide, narrow]
-    expect_error("BPF_MAP_UPDATE_ELEM", errno.EEXIST, bpf_syscall.map_update, fd,
-                 rto_program.encode_rule_key(wide), rto_program.encode_rule_value(1, 0), bpf_syscall.BPF_NOEXIST)
+    expect_error(
+        "BPF_MAP_UPDATE_ELEM",
+        errno.EEXIST,
+        bpf_syscall.map_update,
+        fd,
+        rto_program.encode_rule_key(wide),
+        rto_program.encode_rule_value(1, 0),
+        bpf_syscall.BPF_NOEXIST,
+    )
     assert bpf_syscall.map_delete(fd, rto_program.encode_rule_key(narrow)) is True
     assert bpf_syscall.map_delete(fd, rto_program.encode_rule_key(narrow)) is False
-    assert lookup(u"10.1.2.3/32") == (250, 0)
+    assert lookup("10.1.2.3/32") == (250, 0)
     assert bpf_syscall.map_info(fd).map_flags == bpf_syscall.BPF_F_NO_PREALLOC
 
 
@@ -199,6 +206,7 @@ def test_possible_cpus_of_this_machine():
 
 # Pins
 
+
 def test_pin_and_get(fds, bpffs):
     map_fd = fds.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 4, 1, name="rto_test_pin")
     prog_fd = fds.prog(name="rto_test_pin")
@@ -216,6 +224,7 @@ def test_pin_and_get(fds, bpffs):
 
 
 # Programs
+
 
 def test_prog_load_and_info(fds):
     fd = fds.prog(SET_REPLY_750, name="rto_test_750")
@@ -238,8 +247,9 @@ def test_prog_name_is_truncated_to_15_bytes(fds):
 
 
 def test_verifier_failure_carries_the_log():
-    error = expect_error("BPF_PROG_LOAD", errno.EACCES, bpf_syscall.prog_load, SOCK_OPS, OUT_OF_BOUNDS, "GPL",
-                         name="rto_test_bad")
+    error = expect_error(
+        "BPF_PROG_LOAD", errno.EACCES, bpf_syscall.prog_load, SOCK_OPS, OUT_OF_BOUNDS, "GPL", name="rto_test_bad"
+    )
     assert "invalid bpf_context access" in error.log
     assert str(error) == "bpf(BPF_PROG_LOAD): Permission denied (EACCES)"
     assert isinstance(error, OSError)
@@ -253,6 +263,7 @@ def test_verifier_log_buffer_grows(monkeypatch):
 
 # Legacy attach
 
+
 def test_attach_multi_query_detach(fds, cg):
     prog_fd = fds.prog(name="rto_test_multi")
     bpf_syscall.prog_attach(cg.fd, prog_fd, CG_SOCK_OPS, MULTI)
@@ -260,8 +271,9 @@ def test_attach_multi_query_detach(fds, cg):
     assert cg.query() == (MULTI, [ident])
     assert ident in cg.query(effective=True)[1]
     shown = bpftool_json("cgroup", "show", cg.path)
-    assert [(entry["id"], entry["attach_type"] in BPFTOOL_SOCK_OPS, entry["name"]) for entry in shown] == \
-        [(ident, True, "rto_test_multi")]
+    assert [(entry["id"], entry["attach_type"] in BPFTOOL_SOCK_OPS, entry["name"]) for entry in shown] == [
+        (ident, True, "rto_test_multi")
+    ]
     expect_error("BPF_PROG_ATTACH", errno.EINVAL, bpf_syscall.prog_attach, cg.fd, prog_fd, CG_SOCK_OPS, MULTI)
     bpf_syscall.prog_detach(cg.fd, prog_fd, CG_SOCK_OPS)
     assert cg.query()[1] == []
@@ -281,8 +293,16 @@ def test_replace_swaps_in_place(fds, cg):
     bpf_syscall.prog_attach(cg.fd, new, CG_SOCK_OPS, MULTI, replace_prog_fd=first)
     assert cg.query()[1] == [prog_id(new), prog_id(second)]
     # the program to replace is no longer there
-    expect_error("BPF_PROG_ATTACH", errno.ENOENT, bpf_syscall.prog_attach, cg.fd, fds.prog(), CG_SOCK_OPS,
-                 MULTI, replace_prog_fd=first)
+    expect_error(
+        "BPF_PROG_ATTACH",
+        errno.ENOENT,
+        bpf_syscall.prog_attach,
+        cg.fd,
+        fds.prog(),
+        CG_SOCK_OPS,
+        MULTI,
+        replace_prog_fd=first,
+    )
     assert cg.query()[1] == [prog_id(new), prog_id(second)]
 
 
@@ -295,6 +315,7 @@ def test_query_grows_its_id_buffer(fds, cg):
 
 # Links
 
+
 def test_link_lifecycle(fds, cg, bpffs):
     old, new = fds.prog(name="rto_test_old"), fds.prog(SET_REPLY_750, name="rto_test_new")
     link_fd = fds.add(bpf_syscall.link_create(old, cg.fd, CG_SOCK_OPS))
@@ -302,8 +323,12 @@ def test_link_lifecycle(fds, cg, bpffs):
     try:
         assert cg.query()[1] == [prog_id(old)]
         info = bpf_syscall.link_info(link_fd)
-        assert (info.type, info.prog_id, info.cgroup_id, info.attach_type) == \
-            (bpf_syscall.BPF_LINK_TYPE_CGROUP, prog_id(old), os.stat(cg.path).st_ino, CG_SOCK_OPS)
+        assert (info.type, info.prog_id, info.cgroup_id, info.attach_type) == (
+            bpf_syscall.BPF_LINK_TYPE_CGROUP,
+            prog_id(old),
+            os.stat(cg.path).st_ino,
+            CG_SOCK_OPS,
+        )
         bpf_syscall.obj_pin(link_fd, pin)
         with bpf_syscall.closing_fd(bpf_syscall.obj_get(pin)) as fd:
             assert bpf_syscall.link_info(fd) == info
@@ -340,6 +365,7 @@ def test_link_goes_with_its_last_fd(fds, cg):
 
 # Ids
 
+
 def test_get_fd_by_id_round_trips(fds, cg):
     map_fd = fds.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 4, 1)
     prog_fd = fds.prog(uses_map(map_fd))
@@ -374,6 +400,7 @@ def walk(next_id):
 
 # Errors
 
+
 def test_errors_name_the_command_and_errno(fds, cg):
     error = expect_error("BPF_PROG_ATTACH", errno.EBADF, bpf_syscall.prog_attach, cg.fd, 999999, CG_SOCK_OPS)
     assert str(error) == "bpf(BPF_PROG_ATTACH): Bad file descriptor (EBADF)"
@@ -381,12 +408,20 @@ def test_errors_name_the_command_and_errno(fds, cg):
     expect_error("BPF_MAP_GET_FD_BY_ID", errno.ENOENT, bpf_syscall.map_get_fd_by_id, 0xFFFFFFFF)
     expect_error("BPF_LINK_GET_FD_BY_ID", errno.ENOENT, bpf_syscall.link_get_fd_by_id, 0xFFFFFFFF)
     # a map fd where a program fd is expected
-    expect_error("BPF_PROG_ATTACH", errno.EINVAL, bpf_syscall.prog_attach, cg.fd,
-                 fds.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 4, 1), CG_SOCK_OPS, MULTI)
+    expect_error(
+        "BPF_PROG_ATTACH",
+        errno.EINVAL,
+        bpf_syscall.prog_attach,
+        cg.fd,
+        fds.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 4, 1),
+        CG_SOCK_OPS,
+        MULTI,
+    )
     expect_error("BPF_MAP_CREATE", errno.EINVAL, bpf_syscall.map_create, bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 4, 0)
 
 
 # The inventory helper
+
 
 def test_inventory_sees_objects_and_their_cleanup(cgroup, bpffs):
     before = bpf_inventory.steady([cgroup])

@@ -19,16 +19,20 @@ CGROUP_V1_DIR = "/sys/fs/cgroup/cpu"  # a cgroup v1 hierarchy on this (hybrid) m
 
 # --- kernel release and features ---------------------------------------------------------------
 
-@pytest.mark.parametrize("release, expected", [
-    ("6.18.44-fc-v657", (6, 18, 44)),
-    ("5.10.0-28-cloud-amd64", (5, 10, 0)),
-    ("4.9.0", (4, 9, 0)),
-    ("6.1.0-rc3", (6, 1, 0)),
-    ("6.8.0-45-generic", (6, 8, 0)),
-    ("5.15", (5, 15, 0)),
-    ("4.18.0-513.5.1.el8_9.x86_64", (4, 18, 0)),
-    ("6.6.32+rpt-rpi-v8", (6, 6, 32)),
-])
+
+@pytest.mark.parametrize(
+    "release, expected",
+    [
+        ("6.18.44-fc-v657", (6, 18, 44)),
+        ("5.10.0-28-cloud-amd64", (5, 10, 0)),
+        ("4.9.0", (4, 9, 0)),
+        ("6.1.0-rc3", (6, 1, 0)),
+        ("6.8.0-45-generic", (6, 8, 0)),
+        ("5.15", (5, 15, 0)),
+        ("4.18.0-513.5.1.el8_9.x86_64", (4, 18, 0)),
+        ("6.6.32+rpt-rpi-v8", (6, 6, 32)),
+    ],
+)
 def test_parse_release(release, expected):
     assert host.parse_release(release) == expected
 
@@ -44,21 +48,44 @@ def test_parse_release_of_this_machine():
     assert version[:2] == tuple(int(part) for part in platform.release().split(".")[:2])
 
 
-@pytest.mark.parametrize("release, features", [
-    ("4.16.0", dict(cgroup_link=False, prog_replace=False, memlock_accounting=True, rto_capped=False,
-                    synack_backoff_from_bpf=False, syn_linear_timeouts=False, cap_bpf=False)),
-    ("5.6.19", dict(cgroup_link=False, prog_replace=True)),
-    ("5.7.0", dict(cgroup_link=True, prog_replace=True, cap_bpf=False)),
-    ("5.8.0", dict(cap_bpf=True)),
-    ("5.10.0-28-cloud-amd64", dict(memlock_accounting=True, rto_capped=False)),
-    ("5.11.0", dict(memlock_accounting=False)),
-    ("5.17.15", dict(rto_capped=False, synack_backoff_from_bpf=False)),
-    ("5.18.0", dict(rto_capped=True, synack_backoff_from_bpf=True, syn_linear_timeouts=False)),
-    ("6.4.16", dict(syn_linear_timeouts=False)),
-    ("6.5.0", dict(syn_linear_timeouts=True)),
-    ("6.18.44-fc-v657", dict(cgroup_link=True, prog_replace=True, memlock_accounting=False, rto_capped=True,
-                             synack_backoff_from_bpf=True, syn_linear_timeouts=True, cap_bpf=True)),
-])
+@pytest.mark.parametrize(
+    "release, features",
+    [
+        (
+            "4.16.0",
+            dict(
+                cgroup_link=False,
+                prog_replace=False,
+                memlock_accounting=True,
+                rto_capped=False,
+                synack_backoff_from_bpf=False,
+                syn_linear_timeouts=False,
+                cap_bpf=False,
+            ),
+        ),
+        ("5.6.19", dict(cgroup_link=False, prog_replace=True)),
+        ("5.7.0", dict(cgroup_link=True, prog_replace=True, cap_bpf=False)),
+        ("5.8.0", dict(cap_bpf=True)),
+        ("5.10.0-28-cloud-amd64", dict(memlock_accounting=True, rto_capped=False)),
+        ("5.11.0", dict(memlock_accounting=False)),
+        ("5.17.15", dict(rto_capped=False, synack_backoff_from_bpf=False)),
+        ("5.18.0", dict(rto_capped=True, synack_backoff_from_bpf=True, syn_linear_timeouts=False)),
+        ("6.4.16", dict(syn_linear_timeouts=False)),
+        ("6.5.0", dict(syn_linear_timeouts=True)),
+        (
+            "6.18.44-fc-v657",
+            dict(
+                cgroup_link=True,
+                prog_replace=True,
+                memlock_accounting=False,
+                rto_capped=True,
+                synack_backoff_from_bpf=True,
+                syn_linear_timeouts=True,
+                cap_bpf=True,
+            ),
+        ),
+    ],
+)
 def test_kernel_features(release, features):
     found = host.KernelFeatures(release)
     for name, value in features.items():
@@ -93,6 +120,7 @@ def test_check_kernel_of_this_machine():
 
 # --- CONFIG_HZ ----------------------------------------------------------------------------------
 
+
 def _hz_from_proc_config():
     with gzip.open("/proc/config.gz", "rt") as handle:
         for line in handle:
@@ -120,7 +148,9 @@ def test_tick_hz():
 def test_config_hz_prefers_boot_config(tmp_path):
     (tmp_path / "config-5.10.0-28-amd64").write_text("# comment\nCONFIG_HZ_1000=y\nCONFIG_HZ=1000\n")
     assert host.config_hz("5.10.0-28-amd64", boot_dir=str(tmp_path), proc_config=str(tmp_path / "none.gz")) == (
-        1000, str(tmp_path / "config-5.10.0-28-amd64"))
+        1000,
+        str(tmp_path / "config-5.10.0-28-amd64"),
+    )
 
 
 def test_config_hz_from_gzip(tmp_path):
@@ -138,6 +168,7 @@ def test_config_hz_missing_or_unreadable(tmp_path):
 
 
 # --- cgroup v2 ----------------------------------------------------------------------------------
+
 
 def test_cgroup2_mount_of_this_machine():
     assert host.cgroup2_mount() == sandbox.cgroup2_mount()
@@ -261,6 +292,7 @@ def test_resolve_cgroup_symlinks(cgroup, tmp_path):
 
 # --- bpffs --------------------------------------------------------------------------------------
 
+
 def test_is_bpffs(bpffs, tmp_path):
     assert host.is_bpffs(bpffs)
     assert not host.is_bpffs(str(tmp_path))
@@ -299,8 +331,9 @@ def unmounted_pin_root():
     """An empty directory standing in for an unmounted /sys/fs/bpf; unmounted and removed afterwards."""
     # named like sandbox.py's own mounts (<prefix>bpffs-<pid>-<random>) so that a sweep of leftovers
     # recognises it, and leaves it alone while this process runs
-    path = os.path.join(sandbox.BPFFS_PARENT, "%sbpffs-%d-%s" % (sandbox.SANDBOX_PREFIX, os.getpid(),
-                                                                 uuid.uuid4().hex[:8]))
+    path = os.path.join(
+        sandbox.BPFFS_PARENT, "%sbpffs-%d-%s" % (sandbox.SANDBOX_PREFIX, os.getpid(), uuid.uuid4().hex[:8])
+    )
     os.mkdir(path, 0o700)
     try:
         yield path
@@ -323,8 +356,10 @@ def test_ensure_bpffs_mounts_the_pin_root(unmounted_pin_root):
 
 
 def test_ensure_bpffs_check_mode_does_not_mount(unmounted_pin_root):
-    assert host.ensure_bpffs(os.path.join(unmounted_pin_root, "tcp_rto"), check_mode=True,
-                             pin_root=unmounted_pin_root) is True
+    assert (
+        host.ensure_bpffs(os.path.join(unmounted_pin_root, "tcp_rto"), check_mode=True, pin_root=unmounted_pin_root)
+        is True
+    )
     assert not host.is_bpffs(unmounted_pin_root)
 
 
@@ -343,6 +378,7 @@ def test_ensure_bpffs_missing_pin_root(tmp_path):
 
 
 # --- privileges and limits ----------------------------------------------------------------------
+
 
 def _status(tmp_path, caps):
     status = tmp_path / "status"
@@ -375,6 +411,7 @@ def test_require_root_without_status_file(tmp_path):
 def _in_child(function):
     """Run function in a forked child (rlimits stay untouched here); -> its return value or exception."""
     import pickle
+
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -403,7 +440,7 @@ def _has_cap(cap):
 
 def test_raise_memlock():
     def lowered_then_raised():
-        soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+        _soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, hard))
         return host.raise_memlock(), resource.getrlimit(resource.RLIMIT_MEMLOCK), hard
 
@@ -426,6 +463,7 @@ def test_raise_memlock_required():
 
 # --- sysctls and SYN timing ---------------------------------------------------------------------
 
+
 def test_read_sysctl_real():
     with open("/proc/sys/net/ipv4/tcp_syn_retries") as handle:
         assert host.read_sysctl("net.ipv4.tcp_syn_retries") == int(handle.read())
@@ -444,18 +482,21 @@ def test_read_sysctl_missing_and_fake(tmp_path):
     assert host.read_sysctl("net.ipv4.tcp_syn_retries", proc_sys=str(tmp_path)) == 3
 
 
-@pytest.mark.parametrize("rto, retries, linear, expected", [
-    (1.0, 6, 0, 127.0),     # before 6.5: 1+2+4+...+64
-    (1.0, 6, 4, 131.0),     # 6.5+ defaults: 1+1+1+1+1 + 2+4+...+64
-    (0.01, 6, 4, 1.31),
-    (0.01, 6, 0, 1.27),
-    (1.0, 5, 0, 63.0),
-    (0.1, 1, 4, 0.3),       # the time limit (2^(N+1)-1)·R ends it before N+L retransmits
-    (0.1, 2, 4, 0.7),
-    (0.1, 3, 4, 1.9),
-    (0.1, 2, 2, 0.9),
-    (1.0, 15, 0, 1207.0),   # backoff capped at 120 s: 127 + 9·120
-    (3.0, 6, 0, 3.0 + 6 + 12 + 24 + 48 + 96 + 120),
-])
+@pytest.mark.parametrize(
+    "rto, retries, linear, expected",
+    [
+        (1.0, 6, 0, 127.0),  # before 6.5: 1+2+4+...+64
+        (1.0, 6, 4, 131.0),  # 6.5+ defaults: 1+1+1+1+1 + 2+4+...+64
+        (0.01, 6, 4, 1.31),
+        (0.01, 6, 0, 1.27),
+        (1.0, 5, 0, 63.0),
+        (0.1, 1, 4, 0.3),  # the time limit (2^(N+1)-1)·R ends it before N+L retransmits
+        (0.1, 2, 4, 0.7),
+        (0.1, 3, 4, 1.9),
+        (0.1, 2, 2, 0.9),
+        (1.0, 15, 0, 1207.0),  # backoff capped at 120 s: 127 + 9·120
+        (3.0, 6, 0, 3.0 + 6 + 12 + 24 + 48 + 96 + 120),
+    ],
+)
 def test_syn_give_up_seconds(rto, retries, linear, expected):
     assert host.syn_give_up_seconds(rto, retries, linear) == pytest.approx(expected)

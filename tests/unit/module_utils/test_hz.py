@@ -3,13 +3,12 @@
 import gzip
 import os
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, reconcile
 
 
 def config_hz():
     with gzip.open("/proc/config.gz", "rt") as config:
-        return int([line for line in config if line.startswith("CONFIG_HZ=")][0].split("=")[1])
+        return int(next(line for line in config if line.startswith("CONFIG_HZ=")).split("=")[1])
 
 
 def test_hz_from_kernel_config():

@@ -15,8 +15,9 @@ class FakeObject:
 
 
 def desired(rules=(), default=None, direction="both", cgroup="/cg", attach_mode="link", sha256="a" * 64, hz=250):
-    return model.desired_state("t", "/pins", cgroup, hz, list(rules), default, direction, attach_mode,
-                               FakeObject(sha256))
+    return model.desired_state(
+        "t", "/pins", cgroup, hz, list(rules), default, direction, attach_mode, FakeObject(sha256)
+    )
 
 
 class FakeCurrent:
@@ -35,16 +36,26 @@ class FakeCurrent:
         self.attach_mode = attach_mode or want.attach_mode
 
 
-@pytest.mark.parametrize("rto_ms, hz, jiffies", [(200, 250, 50), (50, 250, 13), (4, 250, 1), (1, 1000, 1),
-                                                 (120000, 250, 30000), (10, 100, 1), (52, 300, 16)])
+@pytest.mark.parametrize(
+    "rto_ms, hz, jiffies",
+    [(200, 250, 50), (50, 250, 13), (4, 250, 1), (1, 1000, 1), (120000, 250, 30000), (10, 100, 1), (52, 300, 16)],
+)
 def test_rto_rounds_up_to_whole_jiffies(rto_ms, hz, jiffies):
     assert model.rto_ms_to_jiffies(rto_ms, hz, "x") == jiffies
 
 
-@pytest.mark.parametrize("rto_ms, message", [
-    (0, "must be positive"), (-5, "must be positive"), (120001, "TCP_RTO_MAX"), (3, "below one jiffy at HZ 250"),
-    (1.5, "whole number"), ("200", "whole number"), (True, "whole number"),
-])
+@pytest.mark.parametrize(
+    "rto_ms, message",
+    [
+        (0, "must be positive"),
+        (-5, "must be positive"),
+        (120001, "TCP_RTO_MAX"),
+        (3, "below one jiffy at HZ 250"),
+        (1.5, "whole number"),
+        ("200", "whole number"),
+        (True, "whole number"),
+    ],
+)
 def test_bad_rto(rto_ms, message):
     with pytest.raises(model.ConfigError, match=message):
         model.rto_ms_to_jiffies(rto_ms, 250, "x")
@@ -55,29 +66,38 @@ def test_effective_ms_shown_back():
     assert model.jiffies_to_ms(16, 300) == 53.333
 
 
-@pytest.mark.parametrize("rules, message", [
-    ([{"dest": "10.0.0.0/33", "rto_ms": 50}], "not a network"),
-    ([{"dest": "10.0.0.1/8", "rto_ms": 50}], "host bits set"),
-    ([{"dest": "10.0.0.0/8", "rto_ms": 50}, {"dest": "10.0.0.0/8", "rto_ms": 60}], r"same network as rules\[0\]"),
-    ([{"dest": "10.0.0.0/8", "rto_ms": 50}, {"dest": "::ffff:10.0.0.0/104", "rto_ms": 60}], "same network"),
-    ([{"dest": "10.0.0.0/8"}], "exactly the keys dest and rto_ms"),
-    ([{"dest": "10.0.0.0/8", "rto_ms": 50, "x": 1}], "exactly the keys"),
-    ([{"dest": "10.%d.0.0/16" % (i % 256), "rto_ms": 50} for i in range(abi.MAX_RULES + 1)], "holds at most 1024"),
-])
+@pytest.mark.parametrize(
+    "rules, message",
+    [
+        ([{"dest": "10.0.0.0/33", "rto_ms": 50}], "not a network"),
+        ([{"dest": "10.0.0.1/8", "rto_ms": 50}], "host bits set"),
+        ([{"dest": "10.0.0.0/8", "rto_ms": 50}, {"dest": "10.0.0.0/8", "rto_ms": 60}], r"same network as rules\[0\]"),
+        ([{"dest": "10.0.0.0/8", "rto_ms": 50}, {"dest": "::ffff:10.0.0.0/104", "rto_ms": 60}], "same network"),
+        ([{"dest": "10.0.0.0/8"}], "exactly the keys dest and rto_ms"),
+        ([{"dest": "10.0.0.0/8", "rto_ms": 50, "x": 1}], "exactly the keys"),
+        ([{"dest": "10.%d.0.0/16" % (i % 256), "rto_ms": 50} for i in range(abi.MAX_RULES + 1)], "holds at most 1024"),
+    ],
+)
 def test_bad_rules(rules, message):
     with pytest.raises(model.ConfigError, match=message):
         model.parse_rules(rules, 250)
 
 
-@pytest.mark.parametrize("name", ["", "a/b", "..", "a b", "a.b", "-x", "x" * 65, u"r\u00e9gion"])
+@pytest.mark.parametrize("name", ["", "a/b", "..", "a b", "a.b", "-x", "x" * 65, "r\u00e9gion"])
 def test_bad_names(name):
     with pytest.raises(model.ConfigError, match="not a valid instance name"):
         model.validate_name(name)
 
 
 def test_longest_prefix_and_default():
-    rules = model.parse_rules([{"dest": "127.0.0.0/8", "rto_ms": 200}, {"dest": "127.0.0.1/32", "rto_ms": 100},
-                               {"dest": "::1/128", "rto_ms": 40}], 250)
+    rules = model.parse_rules(
+        [
+            {"dest": "127.0.0.0/8", "rto_ms": 200},
+            {"dest": "127.0.0.1/32", "rto_ms": 100},
+            {"dest": "::1/128", "rto_ms": 40},
+        ],
+        250,
+    )
     assert model.rule_for("127.0.0.1", rules, None) == 25
     assert model.rule_for("127.0.0.2", rules, None) == 50
     assert model.rule_for("::1", rules, 7) == 10
@@ -117,8 +137,11 @@ def test_plan_move_loads_second_program_then_detaches():
     want = desired(cgroup="/new")
     plan = model.plan_present(want, FakeCurrent(held))
     assert not plan.load_maps and plan.load_program and plan.attach
-    assert plan.steps == ["load a second copy of the program on the same maps", "attach to /new (link)",
-                          "detach from /old (link)"]
+    assert plan.steps == [
+        "load a second copy of the program on the same maps",
+        "attach to /new (link)",
+        "detach from /old (link)",
+    ]
 
 
 def test_plan_reattaches_same_program_after_drift():

@@ -58,8 +58,9 @@ def attached_program(cgroup, bpffs, tmp_path, reply):
     obj = tmp_path / ("rto%d.o" % reply)
     source.write_text(PROGRAM_SOURCE % reply)
     arch_include = "/usr/include/%s-linux-gnu" % os.uname().machine
-    subprocess.run(["clang", "-O2", "-g0", "-target", "bpf", "-I", arch_include, "-c", str(source), "-o", str(obj)],
-                   check=True)
+    subprocess.run(
+        ["clang", "-O2", "-g0", "-target", "bpf", "-I", arch_include, "-c", str(source), "-o", str(obj)], check=True
+    )
     pin = os.path.join(bpffs, "rto%d" % reply)
     subprocess.run(["bpftool", "prog", "load", str(obj), pin, "type", "sockops"], check=True)
     subprocess.run(["bpftool", "cgroup", "attach", cgroup, "sock_ops", "pinned", pin, "multi"], check=True)
@@ -74,6 +75,7 @@ def _leaves(cgroup):
 
 
 # --- without a program: the kernel default (TCP_TIMEOUT_INIT, 1 s) --------------------------------
+
 
 def test_outgoing_default(cgroup):
     assert probe.outgoing_rto_us(cgroup) == 1000000
@@ -95,6 +97,7 @@ def test_ipv6_default(cgroup, hz):
 
 
 # --- with a program -------------------------------------------------------------------------------
+
 
 def test_with_program(cgroup, bpffs, tmp_path, hz):
     with attached_program(cgroup, bpffs, tmp_path, 750):
@@ -142,6 +145,7 @@ def test_program_on_parent_reaches_child_cgroup(cgroup, bpffs, tmp_path, hz):
 
 # --- cgroups that refuse processes: the temporary leaf -------------------------------------------
 
+
 @pytest.fixture
 def refusing_target(monkeypatch, tmp_path):
     """Make joining the target cgroup itself fail with EBUSY, as the "no internal processes" rule does
@@ -165,6 +169,7 @@ def refusing_target(monkeypatch, tmp_path):
     def refuse(path):
         refused.append(path)
         return lambda: log.read_text().split()
+
     return refuse
 
 
@@ -186,11 +191,12 @@ def test_leaf_removed_on_timeout(cgroup, refusing_target, monkeypatch):
     def hanging_body(address, timeout):
         def body(send, wait_parent, joined):
             time.sleep(60)
+
         return body
 
     monkeypatch.setattr(probe, "_outgoing_body", hanging_body)
     start = time.monotonic()
-    with pytest.raises(ProbeError, match="no answer within 1.0 s"):
+    with pytest.raises(ProbeError, match=r"no answer within 1\.0 s"):
         probe.outgoing_rto_us(cgroup, timeout=1.0)
     assert time.monotonic() - start < 5
     assert _leaves(cgroup) == []
@@ -225,6 +231,7 @@ def test_domain_invalid_cgroup(cgroup):
 
 # --- errors -----------------------------------------------------------------------------------------
 
+
 def test_missing_cgroup(cgroup):
     missing = os.path.join(cgroup, "missing")
     with pytest.raises(ProbeError, match="does not exist"):
@@ -250,6 +257,7 @@ def test_error_in_child_comes_back_as_probe_error(cgroup):
 
 # --- the SYN give-up time of host.syn_give_up_seconds, measured -----------------------------------
 
+
 def _give_up_body(syn_retries):
     def body(send, wait_parent, joined):
         listener = socket.socket()
@@ -271,6 +279,7 @@ def _give_up_body(syn_retries):
         finally:
             for each in (sock, filler, listener):
                 each.close()
+
     return body
 
 
