@@ -145,7 +145,7 @@ attributes:
     description: Picks the object on the controller and transfers it to the managed host.
     support: full
   check_mode:
-    description: Computes the same plan and RV(changed) without touching the kernel.
+    description: Computes the same plan, and whether it would change anything, without touching the kernel.
     support: full
   diff_mode:
     description: Returns the instance's configuration before and after.
@@ -219,7 +219,7 @@ kernel:
   contains:
     release: {description: Kernel release., type: str, sample: 6.1.0-28-amd64}
     hz: {description: CONFIG_HZ used to convert milliseconds., type: int, sample: 250}
-    hz_source: {description: Where HZ came from (a file, V(measured) or V(parameter))., type: str, sample: /proc/config.gz}
+    hz_source: {description: 'Where HZ came from (a file, V(measured) or V(parameter)).', type: str, sample: /proc/config.gz}
     features: {description: Kernel features the module relies on and whether this kernel has them., type: dict}
 verification:
   description: The handshake probes after applying; RV(verification.ok) is false only when the task failed.
