@@ -18,11 +18,11 @@ description:
     C(BPF_SOCK_OPS_TIMEOUT_INIT) with another value.
   - This module loads the collection's program, fills its maps with O(rules) (destination networks
     and their initial RTO) and attaches it to O(cgroup). It needs nothing on the managed host but
-    Python 3.6 or later; it makes the C(bpf(2)) calls itself. No compiler, bpftool or libbpf.
+    Python 3.6 or later; it makes the bpf(2) calls itself. No compiler, bpftool or libbpf.
   - Changing rules, the default or the direction only rewrites maps; the program id stays the same.
     A new program object replaces the attached one atomically. O(state=absent) removes every kernel
     object of the instance.
-  - A smaller initial RTO also shortens the time after which C(connect()) to a dead peer fails
+  - A smaller initial RTO also shortens the time after which C(connect) to a dead peer fails
     (127 times the RTO with the default C(net.ipv4.tcp_syn_retries=6), 131 times on 6.5+ where
     C(net.ipv4.tcp_syn_linear_timeouts=4)); RV(syn_give_up_s) reports it.
     A value far below the real round trip causes spurious retransmits, after which the kernel uses
@@ -82,7 +82,7 @@ options:
     type: int
   direction:
     description:
-      - V(outgoing) sets the timeout of the SYN sent by C(connect()), V(incoming) the timeout of the
+      - V(outgoing) sets the timeout of the SYN sent by C(connect), V(incoming) the timeout of the
         SYN-ACK a listener sends, V(both) both.
     type: str
     choices: [both, outgoing, incoming]
@@ -104,7 +104,7 @@ options:
   verify:
     description:
       - After applying, start TCP handshakes on loopback from a process in O(cgroup) and compare the
-        initial RTO the kernel gives them with the value the rules give loopback. A C(connect()) is
+        initial RTO the kernel gives them with the value the rules give loopback. A C(connect) is
         always checked (it keeps the kernel default when O(direction=incoming)); the SYN-ACK timer of a
         listener in the cgroup when O(direction) includes V(incoming).
       - A mismatch (for example a program of an ancestor cgroup overriding the value) fails the task.
@@ -234,7 +234,7 @@ verification:
       sample: [{direction: outgoing, address: 127.0.0.1, expected_ms: 52, observed_ms: 52, ok: true}]
 syn_give_up_s:
   description:
-    - Seconds after which C(connect()) to an unreachable peer gives up, for the smallest configured
+    - Seconds after which C(connect) to an unreachable peer gives up, for the smallest configured
       RTO, from C(net.ipv4.tcp_syn_retries) and C(net.ipv4.tcp_syn_linear_timeouts).
   returned: when O(state=present)
   type: float
