@@ -33,6 +33,7 @@ def tool(*command, cwd=REPO):
         [os.path.join(TOOLS_BIN, command[0]), *command[1:]],
         cwd=cwd,
         env=env,
+        check=False,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         universal_newlines=True,
@@ -95,6 +96,7 @@ def docs_site(tmp_path_factory):
     output_dir = str(tmp_path_factory.mktemp("docs-site"))
     proc = subprocess.run(
         [sys.executable, os.path.join(REPO, "docs", "site", "build.py"), output_dir],
+        check=False,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         universal_newlines=True,
