@@ -54,7 +54,12 @@ def _sock_ops_links():
     """{(cgroup inode, program id)} of the cgroup sock_ops bpf_links on the host."""
     found, link_id = set(), 0
     while True:
-        link_id = bpf.link_get_next_id(link_id)
+        try:
+            link_id = bpf.link_get_next_id(link_id)
+        except bpf.BpfError as exc:
+            if exc.errno == errno.EINVAL:  # before 5.8: no BPF_LINK_GET_NEXT_ID, nor cgroup links to list
+                return found
+            raise
         if link_id is None:
             return found
         try:
