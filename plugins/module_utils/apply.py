@@ -26,6 +26,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import (
     PROG_PIN,
     ConfigError,
     InstanceError,
+    maps_fingerprint,
     same_place,
 )
 
@@ -126,6 +127,7 @@ def write_meta(meta_fd, desired):
         "attach_mode": desired.attach_mode,
         "object_sha256": desired.object.sha256,
         "hz": desired.hz,
+        "maps_sha256": maps_fingerprint(desired.rules, desired.default_jiffies, abi.DIRECTIONS[desired.direction]),
     }
     raw = json.dumps(record, sort_keys=True).encode("utf-8")
     if len(raw) > META_VALUE_SIZE:

@@ -9,6 +9,7 @@ __metaclass__ = type
 
 import collections
 import errno
+import hashlib
 import ipaddress
 import json
 import os
@@ -164,10 +165,18 @@ def read_meta(meta_fd):
 
 
 class Current:
-    """What the kernel holds for one instance, read from its pins. Owns the fds it opened."""
+    """What the kernel holds for one instance, read from its pins. Owns the fds it opened.
 
-    def __init__(self, instance_dir):
+    expected_cgroup (the desired one) lets it find its program when a pin was deleted: a program
+    still attached but unpinned is adopted (prog_adopted) so that the repair replaces it instead
+    of leaving it attached next to a new one."""
+
+    def __init__(self, instance_dir, expected_cgroup=None):
         self.instance_dir = instance_dir
+        self.expected_cgroup = expected_cgroup
+        self.missing_pins = []
+        self.prog_adopted = False
+        self.meta_adopted = False
         self.exists = os.path.isdir(instance_dir)
         self.maps = {}
         self.map_ids = {}
@@ -195,8 +204,57 @@ class Current:
         if self.link_fd is not None:
             self.link_info = bpf.link_info(self.link_fd)
         self._read_meta()
+        self.missing_pins = [name for name in [PROG_PIN, *list(abi.MAP_CONTRACT), META_MAP] if not self._pinned(name)]
+        if self.prog_fd is None:
+            self._adopt_unpinned_program()
+        if self.meta is None and self.prog_info is not None:
+            self._adopt_attachment()
         self._read_maps()
         self.attached = self._is_attached()
+
+    def _pinned(self, name):
+        if name == PROG_PIN:
+            return self.prog_fd is not None
+        return name in self.maps
+
+    def _adopt_unpinned_program(self):
+        """The program of a deleted prog pin, found through the link or, attached with multi, by the
+        pinned maps it uses."""
+        prog_id = None
+        if self.link_info is not None and self.link_info.prog_id:
+            prog_id = self.link_info.prog_id
+        elif self.cgroup and os.path.isdir(self.cgroup):
+            own_maps = {self.map_ids[name] for name in abi.MAP_CONTRACT if name in self.map_ids}
+            for candidate in attached_program_ids(self.cgroup)[1]:
+                try:
+                    with bpf.closing_fd(bpf.prog_get_fd_by_id(candidate)) as fd:
+                        if own_maps and own_maps <= set(bpf.prog_info(fd).map_ids):
+                            prog_id = candidate
+                            break
+                except bpf.BpfError:
+                    continue
+        if prog_id is not None:
+            try:
+                self.prog_fd = bpf.prog_get_fd_by_id(prog_id)
+            except bpf.BpfError:
+                return
+            self.prog_info = bpf.prog_info(self.prog_fd)
+            self.prog_adopted = True
+
+    def _adopt_attachment(self):
+        """Without the meta record, the program counts as attached where it is found on the expected
+        cgroup, so that the repair replaces it in place."""
+        cgroup = self.expected_cgroup
+        if not cgroup or not os.path.isdir(cgroup):
+            return
+        mode = None
+        if self.link_info is not None and self.link_info.cgroup_id == cgroup_id(cgroup):
+            mode = ATTACH_LINK
+        elif self.prog_info.id in attached_program_ids(cgroup)[1]:
+            mode = ATTACH_MULTI
+        if mode:
+            self.meta = {"format": META_FORMAT, "cgroup": cgroup, "attach_mode": mode, "object_sha256": None}
+            self.meta_adopted = True
 
     def _read_meta(self):
         self.meta, self.meta_problem = read_meta(self.maps.get(META_MAP))
@@ -217,7 +275,7 @@ class Current:
     @property
     def program_intact(self):
         """Program, maps and meta all pinned, and the program uses exactly the pinned maps."""
-        if self.prog_info is None or self.meta is None:
+        if self.prog_info is None or self.meta is None or self.missing_pins:
             return False
         if any(name not in self.maps for name in abi.MAP_CONTRACT):
             return False
@@ -290,6 +348,15 @@ def foreign_programs(cgroup, own_ids):
     return found
 
 
+def maps_fingerprint(rules, default_jiffies, directions):
+    """sha256 of what the rules and config maps hold. The meta record keeps the one written last,
+    so the next run tells an edit made outside tcp_rto (drift) from a change of parameters."""
+    text = json.dumps(
+        [[[str(rule.dest), rule.rto_jiffies] for rule in rules], default_jiffies or 0, directions], sort_keys=True
+    )
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
 # ---------------------------------------------------------------- describing (diff, result)
 
 
@@ -348,7 +415,14 @@ def same_place(desired, current):
 def plan_present(desired, current):
     steps = []
     if current.exists and (not current.program_intact or current.meta_problem):
-        steps.append("repair incomplete instance (%s)" % (current.meta_problem or "pins missing"))
+        steps.append(
+            "repair incomplete instance (%s)"
+            % (
+                current.meta_problem
+                or (current.missing_pins and "missing pins: " + ", ".join(current.missing_pins))
+                or "pins missing"
+            )
+        )
     load_maps = not (current.program_intact and current.meta["object_sha256"] == desired.object.sha256)
     if load_maps:
         steps.append("create maps and load program from object %s" % desired.object.sha256[:12])

@@ -30,6 +30,8 @@ CODE_FILES = (
     "probe",
     "instance",
     "apply",
+    "coexistence",
+    "drift",
     "reconcile",
     "persistence",
     "restore",

@@ -13,7 +13,7 @@ import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import apply as kernel_apply
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, persistence, probe
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import coexistence, drift, host, persistence, probe
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject, BpfObjectError, check_contract
@@ -70,10 +70,10 @@ def _check(direction, expected_jiffies, observed_ms, low_ms, high_ms, hz):
     }
 
 
-def verify(desired):
+def verify(desired, descendants=()):
     """Real handshakes from inside the cgroup compared with what the instance should give them:
     always a connect() (the kernel default when direction leaves it out), and an accept() when
-    direction includes incoming."""
+    direction includes incoming; a connect() in each of descendants too (checks with a cgroup key)."""
     directions = abi.DIRECTIONS[desired.direction]
     jiffies = model.rule_for(PROBE_ADDRESS, desired.rules, desired.default_jiffies)
     jiffy_ms = 1000.0 / desired.hz
@@ -103,6 +103,18 @@ def verify(desired):
                 desired.hz,
             )
         )
+    for descendant in descendants:
+        observed_ms = probe.outgoing_rto_us(descendant, PROBE_ADDRESS) / 1000.0
+        check = _check(
+            "outgoing",
+            jiffies if directions & abi.DIRECTION_OUTGOING else None,
+            observed_ms,
+            observed_ms - jiffy_ms / 2,
+            observed_ms + jiffy_ms / 2,
+            desired.hz,
+        )
+        check["cgroup"] = descendant
+        checks.append(check)
     return {"ok": all(check["ok"] for check in checks), "checks": checks}
 
 
@@ -136,7 +148,7 @@ def give_up_seconds(desired):
 def run(params, check_mode=False, diff=False):
     """Bring the instance to what params describe (state present or absent); -> the result dict.
     Raises one of ERRORS; VerificationFailed after an apply whose handshakes do not match."""
-    result = dict(changed=False, actions=[], foreign_programs=[])
+    result = dict(changed=False, actions=[], foreign_programs=[], drift=[], conflicts=[])
     features = preflight(params, result)
     desired = desired_instance(params, features, result["kernel"]["hz"]) if params["state"] == "present" else None
     converge(params, desired, features.prog_replace, check_mode, diff, result)
@@ -203,7 +215,7 @@ def converge(params, desired, can_replace, check_mode, diff, result):
     """Plan from what the pins hold to desired (None: absent) and, unless check_mode, apply it."""
     if host.ensure_bpffs(params["pin_dir"], mount=params["mount_bpffs"], check_mode=check_mode):
         result["actions"].append("mount bpffs on /sys/fs/bpf")
-    current = model.Current(os.path.join(params["pin_dir"], params["name"]))
+    current = model.Current(os.path.join(params["pin_dir"], params["name"]), desired.cgroup if desired else None)
     try:
         if desired is None:
             plan = model.plan_absent(current)
@@ -216,7 +228,9 @@ def converge(params, desired, can_replace, check_mode, diff, result):
                     "cgroup %s already has the tcp_rto instance %s: one instance per cgroup. "
                     "Change that instance's rules, or remove it first." % (desired.cgroup, others[0])
                 )
+            result["drift"] = drift.findings(current, desired)
             plan = model.plan_present(desired, current)
+            _refuse_blocked_attach(desired, current, plan)
             if plan.steps and not check_mode:
                 kernel_apply.apply_present(desired, current, plan, can_replace=can_replace)
         result["actions"].extend(plan.steps)
@@ -224,36 +238,85 @@ def converge(params, desired, can_replace, check_mode, diff, result):
             result["diff"] = dict(
                 before=model.describe_current(current), after=model.describe_desired(desired) if desired else {}
             )
+            if result.get("drift"):
+                result["diff"]["before"]["drift"] = result["drift"]
     finally:
         current.close()
 
 
+def _refuse_blocked_attach(desired, current, plan):
+    """Fail before any change where the kernel would refuse our attach (a link update does not
+    attach anew), naming the foreign programs in the way: in check mode too."""
+    if not plan.attach or (desired.attach_mode == model.ATTACH_LINK and model.same_place(desired, current)):
+        return
+    blockers = coexistence.attach_blockers(desired.cgroup, host.cgroup2_mount())
+    if blockers:
+        raise model.InstanceError(coexistence.describe_blockers(desired.cgroup, blockers))
+
+
+def _instance_program_ids(params):
+    """Programs of the other tcp_rto instances under pin_dir: nested instances are not foreign."""
+    ids = []
+    pin_dir = params["pin_dir"]
+    for name in sorted(os.listdir(pin_dir)) if os.path.isdir(pin_dir) else []:
+        if name == params["name"]:
+            continue
+        try:
+            with bpf.closing_fd(bpf.obj_get(os.path.join(pin_dir, name, model.PROG_PIN))) as fd:
+                ids.append(bpf.prog_info(fd).id)
+        except (OSError, bpf.BpfError):
+            continue  # not an instance, or one without its program pin
+    return ids
+
+
 def report(params, desired, check_mode, result):
-    """What the kernel holds now, proven by real handshakes unless check mode or verify: false."""
-    if params["verify"] and not check_mode:
-        result["verification"] = verify(desired)
-    applied = model.Current(os.path.join(params["pin_dir"], params["name"]))
+    """What the kernel holds now, proven by real handshakes unless check mode or verify: false;
+    the foreign programs that meet ours, and those that can explain a failed handshake."""
+    instance_dir = os.path.join(params["pin_dir"], params["name"])
+    applied = model.Current(instance_dir)
     try:
-        result["instance"] = instance_result(desired, applied)
         own_ids = [applied.prog_info.id] if applied.prog_info else []
     finally:
         applied.close()
-    result["foreign_programs"] = model.foreign_programs(desired.cgroup, own_ids)
+    programs = coexistence.survey(desired.cgroup, host.cgroup2_mount(), own_ids, _instance_program_ids(params))
+    result["foreign_programs"] = programs
+    if params["verify"] and not check_mode:
+        result["verification"] = verify(desired, coexistence.descendants_to_probe(programs))
+    applied = model.Current(instance_dir)
+    try:
+        result["instance"] = instance_result(desired, applied)
+    finally:
+        applied.close()
     result["syn_give_up_s"] = give_up_seconds(desired)
     failed = [check for check in result.get("verification", {}).get("checks", []) if not check["ok"]]
     if failed:
+        result["conflicts"] = coexistence.conflicts(
+            failed, programs, desired.cgroup, own_ids, model.KERNEL_DEFAULT_RTO_MS
+        )
         result["changed"] = bool(result["actions"])
         raise VerificationFailed(
-            "verification failed: %s. Another sock_ops program (on this cgroup: %s; or on an ancestor cgroup) "
-            "may override the value or return 0. The instance stays applied; see the programs that run for the "
-            "cgroup with 'bpftool cgroup tree'."
+            "verification failed: %s. %s The instance stays applied; the programs that run for the cgroup show "
+            "with 'bpftool cgroup tree'."
             % (
                 "; ".join(
                     "an %s handshake with %s in %s started with an initial RTO of %s ms, the rules give %s ms"
-                    % (check["direction"], check["address"], desired.cgroup, check["observed_ms"], check["expected_ms"])
+                    % (
+                        check["direction"],
+                        check["address"],
+                        check.get("cgroup", desired.cgroup),
+                        check["observed_ms"],
+                        check["expected_ms"],
+                    )
                     for check in failed
                 ),
-                [program["id"] for program in result["foreign_programs"]] or "none",
+                "Foreign sock_ops programs that can cause it (see conflicts): %s."
+                % "; ".join(
+                    "program %d (%s) attached %s to %s (%s cgroup): %s"
+                    % (c["id"], c["name"] or "no name", c["attach"], c["cgroup"], c["relation"], c["why"])
+                    for c in result["conflicts"]
+                )
+                if result["conflicts"]
+                else "No foreign sock_ops program runs for the cgroup: something outside BPF sets the value.",
             ),
             result,
         )

@@ -107,7 +107,10 @@ options:
         initial RTO the kernel gives them with the value the rules give loopback. A C(connect) is
         always checked (it keeps the kernel default when O(direction=incoming)); the SYN-ACK timer of a
         listener in the cgroup when O(direction) includes V(incoming).
-      - A mismatch (for example a program of an ancestor cgroup overriding the value) fails the task.
+      - Each descendant cgroup with a foreign sock_ops program of its own (at most 8) gets a C(connect())
+        check too.
+      - A mismatch (for example a program of an ancestor cgroup overriding the value) fails the task,
+        and RV(conflicts) names the foreign programs that can explain it.
     type: bool
     default: true
   src:
@@ -159,7 +162,11 @@ notes:
     The program leaves a value already set by a program of a cgroup closer to the socket, so when
     instances nest the most specific cgroup wins.
   - Programs that other tools attached to the cgroup are never detached, replaced or reordered;
-    RV(foreign_programs) lists them.
+    RV(foreign_programs) lists them, on the cgroup, its ancestors and its descendants. Where such a
+    program keeps the kernel from attaching ours (attached without C(multi) to the cgroup, or
+    exclusive to an ancestor), the task fails before any change, in check mode too, and names it.
+  - Drift (a pin deleted, the program detached or a map entry edited outside the module) is reported
+    in RV(drift) and repaired; check mode reports it without repairing.
 seealso:
   - name: Kernel sample tcp_synrto_kern.c
     description: The kernel's own example of a sock_ops program that sets the SYN RTO.
@@ -228,7 +235,10 @@ verification:
   contains:
     ok: {description: Whether every check matched., type: bool, sample: true}
     checks:
-      description: One entry per handshake probed, V(outgoing) always, V(incoming) when O(direction) includes it.
+      description:
+        - One entry per handshake probed, V(outgoing) always, V(incoming) when O(direction) includes it.
+        - An V(outgoing) check in each descendant cgroup with a foreign program of its own, with the key
+          C(cgroup) (the other checks are made in O(cgroup)).
       type: list
       elements: dict
       sample: [{direction: outgoing, address: 127.0.0.1, expected_ms: 52, observed_ms: 52, ok: true}]
@@ -240,11 +250,43 @@ syn_give_up_s:
   type: float
   sample: 6.35
 foreign_programs:
-  description: Other sock_ops programs attached to the cgroup. They are left as they are.
+  description:
+    - Other sock_ops programs that run, or could run, for sockets in O(cgroup) and below. They are
+      left as they are. Programs of other instances of this module are not listed.
+    - C(cgroup) where it is attached; C(relation) V(same), V(ancestor) or V(descendant);
+      C(attach) V(exclusive), V(override), V(multi) or V(link) (C(attach_flags) as the kernel
+      reports them for that cgroup); C(runs) V(before) or V(after) ours for sockets in the cgroup
+      it is attached to (in O(cgroup) for an ancestor), V(not) when the kernel leaves it out (an
+      ancestor without C(multi) once a cgroup below has programs), null when ours is not attached.
+    - Empty with O(state=absent).
   returned: always
   type: list
   elements: dict
-  sample: [{id: 17, name: other_prog, tag: 3b1d2c7a5e9f0a11, attach_flags: 2}]
+  sample: [{id: 17, name: other_prog, tag: 3b1d2c7a5e9f0a11, cgroup: /sys/fs/cgroup, relation: ancestor,
+            attach: multi, attach_flags: 2, runs: after}]
+conflicts:
+  description:
+    - When verification fails, the foreign programs that can explain it, from the programs that run
+      for the sockets of the failed check in the order the kernel runs them and the value observed.
+      A program that runs after ours can overwrite the reply; one that runs before ours can set a
+      reply ours then leaves alone; any program returning 0 gives the kernel default.
+    - C(sockets_in) is the cgroup of the failed check; C(why) says how the program can cause it.
+    - Empty when verification passes or does not run (check mode, O(verify=false)).
+  returned: always
+  type: list
+  elements: dict
+  sample: [{id: 17, name: other_prog, cgroup: /sys/fs/cgroup, relation: ancestor, attach: multi, runs: after,
+            sockets_in: /sys/fs/cgroup/app, why: runs after ours for sockets in /sys/fs/cgroup/app and overwrites the reply ours set}]
+drift:
+  description:
+    - What changed in the instance outside this module since it last wrote it, one sentence each
+      (a pin deleted, the program detached, a rules or config map entry edited). The run repairs it
+      (check mode only reports it); with O(state=present) and diff mode it is also in the diff's
+      before. A change of parameters is not drift.
+  returned: always
+  type: list
+  elements: str
+  sample: ["rules map: 10.0.0.0/8 holds 250 jiffies, tcp_rto wrote 13"]
 actions:
   description: What was (or in check mode would be) changed.
   returned: always

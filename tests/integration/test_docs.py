@@ -29,7 +29,16 @@ def test_module_doc_renders_and_matches_argument_spec():
         assert options[name].get("default") == spec.get("default"), name
         assert options[name].get("choices") == spec.get("choices"), name
     assert set(doc["doc"]["attributes"]) == {"action", "check_mode", "diff_mode", "platform"}
-    assert {"instance", "kernel", "verification", "syn_give_up_s", "foreign_programs", "actions"} <= set(doc["return"])
+    assert {
+        "instance",
+        "kernel",
+        "verification",
+        "syn_give_up_s",
+        "foreign_programs",
+        "actions",
+        "conflicts",
+        "drift",
+    } <= set(doc["return"])
     assert "netbpf.tcp_rto.tcp_initial_rto:" in doc["examples"]
 
 

@@ -71,6 +71,8 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
                 "apply",
                 "bpf_object",
                 "bpf_syscall",
+                "coexistence",
+                "drift",
                 "host",
                 "instance",
                 "persistence",

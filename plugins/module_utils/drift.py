@@ -1,0 +1,87 @@
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Drift: what changed in the kernel since tcp_rto last wrote an instance (a pin deleted, the
+program detached, a map entry edited with bpftool), told from a change of parameters with the
+fingerprint of the maps the meta record keeps. The plan repairs it; this only says what it is.
+Plain stdlib, usable without Ansible."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
+
+
+def _direction_name(bits):
+    names = [name for name, value in abi.DIRECTIONS.items() if value == bits]
+    return names[0] if names else "bits %r" % (bits,)
+
+
+def _pin_findings(current):
+    found = []
+    for name in current.missing_pins:
+        path = os.path.join(current.instance_dir, name)
+        if name == model.PROG_PIN and current.prog_adopted:
+            found.append("pin %s is missing; program %d is still attached (found by id)" % (path, current.prog_info.id))
+        elif name == model.META_MAP and current.meta_adopted:
+            found.append(
+                "pin %s (the instance record) is missing; program %d found attached to %s"
+                % (path, current.prog_info.id, current.cgroup)
+            )
+        else:
+            found.append("pin %s is missing" % path)
+    if current.attach_mode == model.ATTACH_LINK and current.link_fd is None:
+        found.append(
+            "pin %s is missing, and with it the bpf_link that attached the program"
+            % (os.path.join(current.instance_dir, model.LINK_PIN))
+        )
+    elif current.prog_info is not None and current.meta is not None and not current.attached:
+        found.append(
+            "program %d is not attached to %s (detached outside tcp_rto, or an earlier run was interrupted)"
+            % (current.prog_info.id, current.cgroup)
+        )
+    return found
+
+
+def _map_findings(current, desired):
+    recorded = (current.meta or {}).get("maps_sha256")
+    if not recorded or abi.RULES_MAP not in current.maps or abi.CONFIG_MAP not in current.maps:
+        return []
+    held_rules = [rule for rule, _slot in current.rules]
+    if model.maps_fingerprint(held_rules, current.default_jiffies, current.directions) == recorded:
+        return []
+    wanted_directions = abi.DIRECTIONS[desired.direction]
+    if model.maps_fingerprint(desired.rules, desired.default_jiffies, wanted_directions) != recorded:
+        return ["the rules or config map was edited outside tcp_rto since the last run"]
+    found = []
+    held = {str(rule.dest): rule.rto_jiffies for rule in held_rules}
+    written = {str(rule.dest): rule.rto_jiffies for rule in desired.rules}
+    for dest, jiffies in written.items():
+        if dest not in held:
+            found.append("rules map: the rule for %s (%d jiffies) was deleted" % (dest, jiffies))
+        elif held[dest] != jiffies:
+            found.append("rules map: %s holds %d jiffies, tcp_rto wrote %d" % (dest, held[dest], jiffies))
+    for dest, jiffies in held.items():
+        if dest not in written:
+            found.append("rules map: a rule for %s (%d jiffies) was added" % (dest, jiffies))
+    if (current.default_jiffies or 0) != (desired.default_jiffies or 0):
+        found.append(
+            "config map: the default holds %d jiffies, tcp_rto wrote %d (0: kernel default)"
+            % (current.default_jiffies or 0, desired.default_jiffies or 0)
+        )
+    if current.directions != wanted_directions:
+        found.append(
+            "config map: the direction holds %s, tcp_rto wrote %s"
+            % (_direction_name(current.directions), desired.direction)
+        )
+    return found
+
+
+def findings(current, desired):
+    """What drifted in the instance current reads, as sentences for people ([] when nothing)."""
+    if not current.exists:
+        return []
+    return _pin_findings(current) + _map_findings(current, desired)
