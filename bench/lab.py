@@ -4,6 +4,7 @@ A Lab owns a stack of undo steps. Everything it creates carries the bench proces
 name, so that sweep_leftovers() at the next start removes what a killed run (SIGKILL, power loss)
 left, and never what another process still uses:
 - network namespaces  tcprto-b-<pid>-<role>  (the veth pair lives only inside them)
+- temporary directories  $TMPDIR/tcprto-b-<pid>-<random>
 - child cgroups and private bpffs mounts through tests/sandbox.py (tcp_rto_test-bench-<pid>-...)
 - the previous kernel.bpf_stats_enabled value in /run/tcprto-b-<pid>.bpf_stats while it is changed
 SIGINT and SIGTERM raise KeyboardInterrupt, so the undo steps run on those too.
@@ -23,7 +24,7 @@ sys.path.insert(0, os.path.join(REPO, ".cache", "collections"))
 
 import sandbox  # noqa: E402  (tests/sandbox.py: cgroups and bpffs mounts with owner pids)
 
-NETNS_PREFIX = "tcprto-b-"
+OWNED_PREFIX = "tcprto-b-"  # netns, temp dirs, state files: tcprto-b-<pid>...
 STATE_DIR = "/run"
 BPF_STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
 MANAGED_PYTHON = "/usr/bin/python3"  # workloads and managed-host modules: Debian's own Python
@@ -50,6 +51,10 @@ def _netns_names():
     return [line.split()[0] for line in out.splitlines() if line.strip()]
 
 
+def remove_tree(path):
+    subprocess.run(["rm", "-rf", "--one-file-system", path], check=True)
+
+
 def delete_netns(name):
     """Kill what runs inside (a process keeps a namespace alive), then drop the name."""
     pids = subprocess.run(
@@ -73,23 +78,28 @@ def sweep_leftovers():
     """Remove what earlier bench runs whose process is gone left behind (ours only, by name)."""
     sandbox.sweep_leftovers()
     for name in _netns_names():
-        if name.startswith(NETNS_PREFIX) and _owner_gone(name[len(NETNS_PREFIX) :].split("-")[0]):
+        if name.startswith(OWNED_PREFIX) and _owner_gone(name[len(OWNED_PREFIX) :].split("-")[0]):
             delete_netns(name)
     for entry in os.listdir(STATE_DIR):
-        if entry.startswith(NETNS_PREFIX) and entry.endswith(".bpf_stats"):
-            if _owner_gone(entry[len(NETNS_PREFIX) : -len(".bpf_stats")]):
+        if entry.startswith(OWNED_PREFIX) and entry.endswith(".bpf_stats"):
+            if _owner_gone(entry[len(OWNED_PREFIX) : -len(".bpf_stats")]):
                 restore_bpf_stats(os.path.join(STATE_DIR, entry))
+    for entry in os.listdir(tempfile.gettempdir()):
+        if entry.startswith(OWNED_PREFIX) and _owner_gone(entry[len(OWNED_PREFIX) :].split("-")[0]):
+            remove_tree(os.path.join(tempfile.gettempdir(), entry))
 
 
 def owned_leftovers(pid):
     """What a bench process with this pid left behind: for the smoke test's "nothing left" check."""
     marker = "-%d-" % pid
-    left = [name for name in _netns_names() if name.startswith("%s%d-" % (NETNS_PREFIX, pid))]
+    left = [name for name in _netns_names() if name.startswith("%s%d-" % (OWNED_PREFIX, pid))]
     root = sandbox.cgroup2_mount()
     left += [os.path.join(root, e) for e in os.listdir(root) if e.startswith(sandbox.SANDBOX_PREFIX) and marker in e]
     with open("/proc/mounts") as mounts:
         left += [line.split()[1] for line in mounts if line.split()[2] == "bpf" and marker in line.split()[1]]
-    left += [os.path.join(STATE_DIR, e) for e in os.listdir(STATE_DIR) if e.startswith("%s%d." % (NETNS_PREFIX, pid))]
+    left += [os.path.join(STATE_DIR, e) for e in os.listdir(STATE_DIR) if e.startswith("%s%d." % (OWNED_PREFIX, pid))]
+    temp = tempfile.gettempdir()
+    left += [os.path.join(temp, e) for e in os.listdir(temp) if e.startswith("%s%d-" % (OWNED_PREFIX, pid))]
     return left
 
 
@@ -136,12 +146,12 @@ class Lab:
         return path
 
     def tempdir(self):
-        path = tempfile.mkdtemp(prefix="tcprto-bench-")
-        self.defer(subprocess.run, ["rm", "-rf", "--one-file-system", path])
+        path = tempfile.mkdtemp(prefix="%s%d-" % (OWNED_PREFIX, os.getpid()))
+        self.defer(remove_tree, path)
         return path
 
     def netns(self, role):
-        name = "%s%d-%s" % (NETNS_PREFIX, os.getpid(), role)
+        name = "%s%d-%s" % (OWNED_PREFIX, os.getpid(), role)
         subprocess.run(["ip", "netns", "add", name], check=True)
         self.defer(delete_netns, name)
         ip(name, "link", "set", "lo", "up")
@@ -149,7 +159,7 @@ class Lab:
 
     def bpf_stats_enabled(self):
         """kernel.bpf_stats_enabled=1 until close(); the old value is kept in a file for a sweep."""
-        state_file = os.path.join(STATE_DIR, "%s%d.bpf_stats" % (NETNS_PREFIX, os.getpid()))
+        state_file = os.path.join(STATE_DIR, "%s%d.bpf_stats" % (OWNED_PREFIX, os.getpid()))
         with open(BPF_STATS_SYSCTL) as handle:
             old = handle.read().strip()
         with open(state_file, "w") as handle:

@@ -57,9 +57,11 @@ def run(runs, log=print):
                 times[kind].append(ansible_runner.timed_playbook(workdir, inventory, playbook))
 
         log("module cost: manual anchor, %d runs" % runs)
+        program_ids = programs.attached_ids(noop_cgroup) + programs.attached_ids(change_cgroup)
         manual = {}
         for _ in range(runs):
             steps, pin = programs.manual_sequence(workdir, blog_cgroup, bpffs, hz)
+            program_ids.append(programs.program_id_of_pin(pin))
             programs.detach_blog(blog_cgroup, pin)
             os.unlink(pin)
             for step, seconds in steps.items():
@@ -74,5 +76,6 @@ def run(runs, log=print):
         medians=medians,
         ratios={kind: medians[kind] / baseline for kind in ("no-op", "change")},
         manual=manual,
+        program_ids=program_ids,
         manual_medians={step: statistics.median(values) for step, values in manual.items()},
     )

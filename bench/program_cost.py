@@ -91,5 +91,6 @@ def run(rounds, seconds, log=print):
         overhead_percent=_overhead(median_rates),
         cpu_overhead_percent=_overhead(median_cpu_rates),
         programs=per_program,
+        program_ids=sorted(program_ids.values()),
         ns_ratio=per_program["collection"]["ns_per_invocation"] / per_program["blog"]["ns_per_invocation"],
     )
