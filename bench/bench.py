@@ -1,8 +1,8 @@
 """Runs the benchmarks and writes docs/performance.md and the connect latency CDF plot.
 
 Usage (as root, through bench/run): bench/run [--smoke] [--out-dir DIR] [--only NAME ...] [sizes]
---smoke runs every benchmark at a tiny size (the smoke test does, into a temp dir). The results
-also go to DIR/performance.json (ids of the programs the run created included, for leak checks).
+--smoke runs every benchmark at a tiny size (the smoke test does, into a temp dir). --json FILE
+also writes the raw results there (ids of the programs the run created included, for leak checks).
 """
 
 import argparse
@@ -28,6 +28,7 @@ SMOKE = dict(connects=10, loss=[30], cost_rounds=1, cost_seconds=0.3, module_run
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=os.path.join(lab.REPO, "docs"), help="where performance.md goes")
+    parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmarks run")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     parser.add_argument("--sweep", action="store_true", help="only remove what killed runs left, then exit")
@@ -76,8 +77,9 @@ def main(argv):
     results["duration_s"] = time.monotonic() - started
     results["load_end"] = os.getloadavg()
     os.makedirs(args.out_dir, exist_ok=True)
-    with open(os.path.join(args.out_dir, "performance.json"), "w") as handle:
-        json.dump(results, handle, indent=1, sort_keys=True)
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=1, sort_keys=True)
     report.write(results, args.out_dir)
     log("wrote %s (%.0f s)" % (os.path.join(args.out_dir, "performance.md"), results["duration_s"]))
     return 0

@@ -61,11 +61,11 @@ def assert_series(row, connects):
 
 def test_every_benchmark_at_tiny_size(tmp_path):
     stats_before = bpf_stats()
-    bench = start_bench(tmp_path, "--smoke")
+    bench = start_bench(tmp_path, "--smoke", "--json", str(tmp_path / "results.json"))
     output, _ = bench.communicate(timeout=600)
     assert bench.returncode == 0, output
 
-    with open(tmp_path / "performance.json") as handle:
+    with open(tmp_path / "results.json") as handle:
         results = json.load(handle)
     [effect] = results["effect"]
     assert [row["setting"] for row in effect["rows"]] == [
