@@ -29,6 +29,7 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
     parser.add_argument("--out-dir", default=os.path.join(lab.REPO, "docs"), help="where performance.md goes")
     parser.add_argument("--json", help="also write the raw results to this file")
+    parser.add_argument("--from-json", help="run nothing: write the doc again from the results of an earlier --json")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmarks run")
     parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
     parser.add_argument("--sweep", action="store_true", help="only remove what killed runs left, then exit")
@@ -54,6 +55,10 @@ def main(argv):
     if os.geteuid() != 0:
         sys.exit("bench/run: run as root: the benchmarks load BPF programs, create cgroups and namespaces")
     args = parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as handle:
+            report.write(json.load(handle), args.out_dir)
+        return 0
     lab.install_signal_handlers()
     lab.sweep_leftovers()
     if args.sweep:

@@ -75,13 +75,23 @@ def plot(effects, path):
                 linewidth=1.8,
                 label="%s (p99 %s ms)" % (row["setting"], _ms(row["p99_ms"])),
             )
+        axis.axhline(0.99, color="grey", linestyle="--", linewidth=0.8)
+        axis.annotate(
+            "p99",
+            (1.0, 0.99),
+            xycoords=("axes fraction", "data"),
+            xytext=(-22, 3),
+            textcoords="offset points",
+            color="grey",
+            fontsize=8,
+        )
         axis.set_xscale("log")
         axis.set_xlabel("connect latency (ms, log scale)")
         axis.set_ylabel("share of connects")
         axis.set_ylim(0.8, 1.001)
         axis.set_title("%d %% of SYNs dropped, %d connects per setting" % (result["loss_percent"], result["connects"]))
         axis.grid(True, which="both", alpha=0.3)
-        axis.legend(loc="lower right", fontsize=8.5)
+        axis.legend(loc="upper left", fontsize=8.5)
     figure.suptitle("Connect latency CDF over a veth pair, kernel default vs tcp_initial_rto (y from 0.8)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -117,8 +127,14 @@ def _header(results):
         "| duration | %.0f s |" % results["duration_s"],
         "| sizes | %s |" % ", ".join("%s %s" % (key, value) for key, value in sorted(results["sizes"].items())),
     ]
-    if results.get("machine_note"):
-        lines += ["", results["machine_note"]]
+    if max(load_start[0], load_end[0]) >= m["cores"] / 2.0:
+        lines += [
+            "",
+            "**The machine was shared** with other jobs during this run (load average above, on %d cores):"
+            % m["cores"],
+            "timings carry their noise, so every table lists all runs next to the median, and ratios come",
+            "from interleaved rounds that the load hit alike.",
+        ]
     return lines
 
 
@@ -126,17 +142,22 @@ def _targets(results):
     rows = ["## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
     effect = _effect_at(results, 10)
     if effect:
-        row = _row(effect, "collection 100 ms")
-        rows.append(
-            "| p99 connect latency at %d %% SYN loss, default / 100 ms ≥ %.0f× | %.1f× (%s ms / %s ms) | %s |"
-            % (
-                effect["loss_percent"],
-                TARGETS["p99_ratio"],
-                row["default_p99_ratio"],
-                _ms(effect["rows"][0]["p99_ms"]),
-                _ms(row["p99_ms"]),
-                _verdict(row["default_p99_ratio"] >= TARGETS["p99_ratio"]),
+        default, fast = effect["rows"][0], _row(effect, "collection 100 ms")
+        met = fast["default_p99_ratio"] >= TARGETS["p99_ratio"]
+        measured = "%.1f× (%s ms / %s ms)" % (fast["default_p99_ratio"], _ms(default["p99_ms"]), _ms(fast["p99_ms"]))
+        if default["retransmitted"] and fast["retransmitted"]:
+            step = default["retransmit_median_ms"] / fast["retransmit_median_ms"]
+            measured += "; one lost SYN: %.1f× (%s ms / %s ms)" % (
+                step,
+                _ms(default["retransmit_median_ms"]),
+                _ms(fast["retransmit_median_ms"]),
             )
+        verdict = _verdict(met)
+        if not met:
+            verdict += ": the two p99s fell on different steps (see the notes below the tables)"
+        rows.append(
+            "| p99 connect latency at %d %% SYN loss, default / 100 ms ≥ %.0f× | %s | %s |"
+            % (effect["loss_percent"], TARGETS["p99_ratio"], measured, verdict)
         )
     for result in results.get("effect", []):
         for row in result["rows"]:
@@ -270,8 +291,10 @@ EFFECT_NOTES = [
     "- At 10 % loss, exactly 1 % of connects lose their first two SYNs, so p99 sits on the edge between one",
     "  and two retransmissions, for every setting: from run to run each setting's p99 falls on either step.",
     "  The ratio is ≈ 10× when both settings land on the same step (1 s / 100 ms or 2 s / 200 ms), ≈ 5×",
-    "  or ≈ 20× when they land on different steps. That is the statistic, not the program: the 20 % table",
-    "  (p99 well inside the two-retransmission step) shows the stable ≈ 10×.",
+    "  or ≈ 20× when they land on different steps. That is the statistic, not the program: the",
+    "  distribution's own p99 at 10 % loss is the one-lost-SYN step (P(first two SYNs lost) = 1 %), whose",
+    "  ratio the targets table gives from the measured first retransmissions, and the 20 % table (p99 well",
+    "  inside the two-retransmission step) shows the stable ≈ 10×.",
     "- Timer granularity: the SYN retransmit timer is a timer-wheel timer, and the wheel never fires a",
     "  timer early: it files it one unit of its level's granularity later (kernel/time/timer.c,",
     "  `calc_index`). A timer shorter than 63 jiffies (252 ms at HZ 250) sits in level 0 (1 jiffy), so the",
@@ -280,8 +303,9 @@ EFFECT_NOTES = [
     '  shows the same, its 1 s RTO retransmits after ≈ 1024 ms. "within 1 jiffy" counts intervals in',
     '  [R, R + 1 jiffy]; "within the timer wheel\'s bound" counts [R, R + granularity].',
     "- Beyond those bounds is the timer softirq's latency on a busy machine (the run's load average is",
-    "  above), not the program: the program's only job is the value, which TCP_INFO shows exactly (the",
-    "  module's own verification, and tests/integration/test_tcp_initial_rto.py).",
+    "  above; under load the kernel hands softirqs to ksoftirqd, a normal thread that waits for a CPU),",
+    "  not the program: its only job is the value, which TCP_INFO shows exactly (the module's own",
+    "  verification, and tests/integration/test_tcp_initial_rto.py).",
     "",
 ]
 
@@ -330,13 +354,16 @@ def _program(results):
             % (setting, result["median_rates"][setting], result["median_cpu_rates"][setting], overhead, cpu_overhead)
         )
     expected = per["collection"]["ns_per_connection"]
+    cpu_ns_per_connection = 1e9 / result["median_cpu_rates"]["no program"]
     lines += [
         "",
-        "Overhead = extra time per connection relative to no program. A connection costs ≈ %.0f µs here, the"
-        % (1e6 / result["median_rates"]["no program"]),
-        "collection's program ≈ %.2f µs of it (%.1f %%): below what rounds on a shared 2-core VM resolve,"
-        % (expected / 1000.0, expected / (1e9 / result["median_rates"]["no program"]) * 100),
-        "so the rates differ by noise of either sign (all rounds, connections/s: %s)."
+        "Overhead = extra time per connection relative to no program, from wall time and from the load",
+        "process's CPU time (less sensitive to other jobs on the machine). A connection costs ≈ %.0f µs of CPU"
+        % (cpu_ns_per_connection / 1000.0),
+        "here and the collection's program ≈ %.2f µs of it (%.1f %%; run_time_ns includes the clock reads of"
+        % (expected / 1000.0, expected / cpu_ns_per_connection * 100),
+        "bpf_stats itself): at or below what rounds on a shared 2-core VM resolve, so the rates differ by",
+        "noise of either sign (all rounds, connections/s: %s)."
         % "; ".join(
             "%s %s" % (setting, ", ".join("%.0f" % value for value in values))
             for setting, values in result["rates"].items()
