@@ -78,9 +78,9 @@ def plot(effects, path):
         axis.axhline(0.99, color="grey", linestyle="--", linewidth=0.8)
         axis.annotate(
             "p99",
-            (1.0, 0.99),
+            (0.5, 0.99),
             xycoords=("axes fraction", "data"),
-            xytext=(-22, 3),
+            xytext=(0, 3),
             textcoords="offset points",
             color="grey",
             fontsize=8,
