@@ -1,0 +1,112 @@
+"""The two programs under comparison, put on a sandbox cgroup.
+
+- the collection's: through module_utils' reconcile.run, the code path the module and the
+  boot-time restore take (shipped object, maps, bpf_link, verification handshakes);
+- the blog's: bench/blog/blog_rto.bpf.c compiled with clang, loaded and attached with bpftool,
+  the manual sequence the collection replaces.
+"""
+
+import json
+import os
+import subprocess
+import time
+
+import lab
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, host, reconcile
+
+SHIPPED_OBJECT = os.path.join(lab.REPO, "files", "bpf", "tcp_initial_rto.bpf.o")
+BLOG_SOURCE = os.path.join(lab.BENCH, "blog", "blog_rto.bpf.c")
+BLOG_RTO_S = 3  # the blog's reply = HZ * 3
+MULTIARCH_INCLUDE = "/usr/include/%s-linux-gnu" % os.uname()[4]  # asm/types.h for linux/bpf.h
+
+
+def kernel_hz():
+    found = host.config_hz(os.uname()[2])
+    return found[0] if found else host.tick_hz()
+
+
+def collection_params(name, cgroup, pin_dir, rules, state="present"):
+    return dict(
+        name=name,
+        state=state,
+        cgroup=cgroup,
+        rules=[dict(dest=dest, rto_ms=rto_ms) for dest, rto_ms in rules],
+        rto_ms=None,
+        direction="both",
+        pin_dir=pin_dir,
+        mount_bpffs=False,
+        hz=None,
+        verify=True,
+        src=SHIPPED_OBJECT,
+        force_legacy_attach=False,
+        persistent=False,
+        persist_root="/",
+    )
+
+
+def apply_collection(name, cgroup, pin_dir, rules):
+    """rules [(dest, rto_ms)] on cgroup as instance name; -> the collection's program id."""
+    result = reconcile.run(collection_params(name, cgroup, pin_dir, rules))
+    if not result["verification"]["ok"]:
+        raise RuntimeError("collection instance %s did not verify: %s" % (name, result["verification"]))
+    return result["instance"]["program_id"]
+
+
+def remove_collection(name, cgroup, pin_dir):
+    reconcile.run(collection_params(name, cgroup, pin_dir, [], state="absent"))
+
+
+def compile_blog(output, hz):
+    lab.run(
+        ["clang", "-O2", "-target", "bpf", "-I" + MULTIARCH_INCLUDE, "-DHZ=%d" % hz, "-c", BLOG_SOURCE, "-o", output],
+        stdout=subprocess.PIPE,
+    )
+
+
+def load_blog(obj, pin):
+    lab.run(["bpftool", "prog", "load", obj, pin, "type", "sockops"])
+
+
+def attach_blog(cgroup, pin):
+    lab.run(["bpftool", "cgroup", "attach", cgroup, "sock_ops", "pinned", pin])
+
+
+def detach_blog(cgroup, pin):
+    subprocess.run(["bpftool", "cgroup", "detach", cgroup, "sock_ops", "pinned", pin], check=False)
+
+
+def manual_sequence(workdir, cgroup, bpffs, hz):
+    """The blog's steps, each timed: -> ({step: seconds}, pinned program path)."""
+    obj = os.path.join(workdir, "blog_rto.bpf.o")
+    pin = os.path.join(bpffs, "blog_rto_%d" % time.monotonic_ns())
+    times = {}
+    start = time.perf_counter()
+    compile_blog(obj, hz)
+    times["clang compile"] = time.perf_counter() - start
+    start = time.perf_counter()
+    load_blog(obj, pin)
+    times["bpftool prog load"] = time.perf_counter() - start
+    start = time.perf_counter()
+    attach_blog(cgroup, pin)
+    times["bpftool cgroup attach"] = time.perf_counter() - start
+    return times, pin
+
+
+def program_id_of_pin(pin):
+    with bpf_syscall.closing_fd(bpf_syscall.obj_get(pin)) as fd:
+        return bpf_syscall.prog_info(fd).id
+
+
+def program_stats(prog_id):
+    """(run_time_ns, run_cnt) of a program, as bpf_stats_enabled counts them."""
+    with bpf_syscall.closing_fd(bpf_syscall.prog_get_fd_by_id(prog_id)) as fd:
+        info = bpf_syscall.prog_info(fd)
+    return info.run_time_ns, info.run_cnt
+
+
+def attached_ids(cgroup):
+    out = subprocess.run(
+        ["bpftool", "-j", "cgroup", "show", cgroup], stdout=subprocess.PIPE, universal_newlines=True, check=True
+    ).stdout
+    return [entry["id"] for entry in json.loads(out)] if out.strip() else []

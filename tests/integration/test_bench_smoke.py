@@ -1,0 +1,158 @@
+"""The benchmarks (bench/) at a tiny size, so that they cannot rot: each produces sane results and
+leaves nothing behind (namespaces, cgroups, bpffs mounts, temp dirs, programs, and the
+kernel.bpf_stats_enabled value), also when interrupted or killed. No timing asserts."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import REPO
+
+pytestmark = pytest.mark.kernel
+
+BENCH = os.path.join(REPO, "bench")
+sys.path.insert(0, BENCH)
+
+import lab  # noqa: E402  (bench/lab.py, found through the path above)
+
+BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+
+
+def bpf_stats():
+    with open(BPF_STATS) as handle:
+        return handle.read().strip()
+
+
+def start_bench(out_dir, *args):
+    return subprocess.Popen(
+        [sys.executable, os.path.join(BENCH, "bench.py"), "--out-dir", str(out_dir), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        universal_newlines=True,
+    )
+
+
+def wait_for(condition, timeout=120.0):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the benchmark"
+        time.sleep(0.1)
+
+
+def existing_program_ids(ids):
+    """Those of ids the kernel still has, after the grace period in which it frees programs."""
+    deadline = time.monotonic() + 5
+    while True:
+        out = subprocess.run(["bpftool", "-j", "prog", "show"], stdout=subprocess.PIPE, check=True).stdout
+        left = sorted({prog["id"] for prog in json.loads(out)} & set(ids))
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.2)
+
+
+def assert_series(row, connects):
+    assert row["connects"] == connects == len(row["latencies_ms"])
+    assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] <= row["max_ms"]
+
+
+def test_every_benchmark_at_tiny_size(tmp_path):
+    stats_before = bpf_stats()
+    bench = start_bench(tmp_path, "--smoke", "--json", str(tmp_path / "results.json"))
+    output, _ = bench.communicate(timeout=600)
+    assert bench.returncode == 0, output
+
+    with open(tmp_path / "results.json") as handle:
+        results = json.load(handle)
+    [effect] = results["effect"]
+    assert [row["setting"] for row in effect["rows"]] == [
+        "kernel default",
+        "collection 100 ms",
+        "collection 200 ms",
+        "collection 500 ms",
+    ]
+    for row in effect["rows"]:
+        assert_series(row, 10)
+    # 30 % of SYNs dropped, 40 connects: some retransmit (all succeed with p = 0.7^40). Each setting's
+    # retransmissions come after its own RTO, never before, and the collection's before the default's.
+    assert sum(row["retransmitted"] for row in effect["rows"]) > 0
+    for row in effect["rows"]:
+        if row["retransmitted"]:
+            assert row["retransmit_min_ms"] >= row["rto_ms"] - 0.1, row
+            if row["setting"] != "kernel default":
+                assert row["retransmit_max_ms"] < 1000, row
+
+    program = results["program"]
+    for name in ("collection", "blog"):
+        entry = program["programs"][name]
+        assert entry["run_cnt"] > 0 and entry["ns_per_invocation"] > 0, entry
+        assert entry["invocations_per_connection"] >= 2  # the two TIMEOUT_INIT calls at least
+    assert all(rate > 0 for rates in program["rates"].values() for rate in rates)
+
+    module = results["module"]
+    assert set(module["medians"]) == {"command /bin/true", "no-op", "change"}
+    assert set(module["manual"]) == {"clang compile", "bpftool prog load", "bpftool cgroup attach", "total"}
+    fleet = results["fleet"]
+    assert fleet["hosts"] == 3 and len(fleet["program_ids"]) == 3  # one instance per inventory host
+
+    with open(tmp_path / "performance.md") as handle:
+        doc = handle.read()
+    for heading in ("## Targets", "## Effect", "## Program cost", "## Module cost", "## Fleet cost"):
+        assert heading in doc
+    with open(tmp_path / "images" / "connect_latency_cdf.png", "rb") as handle:
+        assert handle.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    assert lab.owned_leftovers(bench.pid) == []
+    assert bpf_stats() == stats_before
+    created = effect["program_ids"] + program["program_ids"] + module["program_ids"] + fleet["program_ids"]
+    assert len(created) == 3 + 2 + 2 + 1 + 3
+    assert existing_program_ids(created) == []
+
+
+def test_interrupt_removes_everything(tmp_path):
+    """SIGINT while the effect benchmark's namespaces exist and its clients connect."""
+    bench = start_bench(tmp_path, "--smoke", "--only", "effect", "--connects", "100000")
+    wait_for(lambda: len([name for name in lab.owned_leftovers(bench.pid) if name.startswith("tcprto-b-")]) >= 5)
+    time.sleep(1)
+    bench.send_signal(signal.SIGINT)
+    output, _ = bench.communicate(timeout=60)
+    assert bench.returncode == 130, output
+    assert lab.owned_leftovers(bench.pid) == []
+
+
+def test_terminate_restores_bpf_stats(tmp_path):
+    """SIGTERM while the program cost benchmark has kernel.bpf_stats_enabled switched on."""
+    stats_before = bpf_stats()
+    bench = start_bench(tmp_path, "--smoke", "--only", "program", "--cost-rounds", "20")
+    state_file = "/run/tcprto-b-%d.bpf_stats" % bench.pid
+    wait_for(lambda: os.path.exists(state_file))
+    assert bpf_stats() == "1"
+    bench.send_signal(signal.SIGTERM)
+    output, _ = bench.communicate(timeout=60)
+    assert bench.returncode == 130, output
+    assert bpf_stats() == stats_before
+    assert lab.owned_leftovers(bench.pid) == []
+
+
+def test_sweep_removes_what_a_killed_run_left(tmp_path):
+    """SIGKILL leaves everything behind; the next start (here: --sweep) removes it by owner pid."""
+    stats_before = bpf_stats()
+    bench = start_bench(tmp_path, "--smoke", "--only", "program", "--cost-rounds", "20")
+    wait_for(lambda: os.path.exists("/run/tcprto-b-%d.bpf_stats" % bench.pid))
+    bench.kill()
+    bench.wait()
+    left = lab.owned_leftovers(bench.pid)
+    assert any(name.startswith("tcprto-b-") for name in left)  # its namespace
+    assert any(os.path.basename(name).startswith("tcp_rto_test-bench-cost-") for name in left)
+    sweep = subprocess.run(
+        [sys.executable, os.path.join(BENCH, "bench.py"), "--sweep"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        universal_newlines=True,
+    )
+    assert sweep.returncode == 0, sweep.stdout
+    assert lab.owned_leftovers(bench.pid) == []
+    assert bpf_stats() == stats_before
