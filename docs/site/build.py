@@ -24,7 +24,6 @@ REPO = os.path.dirname(os.path.dirname(SITE_DIR))
 COLLECTIONS_ROOT = os.path.join(REPO, ".cache", "collections")
 DEFAULT_OUTPUT = os.path.join(REPO, ".cache", "docs-site")
 TOOLS_BIN = os.path.dirname(sys.executable)
-GUIDE_ASSETS = (".png", ".svg", ".jpg", ".csv")
 PLAYBOOK_VARIABLE = re.compile(r"(?<![\w.])(tcp_rto_\w+) \| default\(([^)]*)\)")
 # Labels of Ansible's own documentation that the generated reference links to. A local intersphinx
 # inventory (conf.py) resolves them offline to the pages on docs.ansible.com; the published
@@ -72,13 +71,22 @@ def write_ansible_docs_inventory(source_dir):
         inventory.write(zlib.compress(entries.encode()))
 
 
+# A guide's link to a repository file outside docs/ ("[bench/](../bench/)") works on a forge, not in
+# the site, which holds docs/ only: the site shows the link text alone.
+LINK_OUT_OF_DOCS = re.compile(r"\[([^\]]+)\]\(\.\./[^)]*\)")
+
+
 def copy_guides(source_dir):
     guides_dir = os.path.join(source_dir, "guides")
-    os.makedirs(guides_dir)
     docs_dir = os.path.join(REPO, "docs")
-    for name in sorted(os.listdir(docs_dir)):
-        if name.endswith(".md") or name.endswith(GUIDE_ASSETS):
-            shutil.copy(os.path.join(docs_dir, name), guides_dir)
+    shutil.copytree(docs_dir, guides_dir, ignore=shutil.ignore_patterns("site"))
+    for name in os.listdir(guides_dir):
+        if name.endswith(".md"):
+            path = os.path.join(guides_dir, name)
+            with open(path, encoding="utf-8") as guide:
+                text = guide.read()
+            with open(path, "w", encoding="utf-8") as guide:
+                guide.write(LINK_OUT_OF_DOCS.sub(r"\1", text))
     shutil.copy(os.path.join(REPO, "CHANGELOG.md"), os.path.join(source_dir, "changelog.md"))
 
 
