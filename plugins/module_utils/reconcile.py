@@ -13,7 +13,7 @@ import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import apply as kernel_apply
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, persistence, probe
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault, host, lock, persistence, probe
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject, BpfObjectError, check_contract
@@ -38,6 +38,7 @@ ERRORS = (
     probe.ProbeError,
     bpf.BpfError,
     persistence.RecordError,
+    lock.LockedError,
     EnvironmentError,
 )
 
@@ -139,7 +140,23 @@ def run(params, check_mode=False, diff=False):
     result = dict(changed=False, actions=[], foreign_programs=[])
     features = preflight(params, result)
     desired = desired_instance(params, features, result["kernel"]["hz"]) if params["state"] == "present" else None
+    if check_mode:  # reads only: no need to keep other runs out
+        _reconcile(params, desired, features, check_mode, diff, result)
+    else:
+        with lock.InstanceLock(
+            params["name"], params["pin_dir"], params.get("lock_timeout", lock.DEFAULT_TIMEOUT)
+        ) as held:
+            fault.point("lock_taken")
+            _reconcile(params, desired, features, check_mode, diff, result)
+            if desired is None:
+                held.remove_file()
+    result["changed"] = bool(result["actions"])
+    return result
+
+
+def _reconcile(params, desired, features, check_mode, diff, result):
     converge(params, desired, features.prog_replace, check_mode, diff, result)
+    fault.point("converged")
     if desired is None:
         result["actions"].extend(persistence.remove(params["name"], _persist_root(params), check_mode))
     else:
@@ -150,8 +167,6 @@ def run(params, check_mode=False, diff=False):
                     params, params["src"], desired.object.sha256, _persist_root(params), check_mode=check_mode
                 )
             )
-    result["changed"] = bool(result["actions"])
-    return result
 
 
 def _persist_root(params):
