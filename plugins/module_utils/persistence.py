@@ -167,6 +167,17 @@ def _remove(path, check_mode):
     return True
 
 
+def _code(module):
+    """The source of one of CODE_FILES: through the package loader (Ansible runs the module from a
+    zip), or from beside this file when the package is a plain directory without __init__.py,
+    whose loader reads no data."""
+    source = pkgutil.get_data(MODULE_UTILS, module + ".py")
+    if source is None:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), module + ".py"), "rb") as handle:
+            source = handle.read()
+    return source
+
+
 def record_content(params, object_sha256, object_path):
     record = {key: params[key] for key in RECORDED}
     record.update(format=RECORD_FORMAT, src=object_path, object_sha256=object_sha256)
@@ -186,7 +197,7 @@ def install(params, object_path, object_sha256, root="/", python=None, check_mod
     for module in CODE_FILES:
         code_changed |= _write(
             os.path.join(layout.code_dir, module + ".py"),
-            pkgutil.get_data(MODULE_UTILS, module + ".py"),
+            _code(module),
             0o644,
             check_mode,
         )

@@ -9,6 +9,7 @@ without BPF_F_REPLACE: attach the new program, then detach the old one.
 
 import json
 import os
+import subprocess
 import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -42,3 +43,43 @@ def main():
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+# ---------------------------------------------------------------- for the tests that start it
+
+SHIPPED_OBJECT = os.path.join(REPO, "files", "bpf", "tcp_initial_rto.bpf.o")
+MANAGED_PYTHON = "/usr/bin/python3"
+
+
+def module_params(**given):
+    """Every option of the module at its default, the shipped object as src, then given."""
+    from ansible_collections.netbpf.tcp_rto.plugins.modules.tcp_initial_rto import ARGUMENT_SPEC
+
+    params = {key: spec.get("default") for key, spec in ARGUMENT_SPEC.items()}
+    params["src"] = SHIPPED_OBJECT
+    params.update(given)
+    return params
+
+
+def start(params, fault=None):
+    """This script on params in a new process (the managed host's Python); fault: TCP_RTO_FAULT_AT."""
+    env = {key: value for key, value in os.environ.items() if key != "TCP_RTO_FAULT_AT"}
+    if fault:
+        env["TCP_RTO_FAULT_AT"] = fault
+    return subprocess.Popen(
+        [MANAGED_PYTHON, os.path.abspath(__file__), json.dumps(params)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+    )
+
+
+def finish(proc, timeout=300):
+    """-> (returncode, result dict or None, stderr) of a started run."""
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, (json.loads(out) if out.strip() else None), err
+
+
+def run(params, fault=None):
+    return finish(start(params, fault))
