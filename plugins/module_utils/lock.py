@@ -71,7 +71,12 @@ class InstanceLock:
 
     def _try_lock(self):
         """-> an fd holding the lock on the file now at self.path, or None when another run holds it."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LockedError("%s is a symlink, which tcp_rto never follows: remove it" % self.path)
+            raise
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             # The holder may have removed the file (state absent) after this open: a lock on that
