@@ -146,10 +146,12 @@ def run(params, check_mode=False, diff=False):
         with lock.InstanceLock(
             params["name"], params["pin_dir"], params.get("lock_timeout", lock.DEFAULT_TIMEOUT)
         ) as held:
-            fault.point("lock_taken")
-            _reconcile(params, desired, features, check_mode, diff, result)
-            if desired is None:
-                held.remove_file()
+            try:
+                fault.point("lock_taken")
+                _reconcile(params, desired, features, check_mode, diff, result)
+            finally:
+                if not os.path.isdir(os.path.join(params["pin_dir"], params["name"])):
+                    held.remove_file()  # no instance (absent, or a refused first run): no lock file either
     result["changed"] = bool(result["actions"])
     return result
 
