@@ -72,3 +72,40 @@ def settle(expected, cgroups=(), timeout=5.0):
         if current == expected or time.monotonic() >= deadline:
             return current
         time.sleep(0.05)
+
+
+def unaccounted(before, cgroups, own_bpffs):
+    """Objects that exist now but not in before, except those something else accounts for: a pin
+    outside own_bpffs, an open fd of a live process, an attachment to a cgroup not in cgroups (and
+    the program of such a link, the maps of such a program). What remains is what the caller's
+    own runs left (their pins under own_bpffs, their attachments to cgroups): machine-wide
+    comparisons stay exact while other processes load and free BPF objects meanwhile.
+    -> {"progs", "maps", "links": set of ids}."""
+    own_bpffs = own_bpffs.rstrip("/") + "/"
+    progs = {prog["id"]: prog for prog in _bpftool("-f", "prog", "show")}
+    maps = {bpf_map["id"]: bpf_map for bpf_map in _bpftool("-f", "map", "show")}
+    links = {link["id"]: link for link in _bpftool("-f", "link", "show")}
+    elsewhere = {
+        program["id"]
+        for entry in _bpftool("cgroup", "tree")
+        if entry["cgroup"] not in cgroups
+        for program in entry.get("programs", [])
+    }
+
+    def held(entry):
+        return bool(entry.get("pids")) or any(not path.startswith(own_bpffs) for path in entry.get("pinned", []))
+
+    held_links = {link_id for link_id, link in links.items() if held(link)}
+    held_progs = (
+        {prog_id for prog_id, prog in progs.items() if held(prog)}
+        | elsewhere
+        | {links[link_id].get("prog_id") for link_id in held_links}
+    )
+    held_maps = {map_id for map_id, bpf_map in maps.items() if held(bpf_map)} | {
+        map_id for prog_id in held_progs if prog_id in progs for map_id in progs[prog_id].get("map_ids", [])
+    }
+    return {
+        "progs": set(progs) - set(before["progs"]) - held_progs,
+        "maps": set(maps) - set(before["maps"]) - held_maps,
+        "links": set(links) - set(before["links"]) - held_links,
+    }

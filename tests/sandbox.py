@@ -99,6 +99,21 @@ def unmount_bpffs(path):
     subprocess.run(["umount", "-l", path], check=False)
     with contextlib.suppress(OSError):
         os.rmdir(path)
+    _remove_instance_locks(path)
+
+
+def _remove_instance_locks(bpffs):
+    """The module's lock files (see plugins/module_utils/lock.py) of instances pinned in bpffs."""
+    lock_dir = "/run/tcp_rto"
+    if not os.path.isdir(lock_dir):
+        return
+    for entry in os.listdir(lock_dir):
+        path = os.path.join(lock_dir, entry)
+        with contextlib.suppress(OSError, ValueError):
+            with open(path) as handle:
+                fields = dict(line.rstrip("\n").split(" ", 1) for line in handle)
+            if fields.get("pin_dir", "").startswith(bpffs + "/"):
+                os.unlink(path)
 
 
 @contextlib.contextmanager

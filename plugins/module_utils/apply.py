@@ -14,6 +14,7 @@ import json
 import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import (
     ATTACH_LINK,
@@ -26,7 +27,10 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import (
     PROG_PIN,
     ConfigError,
     InstanceError,
+    attached_program_ids,
     maps_fingerprint,
+    open_pin,
+    read_meta,
     same_place,
 )
 
@@ -91,9 +95,12 @@ def _create_maps(obj, opened):
 
 
 def write_rules(rules_fd, hits_fd, desired_rules, current_rules=None):
-    """Make the rules map hold desired_rules (hit slot = list position), touching only what
-    differs; current_rules None means the maps are new. Upserts come before deletes so that a
-    connection never falls through while a rule moves."""
+    """Upsert the entries of desired_rules that the rules map lacks or holds otherwise (hit slot =
+    list position); current_rules None means the maps are new. -> the keys to remove with
+    delete_rules() once the default is written too: upserts, then the default, then deletes, so
+    that a connection never falls through to the kernel default while a rule moves or gives way to
+    the default."""
+    fresh = current_rules is None
     wanted = {
         abi.encode_rule_key(rule.dest): abi.encode_rule_value(rule.rto_jiffies, slot)
         for slot, rule in enumerate(desired_rules)
@@ -102,17 +109,24 @@ def write_rules(rules_fd, hits_fd, desired_rules, current_rules=None):
         abi.encode_rule_key(rule.dest): abi.encode_rule_value(rule.rto_jiffies, slot)
         for rule, slot in current_rules or ()
     }
-    if current_rules is not None:
+    if not fresh:
         held_slots = {slot: rule.dest for rule, slot in current_rules}
         zero = [abi.HIT_VALUE.pack(0)] * len(bpf.possible_cpus())
         for slot, rule in enumerate(desired_rules):
             if held_slots.get(slot) != rule.dest:  # this slot's counter now counts another rule
                 bpf.percpu_update(hits_fd, abi.HIT_KEY.pack(slot), zero)
+                fault.point("hit_counter_reset")
     for key, value in wanted.items():
         if held.get(key) != value:
             bpf.map_update(rules_fd, key, value)
-    for key in set(held) - set(wanted):
+            fault.point("first_rule_written" if fresh else "first_rule_updated")
+    return [key for key in held if key not in wanted]
+
+
+def delete_rules(rules_fd, keys):
+    for key in keys:
         bpf.map_delete(rules_fd, key)
+        fault.point("first_rule_deleted")
 
 
 def write_config(config_fd, desired):
@@ -146,16 +160,63 @@ def load_program(obj, map_fds):
 
 
 def _pin_new(fd, instance_dir, name, undo):
-    """Pin under a temporary name; _commit_pins renames it over the old pin (atomic in bpffs)."""
+    """Pin under a temporary name; _commit renames it over the old pin (atomic in bpffs)."""
     path = os.path.join(instance_dir, NEW_PIN_PREFIX + name)
     _unlink_quiet(path)
     bpf.obj_pin(fd, path)
     undo.push(_unlink_quiet, path)
 
 
-def _commit_pins(instance_dir, names):
+def _commit(instance_dir, names, current, desired, undo):
+    """Rename the new pins over the old ones. Moving to BPF_PROG_ATTACH, the old link's pin goes
+    first: this run still holds the link's fd, and should it be killed from here on, the link
+    detaches with that last fd instead of staying pinned beside the new attachment."""
+    link_pin = os.path.join(instance_dir, LINK_PIN)
+    if desired.attach_mode == ATTACH_MULTI and current.link_fd is not None:
+        _unlink_quiet(link_pin)
+        undo.push(bpf.obj_pin, current.link_fd, link_pin)
+        fault.point("stale_link_unpinned")
     for name in names:
         os.rename(os.path.join(instance_dir, NEW_PIN_PREFIX + name), os.path.join(instance_dir, name))
+        fault.point("first_pin_renamed")
+    fault.point("pins_renamed")
+
+
+def _interrupted_program(instance_dir, cgroups):
+    """The program of a run killed between its BPF_PROG_ATTACH and its commit: its new_prog pin, as
+    (prog fd, [cgroups it is attached to]) or None. Such an attachment belongs to the cgroup and
+    outlives the run; the record the run pinned beside it (new_meta) names its cgroup."""
+    prog_fd = open_pin(os.path.join(instance_dir, NEW_PIN_PREFIX + PROG_PIN))
+    if prog_fd is None:
+        return None
+    meta_fd = open_pin(os.path.join(instance_dir, NEW_PIN_PREFIX + META_MAP))
+    if meta_fd is not None:
+        try:
+            meta, _problem = read_meta(meta_fd)
+        finally:
+            os.close(meta_fd)
+        if meta:
+            cgroups = [meta["cgroup"], *cgroups]
+    prog_id = bpf.prog_info(prog_fd).id
+    places = []
+    for cgroup in cgroups:
+        if cgroup and cgroup not in places and os.path.isdir(cgroup) and prog_id in attached_program_ids(cgroup)[1]:
+            places.append(cgroup)
+    if not places:
+        os.close(prog_fd)
+        return None
+    return prog_fd, places
+
+
+def _detach_interrupted(interrupted):
+    """Detach and close what _interrupted_program found (a link attachment of it is no concern:
+    the link goes with its new_link pin)."""
+    prog_fd, cgroups = interrupted
+    try:
+        for cgroup in cgroups:
+            _detach_multi_quiet(cgroup, prog_fd)
+    finally:
+        os.close(prog_fd)
 
 
 def _attach_multi(cgroup, prog_fd, replace_prog_fd=None):
@@ -167,6 +228,15 @@ def _attach_multi(cgroup, prog_fd, replace_prog_fd=None):
 def _detach_multi(cgroup, prog_fd):
     with bpf.closing_fd(_open_cgroup(cgroup)) as cgroup_fd:
         bpf.prog_detach(cgroup_fd, prog_fd, bpf.BPF_CGROUP_SOCK_OPS)
+
+
+def _detach_multi_quiet(cgroup, prog_fd):
+    """_detach_multi, at peace with a program that is not (or no longer) attached there."""
+    try:
+        _detach_multi(cgroup, prog_fd)
+    except bpf.BpfError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
 
 
 def _attach(desired, prog_fd, current, can_replace, undo):
@@ -201,74 +271,111 @@ def detach(current):
     if current.attach_mode == ATTACH_LINK and current.link_fd is not None:
         bpf.link_detach(current.link_fd)
     elif current.attach_mode == ATTACH_MULTI and current.prog_fd is not None:
-        try:
-            _detach_multi(current.cgroup, current.prog_fd)
-        except bpf.BpfError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
+        _detach_multi_quiet(current.cgroup, current.prog_fd)
+
+
+def _new_meta(desired, opened, new_pins):
+    """A new meta map holding desired's record. Written before anything is attached, so that the
+    new_meta pin of a killed run names the cgroup its program went to."""
+    meta_fd = bpf.map_create(abi.BPF_MAP_TYPE_ARRAY, abi.CONFIG_KEY.size, META_VALUE_SIZE, 1, 0, META_MAP)
+    opened.append(meta_fd)
+    write_meta(meta_fd, desired)
+    new_pins.append(META_MAP)
+    fault.point("meta_created")
+    return meta_fd
 
 
 def apply_present(desired, current, plan, can_replace=True):
     """Carry out plan. New objects are pinned under temporary names and renamed into place only
-    once attached; on failure everything this call made is undone and the error re-raised."""
+    once attached; on failure everything this call made is undone and the error re-raised. What a
+    killed earlier run left (new_ pins, a program it attached) goes once the new state stands."""
     instance_dir = os.path.join(desired.pin_dir, desired.name)
     undo = _Undo()
     opened = []
     new_pins = []
+    interrupted = None
     try:
+        if current.exists:
+            interrupted = _interrupted_program(instance_dir, [current.cgroup, desired.cgroup])
         _make_dirs(instance_dir, undo)
+        fault.point("instance_dir_made")
         if plan.load_maps:
             map_fds = _create_maps(desired.object, opened)
-            write_rules(map_fds[abi.RULES_MAP], map_fds[abi.HITS_MAP], desired.rules)
+            fault.point("maps_created")
+            stale_rules = write_rules(map_fds[abi.RULES_MAP], map_fds[abi.HITS_MAP], desired.rules)
             new_pins.extend(map_fds)
         else:
             map_fds = {name: current.maps[name] for name in abi.MAP_CONTRACT}
-            write_rules(map_fds[abi.RULES_MAP], map_fds[abi.HITS_MAP], desired.rules, current.rules)
+            stale_rules = write_rules(map_fds[abi.RULES_MAP], map_fds[abi.HITS_MAP], desired.rules, current.rules)
         write_config(map_fds[abi.CONFIG_MAP], desired)
+        fault.point("maps_filled" if plan.load_maps else "config_updated")
+        delete_rules(map_fds[abi.RULES_MAP], stale_rules)
         meta_fd = current.maps.get(META_MAP)
-        if meta_fd is None:
-            meta_fd = bpf.map_create(abi.BPF_MAP_TYPE_ARRAY, abi.CONFIG_KEY.size, META_VALUE_SIZE, 1, 0, META_MAP)
-            opened.append(meta_fd)
-            new_pins.append(META_MAP)
+        fresh_meta = meta_fd is None or plan.attach or current.meta_problem is not None
+        if fresh_meta:
+            meta_fd = _new_meta(desired, opened, new_pins)
         fds_to_pin = dict(map_fds, **{META_MAP: meta_fd})
         for name in new_pins:
             _pin_new(fds_to_pin[name], instance_dir, name, undo)
+            fault.point("first_map_pinned")
+        if new_pins:
+            fault.point("maps_pinned")
         prog_fd = current.prog_fd
         if plan.load_program:
             prog_fd = load_program(desired.object, map_fds)
             opened.append(prog_fd)
+            fault.point("program_loaded")
             _pin_new(prog_fd, instance_dir, PROG_PIN, undo)
             new_pins.append(PROG_PIN)
+            fault.point("program_pinned")
         detach_old = False
         if plan.attach:
             link_fd, detach_old = _attach(desired, prog_fd, current, can_replace, undo)
+            fault.point("attached")
             if link_fd is not None:
                 opened.append(link_fd)
                 _pin_new(link_fd, instance_dir, LINK_PIN, undo)
                 new_pins.append(LINK_PIN)
-        write_meta(meta_fd, desired)
-        _commit_pins(instance_dir, new_pins)
+                fault.point("link_pinned")
+        if detach_old and current.attach_mode == ATTACH_MULTI:
+            # Before the commit: once its pin is renamed over, nothing would name it any more.
+            detach(current)
+            undo.push(_attach_multi, current.cgroup, current.prog_fd)
+            detach_old = False
+            fault.point("old_program_detached")
+        if not fresh_meta:
+            write_meta(meta_fd, desired)
+        _commit(instance_dir, new_pins, current, desired, undo)
     except Exception:
         undo.run()
+        if interrupted is not None:
+            os.close(interrupted[0])
         raise
     finally:
         for fd in opened:
             os.close(fd)
     # Committed: the new state stands. What follows only removes what the old state left.
     if detach_old:
-        detach(current)
-    if desired.attach_mode == ATTACH_MULTI:
-        _unlink_quiet(os.path.join(instance_dir, LINK_PIN))
+        detach(current)  # a bpf_link: its pin is gone already, this run holds its last fd
+    if interrupted is not None:
+        _detach_interrupted(interrupted)
+        fault.point("orphans_detached")
     for entry in os.listdir(instance_dir):
         if entry.startswith(NEW_PIN_PREFIX):  # a killed earlier run's temporary pins
             _unlink_quiet(os.path.join(instance_dir, entry))
 
 
 def apply_absent(current, pin_dir):
+    interrupted = _interrupted_program(current.instance_dir, [current.cgroup])
     if current.attached:
         detach(current)
+    if interrupted is not None:
+        _detach_interrupted(interrupted)
+    fault.point("absent_detached")
     for entry in os.listdir(current.instance_dir):
         _unlink_quiet(os.path.join(current.instance_dir, entry))
+        fault.point("absent_first_pin_removed")
+    fault.point("absent_pins_removed")
     os.rmdir(current.instance_dir)
     try:
         os.rmdir(pin_dir)  # the collection's pin root, once no instance is left in it

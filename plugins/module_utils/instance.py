@@ -141,7 +141,8 @@ def cgroup_id(path):
     return os.stat(path).st_ino
 
 
-def _open_pin(path):
+def open_pin(path):
+    """The object pinned at path as a new fd, or None when nothing is pinned there."""
     try:
         return bpf.obj_get(path)
     except bpf.BpfError as exc:
@@ -188,19 +189,21 @@ class Current:
         self.default_jiffies = None
         self.directions = None
         self.attached = False
+        self.leftovers = []  # new_<name> pins of a run killed before it renamed them into place
         if self.exists:
             self._read()
 
     def _read(self):
+        self.leftovers = sorted(entry for entry in os.listdir(self.instance_dir) if entry.startswith(NEW_PIN_PREFIX))
         for name in [*list(abi.MAP_CONTRACT), META_MAP]:
-            fd = _open_pin(os.path.join(self.instance_dir, name))
+            fd = open_pin(os.path.join(self.instance_dir, name))
             if fd is not None:
                 self.maps[name] = fd
                 self.map_ids[name] = bpf.map_info(fd).id
-        self.prog_fd = _open_pin(os.path.join(self.instance_dir, PROG_PIN))
+        self.prog_fd = open_pin(os.path.join(self.instance_dir, PROG_PIN))
         if self.prog_fd is not None:
             self.prog_info = bpf.prog_info(self.prog_fd)
-        self.link_fd = _open_pin(os.path.join(self.instance_dir, LINK_PIN))
+        self.link_fd = open_pin(os.path.join(self.instance_dir, LINK_PIN))
         if self.link_fd is not None:
             self.link_info = bpf.link_info(self.link_fd)
         self._read_meta()
@@ -414,6 +417,8 @@ def same_place(desired, current):
 
 def plan_present(desired, current):
     steps = []
+    if current.leftovers:
+        steps.append("remove what an interrupted run left (%s)" % ", ".join(current.leftovers))
     if current.exists and (not current.program_intact or current.meta_problem):
         steps.append(
             "repair incomplete instance (%s)"
@@ -470,7 +475,7 @@ def instances_on_cgroup(pin_dir, cgroup, exclude):
         path = os.path.join(pin_dir, name)
         if name == exclude or not os.path.isdir(path):
             continue
-        meta_fd = _open_pin(os.path.join(path, META_MAP))  # the record alone says where it is attached
+        meta_fd = open_pin(os.path.join(path, META_MAP))  # the record alone says where it is attached
         if meta_fd is None:
             continue
         try:

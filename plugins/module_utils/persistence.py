@@ -20,6 +20,8 @@ import shutil
 import subprocess
 import sys
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault
+
 MODULE_UTILS = "ansible_collections.netbpf.tcp_rto.plugins.module_utils"
 # The module_utils the restore imports, directly or not.
 CODE_FILES = (
@@ -35,6 +37,8 @@ CODE_FILES = (
     "reconcile",
     "persistence",
     "restore",
+    "fault",
+    "lock",
 )
 RECORD_FORMAT = 1
 # Module parameters the record keeps: what reconcile.run needs to apply the instance again.
@@ -132,12 +136,18 @@ def _write(path, content, mode, check_mode):
         directory = os.path.dirname(path)
         if not os.path.isdir(directory):
             os.makedirs(directory, 0o755)
-        temporary = path + ".tmp"
+        temporary = _temporary(path)
         with open(temporary, "wb") as handle:
             handle.write(content)
         os.chmod(temporary, mode)
+        fault.point("persist_temp_file_written")
         os.rename(temporary, path)
     return True
+
+
+def _temporary(path):
+    """Where _write puts the content before renaming it over path: a killed run may leave it."""
+    return path + ".tmp"
 
 
 def _symlink(target, link, check_mode):
@@ -159,6 +169,17 @@ def _remove(path, check_mode):
     return True
 
 
+def _code(module):
+    """The source of one of CODE_FILES: through the package loader (Ansible runs the module from a
+    zip), or from beside this file when the package is a plain directory without __init__.py,
+    whose loader reads no data."""
+    source = pkgutil.get_data(MODULE_UTILS, module + ".py")
+    if source is None:
+        with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), module + ".py"), "rb") as handle:
+            source = handle.read()
+    return source
+
+
 def record_content(params, object_sha256, object_path):
     record = {key: params[key] for key in RECORDED}
     record.update(format=RECORD_FORMAT, src=object_path, object_sha256=object_sha256)
@@ -173,11 +194,12 @@ def install(params, object_path, object_sha256, root="/", python=None, check_mod
     with open(object_path, "rb") as handle:
         if _write(layout.object(name), handle.read(), 0o644, check_mode):
             changes.append("copy object to %s" % layout.object(name))
+    fault.point("persist_object_copied")
     code_changed = False
     for module in CODE_FILES:
         code_changed |= _write(
             os.path.join(layout.code_dir, module + ".py"),
-            pkgutil.get_data(MODULE_UTILS, module + ".py"),
+            _code(module),
             0o644,
             check_mode,
         )
@@ -189,6 +211,7 @@ def install(params, object_path, object_sha256, root="/", python=None, check_mod
     )
     if code_changed:
         changes.append("copy restore code to %s" % layout.lib_dir)
+    fault.point("persist_code_copied")
     unit = UNIT_TEXT.format(
         record_dir="/etc/tcp_rto" if root == "/" else layout.record_dir,
         python=python or sys.executable,
@@ -196,25 +219,34 @@ def install(params, object_path, object_sha256, root="/", python=None, check_mod
     )
     if _write(layout.unit, unit.encode("utf-8"), 0o644, check_mode):
         changes.append("install %s" % layout.unit)
+    fault.point("persist_unit_written")
     if _write(layout.record(name), record_content(params, object_sha256, layout.object(name)), 0o644, check_mode):
         changes.append("record %s" % layout.record(name))
+    fault.point("persist_record_written")
     if _symlink(os.path.join("..", UNIT_TEMPLATE), layout.wants_link(name), check_mode):
         changes.append("enable tcp-rto@%s.service" % name)
+    fault.point("persist_enabled")
     if changes and not check_mode:
         _reload_systemd(root)
     return changes
 
 
 def remove(name, root="/", check_mode=False):
-    """Forget the instance: record, object, unit enablement; the shared files with the last one."""
+    """Forget the instance: record, object, unit enablement, and the files a killed install left;
+    the shared files once no instance has a record (also when an earlier remove was killed after
+    the record went)."""
     layout = Layout(root)
     changes = []
     for path in (layout.wants_link(name), layout.record(name), layout.object(name)):
-        if _remove(path, check_mode):
-            changes.append("remove %s" % path)
-    if changes and not [other for other in layout.recorded_names() if other != name]:
-        if _remove(layout.unit, check_mode):
-            changes.append("remove %s" % layout.unit)
+        for leftover in (path, _temporary(path)):
+            if _remove(leftover, check_mode):
+                changes.append("remove %s" % leftover)
+                fault.point("unpersist_first_file_removed")
+    if not [other for other in layout.recorded_names() if other != name]:
+        for path in (layout.unit, _temporary(layout.unit)):
+            if _remove(path, check_mode):
+                changes.append("remove %s" % path)
+                fault.point("unpersist_unit_removed")
         if os.path.isdir(layout.lib_dir):
             changes.append("remove %s" % layout.lib_dir)
             if not check_mode:

@@ -13,7 +13,15 @@ import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import apply as kernel_apply
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import coexistence, drift, host, persistence, probe
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    coexistence,
+    drift,
+    fault,
+    host,
+    lock,
+    persistence,
+    probe,
+)
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject, BpfObjectError, check_contract
@@ -38,6 +46,7 @@ ERRORS = (
     probe.ProbeError,
     bpf.BpfError,
     persistence.RecordError,
+    lock.LockedError,
     EnvironmentError,
 )
 
@@ -151,7 +160,25 @@ def run(params, check_mode=False, diff=False):
     result = dict(changed=False, actions=[], foreign_programs=[], drift=[], conflicts=[])
     features = preflight(params, result)
     desired = desired_instance(params, features, result["kernel"]["hz"]) if params["state"] == "present" else None
+    if check_mode:  # reads only: no need to keep other runs out
+        _reconcile(params, desired, features, check_mode, diff, result)
+    else:
+        with lock.InstanceLock(
+            params["name"], params["pin_dir"], params.get("lock_timeout", lock.DEFAULT_TIMEOUT)
+        ) as held:
+            try:
+                fault.point("lock_taken")
+                _reconcile(params, desired, features, check_mode, diff, result)
+            finally:
+                if not os.path.isdir(os.path.join(params["pin_dir"], params["name"])):
+                    held.remove_file()  # no instance (absent, or a refused first run): no lock file either
+    result["changed"] = bool(result["actions"])
+    return result
+
+
+def _reconcile(params, desired, features, check_mode, diff, result):
     converge(params, desired, features.prog_replace, check_mode, diff, result)
+    fault.point("converged")
     if desired is None:
         result["actions"].extend(persistence.remove(params["name"], _persist_root(params), check_mode))
     else:
@@ -162,8 +189,6 @@ def run(params, check_mode=False, diff=False):
                     params, params["src"], desired.object.sha256, _persist_root(params), check_mode=check_mode
                 )
             )
-    result["changed"] = bool(result["actions"])
-    return result
 
 
 def _persist_root(params):

@@ -143,6 +143,14 @@ options:
         writes and O(state=absent) removes.
     type: path
     default: /
+  lock_timeout:
+    description:
+      - Runs on one instance take turns through a lock, C(/run/tcp_rto/<name>.lock) (with a hash of
+        O(pin_dir) in the name when it is not the default). Seconds a run waits for another run of
+        the same instance to finish before it fails with a message to retry; V(0) does not wait.
+      - Runs on other instances never wait for each other. Check mode reads without the lock.
+    type: int
+    default: 60
 attributes:
   action:
     description: Picks the object on the controller and transfers it to the managed host.
@@ -167,6 +175,10 @@ notes:
     exclusive to an ancestor), the task fails before any change, in check mode too, and names it.
   - Drift (a pin deleted, the program detached or a map entry edited outside the module) is reported
     in RV(drift) and repaired; check mode reports it without repairing.
+  - A run killed at any point (SIGKILL, power cut) leaves no attachment or pin behind that the next
+    run does not repair; the next run reports what it removed. As a test aid, the environment
+    variable C(TCP_RTO_FAULT_AT) set to a step name (see C(docs/reliability.md)) makes the module kill
+    itself right after that step.
 seealso:
   - name: Kernel sample tcp_synrto_kern.c
     description: The kernel's own example of a sock_ops program that sets the SYN RTO.
@@ -328,6 +340,7 @@ ARGUMENT_SPEC = dict(
     force_legacy_attach=dict(type="bool", default=False),
     persistent=dict(type="bool", default=False),
     persist_root=dict(type="path", default="/"),
+    lock_timeout=dict(type="int", default=60),
 )
 
 

@@ -128,3 +128,20 @@ def kernel_hz():
             if line.startswith("CONFIG_HZ="):
                 return int(line.split("=")[1])
     raise RuntimeError("no CONFIG_HZ")
+
+
+@pytest.fixture(scope="session")
+def second_object(tmp_path_factory):
+    """A new version of the program object (another sha256 and program): the shipped source with a
+    no-op instruction, built with files/bpf/build."""
+    workdir = tmp_path_factory.mktemp("second_object")
+    with open(os.path.join(REPO, "files", "bpf", "tcp_initial_rto.bpf.c")) as handle:
+        source = handle.read()
+    anchor = "__u32 zero = 0, direction, remote_ip4;\n"
+    assert anchor in source
+    source = source.replace(anchor, anchor + '\n\tasm volatile("r0 = 0" ::: "r0");\t/* the new version */\n')
+    source_path = workdir / "tcp_initial_rto_v2.bpf.c"
+    source_path.write_text(source)
+    object_path = str(workdir / "tcp_initial_rto_v2.bpf.o")
+    subprocess.run([os.path.join(REPO, "files", "bpf", "build"), object_path, str(source_path)], check=True)
+    return object_path

@@ -23,8 +23,9 @@ def desired(rules=(), default=None, direction="both", cgroup="/cg", attach_mode=
 class FakeCurrent:
     """The attributes of instance.Current that plan_present reads."""
 
-    def __init__(self, want, attached=True, intact=True, cgroup=None, attach_mode=None, sha256=None):
+    def __init__(self, want, attached=True, intact=True, cgroup=None, attach_mode=None, sha256=None, leftovers=()):
         self.exists = True
+        self.leftovers = list(leftovers)
         self.program_intact = intact
         self.meta_problem = None
         self.meta = {"object_sha256": sha256 or want.object.sha256}
@@ -115,6 +116,13 @@ def test_plan_nothing_to_do():
     want = desired(rules=[{"dest": "10.0.0.0/8", "rto_ms": 50}], default=500)
     plan = model.plan_present(want, FakeCurrent(want))
     assert plan.steps == [] and not (plan.load_maps or plan.load_program or plan.attach)
+
+
+def test_plan_removes_what_a_killed_run_left():
+    want = desired(rules=[{"dest": "10.0.0.0/8", "rto_ms": 50}], default=500)
+    plan = model.plan_present(want, FakeCurrent(want, leftovers=["new_meta", "new_prog"]))
+    assert plan.steps == ["remove what an interrupted run left (new_meta, new_prog)"]
+    assert not (plan.load_maps or plan.load_program or plan.attach)
 
 
 def test_plan_values_only_touch_maps():

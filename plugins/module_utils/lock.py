@@ -1,0 +1,125 @@
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One run at a time per instance: an flock on /run/tcp_rto/<name>.lock.
+
+Runs on the same instance (same name and pin_dir) queue up, for at most lock_timeout seconds;
+runs on other instances never wait for each other. The kernel drops an flock with its process, so
+a killed run never leaves the instance locked. Plain stdlib."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+import time
+
+LOCK_DIR = "/run/tcp_rto"
+DEFAULT_PIN_DIR = "/sys/fs/bpf/tcp_rto"
+DEFAULT_TIMEOUT = 60
+POLL_SECONDS = 0.05
+
+
+class LockedError(Exception):
+    """Another run holds the instance's lock; the message says to retry."""
+
+
+def lock_path(name, pin_dir, lock_dir=LOCK_DIR):
+    """/run/tcp_rto/<name>.lock; an instance under another pin_dir is another instance and gets
+    <name>@<hash of pin_dir>.lock."""
+    if os.path.normpath(pin_dir) == DEFAULT_PIN_DIR:
+        return os.path.join(lock_dir, name + ".lock")
+    digest = hashlib.sha256(os.path.normpath(pin_dir).encode("utf-8")).hexdigest()[:16]
+    return os.path.join(lock_dir, "%s@%s.lock" % (name, digest))
+
+
+def _lock_dir(path):
+    """Create the lock directory (0755) or check that it is a real directory, not a symlink."""
+    try:
+        os.mkdir(path, 0o755)
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+    if not stat.S_ISDIR(os.lstat(path).st_mode):
+        raise LockedError("%s is not a directory (a symlink?): remove it so that tcp_rto can lock instances" % path)
+
+
+def _holder(path):
+    """The first line the holder wrote: "pid N"."""
+    try:
+        with open(path) as handle:
+            return handle.readline().strip() or "pid unknown"
+    except OSError:
+        return "pid unknown"
+
+
+class InstanceLock:
+    """with InstanceLock(name, pin_dir, timeout): the body runs while no other run of the
+    instance does. remove_file() (the instance is gone) drops the lock file on release."""
+
+    def __init__(self, name, pin_dir, timeout=DEFAULT_TIMEOUT, lock_dir=LOCK_DIR):
+        self.name = name
+        self.pin_dir = pin_dir
+        self.path = lock_path(name, pin_dir, lock_dir)
+        self.lock_dir = lock_dir
+        self.timeout = timeout
+        self.fd = None
+        self.remove = False
+
+    def _try_lock(self):
+        """-> an fd holding the lock on the file now at self.path, or None when another run holds it."""
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise LockedError("%s is a symlink, which tcp_rto never follows: remove it" % self.path)
+            raise
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # The holder may have removed the file (state absent) after this open: a lock on that
+            # unlinked file excludes nobody, so only a lock on the file that is there now counts.
+            try:
+                if os.lstat(self.path).st_ino == os.fstat(fd).st_ino:
+                    return fd
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                os.close(fd)
+                raise
+        os.close(fd)
+        return None
+
+    def __enter__(self):
+        if self.timeout < 0:
+            raise LockedError("lock_timeout must be 0 or more seconds, got %s" % self.timeout)
+        _lock_dir(self.lock_dir)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            self.fd = self._try_lock()
+            if self.fd is not None:
+                break
+            if time.monotonic() >= deadline:
+                raise LockedError(
+                    "the instance %s is locked by another run (%s, lock %s), still after %s s (lock_timeout): "
+                    "retry when that run has finished" % (self.name, _holder(self.path), self.path, self.timeout)
+                )
+            time.sleep(POLL_SECONDS)
+        os.ftruncate(self.fd, 0)
+        os.write(self.fd, ("pid %d\npin_dir %s\n" % (os.getpid(), self.pin_dir)).encode("utf-8"))
+        return self
+
+    def remove_file(self):
+        self.remove = True
+
+    def __exit__(self, *exc_info):
+        try:
+            if self.remove:
+                os.unlink(self.path)  # still holding the lock: waiters see the inode change and retry
+        finally:
+            os.close(self.fd)
+            self.fd = None

@@ -1,0 +1,85 @@
+"""One module run without Ansible, as its own process: reconcile.run on the parameters in argv[1]
+(JSON, every option of the module), the way the module calls it. Prints the result as JSON, or
+{"error": message} and exits 1. The crash tests kill it with TCP_RTO_FAULT_AT; the concurrency
+tests start several at once.
+
+A parameter `_no_prog_replace: true` (test only) makes the run behave as on a kernel before 5.6,
+without BPF_F_REPLACE: attach the new program, then detach the old one.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, ".cache", "collections"))
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, reconcile  # noqa: E402
+
+
+def main():
+    params = json.loads(sys.argv[1])
+    if params.pop("_no_prog_replace", False):
+        features = host.KernelFeatures
+
+        class WithoutReplace(features):
+            def __init__(self, release):
+                super().__init__(release)
+                self.prog_replace = False
+
+        host.KernelFeatures = WithoutReplace
+    try:
+        result = reconcile.run(params)
+    except reconcile.VerificationFailed as exc:
+        print(json.dumps(dict(exc.result, error=str(exc))))
+        return 1
+    except reconcile.ERRORS as exc:
+        print(json.dumps({"error": reconcile.describe_error(exc)}))
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+# ---------------------------------------------------------------- for the tests that start it
+
+SHIPPED_OBJECT = os.path.join(REPO, "files", "bpf", "tcp_initial_rto.bpf.o")
+MANAGED_PYTHON = "/usr/bin/python3"
+
+
+def module_params(**given):
+    """Every option of the module at its default, the shipped object as src, then given."""
+    from ansible_collections.netbpf.tcp_rto.plugins.modules.tcp_initial_rto import ARGUMENT_SPEC
+
+    params = {key: spec.get("default") for key, spec in ARGUMENT_SPEC.items()}
+    params["src"] = SHIPPED_OBJECT
+    params.update(given)
+    return params
+
+
+def start(params, fault=None):
+    """This script on params in a new process (the managed host's Python); fault: TCP_RTO_FAULT_AT."""
+    env = {key: value for key, value in os.environ.items() if key != "TCP_RTO_FAULT_AT"}
+    if fault:
+        env["TCP_RTO_FAULT_AT"] = fault
+    return subprocess.Popen(
+        [MANAGED_PYTHON, os.path.abspath(__file__), json.dumps(params)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+    )
+
+
+def finish(proc, timeout=300):
+    """-> (returncode, result dict or None, stderr) of a started run."""
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, (json.loads(out) if out.strip() else None), err
+
+
+def run(params, fault=None):
+    return finish(start(params, fault))

@@ -1,0 +1,119 @@
+"""Upgrade without a gap: while a process in the cgroup makes SYN_SENT sockets without pause
+(tests/integration/syn_rto_stream.py), the program object is replaced by a new version, the rules
+change in place (a rule gives way to the default), and the object goes back, each with another
+value. Every socket started with the value before or after a change, none with the kernel
+default (1 s)."""
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import reconcile_run
+from conftest import HERE, kernel_hz
+
+pytestmark = pytest.mark.kernel
+
+HZ = kernel_hz()
+KERNEL_DEFAULT_US = 1000000
+STREAM_SECONDS = 120
+STREAM_COUNT = 2000000
+
+
+def jiffies_us(ms):
+    return -(-ms * HZ // 1000) * (1000000 // HZ)
+
+
+class RtoStream:
+    """syn_rto_stream.py in the cgroup; .values grows with each socket's tcpi_rto."""
+
+    def __init__(self, cgroup):
+        self.values = []
+        self.proc = subprocess.Popen(
+            [
+                "/usr/bin/python3",
+                os.path.join(HERE, "syn_rto_stream.py"),
+                cgroup,
+                str(STREAM_SECONDS),
+                str(STREAM_COUNT),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            universal_newlines=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.values.append(int(line))
+
+    def wait_for(self, value, timeout=30.0):
+        """Until a socket made after this call started with value (or timeout): -> whether one did."""
+        start = len(self.values)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if value in self.values[start:]:
+                return True
+            time.sleep(0.01)
+        return value in self.values[start:]
+
+    def stop(self):
+        self.proc.stdin.close()
+        returncode = self.proc.wait(timeout=30)
+        self.reader.join(timeout=30)
+        return returncode
+
+
+# (options, rto of 127.0.0.1 in ms, whether the program object changes)
+STEPS = [
+    (dict(src="second", rules=[{"dest": "127.0.0.0/8", "rto_ms": 300}]), 300, True),
+    (dict(src="second", rules=[], rto_ms=400), 400, False),
+    (dict(rules=[{"dest": "127.0.0.0/8", "rto_ms": 252}], rto_ms=400), 252, True),
+]
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [dict(), dict(force_legacy_attach=True), dict(force_legacy_attach=True, _no_prog_replace=True)],
+    ids=["link_update", "legacy_replace", "legacy_attach_then_detach"],
+)
+def test_no_socket_sees_the_kernel_default(cgroup, bpffs, second_object, mode):
+    def params(options):
+        options = dict(mode, **options)
+        if options.get("src") == "second":
+            options["src"] = second_object
+        return reconcile_run.module_params(
+            name="upgrade", cgroup=cgroup, pin_dir=os.path.join(bpffs, "tcp_rto"), mount_bpffs=False, **options
+        )
+
+    returncode, result, err = reconcile_run.run(params(dict(rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}])))
+    assert returncode == 0, (result, err)
+    program_ids = [result["instance"]["program_id"]]
+    expected = [jiffies_us(200)]
+    stream = RtoStream(cgroup)
+    try:
+        assert stream.wait_for(expected[0]), stream.values[-5:]
+        for options, rto_ms, new_object in STEPS:
+            returncode, result, err = reconcile_run.run(params(options))
+            assert returncode == 0, (result, err)
+            assert (result["instance"]["program_id"] != program_ids[-1]) is new_object
+            program_ids.append(result["instance"]["program_id"])
+            expected.append(jiffies_us(rto_ms))
+            assert stream.wait_for(expected[-1]), stream.values[-5:]
+    finally:
+        assert stream.stop() == 0
+    values = stream.values
+    assert KERNEL_DEFAULT_US not in values
+    assert set(values) == set(expected)
+    sys.stdout.write(
+        "\nupgrade gap %s: %d probe sockets, values seen %s\n"
+        % (
+            "+".join(sorted(mode)) or "link",
+            len(values),
+            {value // 1000: values.count(value) for value in sorted(set(values))},
+        )
+    )
+    assert reconcile_run.run(params(dict(state="absent")))[0] == 0
