@@ -29,7 +29,7 @@ description:
     a 3 second data RTO for the connection. Set it above the p99 handshake round trip of the network.
   - Kernel objects do not survive a reboot.
 author:
-  - netbpf.tcp_rto developers
+  - netbpf.tcp_rto developers (@netbpf)
 requirements:
   - Linux 4.16 or later with C(CONFIG_BPF_SYSCALL) and C(CONFIG_CGROUP_BPF) (4.16 for the program's
     reads of C(is_fullsock) and C(state)); bpf_link attachments from 5.7.
@@ -145,7 +145,7 @@ attributes:
     description: Picks the object on the controller and transfers it to the managed host.
     support: full
   check_mode:
-    description: Computes the same plan and RV(changed) without touching the kernel.
+    description: Computes the same plan and C(changed) without touching the kernel.
     support: full
   diff_mode:
     description: Returns the instance's configuration before and after.
@@ -219,7 +219,7 @@ kernel:
   contains:
     release: {description: Kernel release., type: str, sample: 6.1.0-28-amd64}
     hz: {description: CONFIG_HZ used to convert milliseconds., type: int, sample: 250}
-    hz_source: {description: Where HZ came from (a file, V(measured) or V(parameter))., type: str, sample: /proc/config.gz}
+    hz_source: {description: "Where HZ came from (a file, V(measured) or V(parameter)).", type: str, sample: /proc/config.gz}
     features: {description: Kernel features the module relies on and whether this kernel has them., type: dict}
 verification:
   description: The handshake probes after applying; RV(verification.ok) is false only when the task failed.
@@ -258,9 +258,9 @@ from ansible.module_utils.common.text.converters import to_native
 
 # Not called here: imported so that Ansible ships it to the host, where persistence copies it for
 # the boot-time restore.
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (  # pylint: disable=unused-import
     reconcile,
-    restore,  # noqa: F401 pylint: disable=unused-import
+    restore,  # noqa: F401
 )
 
 ARGUMENT_SPEC = dict(

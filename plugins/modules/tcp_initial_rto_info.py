@@ -20,7 +20,7 @@ description:
   - Lists the other sock_ops programs on the instances' cgroups and on the cgroups in O(cgroups).
   - Runs on any host; on a host that cannot run the program it reports the reasons and no instances.
 author:
-  - netbpf.tcp_rto developers
+  - netbpf.tcp_rto developers (@netbpf)
 options:
   pin_dir:
     description: Directory on bpffs where instances are pinned, as given to M(netbpf.tcp_rto.tcp_initial_rto).
@@ -102,8 +102,8 @@ instances:
     attached: {description: Whether its program is attached there now., type: bool}
     attach_mode: {description: V(link) or V(multi)., type: str}
     program_id: {description: Kernel program id., type: int}
-    direction: {description: V(both), V(outgoing) or V(incoming)., type: str}
-    rules: {description: Rules with effective ms, jiffies and hits summed over CPUs., type: list, elements: dict}
+    direction: {description: "V(both), V(outgoing) or V(incoming).", type: str}
+    rules: {description: "Rules with effective ms, jiffies and hits summed over CPUs.", type: list, elements: dict}
     default_rto_ms: {description: Value for connections matching no rule (null = kernel default)., type: float}
     default_hits: {description: Connections that got the default., type: int}
     persistent: {description: Whether a record restores it at boot., type: bool}
