@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 INTERPRETERS = sorted({"/usr/bin/python3", *glob.glob("/root/.pyenv/versions/3.*/bin/python3")})
 
 SNIPPET = """
