@@ -41,3 +41,5 @@ def test_ansible_test_gate(core, command):
     assert proc.returncode == 0, "tests/ansible-test %s %s failed:\n%s" % (core, " ".join(command), output[-20000:])
     # ansible-test also succeeds when it finds nothing to run
     assert "All targets skipped" not in output, output[-20000:]
+    if command[0] == "integration":
+        assert "ansible-playbook [core %s." % core in output, output[-20000:]
