@@ -1,8 +1,7 @@
-#!/usr/bin/env python3
 """Run as its own process, join CGROUP, put a socket in SYN_SENT
 towards ADDRESS on loopback and print the initial RTO the kernel gave it, in microseconds.
 
-Usage: syn_rto_probe.py CGROUP [ADDRESS]
+Usage: python3 scripts/syn_rto_probe.py CGROUP [ADDRESS]
 The demo shows what it prints; the tests use it as an oracle independent of the collection,
 so it deliberately shares no code with plugins/module_utils/probe.py.
 """

@@ -26,6 +26,11 @@ def _link_collection():
 _link_collection()
 
 
+def pytest_configure(config):
+    # here rather than in pytest.ini: ansible-test units runs pytest with a configuration of its own
+    config.addinivalue_line("markers", "kernel: needs root and this machine's kernel (BPF, cgroup v2)")
+
+
 def pytest_sessionstart(session):
     if os.geteuid() == 0:
         sandbox.sweep_leftovers()

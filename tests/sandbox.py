@@ -60,7 +60,7 @@ def remove_cgroup_tree(cgroup):
         if os.path.isdir(child):
             remove_cgroup_tree(child)
     _kill_members(cgroup)
-    for _ in range(100):
+    for _attempt in range(100):
         try:
             os.rmdir(cgroup)
             return

@@ -326,7 +326,7 @@ def possible_cpus(path="/sys/devices/system/cpu/possible"):
         text = handle.read().strip()
     cpus = []
     for part in text.split(","):
-        first, _, last = part.partition("-")
+        first, _dash, last = part.partition("-")
         cpus.extend(range(int(first), int(last or first) + 1))
     return cpus
 
@@ -416,7 +416,7 @@ def prog_query(target_fd, attach_type, effective=False):
     while True:
         ids = (ctypes.c_uint32 * count)()
         try:
-            _, attr = _bpf(
+            _result, attr = _bpf(
                 "BPF_PROG_QUERY",
                 target_fd=target_fd,
                 attach_type=attach_type,
@@ -465,7 +465,7 @@ def _get_fd_by_id(kind, obj_id):
 def _get_next_id(kind, start):
     command = "BPF_%s_GET_NEXT_ID" % kind
     try:
-        _, attr = _bpf(command, start_id=start)
+        _result, attr = _bpf(command, start_id=start)
     except BpfError as exc:
         if exc.errno == errno.ENOENT:
             return None

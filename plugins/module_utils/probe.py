@@ -115,7 +115,7 @@ def _join_cgroup(cgroup):
 
 def _remove_leaf(leaf, attempts=100):
     """rmdir a probe leaf; EBUSY while the killed child is still leaving it."""
-    for _ in range(attempts):
+    for _attempt in range(attempts):
         try:
             os.rmdir(leaf)
             return

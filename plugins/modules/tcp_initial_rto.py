@@ -29,7 +29,7 @@ description:
     a 3 second data RTO for the connection. Set it above the p99 handshake round trip of the network.
   - Kernel objects do not survive a reboot.
 author:
-  - netbpf.tcp_rto developers
+  - netbpf.tcp_rto developers (@netbpf)
 requirements:
   - Linux 4.16 or later with C(CONFIG_BPF_SYSCALL) and C(CONFIG_CGROUP_BPF) (4.16 for the program's
     reads of C(is_fullsock) and C(state)); bpf_link attachments from 5.7.
@@ -312,9 +312,9 @@ from ansible.module_utils.common.text.converters import to_native
 
 # Not called here: imported so that Ansible ships it to the host, where persistence copies it for
 # the boot-time restore.
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (  # pylint: disable=unused-import
     reconcile,
-    restore,  # noqa: F401 pylint: disable=unused-import
+    restore,  # noqa: F401
 )
 
 ARGUMENT_SPEC = dict(

@@ -20,7 +20,7 @@ description:
   - Lists the other sock_ops programs on the instances' cgroups and on the cgroups in O(cgroups).
   - Runs on any host; on a host that cannot run the program it reports the reasons and no instances.
 author:
-  - netbpf.tcp_rto developers
+  - netbpf.tcp_rto developers (@netbpf)
 options:
   pin_dir:
     description: Directory on bpffs where instances are pinned, as given to M(netbpf.tcp_rto.tcp_initial_rto).

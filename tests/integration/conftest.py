@@ -61,6 +61,7 @@ class Playbook:
             universal_newlines=True,
             timeout=600,
             cwd=self.workdir,
+            check=False,
         )
         results = []
         if os.path.exists(results_file):

@@ -43,7 +43,8 @@ OUT_OF_BOUNDS_BODY = "return *(volatile __u32 *)((char *)skops + 4096) ? 1 : 1;"
 UNBOUNDED_LOOP_BODY = "while (*(volatile __u32 *)&skops->op != 99) { } return 1;"
 
 
-def program_source(section="sockops", license="GPL", maps=MAP_DEFS, body=OK_BODY):
+def program_source(section="sockops", license="GPL", maps=None, body=OK_BODY):
+    maps = MAP_DEFS if maps is None else maps
     lines = [
         "#include <linux/bpf.h>",
         "#define SEC(name) __attribute__((section(name), used))",

@@ -45,7 +45,7 @@ def log(message):
 def run(command, **kwargs):
     kwargs.setdefault("stdout", subprocess.PIPE)
     kwargs.setdefault("stderr", subprocess.PIPE)
-    proc = subprocess.run(command, universal_newlines=True, **kwargs)
+    proc = subprocess.run(command, universal_newlines=True, **kwargs, check=False)
     if proc.returncode != 0:
         raise MatrixError(
             "%s failed (%d):\n%s" % (" ".join(command[:3]), proc.returncode, (proc.stderr or proc.stdout or "")[-2000:])

@@ -68,6 +68,7 @@ def run_step(name, memlock=None):
         timeout=180,
         cwd="/root",
         preexec_fn=limit,
+        check=False,
     )
     try:
         result = json.loads(proc.stdout)
@@ -78,7 +79,7 @@ def run_step(name, memlock=None):
             {"rc": proc.returncode, "stdout": proc.stdout[-4000:], "stderr": proc.stderr[-4000:]},
         )
     if result.get("failed"):
-        msg = str(result.get("msg", "")).split("Verifier log:")[0]
+        msg = str(result.get("msg", "")).split("Verifier log:", maxsplit=1)[0]
         raise Failed("step %s failed: %s" % (name, msg[:300].strip()), name, result)
     return result
 
@@ -340,7 +341,11 @@ def scenario_memlock():
     os.mkdir(cgroup("memlock"))
     charged = VERSION < (5, 11)
     control = subprocess.run(
-        [sys.executable, "-c", MAP_UNDER_ZERO_MEMLOCK], stdout=subprocess.PIPE, universal_newlines=True, timeout=60
+        [sys.executable, "-c", MAP_UNDER_ZERO_MEMLOCK],
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+        timeout=60,
+        check=False,
     ).stdout.strip()
     check(
         control == ("Operation not permitted" if charged else "created"),
@@ -400,7 +405,7 @@ def report_failure(name, exc):
         print("step: %s %s" % (exc.step, json.dumps(STEPS.get(exc.step), sort_keys=True)))
     if exc.result is not None:
         result = {key: value for key, value in exc.result.items() if key != "invocation"}  # = the step
-        msg, _, verifier_log = str(result.get("msg", "")).partition("Verifier log:")
+        msg, _marker, verifier_log = str(result.get("msg", "")).partition("Verifier log:")
         if verifier_log:
             result["msg"] = msg + "Verifier log: below"
         print("result:")

@@ -150,7 +150,11 @@ def project_cpio(path, payloads, kernels):
             return handle.read()
 
     guest = GUEST_ROOT.lstrip("/")  # archive paths are relative
-    files = {"init": (0o755, read(HERE, "init")), guest + "/tcp_initial_rto.bpf.o": (0o644, read(OBJECT))}
+    # init is a busybox script; its interpreter line is added here (no busybox outside the guest).
+    files = {
+        "init": (0o755, b"#!/bin/busybox sh\n" + read(HERE, "init")),
+        guest + "/tcp_initial_rto.bpf.o": (0o644, read(OBJECT)),
+    }
     for name in GUEST_FILES:
         files[guest + "/" + name] = (0o644, read(HERE, name))
     utils = os.path.join(REPO, "plugins", "module_utils")

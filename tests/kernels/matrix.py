@@ -154,7 +154,7 @@ def boot(kernel, initrd, timeout, logdir):
         KERNEL_CMDLINE,
     ]
     with open(logfile, "wb") as out:
-        proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
     console = open(logfile, "rb").read().decode("utf-8", "replace").replace("\r", "")
     console = re.sub(r"\x1b(\[[0-9;?]*[A-Za-z]|c)", "", console)  # the firmware's terminal resets
     parsed = parse_console(console)
@@ -242,7 +242,7 @@ def failed(result):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="tests/kernels/run", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="tests/kernels/run", description=__doc__.split("\n\n", maxsplit=1)[0])
     parser.add_argument(
         "--kernels",
         default=",".join(key for key, _s, _p in KERNELS),

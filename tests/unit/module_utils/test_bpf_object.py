@@ -59,8 +59,8 @@ def _sections(data):
 def _symbol_offset(data, name):
     """File offset of the symbol table entry called name."""
     sections = _sections(data)
-    _, symtab, size, _ = sections[".symtab"]
-    _, strtab, _, _ = sections[".strtab"]
+    _header, symtab, size, _index = sections[".symtab"]
+    _header, strtab, _size, _index = sections[".strtab"]
     for entry in range(size // 24):
         (st_name,) = struct.unpack_from("<I", data, symtab + 24 * entry)
         start = strtab + st_name
@@ -114,8 +114,8 @@ def test_shipped_object_matches_the_contract(shipped, shipped_bytes):
 
 
 def test_shipped_object_relocations_are_map_loads(shipped):
-    assert sorted({name for _, name in shipped.map_relocations}) == sorted(rto_program.MAP_CONTRACT)
-    for index, _ in shipped.map_relocations:
+    assert sorted({name for _offset, name in shipped.map_relocations}) == sorted(rto_program.MAP_CONTRACT)
+    for index, _name in shipped.map_relocations:
         assert shipped.insns[index * 8] == bpf_object.BPF_LD_IMM64
     assert shipped.map_relocations == sorted(shipped.map_relocations)
 
@@ -325,7 +325,7 @@ def test_map_symbol_in_wrong_section(shipped_bytes):
 
 def _relocation(data, entry):
     """(file offset of relocation entry, r_offset, r_info)"""
-    _, start, _, _ = _sections(data)[".relsockops"]
+    _header, start, _size, _index = _sections(data)[".relsockops"]
     r_offset, r_info = struct.unpack_from("<QQ", data, start + 16 * entry)
     return start + 16 * entry, r_offset, r_info
 
@@ -338,7 +338,7 @@ def test_relocation_symbol_index_out_of_range(shipped_bytes):
 
 @pytest.mark.parametrize("r_offset", [0x280, 0x278, 2**63, 2**64 - 8])
 def test_relocation_offset_outside_program(shipped_bytes, r_offset):
-    at, _, r_info = _relocation(shipped_bytes, 0)
+    at, _r_offset, r_info = _relocation(shipped_bytes, 0)
     message = _parse_error(_edit(shipped_bytes, at, "<QQ", r_offset, r_info))
     assert "is outside the program section 'sockops'" in message
 
@@ -349,7 +349,7 @@ def test_relocation_offset_misaligned(shipped_bytes):
 
 
 def test_relocation_on_other_instruction(shipped_bytes):
-    at, _, r_info = _relocation(shipped_bytes, 0)
+    at, _r_offset, r_info = _relocation(shipped_bytes, 0)
     assert "instruction 0 has opcode 0xbf, not ld_imm64" in _parse_error(_edit(shipped_bytes, at, "<QQ", 0, r_info))
 
 
@@ -360,14 +360,14 @@ def test_relocation_type_unsupported(shipped_bytes):
 
 
 def test_relocation_to_a_non_map_section(shipped_bytes):
-    at, r_offset, _ = _relocation(shipped_bytes, 0)
+    at, r_offset, _r_info = _relocation(shipped_bytes, 0)
     data = _edit(shipped_bytes, at, "<QQ", r_offset, (_symbol_index(shipped_bytes, "_license") << 32) | 1)
     message = _parse_error(data)
     assert "references '_license' in section 'license'; only maps in SEC(\"maps\") are supported" in message
 
 
 def test_relocation_to_undefined_symbol(shipped_bytes):
-    at, r_offset, _ = _relocation(shipped_bytes, 0)
+    at, r_offset, _r_info = _relocation(shipped_bytes, 0)
     assert "undefined symbol" in _parse_error(_edit(shipped_bytes, at, "<QQ", r_offset, (0 << 32) | 1))
 
 
@@ -380,9 +380,9 @@ def test_random_damage_raises_only_bpf_object_error(shipped_bytes):
     """Mutated files parse or raise BpfObjectError: never IndexError, struct.error, ..."""
     rng = random.Random(20240601)
     parsed = 0
-    for _ in range(3000):
+    for _round in range(3000):
         data = bytearray(shipped_bytes)
-        for _ in range(rng.randint(1, 4)):
+        for _change in range(rng.randint(1, 4)):
             offset = rng.randrange(len(data))
             data[offset] = rng.choice((0, 0xFF, 0x7F, 0x80, rng.randrange(256)))
         if rng.random() < 0.2:
@@ -461,7 +461,9 @@ def test_big_endian_contract_depends_on_the_host(shipped):
 def _compile(tmp_path, source, target="bpf", name="variant"):
     assert shutil.which("clang"), "clang is needed for these tests (scripts/setup-env installs it)"
     multiarch = (
-        subprocess.run(["gcc", "-print-multiarch"], stdout=subprocess.PIPE, universal_newlines=True).stdout.strip()
+        subprocess.run(
+            ["gcc", "-print-multiarch"], stdout=subprocess.PIPE, universal_newlines=True, check=False
+        ).stdout.strip()
         or "x86_64-linux-gnu"
     )
     c_file, o_file = tmp_path / (name + ".c"), tmp_path / (name + ".o")
@@ -610,7 +612,7 @@ def test_big_endian_object(tmp_path, shipped):
     obj = bpf_object.BpfObject.from_bytes(_variant(tmp_path, target="bpfeb"))
     assert obj.byteorder == "big"
     assert obj.maps == shipped.maps  # the code differs: V4_MAPPED_WORD follows the byte order
-    assert sorted({name for _, name in obj.map_relocations}) == sorted(obj.maps)
+    assert sorted({name for _offset, name in obj.map_relocations}) == sorted(obj.maps)
     if sys.byteorder == "little":
         assert "object is big-endian, the host is little-endian" in _contract_error(obj)
     bpf_object.check_contract(obj, byteorder="big")
@@ -701,7 +703,9 @@ def _load_and_pin(obj, directory):
 
 
 def _bpftool(*args):
-    result = subprocess.run(("bpftool", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    result = subprocess.run(
+        ("bpftool", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False
+    )
     assert result.returncode == 0, "bpftool %s: %s%s" % (" ".join(args), result.stdout, result.stderr)
     return result.stdout
 
@@ -759,6 +763,7 @@ def _probe_rto(cgroup):
         stderr=subprocess.PIPE,
         universal_newlines=True,
         timeout=30,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     probe = json.loads(result.stdout)

@@ -338,7 +338,7 @@ def unmounted_pin_root():
     try:
         yield path
     finally:
-        for _ in range(3):  # ensure_bpffs may have mounted it (once)
+        for _attempt in range(3):  # ensure_bpffs may have mounted it (once)
             if not host.is_bpffs(path):
                 break
             sandbox.unmount_bpffs(path)

@@ -21,9 +21,9 @@ PROGRAM_SOURCE = r"""
 __attribute__((section("sockops"), used))
 int set_initial_rto(struct bpf_sock_ops *skops)
 {
-	if (skops->op == BPF_SOCK_OPS_TIMEOUT_INIT)
-		skops->reply = %d;
-	return 1;
+    if (skops->op == BPF_SOCK_OPS_TIMEOUT_INIT)
+        skops->reply = %d;
+    return 1;
 }
 char _license[] __attribute__((section("license"), used)) = "GPL";
 """
