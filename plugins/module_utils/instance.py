@@ -95,7 +95,7 @@ def parse_rules(raw_rules, hz):
     """User rules (list of dicts with dest and rto_ms) -> [Rule], validated."""
     raw_rules = raw_rules or []
     if len(raw_rules) > abi.MAX_RULES:
-        raise ConfigError("%d rules given; the program's rules map holds at most %d" % (len(raw_rules), abi.MAX_RULES))
+        raise ConfigError(abi.too_many_rules(len(raw_rules)))
     rules, seen = [], {}
     for index, raw in enumerate(raw_rules):
         what = "rules[%d]" % index

@@ -203,6 +203,7 @@ def converge(params, desired, can_replace, check_mode, diff, result):
     """Plan from what the pins hold to desired (None: absent) and, unless check_mode, apply it."""
     if host.ensure_bpffs(params["pin_dir"], mount=params["mount_bpffs"], check_mode=check_mode):
         result["actions"].append("mount bpffs on /sys/fs/bpf")
+    host.check_pin_path(params["pin_dir"], params["name"])
     current = model.Current(os.path.join(params["pin_dir"], params["name"]))
     try:
         if desired is None:
