@@ -31,7 +31,7 @@ META_MAP = "meta"
 META_VALUE_SIZE = 4096
 META_FORMAT = 1
 # bpffs refuses names with a dot (reserved), so neither instance names nor pins have one.
-INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
+INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}\Z")  # \Z: $ would allow a final newline
 NEW_PIN_PREFIX = "new_"  # a pin waiting to be renamed over the one in use
 
 

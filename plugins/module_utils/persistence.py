@@ -230,6 +230,20 @@ def record_content(params, object_sha256, object_path):
     return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
+def check_paths(name, root="/"):
+    """UnsafePath for what install() or remove() would refuse, checked before the kernel is touched:
+    a symlink (or a directory where a file belongs) at a file of name or at a directory above it."""
+    layout = Layout(root)
+    code = [os.path.join(layout.code_dir, module + ".py") for module in CODE_FILES]
+    for path in [layout.record(name), layout.object(name), layout.script, layout.unit, *code]:
+        _check_dirs(layout, os.path.dirname(path))
+        if os.path.islink(path):
+            _refuse_symlink(path)
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise UnsafePath("%s is not a regular file: remove it, then run again" % path)
+    _check_dirs(layout, os.path.dirname(layout.wants_link(name)))  # the link itself is a symlink
+
+
 def install(params, object_path, object_sha256, root="/", python=None, check_mode=False):
     """Record the instance and set up its boot-time restore; -> list of what changed."""
     layout = Layout(root)

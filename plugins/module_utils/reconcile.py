@@ -139,6 +139,8 @@ def run(params, check_mode=False, diff=False):
     result = dict(changed=False, actions=[], foreign_programs=[])
     features = preflight(params, result)
     desired = desired_instance(params, features, result["kernel"]["hz"]) if params["state"] == "present" else None
+    if desired is None or params.get("persistent"):
+        persistence.check_paths(params["name"], _persist_root(params))
     converge(params, desired, features.prog_replace, check_mode, diff, result)
     if desired is None:
         result["actions"].extend(persistence.remove(params["name"], _persist_root(params), check_mode))
@@ -165,6 +167,9 @@ def preflight(params, result):
     host.check_kernel(release)
     features = host.KernelFeatures(release)
     model.validate_name(params["name"])
+    for key in ("cgroup", "pin_dir", "src", "persist_root"):
+        if "\0" in (params.get(key) or ""):
+            raise model.ConfigError("%s %r contains a NUL byte, which no path can hold: remove it" % (key, params[key]))
     if features.memlock_accounting:
         host.raise_memlock()
     hz, hz_source = discover_hz(params, release)
