@@ -75,6 +75,7 @@ WantedBy=multi-user.target
 SCRIPT_TEXT = """\
 # Installed by the Ansible collection netbpf.tcp_rto: tcp-rto@.service runs this at boot.
 import sys
+sys.dont_write_bytecode = True  # /var/lib/tcp_rto holds what the collection wrote, nothing else
 sys.path.insert(0, {lib!r})
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import restore
 sys.exit(restore.main(sys.argv[1:], root={root!r}))
@@ -170,9 +171,10 @@ def _read(path):
         if exc.errno == errno.ELOOP:
             _refuse_symlink(path)
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePath("%s is not a regular file: remove it, then run again" % path)
     with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise UnsafePath("%s is not a regular file: remove it, then run again" % path)
         return handle.read()
 
 
@@ -384,7 +386,7 @@ def read_record(name, root="/"):
     try:
         record = json.loads(raw.decode("utf-8"))
         _check_record(record, name, layout)
-    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError; nesting too deep
         raise RecordError(
             "record %s is not valid (%s): it was edited or damaged; apply the instance again with "
             "Ansible to rewrite it" % (path, exc)

@@ -9,6 +9,8 @@ the test cgroup and the case's scratch directory."""
 import collections
 import json
 import os
+import shlex
+import shutil
 import struct
 import subprocess
 import time
@@ -833,4 +835,198 @@ def test_check_mode_with_a_good_config_touches_nothing(playbook, env):
     assert result["changed"] is True
     assert result["actions"]
     assert not os.path.lexists(env.pin_dir)
+    assert settled_state(env, before) == before
+
+
+# ---------------------------------------------------------------- damaged or edited records
+
+# A persistent instance's record under <persist_root>/etc/tcp_rto/ is read at boot by the restore
+# (tcp-rto@.service), which must refuse a damaged or edited one before it touches the kernel. Each
+# case: apply with persistent: true, reboot (pins gone), damage, then the unit's ExecStart.
+
+RECORD = "etc/tcp_rto/%s.json" % NAME
+OBJECT_COPY = "var/lib/tcp_rto/objects/%s.bpf.o" % NAME
+
+
+def write_file(root, relative, content):
+    with open(os.path.join(root, relative), "wb") as handle:
+        handle.write(content if isinstance(content, bytes) else content.encode("utf-8"))
+
+
+def read_file(root, relative):
+    with open(os.path.join(root, relative), "rb") as handle:
+        return handle.read()
+
+
+def record_text(text):
+    return lambda env, root, playbook: write_file(root, RECORD, text)
+
+
+def edited(change):
+    """The record with change(record, env) applied to its parsed JSON."""
+
+    def damage(env, root, playbook):
+        record = json.loads(read_file(root, RECORD))
+        change(record, env)
+        write_file(root, RECORD, json.dumps(record))
+
+    return damage
+
+
+def setting(key, value):
+    return edited(lambda record, env: record.__setitem__(key, value(env) if callable(value) else value))
+
+
+def first_rule(key, value):
+    return edited(lambda record, env: record["rules"][0].__setitem__(key, value))
+
+
+def moved_behind_symlink(relative):
+    """What lies at relative is moved to the scratch directory and a symlink put in its place."""
+
+    def damage(env, root, playbook):
+        path = os.path.join(root, relative)
+        target = env.scratch("moved-" + os.path.basename(relative))
+        shutil.move(path, target)
+        os.symlink(target, path)
+
+    return damage
+
+
+def replaced_by_directory(relative):
+    def damage(env, root, playbook):
+        os.unlink(os.path.join(root, relative))
+        os.mkdir(os.path.join(root, relative))
+
+    return damage
+
+
+def world_writable(relative):
+    return lambda env, root, playbook: os.chmod(os.path.join(root, relative), 0o777)
+
+
+def other_instance_on(make_cgroup):
+    """Points the record at the cgroup of another instance, applied after the reboot."""
+
+    def damage(env, root, playbook):
+        other = make_cgroup(env)
+        applied = playbook.module(**env.args(name="other", cgroup=other, rto_ms=300))
+        assert applied["status"] == "ok", applied["_output"]
+        setting("cgroup", other)(env, root, playbook)
+
+    return damage
+
+
+def child_cgroup(env):
+    path = os.path.join(env.cgroup, "child")
+    os.mkdir(path)
+    return path
+
+
+def removed(relative):
+    return lambda env, root, playbook: os.unlink(os.path.join(root, relative))
+
+
+def truncated_record(env, root, playbook):
+    write_file(root, RECORD, read_file(root, RECORD)[:100])
+
+
+def object_replaced(env, root, playbook):
+    shutil.copy(truncated_object(env), os.path.join(root, OBJECT_COPY))
+
+
+NOT_VALID = "is not valid"
+RECORD_CASES = [
+    case("record-not-json", record_text("hello\n"), (NOT_VALID, "apply the instance again with Ansible")),
+    case("record-truncated", truncated_record, NOT_VALID),
+    case("record-binary", record_text(bytes(range(256))), (NOT_VALID, "can't decode")),
+    case("record-empty", record_text(""), NOT_VALID),
+    case("record-json-array", record_text("[]"), "not a JSON object"),
+    case("record-json-null", record_text("null"), "not a JSON object"),
+    case("record-nested-too-deep", record_text("[" * 100000), "maximum recursion depth"),
+    case("record-format-2", setting("format", 2), "format is not 1"),
+    case("record-missing-key", edited(lambda record, env: record.pop("rules")), "missing rules"),
+    case("record-unknown-key", setting("port", 443), "unknown key(s) port"),
+    case("record-rto_ms-string", setting("rto_ms", "200"), 'rto_ms is "200", expected an integer or null'),
+    case("record-rto_ms-bool", setting("rto_ms", True), "rto_ms is true, expected an integer or null"),
+    case("record-rules-mapping", setting("rules", {"dest": "10.0.0.0/8"}), "rules is {"),
+    case("record-rule-rto_ms-string", first_rule("rto_ms", "fast"), "expected a list of {dest: string"),
+    case("record-rule-extra-key", first_rule("port", 443), "expected a list of {dest: string"),
+    case("record-mount_bpffs-string", setting("mount_bpffs", "yes"), 'mount_bpffs is "yes", expected true or false'),
+    case("record-hz-string", setting("hz", "250"), 'hz is "250"'),
+    case("record-name-number", setting("name", 5), "name is 5, expected a string"),
+    case("record-pin_dir-null", setting("pin_dir", None), "pin_dir is null"),
+    case("record-names-other-instance", setting("name", "other"), "it names the instance 'other'"),
+    case("record-src-elsewhere", setting("src", "/tmp/evil.bpf.o"), "not the collection's copy"),
+    case("record-rto_ms-zero", setting("rto_ms", 0), "rto_ms must be positive"),
+    case(
+        "record-100000-rules",
+        setting("rules", [rule(dest="10.%d.%d.%d/32" % (i >> 16, i >> 8 & 255, i & 255)) for i in range(100000)]),
+        "100000 rules given",
+    ),
+    case("record-dest-fullwidth", first_rule("dest", "\uff11\uff10.0.0.0/8"), "is not a network in CIDR"),
+    case("record-cgroup-missing", setting("cgroup", lambda env: env.cgroup + "/gone"), "does not exist"),
+    case("record-cgroup-non-ascii", setting("cgroup", lambda env: env.cgroup + "/ünï"), "does not exist"),
+    case("record-cgroup-filesystem-root", setting("cgroup", "/"), "not cgroup2"),
+    case(
+        "record-cgroup-dotdot-escape",
+        setting("cgroup", lambda env: sandbox.cgroup2_mount() + "/.."),
+        "not cgroup2",
+    ),
+    case("record-cgroup-nul-byte", setting("cgroup", "/sys/fs/cgroup\x00"), "contains a NUL byte"),
+    case(
+        "record-cgroup-of-another-instance", other_instance_on(child_cgroup), "already has the tcp_rto instance other"
+    ),
+    case(
+        "record-pin_dir-not-bpffs",
+        setting("pin_dir", lambda env: scratch_dir("pins")(env)),
+        "not bpffs",
+    ),
+    case(
+        "record-pin_dir-symlink-on-bpffs",
+        setting("pin_dir", lambda env: bpffs_symlink("pins", foreign_pins)(env)),
+        "is a symlink on bpffs",
+    ),
+    case("record-object-replaced", object_replaced, "is another file, not the one the record"),
+    case("record-object-missing", removed(OBJECT_COPY), "is missing, not the one the record"),
+    case("record-missing", removed(RECORD), "no record"),
+    case("record-symlink", moved_behind_symlink(RECORD), "is a symlink"),
+    case("record-dir-symlink", moved_behind_symlink("etc/tcp_rto"), "is a symlink"),
+    case("record-object-symlink", moved_behind_symlink(OBJECT_COPY), "is a symlink"),
+    case("record-lib-dir-symlink", moved_behind_symlink("var/lib/tcp_rto"), "is a symlink"),
+    case("record-is-a-directory", replaced_by_directory(RECORD), "is not a regular file"),
+    case("record-dir-world-writable", world_writable("etc/tcp_rto"), "could be changed by another user"),
+]
+
+
+def exec_start(root, name):
+    """The unit's ExecStart command line for instance name, as systemd would run it."""
+    with open(os.path.join(root, "etc/systemd/system/tcp-rto@.service")) as unit:
+        line = next(line for line in unit if line.startswith("ExecStart="))
+    return shlex.split(line[len("ExecStart=") :].replace("%i", name))
+
+
+@pytest.mark.parametrize("item", params(RECORD_CASES))
+def test_bad_record_at_boot(playbook, env, item):
+    root = env.scratch("root")
+    os.mkdir(root)
+    applied = playbook.module(**env.args(persistent=True, persist_root=root, **GOOD))
+    assert applied["status"] == "ok", applied["_output"]
+    shutil.rmtree(env.pin_dir)  # a reboot: every pin and attachment gone
+    item.args(env, root, playbook)
+    before = settled_state(env)
+    restore = subprocess.run(
+        exec_start(root, NAME),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        timeout=60,
+    )
+    assert restore.returncode == 1, restore.stdout + restore.stderr
+    assert restore.stderr.startswith("tcp-rto restore of %s failed: " % NAME), restore.stderr
+    assert "Traceback" not in restore.stderr
+    assert restore.stderr.count("\n") == 1, restore.stderr  # one line: the message
+    for part in (item.expect,) if isinstance(item.expect, str) else item.expect:
+        assert part in restore.stderr, restore.stderr
     assert settled_state(env, before) == before
