@@ -137,6 +137,8 @@ def _check_dirs(layout, directory, create=False):
     the collection's own ones (under record_dir, lib_dir) also owned by this user and writable by
     no one else. Missing ones are made with mode 0755 whatever the umask when create is True."""
     path = layout.root
+    if create and not os.path.isdir(path):
+        os.makedirs(path, 0o755)
     for part in os.path.relpath(directory, layout.root).split(os.sep):
         path = os.path.join(path, part)
         try:
