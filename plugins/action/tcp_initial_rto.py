@@ -16,6 +16,8 @@ from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.rto_program import MAX_RULES, too_many_rules
+
 COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BPF_DIR = os.path.join(COLLECTION_ROOT, "files", "bpf")
 SHIPPED_OBJECT = os.path.join(BPF_DIR, "tcp_initial_rto.bpf.o")
@@ -55,6 +57,11 @@ class ActionModule(ActionBase):
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
         module_args = dict(self._task.args)
+        rules = module_args.get("rules")
+        if isinstance(rules, list) and len(rules) > MAX_RULES:
+            # Checked here too: validating a huge list on the host takes Ansible many seconds per 10 000 rules.
+            result.update(failed=True, msg=too_many_rules(len(rules)))
+            return result
         workdir = tempfile.mkdtemp(prefix="tcp_rto-")
         try:
             if module_args.get("state", "present") == "present":

@@ -152,11 +152,24 @@ def write_meta(meta_fd, desired):
     bpf.map_update(meta_fd, abi.CONFIG_KEY.pack(0), raw.ljust(META_VALUE_SIZE, b"\0"))
 
 
+# The verifier's verdict is at the end of a log that can fill the 16 MiB buffer.
+VERIFIER_LOG_TAIL_LINES = 30
+
+
 def load_program(obj, map_fds):
     try:
         return bpf.prog_load(bpf.BPF_PROG_TYPE_SOCK_OPS, obj.instructions(map_fds), obj.license, abi.PROGRAM_NAME)
     except bpf.BpfError as exc:
-        raise InstanceError("the kernel refused the program (%s). Verifier log:\n%s" % (exc, exc.log or "(none)"))
+        lines = (exc.log or "(none)").rstrip("\n").split("\n")
+        shown = (
+            "Verifier log"
+            if len(lines) <= VERIFIER_LOG_TAIL_LINES
+            else ("Last %d of %d lines of the verifier log" % (VERIFIER_LOG_TAIL_LINES, len(lines)))
+        )
+        raise InstanceError(
+            "the kernel refused the program (%s): fix the program's source. %s:\n%s"
+            % (exc, shown, "\n".join(lines[-VERIFIER_LOG_TAIL_LINES:]))
+        )
 
 
 def _pin_new(fd, instance_dir, name, undo):

@@ -360,6 +360,24 @@ def ensure_bpffs(pin_dir=DEFAULT_PIN_DIR, mount=True, check_mode=False, pin_root
     return True
 
 
+def check_pin_path(pin_dir, name):
+    """HostError when a symlink on bpffs lies on the way to the instance's pins: a component of
+    pin_dir, the instance directory <pin_dir>/<name>, or an entry in it. Followed, such a link
+    would make the module read, replace or unpin (state absent) the pins of another program."""
+    instance_dir = os.path.join(pin_dir, name)
+    parts = instance_dir.split("/")
+    paths = ["/".join(parts[: count + 1]) or "/" for count in range(len(parts)) if parts[count]]
+    if os.path.isdir(instance_dir) and not os.path.islink(instance_dir):
+        paths += [os.path.join(instance_dir, entry) for entry in sorted(os.listdir(instance_dir))]
+    for path in paths:
+        if os.path.islink(path) and is_bpffs(os.path.dirname(path) or "."):
+            raise HostError(
+                "%s is a symlink on bpffs (to %s): the module does not follow symlinks in bpffs, where "
+                "they could lead it to another program's pins; remove the symlink or give the real "
+                "directory as pin_dir" % (path, os.readlink(path))
+            )
+
+
 def _fs_name_of(path):
     try:
         return fs_name(fs_type(path))

@@ -32,7 +32,7 @@ META_MAP = "meta"
 META_VALUE_SIZE = 4096
 META_FORMAT = 1
 # bpffs refuses names with a dot (reserved), so neither instance names nor pins have one.
-INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
+INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}\Z")  # \Z: $ would allow a final newline
 NEW_PIN_PREFIX = "new_"  # a pin waiting to be renamed over the one in use
 
 
@@ -96,7 +96,7 @@ def parse_rules(raw_rules, hz):
     """User rules (list of dicts with dest and rto_ms) -> [Rule], validated."""
     raw_rules = raw_rules or []
     if len(raw_rules) > abi.MAX_RULES:
-        raise ConfigError("%d rules given; the program's rules map holds at most %d" % (len(raw_rules), abi.MAX_RULES))
+        raise ConfigError(abi.too_many_rules(len(raw_rules)))
     rules, seen = [], {}
     for index, raw in enumerate(raw_rules):
         what = "rules[%d]" % index

@@ -13,12 +13,15 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
+import hashlib
 import json
 import os
 import pkgutil
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault
 
@@ -78,6 +81,7 @@ WantedBy=multi-user.target
 SCRIPT_TEXT = """\
 # Installed by the Ansible collection netbpf.tcp_rto: tcp-rto@.service runs this at boot.
 import sys
+sys.dont_write_bytecode = True  # /var/lib/tcp_rto holds what the collection wrote, nothing else
 sys.path.insert(0, {lib!r})
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import restore
 sys.exit(restore.main(sys.argv[1:], root={root!r}))
@@ -86,6 +90,10 @@ sys.exit(restore.main(sys.argv[1:], root={root!r}))
 
 class RecordError(Exception):
     """The record is missing or not one this code wrote; the message says which and what to do."""
+
+
+class UnsafePath(RecordError):
+    """A path of persistence is a symlink, not a regular file or directory, or writable by others."""
 
 
 class Layout:
@@ -99,6 +107,10 @@ class Layout:
         self.script = os.path.join(self.lib_dir, "restore.py")
         self.unit_dir = os.path.join(root, "etc", "systemd", "system")
         self.unit = os.path.join(self.unit_dir, UNIT_TEMPLATE)
+
+    def owns(self, path):
+        """Whether path lies in a directory only the collection writes to."""
+        return any(path == mine or path.startswith(mine + os.sep) for mine in (self.record_dir, self.lib_dir))
 
     def record(self, name):
         return os.path.join(self.record_dir, name + ".json")
@@ -118,50 +130,119 @@ class Layout:
         )
 
 
+def _refuse_symlink(path):
+    raise UnsafePath(
+        "%s is a symlink (to %s): the collection reads and writes only real files and directories there, "
+        "so that nothing it writes or the boot-time restore runs can be redirected; remove the symlink "
+        "(and find out who made it), then run again" % (path, os.readlink(path))
+    )
+
+
+def _check_dirs(layout, directory, create=False):
+    """Every component of directory below layout.root must be a real directory (not a symlink);
+    the collection's own ones (under record_dir, lib_dir) also owned by this user and writable by
+    no one else. Missing ones are made with mode 0755 whatever the umask when create is True."""
+    path = layout.root
+    if create and not os.path.isdir(path):
+        os.makedirs(path, 0o755)
+    for part in os.path.relpath(directory, layout.root).split(os.sep):
+        path = os.path.join(path, part)
+        try:
+            status = os.lstat(path)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            if not create:
+                return
+            os.mkdir(path, 0o755)
+            os.chmod(path, 0o755)  # the umask may have taken bits away
+            continue
+        if stat.S_ISLNK(status.st_mode):
+            _refuse_symlink(path)
+        if not stat.S_ISDIR(status.st_mode):
+            raise UnsafePath("%s is not a directory: remove it, then run again" % path)
+        if layout.owns(path) and (status.st_uid != os.geteuid() or status.st_mode & 0o022):
+            raise UnsafePath(
+                "%s (owner uid %d, mode %04o) could be changed by another user than uid %d, and the boot-time "
+                "restore runs what it holds: chown %d %s && chmod 755 %s, then run again"
+                % (path, status.st_uid, status.st_mode & 0o7777, os.geteuid(), os.geteuid(), path, path)
+            )
+
+
 def _read(path):
+    """The content of the regular file at path, None when missing; UnsafePath for a symlink."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             return None
+        if exc.errno == errno.ELOOP:
+            _refuse_symlink(path)
         raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafePath("%s is not a regular file: remove it, then run again" % path)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
 
 
-def _write(path, content, mode, check_mode):
-    """Write content atomically when it differs; -> whether it differed."""
-    if _read(path) == content and (os.stat(path).st_mode & 0o777) == mode:
-        return False
+def _write(layout, path, content, mode, check_mode):
+    """Write content atomically (a new file renamed over path) when it, the mode or the owner
+    differs; -> whether anything differed."""
+    directory = os.path.dirname(path)
+    _check_dirs(layout, directory, create=not check_mode)
+    if _read(path) == content:
+        status = os.lstat(path)
+        if status.st_mode & 0o7777 == mode and status.st_uid == os.geteuid():
+            return False
     if not check_mode:
-        directory = os.path.dirname(path)
-        if not os.path.isdir(directory):
-            os.makedirs(directory, 0o755)
-        temporary = _temporary(path)
-        with open(temporary, "wb") as handle:
-            handle.write(content)
-        os.chmod(temporary, mode)
-        fault.point("persist_temp_file_written")
-        os.rename(temporary, path)
+        fd, temporary = tempfile.mkstemp(
+            dir=directory, prefix=_TEMPORARY_PREFIX % os.path.basename(path), suffix=".tmp"
+        )
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(content)
+                os.fchmod(handle.fileno(), mode)
+            fault.point("persist_temp_file_written")
+            os.rename(temporary, path)
+        except BaseException:
+            _remove_quietly(temporary)
+            raise
     return True
 
 
-def _temporary(path):
-    """Where _write puts the content before renaming it over path: a killed run may leave it."""
-    return path + ".tmp"
+# _write's new file before it is renamed over the real one; a killed run may leave it behind.
+_TEMPORARY_PREFIX = ".%s."
 
 
-def _symlink(target, link, check_mode):
+def _temporaries(path):
+    """The files a killed _write of path left in its directory."""
+    directory, prefix = os.path.dirname(path), _TEMPORARY_PREFIX % os.path.basename(path)
+    names = os.listdir(directory) if os.path.isdir(directory) else []
+    return [
+        os.path.join(directory, name) for name in sorted(names) if name.startswith(prefix) and name.endswith(".tmp")
+    ]
+
+
+def _remove_quietly(path):
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _symlink(layout, target, link, check_mode):
+    _check_dirs(layout, os.path.dirname(link), create=not check_mode)
     if os.path.islink(link) and os.readlink(link) == target:
         return False
     if not check_mode:
-        if not os.path.isdir(os.path.dirname(link)):
-            os.makedirs(os.path.dirname(link), 0o755)
-        _remove(link, False)
+        _remove(layout, link, False)
         os.symlink(target, link)
     return True
 
 
-def _remove(path, check_mode):
+def _remove(layout, path, check_mode):
+    _check_dirs(layout, os.path.dirname(path))
     if not os.path.lexists(path):
         return False
     if not check_mode:
@@ -186,24 +267,45 @@ def record_content(params, object_sha256, object_path):
     return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
 
+def check_paths(name, root="/"):
+    """UnsafePath for what install() or remove() would refuse, checked before the kernel is touched:
+    a symlink (or a directory where a file belongs) at a file of name or at a directory above it."""
+    layout = Layout(root)
+    code = [os.path.join(layout.code_dir, module + ".py") for module in CODE_FILES]
+    for path in [layout.record(name), layout.object(name), layout.script, layout.unit, *code]:
+        _check_dirs(layout, os.path.dirname(path))
+        if os.path.islink(path):
+            _refuse_symlink(path)
+        if os.path.lexists(path) and not os.path.isfile(path):
+            raise UnsafePath("%s is not a regular file: remove it, then run again" % path)
+    _check_dirs(layout, os.path.dirname(layout.wants_link(name)))  # the link itself is a symlink
+
+
 def install(params, object_path, object_sha256, root="/", python=None, check_mode=False):
     """Record the instance and set up its boot-time restore; -> list of what changed."""
     layout = Layout(root)
     name = params["name"]
     changes = []
+    # What a killed install of this instance left (the instance lock keeps other runs of it out;
+    # the shared unit and code files' leftovers go with the last instance's remove).
+    for leftover in _temporaries(layout.object(name)) + _temporaries(layout.record(name)):
+        if _remove(layout, leftover, check_mode):
+            changes.append("remove %s" % leftover)
     with open(object_path, "rb") as handle:
-        if _write(layout.object(name), handle.read(), 0o644, check_mode):
+        if _write(layout, layout.object(name), handle.read(), 0o644, check_mode):
             changes.append("copy object to %s" % layout.object(name))
     fault.point("persist_object_copied")
     code_changed = False
     for module in CODE_FILES:
         code_changed |= _write(
+            layout,
             os.path.join(layout.code_dir, module + ".py"),
             _code(module),
             0o644,
             check_mode,
         )
     code_changed |= _write(
+        layout,
         layout.script,
         SCRIPT_TEXT.format(lib=os.path.join(layout.lib_dir, "lib"), root=root).encode("utf-8"),
         0o644,
@@ -217,13 +319,15 @@ def install(params, object_path, object_sha256, root="/", python=None, check_mod
         python=python or sys.executable,
         script=layout.script,
     )
-    if _write(layout.unit, unit.encode("utf-8"), 0o644, check_mode):
+    if _write(layout, layout.unit, unit.encode("utf-8"), 0o644, check_mode):
         changes.append("install %s" % layout.unit)
     fault.point("persist_unit_written")
-    if _write(layout.record(name), record_content(params, object_sha256, layout.object(name)), 0o644, check_mode):
+    if _write(
+        layout, layout.record(name), record_content(params, object_sha256, layout.object(name)), 0o644, check_mode
+    ):
         changes.append("record %s" % layout.record(name))
     fault.point("persist_record_written")
-    if _symlink(os.path.join("..", UNIT_TEMPLATE), layout.wants_link(name), check_mode):
+    if _symlink(layout, os.path.join("..", UNIT_TEMPLATE), layout.wants_link(name), check_mode):
         changes.append("enable tcp-rto@%s.service" % name)
     fault.point("persist_enabled")
     if changes and not check_mode:
@@ -238,13 +342,13 @@ def remove(name, root="/", check_mode=False):
     layout = Layout(root)
     changes = []
     for path in (layout.wants_link(name), layout.record(name), layout.object(name)):
-        for leftover in (path, _temporary(path)):
-            if _remove(leftover, check_mode):
+        for leftover in [path, *_temporaries(path)]:
+            if _remove(layout, leftover, check_mode):
                 changes.append("remove %s" % leftover)
                 fault.point("unpersist_first_file_removed")
     if not [other for other in layout.recorded_names() if other != name]:
-        for path in (layout.unit, _temporary(layout.unit)):
-            if _remove(path, check_mode):
+        for path in [layout.unit, *_temporaries(layout.unit)]:
+            if _remove(layout, path, check_mode):
                 changes.append("remove %s" % path)
                 fault.point("unpersist_unit_removed")
         if os.path.isdir(layout.lib_dir):
@@ -259,9 +363,71 @@ def remove(name, root="/", check_mode=False):
     return changes
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional(check):
+    return lambda value: value is None or check(value)
+
+
+def _is_str(value):
+    return isinstance(value, str)
+
+
+def _is_rules(value):
+    return isinstance(value, list) and all(
+        isinstance(rule, dict) and set(rule) == {"dest", "rto_ms"} and _is_str(rule["dest"]) and _is_int(rule["rto_ms"])
+        for rule in value
+    )
+
+
+# What each key of a record holds, as the module's argument spec gives it.
+RECORD_TYPES = {
+    "format": (_is_int, "an integer"),
+    "name": (_is_str, "a string"),
+    "cgroup": (_optional(_is_str), "a string or null"),
+    "rules": (_optional(_is_rules), "a list of {dest: string, rto_ms: integer}"),
+    "rto_ms": (_optional(_is_int), "an integer or null"),
+    "direction": (_is_str, "a string"),
+    "pin_dir": (_is_str, "a string"),
+    "mount_bpffs": (lambda value: isinstance(value, bool), "true or false"),
+    "hz": (_optional(_is_int), "an integer or null"),
+    "verify": (lambda value: isinstance(value, bool), "true or false"),
+    "force_legacy_attach": (lambda value: isinstance(value, bool), "true or false"),
+    "src": (_is_str, "a string"),
+    "object_sha256": (_is_str, "a string"),
+}
+
+
+def _check_record(record, name, layout):
+    """ValueError saying what is wrong with a parsed record, unless it is one this code wrote."""
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    if record.get("format") != RECORD_FORMAT:
+        raise ValueError("format is not %d" % RECORD_FORMAT)
+    missing = sorted(set(RECORD_TYPES) - set(record))
+    if missing:
+        raise ValueError("missing %s" % ", ".join(missing))
+    unknown = sorted(set(record) - set(RECORD_TYPES))
+    if unknown:
+        raise ValueError("unknown key(s) %s" % ", ".join(unknown))
+    for key in sorted(RECORD_TYPES):
+        check, expected = RECORD_TYPES[key]
+        if not check(record[key]):
+            raise ValueError("%s is %s, expected %s" % (key, json.dumps(record[key])[:80], expected))
+    if record["name"] != name:
+        raise ValueError("it names the instance %r" % record["name"])
+    if record["src"] != layout.object(name):
+        raise ValueError("src is %s, not the collection's copy %s" % (record["src"], layout.object(name)))
+
+
 def read_record(name, root="/"):
-    """The module parameters recorded for name; RecordError when missing or not valid."""
-    path = Layout(root).record(name)
+    """The module parameters recorded for name, with src the copied object it names, checked
+    against its sha256; RecordError when missing, not valid, or not what this code wrote."""
+    layout = Layout(root)
+    path = layout.record(name)
+    _check_dirs(layout, layout.record_dir)
     raw = _read(path)
     if raw is None:
         raise RecordError(
@@ -270,17 +436,19 @@ def read_record(name, root="/"):
         )
     try:
         record = json.loads(raw.decode("utf-8"))
-        if not isinstance(record, dict) or record.get("format") != RECORD_FORMAT:
-            raise ValueError("format is not %d" % RECORD_FORMAT)
-        missing = [key for key in (*RECORDED, "src") if key not in record]
-        if missing:
-            raise ValueError("missing %s" % ", ".join(missing))
-        if record["name"] != name:
-            raise ValueError("it names the instance %r" % record["name"])
-    except ValueError as exc:
+        _check_record(record, name, layout)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError; nesting too deep
         raise RecordError(
             "record %s is not valid (%s): it was edited or damaged; apply the instance again with "
             "Ansible to rewrite it" % (path, exc)
+        )
+    _check_dirs(layout, os.path.dirname(record["src"]))
+    content = _read(record["src"])
+    if content is None or hashlib.sha256(content).hexdigest() != record["object_sha256"]:
+        raise RecordError(
+            "the object %s is %s, not the one the record %s names (sha256 %s): apply the instance "
+            "again with Ansible to copy it"
+            % (record["src"], "missing" if content is None else "another file", path, record["object_sha256"])
         )
     return {key: record[key] for key in (*RECORDED, "src")}
 

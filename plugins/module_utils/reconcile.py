@@ -160,6 +160,8 @@ def run(params, check_mode=False, diff=False):
     result = dict(changed=False, actions=[], foreign_programs=[], drift=[], conflicts=[])
     features = preflight(params, result)
     desired = desired_instance(params, features, result["kernel"]["hz"]) if params["state"] == "present" else None
+    if desired is None or params.get("persistent"):
+        persistence.check_paths(params["name"], _persist_root(params))
     if check_mode:  # reads only: no need to keep other runs out
         _reconcile(params, desired, features, check_mode, diff, result)
     else:
@@ -202,6 +204,9 @@ def preflight(params, result):
     host.check_kernel(release)
     features = host.KernelFeatures(release)
     model.validate_name(params["name"])
+    for key in ("cgroup", "pin_dir", "src", "persist_root"):
+        if "\0" in (params.get(key) or ""):
+            raise model.ConfigError("%s %r contains a NUL byte, which no path can hold: remove it" % (key, params[key]))
     if features.memlock_accounting:
         host.raise_memlock()
     hz, hz_source = discover_hz(params, release)
@@ -240,6 +245,7 @@ def converge(params, desired, can_replace, check_mode, diff, result):
     """Plan from what the pins hold to desired (None: absent) and, unless check_mode, apply it."""
     if host.ensure_bpffs(params["pin_dir"], mount=params["mount_bpffs"], check_mode=check_mode):
         result["actions"].append("mount bpffs on /sys/fs/bpf")
+    host.check_pin_path(params["pin_dir"], params["name"])
     current = model.Current(os.path.join(params["pin_dir"], params["name"]), desired.cgroup if desired else None)
     try:
         if desired is None:

@@ -21,6 +21,15 @@ PROGRAM_NAME = "tcp_initial_rto"
 MAX_RULES = 1024
 DEFAULT_HIT_SLOT = MAX_RULES
 
+
+def too_many_rules(count):
+    """The error for a rules list longer than the map (the module and its action plugin say it)."""
+    return (
+        "%d rules given; the program's rules map holds at most %d: merge neighbouring networks into "
+        "shorter prefixes (the longest matching prefix wins) or give the rest with rto_ms" % (count, MAX_RULES)
+    )
+
+
 DIRECTION_OUTGOING = 1  # SYN of connect(): full socket in SYN_SENT
 DIRECTION_INCOMING = 2  # SYN-ACK of accept(): request socket (or TFO child in SYN_RECV)
 DIRECTIONS = {

@@ -9,6 +9,9 @@ the test cgroup and the case's scratch directory."""
 import collections
 import json
 import os
+import shlex
+import shutil
+import struct
 import subprocess
 import time
 
@@ -41,6 +44,15 @@ OK_BODY = "return 1;"
 OUT_OF_BOUNDS_BODY = "return *(volatile __u32 *)((char *)skops + 4096) ? 1 : 1;"
 # No bound at all: the verifier refuses the back-edge (or gives up on the complexity).
 UNBOUNDED_LOOP_BODY = "while (*(volatile __u32 *)&skops->op != 99) { } return 1;"
+# Bounded, but a million iterations the verifier walks one by one: past its 1M-instruction limit,
+# with a verifier log that fills the 16 MiB buffer.
+TOO_COMPLEX_BODY = (
+    "__u32 x = skops->op; "
+    '_Pragma("nounroll") for (int i = 0; i < 1000000; i++) { x = x * 3 + skops->remote_port; } '
+    "skops->reply = x; return 1;"
+)
+# op is read-only for sock_ops programs.
+CTX_WRITE_BODY = "skops->op = 5; return 1;"
 
 
 def program_source(section="sockops", license="GPL", maps=None, body=OK_BODY):
@@ -53,7 +65,8 @@ def program_source(section="sockops", license="GPL", maps=None, body=OK_BODY):
     lines += ['struct bpf_map_def SEC("maps") %s = { .type = %s };' % (name, spec) for name, spec in maps.items()]
     if section is not None:
         lines.append('SEC("%s") int prog(struct bpf_sock_ops *skops) { %s }' % (section, body))
-    lines.append('char _license[] SEC("license") = "%s";' % license)
+    if license is not None:
+        lines.append('char _license[] SEC("license") = "%s";' % license)
     return "\n".join(lines) + "\n"
 
 
@@ -83,6 +96,54 @@ def scratch_text(name, text):
         return path
 
     return make
+
+
+def patched_object(name, *patches):
+    """The shipped object with patches applied: each (offset_of(data), struct format, value)."""
+
+    def make(env):
+        with open(SHIPPED_OBJECT, "rb") as source:
+            data = bytearray(source.read())
+        for offset_of, fmt, value in patches:
+            struct.pack_into("<" + fmt, data, offset_of(data), value)
+        path = env.scratch(name + ".bpf.o")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return path
+
+    return make
+
+
+# ELF64 header fields and section header fields (struct Elf64_Shdr) by byte offset.
+E_SHOFF, E_SHENTSIZE, E_SHNUM, E_SHSTRNDX = 0x28, 0x3A, 0x3C, 0x3E
+SH_NAME, SH_OFFSET, SH_SIZE, SH_LINK = 0, 24, 32, 40
+
+
+def at(offset):
+    return lambda _data: offset
+
+
+def section_header(name, field):
+    """Offset of a field of the section header called name (found through the name table)."""
+
+    def offset_of(data):
+        (shoff,) = struct.unpack_from("<Q", data, E_SHOFF)
+        shnum, shstrndx = struct.unpack_from("<HH", data, E_SHNUM)
+        names = struct.unpack_from("<Q", data, shoff + shstrndx * 64 + SH_OFFSET)[0]
+        for index in range(shnum):
+            header = shoff + index * 64
+            start = names + struct.unpack_from("<I", data, header + SH_NAME)[0]
+            if data[start : data.index(b"\0", start)] == name.encode():
+                return header + field
+        raise LookupError(name)
+
+    return offset_of
+
+
+def section_body(name, offset):
+    """Offset of byte `offset` of the section called name."""
+    header = section_header(name, SH_OFFSET)
+    return lambda data: struct.unpack_from("<Q", data, header(data))[0] + offset
 
 
 def truncated_object(env):
@@ -194,6 +255,8 @@ def kernel_objects(env):
 def _pinned_instance(pin_dir, name):
     """An applied instance as bpftool reads it from its pins: program, link and map contents."""
     directory = os.path.join(pin_dir, name)
+    if os.path.islink(directory) or os.path.islink(os.path.join(directory, "prog")):
+        return "a symlink"  # what it points at is in the inventory already (bpffs, scratch)
     if not os.path.isdir(directory):
         return None
     found = {"prog": bpftool("prog", "show", "pinned", os.path.join(directory, "prog"))["id"]}
@@ -248,7 +311,8 @@ def assert_refused(result, fragment, before, env):
     for marker in ("Traceback", "MODULE FAILURE"):  # fail_json, not a crash
         assert marker not in json.dumps(result), output
     assert "module_stderr" not in result, output
-    assert fragment in result.get("msg", ""), result.get("msg")
+    for part in (fragment,) if isinstance(fragment, str) else fragment:
+        assert part in result.get("msg", ""), result.get("msg")
     assert settled_state(env, before) == before
 
 
@@ -256,7 +320,8 @@ def assert_refused(result, fragment, before, env):
 
 Case = collections.namedtuple("Case", "id args expect existing")
 # args: the bad module arguments, or a function env -> them (for paths the case makes).
-# expect: a distinctive part of the message. existing: also run against an applied instance.
+# expect: a distinctive part of the message (or a tuple of parts). existing: also run against an
+# applied instance.
 
 
 def case(case_id, args, expect, existing=False):
@@ -293,6 +358,48 @@ def bpffs_symlink_out(env):
     link = os.path.join(env.bpffs, "escape")
     os.symlink(target, link)
     return os.path.join(link, "tcp_rto")
+
+
+def foreign_pins(env):
+    """A directory on the test's bpffs holding a pinned map that is not ours (another team's)."""
+    directory = os.path.join(env.bpffs, "foreign")
+    os.mkdir(directory)
+    spec = "type array key 4 value 8 entries 1 name foreign".split()
+    subprocess.run(["bpftool", "map", "create", os.path.join(directory, "prog"), *spec], check=True)
+    return directory
+
+
+def bpffs_symlink(name, target_of):
+    """A symlink on the test's bpffs pointing at target_of(env); -> its path."""
+
+    def make(env):
+        link = os.path.join(env.bpffs, name)
+        os.symlink(target_of(env), link)
+        return link
+
+    return make
+
+
+def symlinked_instance_dir(target_of, **extra):
+    """<pin_dir>/<name> is a symlink to target_of(env)."""
+
+    def make(env):
+        os.makedirs(env.pin_dir)
+        os.symlink(target_of(env), os.path.join(env.pin_dir, NAME))
+        return extra
+
+    return make
+
+
+def symlinked_pin(**extra):
+    """<pin_dir>/<name>/prog is a symlink to another program's pin."""
+
+    def make(env):
+        os.makedirs(os.path.join(env.pin_dir, NAME))
+        os.symlink(os.path.join(foreign_pins(env), "prog"), os.path.join(env.pin_dir, NAME, "prog"))
+        return extra
+
+    return make
 
 
 def cgroup_escape(env):
@@ -366,6 +473,39 @@ RULE_CASES = [
         existing=True,
     ),
     case("direction-unknown", dict(direction="sideways"), "direction must be one of", existing=True),
+    case(
+        "rules-100000",  # refused by the action plugin before anything is sent to the host
+        dict(rules=[rule(dest="10.%d.%d.%d/32" % (i >> 16, i >> 8 & 255, i & 255)) for i in range(100000)]),
+        ("100000 rules given; the program's rules map holds at most 1024", "merge neighbouring networks"),
+    ),
+]
+
+NON_ASCII_CASES = [
+    case("name-non-ascii-letter", dict(name="tcp_rtö"), "is not a valid instance name"),
+    case("name-fullwidth-digits", dict(name="\uff11\uff12\uff13"), "is not a valid instance name"),
+    case("name-emoji", dict(name="rto-\U0001f680"), "is not a valid instance name"),
+    case("name-right-to-left-override", dict(name="rto\u202eevil"), "is not a valid instance name"),
+    case(
+        "cgroup-non-ascii-missing",
+        lambda env: dict(cgroup=os.path.join(env.cgroup, "ünïcødé-\u2713")),
+        "does not exist",
+        existing=True,
+    ),
+    case("cgroup-non-ascii-not-a-cgroup", lambda env: dict(cgroup=scratch_dir("cgrøup")(env)), "not cgroup2"),
+    case("pin_dir-non-ascii-not-bpffs", lambda env: dict(pin_dir=scratch_dir("pïns")(env)), "not bpffs"),
+    case("dest-fullwidth-digits", dict(rules=[rule(dest="\uff11\uff10.0.0.0/8")]), "is not a network in CIDR"),
+    case("dest-non-ascii-word", dict(rules=[rule(dest="réseau/8")]), "is not a network in CIDR", existing=True),
+    case("dest-arabic-indic-prefix", dict(rules=[rule(dest="10.0.0.0/\u0668")]), "is not a network in CIDR"),
+    case("direction-non-ascii", dict(direction="bóth"), "direction must be one of"),
+    case("src-non-ascii-missing", lambda env: dict(src=env.scratch("öbject.bpf.o")), "not found on the controller"),
+]
+
+NUL_CASES = [
+    case("name-nul-byte", dict(name="a\x00b"), "is not a valid instance name"),
+    case("name-trailing-newline", dict(name="abc\n"), "is not a valid instance name"),
+    case("cgroup-nul-byte", lambda env: dict(cgroup=env.cgroup + "\x00x"), "contains a NUL byte", existing=True),
+    case("pin_dir-nul-byte", lambda env: dict(pin_dir=env.pin_dir + "\x00x"), "contains a NUL byte"),
+    case("dest-nul-byte", dict(rules=[rule(dest="10.0.0.0/8\x00")]), "is not a network in CIDR"),
 ]
 
 NAME_CASES = [
@@ -390,7 +530,24 @@ CGROUP_CASES = [
     case("cgroup-outside-mount", lambda env: dict(cgroup=scratch_dir("dir")(env)), "not cgroup2"),
     case("cgroup-dotdot-escapes-mount", lambda env: dict(cgroup=cgroup_escape(env)), "not cgroup2", existing=True),
     case("cgroup-relative-dotdot-to-v1", dict(cgroup="../cpu"), "is a cgroup v1 directory"),
+    case("cgroup-dotdot-above-mount", lambda env: dict(cgroup=sandbox.cgroup2_mount() + "/.."), "not cgroup2"),
+    case("cgroup-relative-dotdot-to-sysfs", dict(cgroup="../../.."), "not cgroup2"),
+    case(
+        "cgroup-dotdot-inside-to-missing",
+        lambda env: dict(cgroup=os.path.join(env.cgroup, "..", "tcp_rto_test-missing")),
+        "does not exist",
+    ),
+    case(
+        "cgroup-symlink-then-dotdot-out",
+        lambda env: dict(cgroup=os.path.join(symlink_to(lambda env: env.cgroup, "up")(env), "..", "..")),
+        "not cgroup2",
+    ),
     case("cgroup-symlink-out", lambda env: dict(cgroup=symlink_to(scratch_dir("dir"), "link")(env)), "resolves to"),
+    case(
+        "cgroup-symlinked-parent-out",
+        lambda env: dict(cgroup=os.path.join(symlink_to(scratch_dir("dir/sub"), "parent")(env), "..", "sub")),
+        "not cgroup2",
+    ),
     case(
         "cgroup-symlink-to-v1",
         lambda env: dict(cgroup=symlink_to(lambda _env: "/sys/fs/cgroup/cpu", "v1")(env)),
@@ -401,6 +558,35 @@ CGROUP_CASES = [
 PIN_DIR_CASES = [
     case("pin_dir-not-bpffs", lambda env: dict(pin_dir=scratch_dir("pins")(env)), "not bpffs"),
     case("pin_dir-symlink-out-of-bpffs", lambda env: dict(pin_dir=bpffs_symlink_out(env)), "not bpffs"),
+    case(
+        "pin_dir-is-a-symlink-out-of-bpffs",
+        lambda env: dict(pin_dir=symlink_to(scratch_dir("outside"), "pins")(env)),
+        "not bpffs",
+    ),
+    case("pin_dir-dotdot-out-of-bpffs", lambda env: dict(pin_dir=os.path.join(env.bpffs, "..", "x")), "not bpffs"),
+    case(
+        "pin_dir-is-a-symlink-on-bpffs",
+        lambda env: dict(pin_dir=bpffs_symlink("pins", foreign_pins)(env)),
+        "is a symlink on bpffs",
+    ),
+    case(
+        "pin_dir-parent-is-a-symlink-on-bpffs",
+        lambda env: dict(pin_dir=os.path.join(bpffs_symlink("parent", foreign_pins)(env), "tcp_rto")),
+        "is a symlink on bpffs",
+    ),
+    case("instance-dir-symlink-to-foreign-pins", symlinked_instance_dir(foreign_pins), "is a symlink on bpffs"),
+    case(
+        "instance-dir-symlink-to-foreign-pins-absent",
+        symlinked_instance_dir(foreign_pins, state="absent"),
+        "is a symlink on bpffs",
+    ),
+    case(
+        "instance-dir-symlink-out-of-bpffs",
+        symlinked_instance_dir(scratch_dir("outside")),
+        "is a symlink on bpffs",
+    ),
+    case("instance-pin-symlink-to-foreign-pin", symlinked_pin(), "is a symlink on bpffs"),
+    case("instance-pin-symlink-to-foreign-pin-absent", symlinked_pin(state="absent"), "is a symlink on bpffs"),
 ]
 
 
@@ -412,6 +598,11 @@ def src(make):
 def unloadable(detail):
     """The message of an object the module reads and refuses before it touches the kernel."""
     return "src is not a BPF object this collection can load: " + detail
+
+
+def unloadable_with(detail):
+    """unloadable() with detail somewhere after the prefix."""
+    return unloadable(""), detail
 
 
 WITHOUT_HITS = {name: spec for name, spec in MAP_DEFS.items() if name != "hits"}
@@ -478,7 +669,106 @@ SRC_CASES = [
     ),
 ]
 
-CASES = RTO_CASES + RULE_CASES + NAME_CASES + CGROUP_CASES + PIN_DIR_CASES + SRC_CASES
+ELF_CASES = [
+    case(
+        "elf-section-count-oversized",
+        src(patched_object("shnum", (at(E_SHNUM), "H", 0xFF00))),
+        unloadable("section header table past end of file (truncated?): 65280 headers"),
+    ),
+    case(
+        "elf-section-table-offset-past-end",
+        src(patched_object("shoff", (at(E_SHOFF), "Q", 1 << 40))),
+        unloadable("section header table past end of file (truncated?): 8 headers at offset 1099511627776"),
+        existing=True,
+    ),
+    case(
+        "elf-section-header-size",
+        src(patched_object("shentsize", (at(E_SHENTSIZE), "H", 40))),
+        unloadable("section header size 40, expected 64"),
+    ),
+    case(
+        "elf-name-table-index-out-of-range",
+        src(patched_object("shstrndx", (at(E_SHSTRNDX), "H", 200))),
+        unloadable("section name table index 200 out of range"),
+    ),
+    case(
+        "elf-section-offset-past-end",
+        src(patched_object("offset", (section_header("sockops", SH_OFFSET), "Q", 1 << 32))),
+        unloadable_with("(offset 4294967296, size 640) past end of file"),
+        existing=True,
+    ),
+    case(
+        "elf-section-size-past-end",
+        src(patched_object("size", (section_header("sockops", SH_SIZE), "Q", 1 << 63))),
+        unloadable_with("size 9223372036854775808) past end of file"),
+    ),
+    case(
+        "elf-section-offset-wraps-64-bit",
+        src(patched_object("wrap", (section_header("maps", SH_OFFSET), "Q", (1 << 64) - 8))),
+        unloadable_with("(offset 18446744073709551608, size 60) past end of file"),
+    ),
+    case(
+        "elf-section-size-not-whole-instructions",
+        src(patched_object("insns", (section_header("sockops", SH_SIZE), "Q", 639))),
+        unloadable_with("not a multiple of the 8-byte instruction"),
+    ),
+    case(
+        "elf-symbol-table-link-out-of-range",
+        src(patched_object("symlink", (section_header(".symtab", SH_LINK), "I", 99))),
+        unloadable_with("section index 99 out of range"),
+    ),
+    case(
+        "elf-symbol-name-past-string-table",
+        src(patched_object("symname", (section_body(".symtab", 24 + SH_NAME), "I", 0xFFFFFF))),
+        unloadable_with("string offset 16777215 past its table"),
+    ),
+    case(
+        "elf-relocation-outside-program",
+        src(patched_object("reloffset", (section_body(".relsockops", 0), "Q", 1 << 20))),
+        unloadable_with("offset 1048576 is outside the program section"),
+    ),
+    case(
+        "elf-relocation-symbol-out-of-range",
+        src(patched_object("relsym", (section_body(".relsockops", 8), "Q", 9999 << 32 | 1))),
+        unloadable_with("symbol index 9999 out of range"),
+    ),
+    case("elf-32-bit-class", src(patched_object("class", (at(4), "B", 1))), unloadable("ELF32 object")),
+]
+
+LICENSE_CASES = [
+    case("license-mit", src(compiled("mit", license="MIT")), unloadable("license 'MIT' is not GPL-compatible")),
+    case("license-gplv2-spelling", src(compiled("gplv2", license="GPLv2")), unloadable("license 'GPLv2' is not")),
+    case("license-empty", src(compiled("nolicense", license="")), unloadable("license '' is not GPL-compatible")),
+    case("license-missing", src(compiled("nosection", license=None)), unloadable("object has no license section")),
+    case("license-non-ascii", src(compiled("utf8", license="GPL ©")), unloadable("license section is not ASCII")),
+]
+
+VERIFIER_CASES = [
+    case(
+        "src-o-verifier-ctx-write-read-only-field",
+        src(compiled("ctxwrite", body=CTX_WRITE_BODY)),
+        ("the kernel refused the program", "fix the program's source", "invalid bpf_context access off=0"),
+    ),
+    case(
+        "src-o-verifier-too-complex",  # a 16 MiB verifier log: the message carries its last lines
+        src(compiled("complex", body=TOO_COMPLEX_BODY)),
+        ("Last 30 of", "lines of the verifier log:", "BPF program is too large. Processed 1000001 insn"),
+    ),
+]
+
+CASES = (
+    RTO_CASES
+    + RULE_CASES
+    + NAME_CASES
+    + NON_ASCII_CASES
+    + NUL_CASES
+    + CGROUP_CASES
+    + PIN_DIR_CASES
+    + SRC_CASES
+    + ELF_CASES
+    + LICENSE_CASES
+    + VERIFIER_CASES
+)
 
 
 def params(cases):
@@ -546,4 +836,198 @@ def test_check_mode_with_a_good_config_touches_nothing(playbook, env):
     assert result["changed"] is True
     assert result["actions"]
     assert not os.path.lexists(env.pin_dir)
+    assert settled_state(env, before) == before
+
+
+# ---------------------------------------------------------------- damaged or edited records
+
+# A persistent instance's record under <persist_root>/etc/tcp_rto/ is read at boot by the restore
+# (tcp-rto@.service), which must refuse a damaged or edited one before it touches the kernel. Each
+# case: apply with persistent: true, reboot (pins gone), damage, then the unit's ExecStart.
+
+RECORD = "etc/tcp_rto/%s.json" % NAME
+OBJECT_COPY = "var/lib/tcp_rto/objects/%s.bpf.o" % NAME
+
+
+def write_file(root, relative, content):
+    with open(os.path.join(root, relative), "wb") as handle:
+        handle.write(content if isinstance(content, bytes) else content.encode("utf-8"))
+
+
+def read_file(root, relative):
+    with open(os.path.join(root, relative), "rb") as handle:
+        return handle.read()
+
+
+def record_text(text):
+    return lambda env, root, playbook: write_file(root, RECORD, text)
+
+
+def edited(change):
+    """The record with change(record, env) applied to its parsed JSON."""
+
+    def damage(env, root, playbook):
+        record = json.loads(read_file(root, RECORD))
+        change(record, env)
+        write_file(root, RECORD, json.dumps(record))
+
+    return damage
+
+
+def setting(key, value):
+    return edited(lambda record, env: record.__setitem__(key, value(env) if callable(value) else value))
+
+
+def first_rule(key, value):
+    return edited(lambda record, env: record["rules"][0].__setitem__(key, value))
+
+
+def moved_behind_symlink(relative):
+    """What lies at relative is moved to the scratch directory and a symlink put in its place."""
+
+    def damage(env, root, playbook):
+        path = os.path.join(root, relative)
+        target = env.scratch("moved-" + os.path.basename(relative))
+        shutil.move(path, target)
+        os.symlink(target, path)
+
+    return damage
+
+
+def replaced_by_directory(relative):
+    def damage(env, root, playbook):
+        os.unlink(os.path.join(root, relative))
+        os.mkdir(os.path.join(root, relative))
+
+    return damage
+
+
+def world_writable(relative):
+    return lambda env, root, playbook: os.chmod(os.path.join(root, relative), 0o777)
+
+
+def other_instance_on(make_cgroup):
+    """Points the record at the cgroup of another instance, applied after the reboot."""
+
+    def damage(env, root, playbook):
+        other = make_cgroup(env)
+        applied = playbook.module(**env.args(name="other", cgroup=other, rto_ms=300))
+        assert applied["status"] == "ok", applied["_output"]
+        setting("cgroup", other)(env, root, playbook)
+
+    return damage
+
+
+def child_cgroup(env):
+    path = os.path.join(env.cgroup, "child")
+    os.mkdir(path)
+    return path
+
+
+def removed(relative):
+    return lambda env, root, playbook: os.unlink(os.path.join(root, relative))
+
+
+def truncated_record(env, root, playbook):
+    write_file(root, RECORD, read_file(root, RECORD)[:100])
+
+
+def object_replaced(env, root, playbook):
+    shutil.copy(truncated_object(env), os.path.join(root, OBJECT_COPY))
+
+
+NOT_VALID = "is not valid"
+RECORD_CASES = [
+    case("record-not-json", record_text("hello\n"), (NOT_VALID, "apply the instance again with Ansible")),
+    case("record-truncated", truncated_record, NOT_VALID),
+    case("record-binary", record_text(bytes(range(256))), (NOT_VALID, "can't decode")),
+    case("record-empty", record_text(""), NOT_VALID),
+    case("record-json-array", record_text("[]"), "not a JSON object"),
+    case("record-json-null", record_text("null"), "not a JSON object"),
+    case("record-nested-too-deep", record_text("[" * 100000), "maximum recursion depth"),
+    case("record-format-2", setting("format", 2), "format is not 1"),
+    case("record-missing-key", edited(lambda record, env: record.pop("rules")), "missing rules"),
+    case("record-unknown-key", setting("port", 443), "unknown key(s) port"),
+    case("record-rto_ms-string", setting("rto_ms", "200"), 'rto_ms is "200", expected an integer or null'),
+    case("record-rto_ms-bool", setting("rto_ms", True), "rto_ms is true, expected an integer or null"),
+    case("record-rules-mapping", setting("rules", {"dest": "10.0.0.0/8"}), "rules is {"),
+    case("record-rule-rto_ms-string", first_rule("rto_ms", "fast"), "expected a list of {dest: string"),
+    case("record-rule-extra-key", first_rule("port", 443), "expected a list of {dest: string"),
+    case("record-mount_bpffs-string", setting("mount_bpffs", "yes"), 'mount_bpffs is "yes", expected true or false'),
+    case("record-hz-string", setting("hz", "250"), 'hz is "250"'),
+    case("record-name-number", setting("name", 5), "name is 5, expected a string"),
+    case("record-pin_dir-null", setting("pin_dir", None), "pin_dir is null"),
+    case("record-names-other-instance", setting("name", "other"), "it names the instance 'other'"),
+    case("record-src-elsewhere", setting("src", "/tmp/evil.bpf.o"), "not the collection's copy"),
+    case("record-rto_ms-zero", setting("rto_ms", 0), "rto_ms must be positive"),
+    case(
+        "record-100000-rules",
+        setting("rules", [rule(dest="10.%d.%d.%d/32" % (i >> 16, i >> 8 & 255, i & 255)) for i in range(100000)]),
+        "100000 rules given",
+    ),
+    case("record-dest-fullwidth", first_rule("dest", "\uff11\uff10.0.0.0/8"), "is not a network in CIDR"),
+    case("record-cgroup-missing", setting("cgroup", lambda env: env.cgroup + "/gone"), "does not exist"),
+    case("record-cgroup-non-ascii", setting("cgroup", lambda env: env.cgroup + "/ünï"), "does not exist"),
+    case("record-cgroup-filesystem-root", setting("cgroup", "/"), "not cgroup2"),
+    case(
+        "record-cgroup-dotdot-escape",
+        setting("cgroup", lambda env: sandbox.cgroup2_mount() + "/.."),
+        "not cgroup2",
+    ),
+    case("record-cgroup-nul-byte", setting("cgroup", "/sys/fs/cgroup\x00"), "contains a NUL byte"),
+    case(
+        "record-cgroup-of-another-instance", other_instance_on(child_cgroup), "already has the tcp_rto instance other"
+    ),
+    case(
+        "record-pin_dir-not-bpffs",
+        setting("pin_dir", lambda env: scratch_dir("pins")(env)),
+        "not bpffs",
+    ),
+    case(
+        "record-pin_dir-symlink-on-bpffs",
+        setting("pin_dir", lambda env: bpffs_symlink("pins", foreign_pins)(env)),
+        "is a symlink on bpffs",
+    ),
+    case("record-object-replaced", object_replaced, "is another file, not the one the record"),
+    case("record-object-missing", removed(OBJECT_COPY), "is missing, not the one the record"),
+    case("record-missing", removed(RECORD), "no record"),
+    case("record-symlink", moved_behind_symlink(RECORD), "is a symlink"),
+    case("record-dir-symlink", moved_behind_symlink("etc/tcp_rto"), "is a symlink"),
+    case("record-object-symlink", moved_behind_symlink(OBJECT_COPY), "is a symlink"),
+    case("record-lib-dir-symlink", moved_behind_symlink("var/lib/tcp_rto"), "is a symlink"),
+    case("record-is-a-directory", replaced_by_directory(RECORD), "is not a regular file"),
+    case("record-dir-world-writable", world_writable("etc/tcp_rto"), "could be changed by another user"),
+]
+
+
+def exec_start(root, name):
+    """The unit's ExecStart command line for instance name, as systemd would run it."""
+    with open(os.path.join(root, "etc/systemd/system/tcp-rto@.service")) as unit:
+        line = next(line for line in unit if line.startswith("ExecStart="))
+    return shlex.split(line[len("ExecStart=") :].replace("%i", name))
+
+
+@pytest.mark.parametrize("item", params(RECORD_CASES))
+def test_bad_record_at_boot(playbook, env, item):
+    root = env.scratch("root")
+    os.mkdir(root)
+    applied = playbook.module(**env.args(persistent=True, persist_root=root, **GOOD))
+    assert applied["status"] == "ok", applied["_output"]
+    shutil.rmtree(env.pin_dir)  # a reboot: every pin and attachment gone
+    item.args(env, root, playbook)
+    before = settled_state(env)
+    restore = subprocess.run(
+        exec_start(root, NAME),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        timeout=60,
+    )
+    assert restore.returncode == 1, restore.stdout + restore.stderr
+    assert restore.stderr.startswith("tcp-rto restore of %s failed: " % NAME), restore.stderr
+    assert "Traceback" not in restore.stderr
+    assert restore.stderr.count("\n") == 1, restore.stderr  # one line: the message
+    for part in (item.expect,) if isinstance(item.expect, str) else item.expect:
+        assert part in restore.stderr, restore.stderr
     assert settled_state(env, before) == before
