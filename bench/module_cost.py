@@ -32,7 +32,7 @@ def run(runs, log=print):
         bpffs = lab_.bpffs()
         pin_dir = os.path.join(bpffs, "tcp_rto")
         inventory = ansible_runner.localhost_inventory(workdir)
-        noop_cgroup, change_cgroup, blog_cgroup = (lab_.cgroup(label="bench-module") for _ in range(3))
+        noop_cgroup, change_cgroup, blog_cgroup = (lab_.cgroup(label="bench-module") for _round in range(3))
         plays = {
             "command /bin/true": ansible_runner.write_play(
                 workdir, "baseline", "localhost", {"ansible.builtin.command": "/bin/true"}
@@ -59,7 +59,7 @@ def run(runs, log=print):
         log("module cost: manual anchor, %d runs" % runs)
         program_ids = programs.attached_ids(noop_cgroup) + programs.attached_ids(change_cgroup)
         manual = {}
-        for _ in range(runs):
+        for _round in range(runs):
             steps, pin = programs.manual_sequence(workdir, blog_cgroup, bpffs, hz)
             program_ids.append(programs.program_id_of_pin(pin))
             programs.detach_blog(blog_cgroup, pin)

@@ -64,7 +64,7 @@ def run(rounds, seconds, log=print):
         for setting, prog_id in program_ids.items():
             before = programs.program_stats(prog_id)
             connections = 0
-            for _ in range(rounds):
+            for _round in range(rounds):
                 connections += load_run(netns, cgroups[setting], seconds)["connections"]
             after = programs.program_stats(prog_id)
             run_time_ns, run_cnt = after[0] - before[0], after[1] - before[1]

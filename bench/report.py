@@ -244,7 +244,9 @@ def _effect(results):
         lines += [
             "### %d %% SYN loss, %d connects per setting" % (result["loss_percent"], result["connects"]),
             "",
-            "| setting | p50 ms | p90 ms | p99 ms | max ms | default p99 / p99 | retransmitted | first retransmission after (median, min–max ms) | within 1 jiffy of the RTO | within the timer wheel's bound |",
+            "| setting | p50 ms | p90 ms | p99 ms | max ms | default p99 / p99 | retransmitted "
+            "| first retransmission after (median, min–max ms) | within 1 jiffy of the RTO "
+            "| within the timer wheel's bound |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in result["rows"]:

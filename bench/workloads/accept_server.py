@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Accepts connections and closes them, until killed. Prints "ready" once it listens.
 
 Usage: accept_server.py ADDRESS PORT

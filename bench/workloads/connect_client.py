@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Sequential connects from inside a cgroup, each timed, with a capture of the SYNs sent.
 
 Usage: connect_client.py CGROUP ADDRESS PORT COUNT INTERFACE
@@ -73,7 +72,7 @@ def main():
     capture = SynCapture(interface)
     capture.start()
     latencies = []
-    for _ in range(int(count)):
+    for _round in range(int(count)):
         start = time.perf_counter()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.connect((address, int(port)))

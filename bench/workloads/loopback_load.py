@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Loopback connect + accept + close, as fast as one process goes, from inside a cgroup: the client
 and the listener both live there, so sock_ops programs of the cgroup run for both ends.
 
@@ -28,7 +27,7 @@ def main():
     start, cpu_start = time.perf_counter(), time.process_time()
     deadline = start + seconds
     while True:
-        for _ in range(100):
+        for _round in range(100):
             client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             client.connect(target)
             server, _peer = listener.accept()

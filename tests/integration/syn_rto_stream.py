@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Run as its own process: join CGROUP and put one socket after another in SYN_SENT towards a
 loopback listener whose accept queue is full, printing each socket's initial RTO (tcpi_rto, µs) on
 a line, until stdin closes, SECONDS pass or COUNT sockets were made.
@@ -33,7 +32,7 @@ def main():
         if time.monotonic() > end:
             sys.exit("the accept queue never filled")
         time.sleep(0.001)
-    for _ in range(count):
+    for _round in range(count):
         if time.monotonic() > end or select.select([sys.stdin], [], [], 0)[0]:
             break
         probe = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

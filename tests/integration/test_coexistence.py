@@ -184,7 +184,7 @@ class Scene:
 
     def pins(self):
         return sorted(
-            os.path.relpath(os.path.join(d, f), self.pin_dir) for d, _, fs in os.walk(self.pin_dir) for f in fs
+            os.path.relpath(os.path.join(d, f), self.pin_dir) for d, _dirs, fs in os.walk(self.pin_dir) for f in fs
         )
 
     def params(self, ours, **changes):
