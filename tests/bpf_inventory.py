@@ -19,7 +19,7 @@ import subprocess
 import time
 
 
-def _bpftool(*args):
+def bpftool(*args):
     """`bpftool -j ARGS` as parsed JSON; bpftool prints nothing at all for an empty cgroup."""
     result = subprocess.run(
         ["bpftool", "-j", *list(args)],
@@ -37,7 +37,7 @@ def _cgroup(path):
         return None
     return sorted(
         (entry["id"], str(entry.get("attach_type", "")), str(entry.get("attach_flags", "")), entry.get("name", ""))
-        for entry in _bpftool("cgroup", "show", path)
+        for entry in bpftool("cgroup", "show", path)
     )
 
 
@@ -45,9 +45,9 @@ def snapshot(cgroups=()):
     """A comparable dict: programs and maps by id -> (type, name), links by id -> (type, prog id),
     and for each given cgroup path its attached (id, attach type, attach flags, name)."""
     return {
-        "progs": {prog["id"]: (prog["type"], prog.get("name", "")) for prog in _bpftool("prog", "show")},
-        "maps": {bpf_map["id"]: (bpf_map["type"], bpf_map.get("name", "")) for bpf_map in _bpftool("map", "show")},
-        "links": {link["id"]: (link["type"], link.get("prog_id")) for link in _bpftool("link", "show")},
+        "progs": {prog["id"]: (prog["type"], prog.get("name", "")) for prog in bpftool("prog", "show")},
+        "maps": {bpf_map["id"]: (bpf_map["type"], bpf_map.get("name", "")) for bpf_map in bpftool("map", "show")},
+        "links": {link["id"]: (link["type"], link.get("prog_id")) for link in bpftool("link", "show")},
         "cgroups": {path: _cgroup(path) for path in cgroups},
     }
 
@@ -82,12 +82,12 @@ def unaccounted(before, cgroups, own_bpffs):
     comparisons stay exact while other processes load and free BPF objects meanwhile.
     -> {"progs", "maps", "links": set of ids}."""
     own_bpffs = own_bpffs.rstrip("/") + "/"
-    progs = {prog["id"]: prog for prog in _bpftool("-f", "prog", "show")}
-    maps = {bpf_map["id"]: bpf_map for bpf_map in _bpftool("-f", "map", "show")}
-    links = {link["id"]: link for link in _bpftool("-f", "link", "show")}
+    progs = {prog["id"]: prog for prog in bpftool("-f", "prog", "show")}
+    maps = {bpf_map["id"]: bpf_map for bpf_map in bpftool("-f", "map", "show")}
+    links = {link["id"]: link for link in bpftool("-f", "link", "show")}
     elsewhere = {
         program["id"]
-        for entry in _bpftool("cgroup", "tree")
+        for entry in bpftool("cgroup", "tree")
         if entry["cgroup"] not in cgroups
         for program in entry.get("programs", [])
     }

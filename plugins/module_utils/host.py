@@ -20,6 +20,7 @@ import platform
 import re
 import resource
 import time
+from typing import Optional, Tuple
 
 # Filesystem magic numbers (include/uapi/linux/magic.h): statfs(2) f_type.
 CGROUP2_SUPER_MAGIC = 0x63677270
@@ -80,7 +81,7 @@ def kernel_release():
     return platform.release()
 
 
-def parse_release(release):
+def parse_release(release: str) -> Tuple[int, int, int]:
     """'6.18.44-fc-v657' -> (6, 18, 44); '4.9' -> (4, 9, 0); '6.1.0-rc3' -> (6, 1, 0)."""
     match = _RELEASE_RE.match(release or "")
     if not match:
@@ -135,7 +136,7 @@ class KernelFeatures:
         return "KernelFeatures(%r)" % (self.release,)
 
 
-def check_kernel(release=None):
+def check_kernel(release: Optional[str] = None) -> Tuple[int, int, int]:
     """-> the (major, minor, patch) tuple of a kernel the program runs on, else HostError."""
     release = release if release is not None else kernel_release()
     version = parse_release(release)
@@ -148,7 +149,9 @@ def check_kernel(release=None):
     return version
 
 
-def config_hz(release=None, boot_dir="/boot", proc_config="/proc/config.gz"):
+def config_hz(
+    release: Optional[str] = None, boot_dir: str = "/boot", proc_config: str = "/proc/config.gz"
+) -> Optional[Tuple[int, str]]:
     """CONFIG_HZ of the kernel -> (hz, source path), or None when no kernel config is readable.
 
     Looks at <boot_dir>/config-<release> first, then the gzip'd <proc_config> (CONFIG_IKCONFIG_PROC).
@@ -166,7 +169,7 @@ def config_hz(release=None, boot_dir="/boot", proc_config="/proc/config.gz"):
     return None
 
 
-def tick_hz():
+def tick_hz() -> int:
     """CONFIG_HZ measured, for hosts without a kernel config: CLOCK_MONOTONIC_COARSE advances once per
     jiffy and clock_getres() reports that tick (4 ms at HZ 250)."""
     return round(1.0 / time.clock_getres(CLOCK_MONOTONIC_COARSE))
@@ -225,7 +228,7 @@ def _unescape_mount_field(field):
     return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
 
 
-def cgroup2_mount(mounts="/proc/mounts"):
+def cgroup2_mount(mounts: str = "/proc/mounts") -> str:
     """The cgroup v2 mount point, else HostError."""
     try:
         with open(mounts) as handle:
@@ -246,7 +249,7 @@ def _is_within(path, root):
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
-def resolve_cgroup(path=None, mount=None):
+def resolve_cgroup(path: Optional[str] = None, mount: Optional[str] = None) -> str:
     """The real path of a cgroup v2 directory, else HostError.
 
     path None or empty: the cgroup v2 root (the mount itself). A relative path is taken relative to
@@ -291,7 +294,7 @@ def resolve_cgroup(path=None, mount=None):
 # --- bpffs --------------------------------------------------------------------------------------
 
 
-def is_bpffs(path):
+def is_bpffs(path: str) -> bool:
     """True when path (followed through symlinks) is on a bpffs; False when it is elsewhere or missing."""
     try:
         return fs_type(path) == BPF_FS_MAGIC
@@ -310,7 +313,9 @@ def _deepest_existing(path):
     return path
 
 
-def ensure_bpffs(pin_dir=DEFAULT_PIN_DIR, mount=True, check_mode=False, pin_root=DEFAULT_PIN_ROOT):
+def ensure_bpffs(
+    pin_dir: str = DEFAULT_PIN_DIR, mount: bool = True, check_mode: bool = False, pin_root: str = DEFAULT_PIN_ROOT
+) -> bool:
     """Make sure pin_dir (which need not exist yet) lies on a bpffs. -> True when bpffs was (or, in
     check mode, would be) mounted at pin_root, False when it was there already; HostError otherwise.
 
@@ -360,7 +365,7 @@ def ensure_bpffs(pin_dir=DEFAULT_PIN_DIR, mount=True, check_mode=False, pin_root
     return True
 
 
-def check_pin_path(pin_dir, name):
+def check_pin_path(pin_dir: str, name: str) -> None:
     """HostError when a symlink on bpffs lies on the way to the instance's pins: a component of
     pin_dir, the instance directory <pin_dir>/<name>, or an entry in it. Followed, such a link
     would make the module read, replace or unpin (state absent) the pins of another program."""
@@ -388,7 +393,7 @@ def _fs_name_of(path):
 # --- privileges and limits ----------------------------------------------------------------------
 
 
-def effective_capabilities(status="/proc/self/status"):
+def effective_capabilities(status: str = "/proc/self/status") -> Optional[int]:
     """CapEff of this process as an int, or None when it cannot be read."""
     try:
         with open(status) as handle:
@@ -400,7 +405,7 @@ def effective_capabilities(status="/proc/self/status"):
     return None
 
 
-def require_root(release=None, status="/proc/self/status"):
+def require_root(release: Optional[str] = None, status: str = "/proc/self/status") -> None:
     """HostError unless this process may load and attach the program: CAP_NET_ADMIN plus CAP_BPF
     (5.8+) or CAP_SYS_ADMIN. Root normally has all of them; a container may have dropped some."""
     caps = effective_capabilities(status)
@@ -483,7 +488,9 @@ def _model_timeout(boundary, rto_base, rto_max):
     return ((2 << thresh) - 1) * rto_base + (boundary - thresh) * rto_max
 
 
-def syn_give_up_seconds(rto_seconds, syn_retries, linear_timeouts=0, rto_max_seconds=TCP_RTO_MAX_SECONDS):
+def syn_give_up_seconds(
+    rto_seconds: float, syn_retries: int, linear_timeouts: int = 0, rto_max_seconds: float = TCP_RTO_MAX_SECONDS
+) -> float:
     """Seconds after which connect() to a peer that never answers fails with ETIMEDOUT.
 
     rto_seconds is the initial RTO R (what the program gives, 1 s without it); syn_retries is

@@ -7,13 +7,13 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import collections
 import errno
 import hashlib
 import ipaddress
 import json
 import os
 import re
+from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
@@ -44,14 +44,35 @@ class InstanceError(Exception):
     """The kernel or another program stands in the way; the message says what to do."""
 
 
-Rule = collections.namedtuple("Rule", "dest rto_jiffies")
-Desired = collections.namedtuple("Desired", "name pin_dir cgroup hz rules default_jiffies direction attach_mode object")
+if TYPE_CHECKING:  # for type checkers only: instance.py does not need the ELF reader at run time
+    from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+class Rule(NamedTuple):
+    dest: Network
+    rto_jiffies: int
+
+
+class Desired(NamedTuple):
+    """What the parameters ask for, validated and in the kernel's units."""
+
+    name: str
+    pin_dir: str
+    cgroup: str  # resolved path under the cgroup2 mount
+    hz: int
+    rules: List[Rule]
+    default_jiffies: Optional[int]  # None: connections matching no rule keep the kernel default
+    direction: str  # a key of rto_program.DIRECTIONS
+    attach_mode: str  # ATTACH_LINK or ATTACH_MULTI
+    object: "BpfObject"
 
 
 # ---------------------------------------------------------------- desired state
 
 
-def validate_name(name):
+def validate_name(name: str) -> str:
     if not INSTANCE_NAME.match(name or ""):
         raise ConfigError(
             "name %r is not a valid instance name: use 1-64 letters, digits, '_' or '-', not starting with '-' "
@@ -60,7 +81,7 @@ def validate_name(name):
     return name
 
 
-def rto_ms_to_jiffies(rto_ms, hz, what):
+def rto_ms_to_jiffies(rto_ms: int, hz: int, what: str) -> int:
     """Milliseconds -> jiffies, rounded up like the kernel's msecs_to_jiffies()."""
     if isinstance(rto_ms, bool) or not isinstance(rto_ms, int):
         raise ConfigError("%s: rto_ms must be a whole number of milliseconds, got %r" % (what, rto_ms))
@@ -76,23 +97,23 @@ def rto_ms_to_jiffies(rto_ms, hz, what):
     return -(-rto_ms * hz // 1000)
 
 
-def plain_number(value):
+def plain_number(value: float) -> Union[int, float]:
     """200.0 -> 200, 52.5 -> 52.5: milliseconds as people write them."""
     return int(value) if float(value).is_integer() else round(value, 3)
 
 
-def jiffies_to_ms(jiffies, hz):
+def jiffies_to_ms(jiffies: int, hz: int) -> Union[int, float]:
     return plain_number(jiffies * 1000.0 / hz)
 
 
-def parse_dest(dest, what):
+def parse_dest(dest: Any, what: str) -> Network:
     try:
         return ipaddress.ip_network("%s" % (dest,), strict=True)
     except ValueError as exc:
         raise ConfigError("%s: dest %r is not a network in CIDR notation: %s" % (what, dest, exc))
 
 
-def parse_rules(raw_rules, hz):
+def parse_rules(raw_rules: Optional[List[Dict[str, Any]]], hz: int) -> List[Rule]:
     """User rules (list of dicts with dest and rto_ms) -> [Rule], validated."""
     raw_rules = raw_rules or []
     if len(raw_rules) > abi.MAX_RULES:
@@ -114,7 +135,17 @@ def parse_rules(raw_rules, hz):
     return rules
 
 
-def desired_state(name, pin_dir, cgroup, hz, raw_rules, default_rto_ms, direction, attach_mode, obj):
+def desired_state(
+    name: str,
+    pin_dir: str,
+    cgroup: str,
+    hz: int,
+    raw_rules: Optional[List[Dict[str, Any]]],
+    default_rto_ms: Optional[int],
+    direction: str,
+    attach_mode: str,
+    obj: "BpfObject",
+) -> Desired:
     validate_name(name)
     if direction not in abi.DIRECTIONS:
         raise ConfigError("direction %r is not one of %s" % (direction, ", ".join(sorted(abi.DIRECTIONS))))
@@ -124,7 +155,7 @@ def desired_state(name, pin_dir, cgroup, hz, raw_rules, default_rto_ms, directio
     return Desired(name, pin_dir, cgroup, hz, parse_rules(raw_rules, hz), default_jiffies, direction, attach_mode, obj)
 
 
-def rule_for(address, rules, default_jiffies):
+def rule_for(address: str, rules: List[Rule], default_jiffies: Optional[int]) -> Optional[int]:
     """The jiffies the program gives a connection to address, or None (kernel default)."""
     address = ipaddress.ip_address("%s" % address)
     matches = [rule for rule in rules if rule.dest.version == address.version and address in rule.dest]
@@ -324,7 +355,7 @@ class Current:
         self.maps, self.prog_fd, self.link_fd = {}, None, None
 
 
-def attached_program_ids(cgroup):
+def attached_program_ids(cgroup: str) -> Tuple[int, List[int]]:
     """-> (attach_flags, [program ids]) of the sock_ops programs attached to cgroup itself."""
     fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -333,7 +364,7 @@ def attached_program_ids(cgroup):
         os.close(fd)
 
 
-def foreign_programs(cgroup, own_ids):
+def foreign_programs(cgroup: str, own_ids: List[int]) -> List[Dict[str, Any]]:
     """Other sock_ops programs attached to cgroup: reported, never touched."""
     flags, ids = attached_program_ids(cgroup)
     found = []
@@ -351,7 +382,7 @@ def foreign_programs(cgroup, own_ids):
     return found
 
 
-def maps_fingerprint(rules, default_jiffies, directions):
+def maps_fingerprint(rules: List[Rule], default_jiffies: Optional[int], directions: int) -> str:
     """sha256 of what the rules and config maps hold. The meta record keeps the one written last,
     so the next run tells an edit made outside tcp_rto (drift) from a change of parameters."""
     text = json.dumps(
@@ -406,16 +437,22 @@ def describe_current(current):
 
 # ---------------------------------------------------------------- plan
 
-Plan = collections.namedtuple("Plan", "steps load_maps load_program attach")
-# steps: what will change, for people (empty: nothing); the flags drive apply.apply_present().
+
+class Plan(NamedTuple):
+    """What will change; the flags drive apply.apply_present()."""
+
+    steps: List[str]  # for people; empty: nothing to do
+    load_maps: bool  # new maps and program from the object
+    load_program: bool  # a program on the maps (new ones, or a second copy to move it)
+    attach: bool
 
 
-def same_place(desired, current):
+def same_place(desired: Desired, current: "Current") -> bool:
     """Whether the current program is attached exactly where desired wants it."""
     return current.attached and (current.cgroup, current.attach_mode) == (desired.cgroup, desired.attach_mode)
 
 
-def plan_present(desired, current):
+def plan_present(desired: Desired, current: "Current") -> Plan:
     steps = []
     if current.leftovers:
         steps.append("remove what an interrupted run left (%s)" % ", ".join(current.leftovers))
@@ -456,7 +493,7 @@ def plan_present(desired, current):
     return Plan(steps, load_maps, load_program, attach)
 
 
-def plan_absent(current):
+def plan_absent(current: "Current") -> Plan:
     if not current.exists:
         return Plan([], False, False, False)
     steps = []
@@ -466,7 +503,7 @@ def plan_absent(current):
     return Plan(steps, False, False, False)
 
 
-def instances_on_cgroup(pin_dir, cgroup, exclude):
+def instances_on_cgroup(pin_dir: str, cgroup: str, exclude: str) -> List[str]:
     """Names of other instances under pin_dir attached to cgroup (one instance per cgroup)."""
     found = []
     if not os.path.isdir(pin_dir):

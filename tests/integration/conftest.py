@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from bpf_inventory import bpftool
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -86,17 +87,6 @@ class PlaybookRun:
 @pytest.fixture
 def playbook(tmp_path):
     return Playbook(str(tmp_path))
-
-
-def bpftool(*args):
-    out = subprocess.run(
-        ["bpftool", "-j", *list(args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
-        check=True,
-    ).stdout
-    return json.loads(out) if out.strip() else []
 
 
 def cgroup_program_ids(cgroup):
