@@ -60,7 +60,13 @@ def _make_dirs(path, undo):
         missing.append(path)
         path = os.path.dirname(path)
     for directory in reversed(missing):
-        os.mkdir(directory, 0o700)
+        try:
+            os.mkdir(directory, 0o700)
+        except OSError as exc:
+            # Another instance's run (other lock) may make a shared level such as pin_dir meanwhile.
+            if exc.errno != errno.EEXIST or not os.path.isdir(directory):
+                raise
+            continue
         undo.push(os.rmdir, directory)
 
 

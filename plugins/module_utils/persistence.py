@@ -144,7 +144,7 @@ def _check_dirs(layout, directory, create=False):
     no one else. Missing ones are made with mode 0755 whatever the umask when create is True."""
     path = layout.root
     if create and not os.path.isdir(path):
-        os.makedirs(path, 0o755)
+        os.makedirs(path, 0o755, exist_ok=True)
     for part in os.path.relpath(directory, layout.root).split(os.sep):
         path = os.path.join(path, part)
         try:
@@ -154,9 +154,14 @@ def _check_dirs(layout, directory, create=False):
                 raise
             if not create:
                 return
-            os.mkdir(path, 0o755)
-            os.chmod(path, 0o755)  # the umask may have taken bits away
-            continue
+            try:
+                os.mkdir(path, 0o755)
+                os.chmod(path, 0o755)  # the umask may have taken bits away
+                continue
+            except OSError as exc:
+                if exc.errno != errno.EEXIST:  # another instance's run made it meanwhile: check it below
+                    raise
+            status = os.lstat(path)
         if stat.S_ISLNK(status.st_mode):
             _refuse_symlink(path)
         if not stat.S_ISDIR(status.st_mode):
