@@ -86,17 +86,15 @@ def verify(desired, descendants=()):
     directions = abi.DIRECTIONS[desired.direction]
     jiffies = model.rule_for(PROBE_ADDRESS, desired.rules, desired.default_jiffies)
     jiffy_ms = 1000.0 / desired.hz
-    outgoing_ms = probe.outgoing_rto_us(desired.cgroup, PROBE_ADDRESS) / 1000.0  # exact: tcpi_rto
-    checks = [
-        _check(
-            "outgoing",
-            jiffies if directions & abi.DIRECTION_OUTGOING else None,
-            outgoing_ms,
-            outgoing_ms - jiffy_ms / 2,
-            outgoing_ms + jiffy_ms / 2,
-            desired.hz,
+
+    def outgoing_check(cgroup):
+        observed_ms = probe.outgoing_rto_us(cgroup, PROBE_ADDRESS) / 1000.0  # exact: tcpi_rto
+        expected = jiffies if directions & abi.DIRECTION_OUTGOING else None
+        return _check(
+            "outgoing", expected, observed_ms, observed_ms - jiffy_ms / 2, observed_ms + jiffy_ms / 2, desired.hz
         )
-    ]
+
+    checks = [outgoing_check(desired.cgroup)]
     if directions & abi.DIRECTION_INCOMING:
         incoming = probe.incoming_rto_ms(desired.cgroup, PROBE_ADDRESS)
         # The timer was armed somewhere between the connect and the read, so its full length lies in
@@ -112,18 +110,7 @@ def verify(desired, descendants=()):
                 desired.hz,
             )
         )
-    for descendant in descendants:
-        observed_ms = probe.outgoing_rto_us(descendant, PROBE_ADDRESS) / 1000.0
-        check = _check(
-            "outgoing",
-            jiffies if directions & abi.DIRECTION_OUTGOING else None,
-            observed_ms,
-            observed_ms - jiffy_ms / 2,
-            observed_ms + jiffy_ms / 2,
-            desired.hz,
-        )
-        check["cgroup"] = descendant
-        checks.append(check)
+    checks.extend(dict(outgoing_check(descendant), cgroup=descendant) for descendant in descendants)
     return {"ok": all(check["ok"] for check in checks), "checks": checks}
 
 
