@@ -20,6 +20,7 @@ import tempfile
 BENCH = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(BENCH)
 sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
 sys.path.insert(0, os.path.join(REPO, ".cache", "collections"))
 
 import sandbox  # noqa: E402  (tests/sandbox.py: cgroups and bpffs mounts with owner pids)

@@ -12,10 +12,10 @@ import subprocess
 import time
 
 import lab
+import reconcile_run  # tests/integration: the module's parameters at their defaults
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, host, reconcile
 
-SHIPPED_OBJECT = os.path.join(lab.REPO, "files", "bpf", "tcp_initial_rto.bpf.o")
 BLOG_SOURCE = os.path.join(lab.BENCH, "blog", "blog_rto.bpf.c")
 BLOG_RTO_S = 3  # the blog's reply = HZ * 3
 MULTIARCH_INCLUDE = "/usr/include/%s-linux-gnu" % os.uname()[4]  # asm/types.h for linux/bpf.h
@@ -27,21 +27,13 @@ def kernel_hz():
 
 
 def collection_params(name, cgroup, pin_dir, rules, state="present"):
-    return dict(
+    return reconcile_run.module_params(
         name=name,
         state=state,
         cgroup=cgroup,
         rules=[dict(dest=dest, rto_ms=rto_ms) for dest, rto_ms in rules],
-        rto_ms=None,
-        direction="both",
         pin_dir=pin_dir,
         mount_bpffs=False,
-        hz=None,
-        verify=True,
-        src=SHIPPED_OBJECT,
-        force_legacy_attach=False,
-        persistent=False,
-        persist_root="/",
     )
 
 

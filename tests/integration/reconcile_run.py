@@ -7,6 +7,7 @@ A parameter `_no_prog_replace: true` (test only) makes the run behave as on a ke
 without BPF_F_REPLACE: attach the new program, then detach the old one.
 """
 
+import copy
 import json
 import os
 import subprocess
@@ -55,7 +56,7 @@ def module_params(**given):
     """Every option of the module at its default, the shipped object as src, then given."""
     from ansible_collections.netbpf.tcp_rto.plugins.modules.tcp_initial_rto import ARGUMENT_SPEC
 
-    params = {key: spec.get("default") for key, spec in ARGUMENT_SPEC.items()}
+    params = {key: copy.deepcopy(spec.get("default")) for key, spec in ARGUMENT_SPEC.items()}
     params["src"] = SHIPPED_OBJECT
     params.update(given)
     return params

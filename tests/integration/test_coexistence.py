@@ -20,8 +20,9 @@ import subprocess
 
 import foreign_sockops
 import pytest
-from conftest import REPO, bpftool, kernel_hz
+from conftest import bpftool, kernel_hz
 from foreign_sockops import OWN_JIFFIES, ForeignProgram
+from reconcile_run import module_params
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
@@ -30,7 +31,6 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe, recon
 pytestmark = pytest.mark.kernel
 
 HZ = kernel_hz()
-SHIPPED_OBJECT = os.path.join(REPO, "files", "bpf", "tcp_initial_rto.bpf.o")
 
 
 def jiffies_ms(jiffies):
@@ -150,18 +150,6 @@ MATRIX = {
 RUNS = {"same-before": "before", "same-after": "after", "ancestor": "after", "descendant": "before"}
 
 
-@pytest.fixture(scope="module")
-def upgrade_object(tmp_path_factory):
-    """The shipped program built from a copy of its source under another name: another object
-    (its FILE symbol differs), the same behaviour."""
-    directory = tmp_path_factory.mktemp("upgrade")
-    source = directory / "tcp_initial_rto_v2.bpf.c"
-    source.write_text(open(os.path.join(REPO, "files", "bpf", "tcp_initial_rto.bpf.c")).read())
-    obj = str(directory / "tcp_initial_rto_v2.bpf.o")
-    subprocess.run([os.path.join(REPO, "files", "bpf", "build"), obj, str(source)], check=True)
-    return obj
-
-
 class Scene:
     """Our target cgroup between an ancestor and a descendant, all inside the test's cgroup."""
 
@@ -188,32 +176,26 @@ class Scene:
         )
 
     def params(self, ours, **changes):
-        params = dict(
+        mine = dict(
             name="coexist",
-            state="present",
             cgroup=self.target,
             rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}],
-            rto_ms=None,
             direction="outgoing",
             pin_dir=self.pin_dir,
             mount_bpffs=False,
-            hz=None,
-            verify=True,
-            src=SHIPPED_OBJECT,
             force_legacy_attach=ours == "multi",
-            persistent=False,
             persist_root=self.persist_root,
         )
-        params.update(changes)
-        return params
+        mine.update(changes)
+        return module_params(**mine)
 
 
-def run_operation(scene, row, operation, upgrade_object):
+def run_operation(scene, row, operation, second_object):
     """One of our operations -> (outcome, result or exception)."""
     steps = {
         "apply": {},
         "update": {"rules": [{"dest": "127.0.0.0/8", "rto_ms": 300}]},
-        "upgrade": {"rules": [{"dest": "127.0.0.0/8", "rto_ms": 300}], "src": upgrade_object},
+        "upgrade": {"rules": [{"dest": "127.0.0.0/8", "rto_ms": 300}], "src": second_object},
         "absent": {"state": "absent"},
     }
     try:
@@ -236,7 +218,7 @@ def own_program_ids(scene):
 
 
 @pytest.mark.parametrize("row", list(MATRIX.values()), ids=list(MATRIX))
-def test_matrix(cgroup, bpffs, tmp_path, upgrade_object, row):
+def test_matrix(cgroup, bpffs, tmp_path, second_object, row):
     scene = Scene(cgroup, bpffs, str(tmp_path))
     foreign = ForeignProgram(bpffs, row.variant, "x")
     foreign_cgroup = scene.cgroup_of(row.place)
@@ -246,7 +228,7 @@ def test_matrix(cgroup, bpffs, tmp_path, upgrade_object, row):
         for operation, expected in zip(OPERATIONS, row.outcomes):
             before = scene.foreign_attachments(own_program_ids(scene))
             pins_before = scene.pins()
-            outcome, detail = run_operation(scene, row, operation, upgrade_object)
+            outcome, detail = run_operation(scene, row, operation, second_object)
             assert scene.foreign_attachments(own_program_ids(scene)) == before, operation
             assert outcome == expected, (operation, detail)
             if outcome == "conflict":

@@ -14,7 +14,8 @@ import subprocess
 import time
 
 import pytest
-from conftest import REPO, bpftool, kernel_hz
+from conftest import bpftool, kernel_hz
+from reconcile_run import module_params
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe, reconcile
@@ -93,20 +94,13 @@ CASES = {
 
 @pytest.fixture
 def params(cgroup, bpffs, tmp_path):
-    return dict(
+    return module_params(
         name=NAME,
-        state="present",
         cgroup=cgroup,
         rules=[RULE],
         rto_ms=DEFAULT_MS,
-        direction="both",
         pin_dir=os.path.join(bpffs, "tcp_rto"),
         mount_bpffs=False,
-        hz=None,
-        verify=True,
-        src=os.path.join(REPO, "files", "bpf", "tcp_initial_rto.bpf.o"),
-        force_legacy_attach=False,
-        persistent=False,
         persist_root=str(tmp_path),
     )
 
