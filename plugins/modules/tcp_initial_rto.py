@@ -117,7 +117,8 @@ options:
     description:
       - The BPF object to load, a path on the controller. A C(.c) file is compiled on the controller
         with C(clang -O2 -target bpf).
-      - Omitted, the object shipped with the collection (C(files/bpf/tcp_initial_rto.bpf.o)).
+      - Omitted, the object shipped with the collection (C(plugins/plugin_utils/tcp_initial_rto.bpf.o),
+        built from C(files/bpf/tcp_initial_rto.bpf.c)).
       - The object must have a C(sockops) program, a GPL-compatible license and the maps
         C(rules), C(config) and C(hits) of the collection's program.
     type: path

@@ -48,7 +48,7 @@ if __name__ == "__main__":
 
 # ---------------------------------------------------------------- for the tests that start it
 
-SHIPPED_OBJECT = os.path.join(REPO, "files", "bpf", "tcp_initial_rto.bpf.o")
+SHIPPED_OBJECT = os.path.join(REPO, "plugins", "plugin_utils", "tcp_initial_rto.bpf.o")
 MANAGED_PYTHON = "/usr/bin/python3"
 
 

@@ -21,7 +21,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, 
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BPF_DIR = os.path.join(REPO, "files", "bpf")
-SHIPPED = os.path.join(BPF_DIR, "tcp_initial_rto.bpf.o")
+SHIPPED = os.path.join(REPO, "plugins", "plugin_utils", "tcp_initial_rto.bpf.o")
 SOURCE = os.path.join(BPF_DIR, "tcp_initial_rto.bpf.c")
 BUILD = os.path.join(BPF_DIR, "build")
 
@@ -143,7 +143,7 @@ def test_rebuilding_from_source_gives_the_shipped_program(shipped, tmp_path):
     out = tmp_path / "x.o"
     subprocess.run([BUILD, str(out)], check=True, cwd=str(tmp_path))
     rebuilt = bpf_object.BpfObject.from_file(str(out))
-    assert rebuilt.insns == shipped.insns, "files/bpf/tcp_initial_rto.bpf.o is stale: run files/bpf/build"
+    assert rebuilt.insns == shipped.insns, "plugins/plugin_utils/tcp_initial_rto.bpf.o is stale: run files/bpf/build"
     assert rebuilt.maps == shipped.maps
     assert rebuilt.license == shipped.license
     assert rebuilt.map_relocations == shipped.map_relocations
