@@ -186,7 +186,7 @@ def ipv6_mapped_slots(rules: List[Rule]) -> str:
     return "%x" % mask
 
 
-def _slots_of(mask: str) -> set:
+def _slots_of(mask: Optional[str]) -> set:
     try:
         bits = int(mask, 16)
     except (TypeError, ValueError):
