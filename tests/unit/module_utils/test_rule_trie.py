@@ -2,7 +2,9 @@
 instance.rule_for() (what verification expects) gives is the one the kernel's LPM trie finds for
 the key the program looks up. The trie is a real BPF_MAP_TYPE_LPM_TRIE made with the rules map's
 contract and filled with rto_program's key encoding; BPF_MAP_LOOKUP_ELEM on it does the longest
-prefix match the program's bpf_map_lookup_elem() does."""
+prefix match the program's bpf_map_lookup_elem() does. The same rule sets read back from the
+trie (keys and values, with the meta record's note of the rules given as IPv6 inside
+::ffff:0:0/96) are the rules written, in their family."""
 
 import ipaddress
 import os
@@ -130,6 +132,28 @@ def test_model_and_kernel_agree_on_random_rule_sets(trie_fd):
         finally:
             empty(trie_fd, rules)
     assert compared == RULE_SETS * ADDRESSES_PER_SET
+
+
+def read_back(trie_fd, rules):
+    """The rules as instance.Current reads them from the trie, with the meta record's mask."""
+    mapped_slots = model._slots_of(model.ipv6_mapped_slots(rules))
+    held = []
+    for key in bpf_syscall.map_keys(trie_fd, abi.RULE_KEY.size):
+        jiffies, slot = abi.decode_rule_value(bpf_syscall.map_lookup(trie_fd, key, abi.RULE_VALUE.size))
+        held.append((slot, model.Rule(abi.decode_rule_key(key, mapped_as_ipv6=slot in mapped_slots), jiffies)))
+    return [rule for _slot, rule in sorted(held)]
+
+
+def test_random_rule_sets_read_back_as_written(trie_fd):
+    rng = random.Random(SEED + 1)
+    for _round in range(RULE_SETS):
+        rules = random_rules(rng)
+        fill(trie_fd, rules)
+        try:
+            assert read_back(trie_fd, rules) == rules
+            assert model.maps_fingerprint(read_back(trie_fd, rules), None, 3) == model.maps_fingerprint(rules, None, 3)
+        finally:
+            empty(trie_fd, rules)
 
 
 @pytest.mark.parametrize(
