@@ -21,6 +21,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import (
     ATTACH_MULTI,
     LINK_PIN,
     META_FORMAT,
+    META_IPV6_MAPPED,
     META_MAP,
     META_VALUE_SIZE,
     NEW_PIN_PREFIX,
@@ -28,6 +29,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import (
     ConfigError,
     InstanceError,
     attached_program_ids,
+    ipv6_mapped_slots,
     maps_fingerprint,
     open_pin,
     read_meta,
@@ -148,6 +150,7 @@ def write_meta(meta_fd, desired):
         "object_sha256": desired.object.sha256,
         "hz": desired.hz,
         "maps_sha256": maps_fingerprint(desired.rules, desired.default_jiffies, abi.DIRECTIONS[desired.direction]),
+        META_IPV6_MAPPED: ipv6_mapped_slots(desired.rules),
     }
     raw = json.dumps(record, sort_keys=True).encode("utf-8")
     if len(raw) > META_VALUE_SIZE:

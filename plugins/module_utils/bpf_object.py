@@ -5,7 +5,11 @@
 Parsing only, as cilium/ebpf separates its CollectionSpec from loading: nothing here calls
 bpf(2). The loader creates the maps, patches their fds in with BpfObject.instructions() and loads
 the program. Every offset, size and count read from the file is checked before use, so a damaged
-or hostile object raises BpfObjectError, never IndexError or struct.error.
+or hostile object raises BpfObjectError, never IndexError or struct.error. Memory and work stay
+proportional to a real object whatever the file declares: sections may not overlap (so no bytes
+count twice), and the file size, instruction and symbol counts and name lengths are capped (the
+MAX_* limits). An ld_imm64 that references a map (or anything else through src_reg) must come
+with a relocation: the object cannot name a map by a raw fd.
 
 Supported: one ELF64 relocatable object for the BPF machine, one non-empty code section, maps as
 legacy ``struct bpf_map_def { u32 type, key_size, value_size, max_entries, map_flags; }`` in
@@ -19,6 +23,7 @@ __metaclass__ = type
 
 import collections
 import hashlib
+import os
 import struct
 import sys
 
@@ -37,6 +42,23 @@ R_BPF_NONE, R_BPF_64_64, R_BPF_64_32 = 0, 1, 10
 BPF_INSN_SIZE = 8
 BPF_LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
 BPF_PSEUDO_MAP_FD = 1
+# ld_imm64 src_reg values that make the kernel read imm as something other than a constant
+# (include/uapi/linux/bpf.h): only the loader may set them, from relocations.
+PSEUDO_SOURCES = {
+    1: "BPF_PSEUDO_MAP_FD",
+    2: "BPF_PSEUDO_MAP_VALUE",
+    3: "BPF_PSEUDO_BTF_ID",
+    4: "BPF_PSEUDO_FUNC",
+    5: "BPF_PSEUDO_MAP_IDX",
+    6: "BPF_PSEUDO_MAP_IDX_VALUE",
+}
+
+# Limits that keep the reader's memory and work proportional to a real object, whatever a file
+# declares. The program object is a few KB; these leave room for big programs with debug info.
+MAX_OBJECT_SIZE = 64 * 1024 * 1024
+MAX_PROGRAM_INSNS = 1000000  # BPF_COMPLEXITY_LIMIT_INSNS: the kernel loads no longer program
+MAX_SYMBOLS = 65536
+MAX_NAME_LENGTH = 512  # KSYM_NAME_LEN: the longest symbol name the kernel itself keeps
 
 MAPS_SECTION = "maps"
 LICENSE_SECTION = "license"
@@ -85,6 +107,8 @@ class _Elf:
         self.data = data
         if len(data) < 4 or data[:4] != b"\x7fELF":
             raise BpfObjectError("not an ELF file")
+        if len(data) > MAX_OBJECT_SIZE:
+            raise BpfObjectError(_too_big(len(data)))
         if len(data) < 16:
             raise BpfObjectError("ELF identification truncated (%d bytes)" % len(data))
         elf_class, elf_data = data[4], data[5]
@@ -139,6 +163,7 @@ class _Elf:
                     "section %d (offset %d, size %d) past end of file (%d bytes, truncated?)"
                     % (index, offset, size, len(data))
                 )
+        _refuse_overlaps(headers, e_shoff, e_shnum * e_shentsize)
         names_header = headers[e_shstrndx]
         self._shstrtab = (names_header[4], names_header[5])
         self.sections = []
@@ -151,8 +176,10 @@ class _Elf:
         start, size = table
         if offset >= size:
             raise BpfObjectError("%s: string offset %d past its table (%d bytes)" % (what, offset, size))
-        end = self.data.find(b"\0", start + offset, start + size)
+        end = self.data.find(b"\0", start + offset, min(start + size, start + offset + MAX_NAME_LENGTH + 1))
         if end < 0:
+            if start + offset + MAX_NAME_LENGTH + 1 < start + size:
+                raise BpfObjectError("%s: longer than %d bytes" % (what, MAX_NAME_LENGTH))
             raise BpfObjectError("%s: string not NUL-terminated inside its table" % what)
         try:
             return self.data[start + offset : end].decode("utf-8")
@@ -192,6 +219,11 @@ class _Elf:
         if strtab.type != SHT_STRTAB:
             raise BpfObjectError(
                 "symbol table links section %d (%r), which is not a string table" % (strtab.index, strtab.name)
+            )
+        if table.size // _ELF64_SYM_SIZE > MAX_SYMBOLS:
+            raise BpfObjectError(
+                "symbol table has %d entries, more than the %d this reader takes"
+                % (table.size // _ELF64_SYM_SIZE, MAX_SYMBOLS)
             )
         strings = (strtab.offset, strtab.size)
         symbols = []
@@ -236,7 +268,10 @@ class BpfObject:
     @classmethod
     def from_file(cls, path):
         with open(path, "rb") as handle:
-            return cls.from_bytes(handle.read())
+            data = handle.read(MAX_OBJECT_SIZE + 1)
+        if len(data) > MAX_OBJECT_SIZE:
+            raise BpfObjectError(_too_big(os.path.getsize(path)))
+        return cls.from_bytes(data)
 
     @classmethod
     def from_bytes(cls, data):
@@ -248,6 +283,7 @@ class BpfObject:
         insns = elf.body(program)
         maps, maps_section, map_offsets = _read_maps(elf)
         relocations = _read_relocations(elf, program, insns, maps_section, map_offsets)
+        _refuse_unrelocated_pseudo_loads(insns, relocations, elf.byteorder)
         return cls(
             section=program.name,
             name=_function_name(elf, program),
@@ -276,6 +312,52 @@ class BpfObject:
             struct.pack_into(endian + "i", insns, offset + 4, fd)
             struct.pack_into(endian + "i", insns, offset + BPF_INSN_SIZE + 4, 0)
         return bytes(insns)
+
+
+def _too_big(size):
+    return "%d bytes, more than the %d MiB a BPF object may have here" % (size, MAX_OBJECT_SIZE // (1024 * 1024))
+
+
+def _refuse_overlaps(headers, table_offset, table_size):
+    """No two sections share bytes, nor with the ELF header or the section header table. Real
+    objects never do; a file whose sections alias each other would make one stretch of bytes
+    count as many relocation or symbol tables."""
+    extents = [(0, _ELF64_HEADER_SIZE, "the ELF header"), (table_offset, table_size, "the section header table")]
+    for index, header in enumerate(headers):
+        sh_type, offset, size = header[1], header[4], header[5]
+        if sh_type not in (SHT_NOBITS, 0) and size:
+            extents.append((offset, size, "section %d" % index))
+    extents.sort()
+    for (offset, size, what), (next_offset, _next_size, next_what) in zip(extents, extents[1:]):
+        if offset + size > next_offset:
+            raise BpfObjectError(
+                "%s (bytes %d-%d) overlaps %s (from byte %d)"
+                % (what, offset, offset + size - 1, next_what, next_offset)
+            )
+
+
+def _refuse_unrelocated_pseudo_loads(insns, relocations, byteorder):
+    """An ld_imm64 whose src_reg asks the kernel to read imm as a map fd (or another reference)
+    must be one the loader patches from a relocation: a number written in the object would name
+    whatever the loading process happens to hold at that fd."""
+    relocated = {index for index, _name in relocations}
+    count = len(insns) // BPF_INSN_SIZE
+    index = 0
+    while index < count:
+        offset = index * BPF_INSN_SIZE
+        if insns[offset] != BPF_LD_IMM64:
+            index += 1
+            continue
+        src_reg = _regs(insns[offset + 1], byteorder)[1]
+        if src_reg and index not in relocated:
+            imm = int.from_bytes(insns[offset + 4 : offset + 8], byteorder, signed=True)
+            raise BpfObjectError(
+                "instruction %d is an ld_imm64 with src_reg %d (%s) and imm %d but no relocation: "
+                'an object refers to maps through symbols in SEC("maps"), never by a raw fd or '
+                "index, which would name whatever the loading process has open"
+                % (index, src_reg, PSEUDO_SOURCES.get(src_reg, "unknown"), imm)
+            )
+        index += 2  # the second slot of ld_imm64 carries the upper 32 bits
 
 
 def _regs(byte, byteorder):
@@ -308,6 +390,11 @@ def _program_section(elf):
             )
         raise BpfObjectError("object has %d program sections (%s); the loader loads exactly one" % (len(code), names))
     program = code[0]
+    if program.size > MAX_PROGRAM_INSNS * BPF_INSN_SIZE:
+        raise BpfObjectError(
+            "program section %r has %d instructions; the kernel loads at most %d"
+            % (program.name, program.size // BPF_INSN_SIZE, MAX_PROGRAM_INSNS)
+        )
     if program.size % BPF_INSN_SIZE:
         raise BpfObjectError(
             "program section %r is %d bytes, not a multiple of the %d-byte instruction"
@@ -384,6 +471,7 @@ def _read_maps(elf):
 def _read_relocations(elf, program, insns, maps_section, map_offsets):
     """-> [(instruction index, map name)] for the program section, every entry checked."""
     relocations = []
+    relocated = set()
     count = len(insns) // BPF_INSN_SIZE
     for section in elf.sections:
         if section.type not in (SHT_REL, SHT_RELA) or section.info != program.index:
@@ -417,6 +505,9 @@ def _read_relocations(elf, program, insns, maps_section, map_offsets):
                 )
             symbol = elf.symbols[sym_index]
             index = r_offset // BPF_INSN_SIZE
+            if index in relocated:
+                raise BpfObjectError("%s: instruction %d has a relocation already" % (where, index))
+            relocated.add(index)
             if r_type == R_BPF_64_32:
                 raise BpfObjectError(
                     "%s: instruction %d calls %r: bpf-to-bpf calls are not supported; "

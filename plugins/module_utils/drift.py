@@ -57,8 +57,8 @@ def _map_findings(current, desired):
     if model.maps_fingerprint(desired.rules, desired.default_jiffies, wanted_directions) != recorded:
         return ["the rules or config map was edited outside tcp_rto since the last run"]
     found = []
-    held = {str(rule.dest): rule.rto_jiffies for rule in held_rules}
-    written = {str(rule.dest): rule.rto_jiffies for rule in desired.rules}
+    held = {model.network_text(rule.dest): rule.rto_jiffies for rule in held_rules}
+    written = {model.network_text(rule.dest): rule.rto_jiffies for rule in desired.rules}
     for dest, jiffies in written.items():
         if dest not in held:
             found.append("rules map: the rule for %s (%d jiffies) was deleted" % (dest, jiffies))

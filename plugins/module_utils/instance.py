@@ -34,6 +34,7 @@ META_FORMAT = 1
 # bpffs refuses names with a dot (reserved), so neither instance names nor pins have one.
 INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}\Z")  # \Z: $ would allow a final newline
 NEW_PIN_PREFIX = "new_"  # a pin waiting to be renamed over the one in use
+META_IPV6_MAPPED = "ipv6_mapped_slots"  # the meta record's ipv6_mapped_slots()
 
 
 class ConfigError(ValueError):
@@ -155,13 +156,42 @@ def desired_state(
     return Desired(name, pin_dir, cgroup, hz, parse_rules(raw_rules, hz), default_jiffies, direction, attach_mode, obj)
 
 
+def network_text(network: Network) -> str:
+    """A rule's network as results show it: a network inside ::ffff:0:0/96 in the dotted form
+    people write it in (and Python 3.13+ prints), on every Python; others as ipaddress writes them."""
+    if abi.in_v4_mapped(network):
+        return "::ffff:%s/%d" % (network.network_address.ipv4_mapped, network.prefixlen)
+    return str(network)
+
+
 def rule_for(address: str, rules: List[Rule], default_jiffies: Optional[int]) -> Optional[int]:
-    """The jiffies the program gives a connection to address, or None (kernel default)."""
-    address = ipaddress.ip_address("%s" % address)
-    matches = [rule for rule in rules if rule.dest.version == address.version and address in rule.dest]
+    """The jiffies the program gives a connection to address, or None (kernel default): the
+    longest prefix as the rules trie holds it, where IPv4 lives inside ::ffff:0:0/96, so that an
+    IPv6 rule such as ::/0 matches IPv4 addresses as it does in the kernel."""
+    looked_up = abi.trie_address(ipaddress.ip_address("%s" % address))
+    held = [(abi.trie_network(rule.dest), rule) for rule in rules]
+    matches = [(network.prefixlen, rule) for network, rule in held if looked_up in network]
     if matches:
-        return max(matches, key=lambda rule: rule.dest.prefixlen).rto_jiffies
+        return max(matches, key=lambda match: match[0])[1].rto_jiffies
     return default_jiffies
+
+
+def ipv6_mapped_slots(rules: List[Rule]) -> str:
+    """The slots of the rules given as IPv6 inside ::ffff:0:0/96, as a hex bitmask for the meta
+    record: their keys are those of IPv4 networks, so only the record tells the family back."""
+    mask = 0
+    for slot, rule in enumerate(rules):
+        if abi.in_v4_mapped(rule.dest):
+            mask |= 1 << slot
+    return "%x" % mask
+
+
+def _slots_of(mask: Optional[str]) -> set:
+    try:
+        bits = int(mask, 16)
+    except (TypeError, ValueError):
+        return set()  # a record of an older version (no mask) or an edited one: read the keys as IPv4
+    return {slot for slot in range(bits.bit_length()) if bits >> slot & 1}
 
 
 # ---------------------------------------------------------------- current state
@@ -299,11 +329,13 @@ class Current:
             self.default_jiffies, self.directions = abi.decode_config(value)
         if abi.RULES_MAP in self.maps:
             fd = self.maps[abi.RULES_MAP]
+            mapped_slots = _slots_of((self.meta or {}).get(META_IPV6_MAPPED))
             for key in bpf.map_keys(fd, abi.RULE_KEY.size):
                 value = bpf.map_lookup(fd, key, abi.RULE_VALUE.size)
                 if value is not None:
                     jiffies, slot = abi.decode_rule_value(value)
-                    self.rules.append((Rule(abi.decode_rule_key(key), jiffies), slot))
+                    dest = abi.decode_rule_key(key, mapped_as_ipv6=slot in mapped_slots)
+                    self.rules.append((Rule(dest, jiffies), slot))
             self.rules.sort(key=lambda pair: pair[1])
 
     @property
@@ -386,7 +418,8 @@ def maps_fingerprint(rules: List[Rule], default_jiffies: Optional[int], directio
     """sha256 of what the rules and config maps hold. The meta record keeps the one written last,
     so the next run tells an edit made outside tcp_rto (drift) from a change of parameters."""
     text = json.dumps(
-        [[[str(rule.dest), rule.rto_jiffies] for rule in rules], default_jiffies or 0, directions], sort_keys=True
+        [[[network_text(rule.dest), rule.rto_jiffies] for rule in rules], default_jiffies or 0, directions],
+        sort_keys=True,
     )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -397,7 +430,11 @@ def maps_fingerprint(rules: List[Rule], default_jiffies: Optional[int], directio
 def _rules_view(rules, hz, hits=None):
     view = []
     for slot, rule in enumerate(rules):
-        entry = {"dest": str(rule.dest), "rto_ms": jiffies_to_ms(rule.rto_jiffies, hz), "rto_jiffies": rule.rto_jiffies}
+        entry = {
+            "dest": network_text(rule.dest),
+            "rto_ms": jiffies_to_ms(rule.rto_jiffies, hz),
+            "rto_jiffies": rule.rto_jiffies,
+        }
         if hits is not None:
             entry["hits"] = hits.get(slot, 0)
         view.append(entry)
@@ -429,7 +466,7 @@ def describe_current(current):
         "direction": direction[0] if direction else None,
         "rules": _rules_view(rules, hz)
         if hz
-        else [{"dest": str(rule.dest), "rto_jiffies": rule.rto_jiffies} for rule in rules],
+        else [{"dest": network_text(rule.dest), "rto_jiffies": rule.rto_jiffies} for rule in rules],
         "default_rto_ms": jiffies_to_ms(current.default_jiffies, hz) if current.default_jiffies and hz else None,
         "object_sha256": current.meta["object_sha256"] if current.meta else None,
     }

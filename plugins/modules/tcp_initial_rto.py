@@ -60,6 +60,10 @@ options:
     description:
       - Destination networks and the initial RTO of connections to (outgoing) or from (incoming)
         them. The longest matching prefix wins. IPv4 rules also match IPv4-mapped IPv6 addresses.
+      - IPv4 networks are held inside the IPv4-mapped range C(::ffff:0:0/96), so an IPv6 rule
+        covering it (V(::/0)) matches IPv4 connections too, and an IPv6 rule inside it
+        (V(::ffff:10.0.0.0/104)) is the same rule as the IPv4 network it maps; results show it
+        as IPv6 in dotted form.
       - At most 1024 rules.
     type: list
     elements: dict

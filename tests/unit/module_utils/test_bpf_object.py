@@ -371,6 +371,41 @@ def test_relocation_to_undefined_symbol(shipped_bytes):
     assert "undefined symbol" in _parse_error(_edit(shipped_bytes, at, "<QQ", r_offset, (0 << 32) | 1))
 
 
+def _unrelocated(data, src_reg, imm=3):
+    """The first map load without its relocation (R_BPF_NONE), its src_reg and imm set as given."""
+    at, r_offset, r_info = _relocation(data, 0)
+    data = _edit(data, at, "<QQ", r_offset, r_info & ~0xFFFFFFFF)
+    insn = _sections(data)["sockops"][1] + r_offset
+    dst_reg = data[insn + 1] & 0xF
+    data = _edit(data, insn + 1, "B", src_reg << 4 | dst_reg)
+    return _edit(data, insn + 4, "<i", imm), r_offset // 8
+
+
+@pytest.mark.parametrize(
+    "src_reg, kind", [(1, "BPF_PSEUDO_MAP_FD"), (2, "BPF_PSEUDO_MAP_VALUE"), (5, "BPF_PSEUDO_MAP_IDX")]
+)
+def test_map_load_by_raw_fd_is_refused(shipped_bytes, src_reg, kind):
+    """An object that names a map by fd number would reach whatever the loader has open there."""
+    data, index = _unrelocated(shipped_bytes, src_reg)
+    message = _parse_error(data)
+    assert "instruction %d is an ld_imm64 with src_reg %d (%s" % (index, src_reg, kind) in message
+    assert "imm 3 but no relocation" in message
+
+
+def test_unrelocated_ld_imm64_of_a_constant_is_kept(shipped_bytes, shipped):
+    data, index = _unrelocated(shipped_bytes, 0, imm=12345)
+    obj = bpf_object.BpfObject.from_bytes(data)
+    assert index not in dict(obj.map_relocations)
+    assert obj.insns[index * 8 + 4 : index * 8 + 8] == struct.pack("<i", 12345)
+    assert len(obj.map_relocations) == len(shipped.map_relocations) - 1
+
+
+def test_two_relocations_of_one_instruction_are_refused(shipped_bytes):
+    at, r_offset, r_info = _relocation(shipped_bytes, 0)
+    data = _edit(shipped_bytes, at + 16, "<QQ", r_offset, r_info)
+    assert "has a relocation already" in _parse_error(data)
+
+
 def test_relocation_section_linking_the_wrong_symbol_table(shipped_bytes):
     data = _section_field(shipped_bytes, ".relsockops", SH_LINK, "<I", 1)
     assert "links section 1, not the symbol table" in _parse_error(data)

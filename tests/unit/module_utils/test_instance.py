@@ -112,6 +112,55 @@ def test_rule_keys_round_trip():
         assert abi.decode_rule_key(abi.encode_rule_key(network)) == network
 
 
+@pytest.mark.parametrize("text", ["::ffff:10.0.0.0/104", "::ffff:0:0/96", "::ffff:192.0.2.7/128", "::ffff:0:0/97"])
+def test_rules_in_the_mapped_range_share_the_ipv4_key_and_keep_their_family(text):
+    network = ipaddress.ip_network(text)
+    ipv4 = ipaddress.ip_network("%s/%d" % (network.network_address.ipv4_mapped, network.prefixlen - 96))
+    key = abi.encode_rule_key(network)
+    assert key == abi.encode_rule_key(ipv4)  # one trie entry: the kernel cannot tell them apart
+    assert abi.decode_rule_key(key) == ipv4
+    assert abi.decode_rule_key(key, mapped_as_ipv6=True) == network
+
+
+@pytest.mark.parametrize("text", ["::/0", "::/80", "::fffe:0:0/95", "::fffe:0:0/96", "10.0.0.0/8", "0.0.0.0/0"])
+def test_rules_outside_the_mapped_range_read_back_as_given(text):
+    network = ipaddress.ip_network(text)
+    for mapped_as_ipv6 in (False, True):
+        expected = network if network.version == 6 or not mapped_as_ipv6 else abi.trie_network(network)
+        assert abi.decode_rule_key(abi.encode_rule_key(network), mapped_as_ipv6=mapped_as_ipv6) == expected
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("::ffff:a00:0/104", "::ffff:10.0.0.0/104"),
+        ("::ffff:0:0/96", "::ffff:0.0.0.0/96"),
+        ("::ffff:192.0.2.7/128", "::ffff:192.0.2.7/128"),
+        ("::fffe:0:0/96", "::fffe:0:0/96"),
+        ("::/0", "::/0"),
+        ("10.0.0.0/8", "10.0.0.0/8"),
+    ],
+)
+def test_networks_are_shown_the_same_on_every_python(text, shown):
+    assert model.network_text(ipaddress.ip_network(text)) == shown
+
+
+def test_the_meta_record_names_the_slots_given_as_ipv6_in_the_mapped_range():
+    rules = model.parse_rules(
+        [
+            {"dest": "10.0.0.0/8", "rto_ms": 200},
+            {"dest": "::ffff:10.1.0.0/112", "rto_ms": 200},
+            {"dest": "::/0", "rto_ms": 200},
+            {"dest": "::ffff:0:0/96", "rto_ms": 200},
+        ],
+        250,
+    )
+    assert model.ipv6_mapped_slots(rules) == "a"  # slots 1 and 3
+    assert model.ipv6_mapped_slots(rules[:1]) == "0"
+    full = [{"dest": "::ffff:10.%d.%d.0/120" % divmod(i, 256), "rto_ms": 200} for i in range(abi.MAX_RULES)]
+    assert model.ipv6_mapped_slots(model.parse_rules(full, 250)) == "f" * 256  # a full map: 256 digits
+
+
 def test_plan_nothing_to_do():
     want = desired(rules=[{"dest": "10.0.0.0/8", "rto_ms": 50}], default=500)
     plan = model.plan_present(want, FakeCurrent(want))
