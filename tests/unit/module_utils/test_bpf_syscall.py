@@ -127,6 +127,56 @@ def expect_error(command, err, call, *args, **kwargs):
     return caught.value
 
 
+# The system call number
+
+
+@pytest.mark.parametrize(
+    "machine, pointer_bits, multiarch, number",
+    [
+        ("x86_64", 64, "x86_64-linux-gnu", 321),
+        ("x86_64", 32, "i386-linux-gnu", 357),  # a 32-bit userland on a 64-bit kernel
+        ("i686", 32, "i386-linux-gnu", 357),
+        ("x86_64", 32, "x86_64-linux-gnux32", 0x40000000 | 321),
+        ("aarch64", 64, "aarch64-linux-gnu", 280),
+        ("aarch64", 32, "arm-linux-gnueabihf", 386),
+        ("armv7l", 32, "arm-linux-gnueabihf", 386),
+        ("ppc64le", 64, "powerpc64le-linux-gnu", 361),
+        ("ppc64", 32, "powerpc-linux-gnu", 361),
+        ("s390x", 64, "s390x-linux-gnu", 351),
+        ("riscv64", 64, "riscv64-linux-gnu", 280),
+        ("loongarch64", 64, "loongarch64-linux-gnu", 280),
+        ("mips64", 64, "mips64el-linux-gnuabi64", 5315),
+        ("mips64", 32, "mips64el-linux-gnuabin32", 6319),
+        ("mips", 32, "mipsel-linux-gnu", 4355),
+        ("sparc64", 64, "sparc64-linux-gnu", 349),
+        ("x86_64", 64, "", 321),  # a Python built without a multiarch triplet
+    ],
+)
+def test_syscall_number_follows_the_process_architecture(machine, pointer_bits, multiarch, number):
+    assert bpf_syscall.syscall_number(machine, pointer_bits, multiarch) == number
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(
+        OSError, match=r"no bpf\(2\) system call number .*\(machine alpha, 64-bit, alpha-linux-gnu\)"
+    ) as caught:
+        bpf_syscall.syscall_number("alpha", 64, "alpha-linux-gnu")
+    assert caught.value.errno == errno.ENOSYS
+
+
+def test_32_bit_python_on_a_64_bit_kernel_calls_the_32_bit_table(monkeypatch):
+    monkeypatch.setattr(bpf_syscall, "_SYSCALL", [])
+    monkeypatch.setattr(bpf_syscall, "process_arch", lambda: ("x86_64", 32, "i386-linux-gnu"))
+    assert bpf_syscall._syscall()[1] == 357
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64" or struct.calcsize("P") != 8, reason="an x86_64 Python")
+def test_this_process_calls_the_x86_64_number(fds):
+    assert bpf_syscall.process_arch()[:2] == ("x86_64", 64)
+    assert bpf_syscall._syscall()[1] == 321
+    fds.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 1, name="rto_test_nr")  # and the kernel answers it
+
+
 # Maps
 
 
