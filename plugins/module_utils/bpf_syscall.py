@@ -399,6 +399,22 @@ def percpu_update(fd, key, values, flags=BPF_ANY):
 # Programs
 
 
+# The verifier answers EAGAIN when a signal interrupts it: libbpf tries a load this many times.
+PROG_LOAD_ATTEMPTS = 5
+
+
+def _prog_load_attempts(**fields):
+    """BPF_PROG_LOAD -> fd, again while it fails with EAGAIN, at most PROG_LOAD_ATTEMPTS times."""
+    attempt = 1
+    while True:
+        try:
+            return _bpf("BPF_PROG_LOAD", **fields)[0]
+        except BpfError as exc:
+            if exc.errno != errno.EAGAIN or attempt == PROG_LOAD_ATTEMPTS:
+                raise
+        attempt += 1
+
+
 def prog_load(prog_type, insns, license, name="", expected_attach_type=0):
     """Load raw instructions (bytes, 8 per insn) -> fd. On failure, load again with the verifier
     log on and raise BpfError with .log."""
@@ -411,14 +427,15 @@ def prog_load(prog_type, insns, license, name="", expected_attach_type=0):
         expected_attach_type=expected_attach_type,
     )
     try:
-        return _bpf("BPF_PROG_LOAD", **fields)[0]
-    except BpfError:
-        pass
+        return _prog_load_attempts(**fields)
+    except BpfError as exc:
+        if exc.errno == errno.EAGAIN:
+            raise  # interrupted every time: a load with the log on would be too
     log_size = _LOG_SIZE_FIRST
     while True:
         log = _buffer(log_size)
         try:
-            return _bpf("BPF_PROG_LOAD", log_level=1, log_size=log_size, log_buf=log, **fields)[0]
+            return _prog_load_attempts(log_level=1, log_size=log_size, log_buf=log, **fields)
         except BpfError as exc:
             if exc.errno == errno.ENOSPC and log_size < _LOG_SIZE_MAX:
                 log_size = min(log_size * 4, _LOG_SIZE_MAX)

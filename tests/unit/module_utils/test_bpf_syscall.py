@@ -5,6 +5,7 @@ cgroup from the `cgroup` fixture, pins in the private `bpffs` mount) and every f
 every attachment detached in teardown, whatever the outcome.
 """
 
+import ctypes
 import errno
 import ipaddress
 import json
@@ -309,6 +310,39 @@ def test_verifier_log_buffer_grows(monkeypatch):
     monkeypatch.setattr(bpf_syscall, "_LOG_SIZE_FIRST", 128)  # the smallest the kernel takes: ENOSPC
     error = expect_error("BPF_PROG_LOAD", errno.EACCES, bpf_syscall.prog_load, SOCK_OPS, OUT_OF_BOUNDS, "GPL")
     assert len(error.log) > 128 and "invalid bpf_context access" in error.log
+
+
+class InterruptedLoads:
+    """libc's syscall() in front of the kernel: the first `count` BPF_PROG_LOAD calls fail with
+    EAGAIN, as when a signal interrupts the verifier; every other call reaches the kernel."""
+
+    def __init__(self, monkeypatch, count):
+        self.syscall, number = bpf_syscall._syscall()
+        self.count = count
+        self.loads = 0
+        monkeypatch.setattr(bpf_syscall, "_SYSCALL", [(self, number)])
+
+    def __call__(self, number, command, attr, size):
+        if command.value == 5:  # BPF_PROG_LOAD
+            self.loads += 1
+            if self.loads <= self.count:
+                ctypes.set_errno(errno.EAGAIN)
+                return -1
+        return self.syscall(number, command, attr, size)
+
+
+def test_interrupted_prog_load_is_retried(monkeypatch, fds):
+    interrupted = InterruptedLoads(monkeypatch, bpf_syscall.PROG_LOAD_ATTEMPTS - 1)
+    fd = fds.prog(SET_REPLY_750, name="rto_test_again")
+    assert bpf_syscall.prog_info(fd).name == "rto_test_again"
+    assert interrupted.loads == bpf_syscall.PROG_LOAD_ATTEMPTS
+
+
+def test_prog_load_interrupted_every_time_gives_up(monkeypatch):
+    interrupted = InterruptedLoads(monkeypatch, 1000)
+    error = expect_error("BPF_PROG_LOAD", errno.EAGAIN, bpf_syscall.prog_load, SOCK_OPS, RETURN_1, "GPL")
+    assert error.log == ""
+    assert interrupted.loads == bpf_syscall.PROG_LOAD_ATTEMPTS
 
 
 # Legacy attach
