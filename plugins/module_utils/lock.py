@@ -29,10 +29,12 @@ class LockedError(Exception):
 
 def lock_path(name, pin_dir, lock_dir=LOCK_DIR):
     """/run/tcp_rto/<name>.lock; an instance under another pin_dir is another instance and gets
-    <name>@<hash of pin_dir>.lock."""
-    if os.path.normpath(pin_dir) == DEFAULT_PIN_DIR:
+    <name>@<hash of pin_dir>.lock. pin_dir counts by its real path: every spelling of one directory
+    (a trailing slash, //, a symlinked parent) is one instance and takes one lock."""
+    real = os.path.realpath(pin_dir)
+    if real == DEFAULT_PIN_DIR:
         return os.path.join(lock_dir, name + ".lock")
-    digest = hashlib.sha256(os.path.normpath(pin_dir).encode("utf-8")).hexdigest()[:16]
+    digest = hashlib.sha256(real.encode("utf-8")).hexdigest()[:16]
     return os.path.join(lock_dir, "%s@%s.lock" % (name, digest))
 
 
