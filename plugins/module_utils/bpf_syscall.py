@@ -18,6 +18,7 @@ import ctypes
 import errno
 import os
 import struct
+import sysconfig
 
 # Room for every union bpf_attr member up to at least 6.18 (144 bytes in 6.1): the kernel writes
 # some results back (query.revision, log_true_size) at offsets only newer headers know.
@@ -43,17 +44,40 @@ BPF_PSEUDO_MAP_FD = 1
 BPF_LINK_TYPE_CGROUP = 3
 BPF_OBJ_NAME_LEN = 16
 
-# bpf(2) by os.uname().machine (arch/*/include/uapi/asm/unistd*.h, or the generic table).
+# bpf(2) by the architecture of this process (arch/*/kernel/syscalls/*.tbl, or the generic table
+# of include/uapi/asm-generic/unistd.h): (family, pointer bits, ABI variant) -> number.
 SYSCALL_NUMBERS = {
-    "x86_64": 321,
-    "aarch64": 280,
-    "i386": 357,
-    "i686": 357,
-    "armv7l": 386,
-    "ppc64le": 361,
-    "s390x": 351,
-    "riscv64": 280,
+    ("x86", 64, ""): 321,
+    ("x86", 32, ""): 357,
+    ("x86", 32, "x32"): 0x40000000 | 321,  # __X32_SYSCALL_BIT on the 64-bit table
+    ("arm", 64, ""): 280,
+    ("arm", 32, ""): 386,
+    ("powerpc", 64, ""): 361,
+    ("powerpc", 32, ""): 361,
+    ("s390", 64, ""): 351,
+    ("s390", 32, ""): 351,
+    ("riscv", 64, ""): 280,
+    ("riscv", 32, ""): 280,
+    ("loongarch", 64, ""): 280,
+    ("mips", 64, ""): 5315,
+    ("mips", 32, ""): 4355,
+    ("mips", 32, "n32"): 6319,
+    ("sparc", 64, ""): 349,
+    ("sparc", 32, ""): 349,
 }
+# uname's machine -> family, by prefix (i686, armv7l, ppc64le, mips64el ...).
+_ARCH_FAMILIES = (
+    (("x86", "amd64", "i386", "i486", "i586", "i686"), "x86"),
+    (("aarch64", "arm"), "arm"),
+    (("ppc", "powerpc"), "powerpc"),
+    (("s390",), "s390"),
+    (("riscv",), "riscv"),
+    (("loongarch",), "loongarch"),
+    (("mips",), "mips"),
+    (("sparc",), "sparc"),
+)
+# The ABI variants a multiarch triplet names at its end (x86_64-linux-gnux32, mips64el-linux-gnuabin32).
+_ABI_VARIANTS = ("x32", "n32")
 
 # command -> (number, {field: (offset, struct format)}), offsets as in union bpf_attr. A "Q"
 # field given a ctypes buffer gets its address; a field given None stays zero.
@@ -194,14 +218,33 @@ def closing_fd(fd):
 _SYSCALL = []  # [(libc's syscall(), the bpf number)] once known
 
 
+def process_arch():
+    """(machine, pointer bits, multiarch triplet) of this Python process. uname's machine is the
+    kernel's: a 32-bit userland on a 64-bit kernel reads x86_64 there but calls the 32-bit table."""
+    return os.uname()[4], struct.calcsize("P") * 8, sysconfig.get_config_var("MULTIARCH") or ""
+
+
+def syscall_number(machine, pointer_bits, multiarch=""):
+    """The bpf(2) number for a process of that architecture; OSError ENOSYS for an unknown one."""
+    family = next((name for prefixes, name in _ARCH_FAMILIES if machine.startswith(prefixes)), None)
+    variant = next((abi for abi in _ABI_VARIANTS if multiarch.endswith(abi)), "")
+    number = SYSCALL_NUMBERS.get((family, pointer_bits, variant))
+    if number is None:
+        raise OSError(
+            errno.ENOSYS,
+            "no bpf(2) system call number is known for this Python process (machine %s, %d-bit%s): "
+            "the module supports x86, arm, powerpc, s390, riscv, loongarch, mips and sparc"
+            % (machine, pointer_bits, ", " + multiarch if multiarch else ""),
+        )
+    return number
+
+
 def _syscall():
     if not _SYSCALL:
-        machine = os.uname()[4]
-        if machine not in SYSCALL_NUMBERS:
-            raise OSError(errno.ENOSYS, "no bpf(2) syscall number known for machine %r" % machine)
+        number = syscall_number(*process_arch())
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syscall.restype = ctypes.c_long
-        _SYSCALL.append((libc.syscall, SYSCALL_NUMBERS[machine]))
+        _SYSCALL.append((libc.syscall, number))
     return _SYSCALL[0]
 
 
@@ -356,6 +399,22 @@ def percpu_update(fd, key, values, flags=BPF_ANY):
 # Programs
 
 
+# The verifier answers EAGAIN when a signal interrupts it: libbpf tries a load this many times.
+PROG_LOAD_ATTEMPTS = 5
+
+
+def _prog_load_attempts(**fields):
+    """BPF_PROG_LOAD -> fd, again while it fails with EAGAIN, at most PROG_LOAD_ATTEMPTS times."""
+    attempt = 1
+    while True:
+        try:
+            return _bpf("BPF_PROG_LOAD", **fields)[0]
+        except BpfError as exc:
+            if exc.errno != errno.EAGAIN or attempt == PROG_LOAD_ATTEMPTS:
+                raise
+        attempt += 1
+
+
 def prog_load(prog_type, insns, license, name="", expected_attach_type=0):
     """Load raw instructions (bytes, 8 per insn) -> fd. On failure, load again with the verifier
     log on and raise BpfError with .log."""
@@ -368,14 +427,15 @@ def prog_load(prog_type, insns, license, name="", expected_attach_type=0):
         expected_attach_type=expected_attach_type,
     )
     try:
-        return _bpf("BPF_PROG_LOAD", **fields)[0]
-    except BpfError:
-        pass
+        return _prog_load_attempts(**fields)
+    except BpfError as exc:
+        if exc.errno == errno.EAGAIN:
+            raise  # interrupted every time: a load with the log on would be too
     log_size = _LOG_SIZE_FIRST
     while True:
         log = _buffer(log_size)
         try:
-            return _bpf("BPF_PROG_LOAD", log_level=1, log_size=log_size, log_buf=log, **fields)[0]
+            return _prog_load_attempts(log_level=1, log_size=log_size, log_buf=log, **fields)
         except BpfError as exc:
             if exc.errno == errno.ENOSPC and log_size < _LOG_SIZE_MAX:
                 log_size = min(log_size * 4, _LOG_SIZE_MAX)

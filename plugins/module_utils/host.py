@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import resource
+import struct
 import time
 from typing import Optional, Tuple
 
@@ -188,6 +189,14 @@ def _get_libc():
         _libc.statfs.restype = ctypes.c_int
         _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
         _libc.mount.restype = ctypes.c_int
+        _libc.name_to_handle_at.argtypes = [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_int),
+            ctypes.c_int,
+        ]
+        _libc.name_to_handle_at.restype = ctypes.c_int
     return _libc
 
 
@@ -289,6 +298,28 @@ def resolve_cgroup(path: Optional[str] = None, mount: Optional[str] = None) -> s
     if not _is_within(real, real_mount):
         raise HostError("cgroup %s is outside the cgroup v2 mount %s: give a path under %s" % (shown, mount, mount))
     return real
+
+
+_AT_FDCWD = -100
+_MAX_HANDLE_SZ = 128
+_FILE_HANDLE_HEADER = struct.Struct("=Ii")  # struct file_handle: handle_bytes, handle_type, f_handle[]
+
+
+def cgroup_id(path):
+    """The cgroup's id as the kernel reports it (link info, BPF_PROG_QUERY, `bpftool cgroup`): its
+    kernfs node id, which is the 8-byte file handle of the directory (name_to_handle_at, as libbpf's
+    get_cgroup_id). Not st_ino: a 32-bit ino_t holds only the id's low half, and before 5.5 the id
+    also carried the generation. OSError when path is missing or not a cgroup directory."""
+    handle = ctypes.create_string_buffer(_FILE_HANDLE_HEADER.size + _MAX_HANDLE_SZ)
+    _FILE_HANDLE_HEADER.pack_into(handle, 0, _MAX_HANDLE_SZ, 0)
+    mount_id = ctypes.c_int()
+    if _get_libc().name_to_handle_at(_AT_FDCWD, os.fsencode(path), handle, ctypes.byref(mount_id), 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    size = _FILE_HANDLE_HEADER.unpack_from(handle, 0)[0]
+    if size != 8:
+        raise OSError(errno.EINVAL, "a %d-byte file handle, not the 8-byte id of a cgroup" % size, path)
+    return struct.unpack_from("=Q", handle, _FILE_HANDLE_HEADER.size)[0]
 
 
 # --- bpffs --------------------------------------------------------------------------------------

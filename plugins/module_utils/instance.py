@@ -16,6 +16,7 @@ import re
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 
 # The kernel caps the initial RTO at TCP_RTO_MAX since 5.18; older kernels take any value, so we
@@ -197,11 +198,6 @@ def _slots_of(mask: Optional[str]) -> set:
 # ---------------------------------------------------------------- current state
 
 
-def cgroup_id(path):
-    """The cgroup's id as the kernel reports it in link info: its cgroup2 inode number."""
-    return os.stat(path).st_ino
-
-
 def open_pin(path):
     """The object pinned at path as a new fd, or None when nothing is pinned there."""
     try:
@@ -312,7 +308,7 @@ class Current:
         if not cgroup or not os.path.isdir(cgroup):
             return
         mode = None
-        if self.link_info is not None and self.link_info.cgroup_id == cgroup_id(cgroup):
+        if self.link_info is not None and self.link_info.cgroup_id == host.cgroup_id(cgroup):
             mode = ATTACH_LINK
         elif self.prog_info.id in attached_program_ids(cgroup)[1]:
             mode = ATTACH_MULTI
@@ -362,7 +358,7 @@ class Current:
             return (
                 self.link_info is not None
                 and self.link_info.prog_id == self.prog_info.id
-                and self.link_info.cgroup_id == cgroup_id(self.cgroup)
+                and self.link_info.cgroup_id == host.cgroup_id(self.cgroup)
             )
         return self.prog_info.id in attached_program_ids(self.cgroup)[1]
 
