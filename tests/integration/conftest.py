@@ -9,6 +9,8 @@ import sys
 import pytest
 from bpf_inventory import bpftool
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 COLLECTIONS_ROOT = os.path.join(REPO, ".cache", "collections")
@@ -112,13 +114,8 @@ def observed_rto_us(cgroup, address="127.0.0.1"):
 
 
 def kernel_hz():
-    import gzip
-
-    with gzip.open("/proc/config.gz", "rt") as config:
-        for line in config:
-            if line.startswith("CONFIG_HZ="):
-                return int(line.split("=")[1])
-    raise RuntimeError("no CONFIG_HZ")
+    """CONFIG_HZ as the module finds it: the module's own discovery, not a copy of it."""
+    return reconcile.discover_hz(dict(hz=None), os.uname()[2])[0]
 
 
 @pytest.fixture(scope="session")
