@@ -70,7 +70,11 @@ class Playbook:
         if os.path.exists(results_file):
             with open(results_file) as handle:
                 results = [json.loads(line) for line in handle]
-        return PlaybookRun(proc.returncode, proc.stdout, results)
+        custom_stats = {}
+        if os.path.exists(results_file + ".custom_stats"):
+            with open(results_file + ".custom_stats") as handle:
+                custom_stats = json.load(handle)
+        return PlaybookRun(proc.returncode, proc.stdout, results, custom_stats)
 
     def module(self, check=False, diff=False, **args):
         """One task of the module; returns its result dict (with .output for debugging)."""
@@ -82,8 +86,10 @@ class Playbook:
 
 
 class PlaybookRun:
-    def __init__(self, returncode, output, results):
+    def __init__(self, returncode, output, results, custom_stats=None):
         self.returncode, self.output, self.results = returncode, output, results
+        # what the playbook published with set_stats: {"_run": {...}} for data not per host
+        self.custom_stats = custom_stats or {}
 
 
 @pytest.fixture

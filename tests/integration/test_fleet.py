@@ -106,6 +106,7 @@ def test_rollout_failed_batch_rollback_report(fleet, tmp_path):
     assert second.returncode != 0
     assert "rollout stopped: a host of batch 2 failed" in second.output
     batches = summary(second)
+    assert second.custom_stats["_run"]["tcp_rto_rollout"] == batches  # set_stats, for workflows
     assert len(batches) == 2
     assert batches[0] == dict(
         hosts=["h1"], changed=["h1"], unchanged=[], failed=[], failures={}, rolled_back=[], not_rolled_back={}
@@ -232,6 +233,30 @@ def test_host_that_cannot_be_put_back_is_named_not_claimed(fleet):
     assert batch["failed"] == ["h1"] and batch["rolled_back"] == [], batch
     assert list(batch["not_rolled_back"]) == ["h1"] and "not a directory" in batch["not_rolled_back"]["h1"], batch
     assert "that batch was rolled back except on h1, which could not be put back" in run.output, run.output
+
+
+def test_failures_within_max_fail_percentage_roll_back_only_the_failed_hosts(fleet):
+    """tcp_rto_max_fail_percentage=50: one failed host of two is tolerated (it goes back alone, the
+    rollout goes on); the run still fails at the end, naming it. The summary is published with
+    set_stats for Automation Platform workflows."""
+    fleet.write_inventory({"h3": {"tcp_rto_health_command": "'exit 3'"}})
+    run = fleet.rollout(300, tcp_rto_max_fail_percentage=50)
+    assert run.returncode != 0
+    assert "rollout finished with failed hosts within tcp_rto_max_fail_percentage (50%)" in run.output, run.output
+    batches = summary(run)
+    assert [batch["hosts"] for batch in batches] == [["h1"], ["h2", "h3"], ["h4", "h5"]]
+    assert batches[1] == dict(
+        hosts=["h2", "h3"],
+        changed=["h2"],
+        unchanged=[],
+        failed=["h3"],
+        failures={"h3": "non-zero return code"},
+        rolled_back=["h3"],
+        not_rolled_back={},
+    )
+    assert batches[2]["changed"] == ["h4", "h5"] and batches[2]["failed"] == []
+    assert fleet.rto_ms() == dict(h1=300, h2=300, h3=1000, h4=300, h5=300)
+    assert run.custom_stats["_run"]["tcp_rto_rollout"] == batches
 
 
 def test_report_dir_relative_to_where_ansible_playbook_started(fleet, playbook):
