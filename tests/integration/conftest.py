@@ -9,6 +9,8 @@ import sys
 import pytest
 from bpf_inventory import bpftool
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 COLLECTIONS_ROOT = os.path.join(REPO, ".cache", "collections")
@@ -68,7 +70,11 @@ class Playbook:
         if os.path.exists(results_file):
             with open(results_file) as handle:
                 results = [json.loads(line) for line in handle]
-        return PlaybookRun(proc.returncode, proc.stdout, results)
+        custom_stats = {}
+        if os.path.exists(results_file + ".custom_stats"):
+            with open(results_file + ".custom_stats") as handle:
+                custom_stats = json.load(handle)
+        return PlaybookRun(proc.returncode, proc.stdout, results, custom_stats)
 
     def module(self, check=False, diff=False, **args):
         """One task of the module; returns its result dict (with .output for debugging)."""
@@ -80,8 +86,10 @@ class Playbook:
 
 
 class PlaybookRun:
-    def __init__(self, returncode, output, results):
+    def __init__(self, returncode, output, results, custom_stats=None):
         self.returncode, self.output, self.results = returncode, output, results
+        # what the playbook published with set_stats: {"_run": {...}} for data not per host
+        self.custom_stats = custom_stats or {}
 
 
 @pytest.fixture
@@ -112,13 +120,8 @@ def observed_rto_us(cgroup, address="127.0.0.1"):
 
 
 def kernel_hz():
-    import gzip
-
-    with gzip.open("/proc/config.gz", "rt") as config:
-        for line in config:
-            if line.startswith("CONFIG_HZ="):
-                return int(line.split("=")[1])
-    raise RuntimeError("no CONFIG_HZ")
+    """CONFIG_HZ as the module finds it: the module's own discovery, not a copy of it."""
+    return reconcile.discover_hz(dict(hz=None), os.uname()[2])[0]
 
 
 @pytest.fixture(scope="session")

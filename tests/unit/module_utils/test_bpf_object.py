@@ -2,7 +2,6 @@
 refusing malformed or off-contract objects, and (kernel) the shipped program on this kernel."""
 
 import ctypes
-import gzip
 import hashlib
 import ipaddress
 import json
@@ -17,7 +16,7 @@ import sys
 import pytest
 import sandbox
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, reconcile, rto_program
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BPF_DIR = os.path.join(REPO, "files", "bpf")
@@ -760,15 +759,8 @@ def _hits(path, slot):
 
 
 def _config_hz():
-    paths = ["/proc/config.gz", "/boot/config-" + os.uname().release]
-    for path in paths:
-        if os.path.exists(path):
-            opener = gzip.open if path.endswith(".gz") else open
-            with opener(path, "rt") as handle:
-                for line in handle:
-                    if line.startswith("CONFIG_HZ="):
-                        return int(line.split("=", 1)[1])
-    raise AssertionError("CONFIG_HZ not found in %s" % " or ".join(paths))
+    """CONFIG_HZ as the module finds it."""
+    return reconcile.discover_hz(dict(hz=None), os.uname().release)[0]
 
 
 # Runs in a child process that joins a cgroup first: a socket belongs to its creator's cgroup. A
