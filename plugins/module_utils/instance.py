@@ -447,6 +447,34 @@ class Plan(NamedTuple):
     attach: bool
 
 
+def rule_entries(rules_and_slots: List[Tuple[Rule, int]]) -> Dict[bytes, bytes]:
+    """[(Rule, hit slot)] -> {rules map key: value}, as the map holds them."""
+    return {
+        abi.encode_rule_key(rule.dest): abi.encode_rule_value(rule.rto_jiffies, slot) for rule, slot in rules_and_slots
+    }
+
+
+def rules_in_place_obstacle(held_rules: List[Tuple[Rule, int]], desired_rules: List[Rule]) -> Optional[str]:
+    """Why the live rules map cannot be rewritten to desired_rules, or None when it can. The new
+    entries go in before the old ones go out (no connection falls to the kernel default
+    meanwhile), so old and new must fit the map together; and kernels before 6.13 (upstream "bpf:
+    Handle in-place update for full LPM trie correctly") refuse any update, a value change too, to
+    a full LPM trie."""
+    held = rule_entries(held_rules)
+    wanted = rule_entries([(rule, slot) for slot, rule in enumerate(desired_rules)])
+    together = len(set(held) | set(wanted))
+    if together > abi.MAX_RULES:
+        return "%d old and %d new rules make %d entries together, more than the %d the map holds" % (
+            len(held),
+            len(wanted),
+            together,
+            abi.MAX_RULES,
+        )
+    if len(held) >= abi.MAX_RULES and any(key in held and held[key] != value for key, value in wanted.items()):
+        return "the map is full (%d entries) and kernels before 6.13 refuse to change a value in a full map" % len(held)
+    return None
+
+
 def same_place(desired: Desired, current: "Current") -> bool:
     """Whether the current program is attached exactly where desired wants it."""
     return current.attached and (current.cgroup, current.attach_mode) == (desired.cgroup, desired.attach_mode)
@@ -466,6 +494,11 @@ def plan_present(desired: Desired, current: "Current") -> Plan:
             )
         )
     load_maps = not (current.program_intact and current.meta["object_sha256"] == desired.object.sha256)
+    if not load_maps:
+        obstacle = rules_in_place_obstacle(current.rules, desired.rules)
+        if obstacle:
+            steps.append("rules do not fit the live rules map (%s): new maps and program instead" % obstacle)
+            load_maps = True
     if load_maps:
         steps.append("create maps and load program from object %s" % desired.object.sha256[:12])
     else:

@@ -55,7 +55,7 @@ def describe_error(exc):
     if isinstance(exc, BpfObjectError):
         return "src is not a BPF object this collection can load: %s" % exc
     if isinstance(exc, bpf.BpfError):
-        return "a bpf(2) call failed: %s. Nothing of the failed step was left in the kernel." % exc
+        return "a bpf(2) call failed: %s." % exc
     return str(exc)
 
 
