@@ -28,6 +28,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import (
     ConfigError,
     InstanceError,
     attached_program_ids,
+    instance_pin_names,
     maps_fingerprint,
     open_pin,
     read_meta,
@@ -439,23 +440,38 @@ def apply_present(desired, current, plan, can_replace=True):
     if interrupted is not None:
         _detach_interrupted(interrupted)
         fault.point("orphans_detached")
-    for entry in os.listdir(instance_dir):
+    for entry in instance_pin_names():
         if entry.startswith(NEW_PIN_PREFIX):  # a killed earlier run's temporary pins
             _unlink_quiet(os.path.join(instance_dir, entry))
 
 
-def apply_absent(current, pin_dir):
-    interrupted = _interrupted_program(current.instance_dir, [current.cgroup])
-    if current.attached:
-        detach(current)
-    if interrupted is not None:
-        _detach_interrupted(interrupted)
-    fault.point("absent_detached")
-    for entry in os.listdir(current.instance_dir):
-        _unlink_quiet(os.path.join(current.instance_dir, entry))
-        fault.point("absent_first_pin_removed")
-    fault.point("absent_pins_removed")
-    os.rmdir(current.instance_dir)
+def apply_absent(current, pin_dir, unrecorded=()):
+    """Detach and unpin the instance: its recorded attachment, a killed run's, and unrecorded (the
+    instance.unrecorded_attachments() found without the record). Only the instance's own pins go;
+    the directory goes with them unless it holds something else."""
+    try:
+        interrupted = _interrupted_program(current.instance_dir, [current.cgroup])
+        if current.attached:
+            detach(current)
+        if interrupted is not None:
+            _detach_interrupted(interrupted)
+        for cgroup, prog_id in unrecorded:
+            with bpf.closing_fd(bpf.prog_get_fd_by_id(prog_id)) as prog_fd:
+                _detach_multi_quiet(cgroup, prog_fd)
+        fault.point("absent_detached")
+        for entry in current.own_entries:
+            _unlink_quiet(os.path.join(current.instance_dir, entry))
+            fault.point("absent_first_pin_removed")
+        fault.point("absent_pins_removed")
+        if current.unknown_entries:
+            return
+        os.rmdir(current.instance_dir)
+    except OSError as exc:  # bpf.BpfError included
+        raise InstanceError(
+            "removing the instance stopped part-way (%s): what is left stays pinned under %s; run the task "
+            "with state: absent again"
+            % ("a bpf(2) call failed: %s" % exc if isinstance(exc, bpf.BpfError) else exc, current.instance_dir)
+        )
     try:
         os.rmdir(pin_dir)  # the collection's pin root, once no instance is left in it
     except OSError as exc:

@@ -47,6 +47,10 @@ options:
     description:
       - V(present) loads, fills, attaches and pins the program as described.
       - V(absent) detaches the instance and removes its pins and maps. Nothing of it is left.
+        When the instance record (the C(meta) pin) is missing or unreadable, the cgroup tree is
+        searched for the instance's programs (its pinned program, or one using its pinned maps) to
+        detach them; no other program is ever detached. Entries of O(pin_dir)/O(name) that are not
+        the instance's pins are left alone, with the directory, and a warning names them.
     type: str
     choices: [present, absent]
     default: present

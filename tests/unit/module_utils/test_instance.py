@@ -198,3 +198,33 @@ def test_plan_rules_that_do_not_fit_in_place_take_new_maps(held, wanted, obstacl
             "create maps and load program from object aaaaaaaaaaaa",
             "replace the attached program atomically (link)",
         ]
+
+
+def test_cgroup_search_is_bounded(tmp_path):
+    for path in ("a/a1", "a/a2", "b"):
+        (tmp_path / path).mkdir(parents=True)
+    (tmp_path / "cgroup.procs").write_text("")
+    root = str(tmp_path)
+    every = [root, *(str(tmp_path / name) for name in ("a", "b", "a/a1", "a/a2"))]
+    assert model._cgroup_tree(root, 5) == (every, True)
+    assert model._cgroup_tree(root, 3) == (every[:3], False)
+
+
+def test_only_the_instance_pins_are_its_own():
+    names = model.instance_pin_names()
+    assert sorted(names) == sorted(
+        [
+            "prog",
+            "rules",
+            "config",
+            "hits",
+            "meta",
+            "link",
+            "new_prog",
+            "new_rules",
+            "new_config",
+            "new_hits",
+            "new_meta",
+            "new_link",
+        ]
+    )
