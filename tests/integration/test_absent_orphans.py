@@ -124,3 +124,13 @@ def test_absent_without_the_record_of_a_link_instance(place):
     assert removed["actions"] == ["remove pins of %s" % place.dir]
     assert cgroup_program_ids(place.cgroup) == [place.neighbour.id]
     assert not os.path.exists(place.dir)
+
+
+def test_unknown_entries_warning_through_ansible(playbook, place):
+    args = dict(name="orphan", cgroup=place.cgroup, pin_dir=place.pin_dir, mount_bpffs=False)
+    assert playbook.module(rules=RULES, **args)["changed"] is True
+    os.mkdir(os.path.join(place.dir, "other_tool"))
+    removed = playbook.module(state="absent", **args)
+    assert removed["changed"] is True, removed["_output"]
+    assert "not pins of the instance orphan (other_tool)" in removed["_output"]
+    assert os.listdir(place.dir) == ["other_tool"]
