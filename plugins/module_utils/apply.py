@@ -128,7 +128,7 @@ def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo):
     the live maps. -> the keys to remove with delete_rules() once the default is written too:
     writes, then the default, then deletes, so that a connection never falls through to the kernel
     default while a rule moves or gives way to the default. Changed values go before new keys: the
-    map is then below its capacity for each change (kernels before 6.13 refuse any update to a full
+    map is then below its capacity for each change (kernels without a 6.13 fix refuse any update to a full
     LPM trie), which instance.rules_in_place_obstacle() checks the plan for."""
     fresh = current_rules is None
     wanted = rule_entries([(rule, slot) for slot, rule in enumerate(desired_rules)])

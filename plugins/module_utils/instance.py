@@ -473,9 +473,9 @@ def rule_entries(rules_and_slots: List[Tuple[Rule, int]]) -> Dict[bytes, bytes]:
 def rules_in_place_obstacle(held_rules: List[Tuple[Rule, int]], desired_rules: List[Rule]) -> Optional[str]:
     """Why the live rules map cannot be rewritten to desired_rules, or None when it can. The new
     entries go in before the old ones go out (no connection falls to the kernel default
-    meanwhile), so old and new must fit the map together; and kernels before 6.13 (upstream "bpf:
-    Handle in-place update for full LPM trie correctly") refuse any update, a value change too, to
-    a full LPM trie."""
+    meanwhile), so old and new must fit the map together; and kernels without the 6.13 fix "bpf:
+    Handle in-place update for full LPM trie correctly" (some stable kernels have it backported,
+    not every vendor kernel) refuse any update, a value change too, to a full LPM trie."""
     held = rule_entries(held_rules)
     wanted = rule_entries([(rule, slot) for slot, rule in enumerate(desired_rules)])
     together = len(set(held) | set(wanted))
@@ -487,7 +487,10 @@ def rules_in_place_obstacle(held_rules: List[Tuple[Rule, int]], desired_rules: L
             abi.MAX_RULES,
         )
     if len(held) >= abi.MAX_RULES and any(key in held and held[key] != value for key, value in wanted.items()):
-        return "the map is full (%d entries) and kernels before 6.13 refuse to change a value in a full map" % len(held)
+        return (
+            "the map is full (%d entries), and kernels without the 6.13 fix refuse to change a value in a full map"
+            % len(held)
+        )
     return None
 
 

@@ -69,7 +69,7 @@ options:
         anything is changed.
       - New rules are written into the live map before the old ones are removed, so that no
         connection gets the kernel default meanwhile. When the old and new rules together are more
-        than 1024 entries, or a value changes while the map holds 1024 (kernels before 6.13 refuse any
+        than 1024 entries, or a value changes while the map holds 1024 (kernels without a 6.13 fix refuse any
         update to a full map), the change takes new maps and a new program, which replaces the
         attached one atomically (RV(actions) says so); the hit counters then start from zero.
     type: list

@@ -2,7 +2,7 @@
 
 New rules are written into the live map before the old ones go, so that no connection falls to the
 kernel default in between: a change whose old and new rules do not fit together, or that changes a
-value in a full map (kernels before 6.13 refuse any update to a full LPM trie), takes new maps and
+value in a full map (kernels without the 6.13 fix refuse any update to a full LPM trie), takes new maps and
 a new program that replaces the attached one atomically. The kernel map is read with bpftool; a
 stream of SYN_SENT sockets in the cgroup shows that none started with the kernel default."""
 
@@ -124,7 +124,8 @@ def test_swap_that_fits_stays_in_place(instance, cgroup):
 
 
 def test_value_change_in_a_full_map_replaces_maps(instance, cgroup):
-    """Kernels before 6.13 refuse to change a value in a full LPM trie: new maps instead."""
+    """Kernels without the 6.13 fix refuse to change a value in a full LPM trie: new maps instead,
+    on every kernel (this one has the fix; tests/kernels runs it on older ones)."""
     first = apply(instance.params(rules=FULL))
     assert kernel_rules(instance.dir) == map_entries(FULL)
     changed = apply(instance.params(rules=FULL_CHANGED))
