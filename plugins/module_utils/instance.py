@@ -7,6 +7,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import collections
 import errno
 import hashlib
 import ipaddress
@@ -36,6 +37,9 @@ META_FORMAT = 1
 INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}\Z")  # \Z: $ would allow a final newline
 NEW_PIN_PREFIX = "new_"  # a pin waiting to be renamed over the one in use
 META_IPV6_MAPPED = "ipv6_mapped_slots"  # the meta record's ipv6_mapped_slots()
+# The cgroup tree a removal searches for an attachment the instance record no longer names is
+# searched this far at most (a host has hundreds to a few thousand cgroups).
+MAX_CGROUPS_SEARCHED = 100000
 
 
 class ConfigError(ValueError):
@@ -198,6 +202,12 @@ def _slots_of(mask: Optional[str]) -> set:
 # ---------------------------------------------------------------- current state
 
 
+def instance_pin_names() -> List[str]:
+    """Every name the module pins in an instance directory: nothing else there is its to remove."""
+    names = [PROG_PIN, *list(abi.MAP_CONTRACT), META_MAP, LINK_PIN]
+    return names + [NEW_PIN_PREFIX + name for name in names]
+
+
 def open_pin(path):
     """The object pinned at path as a new fd, or None when nothing is pinned there."""
     try:
@@ -247,11 +257,17 @@ class Current:
         self.directions = None
         self.attached = False
         self.leftovers = []  # new_<name> pins of a run killed before it renamed them into place
+        self.own_entries = []  # entries of instance_dir that are the instance's pins
+        self.unknown_entries = []  # entries of instance_dir the module did not make: never touched
         if self.exists:
             self._read()
 
     def _read(self):
-        self.leftovers = sorted(entry for entry in os.listdir(self.instance_dir) if entry.startswith(NEW_PIN_PREFIX))
+        entries = os.listdir(self.instance_dir)
+        own = set(instance_pin_names())
+        self.own_entries = sorted(entry for entry in entries if entry in own)
+        self.unknown_entries = sorted(entry for entry in entries if entry not in own)
+        self.leftovers = [entry for entry in self.own_entries if entry.startswith(NEW_PIN_PREFIX)]
         for name in [*list(abi.MAP_CONTRACT), META_MAP]:
             fd = open_pin(os.path.join(self.instance_dir, name))
             if fd is not None:
@@ -480,6 +496,37 @@ class Plan(NamedTuple):
     attach: bool
 
 
+def rule_entries(rules_and_slots: List[Tuple[Rule, int]]) -> Dict[bytes, bytes]:
+    """[(Rule, hit slot)] -> {rules map key: value}, as the map holds them."""
+    return {
+        abi.encode_rule_key(rule.dest): abi.encode_rule_value(rule.rto_jiffies, slot) for rule, slot in rules_and_slots
+    }
+
+
+def rules_in_place_obstacle(held_rules: List[Tuple[Rule, int]], desired_rules: List[Rule]) -> Optional[str]:
+    """Why the live rules map cannot be rewritten to desired_rules, or None when it can. The new
+    entries go in before the old ones go out (no connection falls to the kernel default
+    meanwhile), so old and new must fit the map together; and kernels without the 6.13 fix "bpf:
+    Handle in-place update for full LPM trie correctly" (some stable kernels have it backported,
+    not every vendor kernel) refuse any update, a value change too, to a full LPM trie."""
+    held = rule_entries(held_rules)
+    wanted = rule_entries([(rule, slot) for slot, rule in enumerate(desired_rules)])
+    together = len(set(held) | set(wanted))
+    if together > abi.MAX_RULES:
+        return "%d old and %d new rules make %d entries together, more than the %d the map holds" % (
+            len(held),
+            len(wanted),
+            together,
+            abi.MAX_RULES,
+        )
+    if len(held) >= abi.MAX_RULES and any(key in held and held[key] != value for key, value in wanted.items()):
+        return (
+            "the map is full (%d entries), and kernels without the 6.13 fix refuse to change a value in a full map"
+            % len(held)
+        )
+    return None
+
+
 def same_place(desired: Desired, current: "Current") -> bool:
     """Whether the current program is attached exactly where desired wants it."""
     return current.attached and (current.cgroup, current.attach_mode) == (desired.cgroup, desired.attach_mode)
@@ -499,6 +546,11 @@ def plan_present(desired: Desired, current: "Current") -> Plan:
             )
         )
     load_maps = not (current.program_intact and current.meta["object_sha256"] == desired.object.sha256)
+    if not load_maps:
+        obstacle = rules_in_place_obstacle(current.rules, desired.rules)
+        if obstacle:
+            steps.append("rules do not fit the live rules map (%s): new maps and program instead" % obstacle)
+            load_maps = True
     if load_maps:
         steps.append("create maps and load program from object %s" % desired.object.sha256[:12])
     else:
@@ -526,14 +578,94 @@ def plan_present(desired: Desired, current: "Current") -> Plan:
     return Plan(steps, load_maps, load_program, attach)
 
 
-def plan_absent(current: "Current") -> Plan:
+def _cgroup_tree(root: str, limit: int) -> Tuple[List[str], bool]:
+    """root and the cgroups below it, breadth first, at most limit -> (paths, whether that was all)."""
+    found, queue = [], collections.deque([root])
+    while queue:
+        if len(found) >= limit:
+            return found, False
+        cgroup = queue.popleft()
+        found.append(cgroup)
+        try:
+            queue.extend(sorted(entry.path for entry in os.scandir(cgroup) if entry.is_dir(follow_symlinks=False)))
+        except OSError:
+            continue  # removed meanwhile
+    return found, True
+
+
+def unrecorded_attachments(
+    current: "Current", cgroup_root: Optional[str], limit: int = MAX_CGROUPS_SEARCHED
+) -> Tuple[List[Tuple[str, int]], bool]:
+    """Where the instance's programs are attached when its meta record, which names the cgroup, is
+    missing or unreadable: a search of the cgroup tree. A legacy (BPF_PROG_ATTACH) attachment
+    belongs to the cgroup and would outlive the pins. The instance's programs are the pinned ones
+    (prog, new_prog) or, with neither pinned, those that use the instance's pinned maps; never any
+    other. -> ([(cgroup, program id)], whether the whole tree was searched)."""
+    if not current.exists or current.meta is not None or cgroup_root is None:
+        return [], True
+    own_ids = set()
+    for name in (PROG_PIN, NEW_PIN_PREFIX + PROG_PIN):
+        fd = open_pin(os.path.join(current.instance_dir, name))
+        if fd is not None:
+            with bpf.closing_fd(fd):
+                own_ids.add(bpf.prog_info(fd).id)
+    own_maps = set() if own_ids else {current.map_ids[name] for name in abi.MAP_CONTRACT if name in current.map_ids}
+    if not (own_ids or own_maps):
+        return [], True
+    cgroups, complete = _cgroup_tree(cgroup_root, limit)
+    found = []
+    for cgroup in cgroups:
+        try:
+            attached = attached_program_ids(cgroup)[1]
+        except OSError:  # bpf.BpfError included: removed meanwhile
+            continue
+        found.extend(
+            (cgroup, prog_id)
+            for prog_id in attached
+            if (prog_id in own_ids or _uses(prog_id, own_maps)) and not _through_link(current, cgroup, prog_id)
+        )
+    return found, complete
+
+
+def _through_link(current: "Current", cgroup: str, prog_id: int) -> bool:
+    """Whether the instance's pinned bpf_link is what attaches prog_id to cgroup (it goes with its pin)."""
+    info = current.link_info
+    return info is not None and info.prog_id == prog_id and info.cgroup_id == host.cgroup_id(cgroup)
+
+
+def _uses(prog_id: int, map_ids: set) -> bool:
+    """Whether program prog_id uses all of map_ids (none given: False)."""
+    if not map_ids:
+        return False
+    try:
+        with bpf.closing_fd(bpf.prog_get_fd_by_id(prog_id)) as fd:
+            return map_ids <= set(bpf.prog_info(fd).map_ids)
+    except bpf.BpfError:
+        return False  # unloaded meanwhile
+
+
+def plan_absent(current: "Current", unrecorded: List[Tuple[str, int]] = ()) -> Plan:
+    """unrecorded: unrecorded_attachments() of current."""
     if not current.exists:
         return Plan([], False, False, False)
     steps = []
     if current.attached:
         steps.append("detach from %s (%s)" % (current.cgroup, current.attach_mode))
-    steps.append("remove pins of %s" % current.instance_dir)
+    for cgroup, prog_id in unrecorded:
+        steps.append("detach program %d from %s (multi, found by a search of the cgroup tree)" % (prog_id, cgroup))
+    if current.own_entries or not current.unknown_entries:
+        steps.append("remove pins of %s" % current.instance_dir)
     return Plan(steps, False, False, False)
+
+
+def unknown_entries_warning(current: "Current", name: str) -> Optional[str]:
+    if not current.unknown_entries:
+        return None
+    return (
+        "%s holds entries that are not pins of the instance %s (%s): they and the directory were left as "
+        "they are; remove them if nothing else uses them"
+        % (current.instance_dir, name, ", ".join(current.unknown_entries))
+    )
 
 
 def instances_on_cgroup(pin_dir: str, cgroup: str, exclude: str) -> List[str]:

@@ -55,7 +55,7 @@ def describe_error(exc):
     if isinstance(exc, BpfObjectError):
         return "src is not a BPF object this collection can load: %s" % exc
     if isinstance(exc, bpf.BpfError):
-        return "a bpf(2) call failed: %s. Nothing of the failed step was left in the kernel." % exc
+        return "a bpf(2) call failed: %s." % exc
     return str(exc)
 
 
@@ -236,9 +236,20 @@ def converge(params, desired, can_replace, check_mode, diff, result):
     current = model.Current(os.path.join(params["pin_dir"], params["name"]), desired.cgroup if desired else None)
     try:
         if desired is None:
-            plan = model.plan_absent(current)
+            unrecorded, searched_all = model.unrecorded_attachments(current, _cgroup_root())
+            plan = model.plan_absent(current, unrecorded)
             if plan.steps and not check_mode:
-                kernel_apply.apply_absent(current, params["pin_dir"])
+                kernel_apply.apply_absent(current, params["pin_dir"], unrecorded)
+            warnings = [model.unknown_entries_warning(current, params["name"])]
+            if not searched_all:
+                warnings.append(
+                    "the instance record (meta pin) of %s is missing or unreadable, and only the first %d cgroups "
+                    "were searched for its programs: check with 'bpftool cgroup tree' that none is left attached"
+                    % (params["name"], model.MAX_CGROUPS_SEARCHED)
+                )
+            warnings = [warning for warning in warnings if warning]
+            if warnings:
+                result["warnings"] = warnings
         else:
             others = model.instances_on_cgroup(params["pin_dir"], desired.cgroup, exclude=params["name"])
             if others:
@@ -260,6 +271,14 @@ def converge(params, desired, can_replace, check_mode, diff, result):
                 result["diff"]["before"]["drift"] = result["drift"]
     finally:
         current.close()
+
+
+def _cgroup_root():
+    """The cgroup v2 mount, or None without one (then nothing can be attached)."""
+    try:
+        return host.cgroup2_mount()
+    except host.HostError:
+        return None
 
 
 def _refuse_blocked_attach(desired, current, plan):

@@ -19,7 +19,8 @@ description:
   - This module loads the collection's program, fills its maps with O(rules) (destination networks
     and their initial RTO) and attaches it to O(cgroup). It needs nothing on the managed host but
     Python 3.6 or later; it makes the bpf(2) calls itself. No compiler, bpftool or libbpf.
-  - Changing rules, the default or the direction only rewrites maps; the program id stays the same.
+  - Changing rules, the default or the direction only rewrites maps; the program id stays the same,
+    unless the old and new rules do not fit the 1024-entry rules map together (see O(rules)).
     A new program object replaces the attached one atomically. O(state=absent) removes every kernel
     object of the instance.
   - A smaller initial RTO also shortens the time after which C(connect) to a dead peer fails
@@ -46,6 +47,10 @@ options:
     description:
       - V(present) loads, fills, attaches and pins the program as described.
       - V(absent) detaches the instance and removes its pins and maps. Nothing of it is left.
+        When the instance record (the C(meta) pin) is missing or unreadable, the cgroup tree is
+        searched for the instance's programs (its pinned program, or one using its pinned maps) to
+        detach them; no other program is ever detached. Entries of O(pin_dir)/O(name) that are not
+        the instance's pins are left alone, with the directory, and a warning names them.
     type: str
     choices: [present, absent]
     default: present
@@ -64,7 +69,13 @@ options:
         covering it (V(::/0)) matches IPv4 connections too, and an IPv6 rule inside it
         (V(::ffff:10.0.0.0/104)) is the same rule as the IPv4 network it maps; results show it
         as IPv6 in dotted form.
-      - At most 1024 rules.
+      - At most 1024 rules, the capacity of the program's rules map; a longer list is refused before
+        anything is changed.
+      - New rules are written into the live map before the old ones are removed, so that no
+        connection gets the kernel default meanwhile. When the old and new rules together are more
+        than 1024 entries, or a value changes while the map holds 1024 (kernels without a 6.13 fix refuse any
+        update to a full map), the change takes new maps and a new program, which replaces the
+        attached one atomically (RV(actions) says so); the hit counters then start from zero.
     type: list
     elements: dict
     default: []

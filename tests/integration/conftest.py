@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from bpf_inventory import bpftool
@@ -139,3 +141,56 @@ def second_object(tmp_path_factory):
     object_path = str(workdir / "tcp_initial_rto_v2.bpf.o")
     subprocess.run([os.path.join(REPO, "files", "bpf", "build"), object_path, str(source_path)], check=True)
     return object_path
+
+
+KERNEL_DEFAULT_US = 1000000  # TCP_TIMEOUT_INIT as tcpi_rto shows it
+STREAM_SECONDS = 120
+STREAM_COUNT = 2000000
+
+
+def jiffies_us(ms):
+    """The µs TCP_INFO shows for rto_ms: rounded up to whole jiffies like the module does."""
+    hz = kernel_hz()
+    return -(-ms * hz // 1000) * (1000000 // hz)
+
+
+class RtoStream:
+    """syn_rto_stream.py in the cgroup; .values grows with each socket's tcpi_rto (µs), made without
+    pause until stop(): the stream a change must never show KERNEL_DEFAULT_US in."""
+
+    def __init__(self, cgroup):
+        self.values = []
+        self.proc = subprocess.Popen(
+            [
+                "/usr/bin/python3",
+                os.path.join(HERE, "syn_rto_stream.py"),
+                cgroup,
+                str(STREAM_SECONDS),
+                str(STREAM_COUNT),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            universal_newlines=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.values.append(int(line))
+
+    def wait_for(self, value, timeout=30.0):
+        """Until a socket made after this call started with value (or timeout): -> whether one did."""
+        start = len(self.values)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if value in self.values[start:]:
+                return True
+            time.sleep(0.01)
+        return value in self.values[start:]
+
+    def stop(self):
+        self.proc.stdin.close()
+        returncode = self.proc.wait(timeout=30)
+        self.reader.join(timeout=30)
+        return returncode

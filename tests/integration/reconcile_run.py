@@ -4,7 +4,8 @@
 tests start several at once.
 
 A parameter `_no_prog_replace: true` (test only) makes the run behave as on a kernel before 5.6,
-without BPF_F_REPLACE: attach the new program, then detach the old one.
+without BPF_F_REPLACE: attach the new program, then detach the old one; `_check_mode: true`
+runs it in check mode.
 """
 
 import copy
@@ -30,8 +31,9 @@ def main():
                 self.prog_replace = False
 
         host.KernelFeatures = WithoutReplace
+    check_mode = params.pop("_check_mode", False)
     try:
-        result = reconcile.run(params)
+        result = reconcile.run(params, check_mode=check_mode)
     except reconcile.VerificationFailed as exc:
         print(json.dumps(dict(exc.result, error=str(exc))))
         return 1
@@ -62,11 +64,14 @@ def module_params(**given):
     return params
 
 
-def start(params, fault=None):
-    """This script on params in a new process (the managed host's Python); fault: TCP_RTO_FAULT_AT."""
-    env = {key: value for key, value in os.environ.items() if key != "TCP_RTO_FAULT_AT"}
+def start(params, fault=None, fail_at=None):
+    """This script on params in a new process (the managed host's Python); fault: TCP_RTO_FAULT_AT
+    (killed there), fail_at: TCP_RTO_FAIL_AT (a failed step there)."""
+    env = {key: value for key, value in os.environ.items() if key not in ("TCP_RTO_FAULT_AT", "TCP_RTO_FAIL_AT")}
     if fault:
         env["TCP_RTO_FAULT_AT"] = fault
+    if fail_at:
+        env["TCP_RTO_FAIL_AT"] = fail_at
     return subprocess.Popen(
         [MANAGED_PYTHON, os.path.abspath(__file__), json.dumps(params)],
         env=env,
@@ -82,5 +87,5 @@ def finish(proc, timeout=300):
     return proc.returncode, (json.loads(out) if out.strip() else None), err
 
 
-def run(params, fault=None):
-    return finish(start(params, fault))
+def run(params, fault=None, fail_at=None):
+    return finish(start(params, fault, fail_at))

@@ -255,6 +255,35 @@ def scenario_legacy():
     return "multi"
 
 
+def scenario_full_map():
+    """A value change while the rules map holds all 1024 entries: kernels without the 6.13 fix
+    refuse any update to a full LPM trie (stable kernels may have it backported: Debian's 6.1.0-57
+    does), so the module takes new maps and replaces the program atomically on every kernel."""
+    os.mkdir(cgroup("full"))
+    result = run_step("full")
+    check(not result.get("failed") and result["verification"]["ok"], "applying 1024 rules failed", "full", result)
+    changed = run_step("full-change")
+    step = "full-change"
+    check(not changed.get("failed"), "the value change failed: %s" % changed.get("msg"), step, changed)
+    check(
+        any(action.startswith("rules do not fit the live rules map") for action in changed["actions"]),
+        "the plan did not take new maps: %s" % changed["actions"],
+        step,
+        changed,
+    )
+    check(len(changed["instance"]["rules"]) == 1024, "the instance does not hold 1024 rules", step, changed)
+    check(
+        attached(cgroup("full"))[1] == [prog_id(changed)] and prog_id(changed) != prog_id(result),
+        "BPF_PROG_QUERY shows %s, expected only the new program %d" % (attached(cgroup("full"))[1], prog_id(changed)),
+        step,
+        changed,
+    )
+    check(probe.outgoing_rto_us(cgroup("full")) == rto_us(300), "a socket does not start at 300 ms", step, changed)
+    removed = run_step("full-absent")
+    check(attached(cgroup("full"))[1] == [], "state=absent left the program attached", "full-absent", removed)
+    return "new maps"
+
+
 def scenario_synack():
     """After the first SYN-ACK timeout the timer doubles the BPF value from 5.18 on
     (5903123f662e); before, it is TCP_TIMEOUT_INIT << 1 = 2 s whatever the program said."""
@@ -388,6 +417,7 @@ SCENARIOS = [
     ("absent", scenario_absent),
     ("direction", scenario_direction),
     ("legacy", scenario_legacy),
+    ("full-map", scenario_full_map),
     ("synack-2nd", scenario_synack),
     ("syn-give-up", scenario_give_up),
     ("memlock", scenario_memlock),

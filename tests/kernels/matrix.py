@@ -36,6 +36,7 @@ SCENARIOS = [
     "absent",
     "direction",
     "legacy",
+    "full-map",
     "synack-2nd",
     "syn-give-up",
     "memlock",

@@ -215,3 +215,65 @@ def test_plan_fresh_instance():
     plan = model.plan_present(want, current)
     assert plan.load_maps and plan.load_program and plan.attach
     assert not any(step.startswith("repair") for step in plan.steps)
+
+
+def many_rules(count, first_octet, rto_ms=50):
+    return [
+        {"dest": "%d.%d.%d.0/24" % (first_octet, index // 256, index % 256), "rto_ms": rto_ms} for index in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    "held, wanted, obstacle",
+    [
+        (many_rules(512, 10), many_rules(512, 11), None),  # 1024 together: fits
+        (many_rules(600, 10), many_rules(600, 11), "600 old and 600 new rules make 1200 entries together"),
+        (many_rules(1024, 10), many_rules(1024, 10, rto_ms=60), "the map is full (1024 entries)"),
+        (many_rules(1024, 10), many_rules(1023, 10), None),  # only deletions: no update in the full map
+        (many_rules(1023, 10), many_rules(1023, 10, rto_ms=60) + many_rules(1, 11), None),  # changes go first
+    ],
+    ids=["union-fits", "union-too-big", "full-value-change", "full-deletions", "changes-then-fill"],
+)
+def test_plan_rules_that_do_not_fit_in_place_take_new_maps(held, wanted, obstacle):
+    want = desired(rules=wanted)
+    plan = model.plan_present(want, FakeCurrent(desired(rules=held)))
+    if obstacle is None:
+        assert plan.steps == ["update rules"]
+        assert not (plan.load_maps or plan.load_program or plan.attach)
+    else:
+        assert plan.steps[0].startswith("rules do not fit the live rules map (%s" % obstacle)
+        assert plan.load_maps and plan.load_program and plan.attach
+        assert plan.steps[1:] == [
+            "create maps and load program from object aaaaaaaaaaaa",
+            "replace the attached program atomically (link)",
+        ]
+
+
+def test_cgroup_search_is_bounded(tmp_path):
+    for path in ("a/a1", "a/a2", "b"):
+        (tmp_path / path).mkdir(parents=True)
+    (tmp_path / "cgroup.procs").write_text("")
+    root = str(tmp_path)
+    every = [root, *(str(tmp_path / name) for name in ("a", "b", "a/a1", "a/a2"))]
+    assert model._cgroup_tree(root, 5) == (every, True)
+    assert model._cgroup_tree(root, 3) == (every[:3], False)
+
+
+def test_only_the_instance_pins_are_its_own():
+    names = model.instance_pin_names()
+    assert sorted(names) == sorted(
+        [
+            "prog",
+            "rules",
+            "config",
+            "hits",
+            "meta",
+            "link",
+            "new_prog",
+            "new_rules",
+            "new_config",
+            "new_hits",
+            "new_meta",
+            "new_link",
+        ]
+    )
