@@ -4,6 +4,7 @@ command (plugins/plugin_utils/bpf_build.py), and the legacy-maps form earlier re
 Imported by unit and integration tests (tests/ is on sys.path through tests/conftest.py)."""
 
 import os
+import struct
 import subprocess
 
 from ansible_collections.netbpf.tcp_rto.plugins.plugin_utils import bpf_build
@@ -72,3 +73,67 @@ def build_legacy(directory, name="legacy"):
     """The shipped program with legacy maps, built as earlier releases did -> path of the object."""
     build(legacy_source(), directory, name, btf=False)
     return os.path.join(str(directory), name + ".o")
+
+
+# --- reading objects without the code under test: ELF64 and BTF, little-endian ---------------------
+
+
+def sections(data):
+    """name -> (header offset, section offset, size, index)"""
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
+    shnum, shstrndx = struct.unpack_from("<HH", data, 0x3C)
+    headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + 64 * index) for index in range(shnum)]
+    names_offset = headers[shstrndx][4]
+    result = {}
+    for index, header in enumerate(headers):
+        start = names_offset + header[0]
+        name = data[start : data.index(b"\0", start)].decode()
+        result[name] = (shoff + 64 * index, header[4], header[5], index)
+    return result
+
+
+# kind -> (bytes after the 12-byte type record, bytes per vlen entry), from include/uapi/linux/btf.h
+BTF_TRAILERS = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8), 14: (4, 0), 15: (0, 12)}
+
+
+def btf_types(data):
+    """-> (file offset of .BTF, {type id: (file offset of the record, kind, vlen, name)},
+    {string: offset in the string table})"""
+    start = sections(data)[".BTF"][1]
+    header_size, type_off, type_len, str_off, str_len = struct.unpack_from("<IIIII", data, start + 4)
+    strings_at = start + header_size + str_off
+    strings = {}
+    for offset, text in _split_strings(data[strings_at : strings_at + str_len]):
+        strings.setdefault(text, offset)
+    position, end = start + header_size + type_off, start + header_size + type_off + type_len
+    types = {}
+    while position < end:
+        name_off, info = struct.unpack_from("<II", data, position)
+        kind, vlen = info >> 24 & 0x1F, info & 0xFFFF
+        name = data[strings_at + name_off : data.index(b"\0", strings_at + name_off)].decode()
+        types[len(types) + 1] = (position, kind, vlen, name)
+        fixed, per_entry = BTF_TRAILERS.get(kind, (0, 0))
+        position += 12 + fixed + per_entry * vlen
+    return start, types, strings
+
+
+def _split_strings(table):
+    offset = 0
+    for text in table.split(b"\0"):
+        yield offset, text.decode()
+        offset += len(text) + 1
+
+
+def btf_type(data, kind, name):
+    """(type id, file offset of its record) of the one type of kind called name."""
+    found = [(type_id, t[0]) for type_id, t in btf_types(data)[1].items() if t[1] == kind and t[3] == name]
+    assert len(found) == 1, (kind, name, found)
+    return found[0]
+
+
+def btf_ext_block(data, which):
+    """File offset of the first record of .BTF.ext func_info (which=0) or line_info (which=1)."""
+    start = sections(data)[".BTF.ext"][1]
+    header_size = struct.unpack_from("<I", data, start + 4)[0]
+    block_offset = struct.unpack_from("<I", data, start + 8 + 8 * which)[0]
+    return start + header_size + block_offset

@@ -155,6 +155,7 @@ _PROG_INFO = (
         "nr_map_ids": (52, "I"),
         "map_ids": (56, "Q"),
         "name": (64, "16s"),
+        "btf_id": (128, "I"),
         "run_time_ns": (192, "Q"),
         "run_cnt": (200, "Q"),
     },
@@ -169,6 +170,7 @@ _MAP_INFO = (
         "max_entries": (16, "I"),
         "map_flags": (20, "I"),
         "name": (24, "16s"),
+        "btf_id": (64, "I"),
     },
 )
 _LINK_INFO = (
@@ -182,8 +184,9 @@ _LINK_INFO = (
     },
 )
 
-ProgInfo = collections.namedtuple("ProgInfo", "type id tag name map_ids run_time_ns run_cnt")
-MapInfo = collections.namedtuple("MapInfo", "type id key_size value_size max_entries map_flags name")
+# btf_id: the BTF the program or map was loaded with, 0 for none
+ProgInfo = collections.namedtuple("ProgInfo", "type id tag name map_ids run_time_ns run_cnt btf_id")
+MapInfo = collections.namedtuple("MapInfo", "type id key_size value_size max_entries map_flags name btf_id")
 LinkInfo = collections.namedtuple("LinkInfo", "type id prog_id cgroup_id attach_type")
 
 _LOG_SIZE_FIRST = 1 << 20
@@ -571,6 +574,7 @@ def prog_info(fd):
         map_ids,
         first["run_time_ns"],
         first["run_cnt"],
+        first["btf_id"],
     )
 
 

@@ -59,19 +59,11 @@ def legacy(legacy_bytes):
 
 # --- a minimal ELF64 little-endian editor, independent of the code under test -------------------
 
-
-def _sections(data):
-    """name -> (header offset, section offset, size, index)"""
-    (shoff,) = struct.unpack_from("<Q", data, 0x28)
-    shnum, shstrndx = struct.unpack_from("<HH", data, 0x3C)
-    headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + 64 * index) for index in range(shnum)]
-    names_offset = headers[shstrndx][4]
-    result = {}
-    for index, header in enumerate(headers):
-        start = names_offset + header[0]
-        name = data[start : data.index(b"\0", start)].decode()
-        result[name] = (shoff + 64 * index, header[4], header[5], index)
-    return result
+_sections = bpf_objects.sections
+_btf_types = bpf_objects.btf_types
+_btf_type = bpf_objects.btf_type
+_ext_block = bpf_objects.btf_ext_block
+BTF_KIND_ARRAY, BTF_KIND_STRUCT, BTF_KIND_TYPEDEF, BTF_KIND_VAR, BTF_KIND_DATASEC = 3, 4, 8, 14, 15
 
 
 def _symbol_offset(data, name):
@@ -525,45 +517,6 @@ def test_random_damage_raises_only_bpf_object_error(request, which):
 
 # --- malformed BTF (the shipped object, edited) ----------------------------------------------------
 
-# kind -> (bytes after the 12-byte type record, bytes per vlen entry), from include/uapi/linux/btf.h
-BTF_TRAILERS = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8), 14: (4, 0), 15: (0, 12)}
-BTF_KIND_ARRAY, BTF_KIND_STRUCT, BTF_KIND_TYPEDEF, BTF_KIND_FUNC, BTF_KIND_VAR, BTF_KIND_DATASEC = 3, 4, 8, 12, 14, 15
-
-
-def _btf_types(data):
-    """-> (file offset of .BTF, {type id: (file offset of the record, kind, vlen, name)},
-    {string: offset in the string table})"""
-    start = _sections(data)[".BTF"][1]
-    header_size, type_off, type_len, str_off, str_len = struct.unpack_from("<IIIII", data, start + 4)
-    strings_at = start + header_size + str_off
-    strings = {}
-    for offset, text in _split_strings(data[strings_at : strings_at + str_len]):
-        strings.setdefault(text, offset)
-    position, end = start + header_size + type_off, start + header_size + type_off + type_len
-    types = {}
-    while position < end:
-        name_off, info = struct.unpack_from("<II", data, position)
-        kind, vlen = info >> 24 & 0x1F, info & 0xFFFF
-        name = data[strings_at + name_off : data.index(b"\0", strings_at + name_off)].decode()
-        types[len(types) + 1] = (position, kind, vlen, name)
-        fixed, per_entry = BTF_TRAILERS.get(kind, (0, 0))
-        position += 12 + fixed + per_entry * vlen
-    return start, types, strings
-
-
-def _split_strings(table):
-    offset = 0
-    for text in table.split(b"\0"):
-        yield offset, text.decode()
-        offset += len(text) + 1
-
-
-def _btf_type(data, kind, name):
-    """(type id, file offset of its record) of the one type of kind called name."""
-    found = [(type_id, t[0]) for type_id, t in _btf_types(data)[1].items() if t[1] == kind and t[3] == name]
-    assert len(found) == 1, (kind, name, found)
-    return found[0]
-
 
 def _map_struct_member(data, map_name, member):
     """File offset of the btf_member entry `member` of the struct that defines map_name."""
@@ -656,14 +609,6 @@ def test_btf_map_not_a_struct(shipped_bytes):
 def test_btf_map_symbol_past_its_section(shipped_bytes):
     data = _edit(shipped_bytes, _symbol_offset(shipped_bytes, "hits") + 8, "<Q", 100)
     assert "map 'hits' (32 bytes at offset 100) runs past the 104-byte .maps section" in _parse_error(data)
-
-
-def _ext_block(data, which):
-    """File offset of the first record of .BTF.ext func_info (which=0) or line_info (which=1)."""
-    start = _sections(data)[".BTF.ext"][1]
-    header_size = struct.unpack_from("<I", data, start + 4)[0]
-    block_offset = struct.unpack_from("<I", data, start + 8 + 8 * which)[0]
-    return start + header_size + block_offset
 
 
 def test_btf_ext_record_size(shipped_bytes):
