@@ -96,10 +96,11 @@ def sections(data):
 BTF_TRAILERS = {1: (4, 0), 3: (12, 0), 4: (0, 12), 5: (0, 12), 6: (0, 8), 13: (0, 8), 14: (4, 0), 15: (0, 12)}
 
 
-def btf_types(data):
+def btf_types(data, start=None):
     """-> (file offset of .BTF, {type id: (file offset of the record, kind, vlen, name)},
-    {string: offset in the string table})"""
-    start = sections(data)[".BTF"][1]
+    {string: offset in the string table}). start: where the BTF begins in data (default: the
+    object's .BTF section; 0 for BTF on its own)."""
+    start = sections(data)[".BTF"][1] if start is None else start
     header_size, type_off, type_len, str_off, str_len = struct.unpack_from("<IIIII", data, start + 4)
     strings_at = start + header_size + str_off
     strings = {}

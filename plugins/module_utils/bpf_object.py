@@ -393,7 +393,7 @@ class BpfObject:
         if elf.by_name(BTF_MAPS_SECTION) is None:
             maps, maps_section, map_offsets = _read_maps(elf)
             try:
-                btf = _read_btf(elf, program, {}) if elf.by_name(BTF_SECTION) is not None else None
+                btf = _read_btf(elf, _Btf(elf), program, {}) if elf.by_name(BTF_SECTION) is not None else None
             except BpfObjectError:
                 btf = None  # optional for legacy maps: load without, as on a kernel that refuses it
         else:
@@ -404,8 +404,9 @@ class BpfObject:
                     "object has BTF-defined maps (.maps) but no .BTF section, which describes them: "
                     "build it with clang -g (and strip with llvm-strip -g, which keeps .BTF)"
                 )
-            maps, maps_section, map_offsets, map_types = _read_btf_maps(elf)
-            btf = _read_btf(elf, program, map_types)
+            types = _Btf(elf)
+            maps, maps_section, map_offsets, map_types = _read_btf_maps(elf, types)
+            btf = _read_btf(elf, types, program, map_types)
         relocations = _read_relocations(elf, program, insns, maps_section, map_offsets)
         _refuse_unrelocated_pseudo_loads(insns, relocations, elf.byteorder)
         return cls(
@@ -594,11 +595,11 @@ def _read_maps(elf):
 
 
 class _Btf:
-    """Bounds-checked access to the types and strings of a .BTF section (body: its bytes)."""
+    """Bounds-checked access to the types and strings of an object's .BTF section."""
 
-    def __init__(self, body, endian):
-        self.body = body
-        self.endian = endian
+    def __init__(self, elf):
+        self.body = body = elf.body(elf.by_name(BTF_SECTION))
+        self.endian = endian = elf.endian
         if len(body) < BTF_HEADER_SIZE:
             raise BpfObjectError(".BTF header truncated (%d of %d bytes)" % (len(body), BTF_HEADER_SIZE))
         magic, version, _flags, header_size = struct.unpack_from(endian + "HBBI", body, 0)
@@ -756,13 +757,12 @@ def _var_name(btf, var_id, section_name):
     return btf.name(name_off, what), var_type
 
 
-def _read_btf_maps(elf):
+def _read_btf_maps(elf, btf):
     """BTF-defined maps, as libbpf reads them. -> (OrderedDict name -> MapSpec, .maps section,
     {offset in section: name}, {name: (key type id, value type id)})"""
     section = elf.by_name(BTF_MAPS_SECTION)
     if section.type != SHT_PROGBITS:
         raise BpfObjectError(".maps section has type %d, expected PROGBITS" % section.type)
-    btf = _Btf(elf.body(elf.by_name(BTF_SECTION)), elf.endian)
     datasec = [type_id for type_id, name in btf.datasecs() if name == BTF_MAPS_SECTION]
     if len(datasec) != 1:
         raise BpfObjectError("object's .BTF has %d DATASEC '.maps' types, expected 1" % len(datasec))
@@ -840,11 +840,9 @@ def _btf_map_definition(btf, name, var_type):
     return spec, (types["key"], types["value"]), btf.size(definition, what)
 
 
-def _read_btf(elf, program, map_types):
+def _read_btf(elf, btf, program, map_types):
     """The object's BTF ready for BPF_BTF_LOAD, with the program's func_info and line_info."""
-    body = elf.body(elf.by_name(BTF_SECTION))
-    btf = _Btf(body, elf.endian)
-    data = bytearray(body)
+    data = bytearray(btf.body)
     sections = {}
     for section in elf.sections:
         sections[section.name] = None if section.name in sections else section  # None: ambiguous

@@ -165,17 +165,19 @@ def test_shipped_object_btf_is_ready_for_the_kernel(shipped, shipped_bytes):
     ).stdout
     raw = {entry["name"]: entry for entry in json.loads(out)["types"] if entry["kind"] == "DATASEC"}
     assert raw[".maps"]["size"] == 0  # as clang wrote it
-    fixed = bpf_object._Btf(shipped.btf.data, "<")
+    fixed = shipped.btf.data
     sections = _sections(shipped_bytes)
-    for type_id, name in fixed.datasecs():
-        size = fixed.type(type_id, "test")[3]
-        assert size == sections[name][2]
-        entries = fixed.entries(type_id, "test", "III")
+    datasecs = [(at, vlen, name) for at, kind, vlen, name in _btf_types(fixed, 0)[1].values() if kind == 15]
+    assert sorted(name for _at, _vlen, name in datasecs) == [".maps", "license"]
+    names = {type_id: name for type_id, (_at, _kind, _vlen, name) in _btf_types(fixed, 0)[1].items()}
+    for at, vlen, name in datasecs:
+        assert struct.unpack_from("<I", fixed, at + 8)[0] == sections[name][2]
+        entries = [struct.unpack_from("<III", fixed, at + 12 + 12 * index) for index in range(vlen)]
         offsets = [offset for _var, offset, _size in entries]
         assert offsets == sorted(offsets)
         for var_id, offset, _size in entries:
-            var_name = fixed.name(fixed.type(var_id, "test")[1], "test")
-            assert struct.unpack_from("<Q", shipped_bytes, _symbol_offset(shipped_bytes, var_name) + 8)[0] == offset
+            symbol = _symbol_offset(shipped_bytes, names[var_id])
+            assert struct.unpack_from("<Q", shipped_bytes, symbol + 8)[0] == offset
 
 
 def test_from_file_reads_the_same_as_from_bytes(shipped, tmp_path, shipped_bytes):
