@@ -70,7 +70,7 @@ LICENSE_SECTION = "license"
 BTF_MAPS_SECTION = ".maps"
 BTF_SECTION = ".BTF"
 BTF_EXT_SECTION = ".BTF.ext"
-# struct bpf_map_def as the C source declares it: five u32.
+# struct bpf_map_def as legacy objects declare it: five u32.
 MAP_DEF_FIELDS = 5
 MAP_DEF_SIZE = 4 * MAP_DEF_FIELDS
 
