@@ -116,11 +116,35 @@ def _attach_error(exc, cgroup):
     return InstanceError("attaching to %s failed: %s" % (cgroup, exc))
 
 
-def _create_maps(obj, opened):
+def load_btf(obj, opened):
+    """The object's BTF in the kernel -> fd, or None: the object has none, or the kernel refuses it
+    (BTF itself needs 4.18, the kinds clang emits for maps and functions 5.2 to 5.6: trying is the
+    probe). Without it everything loads as before, only without typed dumps and source lines."""
+    if obj.btf is None:
+        return None
+    try:
+        fd = bpf.btf_load(obj.btf.data)
+    except bpf.BpfError:
+        return None
+    opened.append(fd)
+    return fd
+
+
+def _create_maps(obj, opened, btf_fd):
     fds = {}
     for name, spec in obj.maps.items():
-        fds[name] = bpf.map_create(spec.type, spec.key_size, spec.value_size, spec.max_entries, spec.flags, name)
-        opened.append(fds[name])
+        args = (spec.type, spec.key_size, spec.value_size, spec.max_entries, spec.flags, name)
+        types = obj.btf.map_types.get(name) if btf_fd is not None else None
+        fd = None
+        if types is not None:
+            try:
+                fd = bpf.map_create(*args, btf_fd=btf_fd, btf_types=types)
+            except bpf.BpfError:
+                pass  # a kernel that takes the BTF but not these types for this map: make it without
+        if fd is None:
+            fd = bpf.map_create(*args)
+        opened.append(fd)
+        fds[name] = fd
     return fds
 
 
@@ -205,9 +229,24 @@ def write_meta(meta_fd, desired, undo=None):
 VERIFIER_LOG_TAIL_LINES = 30
 
 
-def load_program(obj, map_fds):
+def load_program(obj, map_fds, btf_fd=None):
+    insns = obj.instructions(map_fds)
+    if btf_fd is not None:
+        try:
+            return bpf.prog_load(
+                bpf.BPF_PROG_TYPE_SOCK_OPS,
+                insns,
+                obj.license,
+                abi.PROGRAM_NAME,
+                btf_fd=btf_fd,
+                func_info=obj.btf.func_info,
+                line_info=obj.btf.line_info,
+                verifier_log=False,
+            )
+        except bpf.BpfError:
+            pass  # the kernel may refuse the func or line info: load without; a bad program fails again below
     try:
-        return bpf.prog_load(bpf.BPF_PROG_TYPE_SOCK_OPS, obj.instructions(map_fds), obj.license, abi.PROGRAM_NAME)
+        return bpf.prog_load(bpf.BPF_PROG_TYPE_SOCK_OPS, insns, obj.license, abi.PROGRAM_NAME)
     except bpf.BpfError as exc:
         lines = (exc.log or "(none)").rstrip("\n").split("\n")
         shown = (
@@ -379,8 +418,9 @@ def apply_present(desired, current, plan, can_replace=True):
             interrupted = _interrupted_program(instance_dir, [current.cgroup, desired.cgroup])
         _make_dirs(instance_dir, undo)
         fault.point("instance_dir_made")
+        btf_fd = load_btf(desired.object, opened) if plan.load_maps or plan.load_program else None
         if plan.load_maps:
-            map_fds = _create_maps(desired.object, opened)
+            map_fds = _create_maps(desired.object, opened, btf_fd)
             fault.point("maps_created")
             stale_rules = write_rules(map_fds[abi.RULES_MAP], map_fds[abi.HITS_MAP], desired.rules, None, undo)
             new_pins.extend(map_fds)
@@ -403,7 +443,7 @@ def apply_present(desired, current, plan, can_replace=True):
             fault.point("maps_pinned")
         prog_fd = current.prog_fd
         if plan.load_program:
-            prog_fd = load_program(desired.object, map_fds)
+            prog_fd = load_program(desired.object, map_fds, btf_fd)
             opened.append(prog_fd)
             fault.point("program_loaded")
             _pin_new(prog_fd, instance_dir, PROG_PIN, undo)

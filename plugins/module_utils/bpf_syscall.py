@@ -1,6 +1,6 @@
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The bpf(2) system call through ctypes: maps, program load, pins, attach, links, query, info.
+"""The bpf(2) system call through ctypes: maps, BTF, program load, pins, attach, links, query, info.
 
 Plain stdlib: the boot-time restore imports it without Ansible. Every attr is packed at the
 offsets of `union bpf_attr` (include/uapi/linux/bpf.h) into a zeroed buffer of ATTR_SIZE bytes;
@@ -91,6 +91,9 @@ _COMMANDS = {
             "max_entries": (12, "I"),
             "map_flags": (16, "I"),
             "map_name": (28, "16s"),
+            "btf_fd": (48, "I"),
+            "btf_key_type_id": (52, "I"),
+            "btf_value_type_id": (56, "I"),
         },
     ),
     "BPF_MAP_LOOKUP_ELEM": (1, {"map_fd": (0, "I"), "key": (8, "Q"), "value": (16, "Q"), "flags": (24, "Q")}),
@@ -109,6 +112,13 @@ _COMMANDS = {
             "log_buf": (32, "Q"),
             "prog_name": (48, "16s"),
             "expected_attach_type": (68, "I"),
+            "prog_btf_fd": (72, "I"),
+            "func_info_rec_size": (76, "I"),
+            "func_info": (80, "Q"),
+            "func_info_cnt": (88, "I"),
+            "line_info_rec_size": (92, "I"),
+            "line_info": (96, "Q"),
+            "line_info_cnt": (104, "I"),
         },
     ),
     "BPF_OBJ_PIN": (6, {"pathname": (0, "Q"), "bpf_fd": (8, "I"), "file_flags": (12, "I")}),
@@ -128,6 +138,16 @@ _COMMANDS = {
     "BPF_PROG_GET_FD_BY_ID": (13, {"id": (0, "I"), "open_flags": (8, "I")}),
     "BPF_MAP_GET_FD_BY_ID": (14, {"id": (0, "I"), "open_flags": (8, "I")}),
     "BPF_OBJ_GET_INFO_BY_FD": (15, {"bpf_fd": (0, "I"), "info_len": (4, "I"), "info": (8, "Q")}),
+    "BPF_BTF_LOAD": (
+        18,
+        {
+            "btf": (0, "Q"),
+            "btf_log_buf": (8, "Q"),
+            "btf_size": (16, "I"),
+            "btf_log_size": (20, "I"),
+            "btf_log_level": (24, "I"),
+        },
+    ),
     "BPF_PROG_QUERY": (
         16,
         {
@@ -159,6 +179,7 @@ _PROG_INFO = (
         "nr_map_ids": (52, "I"),
         "map_ids": (56, "Q"),
         "name": (64, "16s"),
+        "btf_id": (128, "I"),
         "run_time_ns": (192, "Q"),
         "run_cnt": (200, "Q"),
     },
@@ -173,6 +194,7 @@ _MAP_INFO = (
         "max_entries": (16, "I"),
         "map_flags": (20, "I"),
         "name": (24, "16s"),
+        "btf_id": (64, "I"),
     },
 )
 _LINK_INFO = (
@@ -186,8 +208,9 @@ _LINK_INFO = (
     },
 )
 
-ProgInfo = collections.namedtuple("ProgInfo", "type id tag name map_ids run_time_ns run_cnt")
-MapInfo = collections.namedtuple("MapInfo", "type id key_size value_size max_entries map_flags name")
+# btf_id: the BTF the program or map was loaded with, 0 for none
+ProgInfo = collections.namedtuple("ProgInfo", "type id tag name map_ids run_time_ns run_cnt btf_id")
+MapInfo = collections.namedtuple("MapInfo", "type id key_size value_size max_entries map_flags name btf_id")
 LinkInfo = collections.namedtuple("LinkInfo", "type id prog_id cgroup_id attach_type")
 
 _LOG_SIZE_FIRST = 1 << 20
@@ -309,7 +332,9 @@ def _obj_name(name):
 # Maps
 
 
-def map_create(map_type, key_size, value_size, max_entries, flags=0, name=""):
+def map_create(map_type, key_size, value_size, max_entries, flags=0, name="", btf_fd=None, btf_types=None):
+    """btf_fd and btf_types (key type id, value type id) describe keys and values to the kernel."""
+    key_type, value_type = btf_types or (None, None)
     return _bpf(
         "BPF_MAP_CREATE",
         map_type=map_type,
@@ -318,6 +343,9 @@ def map_create(map_type, key_size, value_size, max_entries, flags=0, name=""):
         max_entries=max_entries,
         map_flags=flags,
         map_name=_obj_name(name),
+        btf_fd=btf_fd,
+        btf_key_type_id=key_type,
+        btf_value_type_id=value_type,
     )[0]
 
 
@@ -396,6 +424,14 @@ def percpu_update(fd, key, values, flags=BPF_ANY):
     map_update(fd, key, b"".join(bytes(value).ljust(slot, b"\0") for value in values), flags)
 
 
+# BTF
+
+
+def btf_load(data):
+    """Load BTF (a .BTF section as the kernel takes it) -> fd."""
+    return _bpf("BPF_BTF_LOAD", btf=_buffer(data), btf_size=len(data))[0]
+
+
 # Programs
 
 
@@ -415,9 +451,20 @@ def _prog_load_attempts(**fields):
         attempt += 1
 
 
-def prog_load(prog_type, insns, license, name="", expected_attach_type=0):
-    """Load raw instructions (bytes, 8 per insn) -> fd. On failure, load again with the verifier
-    log on and raise BpfError with .log."""
+def prog_load(
+    prog_type,
+    insns,
+    license,
+    name="",
+    expected_attach_type=0,
+    btf_fd=None,
+    func_info=None,
+    line_info=None,
+    verifier_log=True,
+):
+    """Load raw instructions (bytes, 8 per insn) -> fd. btf_fd: the program's BTF, func_info and
+    line_info (each (record size, count, records) or None) refer to it. On failure, load again
+    with the verifier log on and raise BpfError with .log (unless verifier_log is False)."""
     fields = dict(
         prog_type=prog_type,
         insn_cnt=len(insns) // 8,
@@ -425,12 +472,17 @@ def prog_load(prog_type, insns, license, name="", expected_attach_type=0):
         license=_cstring(license),
         prog_name=_obj_name(name),
         expected_attach_type=expected_attach_type,
+        prog_btf_fd=btf_fd,
     )
+    for kind, info in (("func_info", func_info), ("line_info", line_info)):
+        if info is not None:
+            record_size, count, records = info
+            fields.update({kind + "_rec_size": record_size, kind + "_cnt": count, kind: _buffer(records)})
     try:
         return _prog_load_attempts(**fields)
     except BpfError as exc:
-        if exc.errno == errno.EAGAIN:
-            raise  # interrupted every time: a load with the log on would be too
+        if exc.errno == errno.EAGAIN or not verifier_log:
+            raise  # EAGAIN: interrupted every time, a load with the log on would be too
     log_size = _LOG_SIZE_FIRST
     while True:
         log = _buffer(log_size)
@@ -581,6 +633,7 @@ def prog_info(fd):
         map_ids,
         first["run_time_ns"],
         first["run_cnt"],
+        first["btf_id"],
     )
 
 

@@ -131,7 +131,12 @@ options:
   src:
     description:
       - The BPF object to load, a path on the controller. A C(.c) file is compiled on the controller
-        with C(clang -O2 -target bpf).
+        with C(clang -O2 -g -target bpf), its DWARF stripped with C(llvm-strip) (BTF kept).
+      - Maps may be BTF-defined in a C(.maps) section, as libbpf 1.0+ writes them, or legacy
+        C(struct bpf_map_def) definitions in a C(maps) section. The object's BTF is loaded where the
+        kernel takes it, so that C(bpftool map dump) shows typed keys and values and
+        C(bpftool prog dump xlated) the source lines; where the kernel refuses it the object loads
+        without.
       - Omitted, the object shipped with the collection (C(plugins/plugin_utils/tcp_initial_rto.bpf.o),
         built from C(files/bpf/tcp_initial_rto.bpf.c)).
       - The object must have a C(sockops) program, a GPL-compatible license and the maps

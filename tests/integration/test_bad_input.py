@@ -677,7 +677,7 @@ ELF_CASES = [
     case(
         "elf-section-table-offset-past-end",
         src(patched_object("shoff", (at(E_SHOFF), "Q", 1 << 40))),
-        unloadable("section header table past end of file (truncated?): 8 headers at offset 1099511627776"),
+        unloadable("section header table past end of file (truncated?): 12 headers at offset 1099511627776"),
         existing=True,
     ),
     case(
@@ -703,8 +703,8 @@ ELF_CASES = [
     ),
     case(
         "elf-section-offset-wraps-64-bit",
-        src(patched_object("wrap", (section_header("maps", SH_OFFSET), "Q", (1 << 64) - 8))),
-        unloadable_with("(offset 18446744073709551608, size 60) past end of file"),
+        src(patched_object("wrap", (section_header(".maps", SH_OFFSET), "Q", (1 << 64) - 8))),
+        unloadable_with("(offset 18446744073709551608, size 104) past end of file"),
     ),
     case(
         "elf-section-size-not-whole-instructions",

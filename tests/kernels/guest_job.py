@@ -146,7 +146,18 @@ def scenario_apply():
         result,
     )
     STATE["main_id"] = pid
-    return ATTACH
+    return "%s, %s" % (ATTACH, btf_note(pid))
+
+
+def btf_note(pid):
+    """Whether the kernel took the object's BTF (the loader falls back without it): for the table."""
+    with bpf.closing_fd(bpf.prog_get_fd_by_id(pid)) as fd:
+        info = bpf.prog_info(fd)
+    maps_with_btf = 0
+    for map_id in info.map_ids:
+        with bpf.closing_fd(bpf.map_get_fd_by_id(map_id)) as fd:
+            maps_with_btf += bool(bpf.map_info(fd).btf_id)
+    return "btf prog %s maps %d/%d" % ("yes" if info.btf_id else "no", maps_with_btf, len(info.map_ids))
 
 
 def scenario_reapply():

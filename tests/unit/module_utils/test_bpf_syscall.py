@@ -16,9 +16,10 @@ import sys
 import time
 
 import bpf_inventory
+import bpf_objects
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, bpf_syscall, rto_program
 
 pytestmark = pytest.mark.kernel
 
@@ -194,8 +195,46 @@ def test_array_map(fds):
     )
     expect_error("BPF_MAP_DELETE_ELEM", errno.EINVAL, bpf_syscall.map_delete, fd, key(1))
     info = bpf_syscall.map_info(fd)
-    assert info[:1] + info[2:] == (bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 3, 0, "rto_test_array")
+    assert info[:1] + info[2:] == (bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 3, 0, "rto_test_array", 0)
     assert info.id > 0
+
+
+def test_btf_load_and_typed_map(fds):
+    """The shipped object's BTF: the kernel takes it, and a map made with its key and value types
+    carries it (bpftool then dumps named fields)."""
+    obj = bpf_object.BpfObject.from_file(bpf_objects.SHIPPED)
+    btf_fd = fds.add(bpf_syscall.btf_load(obj.btf.data))
+    spec = obj.maps[rto_program.CONFIG_MAP]
+    fd = fds.map(
+        spec.type,
+        spec.key_size,
+        spec.value_size,
+        spec.max_entries,
+        spec.flags,
+        "rto_test_btf",
+        btf_fd=btf_fd,
+        btf_types=obj.btf.map_types[rto_program.CONFIG_MAP],
+    )
+    info = bpf_syscall.map_info(fd)
+    assert info.btf_id > 0
+    bpf_syscall.map_update(fd, rto_program.CONFIG_KEY.pack(0), rto_program.encode_config(7, 3))
+    dump = bpf_inventory.bpftool("map", "dump", "id", str(info.id))
+    assert dump[0]["formatted"] == {"key": 0, "value": {"default_rto_jiffies": 7, "directions": 3}}
+    expect_error(
+        "BPF_MAP_CREATE",
+        errno.EINVAL,
+        bpf_syscall.map_create,
+        bpf_syscall.BPF_MAP_TYPE_ARRAY,
+        4,
+        8,
+        1,
+        btf_fd=btf_fd,
+        btf_types=obj.btf.map_types[rto_program.RULES_MAP],  # a 20-byte key type
+    )
+
+
+def test_btf_load_refused(fds):
+    expect_error("BPF_BTF_LOAD", errno.EINVAL, bpf_syscall.btf_load, b"\x9f\xeb\x01\x00" + bytes(20))
 
 
 def test_lpm_trie_map_with_rule_layout(fds):
