@@ -217,3 +217,10 @@ def test_phase_tags(fleet):
     persist = fleet.rollout(300, tcp_rto_hosts="h1", extra_args=["--tags", "persist"])
     assert persist.returncode == 0, persist.output
     assert "h1.json" in fleet.etc_files("h1")
+
+
+def test_rollback_steps_below_one_are_refused(fleet):
+    run = fleet.rollout(300, tcp_rto_hosts="h1", tcp_rto_rollback_steps=0)
+    assert run.returncode != 0
+    assert "tcp_rto_rollback_steps must be 1 or more" in run.output, run.output
+    assert fleet.program_ids()["h1"] == [] and files_under(fleet.roots["h1"]) == []
