@@ -53,9 +53,11 @@ class Fleet:
         with open(self.inventory, "w") as handle:
             handle.write("\n".join(lines) + "\n")
 
-    def play(self, name, **extra_vars):
+    def play(self, name, extra_args=(), **extra_vars):
         extra_vars.setdefault("tcp_rto_hosts", "fleet")
-        return self.playbook.run_playbook("netbpf.tcp_rto." + name, self.inventory, ["-e", json.dumps(extra_vars)])
+        return self.playbook.run_playbook(
+            "netbpf.tcp_rto." + name, self.inventory, ["-e", json.dumps(extra_vars), *list(extra_args)]
+        )
 
     def rollout(self, rto_ms, **extra_vars):
         return self.play(
