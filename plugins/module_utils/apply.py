@@ -285,12 +285,30 @@ def _attach(desired, prog_fd, current, can_replace, undo):
         raise _attach_error(exc, desired.cgroup)
 
 
-def detach(current):
-    """Take the current program off its cgroup, the way it was attached."""
+def detach(current, link_detach=True):
+    """Take the current program off its cgroup, the way it was attached. link_detach False (no
+    BPF_LINK_DETACH before 5.9, see features.py): the link goes with its pin and this run's fd."""
     if current.attach_mode == ATTACH_LINK and current.link_fd is not None:
-        bpf.link_detach(current.link_fd)
+        if link_detach:
+            bpf.link_detach(current.link_fd)
+        else:
+            _release_link(current)
     elif current.attach_mode == ATTACH_MULTI and current.prog_fd is not None:
         _detach_multi_quiet(current.cgroup, current.prog_fd)
+
+
+def _release_link(current):
+    """Unpin the link and close this run's fd of it: the link detaches once nothing holds it."""
+    _unlink_quiet(os.path.join(current.instance_dir, LINK_PIN))
+    os.close(current.link_fd)
+    current.link_fd = None
+    if current.prog_info.id in attached_program_ids(current.cgroup)[1]:
+        raise InstanceError(
+            "program %d stays attached to %s after tcp_rto unpinned and closed its bpf_link: another "
+            "process holds the link open, and this kernel has no BPF_LINK_DETACH (Linux 5.9) to detach "
+            "it regardless. Find that process with 'bpftool link show' and 'lsof', end it, and run again."
+            % (current.prog_info.id, current.cgroup)
+        )
 
 
 def _new_meta(desired, opened, new_pins):
@@ -304,10 +322,11 @@ def _new_meta(desired, opened, new_pins):
     return meta_fd
 
 
-def apply_present(desired, current, plan, can_replace=True):
+def apply_present(desired, current, plan, can_replace=True, link_detach=True):
     """Carry out plan. New objects are pinned under temporary names and renamed into place only
     once attached; on failure everything this call made is undone and the error re-raised. What a
-    killed earlier run left (new_ pins, a program it attached) goes once the new state stands."""
+    killed earlier run left (new_ pins, a program it attached) goes once the new state stands.
+    can_replace: BPF_F_REPLACE (5.6); link_detach: BPF_LINK_DETACH (5.9), see detach()."""
     instance_dir = os.path.join(desired.pin_dir, desired.name)
     undo = _Undo()
     opened = []
@@ -375,7 +394,7 @@ def apply_present(desired, current, plan, can_replace=True):
             os.close(fd)
     # Committed: the new state stands. What follows only removes what the old state left.
     if detach_old:
-        detach(current)  # a bpf_link: its pin is gone already, this run holds its last fd
+        detach(current, link_detach)  # a bpf_link: its pin is gone already, this run holds its last fd
     if interrupted is not None:
         _detach_interrupted(interrupted)
         fault.point("orphans_detached")
@@ -384,10 +403,10 @@ def apply_present(desired, current, plan, can_replace=True):
             _unlink_quiet(os.path.join(instance_dir, entry))
 
 
-def apply_absent(current, pin_dir):
+def apply_absent(current, pin_dir, link_detach=True):
     interrupted = _interrupted_program(current.instance_dir, [current.cgroup])
     if current.attached:
-        detach(current)
+        detach(current, link_detach)
     if interrupted is not None:
         _detach_interrupted(interrupted)
     fault.point("absent_detached")

@@ -4,7 +4,8 @@
 tests start several at once.
 
 A parameter `_no_prog_replace: true` (test only) makes the run behave as on a kernel before 5.6,
-without BPF_F_REPLACE: attach the new program, then detach the old one.
+without BPF_F_REPLACE: attach the new program, then detach the old one (the same as starting it
+with force_missing="prog_replace").
 """
 
 import copy
@@ -16,20 +17,15 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, ".cache", "collections"))
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, reconcile  # noqa: E402
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile  # noqa: E402
+
+FORCE_MISSING = "TCP_RTO_FORCE_MISSING"  # features.FORCE_MISSING_ENVIRONMENT
 
 
 def main():
     params = json.loads(sys.argv[1])
     if params.pop("_no_prog_replace", False):
-        features = host.KernelFeatures
-
-        class WithoutReplace(features):
-            def __init__(self, release):
-                super().__init__(release)
-                self.prog_replace = False
-
-        host.KernelFeatures = WithoutReplace
+        os.environ[FORCE_MISSING] = "prog_replace"
     try:
         result = reconcile.run(params)
     except reconcile.VerificationFailed as exc:
@@ -62,11 +58,14 @@ def module_params(**given):
     return params
 
 
-def start(params, fault=None):
-    """This script on params in a new process (the managed host's Python); fault: TCP_RTO_FAULT_AT."""
-    env = {key: value for key, value in os.environ.items() if key != "TCP_RTO_FAULT_AT"}
+def start(params, fault=None, force_missing=None):
+    """This script on params in a new process (the managed host's Python); fault: TCP_RTO_FAULT_AT;
+    force_missing: TCP_RTO_FORCE_MISSING, the kernel features its probes report missing."""
+    env = {key: value for key, value in os.environ.items() if key not in ("TCP_RTO_FAULT_AT", FORCE_MISSING)}
     if fault:
         env["TCP_RTO_FAULT_AT"] = fault
+    if force_missing:
+        env[FORCE_MISSING] = force_missing
     return subprocess.Popen(
         [MANAGED_PYTHON, os.path.abspath(__file__), json.dumps(params)],
         env=env,
@@ -82,5 +81,5 @@ def finish(proc, timeout=300):
     return proc.returncode, (json.loads(out) if out.strip() else None), err
 
 
-def run(params, fault=None):
-    return finish(start(params, fault))
+def run(params, fault=None, force_missing=None):
+    return finish(start(params, fault, force_missing))
