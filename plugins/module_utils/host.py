@@ -371,8 +371,8 @@ def require_root(cap_bpf: bool, status: str = "/proc/self/status") -> None:
             return
     raise HostError(
         "insufficient privileges (uid %d, missing %s): loading and attaching a BPF sock_ops "
-        "program needs root, or CAP_BPF + CAP_NET_ADMIN (CAP_SYS_ADMIN + CAP_NET_ADMIN on kernels "
-        "without CAP_BPF, before Linux 5.8); run with become: true" % (os.geteuid(), ", ".join(missing))
+        "program needs root, or CAP_BPF + CAP_NET_ADMIN (CAP_SYS_ADMIN + CAP_NET_ADMIN before "
+        "Linux 5.8); run with become: true" % (os.geteuid(), ", ".join(missing))
     )
 
 
