@@ -159,3 +159,18 @@ def test_removal_without_link_detach_names_a_link_held_elsewhere(cgroup, bpffs):
     assert not link_exists(link_id)
     again = run_ok(params(cgroup, bpffs, state="absent"), "link_detach")
     assert_removed(again, cgroup, bpffs)
+
+
+def test_link_instance_without_its_record_is_repaired_without_link_info(cgroup, bpffs):
+    """The meta pin (the record of cgroup and attach mode) deleted, and no link info to read: the
+    pinned link and BPF_PROG_QUERY still show the program attached through the link, so the repair
+    moves it to multi instead of treating it as a legacy attachment it could replace in place."""
+    old_prog, link_id = apply_with_links(cgroup, bpffs)
+    os.unlink(os.path.join(bpffs, "tcp_rto", NAME, "meta"))
+    repaired = run_ok(params(cgroup, bpffs), "link_info")
+    assert repaired["instance"]["attach_mode"] == "multi"
+    assert repaired["verification"]["ok"], repaired["verification"]
+    assert "detach from %s (link)" % cgroup in repaired["actions"]
+    assert cgroup_program_ids(cgroup) == [repaired["instance"]["program_id"]] != [old_prog]
+    assert not link_exists(link_id)
+    assert_removed(run_ok(params(cgroup, bpffs, state="absent"), "link_info"), cgroup, bpffs)
