@@ -12,6 +12,7 @@ __metaclass__ = type
 import errno
 import json
 import os
+import time
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault
@@ -297,12 +298,21 @@ def detach(current, link_detach=True):
         _detach_multi_quiet(current.cgroup, current.prog_fd)
 
 
+# A removed pin drops its reference only after an RCU grace period on some kernels (seen on 5.10;
+# 6.18 drops it at once), so a released link detaches a moment later.
+LINK_RELEASE_WAIT_SECONDS = 5.0
+
+
 def _release_link(current):
     """Unpin the link and close this run's fd of it: the link detaches once nothing holds it."""
     _unlink_quiet(os.path.join(current.instance_dir, LINK_PIN))
     os.close(current.link_fd)
     current.link_fd = None
-    if current.prog_info.id in attached_program_ids(current.cgroup)[1]:
+    deadline = time.monotonic() + LINK_RELEASE_WAIT_SECONDS
+    while current.prog_info.id in attached_program_ids(current.cgroup)[1]:
+        if time.monotonic() < deadline:
+            time.sleep(0.01)
+            continue
         raise InstanceError(
             "program %d stays attached to %s after tcp_rto unpinned and closed its bpf_link: another "
             "process holds the link open, and this kernel has no BPF_LINK_DETACH (Linux 5.9) to detach "
