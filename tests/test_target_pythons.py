@@ -26,7 +26,7 @@ rules = instance.parse_rules([{"dest": "10.0.0.0/8", "rto_ms": 50}, {"dest": "fd
 assert [rule.rto_jiffies for rule in rules] == [13, 1], rules
 fd = bpf_syscall.map_create(rto_program.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, "pycheck")
 os.close(fd)
-print(host.KernelFeatures().release)
+print(host.kernel_release())
 """
 
 

@@ -12,6 +12,7 @@ __metaclass__ = type
 import errno
 import json
 import os
+import time
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault
@@ -385,12 +386,39 @@ def _attach(desired, prog_fd, current, can_replace, undo):
         raise _attach_error(exc, desired.cgroup)
 
 
-def detach(current):
-    """Take the current program off its cgroup, the way it was attached."""
+def detach(current, link_detach=True):
+    """Take the current program off its cgroup, the way it was attached. link_detach False (no
+    BPF_LINK_DETACH before 5.9, see features.py): the link goes with its pin and this run's fd."""
     if current.attach_mode == ATTACH_LINK and current.link_fd is not None:
-        bpf.link_detach(current.link_fd)
+        if link_detach:
+            bpf.link_detach(current.link_fd)
+        else:
+            _release_link(current)
     elif current.attach_mode == ATTACH_MULTI and current.prog_fd is not None:
         _detach_multi_quiet(current.cgroup, current.prog_fd)
+
+
+# A removed pin drops its reference only after an RCU grace period on some kernels (seen on 5.10;
+# 6.18 drops it at once), so a released link detaches a moment later.
+LINK_RELEASE_WAIT_SECONDS = 5.0
+
+
+def _release_link(current):
+    """Unpin the link and close this run's fd of it: the link detaches once nothing holds it."""
+    _unlink_quiet(os.path.join(current.instance_dir, LINK_PIN))
+    os.close(current.link_fd)
+    current.link_fd = None
+    deadline = time.monotonic() + LINK_RELEASE_WAIT_SECONDS
+    while current.prog_info.id in attached_program_ids(current.cgroup)[1]:
+        if time.monotonic() < deadline:
+            time.sleep(0.01)
+            continue
+        raise InstanceError(
+            "program %d stays attached to %s after tcp_rto unpinned and closed its bpf_link: another "
+            "process holds the link open, and this kernel has no BPF_LINK_DETACH (Linux 5.9) to detach "
+            "it regardless. Find that process with 'bpftool link show' and 'lsof', end it, and run again."
+            % (current.prog_info.id, current.cgroup)
+        )
 
 
 def _new_meta(desired, opened, new_pins):
@@ -404,10 +432,11 @@ def _new_meta(desired, opened, new_pins):
     return meta_fd
 
 
-def apply_present(desired, current, plan, can_replace=True):
+def apply_present(desired, current, plan, can_replace=True, link_detach=True):
     """Carry out plan. New objects are pinned under temporary names and renamed into place only
     once attached; on failure everything this call made is undone and the error re-raised. What a
-    killed earlier run left (new_ pins, a program it attached) goes once the new state stands."""
+    killed earlier run left (new_ pins, a program it attached) goes once the new state stands.
+    can_replace: BPF_F_REPLACE (5.6); link_detach: BPF_LINK_DETACH (5.9), see detach()."""
     instance_dir = os.path.join(desired.pin_dir, desired.name)
     undo = _Undo()
     opened = []
@@ -479,7 +508,7 @@ def apply_present(desired, current, plan, can_replace=True):
             os.close(fd)
     # Committed: the new state stands. What follows only removes what the old state left.
     if detach_old:
-        detach(current)  # a bpf_link: its pin is gone already, this run holds its last fd
+        detach(current, link_detach)  # a bpf_link: its pin is gone already, this run holds its last fd
     if interrupted is not None:
         _detach_interrupted(interrupted)
         fault.point("orphans_detached")
@@ -488,14 +517,14 @@ def apply_present(desired, current, plan, can_replace=True):
             _unlink_quiet(os.path.join(instance_dir, entry))
 
 
-def apply_absent(current, pin_dir, unrecorded=()):
+def apply_absent(current, pin_dir, unrecorded=(), link_detach=True):
     """Detach and unpin the instance: its recorded attachment, a killed run's, and unrecorded (the
     instance.unrecorded_attachments() found without the record). Only the instance's own pins go;
-    the directory goes with them unless it holds something else."""
+    the directory goes with them unless it holds something else. link_detach: see detach()."""
     try:
         interrupted = _interrupted_program(current.instance_dir, [current.cgroup])
         if current.attached:
-            detach(current)
+            detach(current, link_detach)
         if interrupted is not None:
             _detach_interrupted(interrupted)
         for cgroup, prog_id in unrecorded:

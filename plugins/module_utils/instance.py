@@ -237,11 +237,15 @@ class Current:
 
     expected_cgroup (the desired one) lets it find its program when a pin was deleted: a program
     still attached but unpinned is adopted (prog_adopted) so that the repair replaces it instead
-    of leaving it attached next to a new one."""
+    of leaving it attached next to a new one.
 
-    def __init__(self, instance_dir, expected_cgroup=None):
+    link_info False (a kernel before 5.8, see features.py): the link's info is not read; a pinned
+    link counts as attaching the program while BPF_PROG_QUERY finds it on the recorded cgroup."""
+
+    def __init__(self, instance_dir, expected_cgroup=None, link_info=True):
         self.instance_dir = instance_dir
         self.expected_cgroup = expected_cgroup
+        self.reads_link_info = link_info
         self.missing_pins = []
         self.prog_adopted = False
         self.meta_adopted = False
@@ -277,7 +281,7 @@ class Current:
         if self.prog_fd is not None:
             self.prog_info = bpf.prog_info(self.prog_fd)
         self.link_fd = open_pin(os.path.join(self.instance_dir, LINK_PIN))
-        if self.link_fd is not None:
+        if self.link_fd is not None and self.reads_link_info:
             self.link_info = bpf.link_info(self.link_fd)
         self._read_meta()
         self.missing_pins = [name for name in [PROG_PIN, *list(abi.MAP_CONTRACT), META_MAP] if not self._pinned(name)]
@@ -327,7 +331,7 @@ class Current:
         if self.link_info is not None and self.link_info.cgroup_id == host.cgroup_id(cgroup):
             mode = ATTACH_LINK
         elif self.prog_info.id in attached_program_ids(cgroup)[1]:
-            mode = ATTACH_MULTI
+            mode = ATTACH_LINK if self.link_fd is not None and not self.reads_link_info else ATTACH_MULTI
         if mode:
             self.meta = {"format": META_FORMAT, "cgroup": cgroup, "attach_mode": mode, "object_sha256": None}
             self.meta_adopted = True
@@ -370,12 +374,14 @@ class Current:
     def _is_attached(self):
         if self.prog_info is None or self.meta is None or not os.path.isdir(self.cgroup):
             return False
-        if self.attach_mode == ATTACH_LINK:
+        if self.attach_mode == ATTACH_LINK and self.reads_link_info:
             return (
                 self.link_info is not None
                 and self.link_info.prog_id == self.prog_info.id
                 and self.link_info.cgroup_id == host.cgroup_id(self.cgroup)
             )
+        if self.attach_mode == ATTACH_LINK and self.link_fd is None:
+            return False
         return self.prog_info.id in attached_program_ids(self.cgroup)[1]
 
     def hits(self):

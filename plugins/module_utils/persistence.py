@@ -33,6 +33,7 @@ CODE_FILES = (
     "bpf_syscall",
     "bpf_object",
     "host",
+    "features",
     "probe",
     "instance",
     "apply",

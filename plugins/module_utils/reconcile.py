@@ -17,6 +17,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     coexistence,
     drift,
     fault,
+    features,
     host,
     lock,
     persistence,
@@ -145,19 +146,19 @@ def run(params, check_mode=False, diff=False):
     """Bring the instance to what params describe (state present or absent); -> the result dict.
     Raises one of ERRORS; VerificationFailed after an apply whose handshakes do not match."""
     result = dict(changed=False, actions=[], foreign_programs=[], drift=[], conflicts=[])
-    features = preflight(params, result)
-    desired = desired_instance(params, features, result["kernel"]["hz"]) if params["state"] == "present" else None
+    kernel = preflight(params, result)
+    desired = desired_instance(params, kernel, result["kernel"]["hz"]) if params["state"] == "present" else None
     if desired is None or params.get("persistent"):
         persistence.check_paths(params["name"], _persist_root(params))
     if check_mode:  # reads only: no need to keep other runs out
-        _reconcile(params, desired, features, check_mode, diff, result)
+        _reconcile(params, desired, kernel, check_mode, diff, result)
     else:
         with lock.InstanceLock(
             params["name"], params["pin_dir"], params.get("lock_timeout", lock.DEFAULT_TIMEOUT)
         ) as held:
             try:
                 fault.point("lock_taken")
-                _reconcile(params, desired, features, check_mode, diff, result)
+                _reconcile(params, desired, kernel, check_mode, diff, result)
             finally:
                 if not os.path.isdir(os.path.join(params["pin_dir"], params["name"])):
                     held.remove_file()  # no instance (absent, or a refused first run): no lock file either
@@ -165,13 +166,13 @@ def run(params, check_mode=False, diff=False):
     return result
 
 
-def _reconcile(params, desired, features, check_mode, diff, result):
-    converge(params, desired, features.prog_replace, check_mode, diff, result)
+def _reconcile(params, desired, kernel, check_mode, diff, result):
+    converge(params, desired, kernel, check_mode, diff, result)
     fault.point("converged")
     if desired is None:
         result["actions"].extend(persistence.remove(params["name"], _persist_root(params), check_mode))
     else:
-        report(params, desired, check_mode, result)
+        report(params, desired, kernel, check_mode, result)
         if params.get("persistent"):
             result["actions"].extend(
                 persistence.install(
@@ -185,23 +186,21 @@ def _persist_root(params):
 
 
 def preflight(params, result):
-    """Checks that touch nothing: privileges, kernel, name, HZ. -> the kernel's features."""
-    host.require_root()
+    """Checks that change nothing (the feature probes leave nothing behind): privileges, kernel
+    features, name, HZ. -> the kernel's features (features.KernelFeatures)."""
     release = os.uname()[2]
-    host.check_kernel(release)
-    features = host.KernelFeatures(release)
+    kernel = features.detect(release)
+    kernel.require()
     model.validate_name(params["name"])
     for key in ("cgroup", "pin_dir", "src", "persist_root"):
         if "\0" in (params.get(key) or ""):
             raise model.ConfigError("%s %r contains a NUL byte, which no path can hold: remove it" % (key, params[key]))
-    if features.memlock_accounting:
-        host.raise_memlock()
     hz, hz_source = discover_hz(params, release)
-    result["kernel"] = dict(release=release, hz=hz, hz_source=hz_source, features=features.as_dict())
-    return features
+    result["kernel"] = dict(release=release, hz=hz, hz_source=hz_source, features=kernel.as_dict())
+    return kernel
 
 
-def desired_instance(params, features, hz):
+def desired_instance(params, kernel, hz):
     """The instance params ask for, fully validated (cgroup, object, rules) before any change."""
     cgroup_root = host.cgroup2_mount()
     cgroup = host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
@@ -212,9 +211,7 @@ def desired_instance(params, features, hz):
         )
     obj = BpfObject.from_file(params["src"])
     check_contract(obj)
-    attach_mode = (
-        model.ATTACH_LINK if features.cgroup_link and not params["force_legacy_attach"] else model.ATTACH_MULTI
-    )
+    attach_mode = kernel.attach_mode(params["force_legacy_attach"])
     return model.desired_state(
         params["name"],
         params["pin_dir"],
@@ -228,18 +225,21 @@ def desired_instance(params, features, hz):
     )
 
 
-def converge(params, desired, can_replace, check_mode, diff, result):
-    """Plan from what the pins hold to desired (None: absent) and, unless check_mode, apply it."""
+def converge(params, desired, kernel, check_mode, diff, result):
+    """Plan from what the pins hold to desired (None: absent) and, unless check_mode, apply it
+    with what the kernel (features.KernelFeatures) offers."""
     if host.ensure_bpffs(params["pin_dir"], mount=params["mount_bpffs"], check_mode=check_mode):
         result["actions"].append("mount bpffs on /sys/fs/bpf")
     host.check_pin_path(params["pin_dir"], params["name"])
-    current = model.Current(os.path.join(params["pin_dir"], params["name"]), desired.cgroup if desired else None)
+    current = model.Current(
+        os.path.join(params["pin_dir"], params["name"]), desired.cgroup if desired else None, kernel.link_info
+    )
     try:
         if desired is None:
             unrecorded, searched_all = model.unrecorded_attachments(current, _cgroup_root())
             plan = model.plan_absent(current, unrecorded)
             if plan.steps and not check_mode:
-                kernel_apply.apply_absent(current, params["pin_dir"], unrecorded)
+                kernel_apply.apply_absent(current, params["pin_dir"], unrecorded, link_detach=kernel.link_detach)
             warnings = [model.unknown_entries_warning(current, params["name"])]
             if not searched_all:
                 warnings.append(
@@ -261,7 +261,9 @@ def converge(params, desired, can_replace, check_mode, diff, result):
             plan = model.plan_present(desired, current)
             _refuse_blocked_attach(desired, current, plan)
             if plan.steps and not check_mode:
-                kernel_apply.apply_present(desired, current, plan, can_replace=can_replace)
+                kernel_apply.apply_present(
+                    desired, current, plan, can_replace=kernel.prog_replace, link_detach=kernel.link_detach
+                )
         result["actions"].extend(plan.steps)
         if diff:
             result["diff"] = dict(
@@ -306,11 +308,11 @@ def _instance_program_ids(params):
     return ids
 
 
-def report(params, desired, check_mode, result):
+def report(params, desired, kernel, check_mode, result):
     """What the kernel holds now, proven by real handshakes unless check mode or verify: false;
     the foreign programs that meet ours, and those that can explain a failed handshake."""
     instance_dir = os.path.join(params["pin_dir"], params["name"])
-    applied = model.Current(instance_dir)
+    applied = model.Current(instance_dir, link_info=kernel.link_info)
     try:
         own_ids = [applied.prog_info.id] if applied.prog_info else []
     finally:
@@ -319,7 +321,7 @@ def report(params, desired, check_mode, result):
     result["foreign_programs"] = programs
     if params["verify"] and not check_mode:
         result["verification"] = verify(desired, coexistence.descendants_to_probe(programs))
-    applied = model.Current(instance_dir)
+    applied = model.Current(instance_dir, link_info=kernel.link_info)
     try:
         result["instance"] = instance_result(desired, applied)
     finally:

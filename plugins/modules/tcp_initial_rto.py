@@ -33,9 +33,11 @@ author:
   - netbpf.tcp_rto developers (@netbpf)
 requirements:
   - Linux 4.16 or later with C(CONFIG_BPF_SYSCALL) and C(CONFIG_CGROUP_BPF) (4.16 for the program's
-    reads of C(is_fullsock) and C(state)); bpf_link attachments from 5.7.
+    reads of C(is_fullsock) and C(state)); bpf_link attachments where the kernel can create, update,
+    read back and detach cgroup links (5.9 upstream). Each feature is probed on the host, not read
+    from the kernel version, so vendor backports count.
   - A cgroup v2 hierarchy (unified or hybrid).
-  - Root, or C(CAP_BPF) and C(CAP_NET_ADMIN) (C(CAP_SYS_ADMIN) before 5.8).
+  - Root, or C(CAP_BPF) and C(CAP_NET_ADMIN) (C(CAP_SYS_ADMIN) on kernels without C(CAP_BPF), before 5.8).
 options:
   name:
     description:
@@ -145,7 +147,7 @@ options:
   force_legacy_attach:
     description:
       - Test aid. Attach with C(BPF_PROG_ATTACH) and C(BPF_F_ALLOW_MULTI) even where the kernel has
-        cgroup bpf_links (5.7+), to exercise the path older kernels take.
+        every cgroup bpf_link feature, to exercise the path older kernels take.
     type: bool
     default: false
   persistent:
@@ -260,7 +262,13 @@ kernel:
     release: {description: Kernel release., type: str, sample: 6.1.0-28-amd64}
     hz: {description: CONFIG_HZ used to convert milliseconds., type: int, sample: 250}
     hz_source: {description: 'Where HZ came from (a file, V(measured) or V(parameter)).', type: str, sample: /proc/config.gz}
-    features: {description: Kernel features the module relies on and whether this kernel has them., type: dict}
+    features:
+      description:
+        - Kernel features the module relies on and whether this kernel has them, each decided by a probe
+          on the host (see docs/compatibility.md), plus C(rto_capped) and C(synack_backoff_from_bpf),
+          which are TCP behaviours read from the release for information only.
+      type: dict
+      sample: {cgroup_link: true, link_info: true, link_detach: true, link_update: true, prog_replace: true, memcg_accounting: true}
 verification:
   description: The handshake probes after applying; RV(verification.ok) is false only when the task failed.
   returned: when O(state=present) and O(verify=true) and not in check mode

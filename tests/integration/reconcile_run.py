@@ -4,8 +4,8 @@
 tests start several at once.
 
 A parameter `_no_prog_replace: true` (test only) makes the run behave as on a kernel before 5.6,
-without BPF_F_REPLACE: attach the new program, then detach the old one; `_check_mode: true`
-runs it in check mode.
+without BPF_F_REPLACE: attach the new program, then detach the old one (the same as starting it
+with force_missing="prog_replace"); `_check_mode: true` runs it in check mode.
 """
 
 import copy
@@ -17,20 +17,15 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, ".cache", "collections"))
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, reconcile  # noqa: E402
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile  # noqa: E402
+
+FORCE_MISSING = "TCP_RTO_FORCE_MISSING"  # features.FORCE_MISSING_ENVIRONMENT
 
 
 def main():
     params = json.loads(sys.argv[1])
     if params.pop("_no_prog_replace", False):
-        features = host.KernelFeatures
-
-        class WithoutReplace(features):
-            def __init__(self, release):
-                super().__init__(release)
-                self.prog_replace = False
-
-        host.KernelFeatures = WithoutReplace
+        os.environ[FORCE_MISSING] = "prog_replace"
     check_mode = params.pop("_check_mode", False)
     try:
         result = reconcile.run(params, check_mode=check_mode)
@@ -64,14 +59,15 @@ def module_params(**given):
     return params
 
 
-def start(params, fault=None, fail_at=None):
+def start(params, fault=None, fail_at=None, force_missing=None):
     """This script on params in a new process (the managed host's Python); fault: TCP_RTO_FAULT_AT
-    (killed there), fail_at: TCP_RTO_FAIL_AT (a failed step there)."""
-    env = {key: value for key, value in os.environ.items() if key not in ("TCP_RTO_FAULT_AT", "TCP_RTO_FAIL_AT")}
-    if fault:
-        env["TCP_RTO_FAULT_AT"] = fault
-    if fail_at:
-        env["TCP_RTO_FAIL_AT"] = fail_at
+    (killed there), fail_at: TCP_RTO_FAIL_AT (a failed step there); force_missing:
+    TCP_RTO_FORCE_MISSING, the kernel features its probes report missing."""
+    aids = ("TCP_RTO_FAULT_AT", "TCP_RTO_FAIL_AT", FORCE_MISSING)
+    env = {key: value for key, value in os.environ.items() if key not in aids}
+    for name, value in zip(aids, (fault, fail_at, force_missing)):
+        if value:
+            env[name] = value
     return subprocess.Popen(
         [MANAGED_PYTHON, os.path.abspath(__file__), json.dumps(params)],
         env=env,
@@ -87,5 +83,5 @@ def finish(proc, timeout=300):
     return proc.returncode, (json.loads(out) if out.strip() else None), err
 
 
-def run(params, fault=None, fail_at=None):
-    return finish(start(params, fault, fail_at))
+def run(params, fault=None, fail_at=None, force_missing=None):
+    return finish(start(params, fault, fail_at, force_missing))

@@ -41,6 +41,7 @@ SCENARIOS = [
     "syn-give-up",
     "memlock",
     "hz-measured",
+    "forced-missing",
 ]
 
 # -icount: the guest's clock advances by instructions executed, so a slow or busy host does not show

@@ -57,4 +57,8 @@ STEPS = {
     "memlock": task("memlock", rto_ms=500),
     # CONFIG_HZ with no kernel config readable
     "hz-measured": task("hz", rto_ms=500),
+    # run with each probed feature forced missing in turn (TCP_RTO_FORCE_MISSING, set by the guest job)
+    "forced": task("forced", rules=[{"dest": LOOPBACK, "rto_ms": 200}], rto_ms=500),
+    "forced-again": task("forced", rules=[{"dest": LOOPBACK, "rto_ms": 200}], rto_ms=500, verify=False),
+    "forced-absent": task("forced", state="absent"),
 }
