@@ -607,6 +607,34 @@ def link_get_next_id(start=0):
     return _get_next_id("LINK", start)
 
 
+def _infos(kind, info_of):
+    """info_of(fd) of every object of kind ("PROG", "LINK") the kernel holds, in id order; one
+    released between its id and its fd is skipped."""
+    obj_id = 0
+    while True:
+        obj_id = _get_next_id(kind, obj_id)
+        if obj_id is None:
+            return
+        try:
+            with closing_fd(_get_fd_by_id(kind, obj_id)) as fd:
+                info = info_of(fd)
+        except BpfError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            continue
+        yield info
+
+
+def prog_infos():
+    """ProgInfo of every loaded program."""
+    return _infos("PROG", prog_info)
+
+
+def link_infos():
+    """LinkInfo of every bpf_link."""
+    return _infos("LINK", link_info)
+
+
 # Object info
 
 

@@ -53,25 +53,17 @@ def _attach_word(flags):
 
 def _sock_ops_links():
     """{(cgroup inode, program id)} of the cgroup sock_ops bpf_links on the host."""
-    found, link_id = set(), 0
-    while True:
-        try:
-            link_id = bpf.link_get_next_id(link_id)
-        except bpf.BpfError as exc:
-            # EINVAL before 5.8: no BPF_LINK_GET_NEXT_ID, nor cgroup links to list. EPERM without
-            # CAP_SYS_ADMIN (CAP_BPF + CAP_NET_ADMIN is enough for the rest): links then read as multi.
-            if exc.errno in (errno.EINVAL, errno.EPERM):
-                return found
+    found = set()
+    try:
+        for info in bpf.link_infos():
+            if info.type == bpf.BPF_LINK_TYPE_CGROUP and info.attach_type == bpf.BPF_CGROUP_SOCK_OPS:
+                found.add((info.cgroup_id, info.prog_id))
+    except bpf.BpfError as exc:
+        # EINVAL before 5.8: no BPF_LINK_GET_NEXT_ID, nor cgroup links to list. EPERM without
+        # CAP_SYS_ADMIN (CAP_BPF + CAP_NET_ADMIN is enough for the rest): links then read as multi.
+        if exc.errno not in (errno.EINVAL, errno.EPERM):
             raise
-        if link_id is None:
-            return found
-        try:
-            with bpf.closing_fd(bpf.link_get_fd_by_id(link_id)) as fd:
-                info = bpf.link_info(fd)
-        except bpf.BpfError:
-            continue  # released meanwhile
-        if info.type == bpf.BPF_LINK_TYPE_CGROUP and info.attach_type == bpf.BPF_CGROUP_SOCK_OPS:
-            found.add((info.cgroup_id, info.prog_id))
+    return found
 
 
 def _program_names(prog_id):

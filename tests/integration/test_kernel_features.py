@@ -36,18 +36,7 @@ def run_ok(request, missing=None):
 
 def links_of(prog_id):
     """Ids of the bpf_links that hold the program."""
-    found, link_id = [], 0
-    while True:
-        link_id = bpf.link_get_next_id(link_id)
-        if link_id is None:
-            return found
-        try:
-            with bpf.closing_fd(bpf.link_get_fd_by_id(link_id)) as fd:
-                if bpf.link_info(fd).prog_id == prog_id:
-                    found.append(link_id)
-        except bpf.BpfError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
+    return [info.id for info in bpf.link_infos() if info.prog_id == prog_id]
 
 
 def link_exists(link_id):

@@ -45,20 +45,7 @@ def check(condition, why, step=None, result=None):
 
 def links_of(program):
     """Every bpf_link whose program has the id program."""
-    found, link_id = [], 0
-    while True:
-        link_id = bpf.link_get_next_id(link_id)
-        if link_id is None:
-            return found
-        try:
-            with bpf.closing_fd(bpf.link_get_fd_by_id(link_id)) as fd:
-                info = bpf.link_info(fd)
-        except bpf.BpfError as exc:
-            if exc.errno == errno.ENOENT:  # went away meanwhile
-                continue
-            raise
-        if info.prog_id == program:
-            found.append(info)
+    return [info for info in bpf.link_infos() if info.prog_id == program]
 
 
 def program_exists(prog_id, wait_s=2.0):

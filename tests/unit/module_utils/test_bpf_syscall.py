@@ -505,6 +505,8 @@ def test_get_fd_by_id_round_trips(fds, cg):
         assert bpf_syscall.link_get_next_id(ids[2] - 1) == ids[2]
         assert ids[0] in walk(bpf_syscall.prog_get_next_id)
         assert ids[2] in walk(bpf_syscall.link_get_next_id)
+        assert [info.map_ids for info in bpf_syscall.prog_infos() if info.id == ids[0]] == [[ids[1]]]
+        assert [info.prog_id for info in bpf_syscall.link_infos() if info.id == ids[2]] == [ids[0]]
         # ids are below INT_MAX; a start id from INT_MAX up is EINVAL
         assert bpf_syscall.prog_get_next_id(0x7FFFFFFE) is None
         assert bpf_syscall.link_get_next_id(0x7FFFFFFE) is None

@@ -200,17 +200,7 @@ def test_this_kernel_answers_unknown_with_einval_and_bad_fds_with_ebadf():
 
 
 def _program_ids_named(name):
-    found, prog_id = [], 0
-    while True:
-        prog_id = bpf.prog_get_next_id(prog_id)
-        if prog_id is None:
-            return found
-        try:
-            with bpf.closing_fd(bpf.prog_get_fd_by_id(prog_id)) as fd:
-                if bpf.prog_info(fd).name == name:
-                    found.append(prog_id)
-        except bpf.BpfError:
-            continue  # freed meanwhile
+    return [info.id for info in bpf.prog_infos() if info.name == name]
 
 
 @pytest.mark.kernel
