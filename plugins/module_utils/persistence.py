@@ -58,6 +58,10 @@ RECORDED = (
     "force_legacy_attach",
 )
 UNIT_TEMPLATE = "tcp-rto@.service"
+UNIT_INSTANCE = "tcp-rto@%s.service"
+# Interpreters the boot unit may run as root, best first: the distribution's own Python 3 (whose
+# path survives upgrades of the minor version), then the one running now.
+SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/libexec/platform-python")
 
 UNIT_TEXT = """\
 # Installed by the Ansible collection netbpf.tcp_rto: restores the instance named %i after a boot.
@@ -72,7 +76,7 @@ Wants=network-online.target
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart={python} {script} %i
+ExecStart={python} -I {script} %i
 
 [Install]
 WantedBy=multi-user.target
@@ -286,9 +290,11 @@ def check_paths(name, root="/"):
     _check_dirs(layout, os.path.dirname(layout.wants_link(name)))  # the link itself is a symlink
 
 
-def install(params, object_path, object_sha256, root="/", python=None, check_mode=False):
-    """Record the instance and set up its boot-time restore; -> list of what changed."""
+def install(params, object_path, object_sha256, root="/", python=None, check_mode=False, systemd=None):
+    """Record the instance and set up its boot-time restore; -> list of what changed. The unit is
+    started afterwards, outside the instance lock: start_unit()."""
     layout = Layout(root)
+    systemd = systemd or Systemd(root)
     name = params["name"]
     changes = []
     # What a killed install of this instance left (the instance lock keeps other runs of it out;
@@ -321,7 +327,7 @@ def install(params, object_path, object_sha256, root="/", python=None, check_mod
     fault.point("persist_code_copied")
     unit = UNIT_TEXT.format(
         record_dir="/etc/tcp_rto" if root == "/" else layout.record_dir,
-        python=python or sys.executable,
+        python=python or boot_python(),
         script=layout.script,
     )
     if _write(layout, layout.unit, unit.encode("utf-8"), 0o644, check_mode):
@@ -336,16 +342,18 @@ def install(params, object_path, object_sha256, root="/", python=None, check_mod
         changes.append("enable tcp-rto@%s.service" % name)
     fault.point("persist_enabled")
     if changes and not check_mode:
-        _reload_systemd(root)
+        systemd.reload()
     return changes
 
 
-def remove(name, root="/", check_mode=False):
-    """Forget the instance: record, object, unit enablement, and the files a killed install left;
+def remove(name, root="/", check_mode=False, systemd=None):
+    """Forget the instance: its unit stopped (it has no ExecStop: the kernel keeps the instance) and
+    cleared of a failed state, record, object, unit enablement, and the files a killed install left;
     the shared files once no instance has a record (also when an earlier remove was killed after
     the record went)."""
     layout = Layout(root)
-    changes = []
+    systemd = systemd or Systemd(root)
+    changes = systemd.stop(name, check_mode)
     for path in (layout.wants_link(name), layout.record(name), layout.object(name)):
         for leftover in [path, *_temporaries(path)]:
             if _remove(layout, leftover, check_mode):
@@ -364,8 +372,14 @@ def remove(name, root="/", check_mode=False):
             if not check_mode and os.path.isdir(directory) and not os.listdir(directory):
                 os.rmdir(directory)
     if changes and not check_mode:
-        _reload_systemd(root)
+        systemd.reload()
     return changes
+
+
+def recorded(name, root="/"):
+    """Whether name has a record (or a unit enablement) to forget."""
+    layout = Layout(root)
+    return os.path.lexists(layout.record(name)) or os.path.lexists(layout.wants_link(name))
 
 
 def _is_int(value):
@@ -458,9 +472,106 @@ def read_record(name, root="/"):
     return {key: record[key] for key in (*RECORDED, "src")}
 
 
-def _reload_systemd(root):
-    """Tell a running systemd about unit changes (nothing to do in a test root or without systemd)."""
-    if root == "/" and os.path.isdir("/run/systemd/system"):
-        # module_utils here are plain stdlib Python (the boot-time restore imports them without
-        # Ansible): no AnsibleModule, so no run_command.
-        subprocess.call(["systemctl", "daemon-reload"])  # pylint: disable=ansible-bad-function
+class Systemd:
+    """systemctl for the instance units, when systemd runs the host this code runs on (root "/");
+    every call is a no-op under a test root or without systemd. run: how to call systemctl (tests)."""
+
+    def __init__(self, root="/", run=None):
+        self.live = run is not None or (root == "/" and os.path.isdir("/run/systemd/system"))
+        self.run = run or _systemctl
+
+    def reload(self):
+        if self.live:
+            self.run("daemon-reload")
+
+    def state(self, name):
+        """ActiveState of the instance's unit: active, inactive, failed, activating, ..."""
+        if not self.live:
+            return "inactive"
+        return self.run("show", "--property=ActiveState", "--value", UNIT_INSTANCE % name)[1].strip()
+
+    def stop(self, name, check_mode):
+        """Stop the unit and clear a failed state (systemd would list it as failed or not-found)."""
+        if self.state(name) in ("inactive", ""):
+            return []
+        if not check_mode:
+            self.run("stop", UNIT_INSTANCE % name)
+            self.run("reset-failed", UNIT_INSTANCE % name)
+        return ["stop %s" % UNIT_INSTANCE % name]
+
+    def start(self, name, check_mode):
+        """Start the unit unless active, after clearing a failed state (a failed boot restore that
+        this run fixed). The unit's restore applies the record the run just wrote: it finds the
+        kernel as the run left it and changes nothing. RecordError when it fails."""
+        state = self.state(name)
+        if not self.live or state == "active":
+            return []
+        if not check_mode:
+            if state == "failed":
+                self.run("reset-failed", UNIT_INSTANCE % name)
+            code, output = self.run("start", UNIT_INSTANCE % name)
+            if code != 0:
+                raise RecordError(
+                    "the instance is applied and recorded, but its boot unit %s failed to start (%s): see "
+                    "journalctl -u %s" % (UNIT_INSTANCE % name, output.strip(), UNIT_INSTANCE % name)
+                )
+        return ["start %s" % UNIT_INSTANCE % name]
+
+
+def _systemctl(*args):
+    """-> (exit code, stdout and stderr). module_utils here are plain stdlib Python (the boot-time
+    restore imports them without Ansible): no AnsibleModule, so no run_command."""
+    proc = subprocess.Popen(  # pylint: disable=ansible-bad-function
+        ["systemctl", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True
+    )
+    output = proc.communicate()[0]
+    return proc.returncode, output
+
+
+def start_unit(name, root="/", check_mode=False, systemd=None):
+    """After a persistent run, outside its instance lock (the unit's restore takes it): the unit
+    active, as it would be after a boot; -> list of what changed."""
+    return (systemd or Systemd(root)).start(name, check_mode)
+
+
+def _python_problem(path):
+    """Why path may not be the interpreter tcp-rto@.service runs as root at boot, or None: it, what
+    it links to and every directory above them must be root-owned and writable by no one else."""
+    if not os.path.isabs(path):
+        return "not an absolute path"
+    real = os.path.realpath(path)
+    checked = [path, real]
+    for start in (os.path.dirname(path), os.path.dirname(real)):
+        while True:
+            checked.append(start)
+            if start == os.path.dirname(start):
+                break
+            start = os.path.dirname(start)
+    for each in checked:
+        try:
+            status = os.stat(each) if each == path else os.lstat(each)
+        except OSError as exc:
+            return "%s: %s" % (each, exc.strerror)
+        if stat.S_ISLNK(status.st_mode):
+            continue  # a link's own mode means nothing; its target is checked
+        if status.st_uid != 0 or status.st_mode & 0o022:
+            return "%s is owned by uid %d with mode %04o" % (each, status.st_uid, status.st_mode & 0o7777)
+    if not (stat.S_ISREG(os.stat(real).st_mode) and os.access(real, os.X_OK)):
+        return "%s is not an executable file" % real
+    return None
+
+
+def boot_python(candidates=None):
+    """The interpreter the boot unit runs (with -I): the first of candidates (default: the system's
+    Python 3, then this run's interpreter) that is root-owned and writable by no one else, down to
+    /. RecordError naming each candidate's problem when none is."""
+    problems = []
+    for candidate in candidates or (*SYSTEM_PYTHONS, sys.executable):
+        problem = _python_problem(candidate)
+        if problem is None:
+            return candidate
+        problems.append("%s (%s)" % (candidate, problem))
+    raise RecordError(
+        "no interpreter the boot unit can safely run as root: %s. Install the distribution's python3 "
+        "(/usr/bin/python3), or run with a root-owned interpreter that only root can change" % "; ".join(problems)
+    )

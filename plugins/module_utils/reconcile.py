@@ -147,7 +147,7 @@ def run(params, check_mode=False, diff=False):
     result = dict(changed=False, actions=[], foreign_programs=[], drift=[], conflicts=[])
     features = preflight(params, result)
     desired = desired_instance(params, features, result["kernel"]["hz"]) if params["state"] == "present" else None
-    if desired is None or params.get("persistent"):
+    if desired is None or params.get("persistent") is not None:
         persistence.check_paths(params["name"], _persist_root(params))
     if check_mode:  # reads only: no need to keep other runs out
         _reconcile(params, desired, features, check_mode, diff, result)
@@ -161,6 +161,9 @@ def run(params, check_mode=False, diff=False):
             finally:
                 if not os.path.isdir(os.path.join(params["pin_dir"], params["name"])):
                     held.remove_file()  # no instance (absent, or a refused first run): no lock file either
+    if desired is not None and params.get("persistent"):
+        # outside the lock: the unit's restore takes it
+        result["actions"].extend(persistence.start_unit(params["name"], _persist_root(params), check_mode))
     result["changed"] = bool(result["actions"])
     return result
 
@@ -168,16 +171,19 @@ def run(params, check_mode=False, diff=False):
 def _reconcile(params, desired, features, check_mode, diff, result):
     converge(params, desired, features.prog_replace, check_mode, diff, result)
     fault.point("converged")
+    root = _persist_root(params)
     if desired is None:
-        result["actions"].extend(persistence.remove(params["name"], _persist_root(params), check_mode))
+        result["actions"].extend(persistence.remove(params["name"], root, check_mode))
     else:
         report(params, desired, check_mode, result)
+        # persistent: true records the instance, false forgets a record, None (the boot-time restore
+        # itself) leaves persistence as it is.
         if params.get("persistent"):
             result["actions"].extend(
-                persistence.install(
-                    params, params["src"], desired.object.sha256, _persist_root(params), check_mode=check_mode
-                )
+                persistence.install(params, params["src"], desired.object.sha256, root, check_mode=check_mode)
             )
+        elif params.get("persistent") is False and persistence.recorded(params["name"], root):
+            result["actions"].extend(persistence.remove(params["name"], root, check_mode))
 
 
 def _persist_root(params):

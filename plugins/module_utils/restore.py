@@ -22,7 +22,7 @@ def main(argv, root="/"):
     name = argv[0]
     try:
         params = persistence.read_record(name, root)
-        result = reconcile.run(dict(params, state="present", persistent=False, persist_root=root))
+        result = reconcile.run(dict(params, state="present", persistent=None, persist_root=root))
     except (persistence.RecordError, reconcile.VerificationFailed, *reconcile.ERRORS) as exc:
         sys.stderr.write("tcp-rto restore of %s failed: %s\n" % (name, reconcile.describe_error(exc)))
         return 1

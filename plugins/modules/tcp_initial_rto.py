@@ -131,9 +131,18 @@ options:
     description:
       - Keep the instance across reboots. The module records its parameters in
         C(/etc/tcp_rto/<name>.json), copies the object and the collection's own Python code (standard
-        library only) to C(/var/lib/tcp_rto/), and enables the systemd unit C(tcp-rto@<name>.service)
-        (a oneshot ordered before C(network-online.target)) that applies the record at boot with
-        that code. No Ansible, compiler or bpftool is needed at boot.
+        library only) to C(/var/lib/tcp_rto/), and enables and starts the systemd unit
+        C(tcp-rto@<name>.service) (a oneshot ordered before C(network-online.target)) that applies
+        the record at boot with that code, verified on real handshakes when O(verify=true). No
+        Ansible, compiler or bpftool is needed at boot.
+      - The unit runs the system's Python (C(/usr/bin/python3) when it is safe) with C(-I): the
+        interpreter, what it links to and every directory above them must be owned by root and
+        writable by no one else, else the task fails before any change.
+      - V(false) on an instance that has a record removes the record, and stops and disables its unit
+        (the unit file and the copied code go with the last record); the kernel keeps the instance
+        until the next boot.
+      - A unit left failed (a failed boot restore) is reset and started by the next run with
+        V(true).
       - O(state=absent) removes the record, the unit and the copied files whatever this option says.
     type: bool
     default: false

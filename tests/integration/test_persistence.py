@@ -175,3 +175,30 @@ def test_absent_removes_every_file(playbook, args, root, cgroup):
     playbook.module(state="absent", **other)
     assert files_under(root) == []
     assert playbook.module(state="absent", **args)["changed"] is False
+
+
+def test_not_persistent_any_more_forgets_the_record(playbook, args, root, cgroup):
+    playbook.module(**args)
+    forgotten = playbook.module(**dict(args, persistent=False))
+    assert forgotten["status"] == "ok", forgotten["_output"]
+    assert forgotten["changed"] is True
+    assert files_under(root) == []  # the only instance: the unit and the copied code go too
+    assert observed_rto_us(cgroup) == 200000  # the kernel keeps it until the next boot
+    assert playbook.module(**dict(args, persistent=False))["changed"] is False
+
+
+def test_not_persistent_keeps_the_unit_another_instance_needs(playbook, args, root, cgroup):
+    playbook.module(**args)
+    other = dict(args, name="other", cgroup=os.path.join(cgroup, "other"))
+    os.mkdir(other["cgroup"])
+    playbook.module(**other)
+    playbook.module(**dict(args, persistent=False))
+    assert not [path for path in files_under(root) if "boot" in path]
+    assert "etc/systemd/system/tcp-rto@.service" in files_under(root)
+    assert "etc/tcp_rto/other.json" in files_under(root)
+
+
+def test_boot_unit_runs_a_system_python_isolated(playbook, args, root):
+    playbook.module(**args)
+    command = exec_start(root, "boot")
+    assert command[:2] == ["/usr/bin/python3", "-I"]
