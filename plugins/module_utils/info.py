@@ -34,7 +34,7 @@ def _support(release):
     return kernel, mount, reasons
 
 
-def _instance_view(current, record_names):
+def _instance_view(current, record_names, persist_root):
     view = model.describe_current(current)
     hits = current.hits()
     for slot, rule in enumerate(view["rules"]):
@@ -47,6 +47,7 @@ def _instance_view(current, record_names):
         attached=current.attached,
         default_hits=hits.get(abi.DEFAULT_HIT_SLOT, 0),
         persistent=name in record_names,
+        unit=persistence.recorded_unit(name, persist_root) if name in record_names else None,
         problems=[problem for problem in [current.meta_problem] if problem]
         + ([] if current.program_intact else ["program or maps missing or mismatched"]),
     )
@@ -70,7 +71,7 @@ def gather(pin_dir, cgroups=(), persist_root="/"):
         for name in sorted(os.listdir(pin_dir)):
             current = model.Current(os.path.join(pin_dir, name))
             try:
-                instances.append(_instance_view(current, record_names))
+                instances.append(_instance_view(current, record_names, persist_root))
                 own_ids += [current.prog_info.id] if current.prog_info else []
             finally:
                 current.close()

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault, service_unit
 
 MODULE_UTILS = "ansible_collections.netbpf.tcp_rto.plugins.module_utils"
 # The module_utils the restore imports, directly or not.
@@ -42,6 +42,7 @@ CODE_FILES = (
     "restore",
     "fault",
     "lock",
+    "service_unit",
 )
 RECORD_FORMAT = 1
 # Module parameters the record keeps: what reconcile.run needs to apply the instance again.
@@ -56,7 +57,10 @@ RECORDED = (
     "hz",
     "verify",
     "force_legacy_attach",
+    "unit",
 )
+# Keys a record of an earlier version may lack, and what they meant there.
+ADDED_KEYS = {"unit": None}
 UNIT_TEMPLATE = "tcp-rto@.service"
 UNIT_INSTANCE = "tcp-rto@%s.service"
 # Interpreters the boot unit may run as root, best first: the distribution's own Python 3 (whose
@@ -124,6 +128,21 @@ class Layout:
 
     def wants_link(self, name):
         return os.path.join(self.unit_dir, "multi-user.target.wants", "tcp-rto@%s.service" % name)
+
+    def dropin(self, unit, name):
+        """The drop-in of unit that attaches the instance name at every start of the unit."""
+        return os.path.join(service_unit.dropin_dir(self.unit_dir, unit), service_unit.DROPIN_NAME % name)
+
+    def dropins(self, name):
+        """The drop-ins of name, of whatever unit (an instance that moved leaves the old one behind)."""
+        wanted = service_unit.DROPIN_NAME % name
+        if not os.path.isdir(self.unit_dir):
+            return []
+        return sorted(
+            os.path.join(self.unit_dir, entry, wanted)
+            for entry in os.listdir(self.unit_dir)
+            if entry.endswith(".service.d") and os.path.lexists(os.path.join(self.unit_dir, entry, wanted))
+        )
 
     def recorded_names(self):
         if not os.path.isdir(self.record_dir):
@@ -271,7 +290,7 @@ def _code(module):
 
 
 def record_content(params, object_sha256, object_path):
-    record = {key: params[key] for key in RECORDED}
+    record = {key: params.get(key) for key in RECORDED}
     record.update(format=RECORD_FORMAT, src=object_path, object_sha256=object_sha256)
     return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
@@ -281,7 +300,7 @@ def check_paths(name, root="/"):
     a symlink (or a directory where a file belongs) at a file of name or at a directory above it."""
     layout = Layout(root)
     code = [os.path.join(layout.code_dir, module + ".py") for module in CODE_FILES]
-    for path in [layout.record(name), layout.object(name), layout.script, layout.unit, *code]:
+    for path in [layout.record(name), layout.object(name), layout.script, layout.unit, *code, *layout.dropins(name)]:
         _check_dirs(layout, os.path.dirname(path))
         if os.path.islink(path):
             _refuse_symlink(path)
@@ -325,12 +344,12 @@ def install(params, object_path, object_sha256, root="/", python=None, check_mod
     if code_changed:
         changes.append("copy restore code to %s" % layout.lib_dir)
     fault.point("persist_code_copied")
-    unit = UNIT_TEXT.format(
-        record_dir="/etc/tcp_rto" if root == "/" else layout.record_dir,
-        python=python or boot_python(),
-        script=layout.script,
+    python_path = python or boot_python()
+    record_path = os.path.join("/etc/tcp_rto" if root == "/" else layout.record_dir, name + ".json")
+    unit_text = UNIT_TEXT.format(
+        record_dir="/etc/tcp_rto" if root == "/" else layout.record_dir, python=python_path, script=layout.script
     )
-    if _write(layout, layout.unit, unit.encode("utf-8"), 0o644, check_mode):
+    if _write(layout, layout.unit, unit_text.encode("utf-8"), 0o644, check_mode):
         changes.append("install %s" % layout.unit)
     fault.point("persist_unit_written")
     if _write(
@@ -338,8 +357,21 @@ def install(params, object_path, object_sha256, root="/", python=None, check_mod
     ):
         changes.append("record %s" % layout.record(name))
     fault.point("persist_record_written")
-    if _symlink(layout, os.path.join("..", UNIT_TEMPLATE), layout.wants_link(name), check_mode):
-        changes.append("enable tcp-rto@%s.service" % name)
+    unit = params.get("unit")
+    for dropin in layout.dropins(name):
+        if (unit is None or dropin != layout.dropin(unit, name)) and _remove(layout, dropin, check_mode):
+            changes.append("remove %s" % dropin)
+    if unit is None:
+        if _symlink(layout, os.path.join("..", UNIT_TEMPLATE), layout.wants_link(name), check_mode):
+            changes.append("enable tcp-rto@%s.service" % name)
+    else:
+        # the unit's own starts attach the instance: no boot unit of its own
+        changes.extend(systemd.stop(name, check_mode))
+        if _remove(layout, layout.wants_link(name), check_mode):
+            changes.append("disable tcp-rto@%s.service" % name)
+        text = service_unit.dropin_text(name, unit, python_path, layout.script, record_path)
+        if _write(layout, layout.dropin(unit, name), text.encode("utf-8"), 0o644, check_mode):
+            changes.append("install %s (attaches at every start of %s)" % (layout.dropin(unit, name), unit))
     fault.point("persist_enabled")
     if changes and not check_mode:
         systemd.reload()
@@ -354,7 +386,8 @@ def remove(name, root="/", check_mode=False, systemd=None):
     layout = Layout(root)
     systemd = systemd or Systemd(root)
     changes = systemd.stop(name, check_mode)
-    for path in (layout.wants_link(name), layout.record(name), layout.object(name)):
+    dropins = layout.dropins(name)
+    for path in (*dropins, layout.wants_link(name), layout.record(name), layout.object(name)):
         for leftover in [path, *_temporaries(path)]:
             if _remove(layout, leftover, check_mode):
                 changes.append("remove %s" % leftover)
@@ -371,6 +404,10 @@ def remove(name, root="/", check_mode=False, systemd=None):
         for directory in (layout.record_dir, os.path.dirname(layout.wants_link(name))):
             if not check_mode and os.path.isdir(directory) and not os.listdir(directory):
                 os.rmdir(directory)
+    for dropin in dropins:
+        directory = os.path.dirname(dropin)
+        if not check_mode and os.path.isdir(directory) and not os.listdir(directory):
+            os.rmdir(directory)
     if changes and not check_mode:
         systemd.reload()
     return changes
@@ -379,7 +416,21 @@ def remove(name, root="/", check_mode=False, systemd=None):
 def recorded(name, root="/"):
     """Whether name has a record (or a unit enablement) to forget."""
     layout = Layout(root)
-    return os.path.lexists(layout.record(name)) or os.path.lexists(layout.wants_link(name))
+    return bool(
+        os.path.lexists(layout.record(name)) or os.path.lexists(layout.wants_link(name)) or layout.dropins(name)
+    )
+
+
+def recorded_unit(name, root="/"):
+    """The unit a recorded instance follows, None for none or when the record cannot tell."""
+    layout = Layout(root)
+    try:
+        _check_dirs(layout, layout.record_dir)
+        record = json.loads((_read(layout.record(name)) or b"{}").decode("utf-8"))
+    except (RecordError, ValueError, OSError):
+        return None
+    unit = record.get("unit") if isinstance(record, dict) else None
+    return unit if isinstance(unit, str) else None
 
 
 def _is_int(value):
@@ -414,6 +465,7 @@ RECORD_TYPES = {
     "hz": (_optional(_is_int), "an integer or null"),
     "verify": (lambda value: isinstance(value, bool), "true or false"),
     "force_legacy_attach": (lambda value: isinstance(value, bool), "true or false"),
+    "unit": (_optional(_is_str), "a string or null"),
     "src": (_is_str, "a string"),
     "object_sha256": (_is_str, "a string"),
 }
@@ -425,7 +477,7 @@ def _check_record(record, name, layout):
         raise ValueError("not a JSON object")
     if record.get("format") != RECORD_FORMAT:
         raise ValueError("format is not %d" % RECORD_FORMAT)
-    missing = sorted(set(RECORD_TYPES) - set(record))
+    missing = sorted(set(RECORD_TYPES) - set(record) - set(ADDED_KEYS))
     if missing:
         raise ValueError("missing %s" % ", ".join(missing))
     unknown = sorted(set(record) - set(RECORD_TYPES))
@@ -433,7 +485,7 @@ def _check_record(record, name, layout):
         raise ValueError("unknown key(s) %s" % ", ".join(unknown))
     for key in sorted(RECORD_TYPES):
         check, expected = RECORD_TYPES[key]
-        if not check(record[key]):
+        if key in record and not check(record[key]):
             raise ValueError("%s is %s, expected %s" % (key, json.dumps(record[key])[:80], expected))
     if record["name"] != name:
         raise ValueError("it names the instance %r" % record["name"])
@@ -469,7 +521,7 @@ def read_record(name, root="/"):
             "again with Ansible to copy it"
             % (record["src"], "missing" if content is None else "another file", path, record["object_sha256"])
         )
-    return {key: record[key] for key in (*RECORDED, "src")}
+    return {key: record.get(key, ADDED_KEYS.get(key)) for key in (*RECORDED, "src")}
 
 
 class Systemd:

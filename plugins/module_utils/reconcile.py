@@ -21,6 +21,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     lock,
     persistence,
     probe,
+    service_unit,
 )
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
@@ -47,6 +48,7 @@ ERRORS = (
     bpf.BpfError,
     persistence.RecordError,
     lock.LockedError,
+    service_unit.UnitError,
     EnvironmentError,
 )
 
@@ -144,9 +146,14 @@ def give_up_seconds(desired):
 def run(params, check_mode=False, diff=False):
     """Bring the instance to what params describe (state present or absent); -> the result dict.
     Raises one of ERRORS; VerificationFailed after an apply whose handshakes do not match."""
-    result = dict(changed=False, actions=[], foreign_programs=[], drift=[], conflicts=[])
+    result = dict(changed=False, actions=[], foreign_programs=[], drift=[], conflicts=[], warnings=[])
     features = preflight(params, result)
-    desired = desired_instance(params, features, result["kernel"]["hz"]) if params["state"] == "present" else None
+    params = follow_unit(params, result)
+    desired = None
+    if params["state"] == "present":
+        desired = desired_instance(
+            params, features, result["kernel"]["hz"], pending=result.get("unit_running") is False
+        )
     if desired is None or params.get("persistent") is not None:
         persistence.check_paths(params["name"], _persist_root(params))
     if check_mode:  # reads only: no need to keep other runs out
@@ -161,21 +168,25 @@ def run(params, check_mode=False, diff=False):
             finally:
                 if not os.path.isdir(os.path.join(params["pin_dir"], params["name"])):
                     held.remove_file()  # no instance (absent, or a refused first run): no lock file either
-    if desired is not None and params.get("persistent"):
+    if desired is not None and params.get("persistent") and not params.get("unit"):
         # outside the lock: the unit's restore takes it
         result["actions"].extend(persistence.start_unit(params["name"], _persist_root(params), check_mode))
     result["changed"] = bool(result["actions"])
+    if not result["warnings"]:
+        del result["warnings"]
     return result
 
 
 def _reconcile(params, desired, features, check_mode, diff, result):
-    converge(params, desired, features.prog_replace, check_mode, diff, result)
+    if result.get("unit_running") is not False:
+        converge(params, desired, features.prog_replace, check_mode, diff, result)
     fault.point("converged")
     root = _persist_root(params)
     if desired is None:
         result["actions"].extend(persistence.remove(params["name"], root, check_mode))
     else:
-        report(params, desired, check_mode, result)
+        if result.get("unit_running") is not False:
+            report(params, desired, check_mode, result)
         # persistent: true records the instance, false forgets a record, None (the boot-time restore
         # itself) leaves persistence as it is.
         if params.get("persistent"):
@@ -207,10 +218,39 @@ def preflight(params, result):
     return features
 
 
-def desired_instance(params, features, hz):
-    """The instance params ask for, fully validated (cgroup, object, rules) before any change."""
+def follow_unit(params, result):
+    """For unit: params with cgroup set to the running unit's cgroup, and result["unit_running"];
+    for cgroup: a warning when it is a unit's cgroup, which systemd replaces at every start."""
+    unit = params.get("unit")
+    if not unit:
+        owner = service_unit.unit_of_cgroup(params.get("cgroup"))
+        if owner and params["state"] == "present":
+            result["warnings"].append(
+                "cgroup %s belongs to the systemd unit %s, which gets a new cgroup at every start: the instance "
+                "stays on the old one. Give unit: %s instead to follow it across restarts and reboots"
+                % (params["cgroup"], owner, owner)
+            )
+        return params
+    if params.get("cgroup"):
+        raise model.ConfigError("cgroup and unit are exclusive: give one (unit: follows the unit's cgroup)")
+    if params["state"] == "absent":
+        return params  # the pins say where the instance is attached
+    if not params.get("persistent"):
+        raise model.ConfigError(
+            "unit: %s attaches the instance at every start of the unit from its record: set persistent: true" % unit
+        )
+    cgroup = service_unit.running_cgroup(unit, host.cgroup2_mount())
+    result["unit_running"] = cgroup is not None
+    if cgroup is None:
+        result["warnings"].append("%s does not run: the instance is recorded, and its next start attaches it" % unit)
+    return dict(params, cgroup=cgroup)
+
+
+def desired_instance(params, features, hz, pending=False):
+    """The instance params ask for, fully validated (cgroup, object, rules) before any change; with
+    pending (a unit that does not run yet) the cgroup is not resolved."""
     cgroup_root = host.cgroup2_mount()
-    cgroup = host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
+    cgroup = None if pending else host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
     if not params["src"]:
         raise model.ConfigError(
             "src is required: run the module as netbpf.tcp_rto.tcp_initial_rto so that "

@@ -1,6 +1,8 @@
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Boot-time restore of a persistent instance: tcp-rto@<name>.service runs main([name]).
+"""Boot-time restore of a persistent instance: tcp-rto@<name>.service runs main([name]); the
+drop-in of a service that an instance follows (the module's `unit`) runs main(["--attach", name])
+as an ExecStartPre=+ command, inside the service's new cgroup, at every start.
 
 Reads the record, then the same reconcile.run the module uses. A missing or damaged record fails
 before anything touches the kernel; a failing apply undoes itself. Exit 0 only when restored."""
@@ -12,21 +14,41 @@ __metaclass__ = type
 import json
 import sys
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence, reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, persistence, reconcile, service_unit
+
+USAGE = "usage: restore.py INSTANCE | restore.py --attach INSTANCE\n"
 
 
 def main(argv, root="/"):
+    attach = argv[:1] == ["--attach"]
+    if attach:
+        argv = argv[1:]
     if len(argv) != 1:
-        sys.stderr.write("usage: restore.py INSTANCE\n")
+        sys.stderr.write(USAGE)
         return 2
     name = argv[0]
     try:
         params = persistence.read_record(name, root)
+        if attach != bool(params["unit"]):
+            raise persistence.RecordError(
+                "the instance %s follows %s: %s"
+                % (
+                    name,
+                    "the unit %s" % params["unit"] if params["unit"] else "no unit",
+                    "the drop-in of that unit attaches it at each start, not tcp-rto@%s.service" % name
+                    if params["unit"]
+                    else "tcp-rto@%s.service restores it, no drop-in; apply it again with Ansible" % name,
+                )
+            )
+        if attach:
+            params = dict(params, unit=None, cgroup=service_unit.own_cgroup(host.cgroup2_mount()))
         result = reconcile.run(dict(params, state="present", persistent=None, persist_root=root))
-    except (persistence.RecordError, reconcile.VerificationFailed, *reconcile.ERRORS) as exc:
+    except (persistence.RecordError, service_unit.UnitError, reconcile.VerificationFailed, *reconcile.ERRORS) as exc:
         sys.stderr.write("tcp-rto restore of %s failed: %s\n" % (name, reconcile.describe_error(exc)))
         return 1
     summary = {key: result.get(key) for key in ("changed", "actions", "verification")}
     summary["program_id"] = result["instance"]["program_id"]
-    sys.stdout.write("tcp-rto restore of %s: %s\n" % (name, json.dumps(summary, sort_keys=True)))
+    sys.stdout.write(
+        "tcp-rto %s of %s: %s\n" % ("attach" if attach else "restore", name, json.dumps(summary, sort_keys=True))
+    )
     return 0

@@ -55,7 +55,25 @@ options:
         it and in its descendants get the initial RTO.
       - Defaults to the root of the cgroup v2 mount found in C(/proc/mounts), that is every socket of
         the host.
+      - Not for a systemd service's own cgroup (C(.../system.slice/api.service)): systemd replaces it at
+        every start of the service and the instance stays on the old one (the task warns). Give
+        O(unit) instead.
+      - Mutually exclusive with O(unit).
     type: path
+  unit:
+    description:
+      - A systemd service (full name, like V(api.service)) whose processes get the initial RTO, across
+        C(systemctl restart), stop and start, C(daemon-reload) and reboots, from the first connect of
+        every start.
+      - The module installs the drop-in C(/etc/systemd/system/<unit>.d/tcp-rto-<name>.conf), whose
+        C(ExecStartPre=+) command attaches the instance to the service's new cgroup before the
+        service's main process starts (loading it from the record after a boot). A failed attach
+        does not keep the service from starting; the journal of the service says why.
+      - When the service runs, the instance is attached to its cgroup right away and verified there;
+        when it does not, it is recorded and its next start attaches it (the task warns).
+      - Needs systemd as PID 1 and O(persistent=true). No C(tcp-rto@<name>.service) unit is enabled
+        for it. Mutually exclusive with O(cgroup).
+    type: str
   rules:
     description:
       - Destination networks and the initial RTO of connections to (outgoing) or from (incoming)
@@ -204,10 +222,11 @@ EXAMPLES = r"""
       - dest: fd00::/8
         rto_ms: 50
 
-- name: Only the SYNs of one service's own connects, with a default for everything else
+- name: Only the SYNs of one service's own connects, across its restarts and reboots
   netbpf.tcp_rto.tcp_initial_rto:
     name: api
-    cgroup: /sys/fs/cgroup/system.slice/api.service
+    unit: api.service
+    persistent: true
     direction: outgoing
     rules:
       - dest: 192.0.2.0/24
@@ -308,6 +327,13 @@ drift:
   type: list
   elements: str
   sample: ["rules map: 10.0.0.0/8 holds 250 jiffies, tcp_rto wrote 13"]
+unit_running:
+  description:
+    - With O(unit), whether the service ran, so that the instance was attached to its cgroup now;
+      V(false) means its next start attaches it.
+  returned: when O(unit) is given and O(state=present)
+  type: bool
+  sample: true
 actions:
   description: What was (or in check mode would be) changed.
   returned: always
@@ -330,6 +356,7 @@ ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
     state=dict(type="str", choices=["present", "absent"], default="present"),
     cgroup=dict(type="path"),
+    unit=dict(type="str"),
     rules=dict(
         type="list",
         elements="dict",
@@ -354,7 +381,9 @@ ARGUMENT_SPEC = dict(
 
 
 def main():
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    module = AnsibleModule(
+        argument_spec=ARGUMENT_SPEC, mutually_exclusive=[["cgroup", "unit"]], supports_check_mode=True
+    )
     try:
         result = reconcile.run(module.params, check_mode=module.check_mode, diff=module._diff)
     except reconcile.VerificationFailed as exc:

@@ -107,6 +107,9 @@ instances:
     default_rto_ms: {description: Value for connections matching no rule (null = kernel default)., type: float}
     default_hits: {description: Connections that got the default., type: int}
     persistent: {description: Whether a record restores it at boot., type: bool}
+    unit:
+      description: The systemd service whose starts attach it (the module's O(netbpf.tcp_rto.tcp_initial_rto#module:unit)), or null.
+      type: str
     problems: {description: What is wrong with its kernel objects (empty when nothing)., type: list, elements: str}
     foreign_programs: {description: Other sock_ops programs attached to its cgroup., type: list, elements: dict}
   sample: [{name: dc, cgroup: /sys/fs/cgroup, attached: true, attach_mode: link, program_id: 42, direction: both,

@@ -82,6 +82,7 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
                 "reconcile",
                 "restore",
                 "rto_program",
+                "service_unit",
             )
         ]
     )
