@@ -12,11 +12,15 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import json
+import os
 import sys
+import time
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, persistence, reconcile, service_unit
 
 USAGE = "usage: restore.py INSTANCE | restore.py --attach INSTANCE\n"
+# How often a restore whose cgroup does not exist yet looks for it.
+CGROUP_POLL_SECONDS = 0.2
 
 
 def main(argv, root="/"):
@@ -42,10 +46,34 @@ def main(argv, root="/"):
             )
         if attach:
             params = dict(params, unit=None, cgroup=service_unit.own_cgroup(host.cgroup2_mount()))
+        elif params["cgroup"] and not os.path.isdir(params["cgroup"]) and _wait_in_background(name, params["cgroup"]):
+            return 0
         result = reconcile.run(dict(params, state="present", persistent=None, persist_root=root))
     except (persistence.RecordError, service_unit.UnitError, reconcile.VerificationFailed, *reconcile.ERRORS) as exc:
         sys.stderr.write("tcp-rto restore of %s failed: %s\n" % (name, reconcile.describe_error(exc)))
         return 1
+    return _report(name, attach, result)
+
+
+def _wait_in_background(name, cgroup):
+    """A cgroup that does not exist yet at boot (made by a unit that starts later, maybe after
+    network-online.target, which this unit must not hold up): the parent returns True and the unit
+    is active; a child, left in the unit's cgroup (a oneshot's leftover processes live on until the
+    unit stops), waits for the cgroup and returns False to apply the record there."""
+    pid = os.fork()
+    if pid:
+        sys.stdout.write(
+            "tcp-rto restore of %s: cgroup %s does not exist yet; process %d applies the instance when it "
+            "appears\n" % (name, cgroup, pid)
+        )
+        sys.stdout.flush()
+        return True
+    while not os.path.isdir(cgroup):
+        time.sleep(CGROUP_POLL_SECONDS)
+    return False
+
+
+def _report(name, attach, result):
     summary = {key: result.get(key) for key in ("changed", "actions", "verification")}
     summary["program_id"] = result["instance"]["program_id"]
     sys.stdout.write(

@@ -4,7 +4,9 @@ the instance and running the ExecStart line of its systemd unit. Files go under 
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 from bpf_inventory import snapshot
@@ -203,3 +205,37 @@ def test_boot_unit_runs_a_system_python_isolated(playbook, args, root):
     playbook.module(**args)
     command = exec_start(root, "boot")
     assert command[:2] == ["/usr/bin/python3", "-I"]
+
+
+def test_restore_waits_for_a_cgroup_made_after_boot(playbook, args, root, cgroup, tmp_path):
+    """At boot a cgroup can appear after the restore ran (made by a unit ordered after
+    network-online.target, which the restore is ordered before): the restore succeeds at once and a
+    process of its unit applies the instance when the cgroup appears."""
+    late = os.path.join(cgroup, "late")
+    os.mkdir(late)
+    playbook.module(**dict(args, cgroup=late))
+    reboot(args)
+    os.rmdir(late)
+    log = str(tmp_path / "restore.log")
+    with open(log, "w") as out:
+        restore = subprocess.run(
+            exec_start(root, "boot"), stdout=out, stderr=subprocess.STDOUT, timeout=60, check=False
+        )
+    with open(log) as handle:
+        said = handle.read()
+    assert restore.returncode == 0, said
+    assert "cgroup %s does not exist yet; process " % late in said
+    waiter = int(said.split("; process ")[1].split()[0])
+    try:
+        os.mkdir(late)
+        for _second in range(120):  # a bound, not an expectation: the waiter exits once applied
+            if not os.path.exists("/proc/%d" % waiter):
+                break
+            time.sleep(1)
+        with open(log) as handle:
+            said = handle.read()
+        assert "tcp-rto restore of boot: " in said.split("appears\n", 1)[1], said
+        assert observed_rto_us(late) == 200000
+    finally:
+        if os.path.exists("/proc/%d" % waiter):
+            os.kill(waiter, signal.SIGKILL)
