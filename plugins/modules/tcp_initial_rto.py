@@ -381,9 +381,7 @@ ARGUMENT_SPEC = dict(
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec=ARGUMENT_SPEC, mutually_exclusive=[["cgroup", "unit"]], supports_check_mode=True
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     try:
         result = reconcile.run(module.params, check_mode=module.check_mode, diff=module._diff)
     except reconcile.VerificationFailed as exc:

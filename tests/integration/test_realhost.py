@@ -189,6 +189,31 @@ def service_start(host, command):
     return service_reports(host)[-1]
 
 
+LATE_TEXT = """\
+[Unit]
+Description=A service in a slice of its own, started after network-online.target
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+Slice=late.slice
+ExecStart=/bin/sleep infinity
+
+[Install]
+WantedBy=multi-user.target
+"""
+LATE_SLICE = "/sys/fs/cgroup/late.slice"
+
+
+def test_instance_on_a_slice_made_after_network_online(realhost):
+    """Restored by tcp-rto@late.service, ordered before network-online.target, while the slice's
+    cgroup appears only with the service ordered after it: checked after the reboot below."""
+    realhost.guest.write("/etc/systemd/system/late.service", LATE_TEXT)
+    realhost.guest.root("systemctl daemon-reload && systemctl enable --now late.service")
+    _ok(realhost.play("netbpf.tcp_rto.rollout", tcp_rto_name="late", tcp_rto_cgroup=LATE_SLICE, tcp_rto_ms=350))
+    assert realhost.unit_state("tcp-rto@late.service") == "active"
+
+
 def test_unit_follows_a_service_across_restarts_and_reboot(realhost):
     with open(PROBE) as handle:
         realhost.guest.write("/usr/local/bin/syn_rto_probe.py", handle.read())
@@ -198,7 +223,7 @@ def test_unit_follows_a_service_across_restarts_and_reboot(realhost):
     _ok(realhost.play("netbpf.tcp_rto.rollout", tcp_rto_name="svc", tcp_rto_unit=SERVICE, tcp_rto_ms=250))
     assert realhost.rto_ms(SERVICE_CGROUP) == 250.0  # attached to the running service right away
     assert realhost.rto_ms() == 1000.0  # and nowhere else
-    assert realhost.units() == ""  # its starts attach it: no boot unit
+    assert "tcp-rto@svc" not in realhost.units()  # its starts attach it: no boot unit
 
     assert service_start(realhost, "systemctl restart %s" % SERVICE) == 250.0
     assert service_start(realhost, "systemctl stop %s && systemctl start %s" % (SERVICE, SERVICE)) == 250.0
@@ -213,9 +238,21 @@ def test_unit_follows_a_service_across_restarts_and_reboot(realhost):
     info = realhost.guest.root("journalctl -b -u %s -o cat" % SERVICE).stdout
     assert "tcp-rto attach of svc" in info and '"ok": true' in info, info
 
+    # the slice instance: not failed at boot (assert_healthy above), restored once the slice appeared
+    realhost.guest.root(
+        "for i in $(seq 120); do journalctl -b -u tcp-rto@late -o cat | grep -q '^tcp-rto restore of late: {' && exit 0;"
+        " sleep 1; done; journalctl -b -u tcp-rto@late -o cat; exit 1"
+    )
+    assert realhost.unit_state("tcp-rto@late.service") == "active"
+    realhost.guest.root("mkdir -p %s/probe" % LATE_SLICE)  # a leaf below the slice for the probe
+    assert realhost.rto_ms(LATE_SLICE + "/probe") == 350.0
+    realhost.guest.root("rmdir %s/probe" % LATE_SLICE)
+
 
 def test_unit_removal_leaves_the_service_as_it_was(realhost):
+    _ok(realhost.play("netbpf.tcp_rto.rollback", tcp_rto_name="late", tcp_rto_state="absent"))
     _ok(realhost.play("netbpf.tcp_rto.rollback", tcp_rto_name="svc", tcp_rto_state="absent"))
+    assert realhost.units() == ""
     assert realhost.guest.root("ls /etc/systemd/system/%s.d" % SERVICE, check=False).returncode != 0
     assert service_start(realhost, "systemctl restart %s" % SERVICE) == 1000.0
     assert_healthy(realhost)
