@@ -30,6 +30,22 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import B
 PROBE_ADDRESS = "127.0.0.1"
 
 
+# persistent as the boot-time code passes it: it applies the record and changes nothing of it.
+PERSISTENCE_UNTOUCHED = "untouched"
+
+
+def persistence_step(params):
+    """What a run with state present does to the instance's persistence: "record" (persistent: true,
+    or omitted for an instance that has a record, which follows the new parameters), "forget"
+    (persistent: false on a recorded instance) or None."""
+    persistent = params.get("persistent")
+    if persistent is True:
+        return "record"
+    if persistent not in (None, False) or not persistence.recorded(params["name"], _persist_root(params)):
+        return None
+    return "forget" if persistent is False else "record"
+
+
 class VerificationFailed(Exception):
     """Applied, but a real handshake does not start with the configured RTO; .result has the rest."""
 
@@ -154,21 +170,22 @@ def run(params, check_mode=False, diff=False):
         desired = desired_instance(
             params, features, result["kernel"]["hz"], pending=result.get("unit_running") is False
         )
-    if desired is None or params.get("persistent") is not None:
+    step = persistence_step(params) if desired is not None else None
+    if desired is None or step:
         persistence.check_paths(params["name"], _persist_root(params))
     if check_mode:  # reads only: no need to keep other runs out
-        _reconcile(params, desired, features, check_mode, diff, result)
+        _reconcile(params, desired, features, step, check_mode, diff, result)
     else:
         with lock.InstanceLock(
             params["name"], params["pin_dir"], params.get("lock_timeout", lock.DEFAULT_TIMEOUT)
         ) as held:
             try:
                 fault.point("lock_taken")
-                _reconcile(params, desired, features, check_mode, diff, result)
+                _reconcile(params, desired, features, step, check_mode, diff, result)
             finally:
                 if not os.path.isdir(os.path.join(params["pin_dir"], params["name"])):
                     held.remove_file()  # no instance (absent, or a refused first run): no lock file either
-    if desired is not None and params.get("persistent") and not params.get("unit"):
+    if step == "record" and not params.get("unit"):
         # outside the lock: the unit's restore takes it
         result["actions"].extend(persistence.start_unit(params["name"], _persist_root(params), check_mode))
     result["changed"] = bool(result["actions"])
@@ -177,7 +194,7 @@ def run(params, check_mode=False, diff=False):
     return result
 
 
-def _reconcile(params, desired, features, check_mode, diff, result):
+def _reconcile(params, desired, features, step, check_mode, diff, result):
     if result.get("unit_running") is not False:
         converge(params, desired, features.prog_replace, check_mode, diff, result)
     fault.point("converged")
@@ -187,13 +204,11 @@ def _reconcile(params, desired, features, check_mode, diff, result):
     else:
         if result.get("unit_running") is not False:
             report(params, desired, check_mode, result)
-        # persistent: true records the instance, false forgets a record, None (the boot-time restore
-        # itself) leaves persistence as it is.
-        if params.get("persistent"):
+        if step == "record":
             result["actions"].extend(
                 persistence.install(params, params["src"], desired.object.sha256, root, check_mode=check_mode)
             )
-        elif params.get("persistent") is False and persistence.recorded(params["name"], root):
+        elif step == "forget":
             result["actions"].extend(persistence.remove(params["name"], root, check_mode))
 
 
@@ -235,7 +250,7 @@ def follow_unit(params, result):
         raise model.ConfigError("cgroup and unit are exclusive: give one (unit: follows the unit's cgroup)")
     if params["state"] == "absent":
         return params  # the pins say where the instance is attached
-    if not params.get("persistent"):
+    if params.get("persistent") is False:
         raise model.ConfigError(
             "unit: %s attaches the instance at every start of the unit from its record: set persistent: true" % unit
         )

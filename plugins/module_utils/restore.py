@@ -48,7 +48,9 @@ def main(argv, root="/"):
             params = dict(params, unit=None, cgroup=service_unit.own_cgroup(host.cgroup2_mount()))
         elif params["cgroup"] and not os.path.isdir(params["cgroup"]) and _wait_in_background(name, params["cgroup"]):
             return 0
-        result = reconcile.run(dict(params, state="present", persistent=None, persist_root=root))
+        result = reconcile.run(
+            dict(params, state="present", persistent=reconcile.PERSISTENCE_UNTOUCHED, persist_root=root)
+        )
     except (persistence.RecordError, service_unit.UnitError, reconcile.VerificationFailed, *reconcile.ERRORS) as exc:
         sys.stderr.write("tcp-rto restore of %s failed: %s\n" % (name, reconcile.describe_error(exc)))
         return 1

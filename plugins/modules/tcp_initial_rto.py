@@ -159,11 +159,12 @@ options:
       - V(false) on an instance that has a record removes the record, and stops and disables its unit
         (the unit file and the copied code go with the last record); the kernel keeps the instance
         until the next boot.
-      - A unit left failed (a failed boot restore) is reset and started by the next run with
-        V(true).
+      - Omitted, an instance that has a record keeps it, rewritten with these parameters (so the next
+        boot applies what the kernel holds now); an instance without one gets none.
+      - A unit left failed (a failed boot restore) is reset and started by the next run that records
+        the instance.
       - O(state=absent) removes the record, the unit and the copied files whatever this option says.
     type: bool
-    default: false
   persist_root:
     description:
       - Test aid (and for building images). Directory that stands for C(/) for the files O(persistent)
@@ -374,7 +375,7 @@ ARGUMENT_SPEC = dict(
     verify=dict(type="bool", default=True),
     src=dict(type="path"),
     force_legacy_attach=dict(type="bool", default=False),
-    persistent=dict(type="bool", default=False),
+    persistent=dict(type="bool"),
     persist_root=dict(type="path", default="/"),
     lock_timeout=dict(type="int", default=60),
 )

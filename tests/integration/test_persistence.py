@@ -1,6 +1,7 @@
 """persistent: true keeps an instance across a reboot, simulated by removing every kernel object of
 the instance and running the ExecStart line of its systemd unit. Files go under a test root."""
 
+import json
 import os
 import shlex
 import shutil
@@ -239,3 +240,18 @@ def test_restore_waits_for_a_cgroup_made_after_boot(playbook, args, root, cgroup
     finally:
         if os.path.exists("/proc/%d" % waiter):
             os.kill(waiter, signal.SIGKILL)
+
+
+def test_persistent_omitted_keeps_a_record_up_to_date(playbook, args, root):
+    """Omitted, persistent neither creates a record nor leaves one with parameters the kernel no
+    longer holds (the next boot would restore those)."""
+    omitted = {key: value for key, value in args.items() if key != "persistent"}
+    other = playbook.module(**dict(omitted, name="other"))
+    assert other["status"] == "ok", other["_output"]
+    assert not os.path.exists(os.path.join(root, "etc/tcp_rto/other.json"))
+    playbook.module(**dict(omitted, name="other", state="absent"))
+    playbook.module(**args)
+    updated = playbook.module(**dict(omitted, rules=[{"dest": "127.0.0.0/8", "rto_ms": 300}]))
+    assert "record %s/etc/tcp_rto/boot.json" % root in updated["actions"]
+    with open(os.path.join(root, "etc/tcp_rto/boot.json")) as handle:
+        assert json.load(handle)["rules"] == [{"dest": "127.0.0.0/8", "rto_ms": 300}]
