@@ -55,8 +55,8 @@ options:
         it and in its descendants get the initial RTO.
       - Defaults to the root of the cgroup v2 mount found in C(/proc/mounts), that is every socket of
         the host.
-      - Not for a systemd service's own cgroup (C(.../system.slice/api.service)): systemd replaces it at
-        every start of the service and the instance stays on the old one (the task warns). Give
+      - Not for a systemd service's own cgroup (C(.../system.slice/api.service)), which systemd replaces
+        at every start of the service while the instance stays on the old one (the task warns). Give
         O(unit) instead.
       - Mutually exclusive with O(unit).
     type: path
@@ -153,7 +153,7 @@ options:
         C(tcp-rto@<name>.service) (a oneshot ordered before C(network-online.target)) that applies
         the record at boot with that code, verified on real handshakes when O(verify=true). No
         Ansible, compiler or bpftool is needed at boot.
-      - The unit runs the system's Python (C(/usr/bin/python3) when it is safe) with C(-I): the
+      - The unit runs the system's Python (C(/usr/bin/python3) when it is safe) with C(-I). The
         interpreter, what it links to and every directory above them must be owned by root and
         writable by no one else, else the task fails before any change.
       - V(false) on an instance that has a record removes the record, and stops and disables its unit

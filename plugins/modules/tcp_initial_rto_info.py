@@ -108,12 +108,14 @@ instances:
     default_hits: {description: Connections that got the default., type: int}
     persistent: {description: Whether a record restores it at boot., type: bool}
     unit:
-      description: The systemd service whose starts attach it (the module's O(netbpf.tcp_rto.tcp_initial_rto#module:unit)), or null.
+      description:
+        - The systemd service whose starts attach it (the module's
+          O(netbpf.tcp_rto.tcp_initial_rto#module:unit)), or null.
       type: str
     state:
       description:
         - V(ok); V(detached) (the program is not attached to its cgroup, for example because the cgroup was
-          removed or re-created: systemd does that at every start of a unit); V(drift) (a map edited outside
+          removed or re-created, as systemd does at every start of a unit); V(drift) (a map edited outside
           tcp_rto, or the unit it follows is missing); V(damaged) (pins or the program missing).
       type: str
       sample: ok
@@ -132,13 +134,15 @@ recorded_not_loaded:
   elements: str
 problems:
   description:
-    - Every problem of the host's instances, as C(<name>: <problem>), and one line per recorded instance
-      the kernel does not hold (its boot restore did not run or failed, or the service it follows has not
-      started), each with where to look. Empty on a healthy host.
+    - Every problem of the host's instances, as C(<name>) followed by a colon and the problem, and one
+      line per recorded instance the kernel does not hold (its boot restore did not run or failed, or
+      the service it follows has not started), each with where to look. Empty on a healthy host.
   returned: always
   type: list
   elements: str
-  sample: ["api: detached: program 42 is not attached to /sys/fs/cgroup/system.slice/api.service: the cgroup was removed and re-created, ..."]
+  sample:
+    - "api: detached: program 42 is not attached to /sys/fs/cgroup/system.slice/api.service: the cgroup was
+      removed and re-created, ..."
 foreign_programs:
   description: For each cgroup of O(cgroups), the sock_ops programs attached to it.
   returned: always
