@@ -46,7 +46,7 @@ def main(argv, root="/"):
             )
         if attach:
             params = dict(params, unit=None, cgroup=service_unit.own_cgroup(host.cgroup2_mount()))
-        elif params["cgroup"] and not os.path.isdir(params["cgroup"]) and _wait_in_background(name, params["cgroup"]):
+        elif _may_appear(params["cgroup"]) and _wait_in_background(name, params["cgroup"]):
             return 0
         result = reconcile.run(
             dict(params, state="present", persistent=reconcile.PERSISTENCE_UNTOUCHED, persist_root=root)
@@ -55,6 +55,18 @@ def main(argv, root="/"):
         sys.stderr.write("tcp-rto restore of %s failed: %s\n" % (name, reconcile.describe_error(exc)))
         return 1
     return _report(name, attach, result)
+
+
+def _may_appear(cgroup):
+    """Whether cgroup is a missing directory below the cgroup v2 mount that a unit may still make
+    (anything else goes to reconcile.run, whose error says what is wrong with it)."""
+    if not cgroup or "\0" in cgroup or not os.path.isabs(cgroup) or os.path.lexists(cgroup):
+        return False
+    try:
+        mount = host.cgroup2_mount()
+    except host.HostError:
+        return False
+    return os.path.normpath(cgroup).startswith(mount.rstrip("/") + "/")
 
 
 def _wait_in_background(name, cgroup):
