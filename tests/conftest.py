@@ -29,6 +29,37 @@ _link_collection()
 def pytest_configure(config):
     # here rather than in pytest.ini: ansible-test units runs pytest with a configuration of its own
     config.addinivalue_line("markers", "kernel: needs root and this machine's kernel (BPF, cgroup v2)")
+    config.addinivalue_line("markers", "slow: left out of the contributor's loop, tests/run -m 'not slow'")
+
+
+# Files whose tests take minutes: qemu guests, ansible-test and docs gates, playbook runs over many
+# hosts, hundreds of bad-input or crash cases, benchmarks. The full test command runs them all.
+SLOW_FILES = {
+    "test_ansible_test.py",
+    "test_target_pythons.py",
+    "test_gates_docs.py",
+    "test_kernel_matrix.py",
+    "test_realhost.py",
+    "test_crash.py",
+    "test_bad_input.py",
+    "test_bench_smoke.py",
+    "test_concurrency.py",
+    "test_upgrade_gap.py",
+    "test_rules_capacity.py",
+    "test_galaxy.py",
+    "test_execution_environment.py",
+    "test_fleet.py",
+    "test_instances.py",
+    "test_role.py",
+    "test_privilege.py",
+    "test_coexistence.py",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if os.path.basename(item.nodeid.split("::")[0]) in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
 
 
 def pytest_sessionstart(session):

@@ -20,13 +20,13 @@ import os, sys
 sys.path.insert(0, os.path.join(sys.argv[1], ".cache", "collections"))
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     apply, bpf_object, bpf_syscall, host, instance, probe, rto_program)
-obj = bpf_object.BpfObject.from_file(os.path.join(sys.argv[1], "files", "bpf", "tcp_initial_rto.bpf.o"))
+obj = bpf_object.BpfObject.from_file(os.path.join(sys.argv[1], "plugins", "plugin_utils", "tcp_initial_rto.bpf.o"))
 bpf_object.check_contract(obj)
 rules = instance.parse_rules([{"dest": "10.0.0.0/8", "rto_ms": 50}, {"dest": "fd00::/8", "rto_ms": 4}], 250)
 assert [rule.rto_jiffies for rule in rules] == [13, 1], rules
 fd = bpf_syscall.map_create(rto_program.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, "pycheck")
 os.close(fd)
-print(host.KernelFeatures().release)
+print(host.kernel_release())
 """
 
 

@@ -13,8 +13,11 @@
 
 #define SEC(name) __attribute__((section(name), used))
 
-/* Legacy map definition, read by the collection's own ELF reader (no libbpf, no BTF). */
-struct bpf_map_def { __u32 type, key_size, value_size, max_entries, map_flags; };
+/* BTF-defined maps, as libbpf's bpf_helpers.h spells them (not included: the build needs only
+ * clang and the kernel headers). Each attribute is a member whose BTF type carries the value: an
+ * integer as the element count of an array type, a key or value type as the pointed-to type. */
+#define __uint(name, val)	int (*name)[val]
+#define __type(name, val)	typeof(val) *name
 
 /* Helper id from enum bpf_func_id; bpf_map_lookup_elem is not GPL-only. */
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
@@ -39,21 +42,27 @@ struct rule_key { __u32 prefixlen, addr[4]; };	/* prefixlen host order, addr net
 struct rule_value { __u32 rto_jiffies, hit_slot; };
 struct config_value { __u32 default_rto_jiffies, directions; };	/* 0: no default; DIRECTION_* */
 
-struct bpf_map_def SEC("maps") rules = {
-	.type = BPF_MAP_TYPE_LPM_TRIE, .key_size = sizeof(struct rule_key),
-	.value_size = sizeof(struct rule_value), .max_entries = MAX_RULES,
-	.map_flags = BPF_F_NO_PREALLOC,	/* the kernel refuses an LPM trie without it */
-};
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__type(key, struct rule_key);
+	__type(value, struct rule_value);
+	__uint(max_entries, MAX_RULES);
+	__uint(map_flags, BPF_F_NO_PREALLOC);	/* the kernel refuses an LPM trie without it */
+} rules SEC(".maps");
 
-struct bpf_map_def SEC("maps") config = {
-	.type = BPF_MAP_TYPE_ARRAY, .key_size = sizeof(__u32),
-	.value_size = sizeof(struct config_value), .max_entries = 1,
-};
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__type(key, __u32);
+	__type(value, struct config_value);
+	__uint(max_entries, 1);
+} config SEC(".maps");
 
-struct bpf_map_def SEC("maps") hits = {
-	.type = BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = sizeof(__u32),
-	.value_size = sizeof(__u64), .max_entries = MAX_RULES + 1,
-};
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(max_entries, MAX_RULES + 1);
+} hits SEC(".maps");
 
 static __attribute__((always_inline)) void count_hit(__u32 slot)
 {

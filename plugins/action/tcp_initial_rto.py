@@ -9,7 +9,6 @@ __metaclass__ = type
 
 import os
 import shutil
-import subprocess
 import tempfile
 
 from ansible.errors import AnsibleActionFail, AnsibleError
@@ -17,12 +16,11 @@ from ansible.module_utils.common.text.converters import to_text
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.rto_program import MAX_RULES, too_many_rules
-
-COLLECTION_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BPF_DIR = os.path.join(COLLECTION_ROOT, "files", "bpf")
-SHIPPED_OBJECT = os.path.join(BPF_DIR, "tcp_initial_rto.bpf.o")
-BUILD_SCRIPT = os.path.join(BPF_DIR, "build")
-REMOTE_NAME = "tcp_initial_rto.bpf.o"
+from ansible_collections.netbpf.tcp_rto.plugins.plugin_utils.bpf_build import (
+    OBJECT_NAME,
+    SHIPPED_OBJECT,
+    compile_object,
+)
 
 
 def compile_source(source, workdir):
@@ -32,10 +30,10 @@ def compile_source(source, workdir):
             "src %s is C source and needs clang on the controller to compile it; install clang "
             "(Debian/Ubuntu: apt-get install clang) or give a compiled .o" % source
         )
-    output = os.path.join(workdir, REMOTE_NAME)
-    proc = subprocess.run([BUILD_SCRIPT, output, source], check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        raise AnsibleActionFail("compiling %s failed:\n%s" % (source, to_text(proc.stdout)))
+    output = os.path.join(workdir, OBJECT_NAME)
+    code, text = compile_object(source, output)
+    if code != 0:
+        raise AnsibleActionFail("compiling %s failed:\n%s" % (source, to_text(text)))
     return output
 
 
@@ -66,7 +64,7 @@ class ActionModule(ActionBase):
         try:
             if module_args.get("state", "present") == "present":
                 local = self._local_object(module_args.get("src"), workdir)
-                remote = self._connection._shell.join_path(self._connection._shell.tmpdir, REMOTE_NAME)
+                remote = self._connection._shell.join_path(self._connection._shell.tmpdir, OBJECT_NAME)
                 self._transfer_file(local, remote)
                 self._fixup_perms2((self._connection._shell.tmpdir, remote))
                 module_args["src"] = remote

@@ -1,6 +1,6 @@
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""The bpf(2) system call through ctypes: maps, program load, pins, attach, links, query, info.
+"""The bpf(2) system call through ctypes: maps, BTF, program load, pins, attach, links, query, info.
 
 Plain stdlib: the boot-time restore imports it without Ansible. Every attr is packed at the
 offsets of `union bpf_attr` (include/uapi/linux/bpf.h) into a zeroed buffer of ATTR_SIZE bytes;
@@ -18,6 +18,7 @@ import ctypes
 import errno
 import os
 import struct
+import sysconfig
 
 # Room for every union bpf_attr member up to at least 6.18 (144 bytes in 6.1): the kernel writes
 # some results back (query.revision, log_true_size) at offsets only newer headers know.
@@ -43,17 +44,40 @@ BPF_PSEUDO_MAP_FD = 1
 BPF_LINK_TYPE_CGROUP = 3
 BPF_OBJ_NAME_LEN = 16
 
-# bpf(2) by os.uname().machine (arch/*/include/uapi/asm/unistd*.h, or the generic table).
+# bpf(2) by the architecture of this process (arch/*/kernel/syscalls/*.tbl, or the generic table
+# of include/uapi/asm-generic/unistd.h): (family, pointer bits, ABI variant) -> number.
 SYSCALL_NUMBERS = {
-    "x86_64": 321,
-    "aarch64": 280,
-    "i386": 357,
-    "i686": 357,
-    "armv7l": 386,
-    "ppc64le": 361,
-    "s390x": 351,
-    "riscv64": 280,
+    ("x86", 64, ""): 321,
+    ("x86", 32, ""): 357,
+    ("x86", 32, "x32"): 0x40000000 | 321,  # __X32_SYSCALL_BIT on the 64-bit table
+    ("arm", 64, ""): 280,
+    ("arm", 32, ""): 386,
+    ("powerpc", 64, ""): 361,
+    ("powerpc", 32, ""): 361,
+    ("s390", 64, ""): 351,
+    ("s390", 32, ""): 351,
+    ("riscv", 64, ""): 280,
+    ("riscv", 32, ""): 280,
+    ("loongarch", 64, ""): 280,
+    ("mips", 64, ""): 5315,
+    ("mips", 32, ""): 4355,
+    ("mips", 32, "n32"): 6319,
+    ("sparc", 64, ""): 349,
+    ("sparc", 32, ""): 349,
 }
+# uname's machine -> family, by prefix (i686, armv7l, ppc64le, mips64el ...).
+_ARCH_FAMILIES = (
+    (("x86", "amd64", "i386", "i486", "i586", "i686"), "x86"),
+    (("aarch64", "arm"), "arm"),
+    (("ppc", "powerpc"), "powerpc"),
+    (("s390",), "s390"),
+    (("riscv",), "riscv"),
+    (("loongarch",), "loongarch"),
+    (("mips",), "mips"),
+    (("sparc",), "sparc"),
+)
+# The ABI variants a multiarch triplet names at its end (x86_64-linux-gnux32, mips64el-linux-gnuabin32).
+_ABI_VARIANTS = ("x32", "n32")
 
 # command -> (number, {field: (offset, struct format)}), offsets as in union bpf_attr. A "Q"
 # field given a ctypes buffer gets its address; a field given None stays zero.
@@ -67,6 +91,9 @@ _COMMANDS = {
             "max_entries": (12, "I"),
             "map_flags": (16, "I"),
             "map_name": (28, "16s"),
+            "btf_fd": (48, "I"),
+            "btf_key_type_id": (52, "I"),
+            "btf_value_type_id": (56, "I"),
         },
     ),
     "BPF_MAP_LOOKUP_ELEM": (1, {"map_fd": (0, "I"), "key": (8, "Q"), "value": (16, "Q"), "flags": (24, "Q")}),
@@ -85,6 +112,13 @@ _COMMANDS = {
             "log_buf": (32, "Q"),
             "prog_name": (48, "16s"),
             "expected_attach_type": (68, "I"),
+            "prog_btf_fd": (72, "I"),
+            "func_info_rec_size": (76, "I"),
+            "func_info": (80, "Q"),
+            "func_info_cnt": (88, "I"),
+            "line_info_rec_size": (92, "I"),
+            "line_info": (96, "Q"),
+            "line_info_cnt": (104, "I"),
         },
     ),
     "BPF_OBJ_PIN": (6, {"pathname": (0, "Q"), "bpf_fd": (8, "I"), "file_flags": (12, "I")}),
@@ -104,6 +138,16 @@ _COMMANDS = {
     "BPF_PROG_GET_FD_BY_ID": (13, {"id": (0, "I"), "open_flags": (8, "I")}),
     "BPF_MAP_GET_FD_BY_ID": (14, {"id": (0, "I"), "open_flags": (8, "I")}),
     "BPF_OBJ_GET_INFO_BY_FD": (15, {"bpf_fd": (0, "I"), "info_len": (4, "I"), "info": (8, "Q")}),
+    "BPF_BTF_LOAD": (
+        18,
+        {
+            "btf": (0, "Q"),
+            "btf_log_buf": (8, "Q"),
+            "btf_size": (16, "I"),
+            "btf_log_size": (20, "I"),
+            "btf_log_level": (24, "I"),
+        },
+    ),
     "BPF_PROG_QUERY": (
         16,
         {
@@ -135,6 +179,7 @@ _PROG_INFO = (
         "nr_map_ids": (52, "I"),
         "map_ids": (56, "Q"),
         "name": (64, "16s"),
+        "btf_id": (128, "I"),
         "run_time_ns": (192, "Q"),
         "run_cnt": (200, "Q"),
     },
@@ -149,6 +194,7 @@ _MAP_INFO = (
         "max_entries": (16, "I"),
         "map_flags": (20, "I"),
         "name": (24, "16s"),
+        "btf_id": (64, "I"),
     },
 )
 _LINK_INFO = (
@@ -162,8 +208,9 @@ _LINK_INFO = (
     },
 )
 
-ProgInfo = collections.namedtuple("ProgInfo", "type id tag name map_ids run_time_ns run_cnt")
-MapInfo = collections.namedtuple("MapInfo", "type id key_size value_size max_entries map_flags name")
+# btf_id: the BTF the program or map was loaded with, 0 for none
+ProgInfo = collections.namedtuple("ProgInfo", "type id tag name map_ids run_time_ns run_cnt btf_id")
+MapInfo = collections.namedtuple("MapInfo", "type id key_size value_size max_entries map_flags name btf_id")
 LinkInfo = collections.namedtuple("LinkInfo", "type id prog_id cgroup_id attach_type")
 
 _LOG_SIZE_FIRST = 1 << 20
@@ -194,14 +241,33 @@ def closing_fd(fd):
 _SYSCALL = []  # [(libc's syscall(), the bpf number)] once known
 
 
+def process_arch():
+    """(machine, pointer bits, multiarch triplet) of this Python process. uname's machine is the
+    kernel's: a 32-bit userland on a 64-bit kernel reads x86_64 there but calls the 32-bit table."""
+    return os.uname()[4], struct.calcsize("P") * 8, sysconfig.get_config_var("MULTIARCH") or ""
+
+
+def syscall_number(machine, pointer_bits, multiarch=""):
+    """The bpf(2) number for a process of that architecture; OSError ENOSYS for an unknown one."""
+    family = next((name for prefixes, name in _ARCH_FAMILIES if machine.startswith(prefixes)), None)
+    variant = next((abi for abi in _ABI_VARIANTS if multiarch.endswith(abi)), "")
+    number = SYSCALL_NUMBERS.get((family, pointer_bits, variant))
+    if number is None:
+        raise OSError(
+            errno.ENOSYS,
+            "no bpf(2) system call number is known for this Python process (machine %s, %d-bit%s): "
+            "the module supports x86, arm, powerpc, s390, riscv, loongarch, mips and sparc"
+            % (machine, pointer_bits, ", " + multiarch if multiarch else ""),
+        )
+    return number
+
+
 def _syscall():
     if not _SYSCALL:
-        machine = os.uname()[4]
-        if machine not in SYSCALL_NUMBERS:
-            raise OSError(errno.ENOSYS, "no bpf(2) syscall number known for machine %r" % machine)
+        number = syscall_number(*process_arch())
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syscall.restype = ctypes.c_long
-        _SYSCALL.append((libc.syscall, SYSCALL_NUMBERS[machine]))
+        _SYSCALL.append((libc.syscall, number))
     return _SYSCALL[0]
 
 
@@ -266,7 +332,9 @@ def _obj_name(name):
 # Maps
 
 
-def map_create(map_type, key_size, value_size, max_entries, flags=0, name=""):
+def map_create(map_type, key_size, value_size, max_entries, flags=0, name="", btf_fd=None, btf_types=None):
+    """btf_fd and btf_types (key type id, value type id) describe keys and values to the kernel."""
+    key_type, value_type = btf_types or (None, None)
     return _bpf(
         "BPF_MAP_CREATE",
         map_type=map_type,
@@ -275,6 +343,9 @@ def map_create(map_type, key_size, value_size, max_entries, flags=0, name=""):
         max_entries=max_entries,
         map_flags=flags,
         map_name=_obj_name(name),
+        btf_fd=btf_fd,
+        btf_key_type_id=key_type,
+        btf_value_type_id=value_type,
     )[0]
 
 
@@ -353,12 +424,47 @@ def percpu_update(fd, key, values, flags=BPF_ANY):
     map_update(fd, key, b"".join(bytes(value).ljust(slot, b"\0") for value in values), flags)
 
 
+# BTF
+
+
+def btf_load(data):
+    """Load BTF (a .BTF section as the kernel takes it) -> fd."""
+    return _bpf("BPF_BTF_LOAD", btf=_buffer(data), btf_size=len(data))[0]
+
+
 # Programs
 
 
-def prog_load(prog_type, insns, license, name="", expected_attach_type=0):
-    """Load raw instructions (bytes, 8 per insn) -> fd. On failure, load again with the verifier
-    log on and raise BpfError with .log."""
+# The verifier answers EAGAIN when a signal interrupts it: libbpf tries a load this many times.
+PROG_LOAD_ATTEMPTS = 5
+
+
+def _prog_load_attempts(**fields):
+    """BPF_PROG_LOAD -> fd, again while it fails with EAGAIN, at most PROG_LOAD_ATTEMPTS times."""
+    attempt = 1
+    while True:
+        try:
+            return _bpf("BPF_PROG_LOAD", **fields)[0]
+        except BpfError as exc:
+            if exc.errno != errno.EAGAIN or attempt == PROG_LOAD_ATTEMPTS:
+                raise
+        attempt += 1
+
+
+def prog_load(
+    prog_type,
+    insns,
+    license,
+    name="",
+    expected_attach_type=0,
+    btf_fd=None,
+    func_info=None,
+    line_info=None,
+    verifier_log=True,
+):
+    """Load raw instructions (bytes, 8 per insn) -> fd. btf_fd: the program's BTF, func_info and
+    line_info (each (record size, count, records) or None) refer to it. On failure, load again
+    with the verifier log on and raise BpfError with .log (unless verifier_log is False)."""
     fields = dict(
         prog_type=prog_type,
         insn_cnt=len(insns) // 8,
@@ -366,16 +472,22 @@ def prog_load(prog_type, insns, license, name="", expected_attach_type=0):
         license=_cstring(license),
         prog_name=_obj_name(name),
         expected_attach_type=expected_attach_type,
+        prog_btf_fd=btf_fd,
     )
+    for kind, info in (("func_info", func_info), ("line_info", line_info)):
+        if info is not None:
+            record_size, count, records = info
+            fields.update({kind + "_rec_size": record_size, kind + "_cnt": count, kind: _buffer(records)})
     try:
-        return _bpf("BPF_PROG_LOAD", **fields)[0]
-    except BpfError:
-        pass
+        return _prog_load_attempts(**fields)
+    except BpfError as exc:
+        if exc.errno == errno.EAGAIN or not verifier_log:
+            raise  # EAGAIN: interrupted every time, a load with the log on would be too
     log_size = _LOG_SIZE_FIRST
     while True:
         log = _buffer(log_size)
         try:
-            return _bpf("BPF_PROG_LOAD", log_level=1, log_size=log_size, log_buf=log, **fields)[0]
+            return _prog_load_attempts(log_level=1, log_size=log_size, log_buf=log, **fields)
         except BpfError as exc:
             if exc.errno == errno.ENOSPC and log_size < _LOG_SIZE_MAX:
                 log_size = min(log_size * 4, _LOG_SIZE_MAX)
@@ -521,6 +633,7 @@ def prog_info(fd):
         map_ids,
         first["run_time_ns"],
         first["run_cnt"],
+        first["btf_id"],
     )
 
 

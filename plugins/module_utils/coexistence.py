@@ -20,6 +20,7 @@ import errno
 import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
 
 MAX_CGROUPS = 10000  # descendants walked for programs; a host has hundreds
 MAX_DESCENDANT_PROBES = 8  # descendants with foreign programs probed by verify
@@ -135,7 +136,7 @@ def survey(cgroup, cgroup_root, own_ids, instance_ids=()):
         if not ids:
             continue
         order = own_effective if relation != "descendant" else effective_ids(path)
-        cgroup_inode = os.stat(path).st_ino
+        cgroup_id = host.cgroup_id(path)
         for prog_id in ids:
             if prog_id in skip:
                 continue
@@ -150,7 +151,7 @@ def survey(cgroup, cgroup_root, own_ids, instance_ids=()):
                     tag=tag,
                     cgroup=path,
                     relation=relation,
-                    attach="link" if (cgroup_inode, prog_id) in links else _attach_word(flags),
+                    attach="link" if (cgroup_id, prog_id) in links else _attach_word(flags),
                     attach_flags=flags,
                     runs=runs,
                 )

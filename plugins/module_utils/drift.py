@@ -11,6 +11,7 @@ __metaclass__ = type
 
 import os
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 
@@ -53,7 +54,7 @@ def detach_cause(current):
         "the cgroup was removed and re-created, as systemd does at every start of a unit (the module's unit: "
         "option follows a service across restarts)"
     )
-    if current.link_info is not None and current.link_info.cgroup_id != model.cgroup_id(current.cgroup):
+    if current.link_info is not None and current.link_info.cgroup_id != host.cgroup_id(current.cgroup):
         return recreated
     return "detached outside tcp_rto, or %s, or an earlier run was interrupted" % recreated
 
@@ -78,8 +79,8 @@ def _map_findings(current, desired):
     if model.maps_fingerprint(desired.rules, desired.default_jiffies, wanted_directions) != recorded:
         return ["the rules or config map was edited outside tcp_rto since the last run"]
     found = []
-    held = {str(rule.dest): rule.rto_jiffies for rule in held_rules}
-    written = {str(rule.dest): rule.rto_jiffies for rule in desired.rules}
+    held = {model.network_text(rule.dest): rule.rto_jiffies for rule in held_rules}
+    written = {model.network_text(rule.dest): rule.rto_jiffies for rule in desired.rules}
     for dest, jiffies in written.items():
         if dest not in held:
             found.append("rules map: the rule for %s (%d jiffies) was deleted" % (dest, jiffies))

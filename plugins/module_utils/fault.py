@@ -1,10 +1,11 @@
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Test aid: kill the running module with SIGKILL right after a named step boundary.
+"""Test aid: kill the running module with SIGKILL, or fail it, right after a named step boundary.
 
 With TCP_RTO_FAULT_AT=<point> in its environment, a run that reaches point(<point>) kills itself
-as a power cut or the OOM killer would: no undo, no finally, no cleanup. Unset (always, outside
-tests) point() does nothing. POINTS is every boundary the code marks, in the order a run meets
+as a power cut or the OOM killer would: no undo, no finally, no cleanup. With TCP_RTO_FAIL_AT=<point>
+the step fails instead, as a refused kernel call would (OSError EIO): the run undoes what it did
+and reports the error. Unset (always, outside tests) point() does nothing. POINTS is every boundary the code marks, in the order a run meets
 them; tests/integration/test_crash.py kills a run at each one and checks that the next run repairs
 it. A name missing from POINTS is a programming error, refused at once. Plain stdlib."""
 
@@ -12,10 +13,12 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import errno
 import os
 import signal
 
 ENVIRONMENT = "TCP_RTO_FAULT_AT"
+FAIL_ENVIRONMENT = "TCP_RTO_FAIL_AT"
 
 POINTS = (
     # reconcile.run
@@ -63,8 +66,11 @@ POINTS = (
 
 
 def point(name):
-    """A step boundary: SIGKILL this process when TCP_RTO_FAULT_AT names it."""
+    """A step boundary: SIGKILL this process when TCP_RTO_FAULT_AT names it, fail the step when
+    TCP_RTO_FAIL_AT does."""
     if name not in POINTS:
         raise ValueError("fault point %r is not listed in fault.POINTS" % name)
     if os.environ.get(ENVIRONMENT) == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(FAIL_ENVIRONMENT) == name:
+        raise OSError(errno.EIO, "failure injected at step %s (%s)" % (name, FAIL_ENVIRONMENT))

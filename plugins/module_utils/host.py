@@ -1,7 +1,7 @@
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Discovering the host: kernel release and features, CONFIG_HZ, the cgroup v2 mount, bpffs,
-privileges, and the sysctls that decide how long a SYN is retried.
+"""Discovering the host: kernel release (its features are probed in features.py), CONFIG_HZ, the
+cgroup v2 mount, bpffs, privileges, and the sysctls that decide how long a SYN is retried.
 
 Plain stdlib: the boot-time restore imports it without Ansible. Every function takes the paths it
 reads as parameters with the real ones as defaults, so that tests can point them at other files.
@@ -19,6 +19,7 @@ import os
 import platform
 import re
 import resource
+import struct
 import time
 from typing import Optional, Tuple
 
@@ -42,7 +43,7 @@ _FS_NAMES = {
 }
 
 # The program reads bpf_sock_ops.is_fullsock and .state, both added in 4.16; the sock_ops program
-# type itself dates from 4.13.
+# type itself dates from 4.13. For messages: features.py probes the kernel for them.
 MIN_KERNEL = (4, 16)
 MIN_KERNEL_REASON = (
     "the program reads bpf_sock_ops.is_fullsock and bpf_sock_ops.state, added in "
@@ -72,7 +73,7 @@ class HostError(Exception):
     """The host cannot run the program as asked; the message says what is wrong and what to do."""
 
 
-# --- kernel release and features ---------------------------------------------------------------
+# --- kernel release ------------------------------------------------------------------------------
 
 _RELEASE_RE = re.compile(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?")
 
@@ -90,63 +91,6 @@ def parse_release(release: str) -> Tuple[int, int, int]:
             "'MAJOR.MINOR[.PATCH]...' as printed by uname -r" % (release,)
         )
     return tuple(int(part or 0) for part in match.groups())
-
-
-class KernelFeatures:
-    """What the running kernel offers, decided from its release (distributions backport features,
-    so a False here means 'not guaranteed', never 'certainly absent')."""
-
-    FIELDS = (
-        "cgroup_link",
-        "prog_replace",
-        "cap_bpf",
-        "memlock_accounting",
-        "rto_capped",
-        "synack_backoff_from_bpf",
-        "syn_linear_timeouts",
-    )
-
-    def __init__(self, release=None):
-        self.release = release if release is not None else kernel_release()
-        self.version = parse_release(self.release)
-        version = self.version[:2]
-        # bpf_link for cgroups (BPF_LINK_CREATE): 5.7
-        self.cgroup_link = version >= (5, 7)
-        # BPF_F_REPLACE on BPF_PROG_ATTACH: 5.6
-        self.prog_replace = version >= (5, 6)
-        # CAP_BPF: 5.8; before it loading needs CAP_SYS_ADMIN
-        self.cap_bpf = version >= (5, 8)
-        # BPF memory charged to RLIMIT_MEMLOCK until memcg accounting in 5.11
-        self.memlock_accounting = version < (5, 11)
-        # 5903123f662e (5.18): the reply is capped at TCP_RTO_MAX (120 s) ...
-        self.rto_capped = version >= (5, 18)
-        # ... and SYN-ACK retransmits double from the BPF value (before: 1 s, 2 s, 4 s ...).
-        # A 2024 5.15-stable backport exists; its exact 5.15.y is not known here, so 5.15 reads False.
-        self.synack_backoff_from_bpf = version >= (5, 18)
-        # net.ipv4.tcp_syn_linear_timeouts: 6.5
-        self.syn_linear_timeouts = version >= (6, 5)
-
-    def as_dict(self):
-        result = {name: getattr(self, name) for name in self.FIELDS}
-        result["release"] = self.release
-        result["version"] = ".".join(str(part) for part in self.version)
-        return result
-
-    def __repr__(self):
-        return "KernelFeatures(%r)" % (self.release,)
-
-
-def check_kernel(release: Optional[str] = None) -> Tuple[int, int, int]:
-    """-> the (major, minor, patch) tuple of a kernel the program runs on, else HostError."""
-    release = release if release is not None else kernel_release()
-    version = parse_release(release)
-    if version[:2] < MIN_KERNEL:
-        raise HostError(
-            "kernel %s (release %s) is too old: Linux %d.%d or later is needed because %s; "
-            "upgrade the kernel"
-            % (".".join(str(part) for part in version), release, MIN_KERNEL[0], MIN_KERNEL[1], MIN_KERNEL_REASON)
-        )
-    return version
 
 
 def config_hz(
@@ -188,6 +132,14 @@ def _get_libc():
         _libc.statfs.restype = ctypes.c_int
         _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
         _libc.mount.restype = ctypes.c_int
+        _libc.name_to_handle_at.argtypes = [
+            ctypes.c_int,
+            ctypes.c_char_p,
+            ctypes.c_void_p,
+            ctypes.POINTER(ctypes.c_int),
+            ctypes.c_int,
+        ]
+        _libc.name_to_handle_at.restype = ctypes.c_int
     return _libc
 
 
@@ -289,6 +241,28 @@ def resolve_cgroup(path: Optional[str] = None, mount: Optional[str] = None) -> s
     if not _is_within(real, real_mount):
         raise HostError("cgroup %s is outside the cgroup v2 mount %s: give a path under %s" % (shown, mount, mount))
     return real
+
+
+_AT_FDCWD = -100
+_MAX_HANDLE_SZ = 128
+_FILE_HANDLE_HEADER = struct.Struct("=Ii")  # struct file_handle: handle_bytes, handle_type, f_handle[]
+
+
+def cgroup_id(path):
+    """The cgroup's id as the kernel reports it (link info, BPF_PROG_QUERY, `bpftool cgroup`): its
+    kernfs node id, which is the 8-byte file handle of the directory (name_to_handle_at, as libbpf's
+    get_cgroup_id). Not st_ino: a 32-bit ino_t holds only the id's low half, and before 5.5 the id
+    also carried the generation. OSError when path is missing or not a cgroup directory."""
+    handle = ctypes.create_string_buffer(_FILE_HANDLE_HEADER.size + _MAX_HANDLE_SZ)
+    _FILE_HANDLE_HEADER.pack_into(handle, 0, _MAX_HANDLE_SZ, 0)
+    mount_id = ctypes.c_int()
+    if _get_libc().name_to_handle_at(_AT_FDCWD, os.fsencode(path), handle, ctypes.byref(mount_id), 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    size = _FILE_HANDLE_HEADER.unpack_from(handle, 0)[0]
+    if size != 8:
+        raise OSError(errno.EINVAL, "a %d-byte file handle, not the 8-byte id of a cgroup" % size, path)
+    return struct.unpack_from("=Q", handle, _FILE_HANDLE_HEADER.size)[0]
 
 
 # --- bpffs --------------------------------------------------------------------------------------
@@ -405,16 +379,16 @@ def effective_capabilities(status: str = "/proc/self/status") -> Optional[int]:
     return None
 
 
-def require_root(release: Optional[str] = None, status: str = "/proc/self/status") -> None:
+def require_root(cap_bpf: bool, status: str = "/proc/self/status") -> None:
     """HostError unless this process may load and attach the program: CAP_NET_ADMIN plus CAP_BPF
-    (5.8+) or CAP_SYS_ADMIN. Root normally has all of them; a container may have dropped some."""
+    (where the kernel has it: cap_bpf, probed) or CAP_SYS_ADMIN. Root normally has all of them; a
+    container may have dropped some."""
     caps = effective_capabilities(status)
     if caps is None:
         if os.geteuid() == 0:
             return
         missing = ["root"]
     else:
-        version = parse_release(release if release is not None else kernel_release())
 
         def has(cap):
             return bool(caps & (1 << cap))
@@ -422,8 +396,8 @@ def require_root(release: Optional[str] = None, status: str = "/proc/self/status
         missing = []
         if not has(CAP_NET_ADMIN):
             missing.append("CAP_NET_ADMIN")
-        if not (has(CAP_SYS_ADMIN) or (version[:2] >= (5, 8) and has(CAP_BPF))):
-            missing.append("CAP_BPF or CAP_SYS_ADMIN" if version[:2] >= (5, 8) else "CAP_SYS_ADMIN")
+        if not (has(CAP_SYS_ADMIN) or (cap_bpf and has(CAP_BPF))):
+            missing.append("CAP_BPF or CAP_SYS_ADMIN" if cap_bpf else "CAP_SYS_ADMIN")
         if not missing:
             return
     raise HostError(

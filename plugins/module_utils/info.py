@@ -10,20 +10,22 @@ __metaclass__ = type
 import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import drift, host, persistence, service_unit
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import drift, features, host, persistence, service_unit
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 
 
 def _support(release):
-    """-> (kernel facts, cgroup2 mount or None, reasons the program cannot run here)."""
+    """-> (kernel facts, cgroup2 mount or None, reasons the program cannot run here). The features
+    are probed as the module probes them ({} when probing is not possible, e.g. without root)."""
     reasons = []
-    kernel = dict(release=release, hz=None, hz_source=None, features=host.KernelFeatures(release).as_dict())
-    for check in (host.require_root, host.check_kernel):
-        try:
-            check(release)
-        except host.HostError as exc:
-            reasons.append(str(exc))
+    kernel = dict(release=release, hz=None, hz_source=None, features={})
+    try:
+        probed = features.detect(release)
+        kernel["features"] = probed.as_dict()
+        probed.require()
+    except host.HostError as exc:
+        reasons.append(str(exc))
     found = host.config_hz(release)
     kernel["hz"], kernel["hz_source"] = found or (host.tick_hz(), "measured")
     try:
@@ -112,12 +114,13 @@ def _foreign(cgroup, own_ids):
 def gather(pin_dir, cgroups=(), persist_root="/"):
     release = host.kernel_release()
     kernel, mount, reasons = _support(release)
+    link_info = kernel["features"].get("link_info", False)
     bpffs_mounted = host.is_bpffs(os.path.dirname(pin_dir.rstrip("/")) or "/")
     record_names = persistence.Layout(persist_root).recorded_names()
     instances, own_ids = [], []
     if os.path.isdir(pin_dir) and not reasons:
         for name in sorted(os.listdir(pin_dir)):
-            current = model.Current(os.path.join(pin_dir, name))
+            current = model.Current(os.path.join(pin_dir, name), link_info=link_info)
             try:
                 instances.append(_instance_view(current, record_names, persist_root))
                 own_ids += [current.prog_info.id] if current.prog_info else []

@@ -7,6 +7,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import collections
 import errno
 import hashlib
 import ipaddress
@@ -16,6 +17,7 @@ import re
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 
 # The kernel caps the initial RTO at TCP_RTO_MAX since 5.18; older kernels take any value, so we
@@ -34,6 +36,10 @@ META_FORMAT = 1
 # bpffs refuses names with a dot (reserved), so neither instance names nor pins have one.
 INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}\Z")  # \Z: $ would allow a final newline
 NEW_PIN_PREFIX = "new_"  # a pin waiting to be renamed over the one in use
+META_IPV6_MAPPED = "ipv6_mapped_slots"  # the meta record's ipv6_mapped_slots()
+# The cgroup tree a removal searches for an attachment the instance record no longer names is
+# searched this far at most (a host has hundreds to a few thousand cgroups).
+MAX_CGROUPS_SEARCHED = 100000
 
 
 class ConfigError(ValueError):
@@ -155,21 +161,51 @@ def desired_state(
     return Desired(name, pin_dir, cgroup, hz, parse_rules(raw_rules, hz), default_jiffies, direction, attach_mode, obj)
 
 
+def network_text(network: Network) -> str:
+    """A rule's network as results show it: a network inside ::ffff:0:0/96 in the dotted form
+    people write it in (and Python 3.13+ prints), on every Python; others as ipaddress writes them."""
+    if abi.in_v4_mapped(network):
+        return "::ffff:%s/%d" % (network.network_address.ipv4_mapped, network.prefixlen)
+    return str(network)
+
+
 def rule_for(address: str, rules: List[Rule], default_jiffies: Optional[int]) -> Optional[int]:
-    """The jiffies the program gives a connection to address, or None (kernel default)."""
-    address = ipaddress.ip_address("%s" % address)
-    matches = [rule for rule in rules if rule.dest.version == address.version and address in rule.dest]
+    """The jiffies the program gives a connection to address, or None (kernel default): the
+    longest prefix as the rules trie holds it, where IPv4 lives inside ::ffff:0:0/96, so that an
+    IPv6 rule such as ::/0 matches IPv4 addresses as it does in the kernel."""
+    looked_up = abi.trie_address(ipaddress.ip_address("%s" % address))
+    held = [(abi.trie_network(rule.dest), rule) for rule in rules]
+    matches = [(network.prefixlen, rule) for network, rule in held if looked_up in network]
     if matches:
-        return max(matches, key=lambda rule: rule.dest.prefixlen).rto_jiffies
+        return max(matches, key=lambda match: match[0])[1].rto_jiffies
     return default_jiffies
+
+
+def ipv6_mapped_slots(rules: List[Rule]) -> str:
+    """The slots of the rules given as IPv6 inside ::ffff:0:0/96, as a hex bitmask for the meta
+    record: their keys are those of IPv4 networks, so only the record tells the family back."""
+    mask = 0
+    for slot, rule in enumerate(rules):
+        if abi.in_v4_mapped(rule.dest):
+            mask |= 1 << slot
+    return "%x" % mask
+
+
+def _slots_of(mask: Optional[str]) -> set:
+    try:
+        bits = int(mask, 16)
+    except (TypeError, ValueError):
+        return set()  # a record of an older version (no mask) or an edited one: read the keys as IPv4
+    return {slot for slot in range(bits.bit_length()) if bits >> slot & 1}
 
 
 # ---------------------------------------------------------------- current state
 
 
-def cgroup_id(path):
-    """The cgroup's id as the kernel reports it in link info: its cgroup2 inode number."""
-    return os.stat(path).st_ino
+def instance_pin_names() -> List[str]:
+    """Every name the module pins in an instance directory: nothing else there is its to remove."""
+    names = [PROG_PIN, *list(abi.MAP_CONTRACT), META_MAP, LINK_PIN]
+    return names + [NEW_PIN_PREFIX + name for name in names]
 
 
 def open_pin(path):
@@ -201,11 +237,15 @@ class Current:
 
     expected_cgroup (the desired one) lets it find its program when a pin was deleted: a program
     still attached but unpinned is adopted (prog_adopted) so that the repair replaces it instead
-    of leaving it attached next to a new one."""
+    of leaving it attached next to a new one.
 
-    def __init__(self, instance_dir, expected_cgroup=None):
+    link_info False (a kernel before 5.8, see features.py): the link's info is not read; a pinned
+    link counts as attaching the program while BPF_PROG_QUERY finds it on the recorded cgroup."""
+
+    def __init__(self, instance_dir, expected_cgroup=None, link_info=True):
         self.instance_dir = instance_dir
         self.expected_cgroup = expected_cgroup
+        self.reads_link_info = link_info
         self.missing_pins = []
         self.prog_adopted = False
         self.meta_adopted = False
@@ -221,11 +261,17 @@ class Current:
         self.directions = None
         self.attached = False
         self.leftovers = []  # new_<name> pins of a run killed before it renamed them into place
+        self.own_entries = []  # entries of instance_dir that are the instance's pins
+        self.unknown_entries = []  # entries of instance_dir the module did not make: never touched
         if self.exists:
             self._read()
 
     def _read(self):
-        self.leftovers = sorted(entry for entry in os.listdir(self.instance_dir) if entry.startswith(NEW_PIN_PREFIX))
+        entries = os.listdir(self.instance_dir)
+        own = set(instance_pin_names())
+        self.own_entries = sorted(entry for entry in entries if entry in own)
+        self.unknown_entries = sorted(entry for entry in entries if entry not in own)
+        self.leftovers = [entry for entry in self.own_entries if entry.startswith(NEW_PIN_PREFIX)]
         for name in [*list(abi.MAP_CONTRACT), META_MAP]:
             fd = open_pin(os.path.join(self.instance_dir, name))
             if fd is not None:
@@ -235,7 +281,7 @@ class Current:
         if self.prog_fd is not None:
             self.prog_info = bpf.prog_info(self.prog_fd)
         self.link_fd = open_pin(os.path.join(self.instance_dir, LINK_PIN))
-        if self.link_fd is not None:
+        if self.link_fd is not None and self.reads_link_info:
             self.link_info = bpf.link_info(self.link_fd)
         self._read_meta()
         self.missing_pins = [name for name in [PROG_PIN, *list(abi.MAP_CONTRACT), META_MAP] if not self._pinned(name)]
@@ -282,10 +328,10 @@ class Current:
         if not cgroup or not os.path.isdir(cgroup):
             return
         mode = None
-        if self.link_info is not None and self.link_info.cgroup_id == cgroup_id(cgroup):
+        if self.link_info is not None and self.link_info.cgroup_id == host.cgroup_id(cgroup):
             mode = ATTACH_LINK
         elif self.prog_info.id in attached_program_ids(cgroup)[1]:
-            mode = ATTACH_MULTI
+            mode = ATTACH_LINK if self.link_fd is not None and not self.reads_link_info else ATTACH_MULTI
         if mode:
             self.meta = {"format": META_FORMAT, "cgroup": cgroup, "attach_mode": mode, "object_sha256": None}
             self.meta_adopted = True
@@ -299,11 +345,13 @@ class Current:
             self.default_jiffies, self.directions = abi.decode_config(value)
         if abi.RULES_MAP in self.maps:
             fd = self.maps[abi.RULES_MAP]
+            mapped_slots = _slots_of((self.meta or {}).get(META_IPV6_MAPPED))
             for key in bpf.map_keys(fd, abi.RULE_KEY.size):
                 value = bpf.map_lookup(fd, key, abi.RULE_VALUE.size)
                 if value is not None:
                     jiffies, slot = abi.decode_rule_value(value)
-                    self.rules.append((Rule(abi.decode_rule_key(key), jiffies), slot))
+                    dest = abi.decode_rule_key(key, mapped_as_ipv6=slot in mapped_slots)
+                    self.rules.append((Rule(dest, jiffies), slot))
             self.rules.sort(key=lambda pair: pair[1])
 
     @property
@@ -326,12 +374,14 @@ class Current:
     def _is_attached(self):
         if self.prog_info is None or self.meta is None or not os.path.isdir(self.cgroup):
             return False
-        if self.attach_mode == ATTACH_LINK:
+        if self.attach_mode == ATTACH_LINK and self.reads_link_info:
             return (
                 self.link_info is not None
                 and self.link_info.prog_id == self.prog_info.id
-                and self.link_info.cgroup_id == cgroup_id(self.cgroup)
+                and self.link_info.cgroup_id == host.cgroup_id(self.cgroup)
             )
+        if self.attach_mode == ATTACH_LINK and self.link_fd is None:
+            return False
         return self.prog_info.id in attached_program_ids(self.cgroup)[1]
 
     def hits(self):
@@ -386,7 +436,8 @@ def maps_fingerprint(rules: List[Rule], default_jiffies: Optional[int], directio
     """sha256 of what the rules and config maps hold. The meta record keeps the one written last,
     so the next run tells an edit made outside tcp_rto (drift) from a change of parameters."""
     text = json.dumps(
-        [[[str(rule.dest), rule.rto_jiffies] for rule in rules], default_jiffies or 0, directions], sort_keys=True
+        [[[network_text(rule.dest), rule.rto_jiffies] for rule in rules], default_jiffies or 0, directions],
+        sort_keys=True,
     )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -397,7 +448,11 @@ def maps_fingerprint(rules: List[Rule], default_jiffies: Optional[int], directio
 def _rules_view(rules, hz, hits=None):
     view = []
     for slot, rule in enumerate(rules):
-        entry = {"dest": str(rule.dest), "rto_ms": jiffies_to_ms(rule.rto_jiffies, hz), "rto_jiffies": rule.rto_jiffies}
+        entry = {
+            "dest": network_text(rule.dest),
+            "rto_ms": jiffies_to_ms(rule.rto_jiffies, hz),
+            "rto_jiffies": rule.rto_jiffies,
+        }
         if hits is not None:
             entry["hits"] = hits.get(slot, 0)
         view.append(entry)
@@ -429,7 +484,7 @@ def describe_current(current):
         "direction": direction[0] if direction else None,
         "rules": _rules_view(rules, hz)
         if hz
-        else [{"dest": str(rule.dest), "rto_jiffies": rule.rto_jiffies} for rule in rules],
+        else [{"dest": network_text(rule.dest), "rto_jiffies": rule.rto_jiffies} for rule in rules],
         "default_rto_ms": jiffies_to_ms(current.default_jiffies, hz) if current.default_jiffies and hz else None,
         "object_sha256": current.meta["object_sha256"] if current.meta else None,
     }
@@ -445,6 +500,37 @@ class Plan(NamedTuple):
     load_maps: bool  # new maps and program from the object
     load_program: bool  # a program on the maps (new ones, or a second copy to move it)
     attach: bool
+
+
+def rule_entries(rules_and_slots: List[Tuple[Rule, int]]) -> Dict[bytes, bytes]:
+    """[(Rule, hit slot)] -> {rules map key: value}, as the map holds them."""
+    return {
+        abi.encode_rule_key(rule.dest): abi.encode_rule_value(rule.rto_jiffies, slot) for rule, slot in rules_and_slots
+    }
+
+
+def rules_in_place_obstacle(held_rules: List[Tuple[Rule, int]], desired_rules: List[Rule]) -> Optional[str]:
+    """Why the live rules map cannot be rewritten to desired_rules, or None when it can. The new
+    entries go in before the old ones go out (no connection falls to the kernel default
+    meanwhile), so old and new must fit the map together; and kernels without the 6.13 fix "bpf:
+    Handle in-place update for full LPM trie correctly" (some stable kernels have it backported,
+    not every vendor kernel) refuse any update, a value change too, to a full LPM trie."""
+    held = rule_entries(held_rules)
+    wanted = rule_entries([(rule, slot) for slot, rule in enumerate(desired_rules)])
+    together = len(set(held) | set(wanted))
+    if together > abi.MAX_RULES:
+        return "%d old and %d new rules make %d entries together, more than the %d the map holds" % (
+            len(held),
+            len(wanted),
+            together,
+            abi.MAX_RULES,
+        )
+    if len(held) >= abi.MAX_RULES and any(key in held and held[key] != value for key, value in wanted.items()):
+        return (
+            "the map is full (%d entries), and kernels without the 6.13 fix refuse to change a value in a full map"
+            % len(held)
+        )
+    return None
 
 
 def same_place(desired: Desired, current: "Current") -> bool:
@@ -466,6 +552,11 @@ def plan_present(desired: Desired, current: "Current") -> Plan:
             )
         )
     load_maps = not (current.program_intact and current.meta["object_sha256"] == desired.object.sha256)
+    if not load_maps:
+        obstacle = rules_in_place_obstacle(current.rules, desired.rules)
+        if obstacle:
+            steps.append("rules do not fit the live rules map (%s): new maps and program instead" % obstacle)
+            load_maps = True
     if load_maps:
         steps.append("create maps and load program from object %s" % desired.object.sha256[:12])
     else:
@@ -493,14 +584,94 @@ def plan_present(desired: Desired, current: "Current") -> Plan:
     return Plan(steps, load_maps, load_program, attach)
 
 
-def plan_absent(current: "Current") -> Plan:
+def _cgroup_tree(root: str, limit: int) -> Tuple[List[str], bool]:
+    """root and the cgroups below it, breadth first, at most limit -> (paths, whether that was all)."""
+    found, queue = [], collections.deque([root])
+    while queue:
+        if len(found) >= limit:
+            return found, False
+        cgroup = queue.popleft()
+        found.append(cgroup)
+        try:
+            queue.extend(sorted(entry.path for entry in os.scandir(cgroup) if entry.is_dir(follow_symlinks=False)))
+        except OSError:
+            continue  # removed meanwhile
+    return found, True
+
+
+def unrecorded_attachments(
+    current: "Current", cgroup_root: Optional[str], limit: int = MAX_CGROUPS_SEARCHED
+) -> Tuple[List[Tuple[str, int]], bool]:
+    """Where the instance's programs are attached when its meta record, which names the cgroup, is
+    missing or unreadable: a search of the cgroup tree. A legacy (BPF_PROG_ATTACH) attachment
+    belongs to the cgroup and would outlive the pins. The instance's programs are the pinned ones
+    (prog, new_prog) or, with neither pinned, those that use the instance's pinned maps; never any
+    other. -> ([(cgroup, program id)], whether the whole tree was searched)."""
+    if not current.exists or current.meta is not None or cgroup_root is None:
+        return [], True
+    own_ids = set()
+    for name in (PROG_PIN, NEW_PIN_PREFIX + PROG_PIN):
+        fd = open_pin(os.path.join(current.instance_dir, name))
+        if fd is not None:
+            with bpf.closing_fd(fd):
+                own_ids.add(bpf.prog_info(fd).id)
+    own_maps = set() if own_ids else {current.map_ids[name] for name in abi.MAP_CONTRACT if name in current.map_ids}
+    if not (own_ids or own_maps):
+        return [], True
+    cgroups, complete = _cgroup_tree(cgroup_root, limit)
+    found = []
+    for cgroup in cgroups:
+        try:
+            attached = attached_program_ids(cgroup)[1]
+        except OSError:  # bpf.BpfError included: removed meanwhile
+            continue
+        found.extend(
+            (cgroup, prog_id)
+            for prog_id in attached
+            if (prog_id in own_ids or _uses(prog_id, own_maps)) and not _through_link(current, cgroup, prog_id)
+        )
+    return found, complete
+
+
+def _through_link(current: "Current", cgroup: str, prog_id: int) -> bool:
+    """Whether the instance's pinned bpf_link is what attaches prog_id to cgroup (it goes with its pin)."""
+    info = current.link_info
+    return info is not None and info.prog_id == prog_id and info.cgroup_id == host.cgroup_id(cgroup)
+
+
+def _uses(prog_id: int, map_ids: set) -> bool:
+    """Whether program prog_id uses all of map_ids (none given: False)."""
+    if not map_ids:
+        return False
+    try:
+        with bpf.closing_fd(bpf.prog_get_fd_by_id(prog_id)) as fd:
+            return map_ids <= set(bpf.prog_info(fd).map_ids)
+    except bpf.BpfError:
+        return False  # unloaded meanwhile
+
+
+def plan_absent(current: "Current", unrecorded: List[Tuple[str, int]] = ()) -> Plan:
+    """unrecorded: unrecorded_attachments() of current."""
     if not current.exists:
         return Plan([], False, False, False)
     steps = []
     if current.attached:
         steps.append("detach from %s (%s)" % (current.cgroup, current.attach_mode))
-    steps.append("remove pins of %s" % current.instance_dir)
+    for cgroup, prog_id in unrecorded:
+        steps.append("detach program %d from %s (multi, found by a search of the cgroup tree)" % (prog_id, cgroup))
+    if current.own_entries or not current.unknown_entries:
+        steps.append("remove pins of %s" % current.instance_dir)
     return Plan(steps, False, False, False)
+
+
+def unknown_entries_warning(current: "Current", name: str) -> Optional[str]:
+    if not current.unknown_entries:
+        return None
+    return (
+        "%s holds entries that are not pins of the instance %s (%s): they and the directory were left as "
+        "they are; remove them if nothing else uses them"
+        % (current.instance_dir, name, ", ".join(current.unknown_entries))
+    )
 
 
 def instances_on_cgroup(pin_dir: str, cgroup: str, exclude: str) -> List[str]:

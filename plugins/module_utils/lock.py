@@ -1,6 +1,7 @@
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""One run at a time per instance: an flock on /run/tcp_rto/<name>.lock.
+"""One run at a time per instance: an flock on /run/tcp_rto/<name>.lock. One persistence
+install or remove at a time: an flock on /run/tcp_rto/persistence.lock.
 
 Runs on the same instance (same name and pin_dir) queue up, for at most lock_timeout seconds;
 runs on other instances never wait for each other. The kernel drops an flock with its process, so
@@ -29,10 +30,12 @@ class LockedError(Exception):
 
 def lock_path(name, pin_dir, lock_dir=LOCK_DIR):
     """/run/tcp_rto/<name>.lock; an instance under another pin_dir is another instance and gets
-    <name>@<hash of pin_dir>.lock."""
-    if os.path.normpath(pin_dir) == DEFAULT_PIN_DIR:
+    <name>@<hash of pin_dir>.lock. pin_dir counts by its real path: every spelling of one directory
+    (a trailing slash, //, a symlinked parent) is one instance and takes one lock."""
+    real = os.path.realpath(pin_dir)
+    if real == DEFAULT_PIN_DIR:
         return os.path.join(lock_dir, name + ".lock")
-    digest = hashlib.sha256(os.path.normpath(pin_dir).encode("utf-8")).hexdigest()[:16]
+    digest = hashlib.sha256(real.encode("utf-8")).hexdigest()[:16]
     return os.path.join(lock_dir, "%s@%s.lock" % (name, digest))
 
 
@@ -56,15 +59,27 @@ def _holder(path):
         return "pid unknown"
 
 
-class InstanceLock:
-    """with InstanceLock(name, pin_dir, timeout): the body runs while no other run of the
-    instance does. remove_file() (the instance is gone) drops the lock file on release."""
+def persistence_lock_path(root, lock_dir=LOCK_DIR):
+    """/run/tcp_rto/persistence.lock for the persistence files under /; another root (tests) gets
+    persistence@<hash of its real path>.lock."""
+    real = os.path.realpath(root)
+    if real == "/":
+        return os.path.join(lock_dir, "persistence.lock")
+    return os.path.join(lock_dir, "persistence@%s.lock" % hashlib.sha256(real.encode("utf-8")).hexdigest()[:16])
 
-    def __init__(self, name, pin_dir, timeout=DEFAULT_TIMEOUT, lock_dir=LOCK_DIR):
-        self.name = name
-        self.pin_dir = pin_dir
-        self.path = lock_path(name, pin_dir, lock_dir)
-        self.lock_dir = lock_dir
+
+class FileLock:
+    """with FileLock(path, what, timeout): the body runs while no other holder of the flock on path
+    does; `what` names the locked thing in the error, `timeout_option` the option that sets the
+    wait. remove_file() (it is gone) drops the lock file on release. The file holds "pid N" and
+    then `details`."""
+
+    def __init__(self, path, what, timeout=DEFAULT_TIMEOUT, details="", timeout_option=None):
+        self.path = path
+        self.what = what
+        self.details = details
+        self.timeout_option = timeout_option
+        self.lock_dir = os.path.dirname(path)
         self.timeout = timeout
         self.fd = None
         self.remove = False
@@ -105,12 +120,18 @@ class InstanceLock:
                 break
             if time.monotonic() >= deadline:
                 raise LockedError(
-                    "the instance %s is locked by another run (%s, lock %s), still after %s s (lock_timeout): "
-                    "retry when that run has finished" % (self.name, _holder(self.path), self.path, self.timeout)
+                    "%s is locked by another run (%s, lock %s), still after %s s%s: retry when that run has finished"
+                    % (
+                        self.what,
+                        _holder(self.path),
+                        self.path,
+                        self.timeout,
+                        " (%s)" % self.timeout_option if self.timeout_option else "",
+                    )
                 )
             time.sleep(POLL_SECONDS)
         os.ftruncate(self.fd, 0)
-        os.write(self.fd, ("pid %d\npin_dir %s\n" % (os.getpid(), self.pin_dir)).encode("utf-8"))
+        os.write(self.fd, ("pid %d\n%s" % (os.getpid(), self.details)).encode("utf-8"))
         return self
 
     def remove_file(self):
@@ -123,3 +144,30 @@ class InstanceLock:
         finally:
             os.close(self.fd)
             self.fd = None
+
+
+class InstanceLock(FileLock):
+    """with InstanceLock(name, pin_dir, timeout): the body runs while no other run of the
+    instance does. remove_file() (the instance is gone) drops the lock file on release."""
+
+    def __init__(self, name, pin_dir, timeout=DEFAULT_TIMEOUT, lock_dir=LOCK_DIR):
+        super().__init__(
+            lock_path(name, pin_dir, lock_dir),
+            "the instance %s" % name,
+            timeout,
+            "pin_dir %s\n" % pin_dir,
+            timeout_option="lock_timeout",
+        )
+        self.name = name
+        self.pin_dir = pin_dir
+
+
+def persistence_lock(root, lock_dir=LOCK_DIR):
+    """The lock persistence.install and remove hold: the files instances share (restore code, unit)
+    are removed with the last instance, never while another instance installs."""
+    return FileLock(
+        persistence_lock_path(root, lock_dir),
+        "the persistence of tcp_rto instances under %s" % root,
+        DEFAULT_TIMEOUT,
+        "root %s\n" % root,
+    )

@@ -12,6 +12,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault, service_unit
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault, lock, service_unit
 
 MODULE_UTILS = "ansible_collections.netbpf.tcp_rto.plugins.module_utils"
 # The module_utils the restore imports, directly or not.
@@ -32,6 +33,7 @@ CODE_FILES = (
     "bpf_syscall",
     "bpf_object",
     "host",
+    "features",
     "probe",
     "instance",
     "apply",
@@ -231,12 +233,24 @@ def _write(layout, path, content, mode, check_mode):
             with os.fdopen(fd, "wb") as handle:
                 handle.write(content)
                 os.fchmod(handle.fileno(), mode)
+                handle.flush()
+                os.fsync(handle.fileno())  # else a crash after the rename can leave an empty file
             fault.point("persist_temp_file_written")
             os.rename(temporary, path)
+            _fsync_directory(directory)
         except BaseException:
             _remove_quietly(temporary)
             raise
     return True
+
+
+def _fsync_directory(directory):
+    """Make a rename in directory durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 # _write's new file before it is renamed over the real one; a killed run may leave it behind.
@@ -309,9 +323,26 @@ def check_paths(name, root="/"):
     _check_dirs(layout, os.path.dirname(layout.wants_link(name)))  # the link itself is a symlink
 
 
+@contextlib.contextmanager
+def _persistence_locked(root, check_mode):
+    """Hold the persistence lock (not in check mode, which only reads): the last instance's remove
+    takes the shared files, which must not happen while another instance installs."""
+    if check_mode:
+        yield
+        return
+    with lock.persistence_lock(root) as held:
+        held.remove_file()  # on release: the lock guards nothing between runs
+        yield
+
+
 def install(params, object_path, object_sha256, root="/", python=None, check_mode=False, systemd=None):
     """Record the instance and set up its boot-time restore; -> list of what changed. The unit is
     started afterwards, outside the instance lock: start_unit()."""
+    with _persistence_locked(root, check_mode):
+        return _install(params, object_path, object_sha256, root, python, check_mode, systemd)
+
+
+def _install(params, object_path, object_sha256, root, python, check_mode, systemd):
     layout = Layout(root)
     systemd = systemd or Systemd(root)
     name = params["name"]
@@ -383,6 +414,11 @@ def remove(name, root="/", check_mode=False, systemd=None):
     cleared of a failed state, record, object, unit enablement, and the files a killed install left;
     the shared files once no instance has a record (also when an earlier remove was killed after
     the record went)."""
+    with _persistence_locked(root, check_mode):
+        return _remove_instance(name, root, check_mode, systemd)
+
+
+def _remove_instance(name, root, check_mode, systemd):
     layout = Layout(root)
     systemd = systemd or Systemd(root)
     changes = systemd.stop(name, check_mode)

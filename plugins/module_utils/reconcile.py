@@ -17,6 +17,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     coexistence,
     drift,
     fault,
+    features,
     host,
     lock,
     persistence,
@@ -73,7 +74,7 @@ def describe_error(exc):
     if isinstance(exc, BpfObjectError):
         return "src is not a BPF object this collection can load: %s" % exc
     if isinstance(exc, bpf.BpfError):
-        return "a bpf(2) call failed: %s. Nothing of the failed step was left in the kernel." % exc
+        return "a bpf(2) call failed: %s." % exc
     return str(exc)
 
 
@@ -163,25 +164,23 @@ def run(params, check_mode=False, diff=False):
     """Bring the instance to what params describe (state present or absent); -> the result dict.
     Raises one of ERRORS; VerificationFailed after an apply whose handshakes do not match."""
     result = dict(changed=False, actions=[], foreign_programs=[], drift=[], conflicts=[], warnings=[])
-    features = preflight(params, result)
+    kernel = preflight(params, result)
     params = follow_unit(params, result)
     desired = None
     if params["state"] == "present":
-        desired = desired_instance(
-            params, features, result["kernel"]["hz"], pending=result.get("unit_running") is False
-        )
+        desired = desired_instance(params, kernel, result["kernel"]["hz"], pending=result.get("unit_running") is False)
     step = persistence_step(params) if desired is not None else None
     if desired is None or step:
         persistence.check_paths(params["name"], _persist_root(params))
     if check_mode:  # reads only: no need to keep other runs out
-        _reconcile(params, desired, features, step, check_mode, diff, result)
+        _reconcile(params, desired, kernel, step, check_mode, diff, result)
     else:
         with lock.InstanceLock(
             params["name"], params["pin_dir"], params.get("lock_timeout", lock.DEFAULT_TIMEOUT)
         ) as held:
             try:
                 fault.point("lock_taken")
-                _reconcile(params, desired, features, step, check_mode, diff, result)
+                _reconcile(params, desired, kernel, step, check_mode, diff, result)
             finally:
                 if not os.path.isdir(os.path.join(params["pin_dir"], params["name"])):
                     held.remove_file()  # no instance (absent, or a refused first run): no lock file either
@@ -194,16 +193,16 @@ def run(params, check_mode=False, diff=False):
     return result
 
 
-def _reconcile(params, desired, features, step, check_mode, diff, result):
+def _reconcile(params, desired, kernel, step, check_mode, diff, result):
     if result.get("unit_running") is not False:
-        converge(params, desired, features.prog_replace, check_mode, diff, result)
+        converge(params, desired, kernel, check_mode, diff, result)
     fault.point("converged")
     root = _persist_root(params)
     if desired is None:
         result["actions"].extend(persistence.remove(params["name"], root, check_mode))
     else:
         if result.get("unit_running") is not False:
-            report(params, desired, check_mode, result)
+            report(params, desired, kernel, check_mode, result)
         if step == "record":
             result["actions"].extend(
                 persistence.install(params, params["src"], desired.object.sha256, root, check_mode=check_mode)
@@ -217,20 +216,18 @@ def _persist_root(params):
 
 
 def preflight(params, result):
-    """Checks that touch nothing: privileges, kernel, name, HZ. -> the kernel's features."""
-    host.require_root()
+    """Checks that change nothing (the feature probes leave nothing behind): privileges, kernel
+    features, name, HZ. -> the kernel's features (features.KernelFeatures)."""
     release = os.uname()[2]
-    host.check_kernel(release)
-    features = host.KernelFeatures(release)
+    kernel = features.detect(release)
+    kernel.require()
     model.validate_name(params["name"])
     for key in ("cgroup", "pin_dir", "src", "persist_root"):
         if "\0" in (params.get(key) or ""):
             raise model.ConfigError("%s %r contains a NUL byte, which no path can hold: remove it" % (key, params[key]))
-    if features.memlock_accounting:
-        host.raise_memlock()
     hz, hz_source = discover_hz(params, release)
-    result["kernel"] = dict(release=release, hz=hz, hz_source=hz_source, features=features.as_dict())
-    return features
+    result["kernel"] = dict(release=release, hz=hz, hz_source=hz_source, features=kernel.as_dict())
+    return kernel
 
 
 def follow_unit(params, result):
@@ -261,7 +258,7 @@ def follow_unit(params, result):
     return dict(params, cgroup=cgroup)
 
 
-def desired_instance(params, features, hz, pending=False):
+def desired_instance(params, kernel, hz, pending=False):
     """The instance params ask for, fully validated (cgroup, object, rules) before any change; with
     pending (a unit that does not run yet) the cgroup is not resolved."""
     cgroup_root = host.cgroup2_mount()
@@ -273,9 +270,7 @@ def desired_instance(params, features, hz, pending=False):
         )
     obj = BpfObject.from_file(params["src"])
     check_contract(obj)
-    attach_mode = (
-        model.ATTACH_LINK if features.cgroup_link and not params["force_legacy_attach"] else model.ATTACH_MULTI
-    )
+    attach_mode = kernel.attach_mode(params["force_legacy_attach"])
     return model.desired_state(
         params["name"],
         params["pin_dir"],
@@ -289,17 +284,31 @@ def desired_instance(params, features, hz, pending=False):
     )
 
 
-def converge(params, desired, can_replace, check_mode, diff, result):
-    """Plan from what the pins hold to desired (None: absent) and, unless check_mode, apply it."""
+def converge(params, desired, kernel, check_mode, diff, result):
+    """Plan from what the pins hold to desired (None: absent) and, unless check_mode, apply it
+    with what the kernel (features.KernelFeatures) offers."""
     if host.ensure_bpffs(params["pin_dir"], mount=params["mount_bpffs"], check_mode=check_mode):
         result["actions"].append("mount bpffs on /sys/fs/bpf")
     host.check_pin_path(params["pin_dir"], params["name"])
-    current = model.Current(os.path.join(params["pin_dir"], params["name"]), desired.cgroup if desired else None)
+    current = model.Current(
+        os.path.join(params["pin_dir"], params["name"]), desired.cgroup if desired else None, kernel.link_info
+    )
     try:
         if desired is None:
-            plan = model.plan_absent(current)
+            unrecorded, searched_all = model.unrecorded_attachments(current, _cgroup_root())
+            plan = model.plan_absent(current, unrecorded)
             if plan.steps and not check_mode:
-                kernel_apply.apply_absent(current, params["pin_dir"])
+                kernel_apply.apply_absent(current, params["pin_dir"], unrecorded, link_detach=kernel.link_detach)
+            warnings = [model.unknown_entries_warning(current, params["name"])]
+            if not searched_all:
+                warnings.append(
+                    "the instance record (meta pin) of %s is missing or unreadable, and only the first %d cgroups "
+                    "were searched for its programs: check with 'bpftool cgroup tree' that none is left attached"
+                    % (params["name"], model.MAX_CGROUPS_SEARCHED)
+                )
+            warnings = [warning for warning in warnings if warning]
+            if warnings:
+                result.setdefault("warnings", []).extend(warnings)
         else:
             others = model.instances_on_cgroup(params["pin_dir"], desired.cgroup, exclude=params["name"])
             if others:
@@ -311,7 +320,9 @@ def converge(params, desired, can_replace, check_mode, diff, result):
             plan = model.plan_present(desired, current)
             _refuse_blocked_attach(desired, current, plan)
             if plan.steps and not check_mode:
-                kernel_apply.apply_present(desired, current, plan, can_replace=can_replace)
+                kernel_apply.apply_present(
+                    desired, current, plan, can_replace=kernel.prog_replace, link_detach=kernel.link_detach
+                )
         result["actions"].extend(plan.steps)
         if diff:
             result["diff"] = dict(
@@ -321,6 +332,14 @@ def converge(params, desired, can_replace, check_mode, diff, result):
                 result["diff"]["before"]["drift"] = result["drift"]
     finally:
         current.close()
+
+
+def _cgroup_root():
+    """The cgroup v2 mount, or None without one (then nothing can be attached)."""
+    try:
+        return host.cgroup2_mount()
+    except host.HostError:
+        return None
 
 
 def _refuse_blocked_attach(desired, current, plan):
@@ -348,11 +367,11 @@ def _instance_program_ids(params):
     return ids
 
 
-def report(params, desired, check_mode, result):
+def report(params, desired, kernel, check_mode, result):
     """What the kernel holds now, proven by real handshakes unless check mode or verify: false;
     the foreign programs that meet ours, and those that can explain a failed handshake."""
     instance_dir = os.path.join(params["pin_dir"], params["name"])
-    applied = model.Current(instance_dir)
+    applied = model.Current(instance_dir, link_info=kernel.link_info)
     try:
         own_ids = [applied.prog_info.id] if applied.prog_info else []
     finally:
@@ -361,7 +380,7 @@ def report(params, desired, check_mode, result):
     result["foreign_programs"] = programs
     if params["verify"] and not check_mode:
         result["verification"] = verify(desired, coexistence.descendants_to_probe(programs))
-    applied = model.Current(instance_dir)
+    applied = model.Current(instance_dir, link_info=kernel.link_info)
     try:
         result["instance"] = instance_result(desired, applied)
     finally:

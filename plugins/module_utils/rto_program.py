@@ -66,24 +66,56 @@ MAP_CONTRACT = {
     HITS_MAP: (BPF_MAP_TYPE_PERCPU_ARRAY, HIT_KEY.size, HIT_VALUE.size, MAX_RULES + 1, 0),
 }
 
-_V4_MAPPED_PREFIX = 96
+# The program looks every connection up with the full address: IPv4 as ::ffff:a.b.c.d.
+LOOKUP_PREFIX = 128
+V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def trie_network(network):
+    """The network as the rules trie holds it: an IPv4 network as its IPv4-mapped IPv6 network. So
+    an IPv6 rule covering ::ffff:0:0/96 (::/0, for one) matches IPv4 connections too, and an IPv6
+    rule inside it is the same trie entry as the IPv4 rule it maps."""
+    if network.version == 4:
+        return ipaddress.IPv6Network(
+            (int(V4_MAPPED.network_address) | int(network.network_address), V4_MAPPED.prefixlen + network.prefixlen)
+        )
+    return network
+
+
+def trie_address(address):
+    """The address the program looks up for a connection to address."""
+    if address.version == 4:
+        return ipaddress.IPv6Address(int(V4_MAPPED.network_address) | int(address))
+    return address
+
+
+def in_v4_mapped(network):
+    """Whether an IPv6 network lies inside ::ffff:0:0/96, where its key is an IPv4 network's."""
+    return network.version == 6 and network.prefixlen >= V4_MAPPED.prefixlen and network.network_address in V4_MAPPED
 
 
 def encode_rule_key(network):
     """ipaddress network -> rules map key bytes."""
-    if network.version == 4:
-        mapped = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + network.network_address.packed)
-        return RULE_KEY.pack(_V4_MAPPED_PREFIX + network.prefixlen, mapped.packed)
-    return RULE_KEY.pack(network.prefixlen, network.network_address.packed)
+    held = trie_network(network)
+    return RULE_KEY.pack(held.prefixlen, held.network_address.packed)
 
 
-def decode_rule_key(key):
-    """rules map key bytes -> ipaddress network (IPv4 for the mapped range)."""
+def encode_lookup_key(address):
+    """ipaddress address -> the key the program looks up for a connection to it."""
+    return RULE_KEY.pack(LOOKUP_PREFIX, trie_address(address).packed)
+
+
+def decode_rule_key(key, mapped_as_ipv6=False):
+    """rules map key bytes -> ipaddress network. The key cannot tell whether a network inside
+    ::ffff:0:0/96 was given as IPv4 or as IPv6: IPv4 unless mapped_as_ipv6."""
     prefixlen, addr = RULE_KEY.unpack(key)
-    address = ipaddress.IPv6Address(addr)
-    if address.ipv4_mapped is not None and prefixlen >= _V4_MAPPED_PREFIX:
-        return ipaddress.ip_network("%s/%d" % (address.ipv4_mapped, prefixlen - _V4_MAPPED_PREFIX))
-    return ipaddress.ip_network("%s/%d" % (address, prefixlen))
+    # strict=False: a key edited outside tcp_rto may carry bits past its prefix, which the trie ignores
+    network = ipaddress.IPv6Network((int.from_bytes(addr, "big"), prefixlen), strict=False)
+    if not mapped_as_ipv6 and in_v4_mapped(network):
+        return ipaddress.IPv4Network(
+            (int(network.network_address) & 0xFFFFFFFF, network.prefixlen - V4_MAPPED.prefixlen)
+        )
+    return network
 
 
 def encode_rule_value(rto_jiffies, hit_slot):

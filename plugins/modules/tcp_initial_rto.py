@@ -19,7 +19,8 @@ description:
   - This module loads the collection's program, fills its maps with O(rules) (destination networks
     and their initial RTO) and attaches it to O(cgroup). It needs nothing on the managed host but
     Python 3.6 or later; it makes the bpf(2) calls itself. No compiler, bpftool or libbpf.
-  - Changing rules, the default or the direction only rewrites maps; the program id stays the same.
+  - Changing rules, the default or the direction only rewrites maps; the program id stays the same,
+    unless the old and new rules do not fit the 1024-entry rules map together (see O(rules)).
     A new program object replaces the attached one atomically. O(state=absent) removes every kernel
     object of the instance.
   - A smaller initial RTO also shortens the time after which C(connect) to a dead peer fails
@@ -32,9 +33,11 @@ author:
   - netbpf.tcp_rto developers (@netbpf)
 requirements:
   - Linux 4.16 or later with C(CONFIG_BPF_SYSCALL) and C(CONFIG_CGROUP_BPF) (4.16 for the program's
-    reads of C(is_fullsock) and C(state)); bpf_link attachments from 5.7.
+    reads of C(is_fullsock) and C(state)); bpf_link attachments where the kernel can create, update,
+    read back and detach cgroup links (5.9 upstream). Each feature is probed on the host, not read
+    from the kernel version, so vendor backports count.
   - A cgroup v2 hierarchy (unified or hybrid).
-  - Root, or C(CAP_BPF) and C(CAP_NET_ADMIN) (C(CAP_SYS_ADMIN) before 5.8).
+  - Root, or C(CAP_BPF) and C(CAP_NET_ADMIN) (C(CAP_SYS_ADMIN) on kernels without C(CAP_BPF), before 5.8).
 options:
   name:
     description:
@@ -46,6 +49,10 @@ options:
     description:
       - V(present) loads, fills, attaches and pins the program as described.
       - V(absent) detaches the instance and removes its pins and maps. Nothing of it is left.
+        When the instance record (the C(meta) pin) is missing or unreadable, the cgroup tree is
+        searched for the instance's programs (its pinned program, or one using its pinned maps) to
+        detach them; no other program is ever detached. Entries of O(pin_dir)/O(name) that are not
+        the instance's pins are left alone, with the directory, and a warning names them.
     type: str
     choices: [present, absent]
     default: present
@@ -78,7 +85,17 @@ options:
     description:
       - Destination networks and the initial RTO of connections to (outgoing) or from (incoming)
         them. The longest matching prefix wins. IPv4 rules also match IPv4-mapped IPv6 addresses.
-      - At most 1024 rules.
+      - IPv4 networks are held inside the IPv4-mapped range C(::ffff:0:0/96), so an IPv6 rule
+        covering it (V(::/0)) matches IPv4 connections too, and an IPv6 rule inside it
+        (V(::ffff:10.0.0.0/104)) is the same rule as the IPv4 network it maps; results show it
+        as IPv6 in dotted form.
+      - At most 1024 rules, the capacity of the program's rules map; a longer list is refused before
+        anything is changed.
+      - New rules are written into the live map before the old ones are removed, so that no
+        connection gets the kernel default meanwhile. When the old and new rules together are more
+        than 1024 entries, or a value changes while the map holds 1024 (kernels without a 6.13 fix refuse any
+        update to a full map), the change takes new maps and a new program, which replaces the
+        attached one atomically (RV(actions) says so); the hit counters then start from zero.
     type: list
     elements: dict
     default: []
@@ -134,15 +151,21 @@ options:
   src:
     description:
       - The BPF object to load, a path on the controller. A C(.c) file is compiled on the controller
-        with C(clang -O2 -target bpf).
-      - Omitted, the object shipped with the collection (C(files/bpf/tcp_initial_rto.bpf.o)).
+        with C(clang -O2 -g -target bpf), its DWARF stripped with C(llvm-strip) (BTF kept).
+      - Maps may be BTF-defined in a C(.maps) section, as libbpf 1.0+ writes them, or legacy
+        C(struct bpf_map_def) definitions in a C(maps) section. The object's BTF is loaded where the
+        kernel takes it, so that C(bpftool map dump) shows typed keys and values and
+        C(bpftool prog dump xlated) the source lines; where the kernel refuses it the object loads
+        without.
+      - Omitted, the object shipped with the collection (C(plugins/plugin_utils/tcp_initial_rto.bpf.o),
+        built from C(files/bpf/tcp_initial_rto.bpf.c)).
       - The object must have a C(sockops) program, a GPL-compatible license and the maps
         C(rules), C(config) and C(hits) of the collection's program.
     type: path
   force_legacy_attach:
     description:
       - Test aid. Attach with C(BPF_PROG_ATTACH) and C(BPF_F_ALLOW_MULTI) even where the kernel has
-        cgroup bpf_links (5.7+), to exercise the path older kernels take.
+        every cgroup bpf_link feature, to exercise the path older kernels take.
     type: bool
     default: false
   persistent:
@@ -268,7 +291,13 @@ kernel:
     release: {description: Kernel release., type: str, sample: 6.1.0-28-amd64}
     hz: {description: CONFIG_HZ used to convert milliseconds., type: int, sample: 250}
     hz_source: {description: 'Where HZ came from (a file, V(measured) or V(parameter)).', type: str, sample: /proc/config.gz}
-    features: {description: Kernel features the module relies on and whether this kernel has them., type: dict}
+    features:
+      description:
+        - Kernel features the module relies on and whether this kernel has them, each decided by a probe
+          on the host (see docs/compatibility.md), plus C(rto_capped) and C(synack_backoff_from_bpf),
+          which are TCP behaviours read from the release for information only.
+      type: dict
+      sample: {cgroup_link: true, link_info: true, link_detach: true, link_update: true, prog_replace: true, memcg_accounting: true}
 verification:
   description: The handshake probes after applying; RV(verification.ok) is false only when the task failed.
   returned: when O(state=present) and O(verify=true) and not in check mode

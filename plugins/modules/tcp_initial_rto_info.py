@@ -76,9 +76,11 @@ unsupported_reasons:
   returned: always
   type: list
   elements: str
-  sample: ["kernel 4.9.0 (release 4.9.0-19-amd64) is too old: Linux 4.16 or later is needed ..."]
+  sample: ["kernel 4.9.0-19-amd64 lacks sock_ops programs reading is_fullsock and state (4.16): Linux 4.16 or later is needed ..."]
 kernel:
-  description: Kernel release, CONFIG_HZ and where it came from, and the features the collection uses.
+  description:
+    - Kernel release, CONFIG_HZ and where it came from, and the features the collection uses as probed on
+      the host (C(features) is empty when the probes cannot run, e.g. without root).
   returned: always
   type: dict
   sample: {release: 6.1.0-28-amd64, hz: 250, hz_source: /boot/config-6.1.0-28-amd64, features: {cgroup_link: true}}

@@ -5,9 +5,13 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 from bpf_inventory import bpftool
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -68,7 +72,11 @@ class Playbook:
         if os.path.exists(results_file):
             with open(results_file) as handle:
                 results = [json.loads(line) for line in handle]
-        return PlaybookRun(proc.returncode, proc.stdout, results)
+        custom_stats = {}
+        if os.path.exists(results_file + ".custom_stats"):
+            with open(results_file + ".custom_stats") as handle:
+                custom_stats = json.load(handle)
+        return PlaybookRun(proc.returncode, proc.stdout, results, custom_stats)
 
     def module(self, check=False, diff=False, **args):
         """One task of the module; returns its result dict (with .output for debugging)."""
@@ -80,8 +88,10 @@ class Playbook:
 
 
 class PlaybookRun:
-    def __init__(self, returncode, output, results):
+    def __init__(self, returncode, output, results, custom_stats=None):
         self.returncode, self.output, self.results = returncode, output, results
+        # what the playbook published with set_stats: {"_run": {...}} for data not per host
+        self.custom_stats = custom_stats or {}
 
 
 @pytest.fixture
@@ -112,13 +122,8 @@ def observed_rto_us(cgroup, address="127.0.0.1"):
 
 
 def kernel_hz():
-    import gzip
-
-    with gzip.open("/proc/config.gz", "rt") as config:
-        for line in config:
-            if line.startswith("CONFIG_HZ="):
-                return int(line.split("=")[1])
-    raise RuntimeError("no CONFIG_HZ")
+    """CONFIG_HZ as the module finds it: the module's own discovery, not a copy of it."""
+    return reconcile.discover_hz(dict(hz=None), os.uname()[2])[0]
 
 
 @pytest.fixture(scope="session")
@@ -136,3 +141,56 @@ def second_object(tmp_path_factory):
     object_path = str(workdir / "tcp_initial_rto_v2.bpf.o")
     subprocess.run([os.path.join(REPO, "files", "bpf", "build"), object_path, str(source_path)], check=True)
     return object_path
+
+
+KERNEL_DEFAULT_US = 1000000  # TCP_TIMEOUT_INIT as tcpi_rto shows it
+STREAM_SECONDS = 120
+STREAM_COUNT = 2000000
+
+
+def jiffies_us(ms):
+    """The µs TCP_INFO shows for rto_ms: rounded up to whole jiffies like the module does."""
+    hz = kernel_hz()
+    return -(-ms * hz // 1000) * (1000000 // hz)
+
+
+class RtoStream:
+    """syn_rto_stream.py in the cgroup; .values grows with each socket's tcpi_rto (µs), made without
+    pause until stop(): the stream a change must never show KERNEL_DEFAULT_US in."""
+
+    def __init__(self, cgroup):
+        self.values = []
+        self.proc = subprocess.Popen(
+            [
+                "/usr/bin/python3",
+                os.path.join(HERE, "syn_rto_stream.py"),
+                cgroup,
+                str(STREAM_SECONDS),
+                str(STREAM_COUNT),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            universal_newlines=True,
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self.values.append(int(line))
+
+    def wait_for(self, value, timeout=30.0):
+        """Until a socket made after this call started with value (or timeout): -> whether one did."""
+        start = len(self.values)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.proc.poll() is None:
+            if value in self.values[start:]:
+                return True
+            time.sleep(0.01)
+        return value in self.values[start:]
+
+    def stop(self):
+        self.proc.stdin.close()
+        returncode = self.proc.wait(timeout=30)
+        self.reader.join(timeout=30)
+        return returncode

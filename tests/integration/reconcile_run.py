@@ -4,7 +4,8 @@
 tests start several at once.
 
 A parameter `_no_prog_replace: true` (test only) makes the run behave as on a kernel before 5.6,
-without BPF_F_REPLACE: attach the new program, then detach the old one.
+without BPF_F_REPLACE: attach the new program, then detach the old one (the same as starting it
+with force_missing="prog_replace"); `_check_mode: true` runs it in check mode.
 """
 
 import copy
@@ -16,22 +17,18 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(REPO, ".cache", "collections"))
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, reconcile  # noqa: E402
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile  # noqa: E402
+
+FORCE_MISSING = "TCP_RTO_FORCE_MISSING"  # features.FORCE_MISSING_ENVIRONMENT
 
 
 def main():
     params = json.loads(sys.argv[1])
     if params.pop("_no_prog_replace", False):
-        features = host.KernelFeatures
-
-        class WithoutReplace(features):
-            def __init__(self, release):
-                super().__init__(release)
-                self.prog_replace = False
-
-        host.KernelFeatures = WithoutReplace
+        os.environ[FORCE_MISSING] = "prog_replace"
+    check_mode = params.pop("_check_mode", False)
     try:
-        result = reconcile.run(params)
+        result = reconcile.run(params, check_mode=check_mode)
     except reconcile.VerificationFailed as exc:
         print(json.dumps(dict(exc.result, error=str(exc))))
         return 1
@@ -48,7 +45,7 @@ if __name__ == "__main__":
 
 # ---------------------------------------------------------------- for the tests that start it
 
-SHIPPED_OBJECT = os.path.join(REPO, "files", "bpf", "tcp_initial_rto.bpf.o")
+SHIPPED_OBJECT = os.path.join(REPO, "plugins", "plugin_utils", "tcp_initial_rto.bpf.o")
 MANAGED_PYTHON = "/usr/bin/python3"
 
 
@@ -62,11 +59,15 @@ def module_params(**given):
     return params
 
 
-def start(params, fault=None):
-    """This script on params in a new process (the managed host's Python); fault: TCP_RTO_FAULT_AT."""
-    env = {key: value for key, value in os.environ.items() if key != "TCP_RTO_FAULT_AT"}
-    if fault:
-        env["TCP_RTO_FAULT_AT"] = fault
+def start(params, fault=None, fail_at=None, force_missing=None):
+    """This script on params in a new process (the managed host's Python); fault: TCP_RTO_FAULT_AT
+    (killed there), fail_at: TCP_RTO_FAIL_AT (a failed step there); force_missing:
+    TCP_RTO_FORCE_MISSING, the kernel features its probes report missing."""
+    aids = ("TCP_RTO_FAULT_AT", "TCP_RTO_FAIL_AT", FORCE_MISSING)
+    env = {key: value for key, value in os.environ.items() if key not in aids}
+    for name, value in zip(aids, (fault, fail_at, force_missing)):
+        if value:
+            env[name] = value
     return subprocess.Popen(
         [MANAGED_PYTHON, os.path.abspath(__file__), json.dumps(params)],
         env=env,
@@ -82,5 +83,5 @@ def finish(proc, timeout=300):
     return proc.returncode, (json.loads(out) if out.strip() else None), err
 
 
-def run(params, fault=None):
-    return finish(start(params, fault))
+def run(params, fault=None, fail_at=None, force_missing=None):
+    return finish(start(params, fault, fail_at, force_missing))

@@ -25,6 +25,14 @@ RULES_A = [{"dest": "127.0.0.0/8", "rto_ms": 200}, {"dest": "10.0.0.0/8", "rto_m
 # Against RULES_A: slot 0 counts another network (hit counter reset), 127/8 changes value, 10/8 goes.
 RULES_B = [{"dest": "10.1.0.0/16", "rto_ms": 400}, {"dest": "127.0.0.0/8", "rto_ms": 252}]
 LEGACY = dict(force_legacy_attach=True)
+# 600 rules each, only 127.0.0.0/8 in common: together more than the rules map's 1024 entries, so
+# the swap takes new maps and a new program.
+SWAP_A = [{"dest": "127.0.0.0/8", "rto_ms": 200}] + [
+    {"dest": "10.%d.%d.0/24" % divmod(index, 256), "rto_ms": 50} for index in range(599)
+]
+SWAP_B = [{"dest": "127.0.0.0/8", "rto_ms": 252}] + [
+    {"dest": "172.%d.%d.0/24" % (16 + index // 256, index % 256), "rto_ms": 60} for index in range(599)
+]
 
 # Each kind of run: the runs before it (options, fault point or None), then the request that is
 # killed and then repeated. "cgroup": "other" and "src": "second" stand for a second cgroup and a
@@ -41,6 +49,8 @@ SCENARIOS = {
         before=[(dict(rules=RULES_A, **LEGACY), None)],
         request=dict(rules=RULES_B, src="second", _no_prog_replace=True, **LEGACY),
     ),
+    "swap": dict(before=[(dict(rules=SWAP_A), None)], request=dict(rules=SWAP_B)),
+    "swap_legacy": dict(before=[(dict(rules=SWAP_A, **LEGACY), None)], request=dict(rules=SWAP_B, **LEGACY)),
     "move": dict(before=[(dict(rules=RULES_A), None)], request=dict(rules=RULES_A, cgroup="other")),
     "move_legacy": dict(
         before=[(dict(rules=RULES_A, **LEGACY), None)], request=dict(rules=RULES_A, cgroup="other", **LEGACY)
@@ -68,6 +78,7 @@ CASES = [
     ("first_rule_written", "create"),
     ("maps_filled", "create"),
     ("maps_filled", "upgrade_legacy"),
+    ("maps_filled", "swap"),
     ("hit_counter_reset", "update"),
     ("first_rule_updated", "update"),
     ("config_updated", "update"),
@@ -86,6 +97,8 @@ CASES = [
     ("attached", "upgrade"),
     ("attached", "upgrade_legacy"),
     ("attached", "upgrade_legacy_no_replace"),
+    ("attached", "swap"),
+    ("attached", "swap_legacy"),
     ("attached", "move"),
     ("attached", "move_legacy"),
     ("link_pinned", "create"),

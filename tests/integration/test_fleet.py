@@ -5,9 +5,10 @@ checked against the kernel (bpftool, a TCP_INFO probe), not only against Ansible
 import csv
 import json
 import os
+import shutil
 
 import pytest
-from conftest import MANAGED_PYTHON, cgroup_program_ids, observed_rto_us
+from conftest import MANAGED_PYTHON, REPO, cgroup_program_ids, observed_rto_us
 
 pytestmark = pytest.mark.kernel
 
@@ -29,22 +30,34 @@ class Fleet:
         self.inventory = str(tmp_path / "fleet.ini")
         self.write_inventory({})
 
-    def write_inventory(self, host_vars):
+    def write_inventory(self, host_vars, named=True):
+        """An INI inventory: each host names its instance after itself unless named is False (then
+        the instance name comes from the command line, or the role's default)."""
         lines = ["[fleet]"]
         for host in HOSTS:
-            extra = " ".join("%s=%s" % (key, value) for key, value in host_vars.get(host, {}).items())
+            extra = dict(tcp_rto_name=host) if named else {}
+            extra.update(host_vars.get(host, {}))
             lines.append(
-                "%s ansible_connection=local ansible_python_interpreter=%s tcp_rto_name=%s tcp_rto_cgroup=%s "
+                "%s ansible_connection=local ansible_python_interpreter=%s tcp_rto_cgroup=%s "
                 "tcp_rto_pin_dir=%s tcp_rto_persist_root=%s %s"
-                % (host, MANAGED_PYTHON, host, self.cgroups[host], self.pin_dirs[host], self.roots[host], extra)
+                % (
+                    host,
+                    MANAGED_PYTHON,
+                    self.cgroups[host],
+                    self.pin_dirs[host],
+                    self.roots[host],
+                    " ".join("%s=%s" % (key, value) for key, value in extra.items()),
+                )
             )
         lines += ["[fleet:vars]", "tcp_rto_mount_bpffs=false"]
         with open(self.inventory, "w") as handle:
             handle.write("\n".join(lines) + "\n")
 
-    def play(self, name, **extra_vars):
+    def play(self, name, extra_args=(), **extra_vars):
         extra_vars.setdefault("tcp_rto_hosts", "fleet")
-        return self.playbook.run_playbook("netbpf.tcp_rto." + name, self.inventory, ["-e", json.dumps(extra_vars)])
+        return self.playbook.run_playbook(
+            "netbpf.tcp_rto." + name, self.inventory, ["-e", json.dumps(extra_vars), *list(extra_args)]
+        )
 
     def rollout(self, rto_ms, **extra_vars):
         return self.play(
@@ -54,9 +67,14 @@ class Fleet:
             **extra_vars,
         )
 
-    def rto_ms(self):
+    def rto_ms(self, hosts=HOSTS):
         """The initial RTO a socket in each host's cgroup gets, per the kernel."""
-        return {host: observed_rto_us(path) // 1000 for host, path in self.cgroups.items()}
+        return {host: observed_rto_us(self.cgroups[host]) // 1000 for host in hosts}
+
+    def etc_files(self, host):
+        """The files of the host's /etc/tcp_rto (records and history)."""
+        path = os.path.join(self.roots[host], "etc", "tcp_rto")
+        return sorted(os.listdir(path)) if os.path.isdir(path) else []
 
     def program_ids(self):
         return {host: cgroup_program_ids(path) for host, path in self.cgroups.items()}
@@ -90,9 +108,13 @@ def test_rollout_failed_batch_rollback_report(fleet, tmp_path):
     assert second.returncode != 0
     assert "rollout stopped: a host of batch 2 failed" in second.output
     batches = summary(second)
+    assert second.custom_stats["_run"]["tcp_rto_rollout"] == batches  # set_stats, for workflows
     assert len(batches) == 2
-    assert batches[0] == dict(hosts=["h1"], changed=["h1"], unchanged=[], failed=[], failures={}, rolled_back=[])
+    assert batches[0] == dict(
+        hosts=["h1"], changed=["h1"], unchanged=[], failed=[], failures={}, rolled_back=[], not_rolled_back={}
+    )
     assert batches[1]["failed"] == ["h3"] and batches[1]["rolled_back"] == ["h2", "h3"], second.output
+    assert batches[1]["not_rolled_back"] == {}, second.output
     assert fleet.rto_ms() == dict(h1=200, h2=300, h3=300, h4=300, h5=300)
     after = fleet.program_ids()
     assert after["h4"] == before["h4"] and after["h5"] == before["h5"]  # later batch untouched
@@ -132,3 +154,146 @@ def test_rollout_failed_batch_rollback_report(fleet, tmp_path):
     assert fleet.rto_ms() == dict.fromkeys(HOSTS, 1000)
     assert not [path for path in fleet.pin_dirs.values() if os.path.exists(path)]
     assert [files for _dir, _sub, files in os.walk(fleet.root) if files] == []
+
+
+def test_rollback_without_a_name_rolls_back_every_instance_with_history(fleet):
+    """As the README shows it: the rollout names its instance on the command line, the rollback
+    names none."""
+    fleet.write_inventory({}, named=False)
+    pair = ["h1", "h2"]
+    for rto_ms in (300, 200):
+        run = fleet.rollout(rto_ms, tcp_rto_name="dc", tcp_rto_hosts="h1:h2")
+        assert run.returncode == 0, run.output
+    # a second instance with history, on h1 only, in a child cgroup (one instance per cgroup)
+    wan_cgroup = os.path.join(fleet.cgroups["h1"], "wan")
+    os.mkdir(wan_cgroup)
+    wan = fleet.play(
+        "rollout",
+        tcp_rto_hosts="h1",
+        tcp_rto_name="wan",
+        tcp_rto_cgroup=wan_cgroup,
+        tcp_rto_rules=[{"dest": "10.0.0.0/8", "rto_ms": 50}],
+        tcp_rto_verify=False,
+    )
+    assert wan.returncode == 0, wan.output
+    assert fleet.rto_ms(pair) == dict(h1=200, h2=200)
+    assert fleet.etc_files("h1") == ["dc.json", "dc.previous.json", "wan.json", "wan.previous.json"]
+
+    back = fleet.play("rollback", tcp_rto_hosts="h1:h2")
+    assert back.returncode == 0, back.output
+    assert fleet.rto_ms(pair) == dict(h1=300, h2=300)  # dc one change back: its first rollout
+    assert not os.path.exists(os.path.join(fleet.pin_dirs["h1"], "wan"))  # wan's change created it
+    assert fleet.etc_files("h1") == fleet.etc_files("h2") == ["dc.json"]
+    assert [len(ids) for ids in fleet.program_ids().values()] == [1, 1, 0, 0, 0]
+
+    # nothing left to roll back: said so, nothing changed
+    again = fleet.play("rollback", tcp_rto_hosts="h1:h2")
+    assert again.returncode == 0, again.output
+    assert not [result for result in again.results if result.get("changed")], again.output
+    assert "nothing to roll back" in again.output
+    assert fleet.rto_ms(pair) == dict(h1=300, h2=300)
+
+    # removing needs the instance's name: without one the rollback fails and lists what each host holds
+    refused = fleet.play("rollback", tcp_rto_hosts="h1:h2", tcp_rto_state="absent")
+    assert refused.returncode != 0
+    messages = [result["msg"] for result in refused.results if result["status"] == "failed"]
+    assert len(messages) == 2 and all("dc" in message and "tcp_rto_name" in message for message in messages), messages
+    assert fleet.rto_ms(pair) == dict(h1=300, h2=300)
+    gone = fleet.play("rollback", tcp_rto_hosts="h1:h2", tcp_rto_state="absent", tcp_rto_name="dc")
+    assert gone.returncode == 0, gone.output
+    assert fleet.program_ids() == {host: [] for host in HOSTS}
+
+
+def test_failed_canary_is_rolled_back_and_summarized(fleet):
+    """v2's health gate fails on the only host of the first batch: the batch goes back to v1 (the
+    gate does not judge the configuration put back) and the run still ends with its summary."""
+    first = fleet.rollout(300)
+    assert first.returncode == 0, first.output
+    before = fleet.program_ids()
+    fleet.write_inventory({"h1": {"tcp_rto_health_command": "'exit 3'"}})
+    run = fleet.rollout(200)
+    assert run.returncode != 0
+    assert "rollout stopped: a host of batch 1 failed" in run.output, run.output
+    [batch] = summary(run)
+    assert batch["failed"] == ["h1"] and list(batch["failures"]) == ["h1"], batch
+    assert batch["rolled_back"] == ["h1"] and batch["changed"] == [] and batch["unchanged"] == [], batch
+    assert fleet.program_ids() == before
+    assert fleet.rto_ms() == dict.fromkeys(HOSTS, 300)
+
+
+def test_host_that_cannot_be_put_back_is_named_not_claimed(fleet):
+    """The restore of a failed batch fails too (its boot files cannot be written any more): the run
+    still ends with its summary, which names that host instead of counting it as rolled back."""
+    first = fleet.rollout(300, tcp_rto_hosts="h1")
+    assert first.returncode == 0, first.output
+    lib_dir = os.path.join(fleet.roots["h1"], "var", "lib", "tcp_rto")
+    # the gate turns the directory of the boot files into a file, then fails
+    fleet.write_inventory({"h1": {"tcp_rto_health_command": "'rm -rf %s && touch %s; exit 3'" % (lib_dir, lib_dir)}})
+    run = fleet.rollout(200, tcp_rto_hosts="h1")
+    assert run.returncode != 0
+    [batch] = summary(run)
+    assert batch["failed"] == ["h1"] and batch["rolled_back"] == [], batch
+    assert list(batch["not_rolled_back"]) == ["h1"] and "not a directory" in batch["not_rolled_back"]["h1"], batch
+    assert "that batch was rolled back except on h1, which could not be put back" in run.output, run.output
+
+
+def test_failures_within_max_fail_percentage_roll_back_only_the_failed_hosts(fleet):
+    """tcp_rto_max_fail_percentage=50: one failed host of two is tolerated (it goes back alone, the
+    rollout goes on); the run still fails at the end, naming it. The summary is published with
+    set_stats for Automation Platform workflows."""
+    fleet.write_inventory({"h3": {"tcp_rto_health_command": "'exit 3'"}})
+    run = fleet.rollout(300, tcp_rto_max_fail_percentage=50)
+    assert run.returncode != 0
+    assert "rollout finished with failed hosts within tcp_rto_max_fail_percentage (50%)" in run.output, run.output
+    batches = summary(run)
+    assert [batch["hosts"] for batch in batches] == [["h1"], ["h2", "h3"], ["h4", "h5"]]
+    assert batches[1] == dict(
+        hosts=["h2", "h3"],
+        changed=["h2"],
+        unchanged=[],
+        failed=["h3"],
+        failures={"h3": "non-zero return code"},
+        rolled_back=["h3"],
+        not_rolled_back={},
+    )
+    assert batches[2]["changed"] == ["h4", "h5"] and batches[2]["failed"] == []
+    assert fleet.rto_ms() == dict(h1=300, h2=300, h3=1000, h4=300, h5=300)
+    assert run.custom_stats["_run"]["tcp_rto_rollout"] == batches
+
+
+def test_report_dir_relative_to_where_ansible_playbook_started(fleet, playbook):
+    relative = "tcp_rto_report_relative_%d" % os.getpid()
+    inside_collection = os.path.join(REPO, "playbooks", relative)
+    try:
+        run = fleet.play("report", tcp_rto_report_dir=relative)
+        assert run.returncode == 0, run.output
+        # the tests start ansible-playbook in the playbook fixture's work directory
+        for suffix in ("csv", "md"):
+            assert os.path.isfile(os.path.join(playbook.workdir, relative, "tcp_rto_report." + suffix))
+        assert not os.path.exists(inside_collection)
+    finally:
+        shutil.rmtree(inside_collection, ignore_errors=True)
+
+
+def test_role_booleans_from_an_ini_inventory(fleet):
+    """INI inventory values are strings: "false" must mean false in every condition of the role and
+    the playbooks (ansible-core 2.19 refuses a string as a condition)."""
+    fleet.write_inventory(
+        {
+            "h1": dict(tcp_rto_persistent="false", tcp_rto_history="true", tcp_rto_verify="true"),
+            "h2": dict(tcp_rto_persistent="true", tcp_rto_history="false", tcp_rto_verify="false"),
+        }
+    )
+    pair = ["h1", "h2"]
+    run = fleet.rollout(300, tcp_rto_hosts="h1:h2")
+    assert run.returncode == 0, run.output
+    assert fleet.rto_ms(pair) == dict(h1=300, h2=300)
+    assert fleet.etc_files("h1") == ["h1.previous.json"]  # history, no boot record
+    assert fleet.etc_files("h2") == ["h2.json"]  # boot record, no history
+
+    back = fleet.play("rollback", tcp_rto_hosts="h1:h2")
+    assert back.returncode == 0, back.output
+    assert fleet.rto_ms(pair) == dict(h1=1000, h2=300)  # h1 back to no instance, h2 had no history
+    gone = fleet.play("rollback", tcp_rto_hosts="h1:h2", tcp_rto_state="absent")
+    assert gone.returncode == 0, gone.output
+    assert fleet.program_ids() == {host: [] for host in HOSTS}

@@ -8,7 +8,7 @@ import pytest
 from conftest import bpftool, cgroup_program_ids, kernel_hz
 from test_tcp_initial_rto import load_foreign_program
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, info
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, host, info
 
 pytestmark = pytest.mark.kernel
 INFO = "netbpf.tcp_rto.tcp_initial_rto_info"
@@ -106,9 +106,20 @@ def test_a_recorded_instance_the_kernel_does_not_hold_is_a_problem(playbook, cgr
 
 
 def test_old_kernel_is_unsupported_with_its_reason(monkeypatch):
-    """The one thing that cannot be real here: an old kernel's release string."""
-    monkeypatch.setattr(host, "kernel_release", lambda: "4.9.0-19-amd64")
+    """The one thing that cannot be real here: a kernel without sock_ops programs that read
+    is_fullsock and state (before 4.16), as its probe reports it (test switch)."""
+    monkeypatch.setenv(features.FORCE_MISSING_ENVIRONMENT, "sock_ops")
     report = info.gather("/nonexistent/tcp_rto")
     assert report["supported"] is False
     assert any("4.16" in reason and "upgrade the kernel" in reason for reason in report["unsupported_reasons"])
+    assert report["kernel"]["features"]["sock_ops"] is False
     assert report["instances"] == []
+
+
+def test_reports_probed_features(monkeypatch):
+    """The features come from probes, not the release: a release string says nothing."""
+    monkeypatch.delenv(features.FORCE_MISSING_ENVIRONMENT, raising=False)
+    monkeypatch.setattr(host, "kernel_release", lambda: "4.9.0-19-amd64")
+    report = info.gather("/nonexistent/tcp_rto")
+    assert report["supported"] is True, report["unsupported_reasons"]
+    assert all(report["kernel"]["features"][name] for name in features.PROBE_NAMES)

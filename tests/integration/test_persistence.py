@@ -77,6 +77,7 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
                 "coexistence",
                 "drift",
                 "fault",
+                "features",
                 "host",
                 "instance",
                 "lock",

@@ -5,67 +5,13 @@ value. Every socket started with the value before or after a change, none with t
 default (1 s)."""
 
 import os
-import subprocess
 import sys
-import threading
-import time
 
 import pytest
 import reconcile_run
-from conftest import HERE, kernel_hz
+from conftest import KERNEL_DEFAULT_US, RtoStream, jiffies_us
 
 pytestmark = pytest.mark.kernel
-
-HZ = kernel_hz()
-KERNEL_DEFAULT_US = 1000000
-STREAM_SECONDS = 120
-STREAM_COUNT = 2000000
-
-
-def jiffies_us(ms):
-    return -(-ms * HZ // 1000) * (1000000 // HZ)
-
-
-class RtoStream:
-    """syn_rto_stream.py in the cgroup; .values grows with each socket's tcpi_rto."""
-
-    def __init__(self, cgroup):
-        self.values = []
-        self.proc = subprocess.Popen(
-            [
-                "/usr/bin/python3",
-                os.path.join(HERE, "syn_rto_stream.py"),
-                cgroup,
-                str(STREAM_SECONDS),
-                str(STREAM_COUNT),
-            ],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            universal_newlines=True,
-        )
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self.values.append(int(line))
-
-    def wait_for(self, value, timeout=30.0):
-        """Until a socket made after this call started with value (or timeout): -> whether one did."""
-        start = len(self.values)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.proc.poll() is None:
-            if value in self.values[start:]:
-                return True
-            time.sleep(0.01)
-        return value in self.values[start:]
-
-    def stop(self):
-        self.proc.stdin.close()
-        returncode = self.proc.wait(timeout=30)
-        self.reader.join(timeout=30)
-        return returncode
-
 
 # (options, rto of 127.0.0.1 in ms, whether the program object changes)
 STEPS = [

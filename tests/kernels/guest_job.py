@@ -45,7 +45,7 @@ from guest_kernel import (  # noqa: E402
 from steps import GUEST_ROOT, STEPS, cgroup  # noqa: E402
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf  # noqa: E402
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe  # noqa: E402
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, probe  # noqa: E402
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import attached_program_ids as attached  # noqa: E402
 
 MARK = "@@TCPRTO"
@@ -55,11 +55,15 @@ def emit(*words):
     print(MARK, *words, flush=True)
 
 
-def run_step(name, memlock=None):
+def run_step(name, memlock=None, missing=None, may_fail=False):
     """The step's payload under this Python, as Ansible runs a module: -> its result dict.
-    memlock: the RLIMIT_MEMLOCK (soft and hard) it starts with."""
+    memlock: the RLIMIT_MEMLOCK (soft and hard) it starts with; missing: the features its probes
+    report missing (TCP_RTO_FORCE_MISSING); may_fail: return a failed result instead of raising."""
     payload = os.path.join(GUEST_ROOT, "payloads", name + ".py")
     limit = None if memlock is None else (lambda: resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock)))
+    env = dict(os.environ)
+    if missing:
+        env[features.FORCE_MISSING_ENVIRONMENT] = missing
     proc = subprocess.run(
         [sys.executable, payload],
         stdout=subprocess.PIPE,
@@ -68,6 +72,7 @@ def run_step(name, memlock=None):
         timeout=180,
         cwd="/root",
         preexec_fn=limit,
+        env=env,
         check=False,
     )
     try:
@@ -78,7 +83,7 @@ def run_step(name, memlock=None):
             name,
             {"rc": proc.returncode, "stdout": proc.stdout[-4000:], "stderr": proc.stderr[-4000:]},
         )
-    if result.get("failed"):
+    if result.get("failed") and not may_fail:
         msg = str(result.get("msg", "")).split("Verifier log:", maxsplit=1)[0]
         raise Failed("step %s failed: %s" % (name, msg[:300].strip()), name, result)
     return result
@@ -121,9 +126,9 @@ def scenario_apply():
         step,
         result,
     )
-    features = result["kernel"]["features"]
-    check(features["memlock_accounting"] == (VERSION < (5, 11)), "features.memlock_accounting is wrong", step, result)
-    check(features["cgroup_link"] == (VERSION >= (5, 7)), "features.cgroup_link is wrong", step, result)
+    probed = {name: result["kernel"]["features"][name] for name in features.PROBE_NAMES}
+    expected = dict(dict.fromkeys(features.PROBE_NAMES, True), memcg_accounting=VERSION >= (5, 11))
+    check(probed == expected, "probed features %s, expected %s" % (probed, expected), step, result)
     pid = prog_id(result)
     check(
         result["instance"]["attach_mode"] == ATTACH,
@@ -146,7 +151,18 @@ def scenario_apply():
         result,
     )
     STATE["main_id"] = pid
-    return ATTACH
+    return "%s, %s" % (ATTACH, btf_note(pid))
+
+
+def btf_note(pid):
+    """Whether the kernel took the object's BTF (the loader falls back without it): for the table."""
+    with bpf.closing_fd(bpf.prog_get_fd_by_id(pid)) as fd:
+        info = bpf.prog_info(fd)
+    maps_with_btf = 0
+    for map_id in info.map_ids:
+        with bpf.closing_fd(bpf.map_get_fd_by_id(map_id)) as fd:
+            maps_with_btf += bool(bpf.map_info(fd).btf_id)
+    return "btf prog %s maps %d/%d" % ("yes" if info.btf_id else "no", maps_with_btf, len(info.map_ids))
 
 
 def scenario_reapply():
@@ -255,6 +271,35 @@ def scenario_legacy():
     return "multi"
 
 
+def scenario_full_map():
+    """A value change while the rules map holds all 1024 entries: kernels without the 6.13 fix
+    refuse any update to a full LPM trie (stable kernels may have it backported: Debian's 6.1.0-57
+    does), so the module takes new maps and replaces the program atomically on every kernel."""
+    os.mkdir(cgroup("full"))
+    result = run_step("full")
+    check(not result.get("failed") and result["verification"]["ok"], "applying 1024 rules failed", "full", result)
+    changed = run_step("full-change")
+    step = "full-change"
+    check(not changed.get("failed"), "the value change failed: %s" % changed.get("msg"), step, changed)
+    check(
+        any(action.startswith("rules do not fit the live rules map") for action in changed["actions"]),
+        "the plan did not take new maps: %s" % changed["actions"],
+        step,
+        changed,
+    )
+    check(len(changed["instance"]["rules"]) == 1024, "the instance does not hold 1024 rules", step, changed)
+    check(
+        attached(cgroup("full"))[1] == [prog_id(changed)] and prog_id(changed) != prog_id(result),
+        "BPF_PROG_QUERY shows %s, expected only the new program %d" % (attached(cgroup("full"))[1], prog_id(changed)),
+        step,
+        changed,
+    )
+    check(probe.outgoing_rto_us(cgroup("full")) == rto_us(300), "a socket does not start at 300 ms", step, changed)
+    removed = run_step("full-absent")
+    check(attached(cgroup("full"))[1] == [], "state=absent left the program attached", "full-absent", removed)
+    return "new maps"
+
+
 def scenario_synack():
     """After the first SYN-ACK timeout the timer doubles the BPF value from 5.18 on
     (5903123f662e); before, it is TCP_TIMEOUT_INIT << 1 = 2 s whatever the program said."""
@@ -353,8 +398,8 @@ def scenario_memlock():
     )
     result = run_step("memlock", memlock=0)
     check(
-        result["kernel"]["features"]["memlock_accounting"] == charged,
-        "features.memlock_accounting disagrees with the kernel version",
+        result["kernel"]["features"]["memcg_accounting"] is not charged,
+        "features.memcg_accounting disagrees with the kernel version",
         "memlock",
         result,
     )
@@ -381,6 +426,80 @@ def scenario_hz_measured():
     return "%d" % result["kernel"]["hz"]
 
 
+def _instance_gone(step, result):
+    check(attached(cgroup("forced"))[1] == [], "programs left attached", step, result)
+    check(not os.path.exists(PIN_DIR + "/forced"), "pins left", step, result)
+
+
+def _forced_apply_rerun_remove(missing):
+    """apply, rerun, absent with the probes of missing reporting those features missing."""
+    step = "forced %s" % missing
+    result = run_step("forced", missing=missing)
+    mode = "multi" if set(missing.split(",")) & set(features.LINK_FEATURES) else ATTACH
+    check(
+        result["changed"] is True
+        and result["instance"]["attach_mode"] == mode
+        and all(result["kernel"]["features"][name] is False for name in missing.split(","))
+        and result["verification"]["ok"],
+        "not applied in %s mode with %s reported missing and verified" % (mode, missing),
+        step,
+        result,
+    )
+    pid = prog_id(result)
+    check(attached(cgroup("forced"))[1] == [pid], "BPF_PROG_QUERY does not show exactly the program", step, result)
+    links = len(links_of(pid))
+    check(
+        links == (1 if mode == "link" else 0), "%d bpf_links hold the program in %s mode" % (links, mode), step, result
+    )
+    again = run_step("forced-again", missing=missing)
+    check(
+        again["changed"] is False and again["actions"] == [] and prog_id(again) == pid,
+        "rerun changed something: %s" % again["actions"],
+        step + " rerun",
+        again,
+    )
+    removed = run_step("forced-absent", missing=missing)
+    check(removed["changed"] is True, "absent changed nothing", step + " absent", removed)
+    _instance_gone(step + " absent", removed)
+
+
+def scenario_forced_missing():
+    """Every probed feature forced missing in turn (TCP_RTO_FORCE_MISSING, as a kernel without
+    it answers its probe): the module applies (multi where a link feature is missing), reruns
+    unchanged and removes; without sock_ops or BPF_PROG_QUERY it refuses and touches nothing.
+    Then a link instance met by a run that has neither link info nor BPF_LINK_DETACH (as 5.7 is):
+    moved to multi, then removed."""
+    os.mkdir(cgroup("forced"))
+    for name in features.PROBE_NAMES:
+        if name in ("sock_ops", "prog_query"):
+            refused = run_step("forced", missing=name, may_fail=True)
+            check(
+                refused.get("failed") and "upgrade the kernel" in str(refused.get("msg")),
+                "not refused with the kernel's reason",
+                "forced " + name,
+                refused,
+            )
+            _instance_gone("forced " + name, refused)
+        else:
+            _forced_apply_rerun_remove(name)
+    linked = run_step("forced")
+    check(linked["instance"]["attach_mode"] == ATTACH, "not attached in %s mode" % ATTACH, "forced", linked)
+    old_links = links_of(prog_id(linked))
+    step = "forced link_info,link_detach over a link instance"
+    moved = run_step("forced", missing="link_info,link_detach")
+    check(
+        moved["changed"] is True and moved["instance"]["attach_mode"] == "multi" and moved["verification"]["ok"],
+        "the link instance was not moved to multi and verified",
+        step,
+        moved,
+    )
+    check(attached(cgroup("forced"))[1] == [prog_id(moved)], "BPF_PROG_QUERY: not only the new program", step, moved)
+    check(len(old_links) == 1 and links_of(prog_id(linked)) == [], "the old bpf_link is still there", step, moved)
+    removed = run_step("forced-absent", missing="link_info,link_detach")
+    _instance_gone(step + " absent", removed)
+    return "%d features" % len(features.PROBE_NAMES)
+
+
 SCENARIOS = [
     ("apply", scenario_apply),
     ("reapply", scenario_reapply),
@@ -388,10 +507,12 @@ SCENARIOS = [
     ("absent", scenario_absent),
     ("direction", scenario_direction),
     ("legacy", scenario_legacy),
+    ("full-map", scenario_full_map),
     ("synack-2nd", scenario_synack),
     ("syn-give-up", scenario_give_up),
     ("memlock", scenario_memlock),
     ("hz-measured", scenario_hz_measured),
+    ("forced-missing", scenario_forced_missing),
 ]
 
 

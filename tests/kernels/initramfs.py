@@ -13,7 +13,7 @@ from archive import CACHE, REPO, log, run
 from steps import GUEST_ROOT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OBJECT = os.path.join(REPO, "files", "bpf", "tcp_initial_rto.bpf.o")  # the shipped object
+OBJECT = os.path.join(REPO, "plugins", "plugin_utils", "tcp_initial_rto.bpf.o")  # the shipped object
 GUEST_FILES = ["guest_job.py", "guest_kernel.py", "steps.py"]
 
 # The guest userland: Debian 12's Python and what its interpreter and the stdlib modules the

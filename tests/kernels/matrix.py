@@ -36,10 +36,12 @@ SCENARIOS = [
     "absent",
     "direction",
     "legacy",
+    "full-map",
     "synack-2nd",
     "syn-give-up",
     "memlock",
     "hz-measured",
+    "forced-missing",
 ]
 
 # -icount: the guest's clock advances by instructions executed, so a slow or busy host does not show

@@ -14,6 +14,13 @@ def cgroup(name):
     return CGROUP_ROOT + "/" + name
 
 
+def full_rules(loopback_ms):
+    """As many rules as the rules map holds (1024): LOOPBACK and 1023 /24 networks."""
+    return [{"dest": LOOPBACK, "rto_ms": loopback_ms}] + [
+        {"dest": "10.%d.%d.0/24" % divmod(index, 256), "rto_ms": 50} for index in range(1023)
+    ]
+
+
 def task(name, **params):
     """One instance per scenario, in a cgroup of its own name; pins under the default pin_dir, with
     bpffs mounted by the module itself (the guest does not mount it). Like the action plugin, src
@@ -38,6 +45,10 @@ STEPS = {
     "legacy": task("legacy", rto_ms=400, force_legacy_attach=True),
     "legacy-again": task("legacy", rto_ms=400, force_legacy_attach=True),
     "legacy-absent": task("legacy", state="absent"),
+    # a value change in a full rules map (kernels without the 6.13 fix refuse any update to a full LPM trie)
+    "full": task("full", rules=full_rules(200), direction="outgoing"),
+    "full-change": task("full", rules=full_rules(300), direction="outgoing"),
+    "full-absent": task("full", state="absent"),
     # the second SYN-ACK timer (measured by the guest job)
     "synack": task("synack", rto_ms=300, direction="incoming"),
     # connect() to a peer that never answers gives up after ~127 RTOs (131 on 6.5+)
@@ -46,4 +57,8 @@ STEPS = {
     "memlock": task("memlock", rto_ms=500),
     # CONFIG_HZ with no kernel config readable
     "hz-measured": task("hz", rto_ms=500),
+    # run with each probed feature forced missing in turn (TCP_RTO_FORCE_MISSING, set by the guest job)
+    "forced": task("forced", rules=[{"dest": LOOPBACK, "rto_ms": 200}], rto_ms=500),
+    "forced-again": task("forced", rules=[{"dest": LOOPBACK, "rto_ms": 200}], rto_ms=500, verify=False),
+    "forced-absent": task("forced", state="absent"),
 }

@@ -36,3 +36,8 @@ class CallbackModule(CallbackBase):
 
     def v2_runner_on_skipped(self, result):
         self._record(result, "skipped")
+
+    def v2_playbook_on_stats(self, stats):
+        # what set_stats published, next to the results: <RECORD_RESULTS_FILE>.custom_stats
+        with open(os.environ["RECORD_RESULTS_FILE"] + ".custom_stats", "w") as handle:
+            json.dump(stats.custom, handle, default=str)

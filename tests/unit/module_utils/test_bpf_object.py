@@ -1,27 +1,31 @@
-"""bpf_object: reading the shipped program object, rebuilding it from source, patching map fds,
-refusing malformed or off-contract objects, and (kernel) the shipped program on this kernel."""
+"""bpf_object: reading the shipped program object (BTF-defined maps) and the legacy-maps object
+earlier releases shipped, rebuilding from source, patching map fds, refusing malformed or
+off-contract objects, and (kernel) both programs on this kernel, the shipped one loaded by bpftool
+too."""
 
 import ctypes
-import gzip
 import hashlib
 import ipaddress
 import json
 import os
 import platform
 import random
+import re
 import shutil
 import struct
 import subprocess
 import sys
+import time
 
+import bpf_objects
 import pytest
 import sandbox
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, reconcile, rto_program
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BPF_DIR = os.path.join(REPO, "files", "bpf")
-SHIPPED = os.path.join(BPF_DIR, "tcp_initial_rto.bpf.o")
+SHIPPED = os.path.join(REPO, "plugins", "plugin_utils", "tcp_initial_rto.bpf.o")
 SOURCE = os.path.join(BPF_DIR, "tcp_initial_rto.bpf.c")
 BUILD = os.path.join(BPF_DIR, "build")
 
@@ -39,21 +43,26 @@ def shipped(shipped_bytes):
     return bpf_object.BpfObject.from_bytes(shipped_bytes)
 
 
+@pytest.fixture(scope="module")
+def legacy_bytes(tmp_path_factory):
+    """The object releases before BTF-defined maps shipped: the same program, maps in SEC("maps"),
+    no BTF (built from today's source with their command: byte for byte what they shipped)."""
+    with open(bpf_objects.build_legacy(tmp_path_factory.mktemp("legacy"), "tcp_initial_rto.bpf"), "rb") as handle:
+        return handle.read()
+
+
+@pytest.fixture(scope="module")
+def legacy(legacy_bytes):
+    return bpf_object.BpfObject.from_bytes(legacy_bytes)
+
+
 # --- a minimal ELF64 little-endian editor, independent of the code under test -------------------
 
-
-def _sections(data):
-    """name -> (header offset, section offset, size, index)"""
-    (shoff,) = struct.unpack_from("<Q", data, 0x28)
-    shnum, shstrndx = struct.unpack_from("<HH", data, 0x3C)
-    headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + 64 * index) for index in range(shnum)]
-    names_offset = headers[shstrndx][4]
-    result = {}
-    for index, header in enumerate(headers):
-        start = names_offset + header[0]
-        name = data[start : data.index(b"\0", start)].decode()
-        result[name] = (shoff + 64 * index, header[4], header[5], index)
-    return result
+_sections = bpf_objects.sections
+_btf_types = bpf_objects.btf_types
+_btf_type = bpf_objects.btf_type
+_ext_block = bpf_objects.btf_ext_block
+BTF_KIND_ARRAY, BTF_KIND_STRUCT, BTF_KIND_TYPEDEF, BTF_KIND_VAR, BTF_KIND_DATASEC = 3, 4, 8, 14, 15
 
 
 def _symbol_offset(data, name):
@@ -120,10 +129,54 @@ def test_shipped_object_relocations_are_map_loads(shipped):
     assert shipped.map_relocations == sorted(shipped.map_relocations)
 
 
-def test_shipped_object_has_no_btf_debug_or_global_data(shipped_bytes):
+def test_shipped_object_has_btf_maps_and_no_dwarf_or_global_data(shipped_bytes):
     names = set(_sections(shipped_bytes))
-    assert not names & {".BTF", ".BTF.ext", ".maps", ".rodata", ".data", ".bss"}, names
+    assert {".BTF", ".BTF.ext", ".maps"} <= names, names
+    assert not names & {"maps", ".rodata", ".data", ".bss"}, names
     assert not [name for name in names if name.startswith(".debug")], names
+
+
+def test_shipped_object_names_no_build_path(shipped_bytes):
+    """The one path in the object is the source's, relative (FILE symbol, .BTF line info)."""
+    printable = re.findall(rb"[\x20-\x7e]{4,}", shipped_bytes)  # what strings(1) shows
+    assert [text for text in printable if b"/" in text] == [b"./tcp_initial_rto.bpf.c"], printable
+    assert REPO.encode() not in shipped_bytes
+
+
+def test_shipped_object_btf_describes_the_maps_and_the_program(shipped):
+    btf = shipped.btf
+    assert btf is not None and btf.data[:2] == struct.pack("<H", bpf_object.BTF_MAGIC)
+    assert sorted(btf.map_types) == sorted(rto_program.MAP_CONTRACT)
+    assert all(key and value for key, value in btf.map_types.values())
+    assert btf.map_types["config"][0] == btf.map_types["hits"][0]  # both __u32
+    assert btf.func_info.count == 1 and btf.func_info.record_size == 8
+    assert struct.unpack_from("<I", btf.func_info.records, 0)[0] == 0  # the function starts at insn 0
+    assert btf.line_info.count > 10 and btf.line_info.record_size == 16
+    offsets = [struct.unpack_from("<I", btf.line_info.records, 16 * i)[0] for i in range(btf.line_info.count)]
+    assert offsets == sorted(offsets) and offsets[-1] < len(shipped.insns) // 8  # instructions, not bytes
+
+
+def test_shipped_object_btf_is_ready_for_the_kernel(shipped, shipped_bytes):
+    """clang leaves DATASEC sizes and variable offsets 0 for the loader; the reader fills them in
+    from the ELF, in offset order, as libbpf does: what bpftool reads from the object it loaded."""
+    out = subprocess.run(
+        ["bpftool", "-j", "btf", "dump", "file", SHIPPED], stdout=subprocess.PIPE, universal_newlines=True, check=True
+    ).stdout
+    raw = {entry["name"]: entry for entry in json.loads(out)["types"] if entry["kind"] == "DATASEC"}
+    assert raw[".maps"]["size"] == 0  # as clang wrote it
+    fixed = shipped.btf.data
+    sections = _sections(shipped_bytes)
+    datasecs = [(at, vlen, name) for at, kind, vlen, name in _btf_types(fixed, 0)[1].values() if kind == 15]
+    assert sorted(name for _at, _vlen, name in datasecs) == [".maps", "license"]
+    names = {type_id: name for type_id, (_at, _kind, _vlen, name) in _btf_types(fixed, 0)[1].items()}
+    for at, vlen, name in datasecs:
+        assert struct.unpack_from("<I", fixed, at + 8)[0] == sections[name][2]
+        entries = [struct.unpack_from("<III", fixed, at + 12 + 12 * index) for index in range(vlen)]
+        offsets = [offset for _var, offset, _size in entries]
+        assert offsets == sorted(offsets)
+        for var_id, offset, _size in entries:
+            symbol = _symbol_offset(shipped_bytes, names[var_id])
+            assert struct.unpack_from("<Q", shipped_bytes, symbol + 8)[0] == offset
 
 
 def test_from_file_reads_the_same_as_from_bytes(shipped, tmp_path, shipped_bytes):
@@ -138,16 +191,37 @@ def test_from_file_reads_the_same_as_from_bytes(shipped, tmp_path, shipped_bytes
     )
 
 
-def test_rebuilding_from_source_gives_the_shipped_program(shipped, tmp_path):
+def test_rebuilding_from_source_gives_the_shipped_program(shipped, shipped_bytes, tmp_path):
     assert shutil.which("clang"), "clang is needed to rebuild files/bpf (scripts/setup-env installs it)"
     out = tmp_path / "x.o"
     subprocess.run([BUILD, str(out)], check=True, cwd=str(tmp_path))
     rebuilt = bpf_object.BpfObject.from_file(str(out))
-    assert rebuilt.insns == shipped.insns, "files/bpf/tcp_initial_rto.bpf.o is stale: run files/bpf/build"
+    assert rebuilt.insns == shipped.insns, "plugins/plugin_utils/tcp_initial_rto.bpf.o is stale: run files/bpf/build"
     assert rebuilt.maps == shipped.maps
     assert rebuilt.license == shipped.license
     assert rebuilt.map_relocations == shipped.map_relocations
     assert rebuilt.section == shipped.section
+    assert rebuilt.btf == shipped.btf
+    assert out.read_bytes() == shipped_bytes, "the build is not deterministic, or the shipped object is stale"
+
+
+def test_build_output_does_not_depend_on_the_build_directory(shipped_bytes, tmp_path):
+    """The same source in another directory under another path gives the same bytes."""
+    elsewhere = tmp_path / "some" / "other" / "place"
+    elsewhere.mkdir(parents=True)
+    shutil.copy(SOURCE, str(elsewhere / "tcp_initial_rto.bpf.c"))
+    out = tmp_path / "elsewhere.o"
+    subprocess.run([BUILD, str(out), str(elsewhere / "tcp_initial_rto.bpf.c")], check=True, cwd="/")
+    assert out.read_bytes() == shipped_bytes
+
+
+def test_legacy_object_reads_as_the_shipped_one(legacy, shipped):
+    """The object earlier releases shipped: same program, same maps, no BTF."""
+    assert legacy.insns == shipped.insns
+    assert dict(legacy.maps) == dict(shipped.maps)
+    assert legacy.map_relocations == shipped.map_relocations
+    assert legacy.btf is None
+    bpf_object.check_contract(legacy)
 
 
 # --- instructions(): map fds patched in ---------------------------------------------------------
@@ -257,9 +331,14 @@ def test_section_name_table_index_out_of_range(shipped_bytes):
     assert "section name table index 200 out of range" in _parse_error(_edit(shipped_bytes, 0x3E, "<H", 200))
 
 
-@pytest.mark.parametrize("section", ["sockops", "maps", ".symtab", ".relsockops"])
+@pytest.mark.parametrize("section", ["sockops", ".maps", ".BTF", ".BTF.ext", ".symtab", ".relsockops"])
 def test_section_offset_past_end(shipped_bytes, section):
     data = _section_field(shipped_bytes, section, SH_OFFSET, "<Q", len(shipped_bytes) - 8)
+    assert "past end of file" in _parse_error(data)
+
+
+def test_legacy_maps_section_offset_past_end(legacy_bytes):
+    data = _section_field(legacy_bytes, "maps", SH_OFFSET, "<Q", len(legacy_bytes) - 8)
     assert "past end of file" in _parse_error(data)
 
 
@@ -268,7 +347,7 @@ def test_section_size_overflow(shipped_bytes):
 
 
 def test_section_name_offset_past_table(shipped_bytes):
-    message = _parse_error(_section_field(shipped_bytes, "maps", SH_NAME, "<I", 0x7FFFFFFF))
+    message = _parse_error(_section_field(shipped_bytes, ".maps", SH_NAME, "<I", 0x7FFFFFFF))
     assert "section 5 name: string offset 2147483647 past its table" in message
 
 
@@ -298,28 +377,28 @@ def test_program_size_not_whole_instructions(shipped_bytes):
     assert "not a multiple of the 8-byte instruction" in _parse_error(data)
 
 
-def test_maps_section_not_whole_definitions(shipped_bytes):
-    data = _section_field(shipped_bytes, "maps", SH_SIZE, "<Q", 3 * 20 - 1)
+def test_maps_section_not_whole_definitions(legacy_bytes):
+    data = _section_field(legacy_bytes, "maps", SH_SIZE, "<Q", 3 * 20 - 1)
     assert "maps section is 59 bytes, not a multiple of the 20-byte struct bpf_map_def" in _parse_error(data)
 
 
-def test_map_symbol_outside_maps_section(shipped_bytes):
-    data = _edit(shipped_bytes, _symbol_offset(shipped_bytes, "hits") + 8, "<Q", 60)
+def test_map_symbol_outside_maps_section(legacy_bytes):
+    data = _edit(legacy_bytes, _symbol_offset(legacy_bytes, "hits") + 8, "<Q", 60)
     assert "map 'hits' at offset 60 is not a whole struct bpf_map_def" in _parse_error(data)
 
 
-def test_map_symbol_misaligned(shipped_bytes):
-    data = _edit(shipped_bytes, _symbol_offset(shipped_bytes, "hits") + 8, "<Q", 41)
+def test_map_symbol_misaligned(legacy_bytes):
+    data = _edit(legacy_bytes, _symbol_offset(legacy_bytes, "hits") + 8, "<Q", 41)
     assert "map 'hits' at offset 41" in _parse_error(data)
 
 
-def test_map_symbol_wrong_size(shipped_bytes):
-    data = _edit(shipped_bytes, _symbol_offset(shipped_bytes, "hits") + 16, "<Q", 24)
+def test_map_symbol_wrong_size(legacy_bytes):
+    data = _edit(legacy_bytes, _symbol_offset(legacy_bytes, "hits") + 16, "<Q", 24)
     assert "map 'hits' is 24 bytes, struct bpf_map_def is 20" in _parse_error(data)
 
 
-def test_map_symbol_in_wrong_section(shipped_bytes):
-    data = _edit(shipped_bytes, _symbol_offset(shipped_bytes, "hits") + 6, "<H", _sections(shipped_bytes)["license"][3])
+def test_map_symbol_in_wrong_section(legacy_bytes):
+    data = _edit(legacy_bytes, _symbol_offset(legacy_bytes, "hits") + 6, "<H", _sections(legacy_bytes)["license"][3])
     assert "maps section holds 3 definitions but 2 are named by symbols" in _parse_error(data)
 
 
@@ -363,7 +442,7 @@ def test_relocation_to_a_non_map_section(shipped_bytes):
     at, r_offset, _r_info = _relocation(shipped_bytes, 0)
     data = _edit(shipped_bytes, at, "<QQ", r_offset, (_symbol_index(shipped_bytes, "_license") << 32) | 1)
     message = _parse_error(data)
-    assert "references '_license' in section 'license'; only maps in SEC(\"maps\") are supported" in message
+    assert "references '_license' in section 'license'; only maps are supported" in message
 
 
 def test_relocation_to_undefined_symbol(shipped_bytes):
@@ -371,17 +450,54 @@ def test_relocation_to_undefined_symbol(shipped_bytes):
     assert "undefined symbol" in _parse_error(_edit(shipped_bytes, at, "<QQ", r_offset, (0 << 32) | 1))
 
 
+def _unrelocated(data, src_reg, imm=3):
+    """The first map load without its relocation (R_BPF_NONE), its src_reg and imm set as given."""
+    at, r_offset, r_info = _relocation(data, 0)
+    data = _edit(data, at, "<QQ", r_offset, r_info & ~0xFFFFFFFF)
+    insn = _sections(data)["sockops"][1] + r_offset
+    dst_reg = data[insn + 1] & 0xF
+    data = _edit(data, insn + 1, "B", src_reg << 4 | dst_reg)
+    return _edit(data, insn + 4, "<i", imm), r_offset // 8
+
+
+@pytest.mark.parametrize(
+    "src_reg, kind", [(1, "BPF_PSEUDO_MAP_FD"), (2, "BPF_PSEUDO_MAP_VALUE"), (5, "BPF_PSEUDO_MAP_IDX")]
+)
+def test_map_load_by_raw_fd_is_refused(shipped_bytes, src_reg, kind):
+    """An object that names a map by fd number would reach whatever the loader has open there."""
+    data, index = _unrelocated(shipped_bytes, src_reg)
+    message = _parse_error(data)
+    assert "instruction %d is an ld_imm64 with src_reg %d (%s" % (index, src_reg, kind) in message
+    assert "imm 3 but no relocation" in message
+
+
+def test_unrelocated_ld_imm64_of_a_constant_is_kept(shipped_bytes, shipped):
+    data, index = _unrelocated(shipped_bytes, 0, imm=12345)
+    obj = bpf_object.BpfObject.from_bytes(data)
+    assert index not in dict(obj.map_relocations)
+    assert obj.insns[index * 8 + 4 : index * 8 + 8] == struct.pack("<i", 12345)
+    assert len(obj.map_relocations) == len(shipped.map_relocations) - 1
+
+
+def test_two_relocations_of_one_instruction_are_refused(shipped_bytes):
+    at, r_offset, r_info = _relocation(shipped_bytes, 0)
+    data = _edit(shipped_bytes, at + 16, "<QQ", r_offset, r_info)
+    assert "has a relocation already" in _parse_error(data)
+
+
 def test_relocation_section_linking_the_wrong_symbol_table(shipped_bytes):
     data = _section_field(shipped_bytes, ".relsockops", SH_LINK, "<I", 1)
     assert "links section 1, not the symbol table" in _parse_error(data)
 
 
-def test_random_damage_raises_only_bpf_object_error(shipped_bytes):
+@pytest.mark.parametrize("which", ["shipped", "legacy"])
+def test_random_damage_raises_only_bpf_object_error(request, which):
     """Mutated files parse or raise BpfObjectError: never IndexError, struct.error, ..."""
+    original = request.getfixturevalue(which + "_bytes")
     rng = random.Random(20240601)
     parsed = 0
     for _round in range(3000):
-        data = bytearray(shipped_bytes)
+        data = bytearray(original)
         for _change in range(rng.randint(1, 4)):
             offset = rng.randrange(len(data))
             data[offset] = rng.choice((0, 0xFF, 0x7F, 0x80, rng.randrange(256)))
@@ -400,15 +516,139 @@ def test_random_damage_raises_only_bpf_object_error(shipped_bytes):
     assert parsed > 0  # some damage is harmless (padding, instruction bytes)
 
 
-# --- contract checks on byte edits of the shipped object -----------------------------------------
+# --- malformed BTF (the shipped object, edited) ----------------------------------------------------
+
+
+def _map_struct_member(data, map_name, member):
+    """File offset of the btf_member entry `member` of the struct that defines map_name."""
+    _start, types, strings = _btf_types(data)
+    _var_id, var_at = _btf_type(data, BTF_KIND_VAR, map_name)
+    struct_at, kind, vlen, _name = types[struct.unpack_from("<I", data, var_at + 8)[0]]
+    assert kind == BTF_KIND_STRUCT
+    for index in range(vlen):
+        at = struct_at + 12 + 12 * index
+        if struct.unpack_from("<I", data, at)[0] == strings[member]:
+            return at
+    raise AssertionError("no member %r" % member)
+
+
+def _btf_header_field(data, offset, fmt, value):
+    return _edit(data, _sections(data)[".BTF"][1] + offset, fmt, value)
+
+
+@pytest.mark.parametrize(
+    "edit, error",
+    [
+        (lambda d: _section_field(d, ".BTF", SH_SIZE, "<Q", 10), ".BTF header truncated (10 of 24 bytes)"),
+        (lambda d: _btf_header_field(d, 0, "<H", 0x9FEB), "byte order differs from the ELF's"),
+        (lambda d: _btf_header_field(d, 0, "<H", 0x1234), ".BTF magic 0x1234 is not 0xeb9f"),
+        (lambda d: _btf_header_field(d, 2, "B", 2), ".BTF version 2, this reader knows version 1"),
+        (lambda d: _btf_header_field(d, 4, "<I", 2**32 - 1), ".BTF header size 4294967295 outside 24.."),
+        (lambda d: _btf_header_field(d, 12, "<I", 2**32 - 1), ".BTF type section (offset 0, 4294967295 bytes) past"),
+        (lambda d: _btf_header_field(d, 20, "<I", 2**31), ".BTF string section (offset"),
+        (lambda d: _btf_header_field(d, 8, "<I", 2), ".BTF type section offset 2 is not 4-byte aligned"),
+    ],
+)
+def test_btf_header_damage(shipped_bytes, edit, error):
+    assert error in _parse_error(edit(shipped_bytes))
+
+
+def test_btf_unknown_kind(shipped_bytes):
+    _start, types, _strings = _btf_types(shipped_bytes)
+    data = _edit(shipped_bytes, types[1][0] + 4, "<I", 31 << 24)
+    assert ".BTF type 1 has kind 31, unknown to this reader" in _parse_error(data)
+
+
+def test_btf_huge_member_count(shipped_bytes):
+    type_id, at = _btf_type(shipped_bytes, BTF_KIND_STRUCT, "rule_key")
+    data = _edit(shipped_bytes, at + 4, "<I", BTF_KIND_STRUCT << 24 | 0xFFFF)
+    assert ".BTF type %d (STRUCT, vlen 65535) runs past the end of the type section" % type_id in _parse_error(data)
+
+
+def test_btf_member_type_id_out_of_range(shipped_bytes):
+    data = _edit(shipped_bytes, _map_struct_member(shipped_bytes, "config", "key") + 4, "<I", 99999)
+    message = _parse_error(data)
+    assert "map 'config' attribute 'key': BTF type id 99999 out of range" in message
+
+
+def test_btf_typedef_loop(shipped_bytes):
+    type_id, at = _btf_type(shipped_bytes, BTF_KIND_TYPEDEF, "__u64")  # hits' value type
+    data = _edit(shipped_bytes, at + 8, "<I", type_id)
+    assert "map 'hits' value: BTF type chain longer than 32" in _parse_error(data)
+
+
+def test_btf_value_larger_than_4_gib(tmp_path):
+    data = _variant(tmp_path, ("__type(value, __u64);", "__type(value, __u64[3]);"))
+    arrays = [
+        (type_id, t[0])
+        for type_id, t in _btf_types(data)[1].items()
+        if t[1] == BTF_KIND_ARRAY and struct.unpack_from("<I", data, t[0] + 12 + 8)[0] == 3
+    ]
+    data = _edit(data, arrays[0][1] + 12 + 8, "<I", 2**31)
+    assert "map 'hits' value: BTF type" in _parse_error(data) and "larger than 4 GiB" in _parse_error(data)
+
+
+def test_btf_without_maps_datasec(shipped_bytes):
+    _type_id, at = _btf_type(shipped_bytes, BTF_KIND_DATASEC, ".maps")
+    data = _edit(shipped_bytes, at, "<I", _btf_types(shipped_bytes)[2]["license"])
+    assert "object's .BTF has 0 DATASEC '.maps' types, expected 1" in _parse_error(data)
+
+
+def test_btf_map_without_symbol(shipped_bytes):
+    _type_id, at = _btf_type(shipped_bytes, BTF_KIND_VAR, "config")
+    data = _edit(shipped_bytes, at, "<I", _btf_types(shipped_bytes)[2]["tcp_initial_rto"])
+    assert "map 'tcp_initial_rto' is in the .maps BTF but has no symbol in the .maps section" in _parse_error(data)
+
+
+def test_btf_map_not_a_struct(shipped_bytes):
+    _type_id, at = _btf_type(shipped_bytes, BTF_KIND_VAR, "config")
+    int_id = _btf_type(shipped_bytes, 1, "int")[0]
+    data = _edit(shipped_bytes, at + 8, "<I", int_id)
+    assert "map 'config': BTF type %d is INT; a map definition is a struct" % int_id in _parse_error(data)
+
+
+def test_btf_map_symbol_past_its_section(shipped_bytes):
+    data = _edit(shipped_bytes, _symbol_offset(shipped_bytes, "hits") + 8, "<Q", 100)
+    assert "map 'hits' (32 bytes at offset 100) runs past the 104-byte .maps section" in _parse_error(data)
+
+
+def test_btf_ext_record_size(shipped_bytes):
+    data = _edit(shipped_bytes, _ext_block(shipped_bytes, 0), "<I", 4)
+    assert ".BTF.ext func_info record size 4 outside 8..252" in _parse_error(data)
+
+
+def test_btf_ext_record_count_past_its_end(shipped_bytes):
+    data = _edit(shipped_bytes, _ext_block(shipped_bytes, 1) + 8, "<I", 2**30)
+    assert ".BTF.ext line_info: 1073741824 records of 16 bytes run past its end" in _parse_error(data)
+
+
+def test_btf_ext_instruction_offset_outside_the_program(shipped_bytes, shipped):
+    data = _edit(shipped_bytes, _ext_block(shipped_bytes, 1) + 12 + 16, "<I", len(shipped.insns))
+    assert ".BTF.ext line_info record 1: instruction offset %d is not inside" % len(shipped.insns) in _parse_error(data)
+
+
+def test_btf_ext_func_type_out_of_range(shipped_bytes):
+    data = _edit(shipped_bytes, _ext_block(shipped_bytes, 0) + 12 + 4, "<I", 77777)
+    assert ".BTF.ext func_info record 0: BTF type id 77777 out of range" in _parse_error(data)
+
+
+def test_btf_ext_core_relocations_are_refused(tmp_path):
+    data = _variant(
+        tmp_path,
+        ("remote_ip4 = skops->remote_ip4;", "remote_ip4 = *__builtin_preserve_access_index(&skops->remote_ip4);"),
+    )
+    assert "program 'sockops' has CO-RE relocations (.BTF.ext core_relo): not supported" in _parse_error(data)
+
+
+# --- contract checks on byte edits of the legacy object ------------------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(rto_program.MAP_CONTRACT))
-def test_missing_map(shipped_bytes, name):
-    at = _symbol_offset(shipped_bytes, name)
-    (st_name,) = struct.unpack_from("<I", shipped_bytes, at)
-    strtab = _sections(shipped_bytes)[".strtab"][1]
-    data = _edit(shipped_bytes, strtab + st_name + len(name) - 1, "B", ord("z"))
+def test_missing_map(legacy_bytes, name):
+    at = _symbol_offset(legacy_bytes, name)
+    (st_name,) = struct.unpack_from("<I", legacy_bytes, at)
+    strtab = _sections(legacy_bytes)[".strtab"][1]
+    data = _edit(legacy_bytes, strtab + st_name + len(name) - 1, "B", ord("z"))
     obj = bpf_object.BpfObject.from_bytes(data)
     assert name not in obj.maps
     assert _contract_error(obj) == "object has no %r map" % name
@@ -420,8 +660,8 @@ def _map_field(data, name, field, value):
     return _edit(data, maps_offset + symbol_value + 4 * field, "<I", value)
 
 
-def test_wrong_map_type(shipped_bytes):
-    obj = bpf_object.BpfObject.from_bytes(_map_field(shipped_bytes, "rules", 0, 2))
+def test_wrong_map_type(legacy_bytes):
+    obj = bpf_object.BpfObject.from_bytes(_map_field(legacy_bytes, "rules", 0, 2))
     assert _contract_error(obj) == "map 'rules' is type 2 (ARRAY), the program needs 11 (LPM_TRIE)"
 
 
@@ -436,16 +676,16 @@ def test_wrong_map_type(shipped_bytes):
         ("hits", 3, "max_entries"),
     ],
 )
-def test_wrong_map_size_or_flags(shipped_bytes, name, field, label):
+def test_wrong_map_size_or_flags(legacy_bytes, name, field, label):
     want = rto_program.MAP_CONTRACT[name][field]
-    obj = bpf_object.BpfObject.from_bytes(_map_field(shipped_bytes, name, field, want + 1))
+    obj = bpf_object.BpfObject.from_bytes(_map_field(legacy_bytes, name, field, want + 1))
     assert _contract_error(obj) == "map %r has %s %d, the program needs %d" % (name, label, want + 1, want)
 
 
-def test_missing_license(shipped_bytes):
-    (name_offset,) = struct.unpack_from("<I", shipped_bytes, _sections(shipped_bytes)["license"][0])
-    strtab = _sections(shipped_bytes)[".strtab"][1]
-    data = _edit(shipped_bytes, strtab + name_offset, "B", ord("L"))  # section now "License"
+def test_missing_license(legacy_bytes):
+    (name_offset,) = struct.unpack_from("<I", legacy_bytes, _sections(legacy_bytes)["license"][0])
+    strtab = _sections(legacy_bytes)[".strtab"][1]
+    data = _edit(legacy_bytes, strtab + name_offset, "B", ord("L"))  # section now "License"
     obj = bpf_object.BpfObject.from_bytes(data)
     assert obj.license is None
     assert "object has no license section" in _contract_error(obj)
@@ -460,32 +700,7 @@ def test_big_endian_contract_depends_on_the_host(shipped):
 
 def _compile(tmp_path, source, target="bpf", name="variant"):
     assert shutil.which("clang"), "clang is needed for these tests (scripts/setup-env installs it)"
-    multiarch = (
-        subprocess.run(
-            ["gcc", "-print-multiarch"], stdout=subprocess.PIPE, universal_newlines=True, check=False
-        ).stdout.strip()
-        or "x86_64-linux-gnu"
-    )
-    c_file, o_file = tmp_path / (name + ".c"), tmp_path / (name + ".o")
-    c_file.write_text(source)
-    subprocess.run(
-        [
-            "clang",
-            "-O2",
-            "-target",
-            target,
-            "-mcpu=v2",
-            "-fno-addrsig",
-            "-Wall",
-            "-I/usr/include/" + multiarch,
-            "-c",
-            str(c_file),
-            "-o",
-            str(o_file),
-        ],
-        check=True,
-    )
-    return o_file.read_bytes()
+    return bpf_objects.build(source, tmp_path, name, target)
 
 
 def _variant(tmp_path, *replacements, **kwargs):
@@ -571,9 +786,75 @@ def test_no_license_section(tmp_path):
     assert "object has no license section" in _contract_error(obj)
 
 
-def test_btf_defined_maps(tmp_path):
-    data = _variant(tmp_path, (LICENSE_LINE, LICENSE_LINE + '\nstruct { int type; } btf_map SEC(".maps");\n'))
-    assert _parse_error(data) == 'uses BTF-defined maps (.maps section); build it with legacy SEC("maps") definitions'
+def test_legacy_maps_with_btf(tmp_path, shipped):
+    """Legacy maps built with -g: maps from SEC("maps"), BTF for the program only."""
+    obj = bpf_object.BpfObject.from_bytes(_compile(tmp_path, bpf_objects.legacy_source()))
+    assert dict(obj.maps) == dict(shipped.maps)
+    assert obj.btf.map_types == {} and obj.btf.func_info.count == 1 and obj.btf.line_info.count
+    bpf_object.check_contract(obj)
+
+
+def test_legacy_maps_with_unusable_btf_read_without_it(tmp_path, shipped):
+    data = _compile(tmp_path, bpf_objects.legacy_source())
+    data = _section_field(data, ".BTF", SH_SIZE, "<Q", 8)  # header cut short
+    obj = bpf_object.BpfObject.from_bytes(data)
+    assert obj.btf is None and dict(obj.maps) == dict(shipped.maps)
+
+
+def test_legacy_and_btf_maps_mixed(tmp_path):
+    legacy_maps = re.sub(r"\) (\w+) = \{", r") old_\1 = {", bpf_objects.LEGACY_MAPS)
+    data = _variant(tmp_path, (LICENSE_LINE, LICENSE_LINE + "\n" + legacy_maps))
+    assert 'object mixes legacy SEC("maps") and BTF-defined SEC(".maps") maps' in _parse_error(data)
+
+
+def test_btf_maps_without_btf(shipped_bytes):
+    data = _section_field(shipped_bytes, ".BTF", SH_NAME, "<I", 0)  # renamed to ""
+    assert "BTF-defined maps (.maps) but no .BTF section" in _parse_error(data)
+
+
+MAP_LINE = "__uint(max_entries, 1);"
+
+
+@pytest.mark.parametrize(
+    "old, new, error",
+    [
+        (MAP_LINE, "__uint(max_entries, 2);", "map 'config' has max_entries 2, the program needs 1"),
+        ("__uint(type, BPF_MAP_TYPE_ARRAY);", "__uint(type, BPF_MAP_TYPE_HASH);", "map 'config' is type 1"),
+        ("__type(value, struct config_value);", "__type(value, __u64[2]);", "map 'config' has value_size 16"),
+        ("__uint(map_flags, BPF_F_NO_PREALLOC);", "", "map 'rules' has map_flags 0, the program needs 1"),
+    ],
+)
+def test_btf_map_attributes_reach_the_contract(tmp_path, old, new, error):
+    obj = bpf_object.BpfObject.from_bytes(_variant(tmp_path, (old, new)))
+    assert error in _contract_error(obj)
+
+
+@pytest.mark.parametrize(
+    "old, new, error",
+    [
+        (MAP_LINE, MAP_LINE + " __uint(numa_node, 1);", "map 'config': attribute 'numa_node' is not supported"),
+        (MAP_LINE, MAP_LINE + " __uint(pinning, 1);", "map 'config': pinning 1 is not supported"),
+        (MAP_LINE, MAP_LINE + " __uint(key_size, 8);", "map 'config': key_size 8 but its key type is 4 bytes"),
+        (MAP_LINE, MAP_LINE + " int *max_len;", "map 'config': attribute 'max_len' is not supported"),
+        (MAP_LINE, "int max_entries;", "attribute 'max_entries': BTF type 2 is INT, not a pointer"),
+        (MAP_LINE, "int *max_entries;", "is a pointer to INT, not to an array as __uint() declares"),
+    ],
+)
+def test_btf_map_definitions_refused(tmp_path, old, new, error):
+    assert error in _parse_error(_variant(tmp_path, (old, new)))
+
+
+def test_btf_map_key_and_value_sizes_from_types(tmp_path):
+    """__type(key, T): the key size is T's, through typedefs and arrays, as the kernel resolves it."""
+    obj = bpf_object.BpfObject.from_bytes(
+        _variant(
+            tmp_path,
+            ("__type(value, struct config_value);", "__type(value, const volatile struct config_value[3]);"),
+            ("__type(value, __u64);", "__uint(value_size, 8);"),
+        )
+    )
+    assert obj.maps["config"].value_size == 24
+    assert obj.maps["hits"].value_size == 8 and obj.btf.map_types["hits"][1] == 0
 
 
 @pytest.mark.parametrize(
@@ -591,7 +872,7 @@ def test_global_data(tmp_path, declaration, section):
         ("key.prefixlen = FULL_PREFIX;", "key.prefixlen = knob;"),
     )
     message = _parse_error(data)
-    assert "references 'knob' in section %r; only maps in SEC(\"maps\") are supported" % section in message
+    assert "references 'knob' in section %r; only maps are supported" % section in message
 
 
 def test_extra_map(tmp_path):
@@ -599,8 +880,8 @@ def test_extra_map(tmp_path):
         tmp_path,
         (
             LICENSE_LINE,
-            LICENSE_LINE + '\nstruct bpf_map_def SEC("maps") extra = '
-            "{ .type = BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 4, .max_entries = 1 };\n",
+            LICENSE_LINE + "\nstruct { __uint(type, BPF_MAP_TYPE_ARRAY); __type(key, __u32); __type(value, __u32); "
+            '__uint(max_entries, 1); } extra SEC(".maps");\n',
         ),
     )
     obj = bpf_object.BpfObject.from_bytes(data)
@@ -625,9 +906,10 @@ def test_big_endian_object(tmp_path, shipped):
 
 
 # --- the shipped program on this kernel -----------------------------------------------------------
-# libbpf 1.0+ (bpftool 7+) refuses legacy SEC("maps") objects, so bpftool cannot load this object:
-# the test loads it with bpf(2) through ctypes, from what bpf_object parsed, and leaves the rest
-# (map updates and lookups, attach, detach) to bpftool as an independent check.
+# Loaded three ways: by bpftool (libbpf, which shares no code with the collection), and with bpf(2)
+# through ctypes from what bpf_object parsed, for the shipped object and for the legacy-maps one
+# (libbpf 1.0+ refuses legacy SEC("maps") objects). Map updates and lookups, attach and detach are
+# left to bpftool as an independent check.
 
 BPF_MAP_CREATE, BPF_PROG_LOAD, BPF_OBJ_PIN = 0, 5, 6
 BPF_PROG_TYPE_SOCK_OPS = 13
@@ -702,6 +984,16 @@ def _load_and_pin(obj, directory):
     return paths
 
 
+def _bpftool_load(obj_path, directory):
+    """bpftool prog loadall with the maps pinned too; -> {"prog": path, name: path}."""
+    os.mkdir(directory)
+    _bpftool("prog", "loadall", obj_path, os.path.join(directory, "progs"), "pinmaps", os.path.join(directory, "maps"))
+    paths = {name: os.path.join(directory, "maps", name) for name in rto_program.MAP_CONTRACT}
+    paths["prog"] = os.path.join(directory, "progs", rto_program.PROGRAM_NAME)
+    assert sorted(os.listdir(os.path.join(directory, "maps"))) == sorted(rto_program.MAP_CONTRACT)
+    return paths
+
+
 def _bpftool(*args):
     result = subprocess.run(
         ("bpftool", *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, check=False
@@ -725,15 +1017,8 @@ def _hits(path, slot):
 
 
 def _config_hz():
-    paths = ["/proc/config.gz", "/boot/config-" + os.uname().release]
-    for path in paths:
-        if os.path.exists(path):
-            opener = gzip.open if path.endswith(".gz") else open
-            with opener(path, "rt") as handle:
-                for line in handle:
-                    if line.startswith("CONFIG_HZ="):
-                        return int(line.split("=", 1)[1])
-    raise AssertionError("CONFIG_HZ not found in %s" % " or ".join(paths))
+    """CONFIG_HZ as the module finds it."""
+    return reconcile.discover_hz(dict(hz=None), os.uname().release)[0]
 
 
 # Runs in a child process that joins a cgroup first: a socket belongs to its creator's cgroup. A
@@ -771,13 +1056,56 @@ def _probe_rto(cgroup):
     return probe["rto_us"]
 
 
+LOADERS = {
+    "bpftool": lambda request, directory: _bpftool_load(SHIPPED, directory),
+    "reader": lambda request, directory: _load_and_pin(request.getfixturevalue("shipped"), directory),
+    "reader-legacy": lambda request, directory: _load_and_pin(request.getfixturevalue("legacy"), directory),
+}
+
+
 @pytest.mark.kernel
-def test_shipped_program_sets_the_initial_rto(shipped, bpffs, cgroup):
+def test_bpftool_loads_the_shipped_object_with_btf(bpffs):
+    """libbpf takes the object: typed map dumps, source lines in the program dump. Unpinned, the
+    program and its maps are gone; nothing was attached anywhere."""
+    paths = _bpftool_load(SHIPPED, os.path.join(bpffs, "loaded"))
+    prog = json.loads(_bpftool("-j", "prog", "show", "pinned", paths["prog"]))
+    assert prog["type"] == "sock_ops" and prog["name"] == rto_program.PROGRAM_NAME and prog.get("btf_id")
+    assert len(prog["map_ids"]) == 3
+    config = json.loads(_bpftool("-j", "map", "dump", "pinned", paths["config"]))
+    assert config[0]["formatted"] == {"key": 0, "value": {"default_rto_jiffies": 0, "directions": 0}}
+    xlated = _bpftool("prog", "dump", "xlated", "pinned", paths["prog"])
+    assert "; if (skops->op != BPF_SOCK_OPS_TIMEOUT_INIT)" in xlated
+    prog_id, map_ids = prog["id"], prog["map_ids"]
+    for path in paths.values():
+        os.unlink(path)
+    # The pins held the last references. The kernel frees a program's maps from a work queue after
+    # the program: wait (bounded) for them to go.
+    assert not _bpftool_shows("prog", prog_id)
+    deadline = time.monotonic() + 30
+    while any(_bpftool_shows("map", map_id) for map_id in map_ids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [map_id for map_id in map_ids if _bpftool_shows("map", map_id)]
+
+
+def _bpftool_shows(kind, object_id):
+    shown = subprocess.run(
+        ["bpftool", kind, "show", "id", str(object_id)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+    )
+    return shown.returncode == 0
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("loader", sorted(LOADERS))
+def test_shipped_program_sets_the_initial_rto(request, loader, bpffs, cgroup):
+    load = LOADERS[loader]
     hz = _config_hz()
     jiffies_us = 1000000 // hz
     assert _probe_rto(cgroup) == 1000000  # kernel default, nothing attached yet
 
-    outer = _load_and_pin(shipped, os.path.join(bpffs, "outer"))
+    outer = load(request, os.path.join(bpffs, "outer"))
     _map_update(outer["config"], rto_program.CONFIG_KEY.pack(0), rto_program.encode_config(750, 3))
     _bpftool("cgroup", "attach", cgroup, "sock_ops", "pinned", outer["prog"], "multi")
     inner_cgroup, inner = None, None
@@ -805,7 +1133,7 @@ def test_shipped_program_sets_the_initial_rto(shipped, bpffs, cgroup):
 
         # a program of a cgroup closer to the socket answers first; the outer one keeps its reply
         inner_cgroup = sandbox.make_cgroup(parent=cgroup, label="inner")
-        inner = _load_and_pin(shipped, os.path.join(bpffs, "inner"))
+        inner = load(request, os.path.join(bpffs, "inner"))
         _map_update(inner["config"], rto_program.CONFIG_KEY.pack(0), rto_program.encode_config(500, 3))
         _bpftool("cgroup", "attach", inner_cgroup, "sock_ops", "pinned", inner["prog"], "multi")
         outer_rule_hits = _hits(outer["hits"], 0)

@@ -5,6 +5,7 @@ cgroup from the `cgroup` fixture, pins in the private `bpffs` mount) and every f
 every attachment detached in teardown, whatever the outcome.
 """
 
+import ctypes
 import errno
 import ipaddress
 import json
@@ -15,9 +16,10 @@ import sys
 import time
 
 import bpf_inventory
+import bpf_objects
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, bpf_syscall, rto_program
 
 pytestmark = pytest.mark.kernel
 
@@ -127,6 +129,56 @@ def expect_error(command, err, call, *args, **kwargs):
     return caught.value
 
 
+# The system call number
+
+
+@pytest.mark.parametrize(
+    "machine, pointer_bits, multiarch, number",
+    [
+        ("x86_64", 64, "x86_64-linux-gnu", 321),
+        ("x86_64", 32, "i386-linux-gnu", 357),  # a 32-bit userland on a 64-bit kernel
+        ("i686", 32, "i386-linux-gnu", 357),
+        ("x86_64", 32, "x86_64-linux-gnux32", 0x40000000 | 321),
+        ("aarch64", 64, "aarch64-linux-gnu", 280),
+        ("aarch64", 32, "arm-linux-gnueabihf", 386),
+        ("armv7l", 32, "arm-linux-gnueabihf", 386),
+        ("ppc64le", 64, "powerpc64le-linux-gnu", 361),
+        ("ppc64", 32, "powerpc-linux-gnu", 361),
+        ("s390x", 64, "s390x-linux-gnu", 351),
+        ("riscv64", 64, "riscv64-linux-gnu", 280),
+        ("loongarch64", 64, "loongarch64-linux-gnu", 280),
+        ("mips64", 64, "mips64el-linux-gnuabi64", 5315),
+        ("mips64", 32, "mips64el-linux-gnuabin32", 6319),
+        ("mips", 32, "mipsel-linux-gnu", 4355),
+        ("sparc64", 64, "sparc64-linux-gnu", 349),
+        ("x86_64", 64, "", 321),  # a Python built without a multiarch triplet
+    ],
+)
+def test_syscall_number_follows_the_process_architecture(machine, pointer_bits, multiarch, number):
+    assert bpf_syscall.syscall_number(machine, pointer_bits, multiarch) == number
+
+
+def test_unknown_architecture_is_a_clear_error():
+    with pytest.raises(
+        OSError, match=r"no bpf\(2\) system call number .*\(machine alpha, 64-bit, alpha-linux-gnu\)"
+    ) as caught:
+        bpf_syscall.syscall_number("alpha", 64, "alpha-linux-gnu")
+    assert caught.value.errno == errno.ENOSYS
+
+
+def test_32_bit_python_on_a_64_bit_kernel_calls_the_32_bit_table(monkeypatch):
+    monkeypatch.setattr(bpf_syscall, "_SYSCALL", [])
+    monkeypatch.setattr(bpf_syscall, "process_arch", lambda: ("x86_64", 32, "i386-linux-gnu"))
+    assert bpf_syscall._syscall()[1] == 357
+
+
+@pytest.mark.skipif(os.uname().machine != "x86_64" or struct.calcsize("P") != 8, reason="an x86_64 Python")
+def test_this_process_calls_the_x86_64_number(fds):
+    assert bpf_syscall.process_arch()[:2] == ("x86_64", 64)
+    assert bpf_syscall._syscall()[1] == 321
+    fds.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 1, name="rto_test_nr")  # and the kernel answers it
+
+
 # Maps
 
 
@@ -143,8 +195,46 @@ def test_array_map(fds):
     )
     expect_error("BPF_MAP_DELETE_ELEM", errno.EINVAL, bpf_syscall.map_delete, fd, key(1))
     info = bpf_syscall.map_info(fd)
-    assert info[:1] + info[2:] == (bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 3, 0, "rto_test_array")
+    assert info[:1] + info[2:] == (bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 3, 0, "rto_test_array", 0)
     assert info.id > 0
+
+
+def test_btf_load_and_typed_map(fds):
+    """The shipped object's BTF: the kernel takes it, and a map made with its key and value types
+    carries it (bpftool then dumps named fields)."""
+    obj = bpf_object.BpfObject.from_file(bpf_objects.SHIPPED)
+    btf_fd = fds.add(bpf_syscall.btf_load(obj.btf.data))
+    spec = obj.maps[rto_program.CONFIG_MAP]
+    fd = fds.map(
+        spec.type,
+        spec.key_size,
+        spec.value_size,
+        spec.max_entries,
+        spec.flags,
+        "rto_test_btf",
+        btf_fd=btf_fd,
+        btf_types=obj.btf.map_types[rto_program.CONFIG_MAP],
+    )
+    info = bpf_syscall.map_info(fd)
+    assert info.btf_id > 0
+    bpf_syscall.map_update(fd, rto_program.CONFIG_KEY.pack(0), rto_program.encode_config(7, 3))
+    dump = bpf_inventory.bpftool("map", "dump", "id", str(info.id))
+    assert dump[0]["formatted"] == {"key": 0, "value": {"default_rto_jiffies": 7, "directions": 3}}
+    expect_error(
+        "BPF_MAP_CREATE",
+        errno.EINVAL,
+        bpf_syscall.map_create,
+        bpf_syscall.BPF_MAP_TYPE_ARRAY,
+        4,
+        8,
+        1,
+        btf_fd=btf_fd,
+        btf_types=obj.btf.map_types[rto_program.RULES_MAP],  # a 20-byte key type
+    )
+
+
+def test_btf_load_refused(fds):
+    expect_error("BPF_BTF_LOAD", errno.EINVAL, bpf_syscall.btf_load, b"\x9f\xeb\x01\x00" + bytes(20))
 
 
 def test_lpm_trie_map_with_rule_layout(fds):
@@ -259,6 +349,39 @@ def test_verifier_log_buffer_grows(monkeypatch):
     monkeypatch.setattr(bpf_syscall, "_LOG_SIZE_FIRST", 128)  # the smallest the kernel takes: ENOSPC
     error = expect_error("BPF_PROG_LOAD", errno.EACCES, bpf_syscall.prog_load, SOCK_OPS, OUT_OF_BOUNDS, "GPL")
     assert len(error.log) > 128 and "invalid bpf_context access" in error.log
+
+
+class InterruptedLoads:
+    """libc's syscall() in front of the kernel: the first `count` BPF_PROG_LOAD calls fail with
+    EAGAIN, as when a signal interrupts the verifier; every other call reaches the kernel."""
+
+    def __init__(self, monkeypatch, count):
+        self.syscall, number = bpf_syscall._syscall()
+        self.count = count
+        self.loads = 0
+        monkeypatch.setattr(bpf_syscall, "_SYSCALL", [(self, number)])
+
+    def __call__(self, number, command, attr, size):
+        if command.value == 5:  # BPF_PROG_LOAD
+            self.loads += 1
+            if self.loads <= self.count:
+                ctypes.set_errno(errno.EAGAIN)
+                return -1
+        return self.syscall(number, command, attr, size)
+
+
+def test_interrupted_prog_load_is_retried(monkeypatch, fds):
+    interrupted = InterruptedLoads(monkeypatch, bpf_syscall.PROG_LOAD_ATTEMPTS - 1)
+    fd = fds.prog(SET_REPLY_750, name="rto_test_again")
+    assert bpf_syscall.prog_info(fd).name == "rto_test_again"
+    assert interrupted.loads == bpf_syscall.PROG_LOAD_ATTEMPTS
+
+
+def test_prog_load_interrupted_every_time_gives_up(monkeypatch):
+    interrupted = InterruptedLoads(monkeypatch, 1000)
+    error = expect_error("BPF_PROG_LOAD", errno.EAGAIN, bpf_syscall.prog_load, SOCK_OPS, RETURN_1, "GPL")
+    assert error.log == ""
+    assert interrupted.loads == bpf_syscall.PROG_LOAD_ATTEMPTS
 
 
 # Legacy attach

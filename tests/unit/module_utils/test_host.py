@@ -17,7 +17,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils.host import HostErr
 CGROUP_V1_DIR = "/sys/fs/cgroup/cpu"  # a cgroup v1 hierarchy on this (hybrid) machine
 
 
-# --- kernel release and features ---------------------------------------------------------------
+# --- kernel release (its features: test_features.py) ----------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -46,76 +46,6 @@ def test_parse_release_garbage(release):
 def test_parse_release_of_this_machine():
     version = host.parse_release(platform.release())
     assert version[:2] == tuple(int(part) for part in platform.release().split(".")[:2])
-
-
-@pytest.mark.parametrize(
-    "release, features",
-    [
-        (
-            "4.16.0",
-            dict(
-                cgroup_link=False,
-                prog_replace=False,
-                memlock_accounting=True,
-                rto_capped=False,
-                synack_backoff_from_bpf=False,
-                syn_linear_timeouts=False,
-                cap_bpf=False,
-            ),
-        ),
-        ("5.6.19", dict(cgroup_link=False, prog_replace=True)),
-        ("5.7.0", dict(cgroup_link=True, prog_replace=True, cap_bpf=False)),
-        ("5.8.0", dict(cap_bpf=True)),
-        ("5.10.0-28-cloud-amd64", dict(memlock_accounting=True, rto_capped=False)),
-        ("5.11.0", dict(memlock_accounting=False)),
-        ("5.17.15", dict(rto_capped=False, synack_backoff_from_bpf=False)),
-        ("5.18.0", dict(rto_capped=True, synack_backoff_from_bpf=True, syn_linear_timeouts=False)),
-        ("6.4.16", dict(syn_linear_timeouts=False)),
-        ("6.5.0", dict(syn_linear_timeouts=True)),
-        (
-            "6.18.44-fc-v657",
-            dict(
-                cgroup_link=True,
-                prog_replace=True,
-                memlock_accounting=False,
-                rto_capped=True,
-                synack_backoff_from_bpf=True,
-                syn_linear_timeouts=True,
-                cap_bpf=True,
-            ),
-        ),
-    ],
-)
-def test_kernel_features(release, features):
-    found = host.KernelFeatures(release)
-    for name, value in features.items():
-        assert getattr(found, name) is value, name
-    as_dict = found.as_dict()
-    assert as_dict["release"] == release
-    assert set(host.KernelFeatures.FIELDS) <= set(as_dict)
-
-
-def test_kernel_features_of_this_machine():
-    features = host.KernelFeatures()
-    assert features.release == platform.release()
-    assert features.version == host.parse_release(platform.release())
-
-
-@pytest.mark.parametrize("release", ["4.15.18", "4.9.0", "3.10.0-1160.el7.x86_64", "4.13.0"])
-def test_check_kernel_too_old(release):
-    with pytest.raises(HostError) as error:
-        host.check_kernel(release)
-    message = str(error.value)
-    assert release in message and "4.16" in message and "is_fullsock" in message
-
-
-@pytest.mark.parametrize("release", ["4.16.0", "5.10.0-28-cloud-amd64", "6.1.0-rc3"])
-def test_check_kernel_ok(release):
-    assert host.check_kernel(release) == host.parse_release(release)
-
-
-def test_check_kernel_of_this_machine():
-    assert host.check_kernel() >= host.MIN_KERNEL
 
 
 # --- CONFIG_HZ ----------------------------------------------------------------------------------
@@ -387,25 +317,25 @@ def _status(tmp_path, caps):
 
 
 def test_require_root_this_process():
-    host.require_root()  # the tests run as root
+    host.require_root(cap_bpf=True)  # the tests run as root
 
 
 def test_require_root_capabilities(tmp_path):
     bpf_net = (1 << host.CAP_BPF) | (1 << host.CAP_NET_ADMIN)
-    host.require_root("6.1.0", status=_status(tmp_path, bpf_net))
-    host.require_root("5.4.0", status=_status(tmp_path, (1 << host.CAP_SYS_ADMIN) | (1 << host.CAP_NET_ADMIN)))
+    host.require_root(True, status=_status(tmp_path, bpf_net))
+    host.require_root(False, status=_status(tmp_path, (1 << host.CAP_SYS_ADMIN) | (1 << host.CAP_NET_ADMIN)))
     with pytest.raises(HostError, match="missing CAP_SYS_ADMIN"):
-        host.require_root("5.4.0", status=_status(tmp_path, bpf_net))  # no CAP_BPF before 5.8
+        host.require_root(False, status=_status(tmp_path, bpf_net))  # a kernel without CAP_BPF
     with pytest.raises(HostError, match="missing CAP_BPF or CAP_SYS_ADMIN"):
-        host.require_root("6.1.0", status=_status(tmp_path, 1 << host.CAP_NET_ADMIN))
+        host.require_root(True, status=_status(tmp_path, 1 << host.CAP_NET_ADMIN))
     with pytest.raises(HostError) as error:
-        host.require_root("6.1.0", status=_status(tmp_path, 0))
+        host.require_root(True, status=_status(tmp_path, 0))
     message = str(error.value)
     assert "CAP_NET_ADMIN" in message and "root" in message and "become" in message
 
 
 def test_require_root_without_status_file(tmp_path):
-    host.require_root(status=str(tmp_path / "missing"))  # euid 0 is enough then
+    host.require_root(True, status=str(tmp_path / "missing"))  # euid 0 is enough then
 
 
 def _in_child(function):

@@ -112,6 +112,55 @@ def test_rule_keys_round_trip():
         assert abi.decode_rule_key(abi.encode_rule_key(network)) == network
 
 
+@pytest.mark.parametrize("text", ["::ffff:10.0.0.0/104", "::ffff:0:0/96", "::ffff:192.0.2.7/128", "::ffff:0:0/97"])
+def test_rules_in_the_mapped_range_share_the_ipv4_key_and_keep_their_family(text):
+    network = ipaddress.ip_network(text)
+    ipv4 = ipaddress.ip_network("%s/%d" % (network.network_address.ipv4_mapped, network.prefixlen - 96))
+    key = abi.encode_rule_key(network)
+    assert key == abi.encode_rule_key(ipv4)  # one trie entry: the kernel cannot tell them apart
+    assert abi.decode_rule_key(key) == ipv4
+    assert abi.decode_rule_key(key, mapped_as_ipv6=True) == network
+
+
+@pytest.mark.parametrize("text", ["::/0", "::/80", "::fffe:0:0/95", "::fffe:0:0/96", "10.0.0.0/8", "0.0.0.0/0"])
+def test_rules_outside_the_mapped_range_read_back_as_given(text):
+    network = ipaddress.ip_network(text)
+    for mapped_as_ipv6 in (False, True):
+        expected = network if network.version == 6 or not mapped_as_ipv6 else abi.trie_network(network)
+        assert abi.decode_rule_key(abi.encode_rule_key(network), mapped_as_ipv6=mapped_as_ipv6) == expected
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("::ffff:a00:0/104", "::ffff:10.0.0.0/104"),
+        ("::ffff:0:0/96", "::ffff:0.0.0.0/96"),
+        ("::ffff:192.0.2.7/128", "::ffff:192.0.2.7/128"),
+        ("::fffe:0:0/96", "::fffe:0:0/96"),
+        ("::/0", "::/0"),
+        ("10.0.0.0/8", "10.0.0.0/8"),
+    ],
+)
+def test_networks_are_shown_the_same_on_every_python(text, shown):
+    assert model.network_text(ipaddress.ip_network(text)) == shown
+
+
+def test_the_meta_record_names_the_slots_given_as_ipv6_in_the_mapped_range():
+    rules = model.parse_rules(
+        [
+            {"dest": "10.0.0.0/8", "rto_ms": 200},
+            {"dest": "::ffff:10.1.0.0/112", "rto_ms": 200},
+            {"dest": "::/0", "rto_ms": 200},
+            {"dest": "::ffff:0:0/96", "rto_ms": 200},
+        ],
+        250,
+    )
+    assert model.ipv6_mapped_slots(rules) == "a"  # slots 1 and 3
+    assert model.ipv6_mapped_slots(rules[:1]) == "0"
+    full = [{"dest": "::ffff:10.%d.%d.0/120" % divmod(i, 256), "rto_ms": 200} for i in range(abi.MAX_RULES)]
+    assert model.ipv6_mapped_slots(model.parse_rules(full, 250)) == "f" * 256  # a full map: 256 digits
+
+
 def test_plan_nothing_to_do():
     want = desired(rules=[{"dest": "10.0.0.0/8", "rto_ms": 50}], default=500)
     plan = model.plan_present(want, FakeCurrent(want))
@@ -166,3 +215,65 @@ def test_plan_fresh_instance():
     plan = model.plan_present(want, current)
     assert plan.load_maps and plan.load_program and plan.attach
     assert not any(step.startswith("repair") for step in plan.steps)
+
+
+def many_rules(count, first_octet, rto_ms=50):
+    return [
+        {"dest": "%d.%d.%d.0/24" % (first_octet, index // 256, index % 256), "rto_ms": rto_ms} for index in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    "held, wanted, obstacle",
+    [
+        (many_rules(512, 10), many_rules(512, 11), None),  # 1024 together: fits
+        (many_rules(600, 10), many_rules(600, 11), "600 old and 600 new rules make 1200 entries together"),
+        (many_rules(1024, 10), many_rules(1024, 10, rto_ms=60), "the map is full (1024 entries)"),
+        (many_rules(1024, 10), many_rules(1023, 10), None),  # only deletions: no update in the full map
+        (many_rules(1023, 10), many_rules(1023, 10, rto_ms=60) + many_rules(1, 11), None),  # changes go first
+    ],
+    ids=["union-fits", "union-too-big", "full-value-change", "full-deletions", "changes-then-fill"],
+)
+def test_plan_rules_that_do_not_fit_in_place_take_new_maps(held, wanted, obstacle):
+    want = desired(rules=wanted)
+    plan = model.plan_present(want, FakeCurrent(desired(rules=held)))
+    if obstacle is None:
+        assert plan.steps == ["update rules"]
+        assert not (plan.load_maps or plan.load_program or plan.attach)
+    else:
+        assert plan.steps[0].startswith("rules do not fit the live rules map (%s" % obstacle)
+        assert plan.load_maps and plan.load_program and plan.attach
+        assert plan.steps[1:] == [
+            "create maps and load program from object aaaaaaaaaaaa",
+            "replace the attached program atomically (link)",
+        ]
+
+
+def test_cgroup_search_is_bounded(tmp_path):
+    for path in ("a/a1", "a/a2", "b"):
+        (tmp_path / path).mkdir(parents=True)
+    (tmp_path / "cgroup.procs").write_text("")
+    root = str(tmp_path)
+    every = [root, *(str(tmp_path / name) for name in ("a", "b", "a/a1", "a/a2"))]
+    assert model._cgroup_tree(root, 5) == (every, True)
+    assert model._cgroup_tree(root, 3) == (every[:3], False)
+
+
+def test_only_the_instance_pins_are_its_own():
+    names = model.instance_pin_names()
+    assert sorted(names) == sorted(
+        [
+            "prog",
+            "rules",
+            "config",
+            "hits",
+            "meta",
+            "link",
+            "new_prog",
+            "new_rules",
+            "new_config",
+            "new_hits",
+            "new_meta",
+            "new_link",
+        ]
+    )

@@ -11,6 +11,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import lock
 def test_lock_file_names():
     assert lock.lock_path("dc", "/sys/fs/bpf/tcp_rto") == "/run/tcp_rto/dc.lock"
     assert lock.lock_path("dc", "/sys/fs/bpf/tcp_rto/") == "/run/tcp_rto/dc.lock"
+    assert lock.lock_path("dc", "//sys/fs/bpf/tcp_rto") == "/run/tcp_rto/dc.lock"
     other = lock.lock_path("dc", "/run/other/tcp_rto")
     assert other.startswith("/run/tcp_rto/dc@") and other.endswith(".lock")
     assert other != lock.lock_path("dc", "/run/third/tcp_rto")
@@ -26,6 +27,25 @@ def test_second_holder_is_told_to_retry(tmp_path):
             pass  # another instance does not wait
     with lock.InstanceLock("dc", "/p", timeout=0, lock_dir=lock_dir):
         pass  # released
+
+
+def test_spellings_of_one_pin_dir_take_one_lock(tmp_path):
+    lock_dir = str(tmp_path / "locks")
+    pin_dir = tmp_path / "bpf" / "tcp_rto"
+    pin_dir.mkdir(parents=True)
+    os.symlink(str(tmp_path / "bpf"), str(tmp_path / "bpf_link"))
+    spellings = [
+        str(pin_dir) + "/",
+        "/" + str(pin_dir),  # a leading // is a path of its own to normpath (POSIX)
+        str(tmp_path) + "//bpf/./tcp_rto",
+        str(tmp_path / "bpf_link" / "tcp_rto"),
+        str(tmp_path / "bpf_link" / ".." / "bpf" / "tcp_rto"),
+    ]
+    with lock.InstanceLock("dc", str(pin_dir), timeout=0, lock_dir=lock_dir):
+        for spelling in spellings:
+            with pytest.raises(lock.LockedError, match="the instance dc is locked by another run"):
+                lock.InstanceLock("dc", spelling, timeout=0, lock_dir=lock_dir).__enter__()
+    assert len(os.listdir(lock_dir)) == 1
 
 
 def test_remove_file_drops_the_lock_file(tmp_path):

@@ -83,17 +83,27 @@ def test_outgoing_default(cgroup):
 
 def test_incoming_default(cgroup, hz):
     result = probe.incoming_rto_ms(cgroup)
-    # read within the jiffy the timer was armed in: the remaining time is the whole timeout
-    assert result.exact and result.resolution_ms == 0
-    assert result.rto_ms == result.remaining_ms == 1000
     assert result.jiffy_ms == pytest.approx(1000.0 / hz)
-    assert result.elapsed_ms < result.jiffy_ms
+    assert_incoming(result, 1000)
+    if result.exact:  # read within the jiffy the timer was armed in: the remaining time is the whole timeout
+        assert result.resolution_ms == 0 and result.remaining_ms == 1000
+        assert result.elapsed_ms < result.jiffy_ms
+
+
+def assert_incoming(result, expected_ms):
+    """The timer was armed between the connect and the read, so its full length lies in
+    [remaining, remaining + elapsed], give or take a jiffy of timer granularity: on a busy machine
+    the read comes late and the estimate (exact=False) rounds within that range."""
+    assert result.remaining_ms - result.jiffy_ms <= expected_ms, result
+    assert expected_ms <= result.remaining_ms + result.elapsed_ms + result.jiffy_ms, result
+    if result.exact:
+        assert result.rto_ms == expected_ms, result
 
 
 @needs_ipv6
 def test_ipv6_default(cgroup, hz):
     assert probe.outgoing_rto_us(cgroup, "::1") == 1000000
-    assert probe.incoming_rto_ms(cgroup, "::1").rto_ms == 1000
+    assert_incoming(probe.incoming_rto_ms(cgroup, "::1"), 1000)
 
 
 # --- with a program -------------------------------------------------------------------------------
@@ -102,7 +112,7 @@ def test_ipv6_default(cgroup, hz):
 def test_with_program(cgroup, bpffs, tmp_path, hz):
     with attached_program(cgroup, bpffs, tmp_path, 750):
         assert probe.outgoing_rto_us(cgroup) == 750 * 1000000 // hz  # 3000000 at HZ 250
-        assert probe.incoming_rto_ms(cgroup).rto_ms == 750 * 1000.0 / hz  # 3000 at HZ 250
+        assert_incoming(probe.incoming_rto_ms(cgroup), 750 * 1000.0 / hz)  # 3000 at HZ 250
     assert probe.outgoing_rto_us(cgroup) == 1000000  # detached: back to the default
 
 
@@ -110,7 +120,7 @@ def test_with_program(cgroup, bpffs, tmp_path, hz):
 def test_with_program_ipv6(cgroup, bpffs, tmp_path, hz):
     with attached_program(cgroup, bpffs, tmp_path, 750):
         assert probe.outgoing_rto_us(cgroup, "::1") == 750 * 1000000 // hz
-        assert probe.incoming_rto_ms(cgroup, "::1").rto_ms == 750 * 1000.0 / hz
+        assert_incoming(probe.incoming_rto_ms(cgroup, "::1"), 750 * 1000.0 / hz)
 
 
 @pytest.mark.parametrize("reply", [1, 25])
@@ -118,7 +128,7 @@ def test_small_values(cgroup, bpffs, tmp_path, hz, reply):
     # One jiffy is the smallest initial RTO; reading the request socket's timer takes well under one.
     with attached_program(cgroup, bpffs, tmp_path, reply):
         assert probe.outgoing_rto_us(cgroup) == reply * 1000000 // hz
-        assert probe.incoming_rto_ms(cgroup).rto_ms == pytest.approx(reply * 1000.0 / hz)
+        assert_incoming(probe.incoming_rto_ms(cgroup), reply * 1000.0 / hz)
 
 
 def test_incoming_timer_fired_before_read(cgroup, bpffs, tmp_path, monkeypatch):
@@ -181,7 +191,7 @@ def test_leaf_when_cgroup_refuses_processes(cgroup, bpffs, tmp_path, hz, refusin
         first = joins()
         assert first[0] == cgroup and os.path.dirname(first[1]) == cgroup
         assert os.path.basename(first[1]).startswith(probe.LEAF_PREFIX)
-        assert probe.incoming_rto_ms(cgroup).rto_ms == 750 * 1000.0 / hz
+        assert_incoming(probe.incoming_rto_ms(cgroup), 750 * 1000.0 / hz)
     assert _leaves(cgroup) == []
 
 
