@@ -11,13 +11,13 @@ import subprocess
 
 import pytest
 import sandbox
-from conftest import REPO, cgroup_program_ids, observed_rto_us
+from bpf_objects import SHIPPED
+from conftest import cgroup_program_ids, observed_rto_us
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
 
 pytestmark = pytest.mark.kernel
 
-SHIPPED_OBJECT = os.path.join(REPO, "files", "bpf", "tcp_initial_rto.bpf.o")
 UNIT = "api.service"
 
 
@@ -43,9 +43,9 @@ def record_for_unit(root, bpffs, name="api"):
         verify=True,
         force_legacy_attach=False,
     )
-    with open(SHIPPED_OBJECT, "rb") as handle:
+    with open(SHIPPED, "rb") as handle:
         sha256 = hashlib.sha256(handle.read()).hexdigest()
-    return persistence.install(params, SHIPPED_OBJECT, sha256, root, python="/usr/bin/python3")
+    return persistence.install(params, SHIPPED, sha256, root, python="/usr/bin/python3")
 
 
 def exec_start_pre(root, name="api"):
