@@ -142,7 +142,7 @@ def test_not_persistent_any_more_forgets_the_record_and_the_unit(realhost):
 
 def test_removal_leaves_no_unit(realhost):
     """Also after a reboot: checked after the one below."""
-    _ok(realhost.play("netbpf.tcp_rto.rollback", tcp_rto_state="absent"))
+    _ok(realhost.play("netbpf.tcp_rto.rollback", tcp_rto_name=NAME, tcp_rto_state="absent"))
     assert realhost.rto_ms() == 1000.0
     assert realhost.record() is None
     assert realhost.units() == ""
