@@ -12,7 +12,12 @@ version_added: 0.1.0
 description:
   - Turns a mapping of host name to the result of M(netbpf.tcp_rto.tcp_initial_rto_info) into one table
     with a row per host and instance (a host without instances gets one row).
-  - Columns are host, kernel, hz, instance, cgroup, rules, default_ms, program_id, hits, foreign, supported.
+  - Columns are host, kernel, hz, instance, state, cgroup, rules, default_ms, program_id, hits, foreign,
+    supported, problems.
+  - The state of an instance is V(ok), V(detached) (its program is not attached to its cgroup),
+    V(drift) (a map edited outside tcp_rto, or the unit it follows missing), V(damaged) (pins or the
+    program missing), or V(not loaded) for a recorded instance the kernel does not hold (its boot restore
+    did not run or failed). The problems column says why.
 author: netbpf.tcp_rto developers
 options:
   _input:
@@ -20,9 +25,12 @@ options:
     type: dict
     required: true
   fmt:
-    description: Output format.
+    description:
+      - Output format. V(summary) is not a table but one line per unhealthy host (unsupported, not read,
+        or an instance whose state is not V(ok)) with what is wrong, or a line saying that every host
+        is healthy.
     type: str
-    choices: [csv, markdown]
+    choices: [csv, markdown, summary]
     default: csv
 """
 
@@ -49,6 +57,7 @@ COLUMNS = (
     "kernel",
     "hz",
     "instance",
+    "state",
     "cgroup",
     "rules",
     "default_ms",
@@ -56,6 +65,7 @@ COLUMNS = (
     "hits",
     "foreign",
     "supported",
+    "problems",
 )
 
 
@@ -69,11 +79,18 @@ def _rows(infos):
             hz=info.get("kernel", {}).get("hz", ""),
             supported="yes" if info.get("supported") else "no: " + "; ".join(reasons),
         )
-        for instance in info.get("instances") or [{}]:
+        instances = list(info.get("instances") or [])
+        for name in info.get("recorded_not_loaded") or []:
+            prefix = "recorded, not loaded: %s " % name
+            problems = [problem for problem in info.get("problems", []) if problem.startswith(prefix)]
+            instances.append({"name": name, "state": "not loaded", "problems": problems})
+        for instance in instances or [{}]:
             rules = instance.get("rules", [])
             yield dict(
                 base,
                 instance=instance.get("name", ""),
+                state=instance.get("state", ""),
+                problems="; ".join(instance.get("problems", [])),
                 cgroup=instance.get("cgroup", ""),
                 rules=" ".join("%s=%sms" % (rule["dest"], rule["rto_ms"]) for rule in rules),
                 default_ms="" if instance.get("default_rto_ms") is None else instance["default_rto_ms"],
@@ -83,7 +100,35 @@ def _rows(infos):
             )
 
 
+def unhealthy(infos):
+    """Host name -> what is wrong there (unsupported, a failed read, an instance not ok), for the
+    hosts where anything is."""
+    found = {}
+    for row in _rows(infos):
+        reasons = []
+        if row["supported"] != "yes":
+            reasons.append("unsupported: " + row["supported"][len("no: ") :])
+        if row["instance"] and row["state"] != "ok":
+            reasons.append(
+                "%s %s%s" % (row["instance"], row["state"], " (%s)" % row["problems"] if row["problems"] else "")
+            )
+        if reasons:
+            found.setdefault(row["host"], []).extend(
+                reason for reason in reasons if reason not in found.get(row["host"], [])
+            )
+    return found
+
+
 def report_table(infos, fmt="csv"):
+    if fmt == "summary":
+        found = unhealthy(infos)
+        if not found:
+            return "all %d hosts healthy\n" % len(infos)
+        return "%d of %d hosts unhealthy:\n%s" % (
+            len(found),
+            len(infos),
+            "".join("%s: %s\n" % (host, "; ".join(reasons)) for host, reasons in sorted(found.items())),
+        )
     rows = [["%s" % row[column] for column in COLUMNS] for row in _rows(infos)]
     if fmt == "csv":
         out = io.StringIO()

@@ -11,6 +11,7 @@ __metaclass__ = type
 
 import os
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 
@@ -40,10 +41,31 @@ def _pin_findings(current):
         )
     elif current.prog_info is not None and current.meta is not None and not current.attached:
         found.append(
-            "program %d is not attached to %s (detached outside tcp_rto, or an earlier run was interrupted)"
-            % (current.prog_info.id, current.cgroup)
+            "program %d is not attached to %s (%s)" % (current.prog_info.id, current.cgroup, detach_cause(current))
         )
     return found
+
+
+def detach_cause(current):
+    """Why a program the meta record says is attached is not, as far as the kernel tells."""
+    if not os.path.isdir(current.cgroup):
+        return "the cgroup no longer exists; systemd removes a unit's cgroup when the unit stops"
+    recreated = (
+        "the cgroup was removed and re-created, as systemd does at every start of a unit (the module's unit: "
+        "option follows a service across restarts)"
+    )
+    if current.link_info is not None and current.link_info.cgroup_id != host.cgroup_id(current.cgroup):
+        return recreated
+    return "detached outside tcp_rto, or %s, or an earlier run was interrupted" % recreated
+
+
+def maps_edited(current):
+    """Whether the rules or config map differ from what tcp_rto last wrote (per the meta record)."""
+    recorded = (current.meta or {}).get("maps_sha256")
+    if not recorded or abi.RULES_MAP not in current.maps or abi.CONFIG_MAP not in current.maps:
+        return False
+    held_rules = [rule for rule, _slot in current.rules]
+    return model.maps_fingerprint(held_rules, current.default_jiffies, current.directions) != recorded
 
 
 def _map_findings(current, desired):

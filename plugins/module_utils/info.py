@@ -10,7 +10,7 @@ __metaclass__ = type
 import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, host, persistence
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import drift, features, host, persistence, service_unit
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 
@@ -36,7 +36,29 @@ def _support(release):
     return kernel, mount, reasons
 
 
-def _instance_view(current, record_names):
+def _unit_problem(unit, systemctl=None):
+    """Why a followed unit cannot attach its instance, or None (also when systemd cannot tell)."""
+    try:
+        service_unit.running_cgroup(unit, "/", systemctl)
+    except service_unit.UnitError as exc:
+        return str(exc) if "systemd has no unit" in str(exc) else None
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def _instance_state(current, problems):
+    """ok, detached, drift (maps edited outside tcp_rto) or damaged (pins or program missing)."""
+    if current.meta is None or not current.program_intact:
+        return "damaged"
+    if not current.attached:
+        return "detached"
+    if problems or drift.maps_edited(current):
+        return "drift"
+    return "ok"
+
+
+def _instance_view(current, record_names, persist_root):
     view = model.describe_current(current)
     hits = current.hits()
     for slot, rule in enumerate(view["rules"]):
@@ -49,10 +71,37 @@ def _instance_view(current, record_names):
         attached=current.attached,
         default_hits=hits.get(abi.DEFAULT_HIT_SLOT, 0),
         persistent=name in record_names,
-        problems=[problem for problem in [current.meta_problem] if problem]
-        + ([] if current.program_intact else ["program or maps missing or mismatched"]),
+        unit=persistence.recorded_unit(name, persist_root) if name in record_names else None,
     )
+    problems = [problem for problem in [current.meta_problem] if problem]
+    problems += [] if current.program_intact else ["program or maps missing or mismatched"]
+    view["state"] = _instance_state(current, problems)
+    if view["state"] == "detached" and current.prog_info is not None:
+        problems.append(
+            "detached: program %d is not attached to %s: %s"
+            % (current.prog_info.id, current.cgroup, drift.detach_cause(current))
+        )
+    if view["state"] == "drift" and drift.maps_edited(current):
+        problems.append("drift: the rules or config map was edited outside tcp_rto; apply the instance again")
+    unit_problem = _unit_problem(view["unit"]) if view["unit"] else None
+    if unit_problem:
+        problems.append("unit missing: " + unit_problem)
+    view["problems"] = problems
     return view
+
+
+def _not_loaded_problem(name, persist_root):
+    unit = persistence.recorded_unit(name, persist_root)
+    if unit:
+        return "recorded, not loaded: %s follows %s, whose next start loads it%s" % (
+            name,
+            unit,
+            "; " + _unit_problem(unit) if _unit_problem(unit) else "",
+        )
+    return (
+        "recorded, not loaded: %s has a record but the kernel does not hold it: its boot restore did not run "
+        "or failed (systemctl status tcp-rto@%s, journalctl -u tcp-rto@%s)" % (name, name, name)
+    )
 
 
 def _foreign(cgroup, own_ids):
@@ -73,12 +122,14 @@ def gather(pin_dir, cgroups=(), persist_root="/"):
         for name in sorted(os.listdir(pin_dir)):
             current = model.Current(os.path.join(pin_dir, name), link_info=link_info)
             try:
-                instances.append(_instance_view(current, record_names))
+                instances.append(_instance_view(current, record_names, persist_root))
                 own_ids += [current.prog_info.id] if current.prog_info else []
             finally:
                 current.close()
     for view in instances:
         view["foreign_programs"] = _foreign(view["cgroup"], own_ids) if view["cgroup"] else []
+    loaded = [view["name"] for view in instances]
+    not_loaded = [name for name in record_names if name not in loaded]
     return dict(
         supported=not reasons,
         unsupported_reasons=reasons,
@@ -86,6 +137,8 @@ def gather(pin_dir, cgroups=(), persist_root="/"):
         cgroup2_mount=mount,
         bpffs_mounted=bpffs_mounted,
         instances=instances,
-        recorded_not_loaded=[name for name in record_names if name not in [view["name"] for view in instances]],
+        recorded_not_loaded=not_loaded,
+        problems=["%s: %s" % (view["name"], problem) for view in instances for problem in view["problems"]]
+        + [_not_loaded_problem(name, persist_root) for name in not_loaded],
         foreign_programs={cgroup: _foreign(cgroup, own_ids) for cgroup in cgroups} if not reasons else {},
     )

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault, lock
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault, lock, service_unit
 
 MODULE_UTILS = "ansible_collections.netbpf.tcp_rto.plugins.module_utils"
 # The module_utils the restore imports, directly or not.
@@ -44,6 +44,7 @@ CODE_FILES = (
     "restore",
     "fault",
     "lock",
+    "service_unit",
 )
 RECORD_FORMAT = 1
 # Module parameters the record keeps: what reconcile.run needs to apply the instance again.
@@ -58,8 +59,15 @@ RECORDED = (
     "hz",
     "verify",
     "force_legacy_attach",
+    "unit",
 )
+# Keys a record of an earlier version may lack, and what they meant there.
+ADDED_KEYS = {"unit": None}
 UNIT_TEMPLATE = "tcp-rto@.service"
+UNIT_INSTANCE = "tcp-rto@%s.service"
+# Interpreters the boot unit may run as root, best first: the distribution's own Python 3 (whose
+# path survives upgrades of the minor version), then the one running now.
+SYSTEM_PYTHONS = ("/usr/bin/python3", "/usr/libexec/platform-python")
 
 UNIT_TEXT = """\
 # Installed by the Ansible collection netbpf.tcp_rto: restores the instance named %i after a boot.
@@ -74,7 +82,7 @@ Wants=network-online.target
 [Service]
 Type=oneshot
 RemainAfterExit=yes
-ExecStart={python} {script} %i
+ExecStart={python} -I {script} %i
 
 [Install]
 WantedBy=multi-user.target
@@ -122,6 +130,21 @@ class Layout:
 
     def wants_link(self, name):
         return os.path.join(self.unit_dir, "multi-user.target.wants", "tcp-rto@%s.service" % name)
+
+    def dropin(self, unit, name):
+        """The drop-in of unit that attaches the instance name at every start of the unit."""
+        return os.path.join(service_unit.dropin_dir(self.unit_dir, unit), service_unit.DROPIN_NAME % name)
+
+    def dropins(self, name):
+        """The drop-ins of name, of whatever unit (an instance that moved leaves the old one behind)."""
+        wanted = service_unit.DROPIN_NAME % name
+        if not os.path.isdir(self.unit_dir):
+            return []
+        return sorted(
+            os.path.join(self.unit_dir, entry, wanted)
+            for entry in os.listdir(self.unit_dir)
+            if entry.endswith(".service.d") and os.path.lexists(os.path.join(self.unit_dir, entry, wanted))
+        )
 
     def recorded_names(self):
         if not os.path.isdir(self.record_dir):
@@ -281,7 +304,7 @@ def _code(module):
 
 
 def record_content(params, object_sha256, object_path):
-    record = {key: params[key] for key in RECORDED}
+    record = {key: params.get(key) for key in RECORDED}
     record.update(format=RECORD_FORMAT, src=object_path, object_sha256=object_sha256)
     return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
@@ -291,7 +314,7 @@ def check_paths(name, root="/"):
     a symlink (or a directory where a file belongs) at a file of name or at a directory above it."""
     layout = Layout(root)
     code = [os.path.join(layout.code_dir, module + ".py") for module in CODE_FILES]
-    for path in [layout.record(name), layout.object(name), layout.script, layout.unit, *code]:
+    for path in [layout.record(name), layout.object(name), layout.script, layout.unit, *code, *layout.dropins(name)]:
         _check_dirs(layout, os.path.dirname(path))
         if os.path.islink(path):
             _refuse_symlink(path)
@@ -312,14 +335,16 @@ def _persistence_locked(root, check_mode):
         yield
 
 
-def install(params, object_path, object_sha256, root="/", python=None, check_mode=False):
-    """Record the instance and set up its boot-time restore; -> list of what changed."""
+def install(params, object_path, object_sha256, root="/", python=None, check_mode=False, systemd=None):
+    """Record the instance and set up its boot-time restore; -> list of what changed. The unit is
+    started afterwards, outside the instance lock: start_unit()."""
     with _persistence_locked(root, check_mode):
-        return _install(params, object_path, object_sha256, root, python, check_mode)
+        return _install(params, object_path, object_sha256, root, python, check_mode, systemd)
 
 
-def _install(params, object_path, object_sha256, root, python, check_mode):
+def _install(params, object_path, object_sha256, root, python, check_mode, systemd):
     layout = Layout(root)
+    systemd = systemd or Systemd(root)
     name = params["name"]
     changes = []
     # What a killed install of this instance left (the instance lock keeps other runs of it out;
@@ -350,12 +375,12 @@ def _install(params, object_path, object_sha256, root, python, check_mode):
     if code_changed:
         changes.append("copy restore code to %s" % layout.lib_dir)
     fault.point("persist_code_copied")
-    unit = UNIT_TEXT.format(
-        record_dir="/etc/tcp_rto" if root == "/" else layout.record_dir,
-        python=python or sys.executable,
-        script=layout.script,
+    python_path = python or boot_python()
+    record_path = os.path.join("/etc/tcp_rto" if root == "/" else layout.record_dir, name + ".json")
+    unit_text = UNIT_TEXT.format(
+        record_dir="/etc/tcp_rto" if root == "/" else layout.record_dir, python=python_path, script=layout.script
     )
-    if _write(layout, layout.unit, unit.encode("utf-8"), 0o644, check_mode):
+    if _write(layout, layout.unit, unit_text.encode("utf-8"), 0o644, check_mode):
         changes.append("install %s" % layout.unit)
     fault.point("persist_unit_written")
     if _write(
@@ -363,26 +388,42 @@ def _install(params, object_path, object_sha256, root, python, check_mode):
     ):
         changes.append("record %s" % layout.record(name))
     fault.point("persist_record_written")
-    if _symlink(layout, os.path.join("..", UNIT_TEMPLATE), layout.wants_link(name), check_mode):
-        changes.append("enable tcp-rto@%s.service" % name)
+    unit = params.get("unit")
+    for dropin in layout.dropins(name):
+        if (unit is None or dropin != layout.dropin(unit, name)) and _remove(layout, dropin, check_mode):
+            changes.append("remove %s" % dropin)
+    if unit is None:
+        if _symlink(layout, os.path.join("..", UNIT_TEMPLATE), layout.wants_link(name), check_mode):
+            changes.append("enable tcp-rto@%s.service" % name)
+    else:
+        # the unit's own starts attach the instance: no boot unit of its own
+        changes.extend(systemd.stop(name, check_mode))
+        if _remove(layout, layout.wants_link(name), check_mode):
+            changes.append("disable tcp-rto@%s.service" % name)
+        text = service_unit.dropin_text(name, unit, python_path, layout.script, record_path)
+        if _write(layout, layout.dropin(unit, name), text.encode("utf-8"), 0o644, check_mode):
+            changes.append("install %s (attaches at every start of %s)" % (layout.dropin(unit, name), unit))
     fault.point("persist_enabled")
     if changes and not check_mode:
-        _reload_systemd(root)
+        systemd.reload()
     return changes
 
 
-def remove(name, root="/", check_mode=False):
-    """Forget the instance: record, object, unit enablement, and the files a killed install left;
+def remove(name, root="/", check_mode=False, systemd=None):
+    """Forget the instance: its unit stopped (it has no ExecStop: the kernel keeps the instance) and
+    cleared of a failed state, record, object, unit enablement, and the files a killed install left;
     the shared files once no instance has a record (also when an earlier remove was killed after
     the record went)."""
     with _persistence_locked(root, check_mode):
-        return _remove_instance(name, root, check_mode)
+        return _remove_instance(name, root, check_mode, systemd)
 
 
-def _remove_instance(name, root, check_mode):
+def _remove_instance(name, root, check_mode, systemd):
     layout = Layout(root)
-    changes = []
-    for path in (layout.wants_link(name), layout.record(name), layout.object(name)):
+    systemd = systemd or Systemd(root)
+    changes = systemd.stop(name, check_mode)
+    dropins = layout.dropins(name)
+    for path in (*dropins, layout.wants_link(name), layout.record(name), layout.object(name)):
         for leftover in [path, *_temporaries(path)]:
             if _remove(layout, leftover, check_mode):
                 changes.append("remove %s" % leftover)
@@ -399,9 +440,33 @@ def _remove_instance(name, root, check_mode):
         for directory in (layout.record_dir, os.path.dirname(layout.wants_link(name))):
             if not check_mode and os.path.isdir(directory) and not os.listdir(directory):
                 os.rmdir(directory)
+    for dropin in dropins:
+        directory = os.path.dirname(dropin)
+        if not check_mode and os.path.isdir(directory) and not os.listdir(directory):
+            os.rmdir(directory)
     if changes and not check_mode:
-        _reload_systemd(root)
+        systemd.reload()
     return changes
+
+
+def recorded(name, root="/"):
+    """Whether name has a record (or a unit enablement) to forget."""
+    layout = Layout(root)
+    return bool(
+        os.path.lexists(layout.record(name)) or os.path.lexists(layout.wants_link(name)) or layout.dropins(name)
+    )
+
+
+def recorded_unit(name, root="/"):
+    """The unit a recorded instance follows, None for none or when the record cannot tell."""
+    layout = Layout(root)
+    try:
+        _check_dirs(layout, layout.record_dir)
+        record = json.loads((_read(layout.record(name)) or b"{}").decode("utf-8"))
+    except (RecordError, ValueError, OSError):
+        return None
+    unit = record.get("unit") if isinstance(record, dict) else None
+    return unit if isinstance(unit, str) else None
 
 
 def _is_int(value):
@@ -436,6 +501,7 @@ RECORD_TYPES = {
     "hz": (_optional(_is_int), "an integer or null"),
     "verify": (lambda value: isinstance(value, bool), "true or false"),
     "force_legacy_attach": (lambda value: isinstance(value, bool), "true or false"),
+    "unit": (_optional(_is_str), "a string or null"),
     "src": (_is_str, "a string"),
     "object_sha256": (_is_str, "a string"),
 }
@@ -447,7 +513,7 @@ def _check_record(record, name, layout):
         raise ValueError("not a JSON object")
     if record.get("format") != RECORD_FORMAT:
         raise ValueError("format is not %d" % RECORD_FORMAT)
-    missing = sorted(set(RECORD_TYPES) - set(record))
+    missing = sorted(set(RECORD_TYPES) - set(record) - set(ADDED_KEYS))
     if missing:
         raise ValueError("missing %s" % ", ".join(missing))
     unknown = sorted(set(record) - set(RECORD_TYPES))
@@ -455,7 +521,7 @@ def _check_record(record, name, layout):
         raise ValueError("unknown key(s) %s" % ", ".join(unknown))
     for key in sorted(RECORD_TYPES):
         check, expected = RECORD_TYPES[key]
-        if not check(record[key]):
+        if key in record and not check(record[key]):
             raise ValueError("%s is %s, expected %s" % (key, json.dumps(record[key])[:80], expected))
     if record["name"] != name:
         raise ValueError("it names the instance %r" % record["name"])
@@ -491,12 +557,109 @@ def read_record(name, root="/"):
             "again with Ansible to copy it"
             % (record["src"], "missing" if content is None else "another file", path, record["object_sha256"])
         )
-    return {key: record[key] for key in (*RECORDED, "src")}
+    return {key: record.get(key, ADDED_KEYS.get(key)) for key in (*RECORDED, "src")}
 
 
-def _reload_systemd(root):
-    """Tell a running systemd about unit changes (nothing to do in a test root or without systemd)."""
-    if root == "/" and os.path.isdir("/run/systemd/system"):
-        # module_utils here are plain stdlib Python (the boot-time restore imports them without
-        # Ansible): no AnsibleModule, so no run_command.
-        subprocess.call(["systemctl", "daemon-reload"])  # pylint: disable=ansible-bad-function
+class Systemd:
+    """systemctl for the instance units, when systemd runs the host this code runs on (root "/");
+    every call is a no-op under a test root or without systemd. run: how to call systemctl (tests)."""
+
+    def __init__(self, root="/", run=None):
+        self.live = run is not None or (root == "/" and os.path.isdir("/run/systemd/system"))
+        self.run = run or _systemctl
+
+    def reload(self):
+        if self.live:
+            self.run("daemon-reload")
+
+    def state(self, name):
+        """ActiveState of the instance's unit: active, inactive, failed, activating, ..."""
+        if not self.live:
+            return "inactive"
+        return self.run("show", "--property=ActiveState", "--value", UNIT_INSTANCE % name)[1].strip()
+
+    def stop(self, name, check_mode):
+        """Stop the unit and clear a failed state (systemd would list it as failed or not-found)."""
+        if self.state(name) in ("inactive", ""):
+            return []
+        if not check_mode:
+            self.run("stop", UNIT_INSTANCE % name)
+            self.run("reset-failed", UNIT_INSTANCE % name)
+        return ["stop %s" % UNIT_INSTANCE % name]
+
+    def start(self, name, check_mode):
+        """Start the unit unless active, after clearing a failed state (a failed boot restore that
+        this run fixed). The unit's restore applies the record the run just wrote: it finds the
+        kernel as the run left it and changes nothing. RecordError when it fails."""
+        state = self.state(name)
+        if not self.live or state == "active":
+            return []
+        if not check_mode:
+            if state == "failed":
+                self.run("reset-failed", UNIT_INSTANCE % name)
+            code, output = self.run("start", UNIT_INSTANCE % name)
+            if code != 0:
+                raise RecordError(
+                    "the instance is applied and recorded, but its boot unit %s failed to start (%s): see "
+                    "journalctl -u %s" % (UNIT_INSTANCE % name, output.strip(), UNIT_INSTANCE % name)
+                )
+        return ["start %s" % UNIT_INSTANCE % name]
+
+
+def _systemctl(*args):
+    """-> (exit code, stdout and stderr). module_utils here are plain stdlib Python (the boot-time
+    restore imports them without Ansible): no AnsibleModule, so no run_command."""
+    proc = subprocess.Popen(  # pylint: disable=ansible-bad-function
+        ["systemctl", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True
+    )
+    output = proc.communicate()[0]
+    return proc.returncode, output
+
+
+def start_unit(name, root="/", check_mode=False, systemd=None):
+    """After a persistent run, outside its instance lock (the unit's restore takes it): the unit
+    active, as it would be after a boot; -> list of what changed."""
+    return (systemd or Systemd(root)).start(name, check_mode)
+
+
+def _python_problem(path):
+    """Why path may not be the interpreter tcp-rto@.service runs as root at boot, or None: it, what
+    it links to and every directory above them must be root-owned and writable by no one else."""
+    if not os.path.isabs(path):
+        return "not an absolute path"
+    real = os.path.realpath(path)
+    checked = [path, real]
+    for start in (os.path.dirname(path), os.path.dirname(real)):
+        while True:
+            checked.append(start)
+            if start == os.path.dirname(start):
+                break
+            start = os.path.dirname(start)
+    for each in checked:
+        try:
+            status = os.stat(each) if each == path else os.lstat(each)
+        except OSError as exc:
+            return "%s: %s" % (each, exc.strerror)
+        if stat.S_ISLNK(status.st_mode):
+            continue  # a link's own mode means nothing; its target is checked
+        if status.st_uid != 0 or status.st_mode & 0o022:
+            return "%s is owned by uid %d with mode %04o" % (each, status.st_uid, status.st_mode & 0o7777)
+    if not (stat.S_ISREG(os.stat(real).st_mode) and os.access(real, os.X_OK)):
+        return "%s is not an executable file" % real
+    return None
+
+
+def boot_python(candidates=None):
+    """The interpreter the boot unit runs (with -I): the first of candidates (default: the system's
+    Python 3, then this run's interpreter) that is root-owned and writable by no one else, down to
+    /. RecordError naming each candidate's problem when none is."""
+    problems = []
+    for candidate in candidates or (*SYSTEM_PYTHONS, sys.executable):
+        problem = _python_problem(candidate)
+        if problem is None:
+            return candidate
+        problems.append("%s (%s)" % (candidate, problem))
+    raise RecordError(
+        "no interpreter the boot unit can safely run as root: %s. Install the distribution's python3 "
+        "(/usr/bin/python3), or run with a root-owned interpreter that only root can change" % "; ".join(problems)
+    )

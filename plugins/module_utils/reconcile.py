@@ -22,12 +22,29 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     lock,
     persistence,
     probe,
+    service_unit,
 )
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject, BpfObjectError, check_contract
 
 PROBE_ADDRESS = "127.0.0.1"
+
+
+# persistent as the boot-time code passes it: it applies the record and changes nothing of it.
+PERSISTENCE_UNTOUCHED = "untouched"
+
+
+def persistence_step(params):
+    """What a run with state present does to the instance's persistence: "record" (persistent: true,
+    or omitted for an instance that has a record, which follows the new parameters), "forget"
+    (persistent: false on a recorded instance) or None."""
+    persistent = params.get("persistent")
+    if persistent is True:
+        return "record"
+    if persistent not in (None, False) or not persistence.recorded(params["name"], _persist_root(params)):
+        return None
+    return "forget" if persistent is False else "record"
 
 
 class VerificationFailed(Exception):
@@ -48,6 +65,7 @@ ERRORS = (
     bpf.BpfError,
     persistence.RecordError,
     lock.LockedError,
+    service_unit.UnitError,
     EnvironmentError,
 )
 
@@ -145,40 +163,52 @@ def give_up_seconds(desired):
 def run(params, check_mode=False, diff=False):
     """Bring the instance to what params describe (state present or absent); -> the result dict.
     Raises one of ERRORS; VerificationFailed after an apply whose handshakes do not match."""
-    result = dict(changed=False, actions=[], foreign_programs=[], drift=[], conflicts=[])
+    result = dict(changed=False, actions=[], foreign_programs=[], drift=[], conflicts=[], warnings=[])
     kernel = preflight(params, result)
-    desired = desired_instance(params, kernel, result["kernel"]["hz"]) if params["state"] == "present" else None
-    if desired is None or params.get("persistent"):
+    params = follow_unit(params, result)
+    desired = None
+    if params["state"] == "present":
+        desired = desired_instance(params, kernel, result["kernel"]["hz"], pending=result.get("unit_running") is False)
+    step = persistence_step(params) if desired is not None else None
+    if desired is None or step:
         persistence.check_paths(params["name"], _persist_root(params))
     if check_mode:  # reads only: no need to keep other runs out
-        _reconcile(params, desired, kernel, check_mode, diff, result)
+        _reconcile(params, desired, kernel, step, check_mode, diff, result)
     else:
         with lock.InstanceLock(
             params["name"], params["pin_dir"], params.get("lock_timeout", lock.DEFAULT_TIMEOUT)
         ) as held:
             try:
                 fault.point("lock_taken")
-                _reconcile(params, desired, kernel, check_mode, diff, result)
+                _reconcile(params, desired, kernel, step, check_mode, diff, result)
             finally:
                 if not os.path.isdir(os.path.join(params["pin_dir"], params["name"])):
                     held.remove_file()  # no instance (absent, or a refused first run): no lock file either
+    if step == "record" and not params.get("unit"):
+        # outside the lock: the unit's restore takes it
+        result["actions"].extend(persistence.start_unit(params["name"], _persist_root(params), check_mode))
     result["changed"] = bool(result["actions"])
+    if not result["warnings"]:
+        del result["warnings"]
     return result
 
 
-def _reconcile(params, desired, kernel, check_mode, diff, result):
-    converge(params, desired, kernel, check_mode, diff, result)
+def _reconcile(params, desired, kernel, step, check_mode, diff, result):
+    if result.get("unit_running") is not False:
+        converge(params, desired, kernel, check_mode, diff, result)
     fault.point("converged")
+    root = _persist_root(params)
     if desired is None:
-        result["actions"].extend(persistence.remove(params["name"], _persist_root(params), check_mode))
+        result["actions"].extend(persistence.remove(params["name"], root, check_mode))
     else:
-        report(params, desired, kernel, check_mode, result)
-        if params.get("persistent"):
+        if result.get("unit_running") is not False:
+            report(params, desired, kernel, check_mode, result)
+        if step == "record":
             result["actions"].extend(
-                persistence.install(
-                    params, params["src"], desired.object.sha256, _persist_root(params), check_mode=check_mode
-                )
+                persistence.install(params, params["src"], desired.object.sha256, root, check_mode=check_mode)
             )
+        elif step == "forget":
+            result["actions"].extend(persistence.remove(params["name"], root, check_mode))
 
 
 def _persist_root(params):
@@ -200,10 +230,39 @@ def preflight(params, result):
     return kernel
 
 
-def desired_instance(params, kernel, hz):
-    """The instance params ask for, fully validated (cgroup, object, rules) before any change."""
+def follow_unit(params, result):
+    """For unit: params with cgroup set to the running unit's cgroup, and result["unit_running"];
+    for cgroup: a warning when it is a unit's cgroup, which systemd replaces at every start."""
+    unit = params.get("unit")
+    if not unit:
+        owner = service_unit.unit_of_cgroup(params.get("cgroup"))
+        if owner and params["state"] == "present":
+            result["warnings"].append(
+                "cgroup %s belongs to the systemd unit %s, which gets a new cgroup at every start: the instance "
+                "stays on the old one. Give unit: %s instead to follow it across restarts and reboots"
+                % (params["cgroup"], owner, owner)
+            )
+        return params
+    if params.get("cgroup"):
+        raise model.ConfigError("cgroup and unit are exclusive: give one (unit: follows the unit's cgroup)")
+    if params["state"] == "absent":
+        return params  # the pins say where the instance is attached
+    if params.get("persistent") is False:
+        raise model.ConfigError(
+            "unit: %s attaches the instance at every start of the unit from its record: set persistent: true" % unit
+        )
+    cgroup = service_unit.running_cgroup(unit, host.cgroup2_mount())
+    result["unit_running"] = cgroup is not None
+    if cgroup is None:
+        result["warnings"].append("%s does not run: the instance is recorded, and its next start attaches it" % unit)
+    return dict(params, cgroup=cgroup)
+
+
+def desired_instance(params, kernel, hz, pending=False):
+    """The instance params ask for, fully validated (cgroup, object, rules) before any change; with
+    pending (a unit that does not run yet) the cgroup is not resolved."""
     cgroup_root = host.cgroup2_mount()
-    cgroup = host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
+    cgroup = None if pending else host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
     if not params["src"]:
         raise model.ConfigError(
             "src is required: run the module as netbpf.tcp_rto.tcp_initial_rto so that "
@@ -249,7 +308,7 @@ def converge(params, desired, kernel, check_mode, diff, result):
                 )
             warnings = [warning for warning in warnings if warning]
             if warnings:
-                result["warnings"] = warnings
+                result.setdefault("warnings", []).extend(warnings)
         else:
             others = model.instances_on_cgroup(params["pin_dir"], desired.cgroup, exclude=params["name"])
             if others:

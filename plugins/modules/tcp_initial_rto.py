@@ -62,7 +62,25 @@ options:
         it and in its descendants get the initial RTO.
       - Defaults to the root of the cgroup v2 mount found in C(/proc/mounts), that is every socket of
         the host.
+      - Not for a systemd service's own cgroup (C(.../system.slice/api.service)), which systemd replaces
+        at every start of the service while the instance stays on the old one (the task warns). Give
+        O(unit) instead.
+      - Mutually exclusive with O(unit).
     type: path
+  unit:
+    description:
+      - A systemd service (full name, like V(api.service)) whose processes get the initial RTO, across
+        C(systemctl restart), stop and start, C(daemon-reload) and reboots, from the first connect of
+        every start.
+      - The module installs the drop-in C(/etc/systemd/system/<unit>.d/tcp-rto-<name>.conf), whose
+        C(ExecStartPre=+) command attaches the instance to the service's new cgroup before the
+        service's main process starts (loading it from the record after a boot). A failed attach
+        does not keep the service from starting; the journal of the service says why.
+      - When the service runs, the instance is attached to its cgroup right away and verified there;
+        when it does not, it is recorded and its next start attaches it (the task warns).
+      - Needs systemd as PID 1 and O(persistent=true). No C(tcp-rto@<name>.service) unit is enabled
+        for it. Mutually exclusive with O(cgroup).
+    type: str
   rules:
     description:
       - Destination networks and the initial RTO of connections to (outgoing) or from (incoming)
@@ -154,12 +172,22 @@ options:
     description:
       - Keep the instance across reboots. The module records its parameters in
         C(/etc/tcp_rto/<name>.json), copies the object and the collection's own Python code (standard
-        library only) to C(/var/lib/tcp_rto/), and enables the systemd unit C(tcp-rto@<name>.service)
-        (a oneshot ordered before C(network-online.target)) that applies the record at boot with
-        that code. No Ansible, compiler or bpftool is needed at boot.
+        library only) to C(/var/lib/tcp_rto/), and enables and starts the systemd unit
+        C(tcp-rto@<name>.service) (a oneshot ordered before C(network-online.target)) that applies
+        the record at boot with that code, verified on real handshakes when O(verify=true). No
+        Ansible, compiler or bpftool is needed at boot.
+      - The unit runs the system's Python (C(/usr/bin/python3) when it is safe) with C(-I). The
+        interpreter, what it links to and every directory above them must be owned by root and
+        writable by no one else, else the task fails before any change.
+      - V(false) on an instance that has a record removes the record, and stops and disables its unit
+        (the unit file and the copied code go with the last record); the kernel keeps the instance
+        until the next boot.
+      - Omitted, an instance that has a record keeps it, rewritten with these parameters (so the next
+        boot applies what the kernel holds now); an instance without one gets none.
+      - A unit left failed (a failed boot restore) is reset and started by the next run that records
+        the instance.
       - O(state=absent) removes the record, the unit and the copied files whatever this option says.
     type: bool
-    default: false
   persist_root:
     description:
       - Test aid (and for building images). Directory that stands for C(/) for the files O(persistent)
@@ -218,10 +246,11 @@ EXAMPLES = r"""
       - dest: fd00::/8
         rto_ms: 50
 
-- name: Only the SYNs of one service's own connects, with a default for everything else
+- name: Only the SYNs of one service's own connects, across its restarts and reboots
   netbpf.tcp_rto.tcp_initial_rto:
     name: api
-    cgroup: /sys/fs/cgroup/system.slice/api.service
+    unit: api.service
+    persistent: true
     direction: outgoing
     rules:
       - dest: 192.0.2.0/24
@@ -328,6 +357,13 @@ drift:
   type: list
   elements: str
   sample: ["rules map: 10.0.0.0/8 holds 250 jiffies, tcp_rto wrote 13"]
+unit_running:
+  description:
+    - With O(unit), whether the service ran, so that the instance was attached to its cgroup now;
+      V(false) means its next start attaches it.
+  returned: when O(unit) is given and O(state=present)
+  type: bool
+  sample: true
 actions:
   description: What was (or in check mode would be) changed.
   returned: always
@@ -350,6 +386,7 @@ ARGUMENT_SPEC = dict(
     name=dict(type="str", required=True),
     state=dict(type="str", choices=["present", "absent"], default="present"),
     cgroup=dict(type="path"),
+    unit=dict(type="str"),
     rules=dict(
         type="list",
         elements="dict",
@@ -367,7 +404,7 @@ ARGUMENT_SPEC = dict(
     verify=dict(type="bool", default=True),
     src=dict(type="path"),
     force_legacy_attach=dict(type="bool", default=False),
-    persistent=dict(type="bool", default=False),
+    persistent=dict(type="bool"),
     persist_root=dict(type="path", default="/"),
     lock_timeout=dict(type="int", default=60),
 )

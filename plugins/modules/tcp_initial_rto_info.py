@@ -109,16 +109,42 @@ instances:
     default_rto_ms: {description: Value for connections matching no rule (null = kernel default)., type: float}
     default_hits: {description: Connections that got the default., type: int}
     persistent: {description: Whether a record restores it at boot., type: bool}
-    problems: {description: What is wrong with its kernel objects (empty when nothing)., type: list, elements: str}
+    unit:
+      description:
+        - The systemd service whose starts attach it (the module's
+          O(netbpf.tcp_rto.tcp_initial_rto#module:unit)), or null.
+      type: str
+    state:
+      description:
+        - V(ok); V(detached) (the program is not attached to its cgroup, for example because the cgroup was
+          removed or re-created, as systemd does at every start of a unit); V(drift) (a map edited outside
+          tcp_rto, or the unit it follows is missing); V(damaged) (pins or the program missing).
+      type: str
+      sample: ok
+    problems:
+      description: What is wrong with it, each with the reason (empty when its state is V(ok)).
+      type: list
+      elements: str
     foreign_programs: {description: Other sock_ops programs attached to its cgroup., type: list, elements: dict}
   sample: [{name: dc, cgroup: /sys/fs/cgroup, attached: true, attach_mode: link, program_id: 42, direction: both,
             rules: [{dest: 10.0.0.0/8, rto_ms: 52, rto_jiffies: 13, hits: 1200}], default_rto_ms: null,
-            default_hits: 0, persistent: true, problems: [], foreign_programs: []}]
+            default_hits: 0, persistent: true, unit: null, state: ok, problems: [], foreign_programs: []}]
 recorded_not_loaded:
   description: Persistent instances whose record exists but which the kernel does not hold (not restored yet).
   returned: always
   type: list
   elements: str
+problems:
+  description:
+    - Every problem of the host's instances, as C(<name>) followed by a colon and the problem, and one
+      line per recorded instance the kernel does not hold (its boot restore did not run or failed, or
+      the service it follows has not started), each with where to look. Empty on a healthy host.
+  returned: always
+  type: list
+  elements: str
+  sample:
+    - "api: detached: program 42 is not attached to /sys/fs/cgroup/system.slice/api.service: the cgroup was
+      removed and re-created, ..."
 foreign_programs:
   description: For each cgroup of O(cgroups), the sock_ops programs attached to it.
   returned: always

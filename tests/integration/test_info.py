@@ -1,6 +1,7 @@
 """netbpf.tcp_rto.tcp_initial_rto_info through ansible-playbook, checked against bpftool."""
 
 import os
+import shutil
 import subprocess
 
 import pytest
@@ -67,9 +68,41 @@ def test_reports_drift(playbook, cgroup, bpffs):
     subprocess.run(
         ["bpftool", "cgroup", "detach", cgroup, "sock_ops", "id", str(applied["instance"]["program_id"])], check=True
     )
-    [instance] = gather(playbook, pin_dir=pin_dir)["instances"]
+    report = gather(playbook, pin_dir=pin_dir)
+    [instance] = report["instances"]
     assert instance["attached"] is False
     assert instance["default_rto_ms"] == 300
+    assert instance["state"] == "detached"
+    assert "detached outside tcp_rto" in instance["problems"][0]
+    assert report["problems"] == ["dc: " + instance["problems"][0]]
+
+
+def test_a_recreated_cgroup_is_a_detached_instance_with_its_cause(playbook, cgroup, bpffs):
+    """What a restart of a systemd service does to an instance on its cgroup."""
+    pin_dir = os.path.join(bpffs, "tcp_rto")
+    service = os.path.join(cgroup, "api.service")
+    os.mkdir(service)
+    playbook.module(name="api", cgroup=service, pin_dir=pin_dir, mount_bpffs=False, rto_ms=300)
+    assert gather(playbook, pin_dir=pin_dir)["instances"][0]["state"] == "ok"
+    os.rmdir(service)
+    os.mkdir(service)
+    report = gather(playbook, pin_dir=pin_dir)
+    [instance] = report["instances"]
+    assert instance["state"] == "detached"
+    [problem] = instance["problems"]
+    assert "the cgroup was removed and re-created, as systemd does at every start of a unit" in problem
+    assert report["problems"] == ["api: " + problem]
+
+
+def test_a_recorded_instance_the_kernel_does_not_hold_is_a_problem(playbook, cgroup, bpffs, tmp_path):
+    pin_dir = os.path.join(bpffs, "tcp_rto")
+    root = str(tmp_path / "root")
+    playbook.module(name="dc", cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, persistent=True, persist_root=root)
+    shutil.rmtree(os.path.join(pin_dir, "dc"))  # as after a boot whose restore failed
+    report = gather(playbook, pin_dir=pin_dir, persist_root=root)
+    assert report["instances"] == [] and report["recorded_not_loaded"] == ["dc"]
+    [problem] = report["problems"]
+    assert problem.startswith("recorded, not loaded: dc ") and "journalctl -u tcp-rto@dc" in problem
 
 
 def test_old_kernel_is_unsupported_with_its_reason(monkeypatch):

@@ -108,6 +108,14 @@ def test_instances_need_distinct_names(fleet):
     assert [cgroup_program_ids(path) for path in cgroups.values()] == [[], []]
 
 
+def test_instance_with_a_cgroup_does_not_take_the_unit_variable(fleet):
+    """cgroup and unit are exclusive: an instance that gives one takes neither from the variables."""
+    cgroups = child_cgroups(fleet, "h1", ["dc"])
+    run = rollout_instances(fleet, cgroups, dict(dc=300), tcp_rto_unit="api.service", tcp_rto_persistent=False)
+    assert run.returncode == 0, run.output
+    assert rto_ms_of(cgroups) == dict(dc=300)
+
+
 def write_groups(fleet, tmp_path, groups):
     """The fleet's inventory, with h1 also in each group of groups ({group: {variable: value}}),
     whose variables come from group_vars/<group>.yml next to the inventory."""

@@ -1,10 +1,13 @@
 """persistent: true keeps an instance across a reboot, simulated by removing every kernel object of
 the instance and running the ExecStart line of its systemd unit. Files go under a test root."""
 
+import json
 import os
 import shlex
 import shutil
+import signal
 import subprocess
+import time
 
 import pytest
 from bpf_inventory import snapshot
@@ -83,6 +86,7 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
                 "reconcile",
                 "restore",
                 "rto_program",
+                "service_unit",
             )
         ]
     )
@@ -176,3 +180,79 @@ def test_absent_removes_every_file(playbook, args, root, cgroup):
     playbook.module(state="absent", **other)
     assert files_under(root) == []
     assert playbook.module(state="absent", **args)["changed"] is False
+
+
+def test_not_persistent_any_more_forgets_the_record(playbook, args, root, cgroup):
+    playbook.module(**args)
+    forgotten = playbook.module(**dict(args, persistent=False))
+    assert forgotten["status"] == "ok", forgotten["_output"]
+    assert forgotten["changed"] is True
+    assert files_under(root) == []  # the only instance: the unit and the copied code go too
+    assert observed_rto_us(cgroup) == 200000  # the kernel keeps it until the next boot
+    assert playbook.module(**dict(args, persistent=False))["changed"] is False
+
+
+def test_not_persistent_keeps_the_unit_another_instance_needs(playbook, args, root, cgroup):
+    playbook.module(**args)
+    other = dict(args, name="other", cgroup=os.path.join(cgroup, "other"))
+    os.mkdir(other["cgroup"])
+    playbook.module(**other)
+    playbook.module(**dict(args, persistent=False))
+    assert not [path for path in files_under(root) if "boot" in path]
+    assert "etc/systemd/system/tcp-rto@.service" in files_under(root)
+    assert "etc/tcp_rto/other.json" in files_under(root)
+
+
+def test_boot_unit_runs_a_system_python_isolated(playbook, args, root):
+    playbook.module(**args)
+    command = exec_start(root, "boot")
+    assert command[:2] == ["/usr/bin/python3", "-I"]
+
+
+def test_restore_waits_for_a_cgroup_made_after_boot(playbook, args, root, cgroup, tmp_path):
+    """At boot a cgroup can appear after the restore ran (made by a unit ordered after
+    network-online.target, which the restore is ordered before): the restore succeeds at once and a
+    process of its unit applies the instance when the cgroup appears."""
+    late = os.path.join(cgroup, "late")
+    os.mkdir(late)
+    playbook.module(**dict(args, cgroup=late))
+    reboot(args)
+    os.rmdir(late)
+    log = str(tmp_path / "restore.log")
+    with open(log, "w") as out:
+        restore = subprocess.run(
+            exec_start(root, "boot"), stdout=out, stderr=subprocess.STDOUT, timeout=60, check=False
+        )
+    with open(log) as handle:
+        said = handle.read()
+    assert restore.returncode == 0, said
+    assert "cgroup %s does not exist yet; process " % late in said
+    waiter = int(said.split("; process ")[1].split()[0])
+    try:
+        os.mkdir(late)
+        for _second in range(120):  # a bound, not an expectation: the waiter exits once applied
+            if not os.path.exists("/proc/%d" % waiter):
+                break
+            time.sleep(1)
+        with open(log) as handle:
+            said = handle.read()
+        assert "tcp-rto restore of boot: " in said.split("appears\n", 1)[1], said
+        assert observed_rto_us(late) == 200000
+    finally:
+        if os.path.exists("/proc/%d" % waiter):
+            os.kill(waiter, signal.SIGKILL)
+
+
+def test_persistent_omitted_keeps_a_record_up_to_date(playbook, args, root):
+    """Omitted, persistent neither creates a record nor leaves one with parameters the kernel no
+    longer holds (the next boot would restore those)."""
+    omitted = {key: value for key, value in args.items() if key != "persistent"}
+    other = playbook.module(**dict(omitted, name="other"))
+    assert other["status"] == "ok", other["_output"]
+    assert not os.path.exists(os.path.join(root, "etc/tcp_rto/other.json"))
+    playbook.module(**dict(omitted, name="other", state="absent"))
+    playbook.module(**args)
+    updated = playbook.module(**dict(omitted, rules=[{"dest": "127.0.0.0/8", "rto_ms": 300}]))
+    assert "record %s/etc/tcp_rto/boot.json" % root in updated["actions"]
+    with open(os.path.join(root, "etc/tcp_rto/boot.json")) as handle:
+        assert json.load(handle)["rules"] == [{"dest": "127.0.0.0/8", "rto_ms": 300}]
