@@ -17,19 +17,19 @@ SHIPPED = os.path.join(REPO, "plugins", "plugin_utils", "tcp_initial_rto.bpf.o")
 LEGACY_MAPS = """struct bpf_map_def { __u32 type, key_size, value_size, max_entries, map_flags; };
 
 struct bpf_map_def SEC("maps") rules = {
-	.type = BPF_MAP_TYPE_LPM_TRIE, .key_size = sizeof(struct rule_key),
-	.value_size = sizeof(struct rule_value), .max_entries = MAX_RULES,
-	.map_flags = BPF_F_NO_PREALLOC,
+\t.type = BPF_MAP_TYPE_LPM_TRIE, .key_size = sizeof(struct rule_key),
+\t.value_size = sizeof(struct rule_value), .max_entries = MAX_RULES,
+\t.map_flags = BPF_F_NO_PREALLOC,
 };
 
 struct bpf_map_def SEC("maps") config = {
-	.type = BPF_MAP_TYPE_ARRAY, .key_size = sizeof(__u32),
-	.value_size = sizeof(struct config_value), .max_entries = 1,
+\t.type = BPF_MAP_TYPE_ARRAY, .key_size = sizeof(__u32),
+\t.value_size = sizeof(struct config_value), .max_entries = 1,
 };
 
 struct bpf_map_def SEC("maps") hits = {
-	.type = BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = sizeof(__u32),
-	.value_size = sizeof(__u64), .max_entries = MAX_RULES + 1,
+\t.type = BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = sizeof(__u32),
+\t.value_size = sizeof(__u64), .max_entries = MAX_RULES + 1,
 };
 
 """

@@ -820,14 +820,14 @@ def _btf_map_definition(btf, name, var_type):
             )
     if values["pinning"]:
         raise BpfObjectError(
-            "%s: pinning %d is not supported: the collection pins its maps itself" % (what, values["pinning"])
+            "%s: pinning %s is not supported: the collection pins its maps itself" % (what, values["pinning"])
         )
     sizes = {}
     for field in BTF_MAP_TYPE_FIELDS:
         size = btf.size(types[field], "map %r %s" % (name, field)) if types[field] else None
         declared = values[field + "_size"]
         if size is not None and declared is not None and size != declared:
-            raise BpfObjectError("%s: %s_size %d but its %s type is %d bytes" % (what, field, declared, field, size))
+            raise BpfObjectError("%s: %s_size %s but its %s type is %s bytes" % (what, field, declared, field, size))
         sizes[field] = size if size is not None else declared or 0
     spec = MapSpec(
         name,

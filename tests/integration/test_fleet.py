@@ -67,9 +67,9 @@ class Fleet:
             **extra_vars,
         )
 
-    def rto_ms(self, hosts=HOSTS):
-        """The initial RTO a socket in each host's cgroup gets, per the kernel."""
-        return {host: observed_rto_us(self.cgroups[host]) // 1000 for host in hosts}
+    def rto_ms(self, hosts=None):
+        """The initial RTO a socket in each host's cgroup gets, per the kernel (every host by default)."""
+        return {host: observed_rto_us(self.cgroups[host]) // 1000 for host in hosts or HOSTS}
 
     def etc_files(self, host):
         """The files of the host's /etc/tcp_rto (records and history)."""
