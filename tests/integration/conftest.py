@@ -121,6 +121,19 @@ def observed_rto_us(cgroup, address="127.0.0.1"):
     return int(out)
 
 
+def run_as_systemd(command, timeout=60):
+    """command as a unit's Exec line runs: systemd's minimal PATH, output captured as text."""
+    return subprocess.run(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        universal_newlines=True,
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
+        timeout=timeout,
+        check=False,
+    )
+
+
 def kernel_hz():
     """CONFIG_HZ as the module finds it: the module's own discovery, not a copy of it."""
     return reconcile.discover_hz(dict(hz=None), os.uname()[2])[0]

@@ -7,12 +7,11 @@ import hashlib
 import os
 import shlex
 import shutil
-import subprocess
 
 import pytest
 import sandbox
 from bpf_objects import SHIPPED
-from conftest import cgroup_program_ids, observed_rto_us
+from conftest import cgroup_program_ids, observed_rto_us, run_as_systemd
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
 
@@ -61,15 +60,7 @@ def start_service(root, cgroup):
     sandbox.remove_cgroup_tree(cgroup)
     os.mkdir(cgroup)
     command = "echo $$ > %s/cgroup.procs && exec %s" % (cgroup, " ".join(shlex.quote(a) for a in exec_start_pre(root)))
-    return subprocess.run(
-        ["sh", "-c", command],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        timeout=120,
-        check=False,
-    )
+    return run_as_systemd(["sh", "-c", command], timeout=120)
 
 
 def test_dropin_attaches_at_every_start_and_after_a_boot(root, bpffs, cgroup):
@@ -90,14 +81,7 @@ def test_dropin_attaches_at_every_start_and_after_a_boot(root, bpffs, cgroup):
 
 def test_boot_unit_refuses_an_instance_that_follows_a_unit(root, bpffs):
     record_for_unit(root, bpffs)
-    restore = subprocess.run(
-        ["/usr/bin/python3", "-I", os.path.join(root, "var/lib/tcp_rto/restore.py"), "api"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
-        timeout=60,
-        check=False,
-    )
+    restore = run_as_systemd(["/usr/bin/python3", "-I", os.path.join(root, "var/lib/tcp_rto/restore.py"), "api"])
     assert restore.returncode == 1
     assert "follows the unit api.service" in restore.stderr
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 from bpf_inventory import snapshot
-from conftest import cgroup_program_ids, observed_rto_us
+from conftest import cgroup_program_ids, observed_rto_us, run_as_systemd
 
 pytestmark = pytest.mark.kernel
 
@@ -114,15 +114,7 @@ def test_restore_after_reboot(playbook, args, root, cgroup):
     assert cgroup_program_ids(cgroup) == []
     assert observed_rto_us(cgroup) == 1000000
 
-    restore = subprocess.run(
-        exec_start(root, "boot"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
-        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"},
-        timeout=60,
-        check=False,
-    )
+    restore = run_as_systemd(exec_start(root, "boot"))
     assert restore.returncode == 0, restore.stderr
     assert '"ok": true' in restore.stdout
     assert observed_rto_us(cgroup) == 200000
@@ -148,14 +140,7 @@ def test_bad_record_fails_loudly_and_touches_nothing(playbook, args, root, cgrou
     else:
         os.unlink(record)
     before = snapshot([cgroup])["cgroups"]
-    restore = subprocess.run(
-        exec_start(root, "boot"),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        universal_newlines=True,
-        timeout=60,
-        check=False,
-    )
+    restore = run_as_systemd(exec_start(root, "boot"))
     assert restore.returncode == 1
     assert restore.stderr.startswith("tcp-rto restore of boot failed: ")
     assert {"corrupt": "is not valid", "edited": "rto_ms must be positive", "missing": "no record"}[
