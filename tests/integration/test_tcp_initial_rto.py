@@ -195,8 +195,12 @@ def test_new_object_replaces_program(playbook, args, cgroup, variant_source, leg
 )
 def test_direction(playbook, args, cgroup, direction, checked):
     result = playbook.module(rto_ms=500, direction=direction, **args)
-    assert result["verification"]["ok"] is True, result["_output"]
-    assert {check["direction"]: check["observed_ms"] for check in result["verification"]["checks"]} == checked
+    checks = {check["direction"]: check for check in result["verification"]["checks"]}
+    assert {name: check["expected_ms"] for name, check in checks.items()} == checked
+    # each check compares its expectation with what the kernel did (the SYN-ACK side within its
+    # reading's window: a loaded machine can make that reading an estimate, 500 give or take jiffies)
+    assert all(check["ok"] for check in checks.values()), result["_output"]
+    assert checks["outgoing"]["observed_ms"] == checked["outgoing"]
     assert observed_rto_us(cgroup) == checked["outgoing"] * 1000
 
 
