@@ -1,6 +1,6 @@
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Carrying out a plan (instance.plan_present / plan_absent) on the kernel.
+"""Carrying out a plan (plan.plan_present / plan_absent) on the kernel.
 
 New objects are pinned under temporary names and renamed into place (atomic in bpffs) only once
 attached; a failure undoes everything the call made. Plain stdlib, usable without Ansible."""
@@ -10,34 +10,22 @@ from __future__ import absolute_import, division, print_function
 __metaclass__ = type
 
 import errno
-import json
 import os
 import time
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import (
-    ATTACH_LINK,
-    ATTACH_MULTI,
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, fault, pins, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.coexistence import attached_program_ids
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import ATTACH_LINK, ATTACH_MULTI, ConfigError
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.pins import (
     LINK_PIN,
-    META_FORMAT,
-    META_IPV6_MAPPED,
     META_MAP,
     META_VALUE_SIZE,
     NEW_PIN_PREFIX,
     PROG_PIN,
-    ConfigError,
-    InstanceError,
-    attached_program_ids,
     instance_pin_names,
-    ipv6_mapped_slots,
-    maps_fingerprint,
     open_pin,
-    read_meta,
-    rule_entries,
-    same_place,
 )
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.plan import InstanceError, rule_entries, same_place
 
 
 class _Undo:
@@ -56,7 +44,7 @@ class _Undo:
             action, args = self.actions.pop()
             try:
                 action(*args)
-            except OSError as exc:  # bpf.BpfError included; the original error is reported first
+            except OSError as exc:  # bpf_syscall.BpfError included; the original error is reported first
                 failed.append("%s: %s" % (action.__name__, exc))
         return failed
 
@@ -66,7 +54,7 @@ class ApplyFailed(InstanceError):
     changed (the kernel then holds what it held before the run) or what may be left."""
 
     def __init__(self, error, undo_failures):
-        what = "a bpf(2) call failed: %s" % error if isinstance(error, bpf.BpfError) else str(error)
+        what = "a bpf(2) call failed: %s" % error if isinstance(error, bpf_syscall.BpfError) else str(error)
         if undo_failures:
             state = (
                 "Undoing this run's changes failed too (%s): the instance may hold part of them; run the task "
@@ -124,8 +112,8 @@ def load_btf(obj, opened):
     if obj.btf is None:
         return None
     try:
-        fd = bpf.btf_load(obj.btf.data)
-    except bpf.BpfError:
+        fd = bpf_syscall.btf_load(obj.btf.data)
+    except bpf_syscall.BpfError:
         return None
     opened.append(fd)
     return fd
@@ -139,11 +127,11 @@ def _create_maps(obj, opened, btf_fd):
         fd = None
         if types is not None:
             try:
-                fd = bpf.map_create(*args, btf_fd=btf_fd, btf_types=types)
-            except bpf.BpfError:
+                fd = bpf_syscall.map_create(*args, btf_fd=btf_fd, btf_types=types)
+            except bpf_syscall.BpfError:
                 pass  # a kernel that takes the BTF but not these types for this map: make it without
         if fd is None:
-            fd = bpf.map_create(*args)
+            fd = bpf_syscall.map_create(*args)
         opened.append(fd)
         fds[name] = fd
     return fds
@@ -156,25 +144,30 @@ def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo):
     writes, then the default, then deletes, so that a connection never falls through to the kernel
     default while a rule moves or gives way to the default. Changed values go before new keys: the
     map is then below its capacity for each change (kernels without a 6.13 fix refuse any update to a full
-    LPM trie), which instance.rules_in_place_obstacle() checks the plan for."""
+    LPM trie), which plan.rules_in_place_obstacle() checks the plan for."""
     fresh = current_rules is None
     wanted = rule_entries([(rule, slot) for slot, rule in enumerate(desired_rules)])
     held = rule_entries(current_rules or [])
     if not fresh:
         held_slots = {slot: rule.dest for rule, slot in current_rules}
-        zero = [abi.HIT_VALUE.pack(0)] * len(bpf.possible_cpus())
+        zero = [rto_program.HIT_VALUE.pack(0)] * len(bpf_syscall.possible_cpus())
         for slot, rule in enumerate(desired_rules):
             if held_slots.get(slot) != rule.dest:  # this slot's counter now counts another rule
-                key = abi.HIT_KEY.pack(slot)
-                undo.push(bpf.percpu_update, hits_fd, key, bpf.percpu_lookup(hits_fd, key, abi.HIT_VALUE.size))
-                bpf.percpu_update(hits_fd, key, zero)
+                key = rto_program.HIT_KEY.pack(slot)
+                undo.push(
+                    bpf_syscall.percpu_update,
+                    hits_fd,
+                    key,
+                    bpf_syscall.percpu_lookup(hits_fd, key, rto_program.HIT_VALUE.size),
+                )
+                bpf_syscall.percpu_update(hits_fd, key, zero)
                 fault.point("hit_counter_reset")
     changed = [key for key in wanted if key in held and held[key] != wanted[key]]
     added = [key for key in wanted if key not in held]
     for key in changed + added:
         if not fresh:
             undo.push(_restore_rule, rules_fd, key, held.get(key))
-        bpf.map_update(rules_fd, key, wanted[key])
+        bpf_syscall.map_update(rules_fd, key, wanted[key])
         fault.point("first_rule_written" if fresh else "first_rule_updated")
     return [(key, held[key]) for key in held if key not in wanted]
 
@@ -182,48 +175,41 @@ def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo):
 def _restore_rule(rules_fd, key, value):
     """Put back what the rules map held for key (None: nothing)."""
     if value is None:
-        bpf.map_delete(rules_fd, key)
+        bpf_syscall.map_delete(rules_fd, key)
     else:
-        bpf.map_update(rules_fd, key, value)
+        bpf_syscall.map_update(rules_fd, key, value)
 
 
 def delete_rules(rules_fd, stale, undo):
     """Remove the (key, value) entries write_rules() returned; undo puts them back."""
     for key, value in stale:
-        undo.push(bpf.map_update, rules_fd, key, value)
-        bpf.map_delete(rules_fd, key)
+        undo.push(bpf_syscall.map_update, rules_fd, key, value)
+        bpf_syscall.map_delete(rules_fd, key)
         fault.point("first_rule_deleted")
 
 
 def write_config(config_fd, desired, undo=None):
     """The default and the direction; undo (for the live map) records the value it held."""
-    key = abi.CONFIG_KEY.pack(0)
+    key = rto_program.CONFIG_KEY.pack(0)
     if undo is not None:
-        undo.push(bpf.map_update, config_fd, key, bpf.map_lookup(config_fd, key, abi.CONFIG_VALUE.size))
-    bpf.map_update(config_fd, key, abi.encode_config(desired.default_jiffies, abi.DIRECTIONS[desired.direction]))
+        undo.push(
+            bpf_syscall.map_update,
+            config_fd,
+            key,
+            bpf_syscall.map_lookup(config_fd, key, rto_program.CONFIG_VALUE.size),
+        )
+    bpf_syscall.map_update(
+        config_fd, key, rto_program.encode_config(desired.default_jiffies, rto_program.DIRECTIONS[desired.direction])
+    )
 
 
 def write_meta(meta_fd, desired, undo=None):
     """The instance record; undo (for the live map) records the one it held."""
-    record = {
-        "format": META_FORMAT,
-        "cgroup": desired.cgroup,
-        "attach_mode": desired.attach_mode,
-        "object_sha256": desired.object.sha256,
-        "hz": desired.hz,
-        "maps_sha256": maps_fingerprint(desired.rules, desired.default_jiffies, abi.DIRECTIONS[desired.direction]),
-        META_IPV6_MAPPED: ipv6_mapped_slots(desired.rules),
-    }
-    raw = json.dumps(record, sort_keys=True).encode("utf-8")
-    if len(raw) > META_VALUE_SIZE:
-        raise ConfigError(
-            "instance record is %d bytes, more than the %d the meta map holds (cgroup path too long?)"
-            % (len(raw), META_VALUE_SIZE)
-        )
-    key = abi.CONFIG_KEY.pack(0)
+    value = pins.meta_value(desired)
+    key = rto_program.CONFIG_KEY.pack(0)
     if undo is not None:
-        undo.push(bpf.map_update, meta_fd, key, bpf.map_lookup(meta_fd, key, META_VALUE_SIZE))
-    bpf.map_update(meta_fd, key, raw.ljust(META_VALUE_SIZE, b"\0"))
+        undo.push(bpf_syscall.map_update, meta_fd, key, bpf_syscall.map_lookup(meta_fd, key, META_VALUE_SIZE))
+    bpf_syscall.map_update(meta_fd, key, value)
 
 
 # The verifier's verdict is at the end of a log that can fill the 16 MiB buffer.
@@ -234,21 +220,21 @@ def load_program(obj, map_fds, btf_fd=None):
     insns = obj.instructions(map_fds)
     if btf_fd is not None:
         try:
-            return bpf.prog_load(
-                bpf.BPF_PROG_TYPE_SOCK_OPS,
+            return bpf_syscall.prog_load(
+                bpf_syscall.BPF_PROG_TYPE_SOCK_OPS,
                 insns,
                 obj.license,
-                abi.PROGRAM_NAME,
+                rto_program.PROGRAM_NAME,
                 btf_fd=btf_fd,
                 func_info=obj.btf.func_info,
                 line_info=obj.btf.line_info,
                 verifier_log=False,
             )
-        except bpf.BpfError:
+        except bpf_syscall.BpfError:
             pass  # the kernel may refuse the func or line info: load without; a bad program fails again below
     try:
-        return bpf.prog_load(bpf.BPF_PROG_TYPE_SOCK_OPS, insns, obj.license, abi.PROGRAM_NAME)
-    except bpf.BpfError as exc:
+        return bpf_syscall.prog_load(bpf_syscall.BPF_PROG_TYPE_SOCK_OPS, insns, obj.license, rto_program.PROGRAM_NAME)
+    except bpf_syscall.BpfError as exc:
         lines = (exc.log or "(none)").rstrip("\n").split("\n")
         shown = (
             "Verifier log"
@@ -265,7 +251,7 @@ def _pin_new(fd, instance_dir, name, undo):
     """Pin under a temporary name; _commit renames it over the old pin (atomic in bpffs)."""
     path = os.path.join(instance_dir, NEW_PIN_PREFIX + name)
     _unlink_quiet(path)
-    bpf.obj_pin(fd, path)
+    bpf_syscall.obj_pin(fd, path)
     undo.push(_unlink_quiet, path)
 
 
@@ -276,7 +262,7 @@ def _commit(instance_dir, names, current, desired, undo):
     link_pin = os.path.join(instance_dir, LINK_PIN)
     if desired.attach_mode == ATTACH_MULTI and current.link_fd is not None:
         _unlink_quiet(link_pin)
-        undo.push(bpf.obj_pin, current.link_fd, link_pin)
+        undo.push(bpf_syscall.obj_pin, current.link_fd, link_pin)
         fault.point("stale_link_unpinned")
     for name in names:
         path = os.path.join(instance_dir, name)
@@ -299,7 +285,7 @@ def _restore_pin(path, fd):
     """Pin fd at path again in place of what a commit renamed there (fd None: no pin)."""
     _unlink_quiet(path)
     if fd is not None:
-        bpf.obj_pin(fd, path)
+        bpf_syscall.obj_pin(fd, path)
 
 
 def _interrupted_program(instance_dir, cgroups):
@@ -309,15 +295,10 @@ def _interrupted_program(instance_dir, cgroups):
     prog_fd = open_pin(os.path.join(instance_dir, NEW_PIN_PREFIX + PROG_PIN))
     if prog_fd is None:
         return None
-    meta_fd = open_pin(os.path.join(instance_dir, NEW_PIN_PREFIX + META_MAP))
-    if meta_fd is not None:
-        try:
-            meta, _problem = read_meta(meta_fd)
-        finally:
-            os.close(meta_fd)
-        if meta:
-            cgroups = [meta["cgroup"], *cgroups]
-    prog_id = bpf.prog_info(prog_fd).id
+    meta = pins.read_meta_pin(os.path.join(instance_dir, NEW_PIN_PREFIX + META_MAP))
+    if meta:
+        cgroups = [meta["cgroup"], *cgroups]
+    prog_id = bpf_syscall.prog_info(prog_fd).id
     places = []
     for cgroup in cgroups:
         if cgroup and cgroup not in places and os.path.isdir(cgroup) and prog_id in attached_program_ids(cgroup)[1]:
@@ -340,21 +321,23 @@ def _detach_interrupted(interrupted):
 
 
 def _attach_multi(cgroup, prog_fd, replace_prog_fd=None):
-    flags = bpf.BPF_F_ALLOW_MULTI | (bpf.BPF_F_REPLACE if replace_prog_fd is not None else 0)
-    with bpf.closing_fd(_open_cgroup(cgroup)) as cgroup_fd:
-        bpf.prog_attach(cgroup_fd, prog_fd, bpf.BPF_CGROUP_SOCK_OPS, flags, replace_prog_fd=replace_prog_fd)
+    flags = bpf_syscall.BPF_F_ALLOW_MULTI | (bpf_syscall.BPF_F_REPLACE if replace_prog_fd is not None else 0)
+    with bpf_syscall.closing_fd(_open_cgroup(cgroup)) as cgroup_fd:
+        bpf_syscall.prog_attach(
+            cgroup_fd, prog_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS, flags, replace_prog_fd=replace_prog_fd
+        )
 
 
 def _detach_multi(cgroup, prog_fd):
-    with bpf.closing_fd(_open_cgroup(cgroup)) as cgroup_fd:
-        bpf.prog_detach(cgroup_fd, prog_fd, bpf.BPF_CGROUP_SOCK_OPS)
+    with bpf_syscall.closing_fd(_open_cgroup(cgroup)) as cgroup_fd:
+        bpf_syscall.prog_detach(cgroup_fd, prog_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS)
 
 
 def _detach_multi_quiet(cgroup, prog_fd):
     """_detach_multi, at peace with a program that is not (or no longer) attached there."""
     try:
         _detach_multi(cgroup, prog_fd)
-    except bpf.BpfError as exc:
+    except bpf_syscall.BpfError as exc:
         if exc.errno != errno.ENOENT:
             raise
 
@@ -366,11 +349,11 @@ def _attach(desired, prog_fd, current, can_replace, undo):
     try:
         if desired.attach_mode == ATTACH_LINK:
             if replace:
-                bpf.link_update(current.link_fd, prog_fd, current.prog_fd)
-                undo.push(bpf.link_update, current.link_fd, current.prog_fd, prog_fd)
+                bpf_syscall.link_update(current.link_fd, prog_fd, current.prog_fd)
+                undo.push(bpf_syscall.link_update, current.link_fd, current.prog_fd, prog_fd)
                 return None, False
-            with bpf.closing_fd(_open_cgroup(desired.cgroup)) as cgroup_fd:
-                link_fd = bpf.link_create(prog_fd, cgroup_fd, bpf.BPF_CGROUP_SOCK_OPS)
+            with bpf_syscall.closing_fd(_open_cgroup(desired.cgroup)) as cgroup_fd:
+                link_fd = bpf_syscall.link_create(prog_fd, cgroup_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS)
             # No undo entry: the caller closes link_fd, and an unpinned link detaches with its last fd.
             return link_fd, current.attached
         if replace and can_replace:
@@ -382,7 +365,7 @@ def _attach(desired, prog_fd, current, can_replace, undo):
         _attach_multi(desired.cgroup, prog_fd)
         undo.push(_detach_multi, desired.cgroup, prog_fd)
         return None, current.attached
-    except bpf.BpfError as exc:
+    except bpf_syscall.BpfError as exc:
         raise _attach_error(exc, desired.cgroup)
 
 
@@ -391,7 +374,7 @@ def detach(current, link_detach=True):
     BPF_LINK_DETACH before 5.9, see features.py): the link goes with its pin and this run's fd."""
     if current.attach_mode == ATTACH_LINK and current.link_fd is not None:
         if link_detach:
-            bpf.link_detach(current.link_fd)
+            bpf_syscall.link_detach(current.link_fd)
         else:
             _release_link(current)
     elif current.attach_mode == ATTACH_MULTI and current.prog_fd is not None:
@@ -424,7 +407,9 @@ def _release_link(current):
 def _new_meta(desired, opened, new_pins):
     """A new meta map holding desired's record. Written before anything is attached, so that the
     new_meta pin of a killed run names the cgroup its program went to."""
-    meta_fd = bpf.map_create(abi.BPF_MAP_TYPE_ARRAY, abi.CONFIG_KEY.size, META_VALUE_SIZE, 1, 0, META_MAP)
+    meta_fd = bpf_syscall.map_create(
+        rto_program.BPF_MAP_TYPE_ARRAY, rto_program.CONFIG_KEY.size, META_VALUE_SIZE, 1, 0, META_MAP
+    )
     opened.append(meta_fd)
     write_meta(meta_fd, desired)
     new_pins.append(META_MAP)
@@ -451,15 +436,19 @@ def apply_present(desired, current, plan, can_replace=True, link_detach=True):
         if plan.load_maps:
             map_fds = _create_maps(desired.object, opened, btf_fd)
             fault.point("maps_created")
-            stale_rules = write_rules(map_fds[abi.RULES_MAP], map_fds[abi.HITS_MAP], desired.rules, None, undo)
+            stale_rules = write_rules(
+                map_fds[rto_program.RULES_MAP], map_fds[rto_program.HITS_MAP], desired.rules, None, undo
+            )
             new_pins.extend(map_fds)
-            write_config(map_fds[abi.CONFIG_MAP], desired)
+            write_config(map_fds[rto_program.CONFIG_MAP], desired)
         else:
-            map_fds = {name: current.maps[name] for name in abi.MAP_CONTRACT}
-            stale_rules = write_rules(map_fds[abi.RULES_MAP], map_fds[abi.HITS_MAP], desired.rules, current.rules, undo)
-            write_config(map_fds[abi.CONFIG_MAP], desired, undo)
+            map_fds = {name: current.maps[name] for name in rto_program.MAP_CONTRACT}
+            stale_rules = write_rules(
+                map_fds[rto_program.RULES_MAP], map_fds[rto_program.HITS_MAP], desired.rules, current.rules, undo
+            )
+            write_config(map_fds[rto_program.CONFIG_MAP], desired, undo)
         fault.point("maps_filled" if plan.load_maps else "config_updated")
-        delete_rules(map_fds[abi.RULES_MAP], stale_rules, undo)
+        delete_rules(map_fds[rto_program.RULES_MAP], stale_rules, undo)
         meta_fd = current.maps.get(META_MAP)
         fresh_meta = meta_fd is None or plan.attach or current.meta_problem is not None
         if fresh_meta:
@@ -500,7 +489,7 @@ def apply_present(desired, current, plan, can_replace=True, link_detach=True):
         undo_failures = undo.run()
         if interrupted is not None:
             os.close(interrupted[0])
-        if isinstance(exc, (OSError, InstanceError, ConfigError)):  # bpf.BpfError is an OSError
+        if isinstance(exc, (OSError, InstanceError, ConfigError)):  # bpf_syscall.BpfError is an OSError
             raise ApplyFailed(exc, undo_failures)
         raise
     finally:
@@ -519,7 +508,7 @@ def apply_present(desired, current, plan, can_replace=True, link_detach=True):
 
 def apply_absent(current, pin_dir, unrecorded=(), link_detach=True):
     """Detach and unpin the instance: its recorded attachment, a killed run's, and unrecorded (the
-    instance.unrecorded_attachments() found without the record). Only the instance's own pins go;
+    plan.unrecorded_attachments() found without the record). Only the instance's own pins go;
     the directory goes with them unless it holds something else. link_detach: see detach()."""
     try:
         interrupted = _interrupted_program(current.instance_dir, [current.cgroup])
@@ -528,7 +517,7 @@ def apply_absent(current, pin_dir, unrecorded=(), link_detach=True):
         if interrupted is not None:
             _detach_interrupted(interrupted)
         for cgroup, prog_id in unrecorded:
-            with bpf.closing_fd(bpf.prog_get_fd_by_id(prog_id)) as prog_fd:
+            with bpf_syscall.closing_fd(bpf_syscall.prog_get_fd_by_id(prog_id)) as prog_fd:
                 _detach_multi_quiet(cgroup, prog_fd)
         fault.point("absent_detached")
         for entry in current.own_entries:
@@ -538,11 +527,11 @@ def apply_absent(current, pin_dir, unrecorded=(), link_detach=True):
         if current.unknown_entries:
             return
         os.rmdir(current.instance_dir)
-    except OSError as exc:  # bpf.BpfError included
+    except OSError as exc:  # bpf_syscall.BpfError included
         raise InstanceError(
             "removing the instance stopped part-way (%s): what is left stays pinned under %s; run the task "
             "with state: absent again"
-            % ("a bpf(2) call failed: %s" % exc if isinstance(exc, bpf.BpfError) else exc, current.instance_dir)
+            % ("a bpf(2) call failed: %s" % exc if isinstance(exc, bpf_syscall.BpfError) else exc, current.instance_dir)
         )
     try:
         os.rmdir(pin_dir)  # the collection's pin root, once no instance is left in it

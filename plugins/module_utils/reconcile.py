@@ -11,22 +11,46 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import apply as kernel_apply
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    apply,
+    bpf_syscall,
     coexistence,
     drift,
     fault,
     features,
     host,
+    hz,
     lock,
     persistence,
+    pins,
     probe,
+    rto_program,
     service_unit,
+    syn_give_up,
+    views,
 )
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject, BpfObjectError, check_contract
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObjectError
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current, instances_on_cgroup
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import (
+    ATTACH_LINK,
+    KERNEL_DEFAULT_RTO_MS,
+    ConfigError,
+    check_paths,
+    from_params,
+    jiffies_to_ms,
+    plain_number,
+    rule_for,
+    validate_name,
+)
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.plan import (
+    MAX_CGROUPS_SEARCHED,
+    InstanceError,
+    plan_absent,
+    plan_present,
+    same_place,
+    unknown_entries_warning,
+    unrecorded_attachments,
+)
 
 PROBE_ADDRESS = "127.0.0.1"
 
@@ -57,12 +81,12 @@ class VerificationFailed(Exception):
 
 # What run() raises for the caller to report (each message says what to do).
 ERRORS = (
-    model.ConfigError,
-    model.InstanceError,
+    ConfigError,
+    InstanceError,
     host.HostError,
     BpfObjectError,
     probe.ProbeError,
-    bpf.BpfError,
+    bpf_syscall.BpfError,
     persistence.RecordError,
     lock.LockedError,
     service_unit.UnitError,
@@ -73,27 +97,19 @@ ERRORS = (
 def describe_error(exc):
     if isinstance(exc, BpfObjectError):
         return "src is not a BPF object this collection can load: %s" % exc
-    if isinstance(exc, bpf.BpfError):
+    if isinstance(exc, bpf_syscall.BpfError):
         return "a bpf(2) call failed: %s." % exc
     return str(exc)
 
 
-def discover_hz(params, release):
-    if params["hz"] is not None:
-        if params["hz"] <= 0:
-            raise model.ConfigError("hz must be positive, got %d" % params["hz"])
-        return params["hz"], "parameter"
-    return host.config_hz(release) or (host.tick_hz(), "measured")
-
-
 def _check(direction, expected_jiffies, observed_ms, low_ms, high_ms, hz):
     """One handshake: ok when the value the rules give lies within what was observed."""
-    expected_ms = model.jiffies_to_ms(expected_jiffies, hz) if expected_jiffies else model.KERNEL_DEFAULT_RTO_MS
+    expected_ms = jiffies_to_ms(expected_jiffies, hz) if expected_jiffies else KERNEL_DEFAULT_RTO_MS
     return {
         "direction": direction,
         "address": PROBE_ADDRESS,
         "expected_ms": expected_ms,
-        "observed_ms": model.plain_number(observed_ms),
+        "observed_ms": plain_number(observed_ms),
         "ok": low_ms <= expected_ms <= high_ms,
     }
 
@@ -102,19 +118,19 @@ def verify(desired, descendants=()):
     """Real handshakes from inside the cgroup compared with what the instance should give them:
     always a connect() (the kernel default when direction leaves it out), and an accept() when
     direction includes incoming; a connect() in each of descendants too (checks with a cgroup key)."""
-    directions = abi.DIRECTIONS[desired.direction]
-    jiffies = model.rule_for(PROBE_ADDRESS, desired.rules, desired.default_jiffies)
+    directions = rto_program.DIRECTIONS[desired.direction]
+    jiffies = rule_for(PROBE_ADDRESS, desired.rules, desired.default_jiffies)
     jiffy_ms = 1000.0 / desired.hz
 
     def outgoing_check(cgroup):
         observed_ms = probe.outgoing_rto_us(cgroup, PROBE_ADDRESS) / 1000.0  # exact: tcpi_rto
-        expected = jiffies if directions & abi.DIRECTION_OUTGOING else None
+        expected = jiffies if directions & rto_program.DIRECTION_OUTGOING else None
         return _check(
             "outgoing", expected, observed_ms, observed_ms - jiffy_ms / 2, observed_ms + jiffy_ms / 2, desired.hz
         )
 
     checks = [outgoing_check(desired.cgroup)]
-    if directions & abi.DIRECTION_INCOMING:
+    if directions & rto_program.DIRECTION_INCOMING:
         incoming = probe.incoming_rto_ms(desired.cgroup, PROBE_ADDRESS)
         # The timer was armed somewhere between the connect and the read, so its full length lies in
         # [remaining, remaining + elapsed], give or take a jiffy of timer granularity; a busy VM's
@@ -133,33 +149,6 @@ def verify(desired, descendants=()):
     return {"ok": all(check["ok"] for check in checks), "checks": checks}
 
 
-def instance_result(desired, current):
-    """The instance as the kernel holds it after apply (current re-read), or as planned."""
-    view = model.describe_desired(desired)
-    hits = current.hits() if current.exists else {}
-    for slot, rule in enumerate(view["rules"]):
-        rule["hits"] = hits.get(slot, 0)
-    view.update(
-        name=desired.name,
-        pin_dir=current.instance_dir,
-        program_id=current.prog_info.id if current.prog_info else None,
-        default_hits=hits.get(abi.DEFAULT_HIT_SLOT, 0),
-    )
-    return view
-
-
-def give_up_seconds(desired):
-    values = [rule.rto_jiffies for rule in desired.rules] + [desired.default_jiffies or desired.hz]
-    return round(
-        host.syn_give_up_seconds(
-            min(values) / float(desired.hz),
-            host.read_sysctl("net.ipv4.tcp_syn_retries", 6),
-            host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0),
-        ),
-        3,
-    )
-
-
 def run(params, check_mode=False, diff=False):
     """Bring the instance to what params describe (state present or absent); -> the result dict.
     Raises one of ERRORS; VerificationFailed after an apply whose handshakes do not match."""
@@ -168,7 +157,12 @@ def run(params, check_mode=False, diff=False):
     params = follow_unit(params, result)
     desired = None
     if params["state"] == "present":
-        desired = desired_instance(params, kernel, result["kernel"]["hz"], pending=result.get("unit_running") is False)
+        desired = from_params(
+            params,
+            kernel.attach_mode(params["force_legacy_attach"]),
+            result["kernel"]["hz"],
+            pending=result.get("unit_running") is False,
+        )
     step = persistence_step(params) if desired is not None else None
     if desired is None or step:
         persistence.check_paths(params["name"], _persist_root(params))
@@ -221,12 +215,10 @@ def preflight(params, result):
     release = os.uname()[2]
     kernel = features.detect(release)
     kernel.require()
-    model.validate_name(params["name"])
-    for key in ("cgroup", "pin_dir", "src", "persist_root"):
-        if "\0" in (params.get(key) or ""):
-            raise model.ConfigError("%s %r contains a NUL byte, which no path can hold: remove it" % (key, params[key]))
-    hz, hz_source = discover_hz(params, release)
-    result["kernel"] = dict(release=release, hz=hz, hz_source=hz_source, features=kernel.as_dict())
+    validate_name(params["name"])
+    check_paths(params)
+    hz_value, hz_source = hz.discover(params["hz"], release)
+    result["kernel"] = dict(release=release, hz=hz_value, hz_source=hz_source, features=kernel.as_dict())
     return kernel
 
 
@@ -244,11 +236,11 @@ def follow_unit(params, result):
             )
         return params
     if params.get("cgroup"):
-        raise model.ConfigError("cgroup and unit are exclusive: give one (unit: follows the unit's cgroup)")
+        raise ConfigError("cgroup and unit are exclusive: give one (unit: follows the unit's cgroup)")
     if params["state"] == "absent":
         return params  # the pins say where the instance is attached
     if params.get("persistent") is False:
-        raise model.ConfigError(
+        raise ConfigError(
             "unit: %s attaches the instance at every start of the unit from its record: set persistent: true" % unit
         )
     cgroup = service_unit.running_cgroup(unit, host.cgroup2_mount())
@@ -258,75 +250,49 @@ def follow_unit(params, result):
     return dict(params, cgroup=cgroup)
 
 
-def desired_instance(params, kernel, hz, pending=False):
-    """The instance params ask for, fully validated (cgroup, object, rules) before any change; with
-    pending (a unit that does not run yet) the cgroup is not resolved."""
-    cgroup_root = host.cgroup2_mount()
-    cgroup = None if pending else host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
-    if not params["src"]:
-        raise model.ConfigError(
-            "src is required: run the module as netbpf.tcp_rto.tcp_initial_rto so that "
-            "its action plugin sends the object, or give the object's path on the host"
-        )
-    obj = BpfObject.from_file(params["src"])
-    check_contract(obj)
-    attach_mode = kernel.attach_mode(params["force_legacy_attach"])
-    return model.desired_state(
-        params["name"],
-        params["pin_dir"],
-        cgroup,
-        hz,
-        params["rules"],
-        params["rto_ms"],
-        params["direction"],
-        attach_mode,
-        obj,
-    )
-
-
 def converge(params, desired, kernel, check_mode, diff, result):
     """Plan from what the pins hold to desired (None: absent) and, unless check_mode, apply it
     with what the kernel (features.KernelFeatures) offers."""
     if host.ensure_bpffs(params["pin_dir"], mount=params["mount_bpffs"], check_mode=check_mode):
         result["actions"].append("mount bpffs on /sys/fs/bpf")
     host.check_pin_path(params["pin_dir"], params["name"])
-    current = model.Current(
+    current = Current(
         os.path.join(params["pin_dir"], params["name"]), desired.cgroup if desired else None, kernel.link_info
     )
     try:
         if desired is None:
-            unrecorded, searched_all = model.unrecorded_attachments(current, _cgroup_root())
-            plan = model.plan_absent(current, unrecorded)
+            unrecorded, searched_all = unrecorded_attachments(current, _cgroup_root())
+            plan = plan_absent(current, unrecorded)
             if plan.steps and not check_mode:
-                kernel_apply.apply_absent(current, params["pin_dir"], unrecorded, link_detach=kernel.link_detach)
-            warnings = [model.unknown_entries_warning(current, params["name"])]
+                apply.apply_absent(current, params["pin_dir"], unrecorded, link_detach=kernel.link_detach)
+            warnings = [unknown_entries_warning(current, params["name"])]
             if not searched_all:
                 warnings.append(
                     "the instance record (meta pin) of %s is missing or unreadable, and only the first %d cgroups "
                     "were searched for its programs: check with 'bpftool cgroup tree' that none is left attached"
-                    % (params["name"], model.MAX_CGROUPS_SEARCHED)
+                    % (params["name"], MAX_CGROUPS_SEARCHED)
                 )
             warnings = [warning for warning in warnings if warning]
             if warnings:
                 result.setdefault("warnings", []).extend(warnings)
         else:
-            others = model.instances_on_cgroup(params["pin_dir"], desired.cgroup, exclude=params["name"])
+            others = instances_on_cgroup(params["pin_dir"], desired.cgroup, exclude=params["name"])
             if others:
-                raise model.InstanceError(
+                raise InstanceError(
                     "cgroup %s already has the tcp_rto instance %s: one instance per cgroup. "
                     "Change that instance's rules, or remove it first." % (desired.cgroup, others[0])
                 )
             result["drift"] = drift.findings(current, desired)
-            plan = model.plan_present(desired, current)
+            plan = plan_present(desired, current)
             _refuse_blocked_attach(desired, current, plan)
             if plan.steps and not check_mode:
-                kernel_apply.apply_present(
+                apply.apply_present(
                     desired, current, plan, can_replace=kernel.prog_replace, link_detach=kernel.link_detach
                 )
         result["actions"].extend(plan.steps)
         if diff:
             result["diff"] = dict(
-                before=model.describe_current(current), after=model.describe_desired(desired) if desired else {}
+                before=views.describe_current(current), after=views.describe_desired(desired) if desired else {}
             )
             if result.get("drift"):
                 result["diff"]["before"]["drift"] = result["drift"]
@@ -345,11 +311,11 @@ def _cgroup_root():
 def _refuse_blocked_attach(desired, current, plan):
     """Fail before any change where the kernel would refuse our attach (a link update does not
     attach anew), naming the foreign programs in the way: in check mode too."""
-    if not plan.attach or (desired.attach_mode == model.ATTACH_LINK and model.same_place(desired, current)):
+    if not plan.attach or (desired.attach_mode == ATTACH_LINK and same_place(desired, current)):
         return
     blockers = coexistence.attach_blockers(desired.cgroup, host.cgroup2_mount())
     if blockers:
-        raise model.InstanceError(coexistence.describe_blockers(desired.cgroup, blockers))
+        raise InstanceError(coexistence.describe_blockers(desired.cgroup, blockers))
 
 
 def _instance_program_ids(params):
@@ -360,9 +326,9 @@ def _instance_program_ids(params):
         if name == params["name"]:
             continue
         try:
-            with bpf.closing_fd(bpf.obj_get(os.path.join(pin_dir, name, model.PROG_PIN))) as fd:
-                ids.append(bpf.prog_info(fd).id)
-        except (OSError, bpf.BpfError):
+            with bpf_syscall.closing_fd(bpf_syscall.obj_get(os.path.join(pin_dir, name, pins.PROG_PIN))) as fd:
+                ids.append(bpf_syscall.prog_info(fd).id)
+        except (OSError, bpf_syscall.BpfError):
             continue  # not an instance, or one without its program pin
     return ids
 
@@ -371,7 +337,7 @@ def report(params, desired, kernel, check_mode, result):
     """What the kernel holds now, proven by real handshakes unless check mode or verify: false;
     the foreign programs that meet ours, and those that can explain a failed handshake."""
     instance_dir = os.path.join(params["pin_dir"], params["name"])
-    applied = model.Current(instance_dir, link_info=kernel.link_info)
+    applied = Current(instance_dir, link_info=kernel.link_info)
     try:
         own_ids = [applied.prog_info.id] if applied.prog_info else []
     finally:
@@ -380,17 +346,15 @@ def report(params, desired, kernel, check_mode, result):
     result["foreign_programs"] = programs
     if params["verify"] and not check_mode:
         result["verification"] = verify(desired, coexistence.descendants_to_probe(programs))
-    applied = model.Current(instance_dir, link_info=kernel.link_info)
+    applied = Current(instance_dir, link_info=kernel.link_info)
     try:
-        result["instance"] = instance_result(desired, applied)
+        result["instance"] = views.with_hits(views.describe_desired(desired), applied)
     finally:
         applied.close()
-    result["syn_give_up_s"] = give_up_seconds(desired)
+    result["syn_give_up_s"] = syn_give_up.give_up_seconds(desired)
     failed = [check for check in result.get("verification", {}).get("checks", []) if not check["ok"]]
     if failed:
-        result["conflicts"] = coexistence.conflicts(
-            failed, programs, desired.cgroup, own_ids, model.KERNEL_DEFAULT_RTO_MS
-        )
+        result["conflicts"] = coexistence.conflicts(failed, programs, desired.cgroup, own_ids, KERNEL_DEFAULT_RTO_MS)
         result["changed"] = bool(result["actions"])
         raise VerificationFailed(
             "verification failed: %s. %s The instance stays applied; the programs that run for the cgroup show "

@@ -1,0 +1,209 @@
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The plan from what the kernel holds (current.Current) to what the parameters ask for
+(desired.Desired), or to nothing (state absent): every change a run makes, decided before it
+makes any. apply.py carries it out. Plain stdlib."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import collections
+import os
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, coexistence, host, pins, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import Desired, Rule
+
+# The cgroup tree a removal searches for an attachment the instance record no longer names is
+# searched this far at most (a host has hundreds to a few thousand cgroups).
+MAX_CGROUPS_SEARCHED = 100000
+
+
+class InstanceError(Exception):
+    """The kernel or another program stands in the way; the message says what to do."""
+
+
+class Plan(NamedTuple):
+    """What will change; the flags drive apply.apply_present()."""
+
+    steps: List[str]  # for people; empty: nothing to do
+    load_maps: bool  # new maps and program from the object
+    load_program: bool  # a program on the maps (new ones, or a second copy to move it)
+    attach: bool
+
+
+def rule_entries(rules_and_slots: List[Tuple[Rule, int]]) -> Dict[bytes, bytes]:
+    """[(Rule, hit slot)] -> {rules map key: value}, as the map holds them."""
+    return {
+        rto_program.encode_rule_key(rule.dest): rto_program.encode_rule_value(rule.rto_jiffies, slot)
+        for rule, slot in rules_and_slots
+    }
+
+
+def rules_in_place_obstacle(held_rules: List[Tuple[Rule, int]], desired_rules: List[Rule]) -> Optional[str]:
+    """Why the live rules map cannot be rewritten to desired_rules, or None when it can. The new
+    entries go in before the old ones go out (no connection falls to the kernel default
+    meanwhile), so old and new must fit the map together; and kernels without the 6.13 fix "bpf:
+    Handle in-place update for full LPM trie correctly" (some stable kernels have it backported,
+    not every vendor kernel) refuse any update, a value change too, to a full LPM trie."""
+    held = rule_entries(held_rules)
+    wanted = rule_entries([(rule, slot) for slot, rule in enumerate(desired_rules)])
+    together = len(set(held) | set(wanted))
+    if together > rto_program.MAX_RULES:
+        return "%d old and %d new rules make %d entries together, more than the %d the map holds" % (
+            len(held),
+            len(wanted),
+            together,
+            rto_program.MAX_RULES,
+        )
+    if len(held) >= rto_program.MAX_RULES and any(key in held and held[key] != value for key, value in wanted.items()):
+        return (
+            "the map is full (%d entries), and kernels without the 6.13 fix refuse to change a value in a full map"
+            % len(held)
+        )
+    return None
+
+
+def same_place(desired: Desired, current: Current) -> bool:
+    """Whether the current program is attached exactly where desired wants it."""
+    return current.attached and (current.cgroup, current.attach_mode) == (desired.cgroup, desired.attach_mode)
+
+
+def plan_present(desired: Desired, current: Current) -> Plan:
+    steps = []
+    if current.leftovers:
+        steps.append("remove what an interrupted run left (%s)" % ", ".join(current.leftovers))
+    if current.exists and (not current.program_intact or current.meta_problem):
+        steps.append(
+            "repair incomplete instance (%s)"
+            % (
+                current.meta_problem
+                or (current.missing_pins and "missing pins: " + ", ".join(current.missing_pins))
+                or "pins missing"
+            )
+        )
+    load_maps = not (current.program_intact and current.meta["object_sha256"] == desired.object.sha256)
+    if not load_maps:
+        obstacle = rules_in_place_obstacle(current.rules, desired.rules)
+        if obstacle:
+            steps.append("rules do not fit the live rules map (%s): new maps and program instead" % obstacle)
+            load_maps = True
+    if load_maps:
+        steps.append("create maps and load program from object %s" % desired.object.sha256[:12])
+    else:
+        if [rule for rule, _slot in current.rules] != desired.rules:
+            steps.append("update rules")
+        if (current.default_jiffies, current.directions) != (
+            desired.default_jiffies,
+            rto_program.DIRECTIONS[desired.direction],
+        ):
+            steps.append("update default and direction")
+    in_place = same_place(desired, current)
+    # A program attaches to a cgroup once, so moving it (other cgroup or other attach mode) takes
+    # a second program on the same maps, attached before the first goes: no connection sees the
+    # kernel default in between.
+    load_program = load_maps or (current.attached and not in_place)
+    if load_program and not load_maps:
+        steps.append("load a second copy of the program on the same maps")
+    attach = load_program or not current.attached
+    if attach and in_place:
+        steps.append("replace the attached program atomically (%s)" % desired.attach_mode)
+    elif attach:
+        steps.append("attach to %s (%s)" % (desired.cgroup, desired.attach_mode))
+    if current.attached and not in_place:
+        steps.append("detach from %s (%s)" % (current.cgroup, current.attach_mode))
+    return Plan(steps, load_maps, load_program, attach)
+
+
+def _cgroup_tree(root: str, limit: int) -> Tuple[List[str], bool]:
+    """root and the cgroups below it, breadth first, at most limit -> (paths, whether that was all)."""
+    found, queue = [], collections.deque([root])
+    while queue:
+        if len(found) >= limit:
+            return found, False
+        cgroup = queue.popleft()
+        found.append(cgroup)
+        try:
+            queue.extend(sorted(entry.path for entry in os.scandir(cgroup) if entry.is_dir(follow_symlinks=False)))
+        except OSError:
+            continue  # removed meanwhile
+    return found, True
+
+
+def unrecorded_attachments(
+    current: Current, cgroup_root: Optional[str], limit: int = MAX_CGROUPS_SEARCHED
+) -> Tuple[List[Tuple[str, int]], bool]:
+    """Where the instance's programs are attached when its meta record, which names the cgroup, is
+    missing or unreadable: a search of the cgroup tree. A legacy (BPF_PROG_ATTACH) attachment
+    belongs to the cgroup and would outlive the pins. The instance's programs are the pinned ones
+    (prog, new_prog) or, with neither pinned, those that use the instance's pinned maps; never any
+    other. -> ([(cgroup, program id)], whether the whole tree was searched)."""
+    if not current.exists or current.meta is not None or cgroup_root is None:
+        return [], True
+    own_ids = set()
+    for name in (pins.PROG_PIN, pins.NEW_PIN_PREFIX + pins.PROG_PIN):
+        fd = pins.open_pin(os.path.join(current.instance_dir, name))
+        if fd is not None:
+            with bpf_syscall.closing_fd(fd):
+                own_ids.add(bpf_syscall.prog_info(fd).id)
+    own_maps = (
+        set() if own_ids else {current.map_ids[name] for name in rto_program.MAP_CONTRACT if name in current.map_ids}
+    )
+    if not (own_ids or own_maps):
+        return [], True
+    cgroups, complete = _cgroup_tree(cgroup_root, limit)
+    found = []
+    for cgroup in cgroups:
+        try:
+            attached = coexistence.attached_program_ids(cgroup)[1]
+        except OSError:  # bpf_syscall.BpfError included: removed meanwhile
+            continue
+        found.extend(
+            (cgroup, prog_id)
+            for prog_id in attached
+            if (prog_id in own_ids or _uses(prog_id, own_maps)) and not _through_link(current, cgroup, prog_id)
+        )
+    return found, complete
+
+
+def _through_link(current: Current, cgroup: str, prog_id: int) -> bool:
+    """Whether the instance's pinned bpf_link is what attaches prog_id to cgroup (it goes with its pin)."""
+    info = current.link_info
+    return info is not None and info.prog_id == prog_id and info.cgroup_id == host.cgroup_id(cgroup)
+
+
+def _uses(prog_id: int, map_ids: set) -> bool:
+    """Whether program prog_id uses all of map_ids (none given: False)."""
+    if not map_ids:
+        return False
+    try:
+        with bpf_syscall.closing_fd(bpf_syscall.prog_get_fd_by_id(prog_id)) as fd:
+            return map_ids <= set(bpf_syscall.prog_info(fd).map_ids)
+    except bpf_syscall.BpfError:
+        return False  # unloaded meanwhile
+
+
+def plan_absent(current: Current, unrecorded: List[Tuple[str, int]] = ()) -> Plan:
+    """unrecorded: unrecorded_attachments() of current."""
+    if not current.exists:
+        return Plan([], False, False, False)
+    steps = []
+    if current.attached:
+        steps.append("detach from %s (%s)" % (current.cgroup, current.attach_mode))
+    for cgroup, prog_id in unrecorded:
+        steps.append("detach program %d from %s (multi, found by a search of the cgroup tree)" % (prog_id, cgroup))
+    if current.own_entries or not current.unknown_entries:
+        steps.append("remove pins of %s" % current.instance_dir)
+    return Plan(steps, False, False, False)
+
+
+def unknown_entries_warning(current: Current, name: str) -> Optional[str]:
+    if not current.unknown_entries:
+        return None
+    return (
+        "%s holds entries that are not pins of the instance %s (%s): they and the directory were left as "
+        "they are; remove them if nothing else uses them"
+        % (current.instance_dir, name, ", ".join(current.unknown_entries))
+    )
