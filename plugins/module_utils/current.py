@@ -51,6 +51,10 @@ class Current:
         self.leftovers = []  # new_<name> pins of a run killed before it renamed them into place
         self.own_entries = []  # entries of instance_dir that are the instance's pins
         self.unknown_entries = []  # entries of instance_dir the module did not make: never touched
+        # The program of a run killed between its BPF_PROG_ATTACH and its commit (its new_prog pin),
+        # and the cgroups it is attached to: such an attachment belongs to the cgroup and outlives the run.
+        self.interrupted_prog_fd = self.interrupted_prog_id = None
+        self.interrupted_cgroups = []
         if self.exists:
             self._read()
 
@@ -81,6 +85,7 @@ class Current:
             self._adopt_attachment()
         self._read_maps()
         self.attached = self._is_attached()
+        self._read_interrupted()
 
     def _pinned(self, name):
         if name == pins.PROG_PIN:
@@ -148,6 +153,27 @@ class Current:
                     self.rules.append((desired.Rule(dest, jiffies), slot))
             self.rules.sort(key=lambda pair: pair[1])
 
+    def _read_interrupted(self):
+        """The new_prog pin's program where it is attached: on the cgroup the record pinned beside it
+        (new_meta) names, the recorded one, or the expected one."""
+        prog_fd = pins.open_pin(os.path.join(self.instance_dir, pins.NEW_PIN_PREFIX + pins.PROG_PIN))
+        if prog_fd is None:
+            return
+        meta = pins.read_meta_pin(os.path.join(self.instance_dir, pins.NEW_PIN_PREFIX + pins.META_MAP))
+        prog_id = bpf_syscall.prog_info(prog_fd).id
+        for cgroup in [meta["cgroup"] if meta else None, self.cgroup, self.expected_cgroup]:
+            if (
+                cgroup
+                and cgroup not in self.interrupted_cgroups
+                and os.path.isdir(cgroup)
+                and prog_id in coexistence.attached_program_ids(cgroup)[1]
+            ):
+                self.interrupted_cgroups.append(cgroup)
+        if self.interrupted_cgroups:
+            self.interrupted_prog_fd, self.interrupted_prog_id = prog_fd, prog_id
+        else:
+            os.close(prog_fd)
+
     @property
     def program_intact(self):
         """Program, maps and meta all pinned, and the program uses exactly the pinned maps."""
@@ -193,10 +219,10 @@ class Current:
         }
 
     def close(self):
-        for fd in [*list(self.maps.values()), self.prog_fd, self.link_fd]:
+        for fd in [*list(self.maps.values()), self.prog_fd, self.link_fd, self.interrupted_prog_fd]:
             if fd is not None:
                 os.close(fd)
-        self.maps, self.prog_fd, self.link_fd = {}, None, None
+        self.maps, self.prog_fd, self.link_fd, self.interrupted_prog_fd = {}, None, None, None
 
 
 def instances_on_cgroup(pin_dir: str, cgroup: str, exclude: str) -> List[str]:

@@ -42,6 +42,15 @@ def open_pin(path):
         raise
 
 
+def remove_pin(path):
+    """Unpin path; nothing pinned there is fine."""
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
 def read_meta(meta_fd):
     """The instance record in the meta map -> (record, None), or (None, what is wrong with it)."""
     if meta_fd is None:

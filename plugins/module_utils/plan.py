@@ -10,11 +10,11 @@ __metaclass__ = type
 
 import collections
 import os
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, coexistence, host, pins, rto_program
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import Desired, Rule
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import ATTACH_LINK, Desired, Rule
 
 # The cgroup tree a removal searches for an attachment the instance record no longer names is
 # searched this far at most (a host has hundreds to a few thousand cgroups).
@@ -25,13 +25,27 @@ class InstanceError(Exception):
     """The kernel or another program stands in the way; the message says what to do."""
 
 
+# How plan.attach puts the program on the cgroup.
+ATTACH_NEW = "new"  # a new attachment: BPF_PROG_ATTACH with BPF_F_ALLOW_MULTI, or a new bpf_link
+ATTACH_UPDATE_LINK = "update_link"  # BPF_LINK_UPDATE of the pinned link: atomic
+ATTACH_REPLACE = "replace"  # BPF_PROG_ATTACH with BPF_F_REPLACE of the current program: atomic
+
+
 class Plan(NamedTuple):
-    """What will change; the flags drive apply.apply_present()."""
+    """Every change a run makes, decided before it makes any: apply.py only carries it out, and
+    check mode reports steps, the same list a real run reports."""
 
     steps: List[str]  # for people; empty: nothing to do
-    load_maps: bool  # new maps and program from the object
-    load_program: bool  # a program on the maps (new ones, or a second copy to move it)
-    attach: bool
+    mount_bpffs: bool = False  # bpffs is mounted at /sys/fs/bpf first
+    load_maps: bool = False  # new maps and program from the object
+    load_program: bool = False  # a program on the maps (new ones, or a second copy to move it)
+    attach: Optional[str] = None  # ATTACH_NEW, ATTACH_UPDATE_LINK or ATTACH_REPLACE
+    detach_old: bool = False  # the current program comes off its cgroup (after the new one is on)
+    link_detach: bool = True  # a link comes off with BPF_LINK_DETACH (5.9), else by unpinning it
+    new_meta: bool = False  # a new meta map holds the record; else the live one is rewritten
+    detach_interrupted: Tuple[str, ...] = ()  # cgroups the program of a killed run (new_prog) is on
+    detach_unrecorded: Tuple[Tuple[str, int], ...] = ()  # (cgroup, program id) a search found
+    warnings: Tuple[str, ...] = ()
 
 
 def rule_entries(rules_and_slots: List[Tuple[Rule, int]]) -> Dict[bytes, bytes]:
@@ -71,8 +85,24 @@ def same_place(desired: Desired, current: Current) -> bool:
     return current.attached and (current.cgroup, current.attach_mode) == (desired.cgroup, desired.attach_mode)
 
 
-def plan_present(desired: Desired, current: Current) -> Plan:
-    steps = []
+def plan_present(
+    desired: Desired,
+    current: Current,
+    can_replace: bool = True,
+    link_detach: bool = True,
+    mount_bpffs: bool = False,
+    others: List[str] = (),
+    blockers: List[Dict[str, Any]] = (),
+) -> Plan:
+    """The plan from current to desired on a kernel with BPF_F_REPLACE (can_replace) and
+    BPF_LINK_DETACH (link_detach). others: other instances on desired's cgroup; blockers:
+    coexistence.attach_blockers() of it. InstanceError when either stands in the way."""
+    if others:
+        raise InstanceError(
+            "cgroup %s already has the tcp_rto instance %s: one instance per cgroup. "
+            "Change that instance's rules, or remove it first." % (desired.cgroup, others[0])
+        )
+    steps = ["mount bpffs on /sys/fs/bpf"] if mount_bpffs else []
     if current.leftovers:
         steps.append("remove what an interrupted run left (%s)" % ", ".join(current.leftovers))
     if current.exists and (not current.program_intact or current.meta_problem):
@@ -107,14 +137,44 @@ def plan_present(desired: Desired, current: Current) -> Plan:
     load_program = load_maps or (current.attached and not in_place)
     if load_program and not load_maps:
         steps.append("load a second copy of the program on the same maps")
-    attach = load_program or not current.attached
-    if attach and in_place:
+    attach = None
+    if load_program or not current.attached:
+        if in_place and desired.attach_mode == ATTACH_LINK:
+            attach = ATTACH_UPDATE_LINK
+        elif in_place and can_replace:
+            attach = ATTACH_REPLACE
+        else:
+            attach = ATTACH_NEW
+    if attach in (ATTACH_NEW, ATTACH_REPLACE) and blockers:  # a link update does not attach anew
+        raise InstanceError(coexistence.describe_blockers(desired.cgroup, blockers))
+    if attach in (ATTACH_UPDATE_LINK, ATTACH_REPLACE):
         steps.append("replace the attached program atomically (%s)" % desired.attach_mode)
     elif attach:
         steps.append("attach to %s (%s)" % (desired.cgroup, desired.attach_mode))
-    if current.attached and not in_place:
+    detach_old = attach == ATTACH_NEW and current.attached
+    if detach_old:
         steps.append("detach from %s (%s)" % (current.cgroup, current.attach_mode))
-    return Plan(steps, load_maps, load_program, attach)
+    steps.extend(_interrupted_steps(current))
+    return Plan(
+        steps=steps,
+        mount_bpffs=mount_bpffs,
+        load_maps=load_maps,
+        load_program=load_program,
+        attach=attach,
+        detach_old=detach_old,
+        link_detach=link_detach,
+        # A record of its own for a new attachment, so that a killed run's new_meta names its cgroup.
+        new_meta=pins.META_MAP in current.missing_pins or attach is not None or current.meta_problem is not None,
+        detach_interrupted=tuple(current.interrupted_cgroups),
+    )
+
+
+def _interrupted_steps(current: Current, unrecorded: List[Tuple[str, int]] = ()) -> List[str]:
+    return [
+        "detach program %d of an interrupted run from %s (multi)" % (current.interrupted_prog_id, cgroup)
+        for cgroup in current.interrupted_cgroups
+        if (cgroup, current.interrupted_prog_id) not in unrecorded
+    ]
 
 
 def _cgroup_tree(root: str, limit: int) -> Tuple[List[str], bool]:
@@ -185,25 +245,46 @@ def _uses(prog_id: int, map_ids: set) -> bool:
         return False  # unloaded meanwhile
 
 
-def plan_absent(current: Current, unrecorded: List[Tuple[str, int]] = ()) -> Plan:
-    """unrecorded: unrecorded_attachments() of current."""
-    if not current.exists:
-        return Plan([], False, False, False)
-    steps = []
-    if current.attached:
-        steps.append("detach from %s (%s)" % (current.cgroup, current.attach_mode))
-    for cgroup, prog_id in unrecorded:
-        steps.append("detach program %d from %s (multi, found by a search of the cgroup tree)" % (prog_id, cgroup))
-    if current.own_entries or not current.unknown_entries:
-        steps.append("remove pins of %s" % current.instance_dir)
-    return Plan(steps, False, False, False)
+def plan_absent(
+    current: Current,
+    unrecorded: List[Tuple[str, int]] = (),
+    searched_all: bool = True,
+    link_detach: bool = True,
+    mount_bpffs: bool = False,
+) -> Plan:
+    """unrecorded, searched_all: unrecorded_attachments() of current."""
+    steps = ["mount bpffs on /sys/fs/bpf"] if mount_bpffs else []
+    warnings = [unknown_entries_warning(current)]
+    if not searched_all:
+        warnings.append(
+            "the instance record (meta pin) of %s is missing or unreadable, and only the first %d cgroups "
+            "were searched for its programs: check with 'bpftool cgroup tree' that none is left attached"
+            % (os.path.basename(current.instance_dir), MAX_CGROUPS_SEARCHED)
+        )
+    if current.exists:
+        if current.attached:
+            steps.append("detach from %s (%s)" % (current.cgroup, current.attach_mode))
+        steps.extend(_interrupted_steps(current, unrecorded))
+        for cgroup, prog_id in unrecorded:
+            steps.append("detach program %d from %s (multi, found by a search of the cgroup tree)" % (prog_id, cgroup))
+        if current.own_entries or not current.unknown_entries:
+            steps.append("remove pins of %s" % current.instance_dir)
+    return Plan(
+        steps=steps,
+        mount_bpffs=mount_bpffs,
+        detach_old=current.attached,
+        link_detach=link_detach,
+        detach_interrupted=tuple(current.interrupted_cgroups),
+        detach_unrecorded=tuple(unrecorded),
+        warnings=tuple(warning for warning in warnings if warning),
+    )
 
 
-def unknown_entries_warning(current: Current, name: str) -> Optional[str]:
+def unknown_entries_warning(current: Current) -> Optional[str]:
     if not current.unknown_entries:
         return None
     return (
         "%s holds entries that are not pins of the instance %s (%s): they and the directory were left as "
         "they are; remove them if nothing else uses them"
-        % (current.instance_dir, name, ", ".join(current.unknown_entries))
+        % (current.instance_dir, os.path.basename(current.instance_dir), ", ".join(current.unknown_entries))
     )

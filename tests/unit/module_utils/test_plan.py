@@ -21,6 +21,9 @@ class FakeCurrent:
 
     def __init__(self, want, attached=True, intact=True, cgroup=None, attach_mode=None, sha256=None, leftovers=()):
         self.exists = True
+        self.missing_pins = []
+        self.interrupted_cgroups = []
+        self.interrupted_prog_id = None
         self.leftovers = list(leftovers)
         self.program_intact = intact
         self.meta_problem = None
@@ -57,7 +60,7 @@ def test_plan_values_only_touch_maps():
 def test_plan_new_object_replaces_in_place():
     want = desired(sha256="b" * 64)
     planned = plan.plan_present(want, FakeCurrent(want, sha256="a" * 64))
-    assert planned.load_maps and planned.load_program and planned.attach
+    assert planned.load_maps and planned.load_program and planned.attach == plan.ATTACH_UPDATE_LINK
     assert "replace the attached program atomically (link)" in planned.steps
 
 
@@ -149,3 +152,55 @@ def test_only_the_instance_pins_are_its_own():
             "new_link",
         ]
     )
+
+
+def test_plan_says_how_the_new_program_goes_on():
+    """In place: a link update, or BPF_F_REPLACE; without BPF_F_REPLACE the new program goes on
+    beside the old one, which then comes off: the steps say so, as a real run does it."""
+    link = desired(sha256="b" * 64)
+    assert plan.plan_present(link, FakeCurrent(link, sha256="a" * 64)).attach == plan.ATTACH_UPDATE_LINK
+    multi = desired(sha256="b" * 64, attach_mode="multi")
+    replaced = plan.plan_present(multi, FakeCurrent(multi, sha256="a" * 64))
+    assert (replaced.attach, replaced.detach_old) == (plan.ATTACH_REPLACE, False)
+    assert "replace the attached program atomically (multi)" in replaced.steps
+    beside = plan.plan_present(multi, FakeCurrent(multi, sha256="a" * 64), can_replace=False)
+    assert (beside.attach, beside.detach_old) == (plan.ATTACH_NEW, True)
+    assert beside.steps[-2:] == ["attach to /cg (multi)", "detach from /cg (multi)"]
+
+
+def test_plan_writes_a_new_record_for_a_new_attachment_only():
+    held = desired(rules=[{"dest": "10.0.0.0/8", "rto_ms": 50}])
+    want = desired(rules=[{"dest": "10.0.0.0/8", "rto_ms": 60}])
+    assert not plan.plan_present(want, FakeCurrent(held)).new_meta
+    assert plan.plan_present(want, FakeCurrent(want, attached=False)).new_meta
+    missing_meta = FakeCurrent(want)
+    missing_meta.missing_pins = ["meta"]
+    assert plan.plan_present(want, missing_meta).new_meta
+
+
+def test_plan_detaches_what_an_interrupted_run_attached():
+    want = desired()
+    current = FakeCurrent(want, leftovers=["new_prog"])
+    current.interrupted_cgroups, current.interrupted_prog_id = ["/cg"], 42
+    planned = plan.plan_present(want, current)
+    assert planned.detach_interrupted == ("/cg",)
+    assert planned.steps[-1] == "detach program 42 of an interrupted run from /cg (multi)"
+
+
+def test_plan_refuses_another_instance_and_blocked_attaches():
+    want = desired(cgroup="/new")
+    with pytest.raises(plan.InstanceError, match="already has the tcp_rto instance other"):
+        plan.plan_present(want, FakeCurrent(desired(cgroup="/old")), others=["other"])
+    blockers = [{"id": 7, "name": "x", "cgroup": "/new", "attach": "exclusive"}]
+    with pytest.raises(plan.InstanceError, match="program 7"):
+        plan.plan_present(want, FakeCurrent(desired(cgroup="/old")), blockers=blockers)
+    upgraded = desired(sha256="b" * 64)  # a link update attaches nothing anew
+    assert plan.plan_present(upgraded, FakeCurrent(upgraded, sha256="a" * 64), blockers=blockers).attach
+
+
+def test_plan_mounts_bpffs_first():
+    want = desired()
+    current = FakeCurrent(want, attached=False, intact=False)
+    current.exists = False
+    planned = plan.plan_present(want, current, mount_bpffs=True)
+    assert planned.mount_bpffs and planned.steps[0] == "mount bpffs on /sys/fs/bpf"
