@@ -7,6 +7,7 @@ import os
 
 import pytest
 import reconcile_run
+from conftest import cgroup_program_ids
 
 pytestmark = pytest.mark.kernel
 
@@ -21,25 +22,53 @@ def many_rules(count, first_octet):
     ]
 
 
+NEW_OBJECT = dict(rules=RULES, src="SECOND_OBJECT")
+# case: (first run, changed parameters, TCP_RTO_FORCE_MISSING, actions the change must include)
 CASES = {
-    "rules-in-place": (dict(rules=RULES), dict(rules=[{"dest": "127.0.0.0/8", "rto_ms": 300}], rto_ms=500), None),
-    "rules-need-new-maps": (dict(rules=many_rules(600, 10)), dict(rules=many_rules(600, 11)), None),
-    "new-object-link": (dict(rules=RULES), dict(rules=RULES, src="SECOND_OBJECT"), None),
-    "new-object-multi": (dict(rules=RULES), dict(rules=RULES, src="SECOND_OBJECT"), NO_LINKS),
-    "new-object-multi-no-replace": (dict(rules=RULES), dict(rules=RULES, src="SECOND_OBJECT"), NO_LINKS_NO_REPLACE),
-    "other-cgroup": (dict(rules=RULES), dict(rules=RULES, cgroup="CHILD"), None),
-    "other-cgroup-multi": (dict(rules=RULES), dict(rules=RULES, cgroup="CHILD"), NO_LINKS),
-    "absent": (dict(rules=RULES), dict(state="absent"), None),
+    "rules-in-place": (
+        dict(rules=RULES),
+        dict(rules=[{"dest": "127.0.0.0/8", "rto_ms": 300}], rto_ms=500),
+        None,
+        ["update rules", "update default and direction"],
+    ),
+    "rules-need-new-maps": (
+        dict(rules=many_rules(600, 10)),
+        dict(rules=many_rules(600, 11)),
+        None,
+        ["replace the attached program atomically (link)"],
+    ),
+    "new-object-link": (dict(rules=RULES), NEW_OBJECT, None, ["replace the attached program atomically (link)"]),
+    "new-object-multi": (dict(rules=RULES), NEW_OBJECT, NO_LINKS, ["replace the attached program atomically (multi)"]),
+    "new-object-multi-no-replace": (
+        dict(rules=RULES),
+        NEW_OBJECT,
+        NO_LINKS_NO_REPLACE,
+        ["attach to CGROUP (multi)", "detach from CGROUP (multi)"],
+    ),
+    "other-cgroup": (
+        dict(rules=RULES),
+        dict(rules=RULES, cgroup="CHILD"),
+        None,
+        ["attach to CHILD (link)", "detach from CGROUP (link)"],
+    ),
+    "other-cgroup-multi": (
+        dict(rules=RULES),
+        dict(rules=RULES, cgroup="CHILD"),
+        NO_LINKS,
+        ["attach to CHILD (multi)", "detach from CGROUP (multi)"],
+    ),
+    "absent": (dict(rules=RULES), dict(state="absent"), None, ["detach from CGROUP (link)"]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_check_mode_lists_what_the_run_does(case, cgroup, bpffs, second_object):
-    first, change, force_missing = CASES[case]
+    first, change, force_missing, expected = CASES[case]
     child = os.path.join(cgroup, "child")
     os.mkdir(child)
-    substitutes = {"SECOND_OBJECT": second_object, "CHILD": child}
-    change = {key: substitutes.get(value, value) for key, value in change.items()}
+    substitutes = {"SECOND_OBJECT": second_object, "CHILD": child, "CGROUP": cgroup}
+    expected = [" ".join(substitutes.get(word, word) for word in step.split(" ")) for step in expected]
+    change = {key: substitutes.get(value, value) if isinstance(value, str) else value for key, value in change.items()}
 
     def run(given, check_mode=False):
         params = reconcile_run.module_params(
@@ -55,6 +84,10 @@ def test_check_mode_lists_what_the_run_does(case, cgroup, bpffs, second_object):
     done = run(change)
     assert planned["changed"] is True
     assert planned["actions"] == done["actions"]
+    assert [step for step in expected if step not in done["actions"]] == [], done["actions"]
+    assert cgroup_program_ids(child if change.get("cgroup") else cgroup) == (
+        [] if change.get("state") == "absent" else [done["instance"]["program_id"]]
+    )
     assert run(change, check_mode=True)["actions"] == []
     if change.get("state") != "absent":
         run(dict(state="absent"))
