@@ -14,7 +14,7 @@ import time
 import lab
 import reconcile_run  # tests/integration: the module's parameters at their defaults
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, hz, reconcile
 
 BLOG_SOURCE = os.path.join(lab.BENCH, "blog", "blog_rto.bpf.c")
 BLOG_RTO_S = 3  # the blog's reply = HZ * 3
@@ -23,7 +23,7 @@ MULTIARCH_INCLUDE = "/usr/include/%s-linux-gnu" % os.uname()[4]  # asm/types.h f
 
 def kernel_hz():
     """CONFIG_HZ as the module finds it."""
-    return reconcile.discover_hz(dict(hz=None), os.uname()[2])[0]
+    return hz.discover(None, os.uname()[2])[0]
 
 
 def collection_params(name, cgroup, pin_dir, rules, state="present"):

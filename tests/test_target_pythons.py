@@ -19,10 +19,10 @@ SNIPPET = """
 import os, sys
 sys.path.insert(0, os.path.join(sys.argv[1], ".cache", "collections"))
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
-    apply, bpf_object, bpf_syscall, host, instance, probe, rto_program)
+    apply, bpf_object, bpf_syscall, desired, host, hz, probe, reconcile, rto_program)
 obj = bpf_object.BpfObject.from_file(os.path.join(sys.argv[1], "plugins", "plugin_utils", "tcp_initial_rto.bpf.o"))
 bpf_object.check_contract(obj)
-rules = instance.parse_rules([{"dest": "10.0.0.0/8", "rto_ms": 50}, {"dest": "fd00::/8", "rto_ms": 4}], 250)
+rules = desired.parse_rules([{"dest": "10.0.0.0/8", "rto_ms": 50}, {"dest": "fd00::/8", "rto_ms": 4}], 250)
 assert [rule.rto_jiffies for rule in rules] == [13, 1], rules
 fd = bpf_syscall.map_create(rto_program.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, "pycheck")
 os.close(fd)
@@ -45,7 +45,11 @@ def test_module_utils_on_target_python(python):
 
 
 # The domain (rules, jiffies, plan) and the BPF object reader (ELF parsing, the program contract).
-PURE_LOGIC_TESTS = ["tests/unit/module_utils/test_instance.py", "tests/unit/module_utils/test_bpf_object.py"]
+PURE_LOGIC_TESTS = [
+    "tests/unit/module_utils/test_desired.py",
+    "tests/unit/module_utils/test_plan.py",
+    "tests/unit/module_utils/test_bpf_object.py",
+]
 # The newest pytest each Python runs, installed in this order. Python 3.6's own pip (18) does not
 # check what Python a wheel from a local --find-links directory needs: a newer pip first.
 PYTEST_REQUIREMENTS = {

@@ -19,25 +19,30 @@ __metaclass__ = type
 import errno
 import os
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, host
 
 MAX_CGROUPS = 10000  # descendants walked for programs; a host has hundreds
 MAX_DESCENDANT_PROBES = 8  # descendants with foreign programs probed by verify
 
 
-def _query(cgroup, effective=False):
-    """-> (attach_flags, [program ids]) of cgroup's sock_ops programs ((0, []) if it is gone)."""
+def attached_program_ids(cgroup, effective=False):
+    """-> (attach_flags, [program ids]) of the sock_ops programs attached to cgroup itself (effective:
+    those its sockets run, in the order they run them). OSError when cgroup is gone."""
+    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+        return bpf_syscall.prog_query(fd, bpf_syscall.BPF_CGROUP_SOCK_OPS, effective=effective)
+    finally:
+        os.close(fd)
+
+
+def _query(cgroup, effective=False):
+    """attached_program_ids, (0, []) when cgroup is gone."""
+    try:
+        return attached_program_ids(cgroup, effective)
     except OSError as exc:
         if exc.errno == errno.ENOENT:
             return 0, []
         raise
-    try:
-        return bpf.prog_query(fd, bpf.BPF_CGROUP_SOCK_OPS, effective=effective)
-    finally:
-        os.close(fd)
 
 
 def effective_ids(cgroup):
@@ -46,19 +51,19 @@ def effective_ids(cgroup):
 
 
 def _attach_word(flags):
-    if flags & bpf.BPF_F_ALLOW_MULTI:
+    if flags & bpf_syscall.BPF_F_ALLOW_MULTI:
         return "multi"
-    return "override" if flags & bpf.BPF_F_ALLOW_OVERRIDE else "exclusive"
+    return "override" if flags & bpf_syscall.BPF_F_ALLOW_OVERRIDE else "exclusive"
 
 
 def _sock_ops_links():
     """{(cgroup inode, program id)} of the cgroup sock_ops bpf_links on the host."""
     found = set()
     try:
-        for info in bpf.link_infos():
-            if info.type == bpf.BPF_LINK_TYPE_CGROUP and info.attach_type == bpf.BPF_CGROUP_SOCK_OPS:
+        for info in bpf_syscall.link_infos():
+            if info.type == bpf_syscall.BPF_LINK_TYPE_CGROUP and info.attach_type == bpf_syscall.BPF_CGROUP_SOCK_OPS:
                 found.add((info.cgroup_id, info.prog_id))
-    except bpf.BpfError as exc:
+    except bpf_syscall.BpfError as exc:
         # EINVAL before 5.8: no BPF_LINK_GET_NEXT_ID, nor cgroup links to list. EPERM without
         # CAP_SYS_ADMIN (CAP_BPF + CAP_NET_ADMIN is enough for the rest): links then read as multi.
         if exc.errno not in (errno.EINVAL, errno.EPERM):
@@ -68,10 +73,10 @@ def _sock_ops_links():
 
 def _program_names(prog_id):
     try:
-        with bpf.closing_fd(bpf.prog_get_fd_by_id(prog_id)) as fd:
-            info = bpf.prog_info(fd)
+        with bpf_syscall.closing_fd(bpf_syscall.prog_get_fd_by_id(prog_id)) as fd:
+            info = bpf_syscall.prog_info(fd)
         return info.name, info.tag
-    except bpf.BpfError:
+    except bpf_syscall.BpfError:
         return "", ""  # unloaded meanwhile
 
 
@@ -158,14 +163,14 @@ def attach_blockers(cgroup, cgroup_root):
     attached exclusive (an override or multi ancestor allows it)."""
     blockers = []
     flags, ids = _query(cgroup)
-    if ids and not flags & bpf.BPF_F_ALLOW_MULTI:
+    if ids and not flags & bpf_syscall.BPF_F_ALLOW_MULTI:
         blockers.extend((prog_id, cgroup, flags) for prog_id in ids)
     for ancestor in _ancestors(cgroup, cgroup_root):
         flags, ids = _query(ancestor)
-        if flags & bpf.BPF_F_ALLOW_MULTI:
+        if flags & bpf_syscall.BPF_F_ALLOW_MULTI:
             break
         if ids:
-            if not flags & bpf.BPF_F_ALLOW_OVERRIDE:
+            if not flags & bpf_syscall.BPF_F_ALLOW_OVERRIDE:
                 blockers.extend((prog_id, ancestor, flags) for prog_id in ids)
             break
     return [
@@ -204,10 +209,6 @@ def descendants_to_probe(programs):
     return cgroups[:MAX_DESCENDANT_PROBES]
 
 
-def _is_within(path, cgroup):
-    return path == cgroup or path.startswith(cgroup.rstrip("/") + "/")
-
-
 def conflicts(failed_checks, programs, cgroup, own_ids, default_ms):
     """Foreign programs that can explain the failed verification checks: those in the effective
     array of the probed cgroup, with why. -> [{id, name, cgroup, relation, attach, runs, sockets_in, why}]"""
@@ -217,7 +218,7 @@ def conflicts(failed_checks, programs, cgroup, own_ids, default_ms):
         order = effective_ids(probed)
         got_default = check["observed_ms"] == default_ms
         for program in programs:
-            if program["id"] not in order or not _is_within(probed, program["cgroup"]):
+            if program["id"] not in order or not host.is_within(probed, program["cgroup"]):
                 continue
             runs = _position(program["id"], order, own_ids)
             if runs == "after":
@@ -238,4 +239,19 @@ def conflicts(failed_checks, programs, cgroup, own_ids, default_ms):
             entry.update(runs=runs, sockets_in=probed, why=why)
             if entry not in found:
                 found.append(entry)
+    return found
+
+
+def foreign_programs(cgroup, own_ids):
+    """Other sock_ops programs attached to cgroup: reported, never touched."""
+    flags, ids = attached_program_ids(cgroup)
+    found = []
+    for prog_id in ids:
+        if prog_id in own_ids:
+            continue
+        entry = {"id": prog_id, "attach_flags": flags}
+        name, tag = _program_names(prog_id)
+        if name or tag:
+            entry.update(name=name, tag=tag)
+        found.append(entry)
     return found

@@ -11,13 +11,12 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, pins, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import ATTACH_LINK, network_text
 
 
 def _direction_name(bits):
-    names = [name for name, value in abi.DIRECTIONS.items() if value == bits]
+    names = [name for name, value in rto_program.DIRECTIONS.items() if value == bits]
     return names[0] if names else "bits %r" % (bits,)
 
 
@@ -25,19 +24,19 @@ def _pin_findings(current):
     found = []
     for name in current.missing_pins:
         path = os.path.join(current.instance_dir, name)
-        if name == model.PROG_PIN and current.prog_adopted:
+        if name == pins.PROG_PIN and current.prog_adopted:
             found.append("pin %s is missing; program %d is still attached (found by id)" % (path, current.prog_info.id))
-        elif name == model.META_MAP and current.meta_adopted:
+        elif name == pins.META_MAP and current.meta_adopted:
             found.append(
                 "pin %s (the instance record) is missing; program %d found attached to %s"
                 % (path, current.prog_info.id, current.cgroup)
             )
         else:
             found.append("pin %s is missing" % path)
-    if current.attach_mode == model.ATTACH_LINK and current.link_fd is None:
+    if current.attach_mode == ATTACH_LINK and current.link_fd is None:
         found.append(
             "pin %s is missing, and with it the bpf_link that attached the program"
-            % (os.path.join(current.instance_dir, model.LINK_PIN))
+            % (os.path.join(current.instance_dir, pins.LINK_PIN))
         )
     elif current.prog_info is not None and current.meta is not None and not current.attached:
         found.append(
@@ -62,25 +61,25 @@ def detach_cause(current):
 def maps_edited(current):
     """Whether the rules or config map differ from what tcp_rto last wrote (per the meta record)."""
     recorded = (current.meta or {}).get("maps_sha256")
-    if not recorded or abi.RULES_MAP not in current.maps or abi.CONFIG_MAP not in current.maps:
+    if not recorded or rto_program.RULES_MAP not in current.maps or rto_program.CONFIG_MAP not in current.maps:
         return False
     held_rules = [rule for rule, _slot in current.rules]
-    return model.maps_fingerprint(held_rules, current.default_jiffies, current.directions) != recorded
+    return pins.maps_fingerprint(held_rules, current.default_jiffies, current.directions) != recorded
 
 
 def _map_findings(current, desired):
     recorded = (current.meta or {}).get("maps_sha256")
-    if not recorded or abi.RULES_MAP not in current.maps or abi.CONFIG_MAP not in current.maps:
+    if not recorded or rto_program.RULES_MAP not in current.maps or rto_program.CONFIG_MAP not in current.maps:
         return []
     held_rules = [rule for rule, _slot in current.rules]
-    if model.maps_fingerprint(held_rules, current.default_jiffies, current.directions) == recorded:
+    if pins.maps_fingerprint(held_rules, current.default_jiffies, current.directions) == recorded:
         return []
-    wanted_directions = abi.DIRECTIONS[desired.direction]
-    if model.maps_fingerprint(desired.rules, desired.default_jiffies, wanted_directions) != recorded:
+    wanted_directions = rto_program.DIRECTIONS[desired.direction]
+    if pins.maps_fingerprint(desired.rules, desired.default_jiffies, wanted_directions) != recorded:
         return ["the rules or config map was edited outside tcp_rto since the last run"]
     found = []
-    held = {model.network_text(rule.dest): rule.rto_jiffies for rule in held_rules}
-    written = {model.network_text(rule.dest): rule.rto_jiffies for rule in desired.rules}
+    held = {network_text(rule.dest): rule.rto_jiffies for rule in held_rules}
+    written = {network_text(rule.dest): rule.rto_jiffies for rule in desired.rules}
     for dest, jiffies in written.items():
         if dest not in held:
             found.append("rules map: the rule for %s (%d jiffies) was deleted" % (dest, jiffies))

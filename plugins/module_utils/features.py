@@ -24,8 +24,7 @@ import resource
 import struct
 import sys
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, host
 
 FORCE_MISSING_ENVIRONMENT = "TCP_RTO_FORCE_MISSING"
 
@@ -37,7 +36,7 @@ UNKNOWN = (errno.EINVAL, errno.E2BIG)
 PROBE_CGROUP_PREFIX = "tcp_rto_probe-"
 PROBE_PROGRAM_NAME = "tcp_rto_probe"
 
-# struct bpf_sock_ops offsets (include/uapi/linux/bpf.h) of the fields the shipped program reads
+# struct bpf_sock_ops offsets (include/uapi/linux/bpf_syscall.h) of the fields the shipped program reads
 # last among those it needs: both 4.16.
 _SOCK_OPS_IS_FULLSOCK = 72
 _SOCK_OPS_STATE = 88
@@ -77,7 +76,7 @@ def _command_known(feature, call):
     to the fds), False on EINVAL/E2BIG (it does not)."""
     try:
         call()
-    except bpf.BpfError as exc:
+    except bpf_syscall.BpfError as exc:
         if exc.errno == errno.EBADF:
             return True
         if exc.errno in UNKNOWN:
@@ -91,14 +90,14 @@ def _command_known(feature, call):
 
 def probe_prog_query():
     """BPF_PROG_QUERY (4.15): lists a cgroup's programs."""
-    return _command_known("BPF_PROG_QUERY", lambda: bpf.prog_query(BAD_FD, bpf.BPF_CGROUP_SOCK_OPS))
+    return _command_known("BPF_PROG_QUERY", lambda: bpf_syscall.prog_query(BAD_FD, bpf_syscall.BPF_CGROUP_SOCK_OPS))
 
 
 def probe_allow_multi():
     """BPF_F_ALLOW_MULTI on BPF_PROG_ATTACH (4.15): the kernel checks the flags before the fds."""
     return _command_known(
         "BPF_F_ALLOW_MULTI",
-        lambda: bpf.prog_attach(BAD_FD, BAD_FD, bpf.BPF_CGROUP_SOCK_OPS, bpf.BPF_F_ALLOW_MULTI),
+        lambda: bpf_syscall.prog_attach(BAD_FD, BAD_FD, bpf_syscall.BPF_CGROUP_SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI),
     )
 
 
@@ -106,23 +105,27 @@ def probe_prog_replace():
     """BPF_F_REPLACE on BPF_PROG_ATTACH (5.6), checked like BPF_F_ALLOW_MULTI."""
     return _command_known(
         "BPF_F_REPLACE",
-        lambda: bpf.prog_attach(BAD_FD, BAD_FD, bpf.BPF_CGROUP_SOCK_OPS, bpf.BPF_F_ALLOW_MULTI | bpf.BPF_F_REPLACE),
+        lambda: bpf_syscall.prog_attach(
+            BAD_FD, BAD_FD, bpf_syscall.BPF_CGROUP_SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI | bpf_syscall.BPF_F_REPLACE
+        ),
     )
 
 
 def probe_link_create():
     """BPF_LINK_CREATE (5.7 with cgroup links, the first kind there was)."""
-    return _command_known("BPF_LINK_CREATE", lambda: bpf.link_create(BAD_FD, BAD_FD, bpf.BPF_CGROUP_SOCK_OPS))
+    return _command_known(
+        "BPF_LINK_CREATE", lambda: bpf_syscall.link_create(BAD_FD, BAD_FD, bpf_syscall.BPF_CGROUP_SOCK_OPS)
+    )
 
 
 def probe_link_update():
     """BPF_LINK_UPDATE (5.7): replaces a link's program."""
-    return _command_known("BPF_LINK_UPDATE", lambda: bpf.link_update(BAD_FD, BAD_FD))
+    return _command_known("BPF_LINK_UPDATE", lambda: bpf_syscall.link_update(BAD_FD, BAD_FD))
 
 
 def probe_link_detach():
     """BPF_LINK_DETACH (5.9): detaches a link that others may still hold open."""
-    return _command_known("BPF_LINK_DETACH", lambda: bpf.link_detach(BAD_FD))
+    return _command_known("BPF_LINK_DETACH", lambda: bpf_syscall.link_detach(BAD_FD))
 
 
 def probe_memcg_accounting():
@@ -131,9 +134,9 @@ def probe_memcg_accounting():
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, hard))
     try:
-        os.close(bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, PROBE_PROGRAM_NAME))
+        os.close(bpf_syscall.map_create(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, PROBE_PROGRAM_NAME))
         return True
-    except bpf.BpfError as exc:
+    except bpf_syscall.BpfError as exc:
         if exc.errno == errno.EPERM:
             return False
         raise _unexpected("memory accounting (a map under RLIMIT_MEMLOCK 0)", exc)
@@ -145,8 +148,8 @@ def load_probe_program():
     """The probe program's fd, or None where the kernel refuses it: no sock_ops programs (EINVAL)
     or no is_fullsock/state fields in their context (EACCES)."""
     try:
-        return bpf.prog_load(bpf.BPF_PROG_TYPE_SOCK_OPS, PROBE_PROGRAM, "GPL", PROBE_PROGRAM_NAME)
-    except bpf.BpfError as exc:
+        return bpf_syscall.prog_load(bpf_syscall.BPF_PROG_TYPE_SOCK_OPS, PROBE_PROGRAM, "GPL", PROBE_PROGRAM_NAME)
+    except bpf_syscall.BpfError as exc:
         if exc.errno in (errno.EINVAL, errno.EACCES):
             return None
         raise _unexpected("sock_ops programs", exc)
@@ -156,15 +159,15 @@ def probe_link_info(prog_fd, cgroup):
     """-> (cgroup_link, link_info) from a real link of prog_fd to cgroup (a child cgroup made for
     it). BPF_OBJ_GET_INFO_BY_FD answers EINVAL for a link before 5.8. Where no link can be made
     (EINVAL; EPERM under an exclusive attachment of an ancestor) neither is used."""
-    with bpf.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
+    with bpf_syscall.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
         try:
-            link_fd = bpf.link_create(prog_fd, cgroup_fd, bpf.BPF_CGROUP_SOCK_OPS)
-        except bpf.BpfError:
+            link_fd = bpf_syscall.link_create(prog_fd, cgroup_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS)
+        except bpf_syscall.BpfError:
             return False, False
-    with bpf.closing_fd(link_fd):  # an unpinned link detaches with its last fd
+    with bpf_syscall.closing_fd(link_fd):  # an unpinned link detaches with its last fd
         try:
-            bpf.link_info(link_fd)
-        except bpf.BpfError as exc:
+            bpf_syscall.link_info(link_fd)
+        except bpf_syscall.BpfError as exc:
             if exc.errno in UNKNOWN:
                 return True, False
             raise _unexpected("link info (BPF_OBJ_GET_INFO_BY_FD on a link)", exc)

@@ -1,7 +1,7 @@
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Discovering the host: kernel release (its features are probed in features.py), CONFIG_HZ, the
-cgroup v2 mount, bpffs, privileges, and the sysctls that decide how long a SYN is retried.
+"""Discovering the host: kernel release (its features are probed in features.py, its HZ in
+hz.py), the cgroup v2 mount, bpffs, privileges, sysctls.
 
 Plain stdlib: the boot-time restore imports it without Ansible. Every function takes the paths it
 reads as parameters with the real ones as defaults, so that tests can point them at other files.
@@ -14,13 +14,11 @@ __metaclass__ = type
 
 import ctypes
 import errno
-import gzip
 import os
 import platform
 import re
 import resource
 import struct
-import time
 from typing import Optional, Tuple
 
 # Filesystem magic numbers (include/uapi/linux/magic.h): statfs(2) f_type.
@@ -52,11 +50,6 @@ MIN_KERNEL_REASON = (
 
 DEFAULT_PIN_ROOT = "/sys/fs/bpf"
 DEFAULT_PIN_DIR = DEFAULT_PIN_ROOT + "/tcp_rto"
-
-TCP_RTO_MAX_SECONDS = 120.0
-
-# Linux clock id (uapi, every architecture); the time module names it only from Python 3.13 on.
-CLOCK_MONOTONIC_COARSE = 6
 
 # Capability bits (include/uapi/linux/capability.h).
 CAP_NET_ADMIN = 12
@@ -91,32 +84,6 @@ def parse_release(release: str) -> Tuple[int, int, int]:
             "'MAJOR.MINOR[.PATCH]...' as printed by uname -r" % (release,)
         )
     return tuple(int(part or 0) for part in match.groups())
-
-
-def config_hz(
-    release: Optional[str] = None, boot_dir: str = "/boot", proc_config: str = "/proc/config.gz"
-) -> Optional[Tuple[int, str]]:
-    """CONFIG_HZ of the kernel -> (hz, source path), or None when no kernel config is readable.
-
-    Looks at <boot_dir>/config-<release> first, then the gzip'd <proc_config> (CONFIG_IKCONFIG_PROC).
-    """
-    release = release if release is not None else kernel_release()
-    candidates = ((os.path.join(boot_dir, "config-" + release), open), (proc_config, gzip.open))
-    for path, opener in candidates:
-        try:
-            with opener(path, "rb") as handle:
-                for line in handle:
-                    if line.startswith(b"CONFIG_HZ="):
-                        return int(line.split(b"=", 1)[1].strip()), path
-        except (OSError, EOFError, ValueError):
-            continue
-    return None
-
-
-def tick_hz() -> int:
-    """CONFIG_HZ measured, for hosts without a kernel config: CLOCK_MONOTONIC_COARSE advances once per
-    jiffy and clock_getres() reports that tick (4 ms at HZ 250)."""
-    return round(1.0 / time.clock_getres(CLOCK_MONOTONIC_COARSE))
 
 
 # --- statfs and mount through libc --------------------------------------------------------------
@@ -197,7 +164,8 @@ def cgroup2_mount(mounts: str = "/proc/mounts") -> str:
     )
 
 
-def _is_within(path, root):
+def is_within(path, root):
+    """Whether path is root or lies below it."""
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
@@ -238,7 +206,7 @@ def resolve_cgroup(path: Optional[str] = None, mount: Optional[str] = None) -> s
             "%s is on a %s filesystem, not cgroup2: give a cgroup v2 directory under %s"
             % (shown, fs_name(magic), mount)
         )
-    if not _is_within(real, real_mount):
+    if not is_within(real, real_mount):
         raise HostError("cgroup %s is outside the cgroup v2 mount %s: give a path under %s" % (shown, mount, mount))
     return real
 
@@ -303,7 +271,7 @@ def ensure_bpffs(
         return False
     real_root = os.path.realpath(pin_root)
     how = "mount -t bpf bpf %s (or enable systemd's sys-fs-bpf.mount)" % pin_root
-    if not _is_within(real, real_root):
+    if not is_within(real, real_root):
         raise HostError(
             "pin_dir %s%s is on a %s filesystem, not bpffs: choose a pin_dir under a bpffs "
             "mount (default %s) or mount one at its parent: mount -t bpf bpf <dir>"
@@ -435,7 +403,7 @@ def raise_memlock(required=False):
     return False
 
 
-# --- sysctls and SYN timing ---------------------------------------------------------------------
+# --- sysctls ---------------------------------------------------------------------
 
 
 def read_sysctl(name, default=None, proc_sys="/proc/sys"):
@@ -451,43 +419,3 @@ def read_sysctl(name, default=None, proc_sys="/proc/sys"):
         return int(text)
     except ValueError:
         return text
-
-
-def _model_timeout(boundary, rto_base, rto_max):
-    """tcp_model_timeout(): how long `boundary` exponentially backed-off retransmits take."""
-    ratio = int(rto_max // rto_base) if rto_base > 0 else 1
-    thresh = max(ratio, 1).bit_length() - 1  # ilog2
-    if boundary <= thresh:
-        return ((2 << boundary) - 1) * rto_base
-    return ((2 << thresh) - 1) * rto_base + (boundary - thresh) * rto_max
-
-
-def syn_give_up_seconds(
-    rto_seconds: float, syn_retries: int, linear_timeouts: int = 0, rto_max_seconds: float = TCP_RTO_MAX_SECONDS
-) -> float:
-    """Seconds after which connect() to a peer that never answers fails with ETIMEDOUT.
-
-    rto_seconds is the initial RTO R (what the program gives, 1 s without it); syn_retries is
-    net.ipv4.tcp_syn_retries (or TCP_SYNCNT) N; linear_timeouts is net.ipv4.tcp_syn_linear_timeouts L
-    on 6.5+ (pass 0 before: the sysctl does not exist there).
-
-    The kernel (tcp_retransmit_timer / tcp_write_timeout) re-arms the SYN timer with R for the first
-    L + 1 intervals, then doubles it (capped at TCP_RTO_MAX, 120 s). At each expiry after the first
-    retransmit it gives up when N + L retransmits were sent, or when the time since the first SYN
-    reaches tcp_model_timeout(N, R) = (2^(N+1) - 1)·R (while uncapped). So:
-        L = 0 (before 6.5):           (2^(N+1) - 1)·R                 N = 6: 127·R
-        L > 0: the first expiry at or after (2^(N+1) - 1)·R, where expiries fall at
-               R, 2R, ..., (L+1)R, (L+3)R, (L+7)R, ...                N = 6, L = 4: 131·R
-    (with L = 4 on this kernel: N = 1 gives 3·R, N = 2 gives 7·R, N = 3 gives 19·R: measured).
-    """
-    rto = float(rto_seconds)
-    limit = _model_timeout(syn_retries, rto, float(rto_max_seconds))
-    elapsed = 0.0
-    retransmits = 0
-    while True:
-        elapsed += rto  # the timer expires
-        if retransmits and (retransmits >= syn_retries + linear_timeouts or elapsed >= limit * (1 - 1e-9)):
-            return elapsed
-        retransmits += 1
-        if retransmits > linear_timeouts:
-            rto = min(rto * 2, rto_max_seconds)

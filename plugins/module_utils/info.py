@@ -9,10 +9,18 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import drift, features, host, persistence, service_unit
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    bpf_syscall,
+    coexistence,
+    drift,
+    features,
+    host,
+    hz,
+    persistence,
+    service_unit,
+    views,
+)
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
 
 
 def _support(release):
@@ -26,8 +34,7 @@ def _support(release):
         probed.require()
     except host.HostError as exc:
         reasons.append(str(exc))
-    found = host.config_hz(release)
-    kernel["hz"], kernel["hz_source"] = found or (host.tick_hz(), "measured")
+    kernel["hz"], kernel["hz_source"] = hz.discover(None, release)
     try:
         mount = host.cgroup2_mount()
     except host.HostError as exc:
@@ -59,17 +66,10 @@ def _instance_state(current, problems):
 
 
 def _instance_view(current, record_names, persist_root):
-    view = model.describe_current(current)
-    hits = current.hits()
-    for slot, rule in enumerate(view["rules"]):
-        rule["hits"] = hits.get(slot, 0)
-    name = os.path.basename(current.instance_dir)
+    view = views.with_hits(views.describe_current(current), current)
+    name = view["name"]
     view.update(
-        name=name,
-        pin_dir=current.instance_dir,
-        program_id=current.prog_info.id if current.prog_info else None,
         attached=current.attached,
-        default_hits=hits.get(abi.DEFAULT_HIT_SLOT, 0),
         persistent=name in record_names,
         unit=persistence.recorded_unit(name, persist_root) if name in record_names else None,
     )
@@ -106,8 +106,8 @@ def _not_loaded_problem(name, persist_root):
 
 def _foreign(cgroup, own_ids):
     try:
-        return model.foreign_programs(cgroup, own_ids)
-    except (OSError, bpf.BpfError) as exc:
+        return coexistence.foreign_programs(cgroup, own_ids)
+    except (OSError, bpf_syscall.BpfError) as exc:
         return [{"error": "cannot query %s: %s" % (cgroup, exc)}]
 
 
@@ -120,7 +120,7 @@ def gather(pin_dir, cgroups=(), persist_root="/"):
     instances, own_ids = [], []
     if os.path.isdir(pin_dir) and not reasons:
         for name in sorted(os.listdir(pin_dir)):
-            current = model.Current(os.path.join(pin_dir, name), link_info=link_info)
+            current = Current(os.path.join(pin_dir, name), link_info=link_info)
             try:
                 instances.append(_instance_view(current, record_names, persist_root))
                 own_ids += [current.prog_info.id] if current.prog_info else []

@@ -66,7 +66,7 @@ def _may_appear(cgroup):
         mount = host.cgroup2_mount()
     except host.HostError:
         return False
-    return os.path.normpath(cgroup).startswith(mount.rstrip("/") + "/")
+    return host.is_within(os.path.normpath(cgroup), mount)
 
 
 def _wait_in_background(name, cgroup):

@@ -11,7 +11,7 @@ import time
 import pytest
 from bpf_inventory import bpftool
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import hz
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -136,7 +136,7 @@ def run_as_systemd(command, timeout=60):
 
 def kernel_hz():
     """CONFIG_HZ as the module finds it: the module's own discovery, not a copy of it."""
-    return reconcile.discover_hz(dict(hz=None), os.uname()[2])[0]
+    return hz.discover(None, os.uname()[2])[0]
 
 
 @pytest.fixture(scope="session")

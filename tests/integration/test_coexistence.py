@@ -25,8 +25,8 @@ from foreign_sockops import OWN_JIFFIES, ForeignProgram
 from reconcile_run import module_params
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe, reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import desired, plan, probe, reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
 
 pytestmark = pytest.mark.kernel
 
@@ -34,7 +34,7 @@ HZ = kernel_hz()
 
 
 def jiffies_ms(jiffies):
-    return model.jiffies_to_ms(jiffies, HZ)
+    return desired.jiffies_to_ms(jiffies, HZ)
 
 
 def observed_jiffies(cgroup):
@@ -202,7 +202,7 @@ def run_operation(scene, row, operation, second_object):
         result = reconcile.run(scene.params(row.ours, **steps[operation]))
     except reconcile.VerificationFailed as exc:
         return "conflict", exc.result
-    except model.InstanceError as exc:
+    except plan.InstanceError as exc:
         return "refused", exc
     assert operation == "absent" or result["verification"]["ok"] is True, result
     assert result["conflicts"] == []
@@ -210,7 +210,7 @@ def run_operation(scene, row, operation, second_object):
 
 
 def own_program_ids(scene):
-    current = model.Current(os.path.join(scene.pin_dir, "coexist"))
+    current = Current(os.path.join(scene.pin_dir, "coexist"))
     try:
         return [current.prog_info.id] if current.prog_info else []
     finally:
@@ -306,7 +306,7 @@ def test_check_mode_refuses_blocked_attach(cgroup, bpffs, tmp_path):
     foreign = ForeignProgram(bpffs, "pass", "x")
     foreign.attach(scene.target, "exclusive")
     try:
-        with pytest.raises(model.InstanceError, match="program %d" % foreign.id):
+        with pytest.raises(plan.InstanceError, match="program %d" % foreign.id):
             reconcile.run(scene.params("link"), check_mode=True)
         assert not os.path.exists(scene.pin_dir)
     finally:

@@ -12,8 +12,8 @@ import reconcile_run
 import sandbox
 from conftest import cgroup_program_ids, kernel_hz, observed_rto_us
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import lock
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import lock, views
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
 
 pytestmark = pytest.mark.kernel
 
@@ -60,10 +60,10 @@ def test_eight_runs_at_once_on_one_instance(cgroup, bpffs, second_object, legacy
 
     # The configuration the kernel holds is one of the requests, whole (rules, default, object).
     instance_dir = os.path.join(pin_dir, "busy")
-    current = model.Current(instance_dir)
+    current = Current(instance_dir)
     try:
         program_id = current.prog_info.id
-        described = model.describe_current(current)
+        described = views.describe_current(current)
     finally:
         current.close()
     held = {key: described[key] for key in ("rules", "default_rto_ms", "object_sha256")}

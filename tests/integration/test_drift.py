@@ -17,9 +17,7 @@ import pytest
 from conftest import bpftool, kernel_hz
 from reconcile_run import module_params
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe, reconcile
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import desired, probe, reconcile, rto_program
 
 pytestmark = pytest.mark.kernel
 
@@ -55,8 +53,8 @@ def update_map(name, key, value):
     return tamper
 
 
-RULE_KEY = abi.encode_rule_key(model.parse_dest(RULE["dest"], "test"))
-CONFIG_KEY = abi.CONFIG_KEY.pack(0)
+RULE_KEY = rto_program.encode_rule_key(desired.parse_dest(RULE["dest"], "test"))
+CONFIG_KEY = rto_program.CONFIG_KEY.pack(0)
 Case = collections.namedtuple("Case", "ours tamper says")
 CASES = {
     "detach-link": Case("link", detach, "is not attached to"),
@@ -71,22 +69,30 @@ CASES = {
     "pin-meta-multi": Case("multi", delete_pin("meta"), "/meta (the instance record) is missing; program"),
     "edit-rule-value": Case(
         "link",
-        update_map("rules", RULE_KEY, abi.encode_rule_value(RULE_JIFFIES * 5, 0)),
+        update_map("rules", RULE_KEY, rto_program.encode_rule_value(RULE_JIFFIES * 5, 0)),
         "rules map: 127.0.0.0/8 holds %d jiffies, tcp_rto wrote %d" % (RULE_JIFFIES * 5, RULE_JIFFIES),
     ),
     "edit-rule-added": Case(
         "multi",
-        update_map("rules", abi.encode_rule_key(model.parse_dest("10.0.0.0/8", "test")), abi.encode_rule_value(7, 1)),
+        update_map(
+            "rules",
+            rto_program.encode_rule_key(desired.parse_dest("10.0.0.0/8", "test")),
+            rto_program.encode_rule_value(7, 1),
+        ),
         "rules map: a rule for 10.0.0.0/8 (7 jiffies) was added",
     ),
     "edit-config-default": Case(
         "link",
-        update_map("config", CONFIG_KEY, abi.encode_config(9, abi.DIRECTIONS["both"])),
+        update_map("config", CONFIG_KEY, rto_program.encode_config(9, rto_program.DIRECTIONS["both"])),
         "config map: the default holds 9 jiffies",
     ),
     "edit-config-direction": Case(
         "multi",
-        update_map("config", CONFIG_KEY, abi.encode_config(-(-DEFAULT_MS * HZ // 1000), abi.DIRECTIONS["incoming"])),
+        update_map(
+            "config",
+            CONFIG_KEY,
+            rto_program.encode_config(-(-DEFAULT_MS * HZ // 1000), rto_program.DIRECTIONS["incoming"]),
+        ),
         "config map: the direction holds incoming, tcp_rto wrote both",
     ),
 }

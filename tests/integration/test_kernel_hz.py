@@ -7,19 +7,19 @@ import os
 
 from conftest import kernel_hz
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import hz
 
 
 def test_kernel_hz_from_boot_config_without_proc_config(tmp_path, monkeypatch):
     release = os.uname()[2]
     # a value this kernel does not have, so that reading the real kernel's config cannot pass
-    boot_hz = next(hz for hz in (300, 100, 1000) if hz != host.tick_hz())
+    boot_hz = next(value for value in (300, 100, 1000) if value != hz.tick_hz())
     (tmp_path / ("config-" + release)).write_text("CONFIG_HZ_%d=y\nCONFIG_HZ=%d\n" % (boot_hz, boot_hz))
     # the host's files as a distribution kernel has them: /boot/config-<release>, no /proc/config.gz
     monkeypatch.setattr(
-        host,
+        hz,
         "config_hz",
-        functools.partial(host.config_hz, boot_dir=str(tmp_path), proc_config=str(tmp_path / "config.gz")),
+        functools.partial(hz.config_hz, boot_dir=str(tmp_path), proc_config=str(tmp_path / "config.gz")),
     )
-    assert reconcile.discover_hz(dict(hz=None), release) == (boot_hz, str(tmp_path / ("config-" + release)))
+    assert hz.discover(None, release) == (boot_hz, str(tmp_path / ("config-" + release)))
     assert kernel_hz() == boot_hz

@@ -46,7 +46,7 @@ from steps import GUEST_ROOT, STEPS, cgroup  # noqa: E402
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf  # noqa: E402
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, probe  # noqa: E402
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import attached_program_ids as attached  # noqa: E402
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.coexistence import attached_program_ids as attached  # noqa: E402
 
 MARK = "@@TCPRTO"
 

@@ -21,7 +21,7 @@ import bpf_objects
 import pytest
 import sandbox
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, reconcile, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, hz, rto_program
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BPF_DIR = os.path.join(REPO, "files", "bpf")
@@ -1018,7 +1018,7 @@ def _hits(path, slot):
 
 def _config_hz():
     """CONFIG_HZ as the module finds it."""
-    return reconcile.discover_hz(dict(hz=None), os.uname().release)[0]
+    return hz.discover(None, os.uname().release)[0]
 
 
 # Runs in a child process that joins a cgroup first: a socket belongs to its creator's cgroup. A

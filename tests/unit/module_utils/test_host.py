@@ -11,7 +11,7 @@ import uuid
 import pytest
 import sandbox
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, hz, syn_give_up
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.host import HostError
 
 CGROUP_V1_DIR = "/sys/fs/cgroup/cpu"  # a cgroup v1 hierarchy on this (hybrid) machine
@@ -62,22 +62,22 @@ def _hz_from_proc_config():
 @pytest.mark.skipif(not os.path.exists("/proc/config.gz"), reason="no /proc/config.gz here")
 def test_config_hz_of_this_machine():
     # No /boot/config-* here: the answer comes from /proc/config.gz.
-    found = host.config_hz()
+    found = hz.config_hz()
     assert found == (_hz_from_proc_config(), "/proc/config.gz")
     assert found[0] in (100, 250, 300, 1000)
 
 
 def test_tick_hz():
     # measured HZ agrees with the kernel config wherever one is readable
-    found = host.config_hz()
-    assert host.tick_hz() in (100, 250, 300, 1000)
+    found = hz.config_hz()
+    assert hz.tick_hz() in (100, 250, 300, 1000)
     if found:
-        assert host.tick_hz() == found[0]
+        assert hz.tick_hz() == found[0]
 
 
 def test_config_hz_prefers_boot_config(tmp_path):
     (tmp_path / "config-5.10.0-28-amd64").write_text("# comment\nCONFIG_HZ_1000=y\nCONFIG_HZ=1000\n")
-    assert host.config_hz("5.10.0-28-amd64", boot_dir=str(tmp_path), proc_config=str(tmp_path / "none.gz")) == (
+    assert hz.config_hz("5.10.0-28-amd64", boot_dir=str(tmp_path), proc_config=str(tmp_path / "none.gz")) == (
         1000,
         str(tmp_path / "config-5.10.0-28-amd64"),
     )
@@ -87,14 +87,14 @@ def test_config_hz_from_gzip(tmp_path):
     proc_config = tmp_path / "config.gz"
     with gzip.open(str(proc_config), "wt") as handle:
         handle.write("CONFIG_HZ_300=y\nCONFIG_HZ=300\n")
-    assert host.config_hz("1.2.3", boot_dir=str(tmp_path), proc_config=str(proc_config)) == (300, str(proc_config))
+    assert hz.config_hz("1.2.3", boot_dir=str(tmp_path), proc_config=str(proc_config)) == (300, str(proc_config))
 
 
 def test_config_hz_missing_or_unreadable(tmp_path):
-    assert host.config_hz("1.2.3", boot_dir=str(tmp_path), proc_config=str(tmp_path / "missing.gz")) is None
+    assert hz.config_hz("1.2.3", boot_dir=str(tmp_path), proc_config=str(tmp_path / "missing.gz")) is None
     (tmp_path / "config-1.2.3").write_text("CONFIG_NO_HZ=y\n")  # no CONFIG_HZ= line
     (tmp_path / "broken.gz").write_bytes(b"not gzip at all")
-    assert host.config_hz("1.2.3", boot_dir=str(tmp_path), proc_config=str(tmp_path / "broken.gz")) is None
+    assert hz.config_hz("1.2.3", boot_dir=str(tmp_path), proc_config=str(tmp_path / "broken.gz")) is None
 
 
 # --- cgroup v2 ----------------------------------------------------------------------------------
@@ -429,4 +429,4 @@ def test_read_sysctl_missing_and_fake(tmp_path):
     ],
 )
 def test_syn_give_up_seconds(rto, retries, linear, expected):
-    assert host.syn_give_up_seconds(rto, retries, linear) == pytest.approx(expected)
+    assert syn_give_up.syn_give_up_seconds(rto, retries, linear) == pytest.approx(expected)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import hz
 
 RELEASE = os.uname()[2]
 
@@ -25,15 +25,15 @@ needs_kernel_config = pytest.mark.skipif(kernel_config() is None, reason="no ker
 
 @needs_kernel_config
 def test_hz_from_kernel_config():
-    assert reconcile.discover_hz(dict(hz=None), RELEASE) == kernel_config()
+    assert hz.discover(None, RELEASE) == kernel_config()
 
 
 @needs_kernel_config
 def test_hz_measured_when_no_kernel_config(monkeypatch):
     """A host without /boot/config-* and /proc/config.gz (the one thing mocked: missing files)."""
-    monkeypatch.setattr(host, "config_hz", lambda release: None)
-    assert reconcile.discover_hz(dict(hz=None), RELEASE) == (kernel_config()[0], "measured")
+    monkeypatch.setattr(hz, "config_hz", lambda release: None)
+    assert hz.discover(None, RELEASE) == (kernel_config()[0], "measured")
 
 
 def test_hz_parameter_wins():
-    assert reconcile.discover_hz(dict(hz=1000), RELEASE) == (1000, "parameter")
+    assert hz.discover(1000, RELEASE) == (1000, "parameter")

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, probe
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, probe, syn_give_up
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.hz import discover
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.probe import ProbeError
 
 pytestmark = pytest.mark.kernel
@@ -32,8 +33,7 @@ char _license[] __attribute__((section("license"), used)) = "GPL";
 @pytest.fixture(scope="module")
 def hz():
     """CONFIG_HZ from the kernel config (/proc/config.gz here), else as measured."""
-    found = host.config_hz()
-    return found[0] if found else host.tick_hz()
+    return discover()[0]
 
 
 def _has_ipv6_loopback():
@@ -265,7 +265,7 @@ def test_error_in_child_comes_back_as_probe_error(cgroup):
         probe.incoming_rto_ms(cgroup, "192.0.2.1")
 
 
-# --- the SYN give-up time of host.syn_give_up_seconds, measured -----------------------------------
+# --- the SYN give-up time of syn_give_up.syn_give_up_seconds, measured -----------------------------------
 
 
 def _give_up_body(syn_retries):
@@ -297,7 +297,7 @@ def _give_up_body(syn_retries):
 def test_syn_give_up_time(cgroup, bpffs, tmp_path, hz, syn_retries):
     reply = 25  # jiffies: 100 ms at HZ 250
     linear = host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0)
-    expected = host.syn_give_up_seconds(reply / float(hz), syn_retries, linear)
+    expected = syn_give_up.syn_give_up_seconds(reply / float(hz), syn_retries, linear)
     with attached_program(cgroup, bpffs, tmp_path, reply):
         child = probe._Child(cgroup, _give_up_body(syn_retries), 30)
         try:

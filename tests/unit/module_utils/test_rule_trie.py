@@ -1,5 +1,5 @@
 """The rule model against the kernel: for random IPv4/IPv6 rule sets and addresses, the value
-instance.rule_for() (what verification expects) gives is the one the kernel's LPM trie finds for
+desired.rule_for() (what verification expects) gives is the one the kernel's LPM trie finds for
 the key the program looks up. The trie is a real BPF_MAP_TYPE_LPM_TRIE made with the rules map's
 contract and filled with rto_program's key encoding; BPF_MAP_LOOKUP_ELEM on it does the longest
 prefix match the program's bpf_map_lookup_elem() does. The same rule sets read back from the
@@ -12,9 +12,7 @@ import random
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, desired, pins, rto_program
 
 pytestmark = pytest.mark.kernel
 
@@ -54,7 +52,7 @@ def random_network(rng):
     if kind < 0.75:
         base = ipaddress.IPv4Address(rng.choice(IPV4_BASES))
         prefixlen = rng.choice([96, 104, 112, 120, 127, 128, rng.randint(96, 128)])
-        mapped = int(abi.V4_MAPPED.network_address) | int(base)
+        mapped = int(rto_program.V4_MAPPED.network_address) | int(base)
         return ipaddress.IPv6Network((mapped, prefixlen), strict=False)
     base = ipaddress.IPv6Address(rng.choice(IPV6_BASES))
     prefixlen = rng.choice([0, 1, 32, 64, 80, 95, 96, 97, 120, 127, 128, rng.randint(0, 128)])
@@ -66,10 +64,10 @@ def random_rules(rng):
     rules, keys = [], set()
     for _attempt in range(rng.randint(1, 24)):
         network = random_network(rng)
-        key = abi.encode_rule_key(network)
+        key = rto_program.encode_rule_key(network)
         if key not in keys:
             keys.add(key)
-            rules.append(model.Rule(network, len(rules) + 1))  # jiffies tell the rules apart
+            rules.append(desired.Rule(network, len(rules) + 1))  # jiffies tell the rules apart
     return rules
 
 
@@ -91,13 +89,13 @@ def random_address(rng, rules):
 
 def kernel_lookup(trie_fd, address):
     """The jiffies of the rule the kernel's trie finds for a connection to address, or None."""
-    value = bpf_syscall.map_lookup(trie_fd, abi.encode_lookup_key(address), abi.RULE_VALUE.size)
-    return None if value is None else abi.decode_rule_value(value)[0]
+    value = bpf_syscall.map_lookup(trie_fd, rto_program.encode_lookup_key(address), rto_program.RULE_VALUE.size)
+    return None if value is None else rto_program.decode_rule_value(value)[0]
 
 
 @pytest.fixture
 def trie_fd():
-    fd = bpf_syscall.map_create(*abi.MAP_CONTRACT[abi.RULES_MAP], name="tcp_rto_test")
+    fd = bpf_syscall.map_create(*rto_program.MAP_CONTRACT[rto_program.RULES_MAP], name="tcp_rto_test")
     try:
         yield fd
     finally:
@@ -106,12 +104,14 @@ def trie_fd():
 
 def fill(trie_fd, rules):
     for slot, rule in enumerate(rules):
-        bpf_syscall.map_update(trie_fd, abi.encode_rule_key(rule.dest), abi.encode_rule_value(rule.rto_jiffies, slot))
+        bpf_syscall.map_update(
+            trie_fd, rto_program.encode_rule_key(rule.dest), rto_program.encode_rule_value(rule.rto_jiffies, slot)
+        )
 
 
 def empty(trie_fd, rules):
     for rule in rules:
-        assert bpf_syscall.map_delete(trie_fd, abi.encode_rule_key(rule.dest))
+        assert bpf_syscall.map_delete(trie_fd, rto_program.encode_rule_key(rule.dest))
 
 
 def test_model_and_kernel_agree_on_random_rule_sets(trie_fd):
@@ -124,9 +124,9 @@ def test_model_and_kernel_agree_on_random_rule_sets(trie_fd):
             for _lookup in range(ADDRESSES_PER_SET):
                 address = random_address(rng, rules)
                 kernel = kernel_lookup(trie_fd, address)
-                assert model.rule_for(str(address), rules, None) == kernel, (
+                assert desired.rule_for(str(address), rules, None) == kernel, (
                     "rules %s, address %s: the model says %s, the kernel %s"
-                    % ([str(rule.dest) for rule in rules], address, model.rule_for(str(address), rules, None), kernel)
+                    % ([str(rule.dest) for rule in rules], address, desired.rule_for(str(address), rules, None), kernel)
                 )
                 compared += 1
         finally:
@@ -135,12 +135,14 @@ def test_model_and_kernel_agree_on_random_rule_sets(trie_fd):
 
 
 def read_back(trie_fd, rules):
-    """The rules as instance.Current reads them from the trie, with the meta record's mask."""
-    mapped_slots = model._slots_of(model.ipv6_mapped_slots(rules))
+    """The rules as current.Current reads them from the trie, with the meta record's mask."""
+    mapped_slots = pins.mapped_slots(pins.ipv6_mapped_slots(rules))
     held = []
-    for key in bpf_syscall.map_keys(trie_fd, abi.RULE_KEY.size):
-        jiffies, slot = abi.decode_rule_value(bpf_syscall.map_lookup(trie_fd, key, abi.RULE_VALUE.size))
-        held.append((slot, model.Rule(abi.decode_rule_key(key, mapped_as_ipv6=slot in mapped_slots), jiffies)))
+    for key in bpf_syscall.map_keys(trie_fd, rto_program.RULE_KEY.size):
+        jiffies, slot = rto_program.decode_rule_value(bpf_syscall.map_lookup(trie_fd, key, rto_program.RULE_VALUE.size))
+        held.append(
+            (slot, desired.Rule(rto_program.decode_rule_key(key, mapped_as_ipv6=slot in mapped_slots), jiffies))
+        )
     return [rule for _slot, rule in sorted(held)]
 
 
@@ -151,7 +153,7 @@ def test_random_rule_sets_read_back_as_written(trie_fd):
         fill(trie_fd, rules)
         try:
             assert read_back(trie_fd, rules) == rules
-            assert model.maps_fingerprint(read_back(trie_fd, rules), None, 3) == model.maps_fingerprint(rules, None, 3)
+            assert pins.maps_fingerprint(read_back(trie_fd, rules), None, 3) == pins.maps_fingerprint(rules, None, 3)
         finally:
             empty(trie_fd, rules)
 
@@ -172,8 +174,8 @@ def test_random_rule_sets_read_back_as_written(trie_fd):
     ],
 )
 def test_known_cases_in_model_and_kernel(trie_fd, rules, address, want):
-    parsed = [model.Rule(ipaddress.ip_network(text), jiffies) for jiffies, text in enumerate(rules, 1)]
+    parsed = [desired.Rule(ipaddress.ip_network(text), jiffies) for jiffies, text in enumerate(rules, 1)]
     fill(trie_fd, parsed)
     expected = rules.index(want) + 1 if want else None
     assert kernel_lookup(trie_fd, ipaddress.ip_address(address)) == expected
-    assert model.rule_for(address, parsed, None) == expected
+    assert desired.rule_for(address, parsed, None) == expected

@@ -1,0 +1,189 @@
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""What the user asks for: the module's parameters validated and turned into a Desired instance
+in the kernel's units (rules parsed, milliseconds to jiffies, the cgroup resolved, the object
+read). Nothing here touches the kernel. Plain stdlib: the boot-time restore uses it without Ansible."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import ipaddress
+import re
+from typing import Any, Dict, List, NamedTuple, Optional, Union
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject, check_contract
+
+# The kernel caps the initial RTO at TCP_RTO_MAX since 5.18; older kernels take any value, so we
+# enforce the cap everywhere: a longer first SYN timeout is never what anyone wants.
+MAX_RTO_MS = 120000
+KERNEL_DEFAULT_RTO_MS = 1000  # TCP_TIMEOUT_INIT
+
+ATTACH_LINK = "link"
+ATTACH_MULTI = "multi"
+
+# bpffs refuses names with a dot (reserved), so neither instance names nor pins have one.
+INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}\Z")  # \Z: $ would allow a final newline
+PATH_PARAMS = ("cgroup", "pin_dir", "src", "persist_root")
+
+
+class ConfigError(ValueError):
+    """A parameter is wrong; nothing was touched."""
+
+
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+
+class Rule(NamedTuple):
+    dest: Network
+    rto_jiffies: int
+
+
+class Desired(NamedTuple):
+    """What the parameters ask for, validated and in the kernel's units."""
+
+    name: str
+    pin_dir: str
+    cgroup: str  # resolved path under the cgroup2 mount
+    hz: int
+    rules: List[Rule]
+    default_jiffies: Optional[int]  # None: connections matching no rule keep the kernel default
+    direction: str  # a key of rto_program.DIRECTIONS
+    attach_mode: str  # ATTACH_LINK or ATTACH_MULTI
+    object: BpfObject
+
+
+def validate_name(name: str) -> str:
+    if not INSTANCE_NAME.match(name or ""):
+        raise ConfigError(
+            "name %r is not a valid instance name: use 1-64 letters, digits, '_' or '-', not starting with '-' "
+            "(it becomes a directory on bpffs, which refuses dots)" % (name,)
+        )
+    return name
+
+
+def check_paths(params: Dict[str, Any]) -> None:
+    """ConfigError for a path parameter no path can be."""
+    for key in PATH_PARAMS:
+        if "\0" in (params.get(key) or ""):
+            raise ConfigError("%s %r contains a NUL byte, which no path can hold: remove it" % (key, params[key]))
+
+
+def rto_ms_to_jiffies(rto_ms: int, hz: int, what: str) -> int:
+    """Milliseconds -> jiffies, rounded up like the kernel's msecs_to_jiffies()."""
+    if isinstance(rto_ms, bool) or not isinstance(rto_ms, int):
+        raise ConfigError("%s: rto_ms must be a whole number of milliseconds, got %r" % (what, rto_ms))
+    if rto_ms <= 0:
+        raise ConfigError("%s: rto_ms must be positive, got %d" % (what, rto_ms))
+    if rto_ms > MAX_RTO_MS:
+        raise ConfigError("%s: rto_ms %d is above the kernel's TCP_RTO_MAX of %d ms" % (what, rto_ms, MAX_RTO_MS))
+    if rto_ms * hz < 1000:
+        raise ConfigError(
+            "%s: rto_ms %d is below one jiffy at HZ %d (%.1f ms): use at least %d"
+            % (what, rto_ms, hz, 1000.0 / hz, -(-1000 // hz))
+        )
+    return -(-rto_ms * hz // 1000)
+
+
+def plain_number(value: float) -> Union[int, float]:
+    """200.0 -> 200, 52.5 -> 52.5: milliseconds as people write them."""
+    return int(value) if float(value).is_integer() else round(value, 3)
+
+
+def jiffies_to_ms(jiffies: int, hz: int) -> Union[int, float]:
+    return plain_number(jiffies * 1000.0 / hz)
+
+
+def parse_dest(dest: Any, what: str) -> Network:
+    try:
+        return ipaddress.ip_network("%s" % (dest,), strict=True)
+    except ValueError as exc:
+        raise ConfigError("%s: dest %r is not a network in CIDR notation: %s" % (what, dest, exc))
+
+
+def parse_rules(raw_rules: Optional[List[Dict[str, Any]]], hz: int) -> List[Rule]:
+    """User rules (list of dicts with dest and rto_ms) -> [Rule], validated."""
+    raw_rules = raw_rules or []
+    if len(raw_rules) > rto_program.MAX_RULES:
+        raise ConfigError(rto_program.too_many_rules(len(raw_rules)))
+    rules, seen = [], {}
+    for index, raw in enumerate(raw_rules):
+        what = "rules[%d]" % index
+        if not isinstance(raw, dict) or set(raw) - {"dest", "rto_ms"} or "dest" not in raw or "rto_ms" not in raw:
+            raise ConfigError("%s must be a mapping with exactly the keys dest and rto_ms, got %r" % (what, raw))
+        dest = parse_dest(raw["dest"], what)
+        key = rto_program.encode_rule_key(dest)
+        if key in seen:
+            raise ConfigError(
+                "%s: dest %s is the same network as rules[%d] (%s)"
+                % (what, dest, seen[key], raw_rules[seen[key]]["dest"])
+            )
+        seen[key] = index
+        rules.append(Rule(dest, rto_ms_to_jiffies(raw["rto_ms"], hz, what)))
+    return rules
+
+
+def desired_state(
+    name: str,
+    pin_dir: str,
+    cgroup: str,
+    hz: int,
+    raw_rules: Optional[List[Dict[str, Any]]],
+    default_rto_ms: Optional[int],
+    direction: str,
+    attach_mode: str,
+    obj: BpfObject,
+) -> Desired:
+    validate_name(name)
+    if direction not in rto_program.DIRECTIONS:
+        raise ConfigError("direction %r is not one of %s" % (direction, ", ".join(sorted(rto_program.DIRECTIONS))))
+    default_jiffies = None
+    if default_rto_ms is not None:
+        default_jiffies = rto_ms_to_jiffies(default_rto_ms, hz, "default")
+    return Desired(name, pin_dir, cgroup, hz, parse_rules(raw_rules, hz), default_jiffies, direction, attach_mode, obj)
+
+
+def from_params(params: Dict[str, Any], attach_mode: str, hz: int, pending: bool = False) -> Desired:
+    """The instance params ask for, fully validated (cgroup, object, rules) before any change; with
+    pending (a unit that does not run yet) the cgroup is not resolved."""
+    cgroup_root = host.cgroup2_mount()
+    cgroup = None if pending else host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
+    if not params["src"]:
+        raise ConfigError(
+            "src is required: run the module as netbpf.tcp_rto.tcp_initial_rto so that "
+            "its action plugin sends the object, or give the object's path on the host"
+        )
+    obj = BpfObject.from_file(params["src"])
+    check_contract(obj)
+    return desired_state(
+        params["name"],
+        params["pin_dir"],
+        cgroup,
+        hz,
+        params["rules"],
+        params["rto_ms"],
+        params["direction"],
+        attach_mode,
+        obj,
+    )
+
+
+def network_text(network: Network) -> str:
+    """A rule's network as results show it: a network inside ::ffff:0:0/96 in the dotted form
+    people write it in (and Python 3.13+ prints), on every Python; others as ipaddress writes them."""
+    if rto_program.in_v4_mapped(network):
+        return "::ffff:%s/%d" % (network.network_address.ipv4_mapped, network.prefixlen)
+    return str(network)
+
+
+def rule_for(address: str, rules: List[Rule], default_jiffies: Optional[int]) -> Optional[int]:
+    """The jiffies the program gives a connection to address, or None (kernel default): the
+    longest prefix as the rules trie holds it, where IPv4 lives inside ::ffff:0:0/96, so that an
+    IPv6 rule such as ::/0 matches IPv4 addresses as it does in the kernel."""
+    looked_up = rto_program.trie_address(ipaddress.ip_address("%s" % address))
+    held = [(rto_program.trie_network(rule.dest), rule) for rule in rules]
+    matches = [(network.prefixlen, rule) for network, rule in held if looked_up in network]
+    if matches:
+        return max(matches, key=lambda match: match[0])[1].rto_jiffies
+    return default_jiffies

@@ -1,0 +1,65 @@
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""How long connect() to a peer that never answers tries before it fails: it scales with the
+initial RTO the program gives. Plain stdlib."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
+
+TCP_RTO_MAX_SECONDS = 120.0
+
+
+def give_up_seconds(desired):
+    """connect()'s give-up time with the shortest initial RTO desired gives, on this host's sysctls."""
+    values = [rule.rto_jiffies for rule in desired.rules] + [desired.default_jiffies or desired.hz]
+    return round(
+        syn_give_up_seconds(
+            min(values) / float(desired.hz),
+            host.read_sysctl("net.ipv4.tcp_syn_retries", 6),
+            host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0),
+        ),
+        3,
+    )
+
+
+def _model_timeout(boundary, rto_base, rto_max):
+    """tcp_model_timeout(): how long `boundary` exponentially backed-off retransmits take."""
+    ratio = int(rto_max // rto_base) if rto_base > 0 else 1
+    thresh = max(ratio, 1).bit_length() - 1  # ilog2
+    if boundary <= thresh:
+        return ((2 << boundary) - 1) * rto_base
+    return ((2 << thresh) - 1) * rto_base + (boundary - thresh) * rto_max
+
+
+def syn_give_up_seconds(
+    rto_seconds: float, syn_retries: int, linear_timeouts: int = 0, rto_max_seconds: float = TCP_RTO_MAX_SECONDS
+) -> float:
+    """Seconds after which connect() to a peer that never answers fails with ETIMEDOUT.
+
+    rto_seconds is the initial RTO R (what the program gives, 1 s without it); syn_retries is
+    net.ipv4.tcp_syn_retries (or TCP_SYNCNT) N; linear_timeouts is net.ipv4.tcp_syn_linear_timeouts L
+    on 6.5+ (pass 0 before: the sysctl does not exist there).
+
+    The kernel (tcp_retransmit_timer / tcp_write_timeout) re-arms the SYN timer with R for the first
+    L + 1 intervals, then doubles it (capped at TCP_RTO_MAX, 120 s). At each expiry after the first
+    retransmit it gives up when N + L retransmits were sent, or when the time since the first SYN
+    reaches tcp_model_timeout(N, R) = (2^(N+1) - 1)·R (while uncapped). So:
+        L = 0 (before 6.5):           (2^(N+1) - 1)·R                 N = 6: 127·R
+        L > 0: the first expiry at or after (2^(N+1) - 1)·R, where expiries fall at
+               R, 2R, ..., (L+1)R, (L+3)R, (L+7)R, ...                N = 6, L = 4: 131·R
+    (with L = 4 on this kernel: N = 1 gives 3·R, N = 2 gives 7·R, N = 3 gives 19·R: measured).
+    """
+    rto = float(rto_seconds)
+    limit = _model_timeout(syn_retries, rto, float(rto_max_seconds))
+    elapsed = 0.0
+    retransmits = 0
+    while True:
+        elapsed += rto  # the timer expires
+        if retransmits and (retransmits >= syn_retries + linear_timeouts or elapsed >= limit * (1 - 1e-9)):
+            return elapsed
+        retransmits += 1
+        if retransmits > linear_timeouts:
+            rto = min(rto * 2, rto_max_seconds)

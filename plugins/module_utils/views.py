@@ -1,0 +1,67 @@
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""An instance as results show it: the diff's before and after, and the instance with its hit
+counters that both the module's result and the info module report. Plain stdlib."""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import os
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import jiffies_to_ms, network_text
+
+
+def rules_view(rules, hz):
+    """[Rule] -> [{dest, rto_ms, rto_jiffies}] (hz None: the jiffies alone)."""
+    view = []
+    for rule in rules:
+        entry = {"dest": network_text(rule.dest)}
+        if hz:
+            entry["rto_ms"] = jiffies_to_ms(rule.rto_jiffies, hz)
+        entry["rto_jiffies"] = rule.rto_jiffies
+        view.append(entry)
+    return view
+
+
+def describe_desired(desired):
+    return {
+        "cgroup": desired.cgroup,
+        "attach_mode": desired.attach_mode,
+        "direction": desired.direction,
+        "rules": rules_view(desired.rules, desired.hz),
+        "default_rto_ms": jiffies_to_ms(desired.default_jiffies, desired.hz) if desired.default_jiffies else None,
+        "object_sha256": desired.object.sha256,
+    }
+
+
+def describe_current(current):
+    """The instance as the kernel holds it, in the shape of describe_desired ({} when absent).
+    Jiffies convert back with the HZ recorded when they were written."""
+    if not current.exists:
+        return {}
+    hz = current.meta.get("hz") if current.meta else None
+    direction = [name for name, bits in rto_program.DIRECTIONS.items() if bits == current.directions]
+    return {
+        "cgroup": current.cgroup,
+        "attach_mode": current.attach_mode,
+        "direction": direction[0] if direction else None,
+        "rules": rules_view([rule for rule, _slot in current.rules], hz),
+        "default_rto_ms": jiffies_to_ms(current.default_jiffies, hz) if current.default_jiffies and hz else None,
+        "object_sha256": current.meta["object_sha256"] if current.meta else None,
+    }
+
+
+def with_hits(view, current):
+    """view (describe_desired or describe_current) with the instance's name, pins and program, and
+    per rule the connections it answered (hits) as current's hits map counts them."""
+    hits = current.hits()
+    return dict(
+        view,
+        rules=[dict(rule, hits=hits.get(slot, 0)) for slot, rule in enumerate(view["rules"])],
+        name=os.path.basename(current.instance_dir),
+        pin_dir=current.instance_dir,
+        program_id=current.prog_info.id if current.prog_info else None,
+        default_hits=hits.get(rto_program.DEFAULT_HIT_SLOT, 0),
+    )
