@@ -31,6 +31,7 @@ MODULE_UTILS = "ansible_collections.netbpf.tcp_rto.plugins.module_utils"
 CODE_FILES = (
     "rto_program",
     "bpf_syscall",
+    "uapi",
     "bpf_object",
     "elf",
     "btf",

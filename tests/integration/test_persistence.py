@@ -91,6 +91,7 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
                 "restore",
                 "rto_program",
                 "service_unit",
+                "uapi",
             )
         ]
     )
