@@ -22,6 +22,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     lock,
     persistence,
     probe,
+    record,
     service_unit,
 )
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
@@ -63,7 +64,7 @@ ERRORS = (
     BpfObjectError,
     probe.ProbeError,
     bpf.BpfError,
-    persistence.RecordError,
+    record.RecordError,
     lock.LockedError,
     service_unit.UnitError,
     EnvironmentError,

@@ -88,9 +88,12 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
                 "persistence",
                 "probe",
                 "reconcile",
+                "record",
                 "restore",
                 "rto_program",
+                "safe_files",
                 "service_unit",
+                "systemd",
                 "uapi",
             )
         ]
