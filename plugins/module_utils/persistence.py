@@ -47,6 +47,7 @@ CODE_FILES = (
     "host",
     "features",
     "probe",
+    "probe_child",
     "instance",
     "apply",
     "coexistence",

@@ -87,6 +87,7 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
                 "map_definitions",
                 "persistence",
                 "probe",
+                "probe_child",
                 "reconcile",
                 "record",
                 "restore",
