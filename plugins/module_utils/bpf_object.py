@@ -1,50 +1,56 @@
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Reading a BPF ELF object: program section, license, map definitions, map relocations, BTF.
+"""Reading a BPF ELF object: program section, license, map relocations; the contract check.
 
 Parsing only, as cilium/ebpf separates its CollectionSpec from loading: nothing here calls
 bpf(2). The loader creates the maps, patches their fds in with BpfObject.instructions() and loads
-the program. Every offset, size and count read from the file is checked before use, so a damaged
-or hostile object raises BpfObjectError, never IndexError or struct.error. Memory and work stay
-proportional to a real object whatever the file declares: sections may not overlap (so no bytes
-count twice), and the file size, instruction and symbol counts and name lengths are capped (the
-MAX_* limits). An ld_imm64 that references a map (or anything else through src_reg) must come
-with a relocation: the object cannot name a map by a raw fd.
+the program. The file is read by elf (bounded: a damaged or hostile object raises
+BpfObjectError, never IndexError or struct.error), its maps by map_definitions, its BTF by btf and
+btf_ext. The instruction count is capped (MAX_PROGRAM_INSNS). An ld_imm64 that references a map
+(or anything else through src_reg) must come with a relocation: the object cannot name a map by a
+raw fd.
 
 Supported: one ELF64 relocatable object for the BPF machine, one non-empty code section, maps
-either BTF-defined in SEC(".maps") as libbpf 1.0+ writes them (``__uint(type, ...)`` and
-``__type(key, ...)`` members, read from the .BTF section) or legacy ``struct bpf_map_def { u32
-type, key_size, value_size, max_entries, map_flags; }`` in SEC("maps"). The BTF comes out ready
-for BPF_BTF_LOAD (section sizes and variable offsets filled in from the ELF, as libbpf does), with
-each map's key and value type ids and the program's func_info and line_info from .BTF.ext; the
-loader uses them where the kernel takes them. A legacy object's BTF is optional: one this reader
-cannot use is dropped. Not supported (rejected with a message): global data (.rodata/.data/.bss),
-bpf-to-bpf calls, several programs, CO-RE relocations. DWARF (.debug_*) is ignored.
+BTF-defined in SEC(".maps") or legacy in SEC("maps"). The BTF comes out ready for BPF_BTF_LOAD,
+with each map's key and value type ids and the program's func_info and line_info; the loader uses
+them where the kernel takes them. A legacy object's BTF is optional: one this reader cannot use is
+dropped. Not supported (rejected with a message): global data (.rodata/.data/.bss), bpf-to-bpf
+calls, several programs, CO-RE relocations. DWARF (.debug_*) is ignored.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import collections
 import hashlib
-import os
 import struct
 import sys
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.btf import BTF_SECTION, Btf, BtfTypes, loadable_data
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.btf_ext import read_program_info
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.elf import (
+    BPF_INSN_SIZE,
+    ELF64_REL_SIZE,
+    R_BPF_64_32,
+    R_BPF_64_64,
+    R_BPF_NONE,
+    SHF_EXECINSTR,
+    SHT_PROGBITS,
+    SHT_REL,
+    SHT_RELA,
+    STT_FUNC,
+    BpfObjectError,
+    Elf,
+    read_file,
+)
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.map_definitions import (
+    BTF_MAPS_SECTION,
+    MAPS_SECTION,
+    read_btf_maps,
+    read_legacy_maps,
+)
 
-EM_BPF = 247
-ET_REL = 1
-ELFCLASS32, ELFCLASS64 = 1, 2
-ELFDATA2LSB, ELFDATA2MSB = 1, 2
-SHT_NOBITS, SHT_PROGBITS, SHT_SYMTAB, SHT_STRTAB, SHT_RELA, SHT_REL = 8, 1, 2, 3, 4, 9
-SHF_EXECINSTR = 0x4
-SHN_UNDEF, SHN_LORESERVE, SHN_XINDEX = 0, 0xFF00, 0xFFFF
-STT_FUNC, STT_SECTION = 2, 3
-R_BPF_NONE, R_BPF_64_64, R_BPF_64_32 = 0, 1, 10
-
-BPF_INSN_SIZE = 8
 BPF_LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
 BPF_PSEUDO_MAP_FD = 1
 # ld_imm64 src_reg values that make the kernel read imm as something other than a constant
@@ -58,21 +64,9 @@ PSEUDO_SOURCES = {
     6: "BPF_PSEUDO_MAP_IDX_VALUE",
 }
 
-# Limits that keep the reader's memory and work proportional to a real object, whatever a file
-# declares. The program object is a few KB; these leave room for big programs with debug info.
-MAX_OBJECT_SIZE = 64 * 1024 * 1024
 MAX_PROGRAM_INSNS = 1000000  # BPF_COMPLEXITY_LIMIT_INSNS: the kernel loads no longer program
-MAX_SYMBOLS = 65536
-MAX_NAME_LENGTH = 512  # KSYM_NAME_LEN: the longest symbol name the kernel itself keeps
 
-MAPS_SECTION = "maps"
 LICENSE_SECTION = "license"
-BTF_MAPS_SECTION = ".maps"
-BTF_SECTION = ".BTF"
-BTF_EXT_SECTION = ".BTF.ext"
-# struct bpf_map_def as legacy objects declare it: five u32.
-MAP_DEF_FIELDS = 5
-MAP_DEF_SIZE = 4 * MAP_DEF_FIELDS
 
 # include/linux/license.h license_is_gpl_compatible(): exact strings.
 GPL_COMPATIBLE_LICENSES = (
@@ -89,269 +83,6 @@ MAP_TYPE_NAMES = {
     rto_program.BPF_MAP_TYPE_PERCPU_ARRAY: "PERCPU_ARRAY",
     rto_program.BPF_MAP_TYPE_LPM_TRIE: "LPM_TRIE",
 }
-
-# BTF (include/uapi/linux/btf.h). Kinds and the size of what follows each type record.
-BTF_MAGIC = 0xEB9F
-BTF_VERSION = 1
-BTF_HEADER_SIZE = 24
-BTF_EXT_HEADER_SIZE = 24  # up to line_info_len; 32 with the CO-RE relocation fields
-BTF_TYPE_SIZE = 12
-(
-    BTF_KIND_INT,
-    BTF_KIND_PTR,
-    BTF_KIND_ARRAY,
-    BTF_KIND_STRUCT,
-    BTF_KIND_UNION,
-    BTF_KIND_ENUM,
-    BTF_KIND_FWD,
-    BTF_KIND_TYPEDEF,
-    BTF_KIND_VOLATILE,
-    BTF_KIND_CONST,
-    BTF_KIND_RESTRICT,
-    BTF_KIND_FUNC,
-    BTF_KIND_FUNC_PROTO,
-    BTF_KIND_VAR,
-    BTF_KIND_DATASEC,
-    BTF_KIND_FLOAT,
-    BTF_KIND_DECL_TAG,
-    BTF_KIND_TYPE_TAG,
-    BTF_KIND_ENUM64,
-) = range(1, 20)
-BTF_KIND_NAMES = {
-    0: "void",
-    1: "INT",
-    2: "PTR",
-    3: "ARRAY",
-    4: "STRUCT",
-    5: "UNION",
-    6: "ENUM",
-    7: "FWD",
-    8: "TYPEDEF",
-    9: "VOLATILE",
-    10: "CONST",
-    11: "RESTRICT",
-    12: "FUNC",
-    13: "FUNC_PROTO",
-    14: "VAR",
-    15: "DATASEC",
-    16: "FLOAT",
-    17: "DECL_TAG",
-    18: "TYPE_TAG",
-    19: "ENUM64",
-}
-# kind -> (bytes after the 12-byte record, bytes per vlen entry)
-_BTF_TRAILERS = {
-    BTF_KIND_INT: (4, 0),
-    BTF_KIND_PTR: (0, 0),
-    BTF_KIND_ARRAY: (12, 0),
-    BTF_KIND_STRUCT: (0, 12),
-    BTF_KIND_UNION: (0, 12),
-    BTF_KIND_ENUM: (0, 8),
-    BTF_KIND_FWD: (0, 0),
-    BTF_KIND_TYPEDEF: (0, 0),
-    BTF_KIND_VOLATILE: (0, 0),
-    BTF_KIND_CONST: (0, 0),
-    BTF_KIND_RESTRICT: (0, 0),
-    BTF_KIND_FUNC: (0, 0),  # vlen is the linkage
-    BTF_KIND_FUNC_PROTO: (0, 8),
-    BTF_KIND_VAR: (4, 0),
-    BTF_KIND_DATASEC: (0, 12),
-    BTF_KIND_FLOAT: (0, 0),
-    BTF_KIND_DECL_TAG: (4, 0),
-    BTF_KIND_TYPE_TAG: (0, 0),
-    BTF_KIND_ENUM64: (0, 12),
-}
-_BTF_MODIFIERS = (BTF_KIND_TYPEDEF, BTF_KIND_VOLATILE, BTF_KIND_CONST, BTF_KIND_RESTRICT, BTF_KIND_TYPE_TAG)
-_BTF_SIZED = (
-    BTF_KIND_INT,
-    BTF_KIND_STRUCT,
-    BTF_KIND_UNION,
-    BTF_KIND_ENUM,
-    BTF_KIND_DATASEC,
-    BTF_KIND_FLOAT,
-    BTF_KIND_ENUM64,
-)
-MAX_BTF_TYPES = 0xFFFFF  # BTF_MAX_TYPE: the kernel takes no more
-MAX_BTF_RESOLVE_DEPTH = 32  # as libbpf: a longer chain of typedefs and arrays is a loop
-BPF_POINTER_SIZE = 8
-# The map attributes of a BTF-defined map this reader takes: __uint(name, n) for these,
-# __type(key, T) and __type(value, T). "pinning" only as 0: the collection pins maps itself.
-BTF_MAP_INT_FIELDS = ("type", "key_size", "value_size", "max_entries", "map_flags", "pinning")
-BTF_MAP_TYPE_FIELDS = ("key", "value")
-# bpf_func_info {insn_off, type_id} and bpf_line_info {insn_off, file_name_off, line_off, line_col}
-MIN_FUNC_INFO_SIZE = 8
-MIN_LINE_INFO_SIZE = 16
-MAX_EXT_RECORD_SIZE = 252  # the kernel's MAX_FUNCINFO_REC_SIZE and MAX_LINEINFO_REC_SIZE
-
-_ELF64_HEADER_SIZE = 64
-_ELF64_SHDR_SIZE = 64
-_ELF64_SYM_SIZE = 24
-_ELF64_REL_SIZE = 16
-_ELF64_RELA_SIZE = 24
-
-
-class BpfObjectError(ValueError):
-    """The object is not one this collection can load; the message says what is wrong."""
-
-
-MapSpec = collections.namedtuple("MapSpec", "name type key_size value_size max_entries flags")
-# BTF for the kernel: data for BPF_BTF_LOAD; map_types {map name: (key type id, value type id)};
-# func_info and line_info of the program (ExtInfo, or None), instruction offsets as the kernel
-# counts them (instructions, not bytes).
-Btf = collections.namedtuple("Btf", "data map_types func_info line_info")
-ExtInfo = collections.namedtuple("ExtInfo", "record_size count records")
-
-_Section = collections.namedtuple("_Section", "index name type flags offset size link info entsize")
-_Symbol = collections.namedtuple("_Symbol", "index name info shndx value size")
-
-
-class _Elf:
-    """Bounds-checked access to the sections and symbols of an ELF64 relocatable object."""
-
-    def __init__(self, data):
-        self.data = data
-        if len(data) < 4 or data[:4] != b"\x7fELF":
-            raise BpfObjectError("not an ELF file")
-        if len(data) > MAX_OBJECT_SIZE:
-            raise BpfObjectError(_too_big(len(data)))
-        if len(data) < 16:
-            raise BpfObjectError("ELF identification truncated (%d bytes)" % len(data))
-        elf_class, elf_data = data[4], data[5]
-        if elf_class == ELFCLASS32:
-            raise BpfObjectError("ELF32 object: BPF objects are ELF64 (build with clang -target bpf)")
-        if elf_class != ELFCLASS64:
-            raise BpfObjectError("unknown ELF class %d (not ELF64)" % elf_class)
-        if elf_data == ELFDATA2LSB:
-            self.byteorder, self.endian = "little", "<"
-        elif elf_data == ELFDATA2MSB:
-            self.byteorder, self.endian = "big", ">"
-        else:
-            raise BpfObjectError("unknown ELF data encoding %d (neither little- nor big-endian)" % elf_data)
-        if len(data) < _ELF64_HEADER_SIZE:
-            raise BpfObjectError("ELF header truncated (%d of %d bytes)" % (len(data), _ELF64_HEADER_SIZE))
-        (
-            e_type,
-            e_machine,
-            _version,
-            _entry,
-            _phoff,
-            e_shoff,
-            _flags,
-            _ehsize,
-            _phentsize,
-            _phnum,
-            e_shentsize,
-            e_shnum,
-            e_shstrndx,
-        ) = struct.unpack_from(self.endian + "HHIQQQIHHHHHH", data, 16)
-        if e_machine != EM_BPF:
-            raise BpfObjectError("ELF machine %d is not BPF (%d)" % (e_machine, EM_BPF))
-        if e_type != ET_REL:
-            raise BpfObjectError("ELF type %d is not a relocatable object (%d); build with clang -c" % (e_type, ET_REL))
-        if e_shoff == 0 or e_shnum == 0:
-            raise BpfObjectError("object has no section header table (or more than 65279 sections)")
-        if e_shentsize != _ELF64_SHDR_SIZE:
-            raise BpfObjectError("section header size %d, expected %d" % (e_shentsize, _ELF64_SHDR_SIZE))
-        if e_shoff + e_shnum * e_shentsize > len(data):
-            raise BpfObjectError(
-                "section header table past end of file (truncated?): %d headers at offset %d, "
-                "file is %d bytes" % (e_shnum, e_shoff, len(data))
-            )
-        if e_shstrndx == SHN_XINDEX or e_shstrndx >= e_shnum:
-            raise BpfObjectError("section name table index %d out of range (%d sections)" % (e_shstrndx, e_shnum))
-        headers = [
-            struct.unpack_from(self.endian + "IIQQQQIIQQ", data, e_shoff + i * e_shentsize) for i in range(e_shnum)
-        ]
-        for index, (_name, sh_type, _flags, _addr, offset, size, _link, _info, _align, _entsize) in enumerate(headers):
-            if sh_type != SHT_NOBITS and offset + size > len(data):
-                raise BpfObjectError(
-                    "section %d (offset %d, size %d) past end of file (%d bytes, truncated?)"
-                    % (index, offset, size, len(data))
-                )
-        _refuse_overlaps(headers, e_shoff, e_shnum * e_shentsize)
-        names_header = headers[e_shstrndx]
-        self._shstrtab = (names_header[4], names_header[5])
-        self.sections = []
-        for index, (name, sh_type, flags, _addr, offset, size, link, info, _align, entsize) in enumerate(headers):
-            section_name = self._string(self._shstrtab, name, "section %d name" % index)
-            self.sections.append(_Section(index, section_name, sh_type, flags, offset, size, link, info, entsize))
-        self.symbols = self._read_symbols()
-
-    def _string(self, table, offset, what):
-        return _string(self.data, table, offset, what)
-
-    def body(self, section):
-        if section.type == SHT_NOBITS:
-            return b""
-        return self.data[section.offset : section.offset + section.size]
-
-    def by_name(self, name):
-        found = [section for section in self.sections if section.name == name]
-        if len(found) > 1:
-            raise BpfObjectError("object has %d sections named %r" % (len(found), name))
-        return found[0] if found else None
-
-    def section(self, index, what):
-        if index >= len(self.sections):
-            raise BpfObjectError("%s: section index %d out of range (%d sections)" % (what, index, len(self.sections)))
-        return self.sections[index]
-
-    def _read_symbols(self):
-        tables = [section for section in self.sections if section.type == SHT_SYMTAB]
-        if not tables:
-            raise BpfObjectError("object has no symbol table (.symtab); was it stripped?")
-        if len(tables) > 1:
-            raise BpfObjectError("object has %d symbol tables" % len(tables))
-        table = tables[0]
-        self.symtab_index = table.index
-        if table.entsize != _ELF64_SYM_SIZE or table.size % _ELF64_SYM_SIZE:
-            raise BpfObjectError(
-                "symbol table entry size %d / size %d, expected multiples of %d"
-                % (table.entsize, table.size, _ELF64_SYM_SIZE)
-            )
-        strtab = self.section(table.link, "symbol table string table")
-        if strtab.type != SHT_STRTAB:
-            raise BpfObjectError(
-                "symbol table links section %d (%r), which is not a string table" % (strtab.index, strtab.name)
-            )
-        if table.size // _ELF64_SYM_SIZE > MAX_SYMBOLS:
-            raise BpfObjectError(
-                "symbol table has %d entries, more than the %d this reader takes"
-                % (table.size // _ELF64_SYM_SIZE, MAX_SYMBOLS)
-            )
-        strings = (strtab.offset, strtab.size)
-        symbols = []
-        for index in range(table.size // _ELF64_SYM_SIZE):
-            name, info, _other, shndx, value, size = struct.unpack_from(
-                self.endian + "IBBHQQ", self.data, table.offset + index * _ELF64_SYM_SIZE
-            )
-            symbols.append(
-                _Symbol(index, self._string(strings, name, "symbol %d name" % index), info, shndx, value, size)
-            )
-        return symbols
-
-    def symbol_section_name(self, symbol):
-        if symbol.shndx == SHN_UNDEF:
-            return None
-        if symbol.shndx >= SHN_LORESERVE:
-            return "special section 0x%x" % symbol.shndx
-        return self.section(symbol.shndx, "symbol %r" % symbol.name).name
-
-
-def _string(data, table, offset, what):
-    """The NUL-terminated string at offset of the string table (start, size) inside data."""
-    start, size = table
-    if offset >= size:
-        raise BpfObjectError("%s: string offset %d past its table (%d bytes)" % (what, offset, size))
-    end = data.find(b"\0", start + offset, min(start + size, start + offset + MAX_NAME_LENGTH + 1))
-    if end < 0:
-        if start + offset + MAX_NAME_LENGTH + 1 < start + size:
-            raise BpfObjectError("%s: longer than %d bytes" % (what, MAX_NAME_LENGTH))
-        raise BpfObjectError("%s: string not NUL-terminated inside its table" % what)
-    try:
-        return data[start + offset : end].decode("utf-8")
-    except UnicodeDecodeError:
-        raise BpfObjectError("%s: not valid UTF-8" % what)
 
 
 class BpfObject:
@@ -378,22 +109,18 @@ class BpfObject:
 
     @classmethod
     def from_file(cls, path):
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_OBJECT_SIZE + 1)
-        if len(data) > MAX_OBJECT_SIZE:
-            raise BpfObjectError(_too_big(os.path.getsize(path)))
-        return cls.from_bytes(data)
+        return cls.from_bytes(read_file(path))
 
     @classmethod
     def from_bytes(cls, data):
         data = bytes(data)
-        elf = _Elf(data)
+        elf = Elf(data)
         program = _program_section(elf)
         insns = elf.body(program)
         if elf.by_name(BTF_MAPS_SECTION) is None:
-            maps, maps_section, map_offsets = _read_maps(elf)
+            maps, maps_section, map_offsets = read_legacy_maps(elf)
             try:
-                btf = _read_btf(elf, _Btf(elf), program, {}) if elf.by_name(BTF_SECTION) is not None else None
+                btf = _read_btf(elf, BtfTypes(elf), program, {}) if elf.by_name(BTF_SECTION) is not None else None
             except BpfObjectError:
                 btf = None  # optional for legacy maps: load without, as on a kernel that refuses it
         else:
@@ -404,8 +131,8 @@ class BpfObject:
                     "object has BTF-defined maps (.maps) but no .BTF section, which describes them: "
                     "build it with clang -g (and strip with llvm-strip -g, which keeps .BTF)"
                 )
-            types = _Btf(elf)
-            maps, maps_section, map_offsets, map_types = _read_btf_maps(elf, types)
+            types = BtfTypes(elf)
+            maps, maps_section, map_offsets, map_types = read_btf_maps(elf, types)
             btf = _read_btf(elf, types, program, map_types)
         relocations = _read_relocations(elf, program, insns, maps_section, map_offsets)
         _refuse_unrelocated_pseudo_loads(insns, relocations, elf.byteorder)
@@ -438,28 +165,6 @@ class BpfObject:
             struct.pack_into(endian + "i", insns, offset + 4, fd)
             struct.pack_into(endian + "i", insns, offset + BPF_INSN_SIZE + 4, 0)
         return bytes(insns)
-
-
-def _too_big(size):
-    return "%d bytes, more than the %d MiB a BPF object may have here" % (size, MAX_OBJECT_SIZE // (1024 * 1024))
-
-
-def _refuse_overlaps(headers, table_offset, table_size):
-    """No two sections share bytes, nor with the ELF header or the section header table. Real
-    objects never do; a file whose sections alias each other would make one stretch of bytes
-    count as many relocation or symbol tables."""
-    extents = [(0, _ELF64_HEADER_SIZE, "the ELF header"), (table_offset, table_size, "the section header table")]
-    for index, header in enumerate(headers):
-        sh_type, offset, size = header[1], header[4], header[5]
-        if sh_type not in (SHT_NOBITS, 0) and size:
-            extents.append((offset, size, "section %d" % index))
-    extents.sort()
-    for (offset, size, what), (next_offset, _next_size, next_what) in zip(extents, extents[1:]):
-        if offset + size > next_offset:
-            raise BpfObjectError(
-                "%s (bytes %d-%d) overlaps %s (from byte %d)"
-                % (what, offset, offset + size - 1, next_what, next_offset)
-            )
 
 
 def _refuse_unrelocated_pseudo_loads(insns, relocations, byteorder):
@@ -547,414 +252,11 @@ def _read_license(elf):
         raise BpfObjectError("license section is not ASCII: %r" % raw)
 
 
-def _read_maps(elf):
-    """-> (OrderedDict name -> MapSpec, maps section or None, {offset in section: name})"""
-    maps = collections.OrderedDict()
-    section = elf.by_name(MAPS_SECTION)
-    if section is None:
-        return maps, None, {}
-    if section.type != SHT_PROGBITS:
-        raise BpfObjectError("maps section has type %d, expected PROGBITS (initialised definitions)" % section.type)
-    if section.size % MAP_DEF_SIZE:
-        raise BpfObjectError(
-            "maps section is %d bytes, not a multiple of the %d-byte struct bpf_map_def "
-            "(five u32: type, key_size, value_size, max_entries, map_flags)" % (section.size, MAP_DEF_SIZE)
-        )
-    body = elf.body(section)
-    named = sorted(
-        (
-            symbol
-            for symbol in elf.symbols
-            if symbol.shndx == section.index and symbol.name and symbol.info & 0xF != STT_SECTION
-        ),
-        key=lambda symbol: symbol.value,
-    )
-    offsets = {}
-    for symbol in named:
-        if symbol.value % MAP_DEF_SIZE or symbol.value + MAP_DEF_SIZE > section.size:
-            raise BpfObjectError(
-                "map %r at offset %d is not a whole struct bpf_map_def inside the %d-byte maps section"
-                % (symbol.name, symbol.value, section.size)
-            )
-        if symbol.size not in (0, MAP_DEF_SIZE):
-            raise BpfObjectError(
-                "map %r is %d bytes, struct bpf_map_def is %d" % (symbol.name, symbol.size, MAP_DEF_SIZE)
-            )
-        if symbol.name in maps:
-            raise BpfObjectError("map name %r defined twice" % symbol.name)
-        if symbol.value in offsets:
-            raise BpfObjectError("maps %r and %r share offset %d" % (offsets[symbol.value], symbol.name, symbol.value))
-        fields = struct.unpack_from(elf.endian + "I" * MAP_DEF_FIELDS, body, symbol.value)
-        maps[symbol.name] = MapSpec(symbol.name, *fields)
-        offsets[symbol.value] = symbol.name
-    if len(maps) != section.size // MAP_DEF_SIZE:
-        raise BpfObjectError(
-            "maps section holds %d definitions but %d are named by symbols" % (section.size // MAP_DEF_SIZE, len(maps))
-        )
-    return maps, section, offsets
-
-
-class _Btf:
-    """Bounds-checked access to the types and strings of an object's .BTF section."""
-
-    def __init__(self, elf):
-        self.body = body = elf.body(elf.by_name(BTF_SECTION))
-        self.endian = endian = elf.endian
-        if len(body) < BTF_HEADER_SIZE:
-            raise BpfObjectError(".BTF header truncated (%d of %d bytes)" % (len(body), BTF_HEADER_SIZE))
-        magic, version, _flags, header_size = struct.unpack_from(endian + "HBBI", body, 0)
-        if magic != BTF_MAGIC:
-            swapped = magic == ((BTF_MAGIC & 0xFF) << 8 | BTF_MAGIC >> 8)
-            raise BpfObjectError(
-                ".BTF magic 0x%04x is not 0x%04x%s"
-                % (magic, BTF_MAGIC, " (byte order differs from the ELF's)" if swapped else "")
-            )
-        if version != BTF_VERSION:
-            raise BpfObjectError(".BTF version %d, this reader knows version %d" % (version, BTF_VERSION))
-        if not BTF_HEADER_SIZE <= header_size <= len(body):
-            raise BpfObjectError(".BTF header size %d outside %d..%d" % (header_size, BTF_HEADER_SIZE, len(body)))
-        type_off, type_len, str_off, str_len = struct.unpack_from(endian + "IIII", body, 8)
-        for what, offset, length in (("type", type_off, type_len), ("string", str_off, str_len)):
-            if header_size + offset + length > len(body):
-                raise BpfObjectError(
-                    ".BTF %s section (offset %d, %d bytes) past the end of .BTF (%d bytes after the header)"
-                    % (what, offset, length, len(body) - header_size)
-                )
-        if type_off % 4:
-            raise BpfObjectError(".BTF type section offset %d is not 4-byte aligned" % type_off)
-        self.strings = (header_size + str_off, str_len)
-        self.positions = []  # byte position of each type record; type id = index + 1
-        position, end = header_size + type_off, header_size + type_off + type_len
-        while position < end:
-            if len(self.positions) >= MAX_BTF_TYPES:
-                raise BpfObjectError(".BTF has more than %d types, the kernel's limit" % MAX_BTF_TYPES)
-            if position + BTF_TYPE_SIZE > end:
-                raise BpfObjectError(".BTF type %d truncated" % (len(self.positions) + 1))
-            info = struct.unpack_from(endian + "I", body, position + 4)[0]
-            kind, vlen = info >> 24 & 0x1F, info & 0xFFFF
-            if kind not in _BTF_TRAILERS:
-                raise BpfObjectError(
-                    ".BTF type %d has kind %d, unknown to this reader" % (len(self.positions) + 1, kind)
-                )
-            fixed, per_entry = _BTF_TRAILERS[kind]
-            following = fixed + per_entry * vlen
-            if position + BTF_TYPE_SIZE + following > end:
-                raise BpfObjectError(
-                    ".BTF type %d (%s, vlen %d) runs past the end of the type section"
-                    % (len(self.positions) + 1, BTF_KIND_NAMES[kind], vlen)
-                )
-            self.positions.append(position)
-            position += BTF_TYPE_SIZE + following
-
-    def type(self, type_id, what):
-        """-> (kind, name offset, vlen, size or type, record position)"""
-        if not 1 <= type_id <= len(self.positions):
-            raise BpfObjectError("%s: BTF type id %d out of range (1..%d)" % (what, type_id, len(self.positions)))
-        position = self.positions[type_id - 1]
-        name_off, info, size_or_type = struct.unpack_from(self.endian + "III", self.body, position)
-        return info >> 24 & 0x1F, name_off, info & 0xFFFF, size_or_type, position
-
-    def name(self, name_off, what):
-        return _string(self.body, self.strings, name_off, what + " name")
-
-    def kind_name(self, type_id):
-        return BTF_KIND_NAMES.get(self.type(type_id, "type")[0], "?") if type_id else "void"
-
-    def entries(self, type_id, what, fmt):
-        """The vlen entries that follow a STRUCT, UNION or DATASEC record, unpacked with fmt."""
-        _kind, _name, vlen, _size, position = self.type(type_id, what)
-        size = struct.calcsize(self.endian + fmt)
-        start = position + BTF_TYPE_SIZE
-        return [struct.unpack_from(self.endian + fmt, self.body, start + index * size) for index in range(vlen)]
-
-    def skip_modifiers(self, type_id, what):
-        for _depth in range(MAX_BTF_RESOLVE_DEPTH):
-            if type_id == 0:
-                return 0
-            kind, _name, _vlen, target, _position = self.type(type_id, what)
-            if kind not in _BTF_MODIFIERS:
-                return type_id
-            type_id = target
-        raise BpfObjectError("%s: BTF typedef/modifier chain longer than %d" % (what, MAX_BTF_RESOLVE_DEPTH))
-
-    def size(self, type_id, what):
-        """Byte size of a type, as the kernel resolves it (arrays multiplied out)."""
-        count = 1
-        for _depth in range(MAX_BTF_RESOLVE_DEPTH):
-            if type_id == 0:
-                break
-            kind, _name, _vlen, size_or_type, position = self.type(type_id, what)
-            if kind in _BTF_SIZED:
-                size = count * size_or_type
-            elif kind == BTF_KIND_PTR:
-                size = count * BPF_POINTER_SIZE
-            elif kind in _BTF_MODIFIERS or kind == BTF_KIND_VAR:
-                type_id = size_or_type
-                continue
-            elif kind == BTF_KIND_ARRAY:
-                type_id, _index_type, elements = struct.unpack_from(
-                    self.endian + "III", self.body, position + BTF_TYPE_SIZE
-                )
-                count *= elements
-                if count > 0xFFFFFFFF:
-                    raise BpfObjectError("%s: BTF array type %d has more than 2**32 elements" % (what, type_id))
-                continue
-            else:
-                break
-            if size > 0xFFFFFFFF:
-                raise BpfObjectError("%s: BTF type %d is larger than 4 GiB" % (what, type_id))
-            return size
-        else:
-            raise BpfObjectError("%s: BTF type chain longer than %d" % (what, MAX_BTF_RESOLVE_DEPTH))
-        raise BpfObjectError("%s: BTF type %d (%s) has no size" % (what, type_id, self.kind_name(type_id)))
-
-    def pointee(self, type_id, what):
-        """The type a member declared as a pointer points to (libbpf's __type and __uint)."""
-        pointer = self.skip_modifiers(type_id, what)
-        kind, _name, _vlen, target, _position = self.type(pointer, what) if pointer else (0, 0, 0, 0, 0)
-        if kind != BTF_KIND_PTR:
-            raise BpfObjectError("%s: BTF type %d is %s, not a pointer" % (what, pointer, self.kind_name(pointer)))
-        return target
-
-    def array_length(self, type_id, what):
-        """The value of a __uint(name, value) member: pointer to an array of value elements."""
-        array = self.pointee(type_id, what)
-        kind, _name, _vlen, _size, position = self.type(array, what) if array else (0, 0, 0, 0, 0)
-        if kind != BTF_KIND_ARRAY:
-            raise BpfObjectError(
-                "%s: BTF type %d is a pointer to %s, not to an array as __uint() declares"
-                % (what, type_id, self.kind_name(array))
-            )
-        return struct.unpack_from(self.endian + "I", self.body, position + BTF_TYPE_SIZE + 8)[0]
-
-    def datasecs(self):
-        """-> [(type id, section name)] of every DATASEC."""
-        found = []
-        for type_id in range(1, len(self.positions) + 1):
-            kind, name_off, _vlen, _size, _position = self.type(type_id, "DATASEC")
-            if kind == BTF_KIND_DATASEC:
-                found.append((type_id, self.name(name_off, "DATASEC %d" % type_id)))
-        return found
-
-
-def _symbols_by_section(elf):
-    """{section index: {name: symbol}} of the named, non-section symbols, in one pass."""
-    by_section = collections.defaultdict(dict)
-    for symbol in elf.symbols:
-        if symbol.name and symbol.info & 0xF != STT_SECTION and SHN_UNDEF < symbol.shndx < SHN_LORESERVE:
-            symbols = by_section[symbol.shndx]
-            if symbol.name in symbols:
-                raise BpfObjectError("symbol %r defined twice in section %d" % (symbol.name, symbol.shndx))
-            symbols[symbol.name] = symbol
-    return by_section
-
-
-def _var_name(btf, var_id, section_name):
-    what = "DATASEC %r variable" % section_name
-    kind, name_off, _vlen, var_type, _position = btf.type(var_id, what)
-    if kind != BTF_KIND_VAR:
-        raise BpfObjectError("%s: BTF type %d is %s, not VAR" % (what, var_id, BTF_KIND_NAMES.get(kind, kind)))
-    return btf.name(name_off, what), var_type
-
-
-def _read_btf_maps(elf, btf):
-    """BTF-defined maps, as libbpf reads them. -> (OrderedDict name -> MapSpec, .maps section,
-    {offset in section: name}, {name: (key type id, value type id)})"""
-    section = elf.by_name(BTF_MAPS_SECTION)
-    if section.type != SHT_PROGBITS:
-        raise BpfObjectError(".maps section has type %d, expected PROGBITS" % section.type)
-    datasec = [type_id for type_id, name in btf.datasecs() if name == BTF_MAPS_SECTION]
-    if len(datasec) != 1:
-        raise BpfObjectError("object's .BTF has %d DATASEC '.maps' types, expected 1" % len(datasec))
-    symbols = dict(_symbols_by_section(elf)[section.index])
-    found = []
-    for var_id, _offset, _size in btf.entries(datasec[0], "DATASEC '.maps'", "III"):
-        name, var_type = _var_name(btf, var_id, BTF_MAPS_SECTION)
-        symbol = symbols.pop(name, None)
-        if symbol is None:
-            raise BpfObjectError("map %r is in the .maps BTF but has no symbol in the .maps section" % name)
-        spec, types, struct_size = _btf_map_definition(btf, name, var_type)
-        if symbol.value + struct_size > section.size:
-            raise BpfObjectError(
-                "map %r (%d bytes at offset %d) runs past the %d-byte .maps section"
-                % (name, struct_size, symbol.value, section.size)
-            )
-        found.append((symbol.value, name, spec, types))
-    if symbols:
-        raise BpfObjectError(
-            "symbol(s) %s in the .maps section have no BTF description"
-            % ", ".join(repr(name) for name in sorted(symbols))
-        )
-    found.sort()
-    maps, offsets, map_types = collections.OrderedDict(), {}, {}
-    for offset, name, spec, types in found:
-        if offset in offsets:
-            raise BpfObjectError("maps %r and %r share offset %d" % (offsets[offset], name, offset))
-        offsets[offset] = name
-        maps[name] = spec
-        map_types[name] = types
-    return maps, section, offsets, map_types
-
-
-def _btf_map_definition(btf, name, var_type):
-    """-> (MapSpec, (key type id, value type id), size of the definition struct)"""
-    what = "map %r" % name
-    definition = btf.skip_modifiers(var_type, what)
-    if not definition or btf.type(definition, what)[0] != BTF_KIND_STRUCT:
-        raise BpfObjectError(
-            "%s: BTF type %d is %s; a map definition is a struct" % (what, definition, btf.kind_name(definition))
-        )
-    values = dict.fromkeys(BTF_MAP_INT_FIELDS)
-    types = dict.fromkeys(BTF_MAP_TYPE_FIELDS, 0)
-    for name_off, member_type, _offset in btf.entries(definition, what, "III"):
-        member = btf.name(name_off, what + " member")
-        where = "map %r attribute %r" % (name, member)
-        if member in BTF_MAP_INT_FIELDS:
-            values[member] = btf.array_length(member_type, where)
-        elif member in BTF_MAP_TYPE_FIELDS:
-            types[member] = btf.pointee(member_type, where)
-        else:
-            raise BpfObjectError(
-                "%s: attribute %r is not supported (supported: %s)"
-                % (what, member, ", ".join(BTF_MAP_INT_FIELDS + BTF_MAP_TYPE_FIELDS))
-            )
-    if values["pinning"]:
-        raise BpfObjectError(
-            "%s: pinning %s is not supported: the collection pins its maps itself" % (what, values["pinning"])
-        )
-    sizes = {}
-    for field in BTF_MAP_TYPE_FIELDS:
-        size = btf.size(types[field], "map %r %s" % (name, field)) if types[field] else None
-        declared = values[field + "_size"]
-        if size is not None and declared is not None and size != declared:
-            raise BpfObjectError("%s: %s_size %s but its %s type is %s bytes" % (what, field, declared, field, size))
-        sizes[field] = size if size is not None else declared or 0
-    spec = MapSpec(
-        name,
-        values["type"] or 0,
-        sizes["key"],
-        sizes["value"],
-        values["max_entries"] or 0,
-        values["map_flags"] or 0,
-    )
-    return spec, (types["key"], types["value"]), btf.size(definition, what)
-
-
-def _read_btf(elf, btf, program, map_types):
-    """The object's BTF ready for BPF_BTF_LOAD, with the program's func_info and line_info."""
-    data = bytearray(btf.body)
-    sections = {}
-    for section in elf.sections:
-        sections[section.name] = None if section.name in sections else section  # None: ambiguous
-    symbols_by_section = _symbols_by_section(elf)
-    fixed = set()
-    # clang leaves each DATASEC's size and its variables' offsets to the loader (relocations in
-    # .rel.BTF); the kernel refuses a DATASEC of size 0 and wants its variables in offset order.
-    for datasec, section_name in btf.datasecs():
-        what = "DATASEC %r" % section_name
-        section = sections.get(section_name)
-        if section is None:
-            raise BpfObjectError("%s in .BTF names no section of the object, or several" % what)
-        if section_name in fixed:
-            raise BpfObjectError("two DATASECs in .BTF name section %r" % section_name)
-        fixed.add(section_name)
-        if section.size > 0xFFFFFFFF:
-            raise BpfObjectError("section %r is larger than a DATASEC can describe" % section_name)
-        symbols = symbols_by_section[section.index]
-        variables = []
-        for var_id, _offset, size in btf.entries(datasec, what, "III"):
-            name, _var_type = _var_name(btf, var_id, section_name)
-            if name not in symbols:
-                raise BpfObjectError("%s variable %r has no symbol in section %r" % (what, name, section_name))
-            offset = symbols[name].value
-            if offset + size > section.size:
-                raise BpfObjectError(
-                    "%s variable %r (%d bytes at offset %d) runs past its %d-byte section"
-                    % (what, name, size, offset, section.size)
-                )
-            variables.append((offset, var_id, size))
-        variables.sort()
-        position = btf.type(datasec, what)[4]
-        struct.pack_into(elf.endian + "I", data, position + 8, section.size)
-        for index, (offset, var_id, size) in enumerate(variables):
-            struct.pack_into(elf.endian + "III", data, position + BTF_TYPE_SIZE + 12 * index, var_id, offset, size)
-    func_info = line_info = None
-    ext = elf.by_name(BTF_EXT_SECTION)
-    if ext is not None:
-        func_info, line_info = _read_btf_ext(elf.body(ext), elf.endian, btf, program)
-    return Btf(bytes(data), map_types, func_info, line_info)
-
-
-def _read_btf_ext(body, endian, btf, program):
-    """-> (func_info, line_info) of the program section, each ExtInfo or None."""
-    if len(body) < BTF_EXT_HEADER_SIZE:
-        raise BpfObjectError(".BTF.ext header truncated (%d of %d bytes)" % (len(body), BTF_EXT_HEADER_SIZE))
-    magic, version, _flags, header_size = struct.unpack_from(endian + "HBBI", body, 0)
-    if magic != BTF_MAGIC or version != BTF_VERSION:
-        raise BpfObjectError(
-            ".BTF.ext magic 0x%04x version %d, expected 0x%04x version %d" % (magic, version, BTF_MAGIC, BTF_VERSION)
-        )
-    if not BTF_EXT_HEADER_SIZE <= header_size <= len(body):
-        raise BpfObjectError(".BTF.ext header size %d outside %d..%d" % (header_size, BTF_EXT_HEADER_SIZE, len(body)))
-    blocks = [("func_info", 8, MIN_FUNC_INFO_SIZE), ("line_info", 16, MIN_LINE_INFO_SIZE)]
-    if header_size >= BTF_EXT_HEADER_SIZE + 8:
-        blocks.append(("core_relo", 24, 16))
-    found = []
-    for what, field, min_record in blocks:
-        offset, length = struct.unpack_from(endian + "II", body, field)
-        if header_size + offset + length > len(body):
-            raise BpfObjectError(".BTF.ext %s (offset %d, %d bytes) past the end of .BTF.ext" % (what, offset, length))
-        found.append(_ext_records(body, endian, header_size + offset, length, what, min_record, btf, program))
-    if len(found) > 2 and found[2] is not None:
-        raise BpfObjectError(
-            "program %r has CO-RE relocations (.BTF.ext core_relo): not supported, the loader does not "
-            "apply them" % program.name
-        )
-    return found[0], found[1]
-
-
-def _ext_records(body, endian, start, length, what, min_record, btf, program):
-    """The program section's records of one .BTF.ext block, instruction offsets in instructions."""
-    if length == 0:
-        return None
-    if length < 4:
-        raise BpfObjectError(".BTF.ext %s is %d bytes, too short for its record size" % (what, length))
-    record_size = struct.unpack_from(endian + "I", body, start)[0]
-    if not min_record <= record_size <= MAX_EXT_RECORD_SIZE or record_size % 4:
-        raise BpfObjectError(
-            ".BTF.ext %s record size %d outside %d..%d or not a multiple of 4"
-            % (what, record_size, min_record, MAX_EXT_RECORD_SIZE)
-        )
-    position, end = start + 4, start + length
-    records = None
-    while position < end:
-        if position + 8 > end:
-            raise BpfObjectError(".BTF.ext %s truncated" % what)
-        name_off, count = struct.unpack_from(endian + "II", body, position)
-        position += 8
-        if count * record_size > end - position:
-            raise BpfObjectError(".BTF.ext %s: %d records of %d bytes run past its end" % (what, count, record_size))
-        section_name = btf.name(name_off, ".BTF.ext %s section" % what)
-        chunk = body[position : position + count * record_size]
-        position += count * record_size
-        if section_name != program.name:
-            continue
-        if records is not None:
-            raise BpfObjectError(".BTF.ext %s lists section %r twice" % (what, section_name))
-        records = bytearray(chunk)
-        for index in range(count):
-            at = index * record_size
-            insn_off = struct.unpack_from(endian + "I", records, at)[0]
-            if insn_off % BPF_INSN_SIZE or insn_off >= program.size:
-                raise BpfObjectError(
-                    ".BTF.ext %s record %d: instruction offset %d is not inside the program" % (what, index, insn_off)
-                )
-            struct.pack_into(endian + "I", records, at, insn_off // BPF_INSN_SIZE)
-            if what == "func_info":
-                btf.type(struct.unpack_from(endian + "I", records, at + 4)[0], ".BTF.ext func_info record %d" % index)
-    if not records:
-        return None
-    return ExtInfo(record_size, len(records) // record_size, bytes(records))
+def _read_btf(elf, types, program, map_types):
+    """The object's BTF for the kernel (Btf): .BTF ready for BPF_BTF_LOAD, the program's func_info
+    and line_info. types: the object's BtfTypes."""
+    func_info, line_info = read_program_info(elf, types, program)
+    return Btf(loadable_data(elf, types), map_types, func_info, line_info)
 
 
 def _read_relocations(elf, program, insns, maps_section, map_offsets):
@@ -972,13 +274,12 @@ def _read_relocations(elf, program, insns, maps_section, map_offsets):
                 "relocation section %r links section %d, not the symbol table (%d)"
                 % (section.name, section.link, elf.symtab_index)
             )
-        if section.size % _ELF64_REL_SIZE:
+        if section.size % ELF64_REL_SIZE:
             raise BpfObjectError(
-                "relocation section %r is %d bytes, not a multiple of %d"
-                % (section.name, section.size, _ELF64_REL_SIZE)
+                "relocation section %r is %d bytes, not a multiple of %d" % (section.name, section.size, ELF64_REL_SIZE)
             )
-        for entry in range(section.size // _ELF64_REL_SIZE):
-            r_offset, r_info = struct.unpack_from(elf.endian + "QQ", elf.data, section.offset + entry * _ELF64_REL_SIZE)
+        for entry in range(section.size // ELF64_REL_SIZE):
+            r_offset, r_info = struct.unpack_from(elf.endian + "QQ", elf.data, section.offset + entry * ELF64_REL_SIZE)
             sym_index, r_type = r_info >> 32, r_info & 0xFFFFFFFF
             where = "relocation %d of %r" % (entry, section.name)
             if r_type == R_BPF_NONE:

@@ -3,8 +3,8 @@
 """The bpf(2) system call through ctypes: maps, BTF, program load, pins, attach, links, query, info.
 
 Plain stdlib: the boot-time restore imports it without Ansible. Every attr is packed at the
-offsets of `union bpf_attr` (include/uapi/linux/bpf.h) into a zeroed buffer of ATTR_SIZE bytes;
-the kernel copies what it knows and accepts a longer attr whose tail is zero. File descriptors
+offsets of `union bpf_attr` (uapi.COMMANDS) into a zeroed buffer of uapi.ATTR_SIZE bytes; the
+kernel copies what it knows and accepts a longer attr whose tail is zero. File descriptors
 are plain ints that the caller closes (os.close, or `with closing_fd(...)`).
 """
 
@@ -20,9 +20,7 @@ import os
 import struct
 import sysconfig
 
-# Room for every union bpf_attr member up to at least 6.18 (144 bytes in 6.1): the kernel writes
-# some results back (query.revision, log_true_size) at offsets only newer headers know.
-ATTR_SIZE = 256
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import uapi
 
 # Map types (rto_program.MAP_CONTRACT) and flags.
 BPF_MAP_TYPE_HASH = 1
@@ -43,170 +41,6 @@ BPF_F_QUERY_EFFECTIVE = 1
 BPF_PSEUDO_MAP_FD = 1
 BPF_LINK_TYPE_CGROUP = 3
 BPF_OBJ_NAME_LEN = 16
-
-# bpf(2) by the architecture of this process (arch/*/kernel/syscalls/*.tbl, or the generic table
-# of include/uapi/asm-generic/unistd.h): (family, pointer bits, ABI variant) -> number.
-SYSCALL_NUMBERS = {
-    ("x86", 64, ""): 321,
-    ("x86", 32, ""): 357,
-    ("x86", 32, "x32"): 0x40000000 | 321,  # __X32_SYSCALL_BIT on the 64-bit table
-    ("arm", 64, ""): 280,
-    ("arm", 32, ""): 386,
-    ("powerpc", 64, ""): 361,
-    ("powerpc", 32, ""): 361,
-    ("s390", 64, ""): 351,
-    ("s390", 32, ""): 351,
-    ("riscv", 64, ""): 280,
-    ("riscv", 32, ""): 280,
-    ("loongarch", 64, ""): 280,
-    ("mips", 64, ""): 5315,
-    ("mips", 32, ""): 4355,
-    ("mips", 32, "n32"): 6319,
-    ("sparc", 64, ""): 349,
-    ("sparc", 32, ""): 349,
-}
-# uname's machine -> family, by prefix (i686, armv7l, ppc64le, mips64el ...).
-_ARCH_FAMILIES = (
-    (("x86", "amd64", "i386", "i486", "i586", "i686"), "x86"),
-    (("aarch64", "arm"), "arm"),
-    (("ppc", "powerpc"), "powerpc"),
-    (("s390",), "s390"),
-    (("riscv",), "riscv"),
-    (("loongarch",), "loongarch"),
-    (("mips",), "mips"),
-    (("sparc",), "sparc"),
-)
-# The ABI variants a multiarch triplet names at its end (x86_64-linux-gnux32, mips64el-linux-gnuabin32).
-_ABI_VARIANTS = ("x32", "n32")
-
-# command -> (number, {field: (offset, struct format)}), offsets as in union bpf_attr. A "Q"
-# field given a ctypes buffer gets its address; a field given None stays zero.
-_COMMANDS = {
-    "BPF_MAP_CREATE": (
-        0,
-        {
-            "map_type": (0, "I"),
-            "key_size": (4, "I"),
-            "value_size": (8, "I"),
-            "max_entries": (12, "I"),
-            "map_flags": (16, "I"),
-            "map_name": (28, "16s"),
-            "btf_fd": (48, "I"),
-            "btf_key_type_id": (52, "I"),
-            "btf_value_type_id": (56, "I"),
-        },
-    ),
-    "BPF_MAP_LOOKUP_ELEM": (1, {"map_fd": (0, "I"), "key": (8, "Q"), "value": (16, "Q"), "flags": (24, "Q")}),
-    "BPF_MAP_UPDATE_ELEM": (2, {"map_fd": (0, "I"), "key": (8, "Q"), "value": (16, "Q"), "flags": (24, "Q")}),
-    "BPF_MAP_DELETE_ELEM": (3, {"map_fd": (0, "I"), "key": (8, "Q")}),
-    "BPF_MAP_GET_NEXT_KEY": (4, {"map_fd": (0, "I"), "key": (8, "Q"), "next_key": (16, "Q")}),
-    "BPF_PROG_LOAD": (
-        5,
-        {
-            "prog_type": (0, "I"),
-            "insn_cnt": (4, "I"),
-            "insns": (8, "Q"),
-            "license": (16, "Q"),
-            "log_level": (24, "I"),
-            "log_size": (28, "I"),
-            "log_buf": (32, "Q"),
-            "prog_name": (48, "16s"),
-            "expected_attach_type": (68, "I"),
-            "prog_btf_fd": (72, "I"),
-            "func_info_rec_size": (76, "I"),
-            "func_info": (80, "Q"),
-            "func_info_cnt": (88, "I"),
-            "line_info_rec_size": (92, "I"),
-            "line_info": (96, "Q"),
-            "line_info_cnt": (104, "I"),
-        },
-    ),
-    "BPF_OBJ_PIN": (6, {"pathname": (0, "Q"), "bpf_fd": (8, "I"), "file_flags": (12, "I")}),
-    "BPF_OBJ_GET": (7, {"pathname": (0, "Q"), "bpf_fd": (8, "I"), "file_flags": (12, "I")}),
-    "BPF_PROG_ATTACH": (
-        8,
-        {
-            "target_fd": (0, "I"),
-            "attach_bpf_fd": (4, "I"),
-            "attach_type": (8, "I"),
-            "attach_flags": (12, "I"),
-            "replace_bpf_fd": (16, "I"),
-        },
-    ),
-    "BPF_PROG_DETACH": (9, {"target_fd": (0, "I"), "attach_bpf_fd": (4, "I"), "attach_type": (8, "I")}),
-    "BPF_PROG_GET_NEXT_ID": (11, {"start_id": (0, "I"), "next_id": (4, "I")}),
-    "BPF_PROG_GET_FD_BY_ID": (13, {"id": (0, "I"), "open_flags": (8, "I")}),
-    "BPF_MAP_GET_FD_BY_ID": (14, {"id": (0, "I"), "open_flags": (8, "I")}),
-    "BPF_OBJ_GET_INFO_BY_FD": (15, {"bpf_fd": (0, "I"), "info_len": (4, "I"), "info": (8, "Q")}),
-    "BPF_BTF_LOAD": (
-        18,
-        {
-            "btf": (0, "Q"),
-            "btf_log_buf": (8, "Q"),
-            "btf_size": (16, "I"),
-            "btf_log_size": (20, "I"),
-            "btf_log_level": (24, "I"),
-        },
-    ),
-    "BPF_PROG_QUERY": (
-        16,
-        {
-            "target_fd": (0, "I"),
-            "attach_type": (4, "I"),
-            "query_flags": (8, "I"),
-            "attach_flags": (12, "I"),
-            "prog_ids": (16, "Q"),
-            "prog_cnt": (24, "I"),
-        },
-    ),
-    "BPF_LINK_CREATE": (28, {"prog_fd": (0, "I"), "target_fd": (4, "I"), "attach_type": (8, "I"), "flags": (12, "I")}),
-    "BPF_LINK_UPDATE": (
-        29,
-        {"link_fd": (0, "I"), "new_prog_fd": (4, "I"), "flags": (8, "I"), "old_prog_fd": (12, "I")},
-    ),
-    "BPF_LINK_GET_FD_BY_ID": (30, {"id": (0, "I"), "open_flags": (8, "I")}),
-    "BPF_LINK_GET_NEXT_ID": (31, {"start_id": (0, "I"), "next_id": (4, "I")}),
-    "BPF_LINK_DETACH": (34, {"link_fd": (0, "I")}),
-}
-
-# Object info structs: field -> (offset, format); the size passed as info_len.
-_PROG_INFO = (
-    256,
-    {  # struct bpf_prog_info (232 bytes in 6.1)
-        "type": (0, "I"),
-        "id": (4, "I"),
-        "tag": (8, "8s"),
-        "nr_map_ids": (52, "I"),
-        "map_ids": (56, "Q"),
-        "name": (64, "16s"),
-        "btf_id": (128, "I"),
-        "run_time_ns": (192, "Q"),
-        "run_cnt": (200, "Q"),
-    },
-)
-_MAP_INFO = (
-    128,
-    {  # struct bpf_map_info (88 bytes in 6.1)
-        "type": (0, "I"),
-        "id": (4, "I"),
-        "key_size": (8, "I"),
-        "value_size": (12, "I"),
-        "max_entries": (16, "I"),
-        "map_flags": (20, "I"),
-        "name": (24, "16s"),
-        "btf_id": (64, "I"),
-    },
-)
-_LINK_INFO = (
-    128,
-    {  # struct bpf_link_info, cgroup member of the union (48 bytes in 6.1)
-        "type": (0, "I"),
-        "id": (4, "I"),
-        "prog_id": (8, "I"),
-        "cgroup_id": (16, "Q"),
-        "attach_type": (24, "I"),
-    },
-)
 
 # btf_id: the BTF the program or map was loaded with, 0 for none
 ProgInfo = collections.namedtuple("ProgInfo", "type id tag name map_ids run_time_ns run_cnt btf_id")
@@ -247,24 +81,9 @@ def process_arch():
     return os.uname()[4], struct.calcsize("P") * 8, sysconfig.get_config_var("MULTIARCH") or ""
 
 
-def syscall_number(machine, pointer_bits, multiarch=""):
-    """The bpf(2) number for a process of that architecture; OSError ENOSYS for an unknown one."""
-    family = next((name for prefixes, name in _ARCH_FAMILIES if machine.startswith(prefixes)), None)
-    variant = next((abi for abi in _ABI_VARIANTS if multiarch.endswith(abi)), "")
-    number = SYSCALL_NUMBERS.get((family, pointer_bits, variant))
-    if number is None:
-        raise OSError(
-            errno.ENOSYS,
-            "no bpf(2) system call number is known for this Python process (machine %s, %d-bit%s): "
-            "the module supports x86, arm, powerpc, s390, riscv, loongarch, mips and sparc"
-            % (machine, pointer_bits, ", " + multiarch if multiarch else ""),
-        )
-    return number
-
-
 def _syscall():
     if not _SYSCALL:
-        number = syscall_number(*process_arch())
+        number = uapi.syscall_number(*process_arch())
         libc = ctypes.CDLL(None, use_errno=True)
         libc.syscall.restype = ctypes.c_long
         _SYSCALL.append((libc.syscall, number))
@@ -287,37 +106,19 @@ def _cstring(text):
     return ctypes.create_string_buffer(_bytes(text))
 
 
-def _pack(layout, size, fields):
-    """A zeroed buffer of `size` bytes with `fields` packed at the layout's offsets."""
-    buf = ctypes.create_string_buffer(size)
-    for field, value in fields.items():
-        if value is None:
-            continue
-        offset, fmt = layout[field]
-        if isinstance(value, ctypes.Array):
-            value = ctypes.addressof(value)
-        struct.pack_into("=" + fmt, buf, offset, value)
-    return buf
-
-
-def _unpack(layout, buf, field):
-    offset, fmt = layout[field]
-    return struct.unpack_from("=" + fmt, buf, offset)[0]
-
-
 def _bpf(command, **fields):
     """Run one command; -> (return value, attr buffer). Raises BpfError."""
-    number, layout = _COMMANDS[command]
-    attr = _pack(layout, ATTR_SIZE, fields)
+    number, layout = uapi.COMMANDS[command]
+    attr = uapi.pack(layout, uapi.ATTR_SIZE, fields)
     syscall, nr_bpf = _syscall()
-    ret = syscall(ctypes.c_long(nr_bpf), ctypes.c_long(number), attr, ctypes.c_long(ATTR_SIZE))
+    ret = syscall(ctypes.c_long(nr_bpf), ctypes.c_long(number), attr, ctypes.c_long(uapi.ATTR_SIZE))
     if ret < 0:
         raise BpfError(command, ctypes.get_errno())
     return ret, attr
 
 
 def _attr_field(command, attr, field):
-    return _unpack(_COMMANDS[command][1], attr, field)
+    return uapi.unpack(uapi.COMMANDS[command][1], attr, field)
 
 
 def _name(raw):
@@ -641,17 +442,17 @@ def link_infos():
 def _obj_info(fd, info_struct, **fields):
     """BPF_OBJ_GET_INFO_BY_FD -> {field: value}; fields the kernel did not fill read as zero."""
     size, layout = info_struct
-    info = _pack(layout, size, fields)
+    info = uapi.pack(layout, size, fields)
     _bpf("BPF_OBJ_GET_INFO_BY_FD", bpf_fd=fd, info_len=size, info=info)
-    return {field: _unpack(layout, info, field) for field in layout}
+    return {field: uapi.unpack(layout, info, field) for field in layout}
 
 
 def prog_info(fd):
-    first = _obj_info(fd, _PROG_INFO)
+    first = _obj_info(fd, uapi.PROG_INFO)
     map_ids = []
     if first["nr_map_ids"]:
         ids = (ctypes.c_uint32 * first["nr_map_ids"])()
-        second = _obj_info(fd, _PROG_INFO, nr_map_ids=len(ids), map_ids=ids)
+        second = _obj_info(fd, uapi.PROG_INFO, nr_map_ids=len(ids), map_ids=ids)
         map_ids = list(ids[: min(second["nr_map_ids"], len(ids))])
     return ProgInfo(
         first["type"],
@@ -666,13 +467,13 @@ def prog_info(fd):
 
 
 def map_info(fd):
-    info = _obj_info(fd, _MAP_INFO)
+    info = _obj_info(fd, uapi.MAP_INFO)
     info["name"] = _name(info["name"])
     return MapInfo(**info)
 
 
 def link_info(fd):
-    return LinkInfo(**_obj_info(fd, _LINK_INFO))
+    return LinkInfo(**_obj_info(fd, uapi.LINK_INFO))
 
 
 def _hex(raw):

@@ -52,7 +52,7 @@ POINTS = (
     "absent_pins_removed",
     # reconcile.run, after the kernel changes, before verification and persistence
     "converged",
-    # persistence.install
+    # persistence.install (persist_temp_file_written: in safe_files.write, for each file it writes)
     "persist_temp_file_written",
     "persist_object_copied",
     "persist_code_copied",

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, persistence, reconcile, service_unit
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, persistence, reconcile, record, service_unit
 
 USAGE = "usage: restore.py INSTANCE | restore.py --attach INSTANCE\n"
 # How often a restore whose cgroup does not exist yet looks for it.
@@ -34,7 +34,7 @@ def main(argv, root="/"):
     try:
         params = persistence.read_record(name, root)
         if attach != bool(params["unit"]):
-            raise persistence.RecordError(
+            raise record.RecordError(
                 "the instance %s follows %s: %s"
                 % (
                     name,
@@ -51,7 +51,7 @@ def main(argv, root="/"):
         result = reconcile.run(
             dict(params, state="present", persistent=reconcile.PERSISTENCE_UNTOUCHED, persist_root=root)
         )
-    except (persistence.RecordError, service_unit.UnitError, reconcile.VerificationFailed, *reconcile.ERRORS) as exc:
+    except (record.RecordError, service_unit.UnitError, reconcile.VerificationFailed, *reconcile.ERRORS) as exc:
         sys.stderr.write("tcp-rto restore of %s failed: %s\n" % (name, reconcile.describe_error(exc)))
         return 1
     return _report(name, attach, result)

@@ -21,7 +21,7 @@ import bpf_objects
 import pytest
 import sandbox
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, hz, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, btf, elf, hz, rto_program
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BPF_DIR = os.path.join(REPO, "files", "bpf")
@@ -144,15 +144,17 @@ def test_shipped_object_names_no_build_path(shipped_bytes):
 
 
 def test_shipped_object_btf_describes_the_maps_and_the_program(shipped):
-    btf = shipped.btf
-    assert btf is not None and btf.data[:2] == struct.pack("<H", bpf_object.BTF_MAGIC)
-    assert sorted(btf.map_types) == sorted(rto_program.MAP_CONTRACT)
-    assert all(key and value for key, value in btf.map_types.values())
-    assert btf.map_types["config"][0] == btf.map_types["hits"][0]  # both __u32
-    assert btf.func_info.count == 1 and btf.func_info.record_size == 8
-    assert struct.unpack_from("<I", btf.func_info.records, 0)[0] == 0  # the function starts at insn 0
-    assert btf.line_info.count > 10 and btf.line_info.record_size == 16
-    offsets = [struct.unpack_from("<I", btf.line_info.records, 16 * i)[0] for i in range(btf.line_info.count)]
+    kernel_btf = shipped.btf
+    assert kernel_btf is not None and kernel_btf.data[:2] == struct.pack("<H", btf.BTF_MAGIC)
+    assert sorted(kernel_btf.map_types) == sorted(rto_program.MAP_CONTRACT)
+    assert all(key and value for key, value in kernel_btf.map_types.values())
+    assert kernel_btf.map_types["config"][0] == kernel_btf.map_types["hits"][0]  # both __u32
+    assert kernel_btf.func_info.count == 1 and kernel_btf.func_info.record_size == 8
+    assert struct.unpack_from("<I", kernel_btf.func_info.records, 0)[0] == 0  # the function starts at insn 0
+    assert kernel_btf.line_info.count > 10 and kernel_btf.line_info.record_size == 16
+    offsets = [
+        struct.unpack_from("<I", kernel_btf.line_info.records, 16 * i)[0] for i in range(kernel_btf.line_info.count)
+    ]
     assert offsets == sorted(offsets) and offsets[-1] < len(shipped.insns) // 8  # instructions, not bytes
 
 
@@ -352,7 +354,7 @@ def test_section_name_offset_past_table(shipped_bytes):
 
 
 def test_no_symbol_table(shipped_bytes):
-    data = _section_field(shipped_bytes, ".symtab", SH_TYPE, "<I", bpf_object.SHT_PROGBITS)
+    data = _section_field(shipped_bytes, ".symtab", SH_TYPE, "<I", elf.SHT_PROGBITS)
     assert "no symbol table" in _parse_error(data)
 
 

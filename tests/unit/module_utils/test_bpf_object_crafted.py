@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, elf
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 COLLECTIONS_ROOT = os.path.join(REPO, ".cache", "collections")
@@ -175,7 +175,7 @@ def crafted_many_symbols_with_long_names():
     writer = ElfWriter()
     base(
         writer,
-        strtab_data=b"\0" + b"C" * bpf_object.MAX_NAME_LENGTH + b"\0",
+        strtab_data=b"\0" + b"C" * elf.MAX_NAME_LENGTH + b"\0",
         symbols=lambda maps: [SYMBOL.pack(0, 0, 0, 0, 0, 0)] + [SYMBOL.pack(1, 0x11, 0, 0, 0, 0)] * 40000,
     )
     return writer.finish()
@@ -329,9 +329,7 @@ def test_an_object_bigger_than_the_cap_is_not_read_whole(tmp_path):
     path = tmp_path / "big.o"
     with open(str(path), "wb") as handle:
         handle.write(valid_object())
-        handle.truncate(bpf_object.MAX_OBJECT_SIZE * 4)  # sparse: no disk used
+        handle.truncate(elf.MAX_OBJECT_SIZE * 4)  # sparse: no disk used
     outcome, peak_mb = read_in_child(str(path))
-    assert outcome == "refused: %d bytes, more than the 64 MiB a BPF object may have here" % (
-        bpf_object.MAX_OBJECT_SIZE * 4
-    )
+    assert outcome == "refused: %d bytes, more than the 64 MiB a BPF object may have here" % (elf.MAX_OBJECT_SIZE * 4)
     assert peak_mb < PEAK_BOUND_MB

@@ -19,7 +19,7 @@ import bpf_inventory
 import bpf_objects
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, bpf_syscall, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, bpf_syscall, rto_program, uapi
 
 pytestmark = pytest.mark.kernel
 
@@ -155,14 +155,14 @@ def expect_error(command, err, call, *args, **kwargs):
     ],
 )
 def test_syscall_number_follows_the_process_architecture(machine, pointer_bits, multiarch, number):
-    assert bpf_syscall.syscall_number(machine, pointer_bits, multiarch) == number
+    assert uapi.syscall_number(machine, pointer_bits, multiarch) == number
 
 
 def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(
         OSError, match=r"no bpf\(2\) system call number .*\(machine alpha, 64-bit, alpha-linux-gnu\)"
     ) as caught:
-        bpf_syscall.syscall_number("alpha", 64, "alpha-linux-gnu")
+        uapi.syscall_number("alpha", 64, "alpha-linux-gnu")
     assert caught.value.errno == errno.ENOSYS
 
 

@@ -14,11 +14,10 @@ import time
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, features, host, uapi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.features import FeatureProbeError
 
-SOCK_OPS = bpf.BPF_CGROUP_SOCK_OPS
+SOCK_OPS = bpf_syscall.BPF_CGROUP_SOCK_OPS
 
 
 def failing(err, calls=None):
@@ -27,7 +26,7 @@ def failing(err, calls=None):
     def call(*args, **kwargs):
         if calls is not None:
             calls.append(args)
-        raise bpf.BpfError("BPF_TEST", err)
+        raise bpf_syscall.BpfError("BPF_TEST", err)
 
     return call
 
@@ -53,31 +52,34 @@ COMMAND_IDS = [probe.__name__ for probe, _call in COMMAND_PROBES]
     ids=["EBADF-known", "EINVAL-unknown", "E2BIG-unknown-field"],
 )
 def test_command_probe_reads_the_errno(monkeypatch, probe, call, err, present):
-    monkeypatch.setattr(bpf, call, failing(err))
+    monkeypatch.setattr(bpf_syscall, call, failing(err))
     assert probe() is present
 
 
 @pytest.mark.parametrize("probe, call", COMMAND_PROBES, ids=COMMAND_IDS)
 @pytest.mark.parametrize("err", [errno.EPERM, errno.ENOSYS, errno.EFAULT])
 def test_command_probe_refuses_to_guess(monkeypatch, probe, call, err):
-    monkeypatch.setattr(bpf, call, failing(err))
+    monkeypatch.setattr(bpf_syscall, call, failing(err))
     with pytest.raises(FeatureProbeError, match=r"failed unexpectedly.*seccomp"):
         probe()
 
 
 @pytest.mark.parametrize("probe, call", COMMAND_PROBES, ids=COMMAND_IDS)
 def test_command_probe_refuses_a_success(monkeypatch, probe, call):
-    monkeypatch.setattr(bpf, call, lambda *args, **kwargs: 0)
+    monkeypatch.setattr(bpf_syscall, call, lambda *args, **kwargs: 0)
     with pytest.raises(FeatureProbeError, match="invalid fds succeeded"):
         probe()
 
 
 def test_attach_probes_ask_for_their_flag(monkeypatch):
     calls = []
-    monkeypatch.setattr(bpf, "prog_attach", failing(errno.EBADF, calls))
+    monkeypatch.setattr(bpf_syscall, "prog_attach", failing(errno.EBADF, calls))
     features.probe_allow_multi()
     features.probe_prog_replace()
-    assert [call[3] for call in calls] == [bpf.BPF_F_ALLOW_MULTI, bpf.BPF_F_ALLOW_MULTI | bpf.BPF_F_REPLACE]
+    assert [call[3] for call in calls] == [
+        bpf_syscall.BPF_F_ALLOW_MULTI,
+        bpf_syscall.BPF_F_ALLOW_MULTI | bpf_syscall.BPF_F_REPLACE,
+    ]
     assert all(call[:2] == (features.BAD_FD, features.BAD_FD) for call in calls)
 
 
@@ -88,11 +90,11 @@ def test_memcg_probe_reads_the_errno_and_restores_the_limit(monkeypatch, err, pr
     def map_create(*args):
         seen.append(resource.getrlimit(resource.RLIMIT_MEMLOCK)[0])
         if err:
-            raise bpf.BpfError("BPF_MAP_CREATE", err)
+            raise bpf_syscall.BpfError("BPF_MAP_CREATE", err)
         return os.open("/dev/null", os.O_RDONLY)
 
     before = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    monkeypatch.setattr(bpf, "map_create", map_create)
+    monkeypatch.setattr(bpf_syscall, "map_create", map_create)
     assert features.probe_memcg_accounting() is present
     assert seen == [0]  # the map was asked for under a soft limit of 0
     assert resource.getrlimit(resource.RLIMIT_MEMLOCK) == before
@@ -100,7 +102,7 @@ def test_memcg_probe_reads_the_errno_and_restores_the_limit(monkeypatch, err, pr
 
 def test_memcg_probe_refuses_to_guess(monkeypatch):
     before = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    monkeypatch.setattr(bpf, "map_create", failing(errno.EINVAL))
+    monkeypatch.setattr(bpf_syscall, "map_create", failing(errno.EINVAL))
     with pytest.raises(FeatureProbeError, match="RLIMIT_MEMLOCK 0"):
         features.probe_memcg_accounting()
     assert resource.getrlimit(resource.RLIMIT_MEMLOCK) == before
@@ -108,12 +110,12 @@ def test_memcg_probe_refuses_to_guess(monkeypatch):
 
 @pytest.mark.parametrize("err", [errno.EINVAL, errno.EACCES])
 def test_program_probe_reads_a_refusal_as_missing(monkeypatch, err):
-    monkeypatch.setattr(bpf, "prog_load", failing(err))
+    monkeypatch.setattr(bpf_syscall, "prog_load", failing(err))
     assert features.load_probe_program() is None
 
 
 def test_program_probe_refuses_to_guess(monkeypatch):
-    monkeypatch.setattr(bpf, "prog_load", failing(errno.EPERM))
+    monkeypatch.setattr(bpf_syscall, "prog_load", failing(errno.EPERM))
     with pytest.raises(FeatureProbeError, match="sock_ops programs"):
         features.load_probe_program()
 
@@ -140,8 +142,8 @@ def probe_program():
 
 
 def attached(cgroup):
-    with bpf.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as fd:
-        return bpf.prog_query(fd, SOCK_OPS)[1]
+    with bpf_syscall.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as fd:
+        return bpf_syscall.prog_query(fd, SOCK_OPS)[1]
 
 
 @pytest.mark.kernel
@@ -153,7 +155,7 @@ def test_link_probe_real(cgroup, probe_program):
 @pytest.mark.kernel
 def test_link_probe_reads_link_info_einval_as_missing(monkeypatch, cgroup, probe_program):
     """As on 5.7: the link is made, BPF_OBJ_GET_INFO_BY_FD does not know it."""
-    monkeypatch.setattr(bpf, "link_info", failing(errno.EINVAL))
+    monkeypatch.setattr(bpf_syscall, "link_info", failing(errno.EINVAL))
     assert features.probe_link_info(probe_program, cgroup) == (True, False)
     assert attached(cgroup) == []
 
@@ -162,13 +164,13 @@ def test_link_probe_reads_link_info_einval_as_missing(monkeypatch, cgroup, probe
 @pytest.mark.parametrize("err", [errno.EINVAL, errno.EPERM])
 def test_link_probe_without_a_link(monkeypatch, cgroup, probe_program, err):
     """No cgroup links (EINVAL), or an exclusive attachment above (EPERM): neither feature is used."""
-    monkeypatch.setattr(bpf, "link_create", failing(err))
+    monkeypatch.setattr(bpf_syscall, "link_create", failing(err))
     assert features.probe_link_info(probe_program, cgroup) == (False, False)
 
 
 @pytest.mark.kernel
 def test_link_probe_refuses_to_guess(monkeypatch, cgroup, probe_program):
-    monkeypatch.setattr(bpf, "link_info", failing(errno.EFAULT))
+    monkeypatch.setattr(bpf_syscall, "link_info", failing(errno.EFAULT))
     with pytest.raises(FeatureProbeError, match="link info"):
         features.probe_link_info(probe_program, cgroup)
     assert attached(cgroup) == []
@@ -179,9 +181,9 @@ def test_link_probe_refuses_to_guess(monkeypatch, cgroup, probe_program):
 
 def _raw_bpf(command, attr_bytes=b""):
     """bpf(command, attr) with a raw command number -> errno (0 on success)."""
-    syscall, number = bpf._syscall()
-    attr = ctypes.create_string_buffer(bytes(attr_bytes).ljust(bpf.ATTR_SIZE, b"\0"), bpf.ATTR_SIZE)
-    ret = syscall(ctypes.c_long(number), ctypes.c_long(command), attr, ctypes.c_long(bpf.ATTR_SIZE))
+    syscall, number = bpf_syscall._syscall()
+    attr = ctypes.create_string_buffer(bytes(attr_bytes).ljust(uapi.ATTR_SIZE, b"\0"), uapi.ATTR_SIZE)
+    ret = syscall(ctypes.c_long(number), ctypes.c_long(command), attr, ctypes.c_long(uapi.ATTR_SIZE))
     return ctypes.get_errno() if ret < 0 else 0
 
 
@@ -191,16 +193,18 @@ def test_this_kernel_answers_unknown_with_einval_and_bad_fds_with_ebadf():
     EINVAL before it looks at the fds; a known one with invalid fds fails with EBADF."""
     assert _raw_bpf(9999) == errno.EINVAL
     unknown_flag = 1 << 30
-    with pytest.raises(bpf.BpfError) as error:
-        bpf.prog_attach(features.BAD_FD, features.BAD_FD, SOCK_OPS, bpf.BPF_F_ALLOW_MULTI | unknown_flag)
+    with pytest.raises(bpf_syscall.BpfError) as error:
+        bpf_syscall.prog_attach(
+            features.BAD_FD, features.BAD_FD, SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI | unknown_flag
+        )
     assert error.value.errno == errno.EINVAL
-    with pytest.raises(bpf.BpfError) as error:
-        bpf.prog_attach(features.BAD_FD, features.BAD_FD, SOCK_OPS, bpf.BPF_F_ALLOW_MULTI)
+    with pytest.raises(bpf_syscall.BpfError) as error:
+        bpf_syscall.prog_attach(features.BAD_FD, features.BAD_FD, SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI)
     assert error.value.errno == errno.EBADF
 
 
 def _program_ids_named(name):
-    return [info.id for info in bpf.prog_infos() if info.name == name]
+    return [info.id for info in bpf_syscall.prog_infos() if info.name == name]
 
 
 @pytest.mark.kernel

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, probe, syn_give_up
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, probe, probe_child, syn_give_up
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.hz import discover
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.probe import ProbeError
 
@@ -71,7 +71,7 @@ def attached_program(cgroup, bpffs, tmp_path, reply):
 
 
 def _leaves(cgroup):
-    return [entry for entry in os.listdir(cgroup) if entry.startswith(probe.LEAF_PREFIX)]
+    return [entry for entry in os.listdir(cgroup) if entry.startswith(probe_child.LEAF_PREFIX)]
 
 
 # --- without a program: the kernel default (TCP_TIMEOUT_INIT, 1 s) --------------------------------
@@ -164,7 +164,7 @@ def refusing_target(monkeypatch, tmp_path):
     one available), and enabling one would change the root cgroup. Joins are logged to a file, as
     they happen in the forked child."""
     log = tmp_path / "joins"
-    real_write_procs = probe._write_procs
+    real_write_procs = probe_child._write_procs
     refused = []
 
     def write_procs(path):
@@ -174,7 +174,7 @@ def refusing_target(monkeypatch, tmp_path):
             raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), path)
         return real_write_procs(path)
 
-    monkeypatch.setattr(probe, "_write_procs", write_procs)
+    monkeypatch.setattr(probe_child, "_write_procs", write_procs)
 
     def refuse(path):
         refused.append(path)
@@ -190,7 +190,7 @@ def test_leaf_when_cgroup_refuses_processes(cgroup, bpffs, tmp_path, hz, refusin
         assert probe.outgoing_rto_us(cgroup) == 750 * 1000000 // hz
         first = joins()
         assert first[0] == cgroup and os.path.dirname(first[1]) == cgroup
-        assert os.path.basename(first[1]).startswith(probe.LEAF_PREFIX)
+        assert os.path.basename(first[1]).startswith(probe_child.LEAF_PREFIX)
         assert_incoming(probe.incoming_rto_ms(cgroup), 750 * 1000.0 / hz)
     assert _leaves(cgroup) == []
 
@@ -299,7 +299,7 @@ def test_syn_give_up_time(cgroup, bpffs, tmp_path, hz, syn_retries):
     linear = host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0)
     expected = syn_give_up.syn_give_up_seconds(reply / float(hz), syn_retries, linear)
     with attached_program(cgroup, bpffs, tmp_path, reply):
-        child = probe._Child(cgroup, _give_up_body(syn_retries), 30)
+        child = probe_child.ProbeChild(cgroup, _give_up_body(syn_retries), 30)
         try:
             result = child.receive()
         finally:

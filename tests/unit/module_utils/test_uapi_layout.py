@@ -1,6 +1,7 @@
-"""The hand-typed offsets of bpf_syscall (union bpf_attr and the info structs) against the kernel's
-own uapi header: a C table of offsetof/sizeof compiled with clang from <linux/bpf.h>. A field added
-to bpf_syscall is checked as soon as it is added; its name must be the header's."""
+"""The hand-typed offsets of plugins/module_utils/uapi.py (union bpf_attr and the info structs)
+against the kernel's own uapi header: a C table of offsetof/sizeof compiled with clang from
+<linux/bpf.h>. A field added to uapi is checked as soon as it is added; its name must be the
+header's."""
 
 import os
 import shutil
@@ -9,7 +10,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import uapi
 
 # Where a command's fields sit in union bpf_attr: anonymous structs at the top level, the others
 # in a named member.
@@ -20,16 +21,16 @@ ATTR_MEMBER = {
     "BPF_LINK_UPDATE": "link_update.",
     "BPF_LINK_DETACH": "link_detach.",
 }
-# bpf_syscall's generic name -> the header's, per command.
+# uapi's generic name -> the header's, per command.
 ALIASES = {
     ("BPF_PROG_GET_FD_BY_ID", "id"): "prog_id",
     ("BPF_MAP_GET_FD_BY_ID", "id"): "map_id",
     ("BPF_LINK_GET_FD_BY_ID", "id"): "link_id",
 }
 INFO_STRUCTS = {
-    "bpf_prog_info": bpf_syscall._PROG_INFO,
-    "bpf_map_info": bpf_syscall._MAP_INFO,
-    "bpf_link_info": bpf_syscall._LINK_INFO,
+    "bpf_prog_info": uapi.PROG_INFO,
+    "bpf_map_info": uapi.MAP_INFO,
+    "bpf_link_info": uapi.LINK_INFO,
 }
 INFO_MEMBER = {
     ("bpf_link_info", "cgroup_id"): "cgroup.cgroup_id",
@@ -38,9 +39,9 @@ INFO_MEMBER = {
 
 
 def expected_layout():
-    """{(C type, C member): (offset, size)} as bpf_syscall has them typed."""
+    """{(C type, C member): (offset, size)} as uapi has them typed."""
     layout = {}
-    for command, (_number, fields) in bpf_syscall._COMMANDS.items():
+    for command, (_number, fields) in uapi.COMMANDS.items():
         for field, (offset, fmt) in fields.items():
             member = ATTR_MEMBER.get(command, "") + ALIASES.get((command, field), field)
             layout[("union bpf_attr", member)] = (offset, struct.calcsize("=" + fmt))
@@ -72,7 +73,7 @@ def header_layout(layout, workdir):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    assert compiled.returncode == 0, "a field of bpf_syscall is not in <linux/bpf.h> by that name:\n%s" % (
+    assert compiled.returncode == 0, "a field of uapi is not in <linux/bpf.h> by that name:\n%s" % (
         compiled.stdout.decode()
     )
     found = {}
@@ -93,11 +94,11 @@ def layouts(tmp_path_factory):
 def test_every_field_sits_where_the_header_puts_it(layouts):
     expected, found = layouts
     wrong = {key: (typed, found[key]) for key, typed in expected.items() if typed != found[key]}
-    assert wrong == {}, "bpf_syscall (offset, size) vs <linux/bpf.h>: %r" % wrong
+    assert wrong == {}, "uapi (offset, size) vs <linux/bpf.h>: %r" % wrong
 
 
 def test_buffers_hold_the_whole_structs(layouts):
     _expected, found = layouts
-    assert found[("union bpf_attr", "sizeof")][0] <= bpf_syscall.ATTR_SIZE
+    assert found[("union bpf_attr", "sizeof")][0] <= uapi.ATTR_SIZE
     for name, (size, _fields) in INFO_STRUCTS.items():
         assert found[("struct " + name, "sizeof")][0] <= size, name

@@ -1,0 +1,101 @@
+# Copyright: netbpf.tcp_rto contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The record of a persistent instance (/etc/tcp_rto/<name>.json): the module parameters the boot
+restore applies again, what each key may hold, and the check that a record is one this code wrote.
+The record is the configuration: a well-formed edit of it is what the next boot applies.
+"""
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+import json
+
+RECORD_FORMAT = 1
+# Module parameters the record keeps: what reconcile.run needs to apply the instance again.
+RECORDED = (
+    "name",
+    "cgroup",
+    "rules",
+    "rto_ms",
+    "direction",
+    "pin_dir",
+    "mount_bpffs",
+    "hz",
+    "verify",
+    "force_legacy_attach",
+    "unit",
+)
+# Keys a record of an earlier version may lack, and what they meant there.
+ADDED_KEYS = {"unit": None}
+
+
+class RecordError(Exception):
+    """The record is missing or not one this code wrote; the message says which and what to do."""
+
+
+def record_content(params, object_sha256, object_path):
+    record = {key: params.get(key) for key in RECORDED}
+    record.update(format=RECORD_FORMAT, src=object_path, object_sha256=object_sha256)
+    return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _optional(check):
+    return lambda value: value is None or check(value)
+
+
+def _is_str(value):
+    return isinstance(value, str)
+
+
+def _is_rules(value):
+    return isinstance(value, list) and all(
+        isinstance(rule, dict) and set(rule) == {"dest", "rto_ms"} and _is_str(rule["dest"]) and _is_int(rule["rto_ms"])
+        for rule in value
+    )
+
+
+# What each key of a record holds, as the module's argument spec gives it.
+RECORD_TYPES = {
+    "format": (_is_int, "an integer"),
+    "name": (_is_str, "a string"),
+    "cgroup": (_optional(_is_str), "a string or null"),
+    "rules": (_optional(_is_rules), "a list of {dest: string, rto_ms: integer}"),
+    "rto_ms": (_optional(_is_int), "an integer or null"),
+    "direction": (_is_str, "a string"),
+    "pin_dir": (_is_str, "a string"),
+    "mount_bpffs": (lambda value: isinstance(value, bool), "true or false"),
+    "hz": (_optional(_is_int), "an integer or null"),
+    "verify": (lambda value: isinstance(value, bool), "true or false"),
+    "force_legacy_attach": (lambda value: isinstance(value, bool), "true or false"),
+    "unit": (_optional(_is_str), "a string or null"),
+    "src": (_is_str, "a string"),
+    "object_sha256": (_is_str, "a string"),
+}
+
+
+def check_record(record, name, object_path):
+    """ValueError saying what is wrong with a parsed record, unless it is one this code wrote for
+    the instance name, its object copied to object_path."""
+    if not isinstance(record, dict):
+        raise ValueError("not a JSON object")
+    if record.get("format") != RECORD_FORMAT:
+        raise ValueError("format is not %d" % RECORD_FORMAT)
+    missing = sorted(set(RECORD_TYPES) - set(record) - set(ADDED_KEYS))
+    if missing:
+        raise ValueError("missing %s" % ", ".join(missing))
+    unknown = sorted(set(record) - set(RECORD_TYPES))
+    if unknown:
+        raise ValueError("unknown key(s) %s" % ", ".join(unknown))
+    for key in sorted(RECORD_TYPES):
+        check, expected = RECORD_TYPES[key]
+        if key in record and not check(record[key]):
+            raise ValueError("%s is %s, expected %s" % (key, json.dumps(record[key])[:80], expected))
+    if record["name"] != name:
+        raise ValueError("it names the instance %r" % record["name"])
+    if record["src"] != object_path:
+        raise ValueError("src is %s, not the collection's copy %s" % (record["src"], object_path))
