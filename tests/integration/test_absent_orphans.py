@@ -10,11 +10,11 @@ import os
 import subprocess
 
 import pytest
-import reconcile_run
-from conftest import bpftool, cgroup_program_ids
-from foreign_sockops import ForeignProgram
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool, cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.foreign_sockops import ForeignProgram
 
 pytestmark = pytest.mark.kernel
 

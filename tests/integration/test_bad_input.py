@@ -15,12 +15,13 @@ import struct
 import subprocess
 import time
 
-import bpf_inventory
 import pytest
-import sandbox
-from conftest import REPO, bpftool, kernel_hz
 
 from ansible_collections.netbpf.tcp_rto.plugins.plugin_utils import bpf_build
+from ansible_collections.netbpf.tcp_rto.tests.support import bpf_inventory, sandbox
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import REPO
 
 pytestmark = pytest.mark.kernel
 

@@ -14,12 +14,13 @@ import subprocess
 import time
 
 import pytest
-from conftest import bpftool, kernel_hz
-from reconcile_run import module_params
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe, reconcile
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
+from ansible_collections.netbpf.tcp_rto.tests.support.reconcile_run import module_params
 
 pytestmark = pytest.mark.kernel
 

@@ -5,10 +5,11 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import bpftool, cgroup_program_ids, kernel_hz
 from test_tcp_initial_rto import load_foreign_program
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, host, info
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool, cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
 pytestmark = pytest.mark.kernel
 INFO = "netbpf.tcp_rto.tcp_initial_rto_info"

@@ -8,10 +8,10 @@ unchanged, reports no drift and keeps the rule's hit counter."""
 import os
 
 import pytest
-import reconcile_run
-from conftest import kernel_hz
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
+from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
 pytestmark = pytest.mark.kernel
 

@@ -5,7 +5,11 @@ import os
 import subprocess
 
 import pytest
-from conftest import REPO, bpftool, cgroup_program_ids, kernel_hz, observed_rto_us
+
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool, cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import REPO
+from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
 
 pytestmark = pytest.mark.kernel
 

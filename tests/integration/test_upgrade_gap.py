@@ -8,8 +8,10 @@ import os
 import sys
 
 import pytest
-import reconcile_run
-from conftest import KERNEL_DEFAULT_US, RtoStream, jiffies_us
+
+from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import jiffies_us
+from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import KERNEL_DEFAULT_US, RtoStream
 
 pytestmark = pytest.mark.kernel
 

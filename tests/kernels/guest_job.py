@@ -20,10 +20,7 @@ import sys
 import time
 import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-from guest_kernel import (  # noqa: E402
+from guest_kernel import (
     ATTACH,
     CONFIG,
     HZ,
@@ -42,11 +39,11 @@ from guest_kernel import (  # noqa: E402
     synack_timers,
     wheel_granule,
 )
-from steps import GUEST_ROOT, STEPS, cgroup  # noqa: E402
+from steps import GUEST_ROOT, STEPS, cgroup
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf  # noqa: E402
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, probe  # noqa: E402
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import attached_program_ids as attached  # noqa: E402
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, probe
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.instance import attached_program_ids as attached
 
 MARK = "@@TCPRTO"
 
@@ -363,10 +360,8 @@ def scenario_give_up():
     return "%d rtx %.2f s" % (retransmits, elapsed / 1000.0)
 
 
-MAP_UNDER_ZERO_MEMLOCK = (
-    """
-import os, resource, sys
-sys.path.insert(0, %r)
+MAP_UNDER_ZERO_MEMLOCK = """
+import os, resource
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
 resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
 try:
@@ -375,8 +370,6 @@ try:
 except bpf.BpfError as exc:
     print(exc.strerror)
 """
-    % GUEST_ROOT
-)
 
 
 def scenario_memlock():
@@ -387,6 +380,7 @@ def scenario_memlock():
     charged = VERSION < (5, 11)
     control = subprocess.run(
         [sys.executable, "-c", MAP_UNDER_ZERO_MEMLOCK],
+        env=dict(os.environ, PYTHONPATH=GUEST_ROOT),
         stdout=subprocess.PIPE,
         universal_newlines=True,
         timeout=60,

@@ -1,17 +1,16 @@
 """Program objects for tests: the shipped source in variants, built with the collection's compile
 command (plugins/plugin_utils/bpf_build.py), and the legacy-maps form earlier releases shipped.
 
-Imported by unit and integration tests (tests/ is on sys.path through tests/conftest.py)."""
+Imported by unit and integration tests."""
 
 import os
 import struct
 import subprocess
 
 from ansible_collections.netbpf.tcp_rto.plugins.plugin_utils import bpf_build
+from ansible_collections.netbpf.tcp_rto.tests.support import paths
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE = os.path.join(REPO, "files", "bpf", "tcp_initial_rto.bpf.c")
-SHIPPED = os.path.join(REPO, "plugins", "plugin_utils", "tcp_initial_rto.bpf.o")
+SOURCE = os.path.join(paths.REPO, "files", "bpf", "tcp_initial_rto.bpf.c")
 
 # The map definitions of releases before BTF-defined maps: struct bpf_map_def in SEC("maps").
 LEGACY_MAPS = """struct bpf_map_def { __u32 type, key_size, value_size, max_entries, map_flags; };
