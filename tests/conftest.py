@@ -32,7 +32,10 @@ def pytest_configure(config):
 
 
 # Files whose tests take minutes: qemu guests, ansible-test and docs gates, playbook runs over many
-# hosts, hundreds of bad-input or crash cases, benchmarks. The full test command runs them all.
+# hosts, hundreds of bad-input or crash cases, benchmarks, the boot unit under systemd (persistence,
+# follow_unit: their file logic has unit tests in the loop). Single long scenarios in the other
+# files carry @pytest.mark.slow themselves. The full test command runs them all; the loop,
+# tests/run -m "not slow", stays within 3 minutes (README, "Test times").
 SLOW_FILES = {
     "test_ansible_test.py",
     "test_target_pythons.py",
@@ -52,6 +55,8 @@ SLOW_FILES = {
     "test_role.py",
     "test_privilege.py",
     "test_coexistence.py",
+    "test_persistence.py",
+    "test_follow_unit.py",
 }
 
 

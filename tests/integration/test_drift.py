@@ -169,6 +169,7 @@ def test_parameter_change_is_not_drift(params):
     assert changed["drift"] == []
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_drift_through_ansible(playbook, params, cgroup):
     args = {key: value for key, value in params.items() if key not in ("src", "hz", "persistent")}
     first = playbook.module(**args)

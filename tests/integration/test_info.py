@@ -78,6 +78,7 @@ def test_reports_drift(playbook, cgroup, bpffs):
     assert report["problems"] == ["dc: " + instance["problems"][0]]
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_a_recreated_cgroup_is_a_detached_instance_with_its_cause(playbook, cgroup, bpffs):
     """What a restart of a systemd service does to an instance on its cgroup."""
     pin_dir = os.path.join(bpffs, "tcp_rto")
@@ -95,6 +96,7 @@ def test_a_recreated_cgroup_is_a_detached_instance_with_its_cause(playbook, cgro
     assert report["problems"] == ["api: " + problem]
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_a_recorded_instance_the_kernel_does_not_hold_is_a_problem(playbook, cgroup, bpffs, tmp_path):
     pin_dir = os.path.join(bpffs, "tcp_rto")
     root = str(tmp_path / "root")

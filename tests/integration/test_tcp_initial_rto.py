@@ -96,6 +96,7 @@ def test_diff_mode(playbook, args):
     assert result["diff"]["before"]["default_rto_ms"] == result["diff"]["after"]["default_rto_ms"] == 500
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_legacy_attach_path(playbook, args, cgroup):
     legacy = dict(args, force_legacy_attach=True)
     applied = playbook.module(rto_ms=500, **legacy)
@@ -115,6 +116,7 @@ def test_legacy_attach_path(playbook, args, cgroup):
     assert cgroup_program_ids(cgroup) == []
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_move_to_another_cgroup(playbook, args, cgroup):
     other = os.path.join(cgroup, "moved")
     os.mkdir(other)
@@ -145,6 +147,7 @@ def load_foreign_program(tmp_path, bpffs, body):
     return pin
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_foreign_program_survives_every_step(playbook, args, cgroup, bpffs, tmp_path):
     pin = load_foreign_program(tmp_path, bpffs, "")
     subprocess.run(["bpftool", "cgroup", "attach", cgroup, "sock_ops", "pinned", pin, "multi"], check=True)
@@ -176,7 +179,7 @@ def variant_source(tmp_path):
     return str(source)
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["link", "multi"])
+@pytest.mark.parametrize("legacy", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["link", "multi"])
 def test_new_object_replaces_program(playbook, args, cgroup, variant_source, legacy):
     args = dict(args, force_legacy_attach=legacy)
     first = playbook.module(rto_ms=500, **args)
