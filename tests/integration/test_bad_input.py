@@ -8,7 +8,7 @@ here a representative few of those go through the module end to end, with every 
 the host (cgroups, bpffs, symlinks, the verifier, the controller's files) and the boot records.
 
 The kernel is read with bpftool, which shares no code with the collection (see kernel_objects()
-for why not the machine-wide tests/bpf_inventory.py snapshot); files by listing the private bpffs,
+for why not the machine-wide tests/support/bpf_inventory.py snapshot); files by listing the private bpffs,
 the test cgroup and the case's scratch directory."""
 
 import collections
@@ -155,7 +155,7 @@ def kernel_objects(env):
     default), pins on the test's bpffs and on /sys/fs/bpf (the default pin root), cgroup links of
     those cgroups, and what these reference (the programs' maps).
 
-    Not the machine-wide lists of tests/bpf_inventory.py: other test runs on this machine load and
+    Not the machine-wide lists of tests/support/bpf_inventory.py: other test runs on this machine load and
     free programs all the time, and every object a module run could leave behind is reachable from
     here (an object that is neither pinned, attached nor linked dies with the module's process)."""
     cgroups = [*_cgroup_tree(env.cgroup), sandbox.cgroup2_mount()]

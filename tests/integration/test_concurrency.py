@@ -1,7 +1,7 @@
 """Runs at the same time: 8 module runs on one instance take turns through its lock and leave one
 attachment holding the configuration of one of them; a run that may not wait is told to retry;
 instances on other cgroups never wait for each other. Each run is its own process
-(tests/integration/reconcile_run.py), on this machine's kernel."""
+(tests/support/reconcile_run.py), on this machine's kernel."""
 
 import hashlib
 import os

@@ -1,5 +1,5 @@
 """Upgrade without a gap: while a process in the cgroup makes SYN_SENT sockets without pause
-(tests/integration/syn_rto_stream.py), the program object is replaced by a new version, the rules
+(tests/support/syn_rto_stream.py), the program object is replaced by a new version, the rules
 change in place (a rule gives way to the default), and the object goes back, each with another
 value. Every socket started with the value before or after a change, none with the kernel
 default (1 s)."""

@@ -20,11 +20,11 @@ def rules(*pairs):
     return [instance.Rule(ipaddress.ip_network(dest), jiffies) for dest, jiffies in pairs]
 
 
-WRITTEN = rules(("10.0.0.0/8", 50), ("192.168.0.0/16", 100))
+WRITTEN = tuple(rules(("10.0.0.0/8", 50), ("192.168.0.0/16", 100)))
 
 
 def desired(written=WRITTEN, default_jiffies=125, direction="both", cgroup="/cg"):
-    return instance.Desired("t", "/pins", cgroup, HZ, written, default_jiffies, direction, "link", None)
+    return instance.Desired("t", "/pins", cgroup, HZ, list(written), default_jiffies, direction, "link", None)
 
 
 class FakeCurrent:

@@ -63,8 +63,8 @@ def install(root, object_path, check_mode=False, **given):
 def files_under(root):
     return sorted(
         os.path.relpath(os.path.join(directory, name), root)
-        for directory, _dirs, names in os.walk(root)
-        for name in names + [d for d in _dirs if os.path.islink(os.path.join(directory, d))]
+        for directory, dirs, names in os.walk(root)
+        for name in names + [d for d in dirs if os.path.islink(os.path.join(directory, d))]
     )
 
 

@@ -42,10 +42,10 @@ def refusal(args, hz=HZ):
         return "; ".join(validated.error_messages)
     params = validated.validated_parameters
     try:
+        rules, default = params["rules"], params["rto_ms"]
         instance.desired_state(
-            params["name"], params["pin_dir"], "/cg", hz, params["rules"], params["rto_ms"], params["direction"],
-            "link", None,
-        )  # fmt: skip
+            params["name"], params["pin_dir"], "/cg", hz, rules, default, params["direction"], "link", None
+        )
     except instance.ConfigError as exc:
         return reconcile.describe_error(exc)
     return None
@@ -128,8 +128,8 @@ def test_good_parameters_are_accepted():
     """The cases above differ from this in the one thing they name."""
     assert refusal(dict(rules=[rule(), rule(40, "fd00::/8")], rto_ms=500, direction="outgoing")) is None
     assert refusal(dict(rules=[rule(ONE_JIFFY_MS), rule(120000, "fd00::/8")], rto_ms=ONE_JIFFY_MS)) is None
-    assert refusal(dict(name="n" * 64, rules=[rule(dest="10.%d.%d.0/24" % divmod(i, 256)) for i in range(1024)]))\
-        is None  # fmt: skip
+    full = [rule(dest="10.%d.%d.0/24" % divmod(index, 256)) for index in range(rto_program.MAX_RULES)]
+    assert refusal(dict(name="n" * 64, rules=full)) is None
 
 
 def test_one_millisecond_is_a_whole_jiffy_at_hz_1000():
