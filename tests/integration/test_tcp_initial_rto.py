@@ -203,7 +203,13 @@ def test_new_object_replaces_program(playbook, args, cgroup, variant_source, leg
 def test_direction(playbook, args, cgroup, direction, checked):
     result = playbook.module(rto_ms=500, direction=direction, **args)
     assert result["verification"]["ok"] is True, result["_output"]
-    assert {check["direction"]: check["observed_ms"] for check in result["verification"]["checks"]} == checked
+    observed = {check["direction"]: check["observed_ms"] for check in result["verification"]["checks"]}
+    assert sorted(observed) == sorted(checked)
+    assert observed["outgoing"] == checked["outgoing"]  # tcpi_rto of a SYN_SENT socket: exact
+    if "incoming" in checked:
+        # the request socket's timer read back: a loaded machine's clock can put it one jiffy late
+        # (reconcile.verify allows the same); 2 of 2 loop runs at load 5-9 saw 504 ms at HZ 250
+        assert checked["incoming"] <= observed["incoming"] <= checked["incoming"] + 1000.0 / kernel_hz()
     assert observed_rto_us(cgroup) == checked["outgoing"] * 1000
 
 
