@@ -61,6 +61,7 @@ def test_reports_instances_counters_and_foreign_programs(playbook, cgroup, bpffs
     assert report["kernel"]["hz"] == kernel_hz()
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_reports_drift(playbook, cgroup, bpffs):
     pin_dir = os.path.join(bpffs, "tcp_rto")
     applied = playbook.module(

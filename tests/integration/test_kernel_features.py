@@ -132,6 +132,7 @@ def test_link_instance_removed_where_a_link_feature_is_missing(cgroup, bpffs, mi
     assert not link_exists(link_id)
 
 
+@pytest.mark.slow  # a long scenario: in tests/run, not in the -m 'not slow' loop
 def test_removal_without_link_detach_names_a_link_held_elsewhere(cgroup, bpffs):
     """Without BPF_LINK_DETACH a link goes with its last holder: one held by another process keeps
     the program attached, and the run says so instead of reporting it removed."""

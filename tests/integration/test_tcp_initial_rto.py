@@ -88,6 +88,7 @@ def test_absent_leaves_nothing(playbook, args, cgroup):
     assert playbook.module(state="absent", **args)["changed"] is False
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_diff_mode(playbook, args):
     playbook.module(rto_ms=500, **args)
     result = playbook.module(diff=True, rules=[{"dest": "10.0.0.0/8", "rto_ms": 52}], rto_ms=500, **args)
@@ -235,6 +236,7 @@ def test_ipv6_rule(playbook, args, cgroup):
     assert observed_rto_us(cgroup, "127.0.0.1") == 1000000
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_nested_instances_most_specific_wins(playbook, args, cgroup):
     inner = os.path.join(cgroup, "inner")
     os.mkdir(inner)
