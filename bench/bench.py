@@ -13,10 +13,11 @@ import time
 
 import effect
 import fleet_cost
-import lab
 import module_cost
 import program_cost
 import report
+
+from ansible_collections.netbpf.tcp_rto.tests.support import lab, paths
 
 BENCHMARKS = ("effect", "program", "module", "fleet")
 FULL = dict(
@@ -27,7 +28,7 @@ SMOKE = dict(connects=10, loss=[30], cost_rounds=1, cost_seconds=0.3, module_run
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", default=os.path.join(lab.REPO, "docs"), help="where performance.md goes")
+    parser.add_argument("--out-dir", default=os.path.join(paths.REPO, "docs"), help="where performance.md goes")
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--from-json", help="run nothing: write the doc again from the results of an earlier --json")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmarks run")

@@ -14,8 +14,10 @@ import math
 import os
 import subprocess
 
-import lab
 import programs
+
+from ansible_collections.netbpf.tcp_rto.tests.support import lab, paths
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
 PORT = 8080
 KERNEL_DEFAULT_MS = 1000
@@ -42,7 +44,7 @@ def drop_syns(server_ns, loss_percent):
 
 def start_server(lab_, server_ns):
     server = lab_.spawn(
-        lab.in_netns(server_ns, [lab.MANAGED_PYTHON, lab.workload("accept_server.py"), "0.0.0.0", str(PORT)]),
+        lab.in_netns(server_ns, [paths.MANAGED_PYTHON, lab.workload("accept_server.py"), "0.0.0.0", str(PORT)]),
         stdout=subprocess.PIPE,
         universal_newlines=True,
     )
@@ -56,7 +58,7 @@ def subnet_addresses(index):
 
 
 def start_connect_series(lab_, client_ns, server_address, interface, cgroup, count):
-    command = [lab.MANAGED_PYTHON, lab.workload("connect_client.py"), cgroup, server_address, str(PORT), str(count)]
+    command = [paths.MANAGED_PYTHON, lab.workload("connect_client.py"), cgroup, server_address, str(PORT), str(count)]
     return lab_.spawn(lab.in_netns(client_ns, [*command, interface]), stdout=subprocess.PIPE)
 
 
@@ -108,7 +110,7 @@ def wheel_granularity_jiffies(rto_jiffies):
 
 def run(connects, losses_percent, rtos_ms=(100, 200, 500), log=print):
     """-> one result per SYN loss rate; all rates and settings run side by side."""
-    hz = programs.kernel_hz()
+    hz = kernel_hz()
     jiffy_ms = 1000.0 / hz
     settings = [("kernel default", None)] + [("collection %d ms" % rto, rto) for rto in rtos_ms]
     series, program_ids = {}, []

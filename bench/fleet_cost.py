@@ -10,9 +10,7 @@ play shape with ansible.builtin.ping. Ansible's default forks (5).
 import os
 import statistics
 
-import ansible_runner
-import lab
-import programs
+from ansible_collections.netbpf.tcp_rto.tests.support import bpf_inventory, lab, paths, playbook
 
 RULES = [dict(dest="127.0.0.0/8", rto_ms=200)]
 
@@ -27,7 +25,7 @@ def write_inventory(workdir, cgroup_parent, bpffs, hosts):
         lines.append(
             "%s ansible_connection=local ansible_python_interpreter=%s bench_cgroup=%s bench_pin_dir=%s "
             "bench_persist_root=%s"
-            % (host, lab.MANAGED_PYTHON, cgroup, os.path.join(bpffs, host), os.path.join(workdir, "root", host))
+            % (host, paths.MANAGED_PYTHON, cgroup, os.path.join(bpffs, host), os.path.join(workdir, "root", host))
         )
     with open(path, "w") as handle:
         handle.write("\n".join(lines) + "\n")
@@ -36,7 +34,7 @@ def write_inventory(workdir, cgroup_parent, bpffs, hosts):
 
 MODULE_TASK = {
     "name": "tcp_initial_rto",
-    ansible_runner.MODULE: dict(
+    paths.MODULE: dict(
         name="{{ inventory_hostname }}",
         cgroup="{{ bench_cgroup }}",
         pin_dir="{{ bench_pin_dir }}",
@@ -57,14 +55,14 @@ def run(hosts, rounds, log=print):
             workdir = lab_.tempdir()
             fleet_cgroup = lab_.cgroup(label="bench-fleet")
             inventory = write_inventory(workdir, fleet_cgroup, lab_.bpffs(), hosts)
-            module_play = ansible_runner.write_play(workdir, "rollout", "fleet", MODULE_TASK)
-            ping_play = ansible_runner.write_play(workdir, "ping", "fleet", {"ansible.builtin.ping": {}})
-            times["ping"].append(ansible_runner.timed_playbook(workdir, inventory, ping_play))
-            times["rollout"].append(ansible_runner.timed_playbook(workdir, inventory, module_play))
-            times["no-op"].append(ansible_runner.timed_playbook(workdir, inventory, module_play))
+            module_play = playbook.write_play(os.path.join(workdir, "rollout.yml"), "fleet", [MODULE_TASK])
+            ping_play = playbook.write_play(os.path.join(workdir, "ping.yml"), "fleet", [{"ansible.builtin.ping": {}}])
+            times["ping"].append(playbook.timed_playbook(workdir, inventory, ping_play))
+            times["rollout"].append(playbook.timed_playbook(workdir, inventory, module_play))
+            times["no-op"].append(playbook.timed_playbook(workdir, inventory, module_play))
             for host in sorted(os.listdir(fleet_cgroup)):
                 if host.startswith("h"):
-                    program_ids += programs.attached_ids(os.path.join(fleet_cgroup, host))
+                    program_ids += bpf_inventory.cgroup_program_ids(os.path.join(fleet_cgroup, host))
     medians = {kind: statistics.median(values) for kind, values in times.items()}
     return dict(
         hosts=hosts,

@@ -11,9 +11,10 @@ attach), each step timed, detached and unpinned between runs.
 import os
 import statistics
 
-import ansible_runner
-import lab
 import programs
+
+from ansible_collections.netbpf.tcp_rto.tests.support import bpf_inventory, lab, paths, playbook
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
 RULE_DEST = "127.0.0.0/8"
 
@@ -22,42 +23,44 @@ def module_task(name, cgroup, pin_dir, rto_ms):
     args = dict(
         name=name, cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, rules=[dict(dest=RULE_DEST, rto_ms=rto_ms)]
     )
-    return {"name": "tcp_initial_rto", ansible_runner.MODULE: args}
+    return {"name": "tcp_initial_rto", paths.MODULE: args}
 
 
 def run(runs, log=print):
-    hz = programs.kernel_hz()
+    hz = kernel_hz()
     with lab.Lab() as lab_:
         workdir = lab_.tempdir()
         bpffs = lab_.bpffs()
         pin_dir = os.path.join(bpffs, "tcp_rto")
-        inventory = ansible_runner.localhost_inventory(workdir)
+        inventory = playbook.localhost_inventory(workdir)
         noop_cgroup, change_cgroup, blog_cgroup = (lab_.cgroup(label="bench-module") for _round in range(3))
         plays = {
-            "command /bin/true": ansible_runner.write_play(
-                workdir, "baseline", "localhost", {"ansible.builtin.command": "/bin/true"}
+            "command /bin/true": playbook.write_play(
+                os.path.join(workdir, "baseline.yml"), "localhost", [{"ansible.builtin.command": "/bin/true"}]
             ),
-            "no-op": ansible_runner.write_play(
-                workdir, "noop", "localhost", module_task("noop", noop_cgroup, pin_dir, 200)
+            "no-op": playbook.write_play(
+                os.path.join(workdir, "noop.yml"), "localhost", [module_task("noop", noop_cgroup, pin_dir, 200)]
             ),
             "change": [
-                ansible_runner.write_play(
-                    workdir, "change%d" % rto, "localhost", module_task("change", change_cgroup, pin_dir, rto)
+                playbook.write_play(
+                    os.path.join(workdir, "change%d.yml" % rto),
+                    "localhost",
+                    [module_task("change", change_cgroup, pin_dir, rto)],
                 )
                 for rto in (200, 300)
             ],
         }
-        ansible_runner.timed_playbook(workdir, inventory, plays["no-op"])  # first apply, not timed
-        ansible_runner.timed_playbook(workdir, inventory, plays["change"][1])
+        playbook.timed_playbook(workdir, inventory, plays["no-op"])  # first apply, not timed
+        playbook.timed_playbook(workdir, inventory, plays["change"][1])
         times = {kind: [] for kind in plays}
         log("module cost: %d rounds of %s" % (runs, ", ".join(plays)))
         for round_index in range(runs):
             for kind, play in plays.items():
-                playbook = play[round_index % 2] if kind == "change" else play
-                times[kind].append(ansible_runner.timed_playbook(workdir, inventory, playbook))
+                play_path = play[round_index % 2] if kind == "change" else play
+                times[kind].append(playbook.timed_playbook(workdir, inventory, play_path))
 
         log("module cost: manual anchor, %d runs" % runs)
-        program_ids = programs.attached_ids(noop_cgroup) + programs.attached_ids(change_cgroup)
+        program_ids = bpf_inventory.cgroup_program_ids(noop_cgroup) + bpf_inventory.cgroup_program_ids(change_cgroup)
         manual = {}
         for _round in range(runs):
             steps, pin = programs.manual_sequence(workdir, blog_cgroup, bpffs, hz)

@@ -13,15 +13,17 @@ import os
 import statistics
 import subprocess
 
-import lab
 import programs
+
+from ansible_collections.netbpf.tcp_rto.tests.support import lab, paths
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
 SETTINGS = ("no program", "collection", "blog")
 
 
 def load_run(netns, cgroup, seconds):
     out = lab.run(
-        lab.in_netns(netns, [lab.MANAGED_PYTHON, lab.workload("loopback_load.py"), cgroup, str(seconds)]),
+        lab.in_netns(netns, [paths.MANAGED_PYTHON, lab.workload("loopback_load.py"), cgroup, str(seconds)]),
         stdout=subprocess.PIPE,
         universal_newlines=True,
     )
@@ -34,7 +36,7 @@ def _overhead(rates):
 
 
 def run(rounds, seconds, log=print):
-    hz = programs.kernel_hz()
+    hz = kernel_hz()
     with lab.Lab() as lab_:
         netns = lab_.netns("load")
         bpffs = lab_.bpffs()

@@ -6,24 +6,16 @@
   the manual sequence the collection replaces.
 """
 
-import json
 import os
 import subprocess
 import time
 
-import lab
-import reconcile_run  # tests/integration: the module's parameters at their defaults
-
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, hz, reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, reconcile
+from ansible_collections.netbpf.tcp_rto.tests.support import lab, reconcile_run
 
 BLOG_SOURCE = os.path.join(lab.BENCH, "blog", "blog_rto.bpf.c")
 BLOG_RTO_S = 3  # the blog's reply = HZ * 3
 MULTIARCH_INCLUDE = "/usr/include/%s-linux-gnu" % os.uname()[4]  # asm/types.h for linux/bpf.h
-
-
-def kernel_hz():
-    """CONFIG_HZ as the module finds it."""
-    return hz.discover(None, os.uname()[2])[0]
 
 
 def collection_params(name, cgroup, pin_dir, rules, state="present"):
@@ -95,10 +87,3 @@ def program_stats(prog_id):
     with bpf_syscall.closing_fd(bpf_syscall.prog_get_fd_by_id(prog_id)) as fd:
         info = bpf_syscall.prog_info(fd)
     return info.run_time_ns, info.run_cnt
-
-
-def attached_ids(cgroup):
-    out = subprocess.run(
-        ["bpftool", "-j", "cgroup", "show", cgroup], stdout=subprocess.PIPE, universal_newlines=True, check=True
-    ).stdout
-    return [entry["id"] for entry in json.loads(out)] if out.strip() else []

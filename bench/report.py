@@ -9,7 +9,8 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # after choosing the file-only backend
-import programs
+
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
 PLOT = os.path.join("images", "connect_latency_cdf.png")
 TARGETS = dict(p99_ratio=8.0, ns_ratio=1.3, module_noop=1.3, module_change=2.0, fleet=1.5)
@@ -42,7 +43,7 @@ def machine():
         memory_gib=round(memory_gib, 1),
         kernel=platform.release(),
         kernel_version=platform.version(),
-        hz=programs.kernel_hz(),
+        hz=kernel_hz(),
         os=_first_line(["sh", "-c", ". /etc/os-release && echo $PRETTY_NAME"]),
         python=sys.version.split()[0],
         ansible_core=ansible.release.__version__,

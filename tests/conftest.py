@@ -1,29 +1,28 @@
-"""Shared pytest set-up: the collection importable as ansible_collections.netbpf.tcp_rto, and
-kernel sandboxes (see tests/sandbox.py) that are removed in every outcome."""
+"""Shared pytest set-up: kernel sandboxes (tests/support/sandbox.py) that are removed in every
+outcome, markers, and the contributor's fast loop (tests/run -m "not slow").
+
+The collection is importable as ansible_collections.netbpf.tcp_rto through the collections root
+that pytest.ini's pythonpath names (.cache/collections, made by scripts/setup-env); the test
+support package with it, as ansible_collections.netbpf.tcp_rto.tests.support."""
 
 import os
-import sys
 
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-COLLECTIONS_ROOT = os.path.join(REPO, ".cache", "collections")
-sys.path.insert(0, os.path.join(REPO, "tests"))
-
-import sandbox  # noqa: E402  (needs the path above)
 
 
 def _link_collection():
-    namespace_dir = os.path.join(COLLECTIONS_ROOT, "ansible_collections", "netbpf")
-    link = os.path.join(namespace_dir, "tcp_rto")
-    if not os.path.islink(link):
+    """The collections root as scripts/setup-env makes it, for a pytest started without tests/run."""
+    namespace_dir = os.path.join(REPO, ".cache", "collections", "ansible_collections", "netbpf")
+    if not os.path.islink(os.path.join(namespace_dir, "tcp_rto")):
         os.makedirs(namespace_dir, exist_ok=True)
-        os.symlink(REPO, link)
-    if COLLECTIONS_ROOT not in sys.path:
-        sys.path.insert(0, COLLECTIONS_ROOT)
+        os.symlink(REPO, os.path.join(namespace_dir, "tcp_rto"))
 
 
 _link_collection()
+
+from ansible_collections.netbpf.tcp_rto.tests.support import sandbox  # noqa: E402  (needs the link above)
 
 
 def pytest_configure(config):
@@ -33,7 +32,10 @@ def pytest_configure(config):
 
 
 # Files whose tests take minutes: qemu guests, ansible-test and docs gates, playbook runs over many
-# hosts, hundreds of bad-input or crash cases, benchmarks. The full test command runs them all.
+# hosts, hundreds of bad-input or crash cases, benchmarks, the boot unit under systemd (persistence,
+# follow_unit: their file logic has unit tests in the loop). Single long scenarios in the other
+# files carry @pytest.mark.slow themselves. The full test command runs them all; the loop,
+# tests/run -m "not slow", stays within 3 minutes (README, "Test times").
 SLOW_FILES = {
     "test_ansible_test.py",
     "test_target_pythons.py",
@@ -53,6 +55,8 @@ SLOW_FILES = {
     "test_role.py",
     "test_privilege.py",
     "test_coexistence.py",
+    "test_persistence.py",
+    "test_follow_unit.py",
 }
 
 

@@ -17,7 +17,6 @@ INTERPRETERS = sorted({"/usr/bin/python3", *glob.glob("/root/.pyenv/versions/3.*
 
 SNIPPET = """
 import os, sys
-sys.path.insert(0, os.path.join(sys.argv[1], ".cache", "collections"))
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     apply, bpf_object, bpf_syscall, desired, host, hz, probe, reconcile, rto_program)
 obj = bpf_object.BpfObject.from_file(os.path.join(sys.argv[1], "plugins", "plugin_utils", "tcp_initial_rto.bpf.o"))
@@ -34,6 +33,7 @@ print(host.kernel_release())
 def test_module_utils_on_target_python(python):
     proc = subprocess.run(
         [python, "-c", SNIPPET, REPO],
+        env=dict(os.environ, PYTHONPATH=os.path.join(REPO, ".cache", "collections")),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         universal_newlines=True,

@@ -10,11 +10,11 @@ import os
 import subprocess
 
 import pytest
-import reconcile_run
-from conftest import bpftool, cgroup_program_ids
-from foreign_sockops import ForeignProgram
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool, cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.foreign_sockops import ForeignProgram
 
 pytestmark = pytest.mark.kernel
 
@@ -126,6 +126,7 @@ def test_absent_without_the_record_of_a_link_instance(place):
     assert not os.path.exists(place.dir)
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_unknown_entries_warning_through_ansible(playbook, place):
     args = dict(name="orphan", cgroup=place.cgroup, pin_dir=place.pin_dir, mount_bpffs=False)
     assert playbook.module(rules=RULES, **args)["changed"] is True

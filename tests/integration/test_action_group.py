@@ -5,7 +5,8 @@ import json
 import os
 
 import pytest
-from conftest import cgroup_program_ids
+
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
 
 pytestmark = pytest.mark.kernel
 

@@ -6,18 +6,16 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
-from conftest import REPO
+
+from ansible_collections.netbpf.tcp_rto.tests.support import lab
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import REPO
 
 pytestmark = pytest.mark.kernel
 
-BENCH = os.path.join(REPO, "bench")
-sys.path.insert(0, BENCH)
-
-import lab  # noqa: E402  (bench/lab.py, found through the path above)
+BENCH_RUN = os.path.join(REPO, "bench", "run")  # as the docs say to run the benchmarks
 
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
 
@@ -29,7 +27,7 @@ def bpf_stats():
 
 def start_bench(out_dir, *args):
     return subprocess.Popen(
-        [sys.executable, os.path.join(BENCH, "bench.py"), "--out-dir", str(out_dir), *args],
+        [BENCH_RUN, "--out-dir", str(out_dir), *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         universal_newlines=True,
@@ -148,7 +146,7 @@ def test_sweep_removes_what_a_killed_run_left(tmp_path):
     assert any(name.startswith("tcprto-b-") for name in left)  # its namespace
     assert any(os.path.basename(name).startswith("tcp_rto_test-bench-cost-") for name in left)
     sweep = subprocess.run(
-        [sys.executable, os.path.join(BENCH, "bench.py"), "--sweep"],
+        [BENCH_RUN, "--sweep"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         universal_newlines=True,

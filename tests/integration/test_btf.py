@@ -7,11 +7,14 @@ read with bpftool, which shares no code with the collection."""
 import os
 import struct
 
-import bpf_objects
 import pytest
-from conftest import bpftool, kernel_hz, observed_rto_us
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, bpf_syscall, rto_program
+from ansible_collections.netbpf.tcp_rto.tests.support import bpf_objects
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import SHIPPED_OBJECT
+from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
 
 pytestmark = pytest.mark.kernel
 
@@ -60,7 +63,7 @@ def btf_ids(pins):
 
 def patched_shipped(tmp_path, name, *edits):
     """A copy of the shipped object with edits: each (offset_of(data), struct format, value)."""
-    with open(bpf_objects.SHIPPED, "rb") as handle:
+    with open(SHIPPED_OBJECT, "rb") as handle:
         data = bytearray(handle.read())
     for offset_of, fmt, value in edits:
         struct.pack_into(fmt, data, offset_of(bytes(data)), value)
@@ -122,7 +125,7 @@ def test_func_info_refused_loads_the_program_without_btf(apply, tmp_path):
     def func_info_type(data):
         return bpf_objects.btf_ext_block(data, 0) + 12 + 4
 
-    struct_id = bpf_objects.btf_type(open(bpf_objects.SHIPPED, "rb").read(), BTF_KIND_STRUCT, "rule_key")[0]
+    struct_id = bpf_objects.btf_type(open(SHIPPED_OBJECT, "rb").read(), BTF_KIND_STRUCT, "rule_key")[0]
     src = patched_shipped(tmp_path, "badfuncinfo", (func_info_type, "<I", struct_id))
     assert kernel_takes_btf(src)
     ids = btf_ids(apply(src=src))
@@ -132,7 +135,7 @@ def test_func_info_refused_loads_the_program_without_btf(apply, tmp_path):
 def test_map_types_refused_create_those_maps_without_btf(apply, tmp_path):
     """A 4-byte key that is an array, not an integer: the kernel refuses it for array maps
     (config, hits), which are made without BTF; the trie keeps its BTF, the program too."""
-    with open(bpf_objects.SHIPPED, "rb") as handle:
+    with open(SHIPPED_OBJECT, "rb") as handle:
         shipped = handle.read()
     _start, types, _strings = bpf_objects.btf_types(shipped)
     u32 = bpf_objects.btf_type(shipped, BTF_KIND_TYPEDEF, "__u32")[0]

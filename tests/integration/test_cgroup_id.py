@@ -9,11 +9,11 @@ import os
 import stat
 
 import pytest
-from foreign_sockops import ForeignProgram
-from reconcile_run import module_params
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, reconcile
+from ansible_collections.netbpf.tcp_rto.tests.support.foreign_sockops import ForeignProgram
+from ansible_collections.netbpf.tcp_rto.tests.support.reconcile_run import module_params
 
 pytestmark = pytest.mark.kernel
 

@@ -18,15 +18,16 @@ import collections
 import os
 import subprocess
 
-import foreign_sockops
 import pytest
-from conftest import bpftool, kernel_hz
-from foreign_sockops import OWN_JIFFIES, ForeignProgram
-from reconcile_run import module_params
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import desired, plan, probe, reconcile
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
+from ansible_collections.netbpf.tcp_rto.tests.support import foreign_sockops
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool
+from ansible_collections.netbpf.tcp_rto.tests.support.foreign_sockops import OWN_JIFFIES, ForeignProgram
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
+from ansible_collections.netbpf.tcp_rto.tests.support.reconcile_run import module_params
 
 pytestmark = pytest.mark.kernel
 

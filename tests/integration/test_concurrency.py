@@ -1,19 +1,20 @@
 """Runs at the same time: 8 module runs on one instance take turns through its lock and leave one
 attachment holding the configuration of one of them; a run that may not wait is told to retry;
 instances on other cgroups never wait for each other. Each run is its own process
-(tests/integration/reconcile_run.py), on this machine's kernel."""
+(tests/support/reconcile_run.py), on this machine's kernel."""
 
 import hashlib
 import os
 
-import bpf_inventory
 import pytest
-import reconcile_run
-import sandbox
-from conftest import cgroup_program_ids, kernel_hz, observed_rto_us
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import lock, views
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
+from ansible_collections.netbpf.tcp_rto.tests.support import bpf_inventory, reconcile_run, sandbox
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import SHIPPED_OBJECT
+from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
 
 pytestmark = pytest.mark.kernel
 
@@ -27,7 +28,7 @@ REQUESTS = [dict(rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}], rto_ms=500)] * 
 
 
 def expected_config(request):
-    with open(request.get("src", reconcile_run.SHIPPED_OBJECT), "rb") as handle:
+    with open(request.get("src", SHIPPED_OBJECT), "rb") as handle:
         sha256 = hashlib.sha256(handle.read()).hexdigest()
     rules = [
         {"dest": rule["dest"], "rto_ms": rule["rto_ms"], "rto_jiffies": -(-rule["rto_ms"] * HZ // 1000)}

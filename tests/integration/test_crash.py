@@ -9,13 +9,14 @@ import glob
 import os
 import time
 
-import bpf_inventory
 import pytest
-import reconcile_run
-import sandbox
-from conftest import MODULE, REPO, bpftool, cgroup_program_ids, kernel_hz, observed_rto_us
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault
+from ansible_collections.netbpf.tcp_rto.tests.support import bpf_inventory, reconcile_run, sandbox
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool, cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import MODULE, REPO
+from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
 
 pytestmark = pytest.mark.kernel
 

@@ -4,9 +4,8 @@ import json
 import os
 import subprocess
 
-from conftest import ANSIBLE_BIN, COLLECTIONS_ROOT
-
 from ansible_collections.netbpf.tcp_rto.plugins.modules import tcp_initial_rto
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import ANSIBLE_BIN, COLLECTIONS_ROOT
 
 
 def ansible_doc_json(plugin):

@@ -14,10 +14,11 @@ import subprocess
 import time
 
 import pytest
-from conftest import bpftool, kernel_hz
-from reconcile_run import module_params
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import desired, probe, reconcile, rto_program
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
+from ansible_collections.netbpf.tcp_rto.tests.support.reconcile_run import module_params
 
 pytestmark = pytest.mark.kernel
 
@@ -174,6 +175,7 @@ def test_parameter_change_is_not_drift(params):
     assert changed["drift"] == []
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_drift_through_ansible(playbook, params, cgroup):
     args = {key: value for key, value in params.items() if key not in ("src", "hz", "persistent")}
     first = playbook.module(**args)

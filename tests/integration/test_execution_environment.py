@@ -8,8 +8,9 @@ import subprocess
 
 import yaml
 from bindep.depends import Depends
-from conftest import ANSIBLE_BIN, REPO
 from test_galaxy import build
+
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import ANSIBLE_BIN, REPO
 
 # What the collection asks of the execution environment, and nothing else: clang, llvm-strip and
 # the kernel's UAPI headers to compile a `src: *.c` program on the controller. No Python requirements.

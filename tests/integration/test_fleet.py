@@ -8,7 +8,10 @@ import os
 import shutil
 
 import pytest
-from conftest import MANAGED_PYTHON, REPO, cgroup_program_ids, observed_rto_us
+
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import MANAGED_PYTHON, REPO
+from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
 
 pytestmark = pytest.mark.kernel
 

@@ -9,11 +9,13 @@ import shlex
 import shutil
 
 import pytest
-import sandbox
-from bpf_objects import SHIPPED
-from conftest import cgroup_program_ids, observed_rto_us, run_as_systemd
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
+from ansible_collections.netbpf.tcp_rto.tests.support import sandbox
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import SHIPPED_OBJECT
+from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
+from ansible_collections.netbpf.tcp_rto.tests.support.systemd import run_as_systemd
 
 pytestmark = pytest.mark.kernel
 
@@ -42,9 +44,9 @@ def record_for_unit(root, bpffs, name="api"):
         verify=True,
         force_legacy_attach=False,
     )
-    with open(SHIPPED, "rb") as handle:
+    with open(SHIPPED_OBJECT, "rb") as handle:
         sha256 = hashlib.sha256(handle.read()).hexdigest()
-    return persistence.install(params, SHIPPED, sha256, root, python="/usr/bin/python3")
+    return persistence.install(params, SHIPPED_OBJECT, sha256, root, python="/usr/bin/python3")
 
 
 def exec_start_pre(root, name="api"):

@@ -7,7 +7,10 @@ import subprocess
 import tarfile
 
 import pytest
-from conftest import ANSIBLE_BIN, REPO, Playbook, cgroup_program_ids
+
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import ANSIBLE_BIN, REPO
+from ansible_collections.netbpf.tcp_rto.tests.support.playbook import Playbook
 
 pytestmark = pytest.mark.kernel
 

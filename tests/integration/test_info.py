@@ -5,10 +5,11 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import bpftool, cgroup_program_ids, kernel_hz
 from test_tcp_initial_rto import load_foreign_program
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, host, info
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool, cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
 pytestmark = pytest.mark.kernel
 INFO = "netbpf.tcp_rto.tcp_initial_rto_info"
@@ -60,6 +61,7 @@ def test_reports_instances_counters_and_foreign_programs(playbook, cgroup, bpffs
     assert report["kernel"]["hz"] == kernel_hz()
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_reports_drift(playbook, cgroup, bpffs):
     pin_dir = os.path.join(bpffs, "tcp_rto")
     applied = playbook.module(
@@ -77,6 +79,7 @@ def test_reports_drift(playbook, cgroup, bpffs):
     assert report["problems"] == ["dc: " + instance["problems"][0]]
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_a_recreated_cgroup_is_a_detached_instance_with_its_cause(playbook, cgroup, bpffs):
     """What a restart of a systemd service does to an instance on its cgroup."""
     pin_dir = os.path.join(bpffs, "tcp_rto")
@@ -94,6 +97,7 @@ def test_a_recreated_cgroup_is_a_detached_instance_with_its_cause(playbook, cgro
     assert report["problems"] == ["api: " + problem]
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_a_recorded_instance_the_kernel_does_not_hold_is_a_problem(playbook, cgroup, bpffs, tmp_path):
     pin_dir = os.path.join(bpffs, "tcp_rto")
     root = str(tmp_path / "root")

@@ -6,8 +6,10 @@ import json
 import os
 
 import pytest
-from conftest import cgroup_program_ids, observed_rto_us
 from test_fleet import Fleet
+
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
 
 pytestmark = pytest.mark.kernel
 

@@ -8,11 +8,11 @@ import errno
 import os
 
 import pytest
-import reconcile_run
-from conftest import cgroup_program_ids
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features
+from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
 
 pytestmark = pytest.mark.kernel
 
@@ -132,6 +132,7 @@ def test_link_instance_removed_where_a_link_feature_is_missing(cgroup, bpffs, mi
     assert not link_exists(link_id)
 
 
+@pytest.mark.slow  # a long scenario: in tests/run, not in the -m 'not slow' loop
 def test_removal_without_link_detach_names_a_link_held_elsewhere(cgroup, bpffs):
     """Without BPF_LINK_DETACH a link goes with its last holder: one held by another process keeps
     the program attached, and the run says so instead of reporting it removed."""

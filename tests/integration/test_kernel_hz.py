@@ -5,9 +5,8 @@ and there is no /proc/config.gz."""
 import functools
 import os
 
-from conftest import kernel_hz
-
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import hz
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
 
 def test_kernel_hz_from_boot_config_without_proc_config(tmp_path, monkeypatch):

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 
-from conftest import REPO
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import REPO
 
 RUN = os.path.join(REPO, "tests", "kernels", "run")
 

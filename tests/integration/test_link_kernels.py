@@ -9,11 +9,11 @@ import errno
 import os
 
 import pytest
-import reconcile_run
-from conftest import cgroup_program_ids
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
+from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
 
 pytestmark = pytest.mark.kernel
 

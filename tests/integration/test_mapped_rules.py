@@ -1,5 +1,5 @@
 """IPv6 rules over the IPv4-mapped range (issue 11, item 3), in module runs on this machine's
-kernel (tests/integration/reconcile_run.py: reconcile.run in its own process). IPv4 destinations
+kernel (tests/support/reconcile_run.py: reconcile.run in its own process). IPv4 destinations
 live in the rules trie as ::ffff:a.b.c.d, so an IPv6 rule covering ::ffff:0:0/96 answers IPv4
 connections: verification must expect what the kernel does. A rule written inside that range
 shares its trie key with an IPv4 rule: it must still read back as written, so that a rerun is
@@ -8,10 +8,10 @@ unchanged, reports no drift and keeps the rule's hit counter."""
 import os
 
 import pytest
-import reconcile_run
-from conftest import kernel_hz
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
+from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
 pytestmark = pytest.mark.kernel
 

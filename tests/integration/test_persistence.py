@@ -10,8 +10,10 @@ import subprocess
 import time
 
 import pytest
-from bpf_inventory import snapshot
-from conftest import cgroup_program_ids, observed_rto_us, run_as_systemd
+
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids, snapshot
+from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
+from ansible_collections.netbpf.tcp_rto.tests.support.systemd import run_as_systemd
 
 pytestmark = pytest.mark.kernel
 

@@ -14,10 +14,11 @@ import subprocess
 
 import pytest
 import test_bad_input
-from conftest import COLLECTIONS_ROOT, MANAGED_PYTHON, Playbook
 from test_bad_input import GOOD, NAME, settled_state
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import MANAGED_PYTHON, python_env
+from ansible_collections.netbpf.tcp_rto.tests.support.playbook import Playbook
 
 pytestmark = pytest.mark.kernel
 env = test_bad_input.env  # the fixture, shared
@@ -93,17 +94,17 @@ def test_module_utils_as_nobody(env):
     """reconcile.run, which the module and the boot-time restore call, run directly as nobody."""
     script = (
         "import sys, json\n"
-        "sys.path.insert(0, %r)\n"
         "from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile\n"
         "try:\n"
         "    reconcile.run(json.loads(sys.argv[1]))\n"
         "except reconcile.ERRORS as exc:\n"
-        "    sys.exit(reconcile.describe_error(exc))\n" % COLLECTIONS_ROOT
+        "    sys.exit(reconcile.describe_error(exc))\n"
     )
     params = dict(env.args(**GOOD), state="present", src=None, hz=None, direction="both", verify=True)
     before = settled_state(env)
     run = subprocess.run(
         ["setpriv", *NOBODY, MANAGED_PYTHON, "-c", script, json.dumps(params)],
+        env=python_env(),
         check=False,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

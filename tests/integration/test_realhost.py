@@ -11,9 +11,10 @@ import os
 import shutil
 
 import pytest
-from conftest import REPO, Playbook
-from vm import guest as vm_guest
-from vm import image as vm_image
+
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import REPO
+from ansible_collections.netbpf.tcp_rto.tests.support.playbook import Playbook
+from ansible_collections.netbpf.tcp_rto.tests.vm import guest, image
 
 # Opt-in until their cost in CI's 90 minutes is measured on a quiet machine: 4 min for the image
 # once, 11-32 min for the scenarios on a loaded one.
@@ -76,16 +77,16 @@ def _quote(text):
 @pytest.fixture(scope="module")
 def realhost(tmp_path_factory):
     assert shutil.which("qemu-system-x86_64"), "qemu-system-x86_64 is not installed: scripts/setup-env installs it"
-    image = vm_image.build()
+    image_dir = image.build()
     logdir = str(tmp_path_factory.mktemp("vm"))
-    guest = vm_guest.Guest(image, logdir, vm_guest.choose_accel(image, logdir))
+    vm = guest.Guest(image_dir, logdir, guest.choose_accel(image_dir, logdir))
     try:
-        guest.start()
-        guest.wait_ssh()
-        assert guest.wait_system_running() == "running", guest.ssh("systemctl --failed", check=False).stdout
-        yield RealHost(guest, logdir)
+        vm.start()
+        vm.wait_ssh()
+        assert vm.wait_system_running() == "running", vm.ssh("systemctl --failed", check=False).stdout
+        yield RealHost(vm, logdir)
     finally:
-        guest.stop()
+        vm.stop()
 
 
 def _ok(run):

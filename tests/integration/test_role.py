@@ -7,7 +7,9 @@ import os
 
 import pytest
 import yaml
-from conftest import MANAGED_PYTHON, REPO, cgroup_program_ids
+
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import MANAGED_PYTHON, REPO
 
 ROLE = os.path.join(REPO, "roles", "tcp_rto")
 SCENARIOS = sorted(glob.glob(os.path.join(REPO, "tests", "roles", "tests_*.yml")))

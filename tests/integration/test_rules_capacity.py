@@ -10,10 +10,12 @@ import ipaddress
 import os
 
 import pytest
-import reconcile_run
-from conftest import KERNEL_DEFAULT_US, RtoStream, bpftool, cgroup_program_ids, jiffies_us, kernel_hz, observed_rto_us
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
+from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool, cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import jiffies_us, kernel_hz
+from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import KERNEL_DEFAULT_US, RtoStream, observed_rto_us
 
 pytestmark = pytest.mark.kernel
 

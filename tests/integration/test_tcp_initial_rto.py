@@ -5,7 +5,11 @@ import os
 import subprocess
 
 import pytest
-from conftest import REPO, bpftool, cgroup_program_ids, kernel_hz, observed_rto_us
+
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool, cgroup_program_ids
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import REPO
+from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
 
 pytestmark = pytest.mark.kernel
 
@@ -84,6 +88,7 @@ def test_absent_leaves_nothing(playbook, args, cgroup):
     assert playbook.module(state="absent", **args)["changed"] is False
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_diff_mode(playbook, args):
     playbook.module(rto_ms=500, **args)
     result = playbook.module(diff=True, rules=[{"dest": "10.0.0.0/8", "rto_ms": 52}], rto_ms=500, **args)
@@ -92,6 +97,7 @@ def test_diff_mode(playbook, args):
     assert result["diff"]["before"]["default_rto_ms"] == result["diff"]["after"]["default_rto_ms"] == 500
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_legacy_attach_path(playbook, args, cgroup):
     legacy = dict(args, force_legacy_attach=True)
     applied = playbook.module(rto_ms=500, **legacy)
@@ -111,6 +117,7 @@ def test_legacy_attach_path(playbook, args, cgroup):
     assert cgroup_program_ids(cgroup) == []
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_move_to_another_cgroup(playbook, args, cgroup):
     other = os.path.join(cgroup, "moved")
     os.mkdir(other)
@@ -141,6 +148,7 @@ def load_foreign_program(tmp_path, bpffs, body):
     return pin
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_foreign_program_survives_every_step(playbook, args, cgroup, bpffs, tmp_path):
     pin = load_foreign_program(tmp_path, bpffs, "")
     subprocess.run(["bpftool", "cgroup", "attach", cgroup, "sock_ops", "pinned", pin, "multi"], check=True)
@@ -172,7 +180,7 @@ def variant_source(tmp_path):
     return str(source)
 
 
-@pytest.mark.parametrize("legacy", [False, True], ids=["link", "multi"])
+@pytest.mark.parametrize("legacy", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["link", "multi"])
 def test_new_object_replaces_program(playbook, args, cgroup, variant_source, legacy):
     args = dict(args, force_legacy_attach=legacy)
     first = playbook.module(rto_ms=500, **args)
@@ -226,6 +234,7 @@ def test_ipv6_rule(playbook, args, cgroup):
     assert observed_rto_us(cgroup, "127.0.0.1") == 1000000
 
 
+@pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_nested_instances_most_specific_wins(playbook, args, cgroup):
     inner = os.path.join(cgroup, "inner")
     os.mkdir(inner)

@@ -1,5 +1,5 @@
 """Upgrade without a gap: while a process in the cgroup makes SYN_SENT sockets without pause
-(tests/integration/syn_rto_stream.py), the program object is replaced by a new version, the rules
+(tests/support/syn_rto_stream.py), the program object is replaced by a new version, the rules
 change in place (a rule gives way to the default), and the object goes back, each with another
 value. Every socket started with the value before or after a change, none with the kernel
 default (1 s)."""
@@ -8,8 +8,10 @@ import os
 import sys
 
 import pytest
-import reconcile_run
-from conftest import KERNEL_DEFAULT_US, RtoStream, jiffies_us
+
+from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
+from ansible_collections.netbpf.tcp_rto.tests.support.hz import jiffies_us
+from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import KERNEL_DEFAULT_US, RtoStream
 
 pytestmark = pytest.mark.kernel
 

@@ -20,10 +20,7 @@ import sys
 import time
 import traceback
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-
-from guest_kernel import (  # noqa: E402
+from guest_kernel import (
     ATTACH,
     CONFIG,
     HZ,
@@ -42,11 +39,10 @@ from guest_kernel import (  # noqa: E402
     synack_timers,
     wheel_granule,
 )
-from steps import GUEST_ROOT, STEPS, cgroup  # noqa: E402
+from steps import GUEST_ROOT, STEPS, cgroup
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf  # noqa: E402
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, probe  # noqa: E402
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils.coexistence import attached_program_ids as attached  # noqa: E402
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, features, probe
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.coexistence import attached_program_ids
 
 MARK = "@@TCPRTO"
 
@@ -137,8 +133,8 @@ def scenario_apply():
         result,
     )
     check(
-        attached(cgroup("main"))[1] == [pid],
-        "BPF_PROG_QUERY on the cgroup shows %s, expected [%d]" % (attached(cgroup("main"))[1], pid),
+        attached_program_ids(cgroup("main"))[1] == [pid],
+        "BPF_PROG_QUERY on the cgroup shows %s, expected [%d]" % (attached_program_ids(cgroup("main"))[1], pid),
         step,
         result,
     )
@@ -156,12 +152,12 @@ def scenario_apply():
 
 def btf_note(pid):
     """Whether the kernel took the object's BTF (the loader falls back without it): for the table."""
-    with bpf.closing_fd(bpf.prog_get_fd_by_id(pid)) as fd:
-        info = bpf.prog_info(fd)
+    with bpf_syscall.closing_fd(bpf_syscall.prog_get_fd_by_id(pid)) as fd:
+        info = bpf_syscall.prog_info(fd)
     maps_with_btf = 0
     for map_id in info.map_ids:
-        with bpf.closing_fd(bpf.map_get_fd_by_id(map_id)) as fd:
-            maps_with_btf += bool(bpf.map_info(fd).btf_id)
+        with bpf_syscall.closing_fd(bpf_syscall.map_get_fd_by_id(map_id)) as fd:
+            maps_with_btf += bool(bpf_syscall.map_info(fd).btf_id)
     return "btf prog %s maps %d/%d" % ("yes" if info.btf_id else "no", maps_with_btf, len(info.map_ids))
 
 
@@ -208,7 +204,12 @@ def scenario_absent():
     step = "absent"
     result = run_step(step)
     check(result["changed"] is True, "changed is not true", step, result)
-    check(attached(cgroup("main"))[1] == [], "programs still attached: %s" % attached(cgroup("main"))[1], step, result)
+    check(
+        attached_program_ids(cgroup("main"))[1] == [],
+        "programs still attached: %s" % attached_program_ids(cgroup("main"))[1],
+        step,
+        result,
+    )
     pins = os.path.join(PIN_DIR, "main")
     check(not os.path.exists(pins), "pins left: %s" % (os.listdir(pins) if os.path.isdir(pins) else pins), step, result)
     if STATE.get("main_id"):
@@ -250,10 +251,10 @@ def scenario_legacy():
     pid = prog_id(result)
     check(result["instance"]["attach_mode"] == "multi", "attach mode is not multi", step, result)
     check(result["verification"]["ok"], "verification is not ok", step, result)
-    flags, ids = attached(cgroup("legacy"))
+    flags, ids = attached_program_ids(cgroup("legacy"))
     check(
-        ids == [pid] and flags == bpf.BPF_F_ALLOW_MULTI,
-        "BPF_PROG_QUERY: flags %d ids %s, expected %d [%d]" % (flags, ids, bpf.BPF_F_ALLOW_MULTI, pid),
+        ids == [pid] and flags == bpf_syscall.BPF_F_ALLOW_MULTI,
+        "BPF_PROG_QUERY: flags %d ids %s, expected %d [%d]" % (flags, ids, bpf_syscall.BPF_F_ALLOW_MULTI, pid),
         step,
         result,
     )
@@ -263,7 +264,7 @@ def scenario_legacy():
     check(again["changed"] is False and prog_id(again) == pid, "reapplying changed something", "legacy-again", again)
     removed = run_step("legacy-absent")
     check(
-        attached(cgroup("legacy"))[1] == [] and not os.path.exists(PIN_DIR + "/legacy"),
+        attached_program_ids(cgroup("legacy"))[1] == [] and not os.path.exists(PIN_DIR + "/legacy"),
         "state=absent left the program attached or pinned",
         "legacy-absent",
         removed,
@@ -289,14 +290,17 @@ def scenario_full_map():
     )
     check(len(changed["instance"]["rules"]) == 1024, "the instance does not hold 1024 rules", step, changed)
     check(
-        attached(cgroup("full"))[1] == [prog_id(changed)] and prog_id(changed) != prog_id(result),
-        "BPF_PROG_QUERY shows %s, expected only the new program %d" % (attached(cgroup("full"))[1], prog_id(changed)),
+        attached_program_ids(cgroup("full"))[1] == [prog_id(changed)] and prog_id(changed) != prog_id(result),
+        "BPF_PROG_QUERY shows %s, expected only the new program %d"
+        % (attached_program_ids(cgroup("full"))[1], prog_id(changed)),
         step,
         changed,
     )
     check(probe.outgoing_rto_us(cgroup("full")) == rto_us(300), "a socket does not start at 300 ms", step, changed)
     removed = run_step("full-absent")
-    check(attached(cgroup("full"))[1] == [], "state=absent left the program attached", "full-absent", removed)
+    check(
+        attached_program_ids(cgroup("full"))[1] == [], "state=absent left the program attached", "full-absent", removed
+    )
     return "new maps"
 
 
@@ -363,20 +367,16 @@ def scenario_give_up():
     return "%d rtx %.2f s" % (retransmits, elapsed / 1000.0)
 
 
-MAP_UNDER_ZERO_MEMLOCK = (
-    """
-import os, resource, sys
-sys.path.insert(0, %r)
+MAP_UNDER_ZERO_MEMLOCK = """
+import os, resource
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
 resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
 try:
-    os.close(bpf.map_create(bpf.BPF_MAP_TYPE_ARRAY, 4, 8, 1))
+    os.close(bpf_syscall.map_create(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 1))
     print("created")
-except bpf.BpfError as exc:
+except bpf_syscall.BpfError as exc:
     print(exc.strerror)
 """
-    % GUEST_ROOT
-)
 
 
 def scenario_memlock():
@@ -387,6 +387,7 @@ def scenario_memlock():
     charged = VERSION < (5, 11)
     control = subprocess.run(
         [sys.executable, "-c", MAP_UNDER_ZERO_MEMLOCK],
+        env=dict(os.environ, PYTHONPATH=GUEST_ROOT),
         stdout=subprocess.PIPE,
         universal_newlines=True,
         timeout=60,
@@ -427,7 +428,7 @@ def scenario_hz_measured():
 
 
 def _instance_gone(step, result):
-    check(attached(cgroup("forced"))[1] == [], "programs left attached", step, result)
+    check(attached_program_ids(cgroup("forced"))[1] == [], "programs left attached", step, result)
     check(not os.path.exists(PIN_DIR + "/forced"), "pins left", step, result)
 
 
@@ -446,7 +447,12 @@ def _forced_apply_rerun_remove(missing):
         result,
     )
     pid = prog_id(result)
-    check(attached(cgroup("forced"))[1] == [pid], "BPF_PROG_QUERY does not show exactly the program", step, result)
+    check(
+        attached_program_ids(cgroup("forced"))[1] == [pid],
+        "BPF_PROG_QUERY does not show exactly the program",
+        step,
+        result,
+    )
     links = len(links_of(pid))
     check(
         links == (1 if mode == "link" else 0), "%d bpf_links hold the program in %s mode" % (links, mode), step, result
@@ -493,7 +499,12 @@ def scenario_forced_missing():
         step,
         moved,
     )
-    check(attached(cgroup("forced"))[1] == [prog_id(moved)], "BPF_PROG_QUERY: not only the new program", step, moved)
+    check(
+        attached_program_ids(cgroup("forced"))[1] == [prog_id(moved)],
+        "BPF_PROG_QUERY: not only the new program",
+        step,
+        moved,
+    )
     check(len(old_links) == 1 and links_of(prog_id(linked)) == [], "the old bpf_link is still there", step, moved)
     removed = run_step("forced-absent", missing="link_info,link_detach")
     _instance_gone(step + " absent", removed)

@@ -20,8 +20,6 @@ import sys
 import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in tests/kernels (the collection build ships tests/)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
 import archive  # noqa: E402
 import initramfs  # noqa: E402
 from archive import CACHE, KERNELS, REPO, MatrixError, log  # noqa: E402

@@ -4,7 +4,8 @@ never written into the repo) and cached under .cache/vm/<key>/, where key hashes
 a changed recipe builds a new image. No loop mount: the root file system is made with
 `mkfs.ext4 -d`. The guest boots the image's own kernel and initrd, extracted next to it.
 
-`python3 tests/vm/image.py` builds (or finds) the image and prints its directory.
+`PYTHONPATH=.cache/collections .venv/bin/python -m ansible_collections.netbpf.tcp_rto.tests.vm.image`
+builds (or finds) the image and prints its directory.
 """
 
 import hashlib
@@ -15,12 +16,11 @@ import subprocess
 import sys
 import tempfile
 
+from ansible_collections.netbpf.tcp_rto.tests.kernels import archive  # the kernel matrix's reader of apt sources
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 CACHE = os.path.join(REPO, ".cache", "vm")
-sys.path.insert(0, os.path.join(REPO, "tests", "kernels"))
-
-import archive  # noqa: E402  (the kernel matrix's reader of this machine's apt sources)
 
 SUITE = "bookworm"
 PACKAGES = [

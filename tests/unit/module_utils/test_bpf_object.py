@@ -17,15 +17,14 @@ import subprocess
 import sys
 import time
 
-import bpf_objects
 import pytest
-import sandbox
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, btf, elf, hz, rto_program
+from ansible_collections.netbpf.tcp_rto.tests.support import bpf_objects, sandbox
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import SHIPPED_OBJECT
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 BPF_DIR = os.path.join(REPO, "files", "bpf")
-SHIPPED = os.path.join(REPO, "plugins", "plugin_utils", "tcp_initial_rto.bpf.o")
 SOURCE = os.path.join(BPF_DIR, "tcp_initial_rto.bpf.c")
 BUILD = os.path.join(BPF_DIR, "build")
 
@@ -34,7 +33,7 @@ BpfObjectError = bpf_object.BpfObjectError
 
 @pytest.fixture(scope="module")
 def shipped_bytes():
-    with open(SHIPPED, "rb") as handle:
+    with open(SHIPPED_OBJECT, "rb") as handle:
         return handle.read()
 
 
@@ -162,7 +161,10 @@ def test_shipped_object_btf_is_ready_for_the_kernel(shipped, shipped_bytes):
     """clang leaves DATASEC sizes and variable offsets 0 for the loader; the reader fills them in
     from the ELF, in offset order, as libbpf does: what bpftool reads from the object it loaded."""
     out = subprocess.run(
-        ["bpftool", "-j", "btf", "dump", "file", SHIPPED], stdout=subprocess.PIPE, universal_newlines=True, check=True
+        ["bpftool", "-j", "btf", "dump", "file", SHIPPED_OBJECT],
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+        check=True,
     ).stdout
     raw = {entry["name"]: entry for entry in json.loads(out)["types"] if entry["kind"] == "DATASEC"}
     assert raw[".maps"]["size"] == 0  # as clang wrote it
@@ -1059,7 +1061,7 @@ def _probe_rto(cgroup):
 
 
 LOADERS = {
-    "bpftool": lambda request, directory: _bpftool_load(SHIPPED, directory),
+    "bpftool": lambda request, directory: _bpftool_load(SHIPPED_OBJECT, directory),
     "reader": lambda request, directory: _load_and_pin(request.getfixturevalue("shipped"), directory),
     "reader-legacy": lambda request, directory: _load_and_pin(request.getfixturevalue("legacy"), directory),
 }
@@ -1069,7 +1071,7 @@ LOADERS = {
 def test_bpftool_loads_the_shipped_object_with_btf(bpffs):
     """libbpf takes the object: typed map dumps, source lines in the program dump. Unpinned, the
     program and its maps are gone; nothing was attached anywhere."""
-    paths = _bpftool_load(SHIPPED, os.path.join(bpffs, "loaded"))
+    paths = _bpftool_load(SHIPPED_OBJECT, os.path.join(bpffs, "loaded"))
     prog = json.loads(_bpftool("-j", "prog", "show", "pinned", paths["prog"]))
     assert prog["type"] == "sock_ops" and prog["name"] == rto_program.PROGRAM_NAME and prog.get("btf_id")
     assert len(prog["map_ids"]) == 3

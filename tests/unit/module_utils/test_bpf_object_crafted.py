@@ -6,7 +6,6 @@ under a generous bound; the child's address space and CPU time are capped as wel
 reader that would need gigabytes fails the test instead of the machine."""
 
 import json
-import os
 import struct
 import subprocess
 import sys
@@ -14,9 +13,7 @@ import sys
 import pytest
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, elf
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-COLLECTIONS_ROOT = os.path.join(REPO, ".cache", "collections")
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import python_env
 
 PEAK_BOUND_MB = 128  # a 1 MB object; the interpreter itself takes about 15
 CHILD_ADDRESS_SPACE = 1 << 30
@@ -266,8 +263,8 @@ _CHILD = r"""
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (%(address_space)d, %(address_space)d))
 resource.setrlimit(resource.RLIMIT_CPU, (%(cpu)d, %(cpu)d))
-sys.path.insert(0, %(collections)r)
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import python_env
 try:
     bpf_object.BpfObject.from_file(sys.argv[1])
     outcome = "parsed"
@@ -283,9 +280,10 @@ print(json.dumps({"outcome": outcome, "peak_kb": peak_kb}))
 
 def read_in_child(path):
     """-> (outcome, peak resident memory in MB) of from_file(path) in a fresh interpreter."""
-    script = _CHILD % dict(address_space=CHILD_ADDRESS_SPACE, cpu=CHILD_CPU_SECONDS, collections=COLLECTIONS_ROOT)
+    script = _CHILD % dict(address_space=CHILD_ADDRESS_SPACE, cpu=CHILD_CPU_SECONDS)
     result = subprocess.run(
         [sys.executable, "-c", script, path],
+        env=python_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         universal_newlines=True,

@@ -15,11 +15,11 @@ import subprocess
 import sys
 import time
 
-import bpf_inventory
-import bpf_objects
 import pytest
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, bpf_syscall, rto_program, uapi
+from ansible_collections.netbpf.tcp_rto.tests.support import bpf_inventory
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import SHIPPED_OBJECT
 
 pytestmark = pytest.mark.kernel
 
@@ -202,7 +202,7 @@ def test_array_map(fds):
 def test_btf_load_and_typed_map(fds):
     """The shipped object's BTF: the kernel takes it, and a map made with its key and value types
     carries it (bpftool then dumps named fields)."""
-    obj = bpf_object.BpfObject.from_file(bpf_objects.SHIPPED)
+    obj = bpf_object.BpfObject.from_file(SHIPPED_OBJECT)
     btf_fd = fds.add(bpf_syscall.btf_load(obj.btf.data))
     spec = obj.maps[rto_program.CONFIG_MAP]
     fd = fds.map(

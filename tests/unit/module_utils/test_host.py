@@ -9,10 +9,10 @@ import tempfile
 import uuid
 
 import pytest
-import sandbox
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, hz, syn_give_up
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.host import HostError
+from ansible_collections.netbpf.tcp_rto.tests.support import sandbox
 
 CGROUP_V1_DIR = "/sys/fs/cgroup/cpu"  # a cgroup v1 hierarchy on this (hybrid) machine
 

@@ -3,7 +3,7 @@
 import csv
 import io
 
-from ansible_collections.netbpf.tcp_rto.plugins.filter.report_table import report_table
+from ansible_collections.netbpf.tcp_rto.plugins.filter.report_table import COLUMNS, report_table, unhealthy
 
 KERNEL = {"release": "6.1.0-28-amd64", "hz": 250}
 HEALTHY = {
@@ -54,3 +54,80 @@ def test_summary_names_the_unhealthy_hosts():
     assert summary[0] == "2 of 3 hosts unhealthy:"
     assert summary[1].startswith("h2: api detached (detached: program 7") and "; dc not loaded (recorded" in summary[1]
     assert summary[2] == "h3: unsupported: unreachable"
+
+
+FULL = {
+    "supported": True,
+    "kernel": KERNEL,
+    "instances": [
+        {
+            "name": "web",
+            "state": "ok",
+            "cgroup": "/sys/fs/cgroup/web|front",
+            "rules": [
+                {"dest": "10.0.0.0/8", "rto_ms": 200, "hits": 3},
+                {"dest": "fd00::/8", "rto_ms": 52.5, "hits": 1},
+            ],
+            "default_rto_ms": 500,
+            "default_hits": 2,
+            "program_id": 41,
+            "foreign_programs": [{"id": 7}, {"id": 9}],
+            "problems": [],
+        }
+    ],
+    "recorded_not_loaded": [],
+    "problems": [],
+}
+
+
+def test_every_column_of_an_instance():
+    [row] = rows({"h1": FULL})
+    assert row == {
+        "host": "h1",
+        "kernel": "6.1.0-28-amd64",
+        "hz": "250",
+        "instance": "web",
+        "state": "ok",
+        "cgroup": "/sys/fs/cgroup/web|front",
+        "rules": "10.0.0.0/8=200ms fd00::/8=52.5ms",
+        "default_ms": "500",
+        "program_id": "41",
+        "hits": "6",
+        "foreign": "7 9",
+        "supported": "yes",
+        "problems": "",
+    }
+
+
+def test_hosts_without_instances_get_one_row_and_failed_hosts_say_why():
+    table = rows(
+        {
+            "h2": dict(HEALTHY, instances=[]),
+            "h1": {"failed": True, "msg": "unreachable"},
+            "h3": {"supported": False, "unsupported_reasons": ["no cgroup v2", "kernel 4.9"], "kernel": KERNEL},
+        }
+    )
+    assert [(row["host"], row["instance"], row["hits"], row["supported"]) for row in table] == [
+        ("h1", "", "", "no: unreachable"),
+        ("h2", "", "", "yes"),
+        ("h3", "", "", "no: no cgroup v2; kernel 4.9"),
+    ]
+
+
+def test_markdown_escapes_the_cell_separator():
+    lines = report_table({"h1": FULL}, "markdown").splitlines()
+    assert lines[0] == "| " + " | ".join(COLUMNS) + " |"
+    assert lines[1] == "|" + "---|" * len(COLUMNS)
+    assert "/sys/fs/cgroup/web\\|front" in lines[2]
+    assert lines[2].count(" | ") == len(COLUMNS) - 1  # the escaped | does not split a cell
+
+
+def test_summary_names_each_reason_once_per_host():
+    broken = dict(BROKEN, supported=False, unsupported_reasons=["no BTF"])
+    assert unhealthy({"h1": HEALTHY, "h2": broken}) == {
+        "h2": [
+            "unsupported: no BTF",
+            "api detached (%s)" % DETACHED_PROBLEM,
+            "dc not loaded (recorded, not loaded: dc has a record but ...)",
+        ]
+    }

@@ -5,7 +5,7 @@ name, so that sweep_leftovers() at the next start removes what a killed run (SIG
 left, and never what another process still uses:
 - network namespaces  tcprto-b-<pid>-<role>  (the veth pair lives only inside them)
 - temporary directories  $TMPDIR/tcprto-b-<pid>-<random>
-- child cgroups and private bpffs mounts through tests/sandbox.py (tcp_rto_test-bench-<pid>-...)
+- child cgroups and private bpffs mounts through sandbox.py (tcp_rto_test-bench-<pid>-...)
 - the previous kernel.bpf_stats_enabled value in /run/tcprto-b-<pid>.bpf_stats while it is changed
 SIGINT and SIGTERM raise KeyboardInterrupt, so the undo steps run on those too.
 """
@@ -14,21 +14,14 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 
-BENCH = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(BENCH)
-sys.path.insert(0, os.path.join(REPO, "tests"))
-sys.path.insert(0, os.path.join(REPO, "tests", "integration"))
-sys.path.insert(0, os.path.join(REPO, ".cache", "collections"))
+from ansible_collections.netbpf.tcp_rto.tests.support import paths, sandbox
 
-import sandbox  # noqa: E402  (tests/sandbox.py: cgroups and bpffs mounts with owner pids)
-
+BENCH = os.path.join(paths.REPO, "bench")
 OWNED_PREFIX = "tcprto-b-"  # netns, temp dirs, state files: tcprto-b-<pid>...
 STATE_DIR = "/run"
 BPF_STATS_SYSCTL = "/proc/sys/kernel/bpf_stats_enabled"
-MANAGED_PYTHON = "/usr/bin/python3"  # workloads and managed-host modules: Debian's own Python
 
 
 def _interrupt(signum, _frame):

@@ -109,3 +109,13 @@ def unaccounted(before, cgroups, own_bpffs):
         "maps": set(maps) - set(before["maps"]) - held_maps,
         "links": set(links) - set(before["links"]) - held_links,
     }
+
+
+def cgroup_program_ids(cgroup):
+    """Program ids attached to cgroup itself as bpftool sees them."""
+    # bpftool 7.1 names the attach type cgroup_sock_ops, older ones sock_ops
+    return [
+        entry["id"]
+        for entry in bpftool("cgroup", "show", cgroup)
+        if entry.get("attach_type") in ("sock_ops", "cgroup_sock_ops")
+    ]

@@ -1,17 +1,16 @@
 """Program objects for tests: the shipped source in variants, built with the collection's compile
 command (plugins/plugin_utils/bpf_build.py), and the legacy-maps form earlier releases shipped.
 
-Imported by unit and integration tests (tests/ is on sys.path through tests/conftest.py)."""
+Imported by unit and integration tests."""
 
 import os
 import struct
 import subprocess
 
 from ansible_collections.netbpf.tcp_rto.plugins.plugin_utils import bpf_build
+from ansible_collections.netbpf.tcp_rto.tests.support import paths
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SOURCE = os.path.join(REPO, "files", "bpf", "tcp_initial_rto.bpf.c")
-SHIPPED = os.path.join(REPO, "plugins", "plugin_utils", "tcp_initial_rto.bpf.o")
+SOURCE = os.path.join(paths.REPO, "files", "bpf", "tcp_initial_rto.bpf.c")
 
 # The map definitions of releases before BTF-defined maps: struct bpf_map_def in SEC("maps").
 LEGACY_MAPS = """struct bpf_map_def { __u32 type, key_size, value_size, max_entries, map_flags; };
@@ -73,6 +72,71 @@ def build_legacy(directory, name="legacy"):
     """The shipped program with legacy maps, built as earlier releases did -> path of the object."""
     build(legacy_source(), directory, name, btf=False)
     return os.path.join(str(directory), name + ".o")
+
+
+# --- minimal objects that meet the collection's contract, one thing varied (bad-input cases) ------
+
+CONTRACT_MAPS = {
+    "rules": "BPF_MAP_TYPE_LPM_TRIE, .key_size = 20, .value_size = 8, .max_entries = 1024, "
+    ".map_flags = BPF_F_NO_PREALLOC",
+    "config": "BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 8, .max_entries = 1",
+    "hits": "BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = 4, .value_size = 8, .max_entries = 1025",
+}
+OK_BODY = "return 1;"
+
+
+def contract_source(section="sockops", license="GPL", maps=None, body=OK_BODY):
+    """C source of a sock_ops program with the contract's maps (legacy definitions); section or
+    license None leaves that section out."""
+    maps = CONTRACT_MAPS if maps is None else maps
+    lines = [
+        "#include <linux/bpf.h>",
+        "#define SEC(name) __attribute__((section(name), used))",
+        "struct bpf_map_def { __u32 type, key_size, value_size, max_entries, map_flags; };",
+    ]
+    lines += ['struct bpf_map_def SEC("maps") %s = { .type = %s };' % (name, spec) for name, spec in maps.items()]
+    if section is not None:
+        lines.append('SEC("%s") int prog(struct bpf_sock_ops *skops) { %s }' % (section, body))
+    if license is not None:
+        lines.append('char _license[] SEC("license") = "%s";' % license)
+    return "\n".join(lines) + "\n"
+
+
+def compile_to(source, path):
+    """The collection's compile command (what the action plugin runs): source text -> object at path."""
+    c_file = path[:-2] + ".c"
+    with open(c_file, "w") as handle:
+        handle.write(source)
+    code, output = bpf_build.compile_object(c_file, path)
+    assert code == 0, output
+    return path
+
+
+# ELF64 header fields and section header fields (struct Elf64_Shdr) by byte offset.
+E_SHOFF, E_SHENTSIZE, E_SHNUM, E_SHSTRNDX = 0x28, 0x3A, 0x3C, 0x3E
+SH_NAME, SH_OFFSET, SH_SIZE, SH_LINK = 0, 24, 32, 40
+
+
+def at(offset):
+    return lambda _data: offset
+
+
+def section_header(name, field):
+    """Offset of a field of the section header called name."""
+    return lambda data: sections(data)[name][0] + field
+
+
+def section_body(name, offset):
+    """Offset of byte `offset` of the section called name."""
+    return lambda data: sections(data)[name][1] + offset
+
+
+def patched(data, *patches):
+    """data with patches applied, each (offset_of(data), struct format, value)."""
+    data = bytearray(data)
+    for offset_of, fmt, value in patches:
+        struct.pack_into("<" + fmt, data, offset_of(data), value)
+    return bytes(data)
 
 
 # --- reading objects without the code under test: ELF64 and BTF, little-endian ---------------------

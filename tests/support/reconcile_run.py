@@ -14,10 +14,8 @@ import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(REPO, ".cache", "collections"))
-
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile  # noqa: E402
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
+from ansible_collections.netbpf.tcp_rto.tests.support import paths
 
 FORCE_MISSING = "TCP_RTO_FORCE_MISSING"  # features.FORCE_MISSING_ENVIRONMENT
 
@@ -45,16 +43,13 @@ if __name__ == "__main__":
 
 # ---------------------------------------------------------------- for the tests that start it
 
-SHIPPED_OBJECT = os.path.join(REPO, "plugins", "plugin_utils", "tcp_initial_rto.bpf.o")
-MANAGED_PYTHON = "/usr/bin/python3"
-
 
 def module_params(**given):
     """Every option of the module at its default, the shipped object as src, then given."""
     from ansible_collections.netbpf.tcp_rto.plugins.modules.tcp_initial_rto import ARGUMENT_SPEC
 
     params = {key: copy.deepcopy(spec.get("default")) for key, spec in ARGUMENT_SPEC.items()}
-    params["src"] = SHIPPED_OBJECT
+    params["src"] = paths.SHIPPED_OBJECT
     params.update(given)
     return params
 
@@ -64,12 +59,12 @@ def start(params, fault=None, fail_at=None, force_missing=None):
     (killed there), fail_at: TCP_RTO_FAIL_AT (a failed step there); force_missing:
     TCP_RTO_FORCE_MISSING, the kernel features its probes report missing."""
     aids = ("TCP_RTO_FAULT_AT", "TCP_RTO_FAIL_AT", FORCE_MISSING)
-    env = {key: value for key, value in os.environ.items() if key not in aids}
+    env = paths.python_env({key: value for key, value in os.environ.items() if key not in aids})
     for name, value in zip(aids, (fault, fail_at, force_missing)):
         if value:
             env[name] = value
     return subprocess.Popen(
-        [MANAGED_PYTHON, os.path.abspath(__file__), json.dumps(params)],
+        [paths.MANAGED_PYTHON, "-m", __spec__.name, json.dumps(params)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
