@@ -160,13 +160,13 @@ def test_an_edit_with_new_parameters_is_told_as_one_finding(cgroup):
     """The parameters changed too: which difference is drift and which is the change is unknown."""
     current = FakeCurrent(cgroup)
     current.default_jiffies = 0
-    assert drift.findings(current, desired(default_jiffies=250, cgroup=cgroup)) == [
+    assert drift.findings(current, wanted(default_jiffies=250, cgroup=cgroup)) == [
         "the rules or config map was edited outside tcp_rto since the last run"
     ]
 
 
 def test_new_parameters_alone_are_not_drift(cgroup):
-    assert drift.findings(FakeCurrent(cgroup), desired(written=rules(("10.0.0.0/8", 60)), cgroup=cgroup)) == []
+    assert drift.findings(FakeCurrent(cgroup), wanted(written=rules(("10.0.0.0/8", 60)), cgroup=cgroup)) == []
 
 
 def test_a_record_without_a_fingerprint_tells_no_map_drift(cgroup):

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault, lock, persistence
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault, lock, persistence, record, safe_files
 
 OBJECT = b"\x7fELF stand-in: persistence copies the object without reading it"
 
@@ -265,11 +265,11 @@ def test_check_mode_reports_the_changes_and_writes_nothing(root, object_path):
 def test_an_edited_record_is_refused_with_what_is_wrong(root, layout, object_path, edit, reason):
     install_with(root, object_path)
     with open(layout.record("web")) as handle:
-        record = json.load(handle)
-    edit(record)
+        content = json.load(handle)
+    edit(content)
     with open(layout.record("web"), "w") as handle:
-        json.dump(record, handle)
-    with pytest.raises(persistence.RecordError) as raised:
+        json.dump(content, handle)
+    with pytest.raises(record.RecordError) as raised:
         persistence.read_record("web", root=root)
     assert reason in str(raised.value)
     assert "apply the instance again with Ansible to rewrite it" in str(raised.value)
@@ -289,12 +289,12 @@ def test_a_replaced_object_is_refused(root, layout, object_path):
     install_with(root, object_path)
     with open(layout.object("web"), "wb") as handle:
         handle.write(b"another program")
-    with pytest.raises(persistence.RecordError, match="is another file, not the one the record"):
+    with pytest.raises(record.RecordError, match="is another file, not the one the record"):
         persistence.read_record("web", root=root)
 
 
 def test_no_record_says_how_to_make_one(root):
-    with pytest.raises(persistence.RecordError, match="apply it with persistent: true, or disable tcp-rto@web"):
+    with pytest.raises(record.RecordError, match="apply it with persistent: true, or disable tcp-rto@web"):
         persistence.read_record("web", root=root)
 
 
@@ -303,9 +303,9 @@ def test_a_symlinked_record_directory_is_refused_before_anything_is_written(root
     elsewhere.mkdir()
     os.makedirs(os.path.dirname(layout.record_dir))
     os.symlink(str(elsewhere), layout.record_dir)
-    with pytest.raises(persistence.UnsafePath, match="is a symlink"):
+    with pytest.raises(safe_files.UnsafePath, match="is a symlink"):
         persistence.check_paths("web", root=root)
-    with pytest.raises(persistence.UnsafePath, match="is a symlink"):
+    with pytest.raises(safe_files.UnsafePath, match="is a symlink"):
         install_with(root, object_path)
     assert list(elsewhere.iterdir()) == []
 
@@ -313,7 +313,7 @@ def test_a_symlinked_record_directory_is_refused_before_anything_is_written(root
 def test_a_directory_others_can_write_is_refused(root, layout, object_path):
     install_with(root, object_path)
     os.chmod(layout.lib_dir, 0o777)
-    with pytest.raises(persistence.UnsafePath, match=r"mode 0777\) could be changed by another user"):
+    with pytest.raises(safe_files.UnsafePath, match=r"mode 0777\) could be changed by another user"):
         install_with(root, object_path, rules=[])
 
 
