@@ -6,8 +6,9 @@ machine's kernel and on one without bpf_links or BPF_F_REPLACE (TCP_RTO_FORCE_MI
 import os
 
 import pytest
-import reconcile_run
-from conftest import cgroup_program_ids
+
+from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
 
 pytestmark = pytest.mark.kernel
 
