@@ -27,16 +27,18 @@ def write_play(workdir, name, hosts, task):
     return path
 
 
-def timed_playbook(workdir, inventory, playbook, forks=None):
-    """Run the playbook; -> wall seconds. Fails with the play's output when a task fails."""
+def timed_playbook(workdir, inventory, playbook, forks=None, extra_args=(), env=None):
+    """Run the playbook (a file, or a collection's playbook by name) with extra_args and env added;
+    -> wall seconds. Fails with the play's output when a task fails."""
     env = dict(
         os.environ,
+        **(env or {}),
         ANSIBLE_COLLECTIONS_PATH=COLLECTIONS_ROOT,
         ANSIBLE_NOCOLOR="1",
         ANSIBLE_RETRY_FILES_ENABLED="0",
         ANSIBLE_LOCAL_TEMP=workdir,
     )
-    command = [ANSIBLE_PLAYBOOK, "-i", inventory, playbook] + (["--forks", str(forks)] if forks else [])
+    command = [ANSIBLE_PLAYBOOK, "-i", inventory, playbook, *extra_args] + (["--forks", str(forks)] if forks else [])
     start = time.perf_counter()
     try:
         lab.run(command, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
