@@ -244,6 +244,11 @@ def _write(layout, path, content, mode, check_mode):
     return True
 
 
+def write_file(layout, path, content, mode):
+    """A file of the collection's own under layout (e.g. a history record), written as records are."""
+    return _write(layout, path, content, mode, check_mode=False)
+
+
 def _fsync_directory(directory):
     """Make a rename in directory durable."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | getattr(os, "O_CLOEXEC", 0))
