@@ -214,7 +214,7 @@ options:
   history_steps:
     description:
       - How many history records of the instance's configuration before its changes to keep for
-        the rollback of the role M(netbpf.tcp_rto.tcp_rto) (its C(rollback) entry point), which sets
+        the rollback of the role C(netbpf.tcp_rto.tcp_rto) (its C(rollback) entry point), which sets
         this option. When a run with O(state=present) changes the configuration (cgroup or unit,
         rules, default, direction), the configuration before it becomes
         O(persist_root)C(/etc/tcp_rto/<name>.previous.json); the older records move to
@@ -388,7 +388,7 @@ unit_running:
 before:
   description:
     - The instance's configuration before this run, as a history record holds it (see
-      O(history_steps)): C(state) V(absent), or V(present) with C(cgroup) (null for an instance that
+      O(history_steps)), C(state) V(absent), or V(present) with C(cgroup) (null for an instance that
       follows a unit), C(unit), C(rules) (C(dest), C(rto_ms)), C(rto_ms) and C(direction). Also
       returned when the task fails, so that a caller can put the instance back. Null when the pins
       could not be read.
