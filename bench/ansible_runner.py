@@ -27,7 +27,7 @@ def write_play(workdir, name, hosts, task):
     return path
 
 
-def timed_playbook(workdir, inventory, playbook, forks=None, extra_args=(), env=None):
+def timed_playbook(workdir, inventory, playbook, forks=None, extra_args=(), env=None, timeout=900):
     """Run the playbook (a file, or a collection's playbook by name) with extra_args and env added;
     -> wall seconds. Fails with the play's output when a task fails."""
     env = dict(
@@ -41,7 +41,7 @@ def timed_playbook(workdir, inventory, playbook, forks=None, extra_args=(), env=
     command = [ANSIBLE_PLAYBOOK, "-i", inventory, playbook, *extra_args] + (["--forks", str(forks)] if forks else [])
     start = time.perf_counter()
     try:
-        lab.run(command, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lab.run(command, timeout=timeout, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     except subprocess.CalledProcessError as exc:
         raise RuntimeError("%s failed:\n%s" % (os.path.basename(playbook), exc.output.decode(errors="replace")[-3000:]))
     return time.perf_counter() - start

@@ -64,6 +64,13 @@ def parse_args(argv):
     parser.add_argument("--fleet-rounds", type=int, help="fleet cost: rounds, each with a fresh fleet")
     parser.add_argument("--ssh-hosts", type=int, nargs="+", help="fleet over SSH: fleet sizes")
     parser.add_argument("--ssh-forks", type=int, nargs="+", help="fleet over SSH: forks settings")
+    parser.add_argument(
+        "--ssh-playbooks",
+        nargs="+",
+        choices=fleet_ssh.PLAYBOOKS,
+        default=list(fleet_ssh.PLAYBOOKS),
+        help="fleet over SSH: runs",
+    )
     parser.add_argument("--ssh-baseline", help="fleet over SSH: an earlier --json whose table is shown as the baseline")
     parser.add_argument("--ssh-baseline-label", default="an earlier run", help="what the baseline was")
     args = parser.parse_args(argv)
@@ -103,7 +110,7 @@ def main(argv):
         if "fleet" in args.only:
             results["fleet"] = fleet_cost.run(args.fleet_hosts, args.fleet_rounds, log=log)
         if "ssh" in args.only:
-            results["ssh"] = fleet_ssh.run(args.ssh_hosts, args.ssh_forks, log=log)
+            results["ssh"] = fleet_ssh.run(args.ssh_hosts, args.ssh_forks, log=log, playbooks=args.ssh_playbooks)
             if args.ssh_baseline:
                 with open(args.ssh_baseline) as handle:
                     results["ssh"]["baseline"] = dict(json.load(handle)["ssh"], label=args.ssh_baseline_label)

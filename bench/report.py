@@ -456,6 +456,8 @@ def _ssh_table(result):
     ]
     for row in result["rows"]:
         for kind, label in SSH_RUNS:
+            if kind not in row["runs"]:
+                continue
             run = row["runs"][kind]
             lines.append(
                 "| %d | %d | %.1f → %.1f | %s | %.1f | %.2f× | %.0f | %.1f | %d |"
