@@ -520,6 +520,7 @@ def _ssh(results):
                 ),
             )
         )
+    lines += result.get("notes", [])
     if "baseline" in result:
         lines += [
             "",
