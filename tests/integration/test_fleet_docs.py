@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import ANSIBLE_BIN, REPO
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import ANSIBLE_BIN, REPO
 from test_fleet import HOSTS, Fleet
 
 FLEET_DOC = os.path.join(REPO, "docs", "fleet.md")
