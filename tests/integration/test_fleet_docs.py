@@ -9,8 +9,9 @@ import subprocess
 
 import pytest
 import yaml
-from ansible_collections.netbpf.tcp_rto.tests.support.paths import ANSIBLE_BIN, REPO
 from test_fleet import HOSTS, Fleet
+
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import ANSIBLE_BIN, REPO
 
 FLEET_DOC = os.path.join(REPO, "docs", "fleet.md")
 
