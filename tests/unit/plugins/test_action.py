@@ -2,6 +2,7 @@
 connection and the module run: which object goes to the host, what the module is called with, and
 the failures the controller reports itself. No ansible-playbook, no host."""
 
+import base64
 import os
 import types
 
@@ -82,11 +83,14 @@ def run_action(files_dir, **args):
 
 def test_the_shipped_object_by_default(files_dir, workdirs):
     result, recorder = run_action(files_dir, name="web", rules=[{"dest": "10.0.0.0/8", "rto_ms": 200}])
-    assert recorder.transferred == [(bpf_build.SHIPPED_OBJECT, REMOTE_OBJECT)]
+    with open(bpf_build.SHIPPED_OBJECT, "rb") as handle:
+        shipped = base64.b64encode(handle.read()).decode("ascii")
+    # the object travels in the module's arguments: no file transfer, no extra round trip
+    assert recorder.transferred == []
     assert recorder.executed == [
         (
             "netbpf.tcp_rto.tcp_initial_rto",
-            dict(name="web", rules=[{"dest": "10.0.0.0/8", "rto_ms": 200}], src=REMOTE_OBJECT),
+            dict(name="web", rules=[{"dest": "10.0.0.0/8", "rto_ms": 200}], src_object_base64=shipped),
         )
     ]
     assert result == MODULE_RESULT
@@ -96,8 +100,9 @@ def test_the_shipped_object_by_default(files_dir, workdirs):
 
 def test_an_object_from_the_files_directory(files_dir, workdirs):
     _result, recorder = run_action(files_dir, name="web", src="custom.bpf.o")
-    assert recorder.transferred == [(os.path.join(files_dir, "custom.bpf.o"), REMOTE_OBJECT)]
-    assert recorder.executed[0][1]["src"] == REMOTE_OBJECT
+    assert recorder.transferred == []
+    assert base64.b64decode(recorder.executed[0][1]["src_object_base64"]) == b"\x7fELF"
+    assert "src" not in recorder.executed[0][1]
 
 
 def test_a_missing_src_fails_on_the_controller(files_dir, workdirs):
@@ -113,6 +118,8 @@ def test_c_source_is_compiled_with_the_shipped_object_s_command(files_dir, workd
 
     def compile_object(source, output):
         compiled.append((source, output))
+        with open(output, "wb") as handle:
+            handle.write(b"\x7fELF compiled")
         return 0, ""
 
     monkeypatch.setattr(tcp_initial_rto, "compile_object", compile_object)
@@ -121,7 +128,7 @@ def test_c_source_is_compiled_with_the_shipped_object_s_command(files_dir, workd
     [(source, output)] = compiled
     assert source == os.path.join(files_dir, "custom.bpf.c")
     assert output == os.path.join(workdirs[0], bpf_build.OBJECT_NAME)
-    assert recorder.transferred == [(output, REMOTE_OBJECT)]
+    assert base64.b64decode(recorder.executed[0][1]["src_object_base64"]) == b"\x7fELF compiled"
     assert not os.path.exists(workdirs[0])
 
 
