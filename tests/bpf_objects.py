@@ -32,6 +32,16 @@ struct bpf_map_def SEC("maps") hits = {
 \t.value_size = sizeof(__u64), .max_entries = MAX_RULES + 1,
 };
 
+struct bpf_map_def SEC("maps") stats = {
+\t.type = BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = sizeof(__u32),
+\t.value_size = sizeof(struct slot_stats), .max_entries = MAX_RULES + 1,
+};
+
+struct bpf_map_def SEC("maps") syn_rtx_time = {
+\t.type = BPF_MAP_TYPE_LRU_HASH, .key_size = sizeof(struct conn_key),
+\t.value_size = sizeof(__u64), .max_entries = 4096,
+};
+
 """
 BTF_MAPS_START = "struct {\n\t__uint(type, BPF_MAP_TYPE_LPM_TRIE);"
 MAPS_END = "static __attribute__((always_inline)) void count_hit"

@@ -149,14 +149,15 @@ def _create_maps(obj, opened, btf_fd):
     return fds
 
 
-def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo):
+def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo, stats_fd=None):
     """Write the entries of desired_rules that the rules map lacks or holds otherwise (hit slot =
     list position); current_rules None means the maps are new, else undo records how to restore
     the live maps. -> the keys to remove with delete_rules() once the default is written too:
     writes, then the default, then deletes, so that a connection never falls through to the kernel
     default while a rule moves or gives way to the default. Changed values go before new keys: the
     map is then below its capacity for each change (kernels without a 6.13 fix refuse any update to a full
-    LPM trie), which instance.rules_in_place_obstacle() checks the plan for."""
+    LPM trie), which instance.rules_in_place_obstacle() checks the plan for. stats_fd: the
+    telemetry map, whose slots reset with their hit counters."""
     fresh = current_rules is None
     wanted = rule_entries([(rule, slot) for slot, rule in enumerate(desired_rules)])
     held = rule_entries(current_rules or [])
@@ -168,6 +169,8 @@ def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo):
                 key = abi.HIT_KEY.pack(slot)
                 undo.push(bpf.percpu_update, hits_fd, key, bpf.percpu_lookup(hits_fd, key, abi.HIT_VALUE.size))
                 bpf.percpu_update(hits_fd, key, zero)
+                if stats_fd is not None:
+                    _reset_stats(stats_fd, key, undo)
                 fault.point("hit_counter_reset")
     changed = [key for key in wanted if key in held and held[key] != wanted[key]]
     added = [key for key in wanted if key not in held]
@@ -177,6 +180,12 @@ def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo):
         bpf.map_update(rules_fd, key, wanted[key])
         fault.point("first_rule_written" if fresh else "first_rule_updated")
     return [(key, held[key]) for key in held if key not in wanted]
+
+
+def _reset_stats(stats_fd, key, undo):
+    """Zero a slot's telemetry (issue 13) on every CPU; undo puts the old counts back."""
+    undo.push(bpf.percpu_update, stats_fd, key, bpf.percpu_lookup(stats_fd, key, abi.STATS_VALUE.size))
+    bpf.percpu_update(stats_fd, key, [bytes(abi.STATS_VALUE.size)] * len(bpf.possible_cpus()))
 
 
 def _restore_rule(rules_fd, key, value):
@@ -200,7 +209,11 @@ def write_config(config_fd, desired, undo=None):
     key = abi.CONFIG_KEY.pack(0)
     if undo is not None:
         undo.push(bpf.map_update, config_fd, key, bpf.map_lookup(config_fd, key, abi.CONFIG_VALUE.size))
-    bpf.map_update(config_fd, key, abi.encode_config(desired.default_jiffies, abi.DIRECTIONS[desired.direction]))
+    bpf.map_update(
+        config_fd,
+        key,
+        abi.encode_config(desired.default_jiffies, abi.DIRECTIONS[desired.direction], desired.default_syn_retries),
+    )
 
 
 def write_meta(meta_fd, desired, undo=None):
@@ -211,7 +224,9 @@ def write_meta(meta_fd, desired, undo=None):
         "attach_mode": desired.attach_mode,
         "object_sha256": desired.object.sha256,
         "hz": desired.hz,
-        "maps_sha256": maps_fingerprint(desired.rules, desired.default_jiffies, abi.DIRECTIONS[desired.direction]),
+        "maps_sha256": maps_fingerprint(
+            desired.rules, desired.default_jiffies, abi.DIRECTIONS[desired.direction], desired.default_syn_retries
+        ),
         META_IPV6_MAPPED: ipv6_mapped_slots(desired.rules),
     }
     raw = json.dumps(record, sort_keys=True).encode("utf-8")
@@ -456,7 +471,14 @@ def apply_present(desired, current, plan, can_replace=True, link_detach=True):
             write_config(map_fds[abi.CONFIG_MAP], desired)
         else:
             map_fds = {name: current.maps[name] for name in abi.MAP_CONTRACT}
-            stale_rules = write_rules(map_fds[abi.RULES_MAP], map_fds[abi.HITS_MAP], desired.rules, current.rules, undo)
+            stale_rules = write_rules(
+                map_fds[abi.RULES_MAP],
+                map_fds[abi.HITS_MAP],
+                desired.rules,
+                current.rules,
+                undo,
+                stats_fd=map_fds[abi.STATS_MAP],
+            )
             write_config(map_fds[abi.CONFIG_MAP], desired, undo)
         fault.point("maps_filled" if plan.load_maps else "config_updated")
         delete_rules(map_fds[abi.RULES_MAP], stale_rules, undo)

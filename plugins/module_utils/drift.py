@@ -65,7 +65,10 @@ def maps_edited(current):
     if not recorded or abi.RULES_MAP not in current.maps or abi.CONFIG_MAP not in current.maps:
         return False
     held_rules = [rule for rule, _slot in current.rules]
-    return model.maps_fingerprint(held_rules, current.default_jiffies, current.directions) != recorded
+    return (
+        model.maps_fingerprint(held_rules, current.default_jiffies, current.directions, current.default_syn_retries)
+        != recorded
+    )
 
 
 def _map_findings(current, desired):
@@ -73,10 +76,16 @@ def _map_findings(current, desired):
     if not recorded or abi.RULES_MAP not in current.maps or abi.CONFIG_MAP not in current.maps:
         return []
     held_rules = [rule for rule, _slot in current.rules]
-    if model.maps_fingerprint(held_rules, current.default_jiffies, current.directions) == recorded:
+    if (
+        model.maps_fingerprint(held_rules, current.default_jiffies, current.directions, current.default_syn_retries)
+        == recorded
+    ):
         return []
     wanted_directions = abi.DIRECTIONS[desired.direction]
-    if model.maps_fingerprint(desired.rules, desired.default_jiffies, wanted_directions) != recorded:
+    if (
+        model.maps_fingerprint(desired.rules, desired.default_jiffies, wanted_directions, desired.default_syn_retries)
+        != recorded
+    ):
         return ["the rules or config map was edited outside tcp_rto since the last run"]
     found = []
     held = {model.network_text(rule.dest): rule.rto_jiffies for rule in held_rules}

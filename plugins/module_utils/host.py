@@ -491,3 +491,14 @@ def syn_give_up_seconds(
         retransmits += 1
         if retransmits > linear_timeouts:
             rto = min(rto * 2, rto_max_seconds)
+
+
+def syn_retries_for_give_up(give_up_s, rto_seconds, linear_timeouts=0, max_retries=127):
+    """The fewest SYN retries N (TCP_SYNCNT, 1..max_retries) with which connect() to a peer that
+    never answers keeps trying for at least give_up_s: it then gives up at the first retransmission
+    deadline at or past give_up_s (syn_give_up_seconds(rto_seconds, N, linear_timeouts)). None when
+    even max_retries give up sooner."""
+    for retries in range(1, max_retries + 1):
+        if syn_give_up_seconds(rto_seconds, retries, linear_timeouts) >= give_up_s * (1 - 1e-9):
+            return retries
+    return None

@@ -17,7 +17,7 @@ import re
 from typing import TYPE_CHECKING, Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, telemetry
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
 
 # The kernel caps the initial RTO at TCP_RTO_MAX since 5.18; older kernels take any value, so we
@@ -59,6 +59,7 @@ Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 class Rule(NamedTuple):
     dest: Network
     rto_jiffies: int
+    syn_retries: Optional[int] = None  # TCP_SYNCNT the program sets (syn_give_up_s); None: the socket's own
 
 
 class Desired(NamedTuple):
@@ -73,6 +74,7 @@ class Desired(NamedTuple):
     direction: str  # a key of rto_program.DIRECTIONS
     attach_mode: str  # ATTACH_LINK or ATTACH_MULTI
     object: "BpfObject"
+    default_syn_retries: Optional[int] = None  # TCP_SYNCNT for connections given the default
 
 
 # ---------------------------------------------------------------- desired state
@@ -119,16 +121,27 @@ def parse_dest(dest: Any, what: str) -> Network:
         raise ConfigError("%s: dest %r is not a network in CIDR notation: %s" % (what, dest, exc))
 
 
-def parse_rules(raw_rules: Optional[List[Dict[str, Any]]], hz: int) -> List[Rule]:
-    """User rules (list of dicts with dest and rto_ms) -> [Rule], validated."""
+def parse_rules(
+    raw_rules: Optional[List[Dict[str, Any]]], hz: int, syn_give_up_s: Optional[float] = None, linear_timeouts: int = 0
+) -> List[Rule]:
+    """User rules (list of dicts with dest, rto_ms and optionally syn_give_up_s) -> [Rule],
+    validated. syn_give_up_s: the instance's, for rules without their own."""
     raw_rules = raw_rules or []
     if len(raw_rules) > abi.MAX_RULES:
         raise ConfigError(abi.too_many_rules(len(raw_rules)))
     rules, seen = [], {}
     for index, raw in enumerate(raw_rules):
         what = "rules[%d]" % index
-        if not isinstance(raw, dict) or set(raw) - {"dest", "rto_ms"} or "dest" not in raw or "rto_ms" not in raw:
-            raise ConfigError("%s must be a mapping with exactly the keys dest and rto_ms, got %r" % (what, raw))
+        if (
+            not isinstance(raw, dict)
+            or set(raw) - {"dest", "rto_ms", "syn_give_up_s"}
+            or "dest" not in raw
+            or "rto_ms" not in raw
+        ):
+            raise ConfigError(
+                "%s must be a mapping with the keys dest and rto_ms (and optionally syn_give_up_s), got %r"
+                % (what, raw)
+            )
         dest = parse_dest(raw["dest"], what)
         key = abi.encode_rule_key(dest)
         if key in seen:
@@ -137,7 +150,9 @@ def parse_rules(raw_rules: Optional[List[Dict[str, Any]]], hz: int) -> List[Rule
                 % (what, dest, seen[key], raw_rules[seen[key]]["dest"])
             )
         seen[key] = index
-        rules.append(Rule(dest, rto_ms_to_jiffies(raw["rto_ms"], hz, what)))
+        jiffies = rto_ms_to_jiffies(raw["rto_ms"], hz, what)
+        give_up = syn_give_up_s if raw.get("syn_give_up_s") is None else raw["syn_give_up_s"]
+        rules.append(Rule(dest, jiffies, syn_retries_for(give_up, jiffies, hz, linear_timeouts, what)))
     return rules
 
 
@@ -151,14 +166,46 @@ def desired_state(
     direction: str,
     attach_mode: str,
     obj: "BpfObject",
+    syn_give_up_s: Optional[float] = None,
+    linear_timeouts: int = 0,
 ) -> Desired:
+    """syn_give_up_s: the instance's (rules may give their own); linear_timeouts: the host's
+    net.ipv4.tcp_syn_linear_timeouts (0 before 6.5)."""
     validate_name(name)
     if direction not in abi.DIRECTIONS:
         raise ConfigError("direction %r is not one of %s" % (direction, ", ".join(sorted(abi.DIRECTIONS))))
-    default_jiffies = None
+    default_jiffies = default_syn_retries = None
     if default_rto_ms is not None:
         default_jiffies = rto_ms_to_jiffies(default_rto_ms, hz, "default")
-    return Desired(name, pin_dir, cgroup, hz, parse_rules(raw_rules, hz), default_jiffies, direction, attach_mode, obj)
+        default_syn_retries = syn_retries_for(syn_give_up_s, default_jiffies, hz, linear_timeouts, "default")
+    rules = parse_rules(raw_rules, hz, syn_give_up_s, linear_timeouts)
+    if not abi.DIRECTIONS[direction] & abi.DIRECTION_OUTGOING and (
+        default_syn_retries or any(rule.syn_retries for rule in rules)
+    ):
+        raise ConfigError(
+            "syn_give_up_s bounds how long connect() tries, and direction %s leaves outgoing connections alone: "
+            "use direction outgoing or both, or drop syn_give_up_s" % direction
+        )
+    return Desired(name, pin_dir, cgroup, hz, rules, default_jiffies, direction, attach_mode, obj, default_syn_retries)
+
+
+def syn_retries_for(
+    give_up_s: Optional[float], rto_jiffies: int, hz: int, linear_timeouts: int, what: str
+) -> Optional[int]:
+    """The TCP_SYNCNT that makes connect() give up at the first retransmission deadline at or past
+    give_up_s with this initial RTO (None: no syn_give_up_s, the socket keeps its own)."""
+    if give_up_s is None:
+        return None
+    if isinstance(give_up_s, bool) or not isinstance(give_up_s, (int, float)) or give_up_s <= 0:
+        raise ConfigError("%s: syn_give_up_s must be a positive number of seconds, got %r" % (what, give_up_s))
+    retries = host.syn_retries_for_give_up(give_up_s, rto_jiffies / float(hz), linear_timeouts, abi.MAX_SYN_RETRIES)
+    if retries is None:
+        raise ConfigError(
+            "%s: syn_give_up_s %s is more than connect() can wait with %d SYN retransmits (TCP_SYNCNT's maximum) "
+            "at rto_ms %s: give a shorter syn_give_up_s"
+            % (what, give_up_s, abi.MAX_SYN_RETRIES, jiffies_to_ms(rto_jiffies, hz))
+        )
+    return retries
 
 
 def network_text(network: Network) -> str:
@@ -258,6 +305,7 @@ class Current:
         self.meta_problem = None
         self.rules = []  # [(Rule, hit_slot)]
         self.default_jiffies = None
+        self.default_syn_retries = None
         self.directions = None
         self.attached = False
         self.leftovers = []  # new_<name> pins of a run killed before it renamed them into place
@@ -342,16 +390,16 @@ class Current:
     def _read_maps(self):
         if abi.CONFIG_MAP in self.maps:
             value = bpf.map_lookup(self.maps[abi.CONFIG_MAP], abi.CONFIG_KEY.pack(0), abi.CONFIG_VALUE.size)
-            self.default_jiffies, self.directions = abi.decode_config(value)
+            self.default_jiffies, self.directions, self.default_syn_retries = abi.decode_config(value)
         if abi.RULES_MAP in self.maps:
             fd = self.maps[abi.RULES_MAP]
             mapped_slots = _slots_of((self.meta or {}).get(META_IPV6_MAPPED))
             for key in bpf.map_keys(fd, abi.RULE_KEY.size):
                 value = bpf.map_lookup(fd, key, abi.RULE_VALUE.size)
                 if value is not None:
-                    jiffies, slot = abi.decode_rule_value(value)
+                    jiffies, slot, syn_retries = abi.decode_rule_value(value)
                     dest = abi.decode_rule_key(key, mapped_as_ipv6=slot in mapped_slots)
-                    self.rules.append((Rule(dest, jiffies), slot))
+                    self.rules.append((Rule(dest, jiffies, syn_retries), slot))
             self.rules.sort(key=lambda pair: pair[1])
 
     @property
@@ -398,6 +446,16 @@ class Current:
             for slot in slots
         }
 
+    # ---- telemetry (issue 13): the stats map beside hits
+
+    def telemetry(self):
+        """Per rule slot (and DEFAULT_HIT_SLOT): telemetry.slot_telemetry() of each; {} when the
+        instance has no stats map (applied by a release before telemetry, until its next apply)."""
+        fd = self.maps.get(abi.STATS_MAP)
+        if fd is None:
+            return {}
+        return telemetry.read_slots(fd, [slot for _rule, slot in self.rules] + [abi.DEFAULT_HIT_SLOT])
+
     def close(self):
         for fd in [*list(self.maps.values()), self.prog_fd, self.link_fd]:
             if fd is not None:
@@ -432,11 +490,17 @@ def foreign_programs(cgroup: str, own_ids: List[int]) -> List[Dict[str, Any]]:
     return found
 
 
-def maps_fingerprint(rules: List[Rule], default_jiffies: Optional[int], directions: int) -> str:
+def maps_fingerprint(
+    rules: List[Rule], default_jiffies: Optional[int], directions: int, default_syn_retries: Optional[int] = None
+) -> str:
     """sha256 of what the rules and config maps hold. The meta record keeps the one written last,
-    so the next run tells an edit made outside tcp_rto (drift) from a change of parameters."""
+    so the next run tells an edit made outside tcp_rto (drift) from a change of parameters. SYN
+    retry counts enter only where set: instances without syn_give_up_s keep their fingerprint."""
+    held = [
+        [network_text(rule.dest), rule.rto_jiffies] + ([rule.syn_retries] if rule.syn_retries else []) for rule in rules
+    ]
     text = json.dumps(
-        [[[network_text(rule.dest), rule.rto_jiffies] for rule in rules], default_jiffies or 0, directions],
+        [held, default_jiffies or 0, directions] + ([default_syn_retries] if default_syn_retries else []),
         sort_keys=True,
     )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
@@ -505,7 +569,8 @@ class Plan(NamedTuple):
 def rule_entries(rules_and_slots: List[Tuple[Rule, int]]) -> Dict[bytes, bytes]:
     """[(Rule, hit slot)] -> {rules map key: value}, as the map holds them."""
     return {
-        abi.encode_rule_key(rule.dest): abi.encode_rule_value(rule.rto_jiffies, slot) for rule, slot in rules_and_slots
+        abi.encode_rule_key(rule.dest): abi.encode_rule_value(rule.rto_jiffies, slot, rule.syn_retries)
+        for rule, slot in rules_and_slots
     }
 
 
@@ -562,9 +627,10 @@ def plan_present(desired: Desired, current: "Current") -> Plan:
     else:
         if [rule for rule, _slot in current.rules] != desired.rules:
             steps.append("update rules")
-        if (current.default_jiffies, current.directions) != (
+        if (current.default_jiffies, current.directions, current.default_syn_retries) != (
             desired.default_jiffies,
             abi.DIRECTIONS[desired.direction],
+            desired.default_syn_retries,
         ):
             steps.append("update default and direction")
     in_place = same_place(desired, current)

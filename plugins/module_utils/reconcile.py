@@ -139,6 +139,8 @@ def instance_result(desired, current):
     hits = current.hits() if current.exists else {}
     for slot, rule in enumerate(view["rules"]):
         rule["hits"] = hits.get(slot, 0)
+        held = desired.rules[slot]
+        rule["syn_give_up_s"] = _give_up_s(held.rto_jiffies, held.syn_retries, desired.hz)
     view.update(
         name=desired.name,
         pin_dir=current.instance_dir,
@@ -148,16 +150,26 @@ def instance_result(desired, current):
     return view
 
 
-def give_up_seconds(desired):
-    values = [rule.rto_jiffies for rule in desired.rules] + [desired.default_jiffies or desired.hz]
+def _give_up_s(rto_jiffies, syn_retries, hz):
+    """When connect() with this initial RTO gives up on a peer that never answers: with the SYN
+    retries the program sets (syn_give_up_s), else the host's tcp_syn_retries."""
     return round(
         host.syn_give_up_seconds(
-            min(values) / float(desired.hz),
-            host.read_sysctl("net.ipv4.tcp_syn_retries", 6),
+            rto_jiffies / float(hz),
+            syn_retries or host.read_sysctl("net.ipv4.tcp_syn_retries", 6),
             host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0),
         ),
         3,
     )
+
+
+def give_up_seconds(desired):
+    """The soonest any connect() the instance answers gives up (the kernel's 1 s for the rest)."""
+    values = [(rule.rto_jiffies, rule.syn_retries) for rule in desired.rules]
+    values.append(
+        (desired.default_jiffies, desired.default_syn_retries) if desired.default_jiffies else (desired.hz, None)
+    )
+    return min(_give_up_s(jiffies, retries, desired.hz) for jiffies, retries in values)
 
 
 def run(params, check_mode=False, diff=False):
@@ -271,7 +283,7 @@ def desired_instance(params, kernel, hz, pending=False):
     obj = BpfObject.from_file(params["src"])
     check_contract(obj)
     attach_mode = kernel.attach_mode(params["force_legacy_attach"])
-    return model.desired_state(
+    desired = model.desired_state(
         params["name"],
         params["pin_dir"],
         cgroup,
@@ -281,7 +293,18 @@ def desired_instance(params, kernel, hz, pending=False):
         params["direction"],
         attach_mode,
         obj,
+        syn_give_up_s=params.get("syn_give_up_s"),
+        linear_timeouts=host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0),
     )
+    if (desired.default_syn_retries or any(rule.syn_retries for rule in desired.rules)) and not (
+        features.syn_retries_settable(cgroup_root)
+    ):
+        raise host.HostError(
+            "kernel %s does not let a sock_ops program set TCP_SYNCNT (bpf_setsockopt refused it in a probe; "
+            "upstream Linux allows it from about 5.9), so syn_give_up_s cannot be kept: drop syn_give_up_s, "
+            "or set net.ipv4.tcp_syn_retries for the whole host instead" % kernel.release
+        )
+    return desired
 
 
 def converge(params, desired, kernel, check_mode, diff, result):

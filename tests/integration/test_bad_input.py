@@ -35,10 +35,12 @@ GOOD = dict(rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}, {"dest": "fd00::/8", 
 
 # A minimal object that meets the collection's contract; the cases vary one thing of it.
 MAP_DEFS = {
-    "rules": "BPF_MAP_TYPE_LPM_TRIE, .key_size = 20, .value_size = 8, .max_entries = 1024, "
+    "rules": "BPF_MAP_TYPE_LPM_TRIE, .key_size = 20, .value_size = 12, .max_entries = 1024, "
     ".map_flags = BPF_F_NO_PREALLOC",
-    "config": "BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 8, .max_entries = 1",
+    "config": "BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 12, .max_entries = 1",
     "hits": "BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = 4, .value_size = 8, .max_entries = 1025",
+    "stats": "BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = 4, .value_size = 312, .max_entries = 1025",
+    "syn_rtx_time": "BPF_MAP_TYPE_LRU_HASH, .key_size = 40, .value_size = 8, .max_entries = 4096",
 }
 OK_BODY = "return 1;"
 # A ctx read far past struct bpf_sock_ops: clang emits it, the verifier refuses it.

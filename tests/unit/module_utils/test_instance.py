@@ -31,6 +31,7 @@ class FakeCurrent:
         self.meta = {"object_sha256": sha256 or want.object.sha256}
         self.rules = [(rule, slot) for slot, rule in enumerate(want.rules)]
         self.default_jiffies = want.default_jiffies
+        self.default_syn_retries = want.default_syn_retries
         self.directions = abi.DIRECTIONS[want.direction]
         self.attached = attached
         self.cgroup = cgroup or want.cgroup
@@ -74,8 +75,8 @@ def test_effective_ms_shown_back():
         ([{"dest": "10.0.0.1/8", "rto_ms": 50}], "host bits set"),
         ([{"dest": "10.0.0.0/8", "rto_ms": 50}, {"dest": "10.0.0.0/8", "rto_ms": 60}], r"same network as rules\[0\]"),
         ([{"dest": "10.0.0.0/8", "rto_ms": 50}, {"dest": "::ffff:10.0.0.0/104", "rto_ms": 60}], "same network"),
-        ([{"dest": "10.0.0.0/8"}], "exactly the keys dest and rto_ms"),
-        ([{"dest": "10.0.0.0/8", "rto_ms": 50, "x": 1}], "exactly the keys"),
+        ([{"dest": "10.0.0.0/8"}], "the keys dest and rto_ms"),
+        ([{"dest": "10.0.0.0/8", "rto_ms": 50, "x": 1}], r"the keys dest and rto_ms \(and optionally syn_give_up_s\)"),
         ([{"dest": "10.%d.0.0/16" % (i % 256), "rto_ms": 50} for i in range(abi.MAX_RULES + 1)], "holds at most 1024"),
     ],
 )
@@ -267,12 +268,16 @@ def test_only_the_instance_pins_are_its_own():
             "rules",
             "config",
             "hits",
+            "stats",
+            "syn_rtx_time",
             "meta",
             "link",
             "new_prog",
             "new_rules",
             "new_config",
             "new_hits",
+            "new_stats",
+            "new_syn_rtx_time",
             "new_meta",
             "new_link",
         ]

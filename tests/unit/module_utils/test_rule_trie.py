@@ -139,7 +139,7 @@ def read_back(trie_fd, rules):
     mapped_slots = model._slots_of(model.ipv6_mapped_slots(rules))
     held = []
     for key in bpf_syscall.map_keys(trie_fd, abi.RULE_KEY.size):
-        jiffies, slot = abi.decode_rule_value(bpf_syscall.map_lookup(trie_fd, key, abi.RULE_VALUE.size))
+        jiffies, slot, _syn_retries = abi.decode_rule_value(bpf_syscall.map_lookup(trie_fd, key, abi.RULE_VALUE.size))
         held.append((slot, model.Rule(abi.decode_rule_key(key, mapped_as_ipv6=slot in mapped_slots), jiffies)))
     return [rule for _slot, rule in sorted(held)]
 
