@@ -36,6 +36,7 @@ CODE_FILES = (
     "features",
     "probe",
     "instance",
+    "telemetry",
     "apply",
     "coexistence",
     "drift",
