@@ -344,9 +344,9 @@ def _program(results):
         "Four sandbox cgroups: no program; the collection's instance (rule 127.0.0.0/8 → 3000 ms, the",
         "blog's value, so both programs do the same job); the same instance from the program built with its",
         "handshake telemetry off (only TIMEOUT_INIT handled: the cost of the telemetry is the difference);",
-        "the blog's program (clang, `bpftool prog load`, `bpftool cgroup attach`). A loopback connect + accept + close loop (one Python process, both ends in",
-        "the cgroup, in a private network namespace) runs %d interleaved rounds of %.1f s per setting, the"
-        % (result["rounds"], result["seconds"]),
+        "the blog's program (clang, `bpftool prog load`, `bpftool cgroup attach`). A loopback connect +",
+        "accept + close loop (one Python process, both ends in the cgroup, in a private network namespace)",
+        "runs %d interleaved rounds of %.1f s per setting, the" % (result["rounds"], result["seconds"]),
         "order rotating each round. Then, with `kernel.bpf_stats_enabled=1` (restored afterwards), the same",
         "load per program gives `run_time_ns / run_cnt`.",
         "",
