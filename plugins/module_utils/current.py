@@ -17,6 +17,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     host,
     pins,
     rto_program,
+    telemetry,
 )
 
 
@@ -46,6 +47,7 @@ class Current:
         self.meta_problem = None
         self.rules = []  # [(Rule, hit_slot)]
         self.default_jiffies = None
+        self.default_syn_retries = None
         self.directions = None
         self.attached = False
         self.leftovers = []  # new_<name> pins of a run killed before it renamed them into place
@@ -141,16 +143,16 @@ class Current:
             value = bpf_syscall.map_lookup(
                 self.maps[rto_program.CONFIG_MAP], rto_program.CONFIG_KEY.pack(0), rto_program.CONFIG_VALUE.size
             )
-            self.default_jiffies, self.directions = rto_program.decode_config(value)
+            self.default_jiffies, self.directions, self.default_syn_retries = rto_program.decode_config(value)
         if rto_program.RULES_MAP in self.maps:
             fd = self.maps[rto_program.RULES_MAP]
             mapped_slots = pins.mapped_slots((self.meta or {}).get(pins.META_IPV6_MAPPED))
             for key in bpf_syscall.map_keys(fd, rto_program.RULE_KEY.size):
                 value = bpf_syscall.map_lookup(fd, key, rto_program.RULE_VALUE.size)
                 if value is not None:
-                    jiffies, slot = rto_program.decode_rule_value(value)
+                    jiffies, slot, syn_retries = rto_program.decode_rule_value(value)
                     dest = rto_program.decode_rule_key(key, mapped_as_ipv6=slot in mapped_slots)
-                    self.rules.append((desired.Rule(dest, jiffies), slot))
+                    self.rules.append((desired.Rule(dest, jiffies, syn_retries), slot))
             self.rules.sort(key=lambda pair: pair[1])
 
     def _read_interrupted(self):
@@ -217,6 +219,14 @@ class Current:
             )
             for slot in slots
         }
+
+    def telemetry(self):
+        """Per rule slot (and DEFAULT_HIT_SLOT): telemetry.slot_telemetry() of each; {} when the
+        instance has no stats map (applied by a release before telemetry, until its next apply)."""
+        fd = self.maps.get(rto_program.STATS_MAP)
+        if fd is None:
+            return {}
+        return telemetry.read_slots(fd, [slot for _rule, slot in self.rules] + [rto_program.DEFAULT_HIT_SLOT])
 
     def close(self):
         for fd in [*list(self.maps.values()), self.prog_fd, self.link_fd, self.interrupted_prog_fd]:

@@ -30,6 +30,7 @@ class FakeCurrent:
         self.meta = {"object_sha256": sha256 or want.object.sha256}
         self.rules = [(rule, slot) for slot, rule in enumerate(want.rules)]
         self.default_jiffies = want.default_jiffies
+        self.default_syn_retries = want.default_syn_retries
         self.directions = rto_program.DIRECTIONS[want.direction]
         self.attached = attached
         self.cgroup = cgroup or want.cgroup
@@ -142,12 +143,16 @@ def test_only_the_instance_pins_are_its_own():
             "rules",
             "config",
             "hits",
+            "stats",
+            "syn_rtx_time",
             "meta",
             "link",
             "new_prog",
             "new_rules",
             "new_config",
             "new_hits",
+            "new_stats",
+            "new_syn_rtx_time",
             "new_meta",
             "new_link",
         ]
