@@ -265,14 +265,18 @@ def probe_syn_retries(cgroup_root):
     the probe program, attached to a child cgroup made for it, sets a value the host's
     tcp_syn_retries does not have, and a connect() from that cgroup reads it back."""
     value = 3 if host.read_sysctl("net.ipv4.tcp_syn_retries", 6) != 3 else 4
-    prog_fd = bpf_syscall.prog_load(bpf_syscall.BPF_PROG_TYPE_SOCK_OPS, syncnt_probe_program(value), "GPL", PROBE_PROGRAM_NAME)
+    prog_fd = bpf_syscall.prog_load(
+        bpf_syscall.BPF_PROG_TYPE_SOCK_OPS, syncnt_probe_program(value), "GPL", PROBE_PROGRAM_NAME
+    )
     _sweep_probe_cgroups(cgroup_root)
     cgroup = os.path.join(cgroup_root, PROBE_CGROUP_PREFIX + str(os.getpid()))
     try:
         os.mkdir(cgroup)
         try:
             with bpf_syscall.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
-                bpf_syscall.prog_attach(cgroup_fd, prog_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI)
+                bpf_syscall.prog_attach(
+                    cgroup_fd, prog_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI
+                )
                 try:
                     child = probe_child.ProbeChild(cgroup, _syncnt_body, probe.DEFAULT_TIMEOUT)
                     try:

@@ -7,10 +7,10 @@ import os
 import subprocess
 
 import pytest
-import reconcile_run
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import instance as model
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
+from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
 
 pytestmark = pytest.mark.kernel
 
@@ -39,7 +39,7 @@ def apply(cgroup, bpffs, **options):
 
 
 def telemetry(bpffs):
-    current = model.Current(os.path.join(bpffs, "tcp_rto", "telemetry"))
+    current = Current(os.path.join(bpffs, "tcp_rto", "telemetry"))
     try:
         return current.telemetry()
     finally:
@@ -53,12 +53,12 @@ def test_loopback_handshakes_are_counted_with_their_rtt(cgroup, bpffs):
     rule = slots[0]
     assert rule["handshakes"] == {"outgoing": 25, "incoming": 25}
     assert (rule["syn_retransmits"], rule["synack_retransmits"], rule["spurious_retransmits"]) == (0, 0, 0)
-    assert rule["rtt_histogram"][-1] == [2 ** (abi.RTT_BUCKETS - 1), 50]  # one sample per handshake
+    assert rule["rtt_histogram"][-1] == [2 ** (rto_program.RTT_BUCKETS - 1), 50]  # one sample per handshake
     p50, p90, p99 = (rule["rtt_us"][name] for name in ("p50", "p90", "p99"))
     assert 0 < p50 <= p90 <= p99 < 100000  # a loopback round trip: microseconds, far below 100 ms
     # Nothing went to the default: no connection left the loopback rule.
-    assert slots[abi.DEFAULT_HIT_SLOT]["handshakes"] == {"outgoing": 0, "incoming": 0}
-    assert slots[abi.DEFAULT_HIT_SLOT]["rtt_us"] is None
+    assert slots[rto_program.DEFAULT_HIT_SLOT]["handshakes"] == {"outgoing": 0, "incoming": 0}
+    assert slots[rto_program.DEFAULT_HIT_SLOT]["rtt_us"] is None
 
 
 def test_connections_the_instance_leaves_alone_are_not_counted(cgroup, bpffs):
@@ -66,7 +66,7 @@ def test_connections_the_instance_leaves_alone_are_not_counted(cgroup, bpffs):
     workload(cgroup, "loopback", 5)
     slots = telemetry(bpffs)
     assert slots[0]["handshakes"] == {"outgoing": 0, "incoming": 0}  # no loopback rule, no default
-    assert slots[abi.DEFAULT_HIT_SLOT]["handshakes"] == {"outgoing": 0, "incoming": 0}
+    assert slots[rto_program.DEFAULT_HIT_SLOT]["handshakes"] == {"outgoing": 0, "incoming": 0}
 
 
 def test_dropped_syns_are_counted_as_retransmits(cgroup, bpffs):

@@ -437,7 +437,6 @@ def scenario_telemetry():
     return "p99 %s us, %s" % (rule["rtt_us"]["p99"], syncnt)
 
 
-
 MAP_UNDER_ZERO_MEMLOCK = """
 import os, resource
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall

@@ -2,16 +2,15 @@
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import telemetry
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program, telemetry
 
 
 def stats_value(buckets=None, **fields):
     """Raw STATS_VALUE bytes of one CPU: fields by name, buckets as {bucket index: count}."""
-    counts = [0] * abi.RTT_BUCKETS
+    counts = [0] * rto_program.RTT_BUCKETS
     for index, count in (buckets or {}).items():
         counts[index] = count
-    return abi.STATS_VALUE.pack(*[fields.get(name, 0) for name in abi.STATS_FIELDS], *counts)
+    return rto_program.STATS_VALUE.pack(*[fields.get(name, 0) for name in rto_program.STATS_FIELDS], *counts)
 
 
 def test_counters_add_up_over_cpus_and_the_minimum_ignores_cpus_without_samples():
@@ -35,9 +34,9 @@ def test_per_cpu_values_may_carry_padding():
 
 
 def test_histogram_is_cumulative_with_log2_upper_bounds():
-    histogram = telemetry.cumulative([0, 1, 0, 2] + [0] * (abi.RTT_BUCKETS - 4))
+    histogram = telemetry.cumulative([0, 1, 0, 2] + [0] * (rto_program.RTT_BUCKETS - 4))
     assert histogram[:5] == [[1, 0], [2, 1], [4, 1], [8, 3], [16, 3]]
-    assert len(histogram) == abi.RTT_BUCKETS and histogram[-1] == [2 ** (abi.RTT_BUCKETS - 1), 3]
+    assert len(histogram) == rto_program.RTT_BUCKETS and histogram[-1] == [2 ** (rto_program.RTT_BUCKETS - 1), 3]
 
 
 @pytest.mark.parametrize(
@@ -53,7 +52,7 @@ def test_histogram_is_cumulative_with_log2_upper_bounds():
     ],
 )
 def test_quantile_interpolates_inside_its_bucket(buckets, fraction, expected):
-    counts = [buckets.get(index, 0) for index in range(abi.RTT_BUCKETS)]
+    counts = [buckets.get(index, 0) for index in range(rto_program.RTT_BUCKETS)]
     assert telemetry.quantile(telemetry.cumulative(counts), fraction) == pytest.approx(expected)
 
 
@@ -65,7 +64,7 @@ def test_slot_without_samples_has_no_percentiles():
         "synack_retransmits": 0,
         "spurious_retransmits": 0,
         "rtt_us": None,
-        "rtt_histogram": telemetry.cumulative([0] * abi.RTT_BUCKETS),
+        "rtt_histogram": telemetry.cumulative([0] * rto_program.RTT_BUCKETS),
     }
 
 
