@@ -36,6 +36,7 @@ class Current:
         self.expected_cgroup = expected_cgroup
         self.reads_link_info = link_info
         self.missing_pins = []
+        self.maps_of_newer_object = []  # contract maps the instance's program never had: an earlier object's
         self.prog_adopted = False
         self.meta_adopted = False
         self.exists = os.path.isdir(instance_dir)
@@ -81,6 +82,9 @@ class Current:
         self.missing_pins = [
             name for name in [pins.PROG_PIN, *list(rto_program.MAP_CONTRACT), pins.META_MAP] if not self._pinned(name)
         ]
+        if self._program_uses_exactly_the_pinned_maps():
+            self.maps_of_newer_object = [name for name in self.missing_pins if name in rto_program.MAP_CONTRACT]
+            self.missing_pins = [name for name in self.missing_pins if name not in self.maps_of_newer_object]
         if self.prog_fd is None:
             self._adopt_unpinned_program()
         if self.meta is None and self.prog_info is not None:
@@ -88,6 +92,14 @@ class Current:
         self._read_maps()
         self.attached = self._is_attached()
         self._read_interrupted()
+
+    def _program_uses_exactly_the_pinned_maps(self):
+        """The pinned program's maps are all pinned, and no others: a contract map without a pin was
+        never the program's (an instance an earlier release applied), not a pin deleted since."""
+        if self.prog_info is None or self.meta is None:
+            return False
+        pinned = {self.map_ids[name] for name in rto_program.MAP_CONTRACT if name in self.map_ids}
+        return bool(pinned) and set(self.prog_info.map_ids) == pinned
 
     def _pinned(self, name):
         if name == pins.PROG_PIN:
@@ -177,9 +189,15 @@ class Current:
             os.close(prog_fd)
 
     @property
+    def of_earlier_object(self):
+        """Intact as an earlier object made it, which lacked maps the contract now has: its next
+        apply is an upgrade (new maps and program), not a repair."""
+        return bool(self.maps_of_newer_object) and not self.missing_pins and self.meta_problem is None
+
+    @property
     def program_intact(self):
         """Program, maps and meta all pinned, and the program uses exactly the pinned maps."""
-        if self.prog_info is None or self.meta is None or self.missing_pins:
+        if self.prog_info is None or self.meta is None or self.missing_pins or self.maps_of_newer_object:
             return False
         if any(name not in self.maps for name in rto_program.MAP_CONTRACT):
             return False

@@ -105,7 +105,12 @@ def plan_present(
     steps = ["mount bpffs on /sys/fs/bpf"] if mount_bpffs else []
     if current.leftovers:
         steps.append("remove what an interrupted run left (%s)" % ", ".join(current.leftovers))
-    if current.exists and (not current.program_intact or current.meta_problem):
+    if current.of_earlier_object:
+        steps.append(
+            "upgrade the instance from an earlier object (its program has no maps %s)"
+            % ", ".join(current.maps_of_newer_object)
+        )
+    elif current.exists and (not current.program_intact or current.meta_problem):
         steps.append(
             "repair incomplete instance (%s)"
             % (
