@@ -294,11 +294,24 @@ instance:
         - The rules in order, with the effective value in ms and jiffies, and hits since the rule was set.
         - C(syn_give_up_s) is when C(connect) to an unreachable peer gives up with the rule's RTO and SYN
           retries (O(syn_give_up_s), else C(net.ipv4.tcp_syn_retries)).
+        - C(handshakes) (C(outgoing), C(incoming)) counts completed handshakes, C(syn_retransmits) SYN
+          retransmits of C(connect) (completed or not), C(synack_retransmits) SYN-ACK retransmits of completed
+          incoming handshakes, C(spurious_retransmits) handshakes whose last SYN retransmit was not needed (an
+          estimate), C(rtt_us) the C(p50), C(p90) and C(p99) round trip in microseconds of handshakes without
+          a retransmit (null without samples); all summed over CPUs since the rule got its slot, and null for an
+          instance applied by an earlier object until its next apply.
       type: list
       elements: dict
-      sample: [{dest: 10.0.0.0/8, rto_ms: 52, rto_jiffies: 13, hits: 1200, syn_give_up_s: 6.604}]
+      sample:
+        - {dest: 10.0.0.0/8, rto_ms: 52, rto_jiffies: 13, hits: 1200, syn_give_up_s: 6.604,
+           handshakes: {outgoing: 1180, incoming: 0}, syn_retransmits: 21, synack_retransmits: 0,
+           spurious_retransmits: 2, rtt_us: {p50: 180, p90: 410, p99: 950}}
     default_rto_ms: {description: Effective value for connections matching no rule (null = kernel default)., type: float, sample: 1000}
     default_hits: {description: Connections that got the default value., type: int, sample: 3}
+    default_telemetry:
+      description: The telemetry fields of RV(instance.rules) for connections that got the default value.
+      type: dict
+      sample: {handshakes: {outgoing: 3, incoming: 0}, syn_retransmits: 0, synack_retransmits: 0, spurious_retransmits: 0, rtt_us: {p50: 96, p90: 120, p99: 127}}
     object_sha256: {description: SHA-256 of the loaded object., type: str}
 kernel:
   description: What the module found on the host.

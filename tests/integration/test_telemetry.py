@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import info, rto_program
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
 from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
 
@@ -59,6 +59,34 @@ def test_loopback_handshakes_are_counted_with_their_rtt(cgroup, bpffs):
     # Nothing went to the default: no connection left the loopback rule.
     assert slots[rto_program.DEFAULT_HIT_SLOT]["handshakes"] == {"outgoing": 0, "incoming": 0}
     assert slots[rto_program.DEFAULT_HIT_SLOT]["rtt_us"] is None
+
+
+def test_the_module_result_and_the_info_module_show_each_rules_telemetry(cgroup, bpffs):
+    rules = [{"dest": "192.0.2.0/24", "rto_ms": 250}, {"dest": LOOPBACK, "rto_ms": 200}]
+    apply(cgroup, bpffs, rules=rules, rto_ms=300)
+    workload(cgroup, "loopback", 5)
+    result = apply(cgroup, bpffs, rules=rules, rto_ms=300)
+    (reported,) = info.gather(os.path.join(bpffs, "tcp_rto"))["instances"]
+    nothing = {
+        "handshakes": {"outgoing": 0, "incoming": 0},
+        "syn_retransmits": 0,
+        "synack_retransmits": 0,
+        "spurious_retransmits": 0,
+        "rtt_us": None,
+    }
+    for instance in (result["instance"], reported):
+        unused, loopback = instance["rules"]
+        assert {key: unused[key] for key in nothing} == nothing
+        assert loopback["handshakes"] == {"outgoing": 5, "incoming": 5}
+        assert (loopback["syn_retransmits"], loopback["synack_retransmits"], loopback["spurious_retransmits"]) == (
+            0,
+            0,
+            0,
+        )
+        assert 0 < loopback["rtt_us"]["p50"] <= loopback["rtt_us"]["p99"]
+        assert "rtt_histogram" not in loopback
+        assert instance["default_telemetry"] == nothing
+    assert not result["changed"]
 
 
 def test_connections_the_instance_leaves_alone_are_not_counted(cgroup, bpffs):
