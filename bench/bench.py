@@ -13,17 +13,39 @@ import time
 
 import effect
 import fleet_cost
+import fleet_ssh
 import module_cost
 import program_cost
 import report
 
 from ansible_collections.netbpf.tcp_rto.tests.support import lab, paths
 
-BENCHMARKS = ("effect", "program", "module", "fleet")
+BENCHMARKS = ("effect", "program", "module", "fleet", "ssh")
+# ssh (the playbooks over SSH at 10 to 300 hosts, about 40 minutes on 2 cores) runs when named:
+# bench/run --only ssh updates its own section of performance.md and leaves the others as they are.
+DEFAULT_BENCHMARKS = ("effect", "program", "module", "fleet")
 FULL = dict(
-    connects=1000, loss=[10, 20], cost_rounds=9, cost_seconds=1.5, module_runs=10, fleet_hosts=100, fleet_rounds=3
+    connects=1000,
+    loss=[10, 20],
+    cost_rounds=9,
+    cost_seconds=1.5,
+    module_runs=10,
+    fleet_hosts=100,
+    fleet_rounds=3,
+    ssh_hosts=[10, 100, 300],
+    ssh_forks=[5, 50],
 )
-SMOKE = dict(connects=10, loss=[30], cost_rounds=1, cost_seconds=0.3, module_runs=1, fleet_hosts=3, fleet_rounds=1)
+SMOKE = dict(
+    connects=10,
+    loss=[30],
+    cost_rounds=1,
+    cost_seconds=0.3,
+    module_runs=1,
+    fleet_hosts=3,
+    fleet_rounds=1,
+    ssh_hosts=[3],
+    ssh_forks=[5],
+)
 
 
 def parse_args(argv):
@@ -32,7 +54,7 @@ def parse_args(argv):
     parser.add_argument("--json", help="also write the raw results to this file")
     parser.add_argument("--from-json", help="run nothing: write the doc again from the results of an earlier --json")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the benchmarks run")
-    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS))
+    parser.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(DEFAULT_BENCHMARKS))
     parser.add_argument("--sweep", action="store_true", help="only remove what killed runs left, then exit")
     parser.add_argument("--connects", type=int, help="effect: sequential connects per setting")
     parser.add_argument("--loss", type=int, nargs="+", help="effect: SYN loss rates in %%, run side by side")
@@ -41,6 +63,17 @@ def parse_args(argv):
     parser.add_argument("--module-runs", type=int, help="module cost: runs of each play (medians)")
     parser.add_argument("--fleet-hosts", type=int, help="fleet cost: inventory hosts")
     parser.add_argument("--fleet-rounds", type=int, help="fleet cost: rounds, each with a fresh fleet")
+    parser.add_argument("--ssh-hosts", type=int, nargs="+", help="fleet over SSH: fleet sizes")
+    parser.add_argument("--ssh-forks", type=int, nargs="+", help="fleet over SSH: forks settings")
+    parser.add_argument(
+        "--ssh-playbooks",
+        nargs="+",
+        choices=fleet_ssh.PLAYBOOKS,
+        default=list(fleet_ssh.PLAYBOOKS),
+        help="fleet over SSH: runs",
+    )
+    parser.add_argument("--ssh-baseline", help="fleet over SSH: an earlier --json whose table is shown as the baseline")
+    parser.add_argument("--ssh-baseline-label", default="an earlier run", help="what the baseline was")
     args = parser.parse_args(argv)
     for key, value in (SMOKE if args.smoke else FULL).items():
         if getattr(args, key) is None:
@@ -77,6 +110,11 @@ def main(argv):
             results["module"] = module_cost.run(args.module_runs, log=log)
         if "fleet" in args.only:
             results["fleet"] = fleet_cost.run(args.fleet_hosts, args.fleet_rounds, log=log)
+        if "ssh" in args.only:
+            results["ssh"] = fleet_ssh.run(args.ssh_hosts, args.ssh_forks, log=log, playbooks=args.ssh_playbooks)
+            if args.ssh_baseline:
+                with open(args.ssh_baseline) as handle:
+                    results["ssh"]["baseline"] = dict(json.load(handle)["ssh"], label=args.ssh_baseline_label)
     except KeyboardInterrupt:
         log("interrupted: everything the benchmarks created is removed")
         return 130

@@ -476,7 +476,117 @@ def _fleet(results):
     ]
 
 
+SSH_HEADING = "## Fleet over SSH"
+SSH_RUNS = (
+    ("ping", "`ansible.builtin.ping`"),
+    ("rollout", "`netbpf.tcp_rto.rollout` (every host changes)"),
+    ("no-op", "the rollout again (no-op)"),
+    ("rollback", "`netbpf.tcp_rto.rollback` (every host back to no instance)"),
+)
+SSH_GOALS = (("rollout", 2.0), ("no-op", 1.5))  # at 100 hosts, issue 15
+
+
+def _ssh_table(result):
+    lines = [
+        "| hosts | forks | load (1 min) start → end | playbook | s | × ping | ms per host | round trips per host "
+        "| SSH connections |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        for kind, label in SSH_RUNS:
+            if kind not in row["runs"]:
+                continue
+            run = row["runs"][kind]
+            lines.append(
+                "| %d | %d | %.1f → %.1f | %s | %.1f | %.2f× | %.0f | %.1f | %d |"
+                % (
+                    row["hosts"],
+                    row["forks"],
+                    row["load"],
+                    row["load_end"],
+                    label,
+                    run["seconds"],
+                    run["ratio"],
+                    run["per_host_ms"],
+                    run["round_trips"],
+                    run["connections"],
+                )
+            )
+    return lines
+
+
+def _ssh(results):
+    result = results["ssh"]
+    lines = [
+        SSH_HEADING,
+        "",
+        "The playbooks as the README runs them (`ansible-playbook -i fleet.ini netbpf.tcp_rto.rollout -e @rto.yml`,",
+        'default batches `[1, "10%", "100%"]`, then the same again, then `netbpf.tcp_rto.rollback`) over real SSH',
+        "connections, next to `ansible.builtin.ping` over the same inventory. `bench/run --only ssh` starts its own",
+        "sshd on 127.0.0.1 (a free port, its own host key, a key pair it generates) and writes an INI inventory",
+        "with one alias per simulated host: each has its own SSH connection (ControlPath), child cgroup, pin_dir",
+        "and persist_root; pipelining on, `ansible_python_interpreter=/usr/bin/python3`. Each fleet size and",
+        "forks setting starts with a fresh fleet; every run starts without an SSH master. Round trips per host:",
+        "the sessions sshd started per connection (one per module run, command or file transfer), from its log.",
+        "Run on %s, ansible-core %s." % (results["started"], results["machine"]["ansible_core"]),
+        "",
+        *_ssh_table(result),
+        "",
+        "ms per host: the run's wall time divided by the hosts. SSH connections above the hosts: a host whose",
+        "tasks lie more than ControlPersist (Ansible's 60 s) apart connects again. The machine (2 cores) was",
+        "shared with other jobs, hence the load averages; ping and the playbooks of a row ran under the same load.",
+        "",
+        "AnsiballZ payload (bytes, as pipelining sends it on stdin): %s."
+        % ", ".join("`%s` %d" % (name, size) for name, size in sorted(result["payloads"].items())),
+        "",
+    ]
+    goals = [row for row in result["rows"] if row["hosts"] == 100]
+    for row in goals:
+        lines.append(
+            "At 100 hosts, forks %d: %s."
+            % (
+                row["forks"],
+                "; ".join(
+                    "%s %.2f× ping (goal ≤ %.1f×: %s)"
+                    % (
+                        kind,
+                        row["runs"][kind]["ratio"],
+                        goal,
+                        "met" if row["runs"][kind]["ratio"] <= goal else "not met",
+                    )
+                    for kind, goal in SSH_GOALS
+                ),
+            )
+        )
+    lines += result.get("notes", [])
+    if "baseline" in result:
+        lines += [
+            "",
+            "Before the role ran each host in one module run (%s):" % result["baseline"]["label"],
+            "",
+            *_ssh_table(result["baseline"]),
+        ]
+    return [*lines, ""]
+
+
+def write_ssh_section(results, out_dir):
+    """Replace (or add) the SSH section of an existing performance.md, keeping the rest."""
+    path = os.path.join(out_dir, "performance.md")
+    text = open(path).read() if os.path.exists(path) else "# Performance\n"
+    start = text.find(SSH_HEADING)
+    if start < 0:
+        before, after = text.rstrip("\n") + "\n\n", ""
+    else:
+        following = text.find("\n## ", start + len(SSH_HEADING))
+        before, after = text[:start], text[following + 1 :] if following >= 0 else ""
+    with open(path, "w") as handle:
+        handle.write(before + "\n".join(_ssh(results)).rstrip("\n") + "\n" + ("\n" + after if after else ""))
+
+
 def write(results, out_dir):
+    if set(results) & {"effect", "program", "module", "fleet"} == set() and "ssh" in results:
+        write_ssh_section(results, out_dir)
+        return
     lines = [*_header(results), "", *_targets(results), ""]
     if "effect" in results:
         plot(results["effect"], os.path.join(out_dir, PLOT))
@@ -487,6 +597,8 @@ def write(results, out_dir):
         lines += _module(results)
     if "fleet" in results:
         lines += _fleet(results)
+    if "ssh" in results:
+        lines += _ssh(results)
     lines += results.get("notes", [])
     with open(os.path.join(out_dir, "performance.md"), "w") as handle:
         handle.write("\n".join(lines).rstrip("\n") + "\n")

@@ -1,12 +1,15 @@
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Controller side of netbpf.tcp_rto.tcp_initial_rto: choose the BPF object (the shipped one,
-another .o, or a .c compiled here with clang), send it to the host, run the module on it."""
+another .o, or a .c compiled here with clang) and run the module with it. The object (a few KiB)
+travels inside the module's arguments: with pipelining the whole task is one remote command, where
+a file transfer would add three (a temporary directory, the copy, its removal)."""
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import base64
 import os
 import shutil
 import tempfile
@@ -38,7 +41,7 @@ def compile_source(source, workdir):
 
 
 class ActionModule(ActionBase):
-    TRANSFERS_FILES = True
+    TRANSFERS_FILES = False
 
     def _local_object(self, src, workdir):
         if src is None:
@@ -63,11 +66,9 @@ class ActionModule(ActionBase):
         workdir = tempfile.mkdtemp(prefix="tcp_rto-")
         try:
             if module_args.get("state", "present") == "present":
-                local = self._local_object(module_args.get("src"), workdir)
-                remote = self._connection._shell.join_path(self._connection._shell.tmpdir, OBJECT_NAME)
-                self._transfer_file(local, remote)
-                self._fixup_perms2((self._connection._shell.tmpdir, remote))
-                module_args["src"] = remote
+                local = self._local_object(module_args.pop("src", None), workdir)
+                with open(local, "rb") as handle:
+                    module_args["src_object_base64"] = base64.b64encode(handle.read()).decode("ascii")
             result.update(
                 self._execute_module(
                     module_name="netbpf.tcp_rto.tcp_initial_rto", module_args=module_args, task_vars=task_vars

@@ -152,6 +152,11 @@ class Layout:
         )
 
 
+def write_file(layout, path, content, mode):
+    """A file of the collection's own under layout (e.g. a history record), written as records are."""
+    return safe_files.write(layout, path, content, mode, check_mode=False)
+
+
 def _code(module):
     """The source of one of CODE_FILES: through the package loader (Ansible runs the module from a
     zip), or from beside this file when the package is a plain directory without __init__.py,

@@ -175,7 +175,16 @@ options:
         built from C(files/bpf/tcp_initial_rto.bpf.c)).
       - The object must have a C(sockops) program, a GPL-compatible license and the maps
         C(rules), C(config) and C(hits) of the collection's program.
+      - The action plugin sends the object to the host inside the module's arguments
+        (O(src_object_base64)); given to the module without its action plugin, O(src) is a path on the host.
     type: path
+  src_object_base64:
+    description:
+      - Internal, set by the action plugin; do not set it. The BPF object's content in base64, which the
+        module writes to a private temporary file on the host for the run (one remote command per
+        task with pipelining, no separate file transfer).
+    type: str
+    version_added: 0.3.0
   force_legacy_attach:
     description:
       - Test aid. Attach with C(BPF_PROG_ATTACH) and C(BPF_F_ALLOW_MULTI) even where the kernel has
@@ -216,6 +225,18 @@ options:
       - Runs on other instances never wait for each other. Check mode reads without the lock.
     type: int
     default: 60
+  history_steps:
+    description:
+      - How many history records of the instance's configuration before its changes to keep for
+        the rollback of the role C(netbpf.tcp_rto.tcp_rto) (its C(rollback) entry point), which sets
+        this option. When a run with O(state=present) changes the configuration (cgroup or unit,
+        rules, default, direction), the configuration before it becomes
+        O(persist_root)C(/etc/tcp_rto/<name>.previous.json); the older records move to
+        C(<name>.previous.2.json) and so on, and those beyond this number are dropped.
+      - V(0) writes no record and leaves existing ones alone. Check mode writes none.
+    type: int
+    default: 0
+    version_added: 0.3.0
 attributes:
   action:
     description: Picks the object on the controller and transfers it to the managed host.
@@ -394,6 +415,23 @@ unit_running:
   returned: when O(unit) is given and O(state=present)
   type: bool
   sample: true
+before:
+  description:
+    - The instance's configuration before this run, as a history record holds it (see
+      O(history_steps)), C(state) V(absent), or V(present) with C(cgroup) (null for an instance that
+      follows a unit), C(unit), C(rules) (C(dest), C(rto_ms)), C(rto_ms) and C(direction). Also
+      returned when the task fails, so that a caller can put the instance back. Null when the pins
+      could not be read.
+  returned: when O(state=present)
+  type: dict
+  sample: {state: present, cgroup: /sys/fs/cgroup/dc.slice, unit: null, rules: [{dest: 10.0.0.0/8, rto_ms: 52}], rto_ms: null, direction: both}
+  version_added: 0.3.0
+history_record:
+  description: The history record this run wrote (see O(history_steps)).
+  returned: when a record was written
+  type: str
+  sample: /etc/tcp_rto/dc.previous.json
+  version_added: 0.3.0
 actions:
   description: What was (or in check mode would be) changed.
   returned: always
@@ -402,12 +440,19 @@ actions:
   sample: ["update rules"]
 """
 
+import base64
+import contextlib
+import os
+import shutil
+import tempfile
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
 # Not called here: imported so that Ansible ships it to the host, where persistence copies it for
 # the boot-time restore.
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (  # pylint: disable=unused-import
+    history,
     reconcile,
     restore,  # noqa: F401
 )
@@ -439,17 +484,69 @@ ARGUMENT_SPEC = dict(
     persistent=dict(type="bool"),
     persist_root=dict(type="path", default="/"),
     lock_timeout=dict(type="int", default=60),
+    history_steps=dict(type="int", default=0),
+    src_object_base64=dict(type="str", no_log=True),
 )
+
+
+def read_before(params):
+    """{"before": configuration} for a run with state present (see history_steps), else {}."""
+    if params["state"] != "present":
+        return {}
+    return dict(before=history.configuration(params["pin_dir"], params["name"], params["persist_root"]))
+
+
+def record_history(params, before, check_mode):
+    """{"history_record": path} when this run changed the configuration and history_steps asks for
+    records, else {}."""
+    if not params["history_steps"] or check_mode or not before or before["before"] is None:
+        return {}
+    if history.configuration(params["pin_dir"], params["name"], params["persist_root"]) == before["before"]:
+        return {}
+    return dict(
+        history_record=history.record(params["name"], before["before"], params["history_steps"], params["persist_root"])
+    )
+
+
+@contextlib.contextmanager
+def sent_object(params):
+    """params with src the object the action plugin sent in src_object_base64 (a private temporary
+    file, removed after the run), or params as they are."""
+    if not params["src_object_base64"]:
+        yield params
+        return
+    directory = tempfile.mkdtemp(prefix="tcp_rto-")
+    try:
+        path = os.path.join(directory, "tcp_initial_rto.bpf.o")
+        with open(path, "wb") as handle:
+            handle.write(base64.b64decode(params["src_object_base64"]))
+        yield dict(params, src=path, src_object_base64=None)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    with sent_object(module.params) as params:
+        run(module, params)
+
+
+def run(module, params):
+    if params["history_steps"] < 0:
+        module.fail_json(msg="history_steps must be 0 (no records) or more, not %d" % params["history_steps"])
+    before = read_before(params)
     try:
-        result = reconcile.run(module.params, check_mode=module.check_mode, diff=module._diff)
+        result = reconcile.run(params, check_mode=module.check_mode, diff=module._diff)
     except reconcile.VerificationFailed as exc:
-        module.fail_json(msg=to_native(exc), **exc.result)
+        module.fail_json(msg=to_native(exc), **dict(exc.result, **before))
     except reconcile.ERRORS as exc:
-        module.fail_json(msg=reconcile.describe_error(exc))
+        module.fail_json(msg=reconcile.describe_error(exc), **before)
+    try:
+        result.update(before, **record_history(params, before, module.check_mode))
+    except reconcile.ERRORS as exc:
+        module.fail_json(
+            msg="writing the history record failed: %s" % reconcile.describe_error(exc), **dict(result, **before)
+        )
     module.exit_json(**result)
 
 

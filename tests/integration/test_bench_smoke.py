@@ -155,3 +155,29 @@ def test_sweep_removes_what_a_killed_run_left(tmp_path):
     assert sweep.returncode == 0, sweep.stdout
     assert lab.owned_leftovers(bench.pid) == []
     assert bpf_stats() == stats_before
+
+
+@pytest.mark.slow  # about 2 minutes on a loaded 2-core machine
+def test_ssh_fleet_at_ten_hosts(tmp_path):
+    """bench/run --only ssh at 10 hosts: the README's playbooks over real SSH through the bench's own
+    sshd. Each host is one SSH connection; ping and the rollout (changing, then no-op) are one
+    remote command per host; nothing is left behind (sshd, SSH masters, cgroups, bpffs, files)."""
+    bench = start_bench(
+        tmp_path, "--only", "ssh", "--ssh-hosts", "10", "--ssh-forks", "5", "--json", str(tmp_path / "results.json")
+    )
+    output = bench.communicate(timeout=900)[0]
+    assert bench.returncode == 0, output
+    with open(tmp_path / "results.json") as handle:
+        results = json.load(handle)["ssh"]
+    [row] = results["rows"]
+    assert row["hosts"] == 10 and set(row["runs"]) == {"ping", "rollout", "no-op", "rollback"}
+    for kind, run in row["runs"].items():
+        assert run["connections"] == 10, (kind, run)
+    for kind in ("ping", "rollout", "no-op"):
+        assert row["runs"][kind]["round_trips"] == row["runs"][kind]["round_trips_max"] == 1, (kind, row["runs"][kind])
+    assert set(results["payloads"]) == {"ping", "tcp_initial_rto", "tcp_initial_rto_info"}
+    assert all(size > 0 for size in results["payloads"].values())
+    with open(tmp_path / "performance.md") as handle:
+        doc = handle.read()
+    assert "## Fleet over SSH" in doc and doc.count("| 10 | 5 |") == 4
+    assert lab.owned_leftovers(bench.pid) == []

@@ -300,3 +300,22 @@ def test_role_booleans_from_an_ini_inventory(fleet):
     gone = fleet.play("rollback", tcp_rto_hosts="h1:h2", tcp_rto_state="absent")
     assert gone.returncode == 0, gone.output
     assert fleet.program_ids() == {host: [] for host in HOSTS}
+
+
+def test_failed_module_run_puts_the_batch_back_to_what_the_module_reported(fleet, tmp_path):
+    """No health gate: each host takes one module run (preflight to history record). h2's run fails
+    (its cgroup is not there); h3, in the same batch, changed: it goes back to the configuration the
+    module returned as before, and h2 keeps its own. Later batches are not started."""
+    first = fleet.rollout(300)
+    assert first.returncode == 0, first.output
+    before = fleet.program_ids()
+    fleet.write_inventory({"h2": {"tcp_rto_cgroup": str(tmp_path / "no_such_cgroup")}})
+    run = fleet.rollout(200)
+    assert run.returncode != 0
+    assert "rollout stopped: a host of batch 2 failed" in run.output, run.output
+    batches = summary(run)
+    assert batches[1]["failed"] == ["h2"] and batches[1]["rolled_back"] == ["h2", "h3"], batches
+    fleet.write_inventory({})
+    assert fleet.rto_ms() == dict(h1=200, h2=300, h3=300, h4=300, h5=300)
+    assert fleet.program_ids()["h4"] == before["h4"]
+    assert fleet.etc_files("h3") == ["h3.json", "h3.previous.json"]

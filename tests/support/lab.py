@@ -7,6 +7,8 @@ left, and never what another process still uses:
 - temporary directories  $TMPDIR/tcprto-b-<pid>-<random>
 - child cgroups and private bpffs mounts through sandbox.py (tcp_rto_test-bench-<pid>-...)
 - the previous kernel.bpf_stats_enabled value in /run/tcprto-b-<pid>.bpf_stats while it is changed
+- processes started with a path in such a temporary directory (the SSH benchmark's sshd and the
+  SSH masters whose ControlPath lies there)
 SIGINT and SIGTERM raise KeyboardInterrupt, so the undo steps run on those too.
 """
 
@@ -68,6 +70,27 @@ def restore_bpf_stats(state_file):
     os.unlink(state_file)
 
 
+def processes_using(path):
+    """Pids of the processes whose command line names something under path."""
+    marker = path.encode() + b"/"
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                with open("/proc/%s/cmdline" % entry, "rb") as handle:
+                    if marker in handle.read():
+                        pids.append(int(entry))
+            except OSError:
+                continue  # gone meanwhile
+    return pids
+
+
+def kill_processes_using(path):
+    for pid in processes_using(path):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
 def sweep_leftovers():
     """Remove what earlier bench runs whose process is gone left behind (ours only, by name)."""
     sandbox.sweep_leftovers()
@@ -80,6 +103,7 @@ def sweep_leftovers():
                 restore_bpf_stats(os.path.join(STATE_DIR, entry))
     for entry in os.listdir(tempfile.gettempdir()):
         if entry.startswith(OWNED_PREFIX) and _owner_gone(entry[len(OWNED_PREFIX) :].split("-")[0]):
+            kill_processes_using(os.path.join(tempfile.gettempdir(), entry))
             remove_tree(os.path.join(tempfile.gettempdir(), entry))
 
 
@@ -93,7 +117,8 @@ def owned_leftovers(pid):
         left += [line.split()[1] for line in mounts if line.split()[2] == "bpf" and marker in line.split()[1]]
     left += [os.path.join(STATE_DIR, e) for e in os.listdir(STATE_DIR) if e.startswith("%s%d." % (OWNED_PREFIX, pid))]
     temp = tempfile.gettempdir()
-    left += [os.path.join(temp, e) for e in os.listdir(temp) if e.startswith("%s%d-" % (OWNED_PREFIX, pid))]
+    temps = [os.path.join(temp, e) for e in os.listdir(temp) if e.startswith("%s%d-" % (OWNED_PREFIX, pid))]
+    left += temps + ["process %d" % other for path in temps for other in processes_using(path)]
     return left
 
 

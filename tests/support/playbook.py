@@ -103,13 +103,21 @@ class PlaybookRun:
         self.custom_stats = custom_stats or {}
 
 
-def timed_playbook(workdir, inventory, playbook, forks=None):
-    """Run the playbook in its own session (lab.run: killed on interrupt) -> wall seconds. Fails with
-    the play's output when a task fails."""
-    command = playbook_command(inventory, playbook, ["--forks", str(forks)] if forks else [])
+def timed_playbook(workdir, inventory, playbook, forks=None, extra_args=(), env=None, timeout=900):
+    """Run the playbook (a file, or a collection's playbook by name) in its own session (lab.run:
+    killed on interrupt or after timeout seconds) with extra_args and env added -> wall seconds.
+    Fails with the play's output when a task fails."""
+    command = playbook_command(inventory, playbook, [*extra_args, *(["--forks", str(forks)] if forks else [])])
     start = time.perf_counter()
     try:
-        lab.run(command, env=ansible_env(workdir), cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        lab.run(
+            command,
+            timeout=timeout,
+            env=dict(ansible_env(workdir), **(env or {})),
+            cwd=workdir,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
     except subprocess.CalledProcessError as exc:
         raise RuntimeError("%s failed:\n%s" % (os.path.basename(playbook), exc.output.decode(errors="replace")[-3000:]))
     return time.perf_counter() - start
