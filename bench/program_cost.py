@@ -1,8 +1,9 @@
 """Program cost: the collection's program vs the blog's, per invocation and per connection.
 
-Three sandbox cgroups: one without a program, one with the collection's instance (rule
-127.0.0.0/8 -> 3000 ms, the blog's value, so both do the same job), one with the blog's program
-loaded and attached by bpftool. A loopback connect + accept workload runs in a private network
+Four sandbox cgroups: one without a program, one with the collection's instance (rule
+127.0.0.0/8 -> 3000 ms, the blog's value, so both do the same job), one with the same instance
+from the program built with its telemetry off (programs.TELEMETRY_OFF), one with the blog's
+program loaded and attached by bpftool. A loopback connect + accept workload runs in a private network
 namespace from one cgroup at a time, in interleaved rounds:
 - rates (connections/s) with kernel.bpf_stats_enabled as found (normally 0: no timing overhead);
 - then with kernel.bpf_stats_enabled=1 (restored afterwards), each program's run_time_ns / run_cnt.
@@ -18,7 +19,8 @@ import programs
 from ansible_collections.netbpf.tcp_rto.tests.support import lab, paths
 from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
-SETTINGS = ("no program", "collection", "blog")
+SETTINGS = ("no program", "collection", "collection, telemetry off", "blog")
+PROGRAMS = SETTINGS[1:]
 
 
 def load_run(netns, cgroup, seconds):
@@ -32,7 +34,7 @@ def load_run(netns, cgroup, seconds):
 
 def _overhead(rates):
     """Extra time per connection with each program, in % of the time without one."""
-    return {setting: (rates["no program"] / rates[setting] - 1) * 100 for setting in ("collection", "blog")}
+    return {setting: (rates["no program"] / rates[setting] - 1) * 100 for setting in PROGRAMS}
 
 
 def run(rounds, seconds, log=print):
@@ -46,16 +48,28 @@ def run(rounds, seconds, log=print):
         collection_id = programs.apply_collection(
             "cost", cgroups["collection"], pin_dir, [("127.0.0.0/8", programs.BLOG_RTO_S * 1000)]
         )
+        quiet_id = programs.apply_collection(
+            "cost-quiet",
+            cgroups["collection, telemetry off"],
+            pin_dir,
+            [("127.0.0.0/8", programs.BLOG_RTO_S * 1000)],
+            src=programs.build_without_telemetry(workdir),
+        )
         _times, blog_pin = programs.manual_sequence(workdir, cgroups["blog"], bpffs, hz)
         lab_.defer(programs.detach_blog, cgroups["blog"], blog_pin)
-        program_ids = {"collection": collection_id, "blog": programs.program_id_of_pin(blog_pin)}
+        program_ids = {
+            "collection": collection_id,
+            "collection, telemetry off": quiet_id,
+            "blog": programs.program_id_of_pin(blog_pin),
+        }
 
         rates = {setting: [] for setting in SETTINGS}
         cpu_rates = {setting: [] for setting in SETTINGS}
         log("program cost: %d rounds x %d settings x %.1f s of loopback connects" % (rounds, len(SETTINGS), seconds))
         for round_index in range(rounds):
             # a different order each round, so that a slow spell of the shared machine hits all alike
-            order = SETTINGS[round_index % 3 :] + SETTINGS[: round_index % 3]
+            shift = round_index % len(SETTINGS)
+            order = SETTINGS[shift:] + SETTINGS[:shift]
             for setting in order:
                 result = load_run(netns, cgroups[setting], seconds)
                 rates[setting].append(result["connections"] / result["seconds"])
@@ -80,6 +94,7 @@ def run(rounds, seconds, log=print):
                 ns_per_connection=run_time_ns / connections,
             )
         programs.remove_collection("cost", cgroups["collection"], pin_dir)
+        programs.remove_collection("cost-quiet", cgroups["collection, telemetry off"], pin_dir)
 
     median_rates = {setting: statistics.median(values) for setting, values in rates.items()}
     median_cpu_rates = {setting: statistics.median(values) for setting, values in cpu_rates.items()}
@@ -95,4 +110,8 @@ def run(rounds, seconds, log=print):
         programs=per_program,
         program_ids=sorted(program_ids.values()),
         ns_ratio=per_program["collection"]["ns_per_invocation"] / per_program["blog"]["ns_per_invocation"],
+        ns_per_connection_ratio=per_program["collection"]["ns_per_connection"]
+        / per_program["blog"]["ns_per_connection"],
+        telemetry_ns_per_connection=per_program["collection"]["ns_per_connection"]
+        - per_program["collection, telemetry off"]["ns_per_connection"],
     )

@@ -11,15 +11,15 @@ import subprocess
 import time
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, reconcile
-from ansible_collections.netbpf.tcp_rto.tests.support import lab, reconcile_run
+from ansible_collections.netbpf.tcp_rto.tests.support import lab, paths, reconcile_run
 
 BLOG_SOURCE = os.path.join(lab.BENCH, "blog", "blog_rto.bpf.c")
 BLOG_RTO_S = 3  # the blog's reply = HZ * 3
 MULTIARCH_INCLUDE = "/usr/include/%s-linux-gnu" % os.uname()[4]  # asm/types.h for linux/bpf.h
 
 
-def collection_params(name, cgroup, pin_dir, rules, state="present"):
-    return reconcile_run.module_params(
+def collection_params(name, cgroup, pin_dir, rules, state="present", src=None):
+    params = reconcile_run.module_params(
         name=name,
         state=state,
         cgroup=cgroup,
@@ -27,11 +27,15 @@ def collection_params(name, cgroup, pin_dir, rules, state="present"):
         pin_dir=pin_dir,
         mount_bpffs=False,
     )
+    if src:
+        params["src"] = src
+    return params
 
 
-def apply_collection(name, cgroup, pin_dir, rules):
-    """rules [(dest, rto_ms)] on cgroup as instance name; -> the collection's program id."""
-    result = reconcile.run(collection_params(name, cgroup, pin_dir, rules))
+def apply_collection(name, cgroup, pin_dir, rules, src=None):
+    """rules [(dest, rto_ms)] on cgroup as instance name (src: another object); -> the collection's
+    program id."""
+    result = reconcile.run(collection_params(name, cgroup, pin_dir, rules, src=src))
     if not result["verification"]["ok"]:
         raise RuntimeError("collection instance %s did not verify: %s" % (name, result["verification"]))
     return result["instance"]["program_id"]
@@ -39,6 +43,34 @@ def apply_collection(name, cgroup, pin_dir, rules):
 
 def remove_collection(name, cgroup, pin_dir):
     reconcile.run(collection_params(name, cgroup, pin_dir, [], state="absent"))
+
+
+# The shipped source with its telemetry switched off (issue 13): only TIMEOUT_INIT is handled and
+# no RETRANS_CB is asked for; maps and layouts stay, so the module loads it like the shipped one.
+TELEMETRY_OFF = (
+    (
+        "if (op != BPF_SOCK_OPS_TIMEOUT_INIT && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&\n"
+        "\t    op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_RETRANS_CB)",
+        "if (op != BPF_SOCK_OPS_TIMEOUT_INIT)",
+    ),
+    ("\tbpf_sock_ops_cb_flags_set(skops, ", "\tif (0)\n\t\tbpf_sock_ops_cb_flags_set(skops, "),
+)
+
+
+def build_without_telemetry(workdir):
+    """-> the path of the collection's object built with TELEMETRY_OFF."""
+    with open(os.path.join(paths.REPO, "files", "bpf", "tcp_initial_rto.bpf.c")) as handle:
+        source = handle.read()
+    for old, new in TELEMETRY_OFF:
+        if old not in source:
+            raise RuntimeError("the program source changed: bench/programs.py TELEMETRY_OFF does not apply")
+        source = source.replace(old, new)
+    source_path = os.path.join(workdir, "tcp_initial_rto_no_telemetry.bpf.c")
+    with open(source_path, "w") as handle:
+        handle.write(source)
+    object_path = os.path.join(workdir, "tcp_initial_rto_no_telemetry.bpf.o")
+    lab.run([os.path.join(paths.REPO, "files", "bpf", "build"), object_path, source_path], stdout=subprocess.PIPE)
+    return object_path
 
 
 def compile_blog(output, hz):

@@ -2,12 +2,16 @@
 /* Copyright: netbpf.tcp_rto contributors
  *
  * tcp_initial_rto: a sock_ops program that sets the initial retransmission timeout (the first
- * SYN / SYN-ACK timeout) per remote address. Maps and byte layouts are the contract in
+ * SYN / SYN-ACK timeout) per remote address, optionally bounds how long connect() keeps
+ * retransmitting its SYN (TCP_SYNCNT), and counts what the handshakes it answered did (per rule
+ * slot: completed handshakes, SYN and SYN-ACK retransmits, an estimate of the spurious ones, a
+ * histogram of handshake round trips). Maps and byte layouts are the contract in
  * plugins/module_utils/rto_program.py: change both together. Rebuild with files/bpf/build.
  *
- * Minimum kernel 4.16: the program reads bpf_sock_ops.is_fullsock and .state (added in 4.16).
- * No loops and no calls but helpers: the verifier walks a few short paths (about 100 insns;
- * checked on 5.10, 6.1 and 6.18).
+ * Minimum kernel 4.16: the program reads bpf_sock_ops.is_fullsock, .state, .srtt_us and
+ * .total_retrans and calls bpf_sock_ops_cb_flags_set (all added in 4.16). bpf_setsockopt(TCP_SYNCNT)
+ * is refused at run time by kernels that lack it (probed by the loader before it stores a count).
+ * No loops and no calls but helpers: the verifier walks short paths (checked on 5.10, 6.1, 6.18).
  */
 #include <linux/bpf.h>
 
@@ -19,17 +23,38 @@
 #define __uint(name, val)	int (*name)[val]
 #define __type(name, val)	typeof(val) *name
 
-/* Helper id from enum bpf_func_id; bpf_map_lookup_elem is not GPL-only. */
+/* Helper ids from enum bpf_func_id; none of them is GPL-only. Every function below is inlined:
+ * the loader refuses bpf-to-bpf calls. */
 static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_lookup_elem;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value, __u64 flags) =
+	(void *)BPF_FUNC_map_update_elem;
+static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)BPF_FUNC_map_delete_elem;
+static __u64 (*bpf_ktime_get_ns)(void) = (void *)BPF_FUNC_ktime_get_ns;
+static long (*bpf_setsockopt)(void *ctx, int level, int optname, void *optval, int optlen) =
+	(void *)BPF_FUNC_setsockopt;
+static long (*bpf_sock_ops_cb_flags_set)(struct bpf_sock_ops *skops, int flags) =
+	(void *)BPF_FUNC_sock_ops_cb_flags_set;
 
 #define MAX_RULES		1024
-#define DEFAULT_HIT_SLOT	MAX_RULES	/* hits[1024] counts connections given the default */
+#define DEFAULT_HIT_SLOT	MAX_RULES	/* hits[1024] and stats[1024] count the default */
 #define DIRECTION_OUTGOING	1
 #define DIRECTION_INCOMING	2
 #define AF_INET			2
 #define AF_INET6		10
 #define FULL_PREFIX		128		/* look the whole address up in the trie */
 #define SOCK_OPS_CONTINUE	1		/* the only return value that keeps the reply */
+#define SOL_TCP			6
+#define TCP_SYNCNT		7		/* include/uapi/linux/tcp.h */
+#define RETRANS_CB_ERR_ARG	2		/* RETRANS_CB: args[2] is the transmit's error */
+/* log2 buckets of handshake RTT in µs: bucket b counts samples in (2^(b-1), 2^b] (b 0: <= 1 µs).
+ * srtt_us is a u32 holding 8 x the RTT, so a sample is below 2^29 µs and bucket 31 is never
+ * exceeded; a power of two lets a mask prove the index to the verifier. */
+#define RTT_BUCKETS		32
+/* A TCP timestamp (TSval) counts milliseconds: an RTT taken from one can exceed the true time by
+ * one tick; the other 1 ms covers the time from the SYN's transmit to the RETRANS_CB. */
+#define TS_SLACK_US		2000
+#define NSEC_PER_USEC		1000
+#define NS_TO_US(ns)		((ns) / NSEC_PER_USEC)
 
 /* IPv4 rules live in ::ffff:0:0/96: addr[2] holds the bytes 00 00 ff ff, read as a native u32. */
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
@@ -39,8 +64,25 @@ static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)BPF_FU
 #endif
 
 struct rule_key { __u32 prefixlen, addr[4]; };	/* prefixlen host order, addr network order */
-struct rule_value { __u32 rto_jiffies, hit_slot; };
-struct config_value { __u32 default_rto_jiffies, directions; };	/* 0: no default; DIRECTION_* */
+/* syn_retries: TCP_SYNCNT for connect()s the rule answers; 0 leaves the socket's own. */
+struct rule_value { __u32 rto_jiffies, hit_slot, syn_retries; };
+/* default_rto_jiffies 0: no default; directions: DIRECTION_*; default_syn_retries as above. */
+struct config_value { __u32 default_rto_jiffies, directions, default_syn_retries; };
+
+/* What the handshakes of one slot did, on one CPU (the loader sums the CPUs). */
+struct slot_stats {
+	__u64 handshakes_outgoing;	/* ACTIVE_ESTABLISHED: connect() completed */
+	__u64 handshakes_incoming;	/* PASSIVE_ESTABLISHED: a child socket for accept() */
+	__u64 syn_retransmits;		/* RETRANS_CB in SYN_SENT: sent, completed or not */
+	__u64 synack_retransmits;	/* the child's total_retrans (= req->num_retrans) */
+	__u64 spurious_retransmits;	/* handshakes whose last SYN retransmit was not needed */
+	__u64 rtt_sum_us;		/* sum of the samples in rtt_buckets */
+	__u64 rtt_min_us;		/* this CPU's smallest sample; 0: none yet */
+	__u64 rtt_buckets[RTT_BUCKETS];
+};
+
+/* A connection in SYN_SENT (or one that left it since), the same in every callback. */
+struct conn_key { __u32 remote[4], local[4], remote_port, local_port; };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -64,6 +106,23 @@ struct {
 	__uint(max_entries, MAX_RULES + 1);
 } hits SEC(".maps");
 
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__type(key, __u32);
+	__type(value, struct slot_stats);
+	__uint(max_entries, MAX_RULES + 1);
+} stats SEC(".maps");
+
+/* When each connection still in its handshake last retransmitted its SYN (ktime ns). An LRU hash,
+ * not socket storage: that needs BTF the kernel may refuse, and a key the verifier accepts on
+ * 4.16. Entries of connections that never complete are evicted by newer ones. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct conn_key);
+	__type(value, __u64);
+	__uint(max_entries, 4096);
+} syn_rtx_time SEC(".maps");
+
 static __attribute__((always_inline)) void count_hit(__u32 slot)
 {
 	__u64 *counter = bpf_map_lookup_elem(&hits, &slot);
@@ -74,51 +133,229 @@ static __attribute__((always_inline)) void count_hit(__u32 slot)
 		__sync_fetch_and_add(counter, 1);
 }
 
+/* The remote address as the rules trie holds it (IPv4 mapped into IPv6). -> 0, or -1 for a family
+ * the rules cannot name. The addresses are in network order, as the keys are: the words are copied
+ * as they are. Every word is written: the verifier refuses a helper reading uninitialised stack. */
+static __attribute__((always_inline)) int remote_address(struct bpf_sock_ops *skops, __u32 addr[4])
+{
+	__u32 remote_ip4;
+
+	if (skops->family == AF_INET) {
+		remote_ip4 = skops->remote_ip4;
+		/* Without this barrier clang merges this load and remote_ip6[3]'s into one load through
+		 * a computed ctx pointer, which the verifier refuses ("modified ctx ptr"). */
+		asm volatile("" : "+r"(remote_ip4));
+		addr[0] = 0;
+		addr[1] = 0;
+		addr[2] = V4_MAPPED_WORD;
+		addr[3] = remote_ip4;
+		return 0;
+	}
+	if (skops->family == AF_INET6) {
+		addr[0] = skops->remote_ip6[0];
+		addr[1] = skops->remote_ip6[1];
+		addr[2] = skops->remote_ip6[2];
+		addr[3] = skops->remote_ip6[3];
+		return 0;
+	}
+	return -1;
+}
+
+/* The slot that counts a connection to addr, or -1 where the instance gives it no value (no rule
+ * and no default: the program leaves it to the kernel and does not count it either). A callback
+ * after TIMEOUT_INIT looks the rules up again: a rule changed in between counts the connection
+ * where the rules place it now. */
+static __attribute__((always_inline)) int slot_of(struct config_value *config_value, struct rule_key *key)
+{
+	struct rule_value *rule = bpf_map_lookup_elem(&rules, key);
+
+	if (rule)
+		return rule->hit_slot;
+	if (config_value->default_rto_jiffies > 0)
+		return DEFAULT_HIT_SLOT;
+	return -1;
+}
+
+static __attribute__((always_inline)) void conn_key_of(struct bpf_sock_ops *skops, struct rule_key *remote,
+					struct conn_key *conn)
+{
+	__u32 local_ip4;
+
+	conn->remote[0] = remote->addr[0];
+	conn->remote[1] = remote->addr[1];
+	conn->remote[2] = remote->addr[2];
+	conn->remote[3] = remote->addr[3];
+	if (skops->family == AF_INET) {
+		local_ip4 = skops->local_ip4;
+		/* As for remote_ip4 in remote_address(). (No comment shares a line with code: the
+		 * object's line info quotes code lines, and a test wants no path-like text in it.) */
+		asm volatile("" : "+r"(local_ip4));
+		conn->local[0] = 0;
+		conn->local[1] = 0;
+		conn->local[2] = 0;
+		conn->local[3] = local_ip4;
+	} else {
+		conn->local[0] = skops->local_ip6[0];
+		conn->local[1] = skops->local_ip6[1];
+		conn->local[2] = skops->local_ip6[2];
+		conn->local[3] = skops->local_ip6[3];
+	}
+	conn->remote_port = skops->remote_port;
+	conn->local_port = skops->local_port;
+}
+
+/* ceil(log2(rtt_us)) for rtt_us < 2^32, without a loop: the bucket whose upper bound 2^b µs
+ * is the first at or above the sample. */
+static __attribute__((always_inline)) __u32 rtt_bucket(__u64 rtt_us)
+{
+	__u64 v;
+	__u32 b = 0;
+
+	if (rtt_us <= 1)
+		return 0;
+	v = rtt_us - 1;
+	if (v >> 16) { v >>= 16; b += 16; }
+	if (v >> 8) { v >>= 8; b += 8; }
+	if (v >> 4) { v >>= 4; b += 4; }
+	if (v >> 2) { v >>= 2; b += 2; }
+	if (v >> 1) { v >>= 1; b += 1; }
+	return b + v;
+}
+
+/* ACTIVE/PASSIVE_ESTABLISHED: one completed handshake of a connection the instance answered. */
+static __attribute__((always_inline)) void count_handshake(struct bpf_sock_ops *skops, struct config_value *config_value,
+					    struct rule_key *key, __u32 direction)
+{
+	struct slot_stats *slot_stats;
+	struct conn_key conn;
+	__u64 *retransmitted_ns, elapsed_us, rtt_us, retransmits;
+	__u32 slot, bucket;
+	int found = slot_of(config_value, key);
+
+	if (found < 0)
+		return;
+	slot = found;
+	slot_stats = bpf_map_lookup_elem(&stats, &slot);
+	if (!slot_stats)
+		return;
+	/* srtt_us holds 8 x the smoothed RTT; at ESTABLISHED it is the handshake's one sample (0: no
+	 * sample, e.g. a retransmitted SYN answered without TCP timestamps). */
+	rtt_us = skops->srtt_us >> 3;
+	/* Retransmits of this handshake: for connect() the SYNs, for a passive open the child copies
+	 * the request socket's SYN-ACK retransmits (tcp_create_openreq_child: total_retrans =
+	 * req->num_retrans). */
+	retransmits = skops->total_retrans;
+	if (direction == DIRECTION_OUTGOING) {
+		__sync_fetch_and_add(&slot_stats->handshakes_outgoing, 1);
+	} else {
+		__sync_fetch_and_add(&slot_stats->handshakes_incoming, 1);
+		if (retransmits)
+			__sync_fetch_and_add(&slot_stats->synack_retransmits, retransmits);
+	}
+	if (!retransmits) {
+		/* Only handshakes that did not retransmit: their sample is the path's round trip, not
+		 * the time since an earlier SYN or SYN-ACK. */
+		if (!skops->srtt_us)
+			return;
+		/* The mask changes nothing (the bucket is at most 31); it bounds the index for the
+		 * verifier, which does not follow rtt_bucket()'s arithmetic. */
+		bucket = rtt_bucket(rtt_us) & (RTT_BUCKETS - 1);
+		__sync_fetch_and_add(&slot_stats->rtt_buckets[bucket], 1);
+		__sync_fetch_and_add(&slot_stats->rtt_sum_us, rtt_us);
+		/* Not atomic: an interrupting callback on this CPU can only leave a sample that is not
+		 * the smallest, which makes the spurious estimate below more cautious, never bolder. */
+		if (!slot_stats->rtt_min_us || rtt_us < slot_stats->rtt_min_us)
+			slot_stats->rtt_min_us = rtt_us ? rtt_us : 1;
+		return;
+	}
+	if (direction != DIRECTION_OUTGOING)
+		return;
+	/* The SYN-ACK that completed a retransmitted connect() answered an earlier SYN when (with TCP
+	 * timestamps) its echoed timestamp is older than the last retransmit: the sample then spans
+	 * more than the time since that retransmit; or (without them, no sample) when it came sooner
+	 * after the last retransmit than the fastest handshake this CPU saw for the slot. */
+	conn_key_of(skops, key, &conn);
+	retransmitted_ns = bpf_map_lookup_elem(&syn_rtx_time, &conn);
+	if (!retransmitted_ns)
+		return;
+	elapsed_us = NS_TO_US(bpf_ktime_get_ns() - *retransmitted_ns);
+	if (rtt_us ? rtt_us > elapsed_us + TS_SLACK_US
+		   : slot_stats->rtt_min_us && elapsed_us < slot_stats->rtt_min_us)
+		__sync_fetch_and_add(&slot_stats->spurious_retransmits, 1);
+	bpf_map_delete_elem(&syn_rtx_time, &conn);
+}
+
+/* RETRANS_CB of a socket in SYN_SENT: a SYN retransmit, counted whether or not the connection
+ * ever completes; its time is kept for the spurious estimate. */
+static __attribute__((always_inline)) void count_syn_retransmit(struct bpf_sock_ops *skops, struct config_value *config_value,
+						 struct rule_key *key)
+{
+	struct slot_stats *slot_stats;
+	struct conn_key conn;
+	__u64 now;
+	__u32 slot;
+	int found;
+
+	if (skops->state != BPF_TCP_SYN_SENT || skops->args[RETRANS_CB_ERR_ARG])
+		return;	/* a data retransmit, or the SYN did not go out */
+	found = slot_of(config_value, key);
+	if (found < 0)
+		return;
+	slot = found;
+	slot_stats = bpf_map_lookup_elem(&stats, &slot);
+	if (slot_stats)
+		__sync_fetch_and_add(&slot_stats->syn_retransmits, 1);
+	conn_key_of(skops, key, &conn);
+	now = bpf_ktime_get_ns();
+	bpf_map_update_elem(&syn_rtx_time, &conn, &now, BPF_ANY);
+}
+
 SEC("sockops")
 int tcp_initial_rto(struct bpf_sock_ops *skops)
 {
 	struct config_value *config_value;
 	struct rule_value *rule;
 	struct rule_key key;
-	__u32 zero = 0, direction, remote_ip4;
+	__u32 zero = 0, direction, op = skops->op;
+	int syn_retries = 0;
 
-	/* TIMEOUT_INIT (1) asks for the SYN / SYN-ACK timeout in jiffies. Return 1 on every path:
-	 * any other return value makes the kernel discard the reply of every program on the socket. */
-	if (skops->op != BPF_SOCK_OPS_TIMEOUT_INIT)
+	/* Return 1 on every path: any other return value makes the kernel discard the reply of every
+	 * program on the socket. Other ops (and those of kernels newer than this program) pass. */
+	if (op != BPF_SOCK_OPS_TIMEOUT_INIT && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&
+	    op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB && op != BPF_SOCK_OPS_RETRANS_CB)
 		return SOCK_OPS_CONTINUE;
-	/* All programs share one reply, the socket's own cgroup's run first: a positive reply comes
-	 * from a cgroup closer to the socket, and the most specific cgroup wins. */
-	if ((int)skops->reply > 0)
+	/* TIMEOUT_INIT: all programs share one reply, the socket's own cgroup's run first: a positive
+	 * reply comes from a cgroup closer to the socket, and the most specific cgroup wins. */
+	if (op == BPF_SOCK_OPS_TIMEOUT_INIT && (int)skops->reply > 0)
 		return SOCK_OPS_CONTINUE;
 
 	config_value = bpf_map_lookup_elem(&config, &zero);
 	if (!config_value)
 		return SOCK_OPS_CONTINUE;
-	/* connect() asks on the full socket in SYN_SENT; a passive open asks on the request socket
-	 * (is_fullsock 0) or, with TCP Fast Open, on the child socket in SYN_RECV. */
-	direction = skops->is_fullsock && skops->state == BPF_TCP_SYN_SENT ?
-		    DIRECTION_OUTGOING : DIRECTION_INCOMING;
+	/* TIMEOUT_INIT: connect() asks on the full socket in SYN_SENT; a passive open asks on the
+	 * request socket (is_fullsock 0) or, with TCP Fast Open, on the child socket in SYN_RECV.
+	 * RETRANS_CB is enabled only on connect()s' sockets, below. */
+	if (op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
+		direction = DIRECTION_INCOMING;
+	else if (op != BPF_SOCK_OPS_TIMEOUT_INIT)
+		direction = DIRECTION_OUTGOING;
+	else
+		direction = skops->is_fullsock && skops->state == BPF_TCP_SYN_SENT ?
+			    DIRECTION_OUTGOING : DIRECTION_INCOMING;
+	/* A direction the instance leaves alone is neither answered nor counted. */
 	if (!(config_value->directions & direction))
 		return SOCK_OPS_CONTINUE;
 
-	/* The addresses are in network order, as the keys are: copy the words as they are. Every
-	 * key byte is written: the verifier refuses a helper reading uninitialised stack. */
 	key.prefixlen = FULL_PREFIX;
-	if (skops->family == AF_INET) {
-		remote_ip4 = skops->remote_ip4;
-		/* Without this barrier clang merges this load and remote_ip6[3]'s into one load through
-		 * a computed ctx pointer, which the verifier refuses ("modified ctx ptr"). */
-		asm volatile("" : "+r"(remote_ip4));
-		key.addr[0] = 0;
-		key.addr[1] = 0;
-		key.addr[2] = V4_MAPPED_WORD;
-		key.addr[3] = remote_ip4;
-	} else if (skops->family == AF_INET6) {
-		key.addr[0] = skops->remote_ip6[0];
-		key.addr[1] = skops->remote_ip6[1];
-		key.addr[2] = skops->remote_ip6[2];
-		key.addr[3] = skops->remote_ip6[3];
-	} else {
+	if (remote_address(skops, key.addr))
+		return SOCK_OPS_CONTINUE;
+
+	if (op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB || op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB) {
+		count_handshake(skops, config_value, &key, direction);
+		return SOCK_OPS_CONTINUE;
+	}
+	if (op == BPF_SOCK_OPS_RETRANS_CB) {
+		count_syn_retransmit(skops, config_value, &key);
 		return SOCK_OPS_CONTINUE;
 	}
 
@@ -127,10 +364,26 @@ int tcp_initial_rto(struct bpf_sock_ops *skops)
 	if (rule) {
 		skops->reply = rule->rto_jiffies;
 		count_hit(rule->hit_slot);
+		syn_retries = rule->syn_retries;
 	} else if (config_value->default_rto_jiffies > 0) {
 		skops->reply = config_value->default_rto_jiffies;
 		count_hit(DEFAULT_HIT_SLOT);
+		syn_retries = config_value->default_syn_retries;
+	} else {
+		return SOCK_OPS_CONTINUE;
 	}
+	/* The kernel asks again at every SYN retransmit (retransmits_timed_out()): what follows is
+	 * done once, on connect()'s socket before its first retransmit. */
+	if (direction != DIRECTION_OUTGOING || skops->total_retrans)
+		return SOCK_OPS_CONTINUE;
+	/* RETRANS_CB for this socket from now on, added to the flags other programs set. It stays on
+	 * after the handshake (clearing it could take it from another program that asked for it): a
+	 * data retransmit then runs this program to its first state check. */
+	bpf_sock_ops_cb_flags_set(skops, skops->bpf_sock_ops_cb_flags | BPF_SOCK_OPS_RETRANS_CB_FLAG);
+	/* TCP_SYNCNT bounds the SYN retransmits, so that connect() gives up at the deadline the
+	 * loader computed from this rule's RTO (on 6.5+ tcp_syn_linear_timeouts is added to it). */
+	if (syn_retries > 0)
+		bpf_setsockopt(skops, SOL_TCP, TCP_SYNCNT, &syn_retries, sizeof(syn_retries));
 	return SOCK_OPS_CONTINUE;
 }
 

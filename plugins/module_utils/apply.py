@@ -198,7 +198,12 @@ def apply_present(desired, current, plan):
         else:
             map_fds = {name: current.maps[name] for name in rto_program.MAP_CONTRACT}
             stale_rules = loader.write_rules(
-                map_fds[rto_program.RULES_MAP], map_fds[rto_program.HITS_MAP], desired.rules, current.rules, undo
+                map_fds[rto_program.RULES_MAP],
+                map_fds[rto_program.HITS_MAP],
+                desired.rules,
+                current.rules,
+                undo,
+                stats_fd=map_fds[rto_program.STATS_MAP],
             )
             loader.write_config(map_fds[rto_program.CONFIG_MAP], desired, undo)
         fault.point("maps_filled" if plan.load_maps else "config_updated")

@@ -17,6 +17,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     host,
     pins,
     rto_program,
+    telemetry,
 )
 
 
@@ -35,6 +36,7 @@ class Current:
         self.expected_cgroup = expected_cgroup
         self.reads_link_info = link_info
         self.missing_pins = []
+        self.maps_of_newer_object = []  # contract maps the instance's program never had: an earlier object's
         self.prog_adopted = False
         self.meta_adopted = False
         self.exists = os.path.isdir(instance_dir)
@@ -46,6 +48,7 @@ class Current:
         self.meta_problem = None
         self.rules = []  # [(Rule, hit_slot)]
         self.default_jiffies = None
+        self.default_syn_retries = None
         self.directions = None
         self.attached = False
         self.leftovers = []  # new_<name> pins of a run killed before it renamed them into place
@@ -79,6 +82,9 @@ class Current:
         self.missing_pins = [
             name for name in [pins.PROG_PIN, *list(rto_program.MAP_CONTRACT), pins.META_MAP] if not self._pinned(name)
         ]
+        if self._program_uses_exactly_the_pinned_maps():
+            self.maps_of_newer_object = [name for name in self.missing_pins if name in rto_program.MAP_CONTRACT]
+            self.missing_pins = [name for name in self.missing_pins if name not in self.maps_of_newer_object]
         if self.prog_fd is None:
             self._adopt_unpinned_program()
         if self.meta is None and self.prog_info is not None:
@@ -86,6 +92,14 @@ class Current:
         self._read_maps()
         self.attached = self._is_attached()
         self._read_interrupted()
+
+    def _program_uses_exactly_the_pinned_maps(self):
+        """The pinned program's maps are all pinned, and no others: a contract map without a pin was
+        never the program's (an instance an earlier release applied), not a pin deleted since."""
+        if self.prog_info is None or self.meta is None:
+            return False
+        pinned = {self.map_ids[name] for name in rto_program.MAP_CONTRACT if name in self.map_ids}
+        return bool(pinned) and set(self.prog_info.map_ids) == pinned
 
     def _pinned(self, name):
         if name == pins.PROG_PIN:
@@ -141,16 +155,16 @@ class Current:
             value = bpf_syscall.map_lookup(
                 self.maps[rto_program.CONFIG_MAP], rto_program.CONFIG_KEY.pack(0), rto_program.CONFIG_VALUE.size
             )
-            self.default_jiffies, self.directions = rto_program.decode_config(value)
+            self.default_jiffies, self.directions, self.default_syn_retries = rto_program.decode_config(value)
         if rto_program.RULES_MAP in self.maps:
             fd = self.maps[rto_program.RULES_MAP]
             mapped_slots = pins.mapped_slots((self.meta or {}).get(pins.META_IPV6_MAPPED))
             for key in bpf_syscall.map_keys(fd, rto_program.RULE_KEY.size):
                 value = bpf_syscall.map_lookup(fd, key, rto_program.RULE_VALUE.size)
                 if value is not None:
-                    jiffies, slot = rto_program.decode_rule_value(value)
+                    jiffies, slot, syn_retries = rto_program.decode_rule_value(value)
                     dest = rto_program.decode_rule_key(key, mapped_as_ipv6=slot in mapped_slots)
-                    self.rules.append((desired.Rule(dest, jiffies), slot))
+                    self.rules.append((desired.Rule(dest, jiffies, syn_retries), slot))
             self.rules.sort(key=lambda pair: pair[1])
 
     def _read_interrupted(self):
@@ -175,9 +189,15 @@ class Current:
             os.close(prog_fd)
 
     @property
+    def of_earlier_object(self):
+        """Intact as an earlier object made it, which lacked maps the contract now has: its next
+        apply is an upgrade (new maps and program), not a repair."""
+        return bool(self.maps_of_newer_object) and not self.missing_pins and self.meta_problem is None
+
+    @property
     def program_intact(self):
         """Program, maps and meta all pinned, and the program uses exactly the pinned maps."""
-        if self.prog_info is None or self.meta is None or self.missing_pins:
+        if self.prog_info is None or self.meta is None or self.missing_pins or self.maps_of_newer_object:
             return False
         if any(name not in self.maps for name in rto_program.MAP_CONTRACT):
             return False
@@ -217,6 +237,14 @@ class Current:
             )
             for slot in slots
         }
+
+    def telemetry(self):
+        """Per rule slot (and DEFAULT_HIT_SLOT): telemetry.slot_telemetry() of each; {} when the
+        instance has no stats map (applied by a release before telemetry, until its next apply)."""
+        fd = self.maps.get(rto_program.STATS_MAP)
+        if fd is None:
+            return {}
+        return telemetry.read_slots(fd, [slot for _rule, slot in self.rules] + [rto_program.DEFAULT_HIT_SLOT])
 
     def close(self):
         for fd in [*list(self.maps.values()), self.prog_fd, self.link_fd, self.interrupted_prog_fd]:

@@ -12,7 +12,7 @@ import ipaddress
 import re
 from typing import Any, Dict, List, NamedTuple, Optional, Union
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, rto_program, syn_give_up
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject, check_contract
 
 # The kernel caps the initial RTO at TCP_RTO_MAX since 5.18; older kernels take any value, so we
@@ -38,6 +38,7 @@ Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 class Rule(NamedTuple):
     dest: Network
     rto_jiffies: int
+    syn_retries: Optional[int] = None  # TCP_SYNCNT the program sets (syn_give_up_s); None: the socket's own
 
 
 class Desired(NamedTuple):
@@ -52,6 +53,7 @@ class Desired(NamedTuple):
     direction: str  # a key of rto_program.DIRECTIONS
     attach_mode: str  # ATTACH_LINK or ATTACH_MULTI
     object: BpfObject
+    default_syn_retries: Optional[int] = None  # TCP_SYNCNT for connections given the default
 
 
 def validate_name(name: str) -> str:
@@ -102,16 +104,27 @@ def parse_dest(dest: Any, what: str) -> Network:
         raise ConfigError("%s: dest %r is not a network in CIDR notation: %s" % (what, dest, exc))
 
 
-def parse_rules(raw_rules: Optional[List[Dict[str, Any]]], hz: int) -> List[Rule]:
-    """User rules (list of dicts with dest and rto_ms) -> [Rule], validated."""
+def parse_rules(
+    raw_rules: Optional[List[Dict[str, Any]]], hz: int, syn_give_up_s: Optional[float] = None, linear_timeouts: int = 0
+) -> List[Rule]:
+    """User rules (list of dicts with dest, rto_ms and optionally syn_give_up_s) -> [Rule],
+    validated. syn_give_up_s: the instance's, for rules without their own."""
     raw_rules = raw_rules or []
     if len(raw_rules) > rto_program.MAX_RULES:
         raise ConfigError(rto_program.too_many_rules(len(raw_rules)))
     rules, seen = [], {}
     for index, raw in enumerate(raw_rules):
         what = "rules[%d]" % index
-        if not isinstance(raw, dict) or set(raw) - {"dest", "rto_ms"} or "dest" not in raw or "rto_ms" not in raw:
-            raise ConfigError("%s must be a mapping with exactly the keys dest and rto_ms, got %r" % (what, raw))
+        if (
+            not isinstance(raw, dict)
+            or set(raw) - {"dest", "rto_ms", "syn_give_up_s"}
+            or "dest" not in raw
+            or "rto_ms" not in raw
+        ):
+            raise ConfigError(
+                "%s must be a mapping with the keys dest and rto_ms (and optionally syn_give_up_s), got %r"
+                % (what, raw)
+            )
         dest = parse_dest(raw["dest"], what)
         key = rto_program.encode_rule_key(dest)
         if key in seen:
@@ -120,7 +133,9 @@ def parse_rules(raw_rules: Optional[List[Dict[str, Any]]], hz: int) -> List[Rule
                 % (what, dest, seen[key], raw_rules[seen[key]]["dest"])
             )
         seen[key] = index
-        rules.append(Rule(dest, rto_ms_to_jiffies(raw["rto_ms"], hz, what)))
+        jiffies = rto_ms_to_jiffies(raw["rto_ms"], hz, what)
+        give_up = syn_give_up_s if raw.get("syn_give_up_s") is None else raw["syn_give_up_s"]
+        rules.append(Rule(dest, jiffies, syn_retries_for(give_up, jiffies, hz, linear_timeouts, what)))
     return rules
 
 
@@ -134,14 +149,48 @@ def desired_state(
     direction: str,
     attach_mode: str,
     obj: BpfObject,
+    syn_give_up_s: Optional[float] = None,
+    linear_timeouts: int = 0,
 ) -> Desired:
+    """syn_give_up_s: the instance's (rules may give their own); linear_timeouts: the host's
+    net.ipv4.tcp_syn_linear_timeouts (0 before 6.5)."""
     validate_name(name)
     if direction not in rto_program.DIRECTIONS:
         raise ConfigError("direction %r is not one of %s" % (direction, ", ".join(sorted(rto_program.DIRECTIONS))))
-    default_jiffies = None
+    default_jiffies = default_syn_retries = None
     if default_rto_ms is not None:
         default_jiffies = rto_ms_to_jiffies(default_rto_ms, hz, "default")
-    return Desired(name, pin_dir, cgroup, hz, parse_rules(raw_rules, hz), default_jiffies, direction, attach_mode, obj)
+        default_syn_retries = syn_retries_for(syn_give_up_s, default_jiffies, hz, linear_timeouts, "default")
+    rules = parse_rules(raw_rules, hz, syn_give_up_s, linear_timeouts)
+    if not rto_program.DIRECTIONS[direction] & rto_program.DIRECTION_OUTGOING and (
+        default_syn_retries or any(rule.syn_retries for rule in rules)
+    ):
+        raise ConfigError(
+            "syn_give_up_s bounds how long connect() tries, and direction %s leaves outgoing connections alone: "
+            "use direction outgoing or both, or drop syn_give_up_s" % direction
+        )
+    return Desired(name, pin_dir, cgroup, hz, rules, default_jiffies, direction, attach_mode, obj, default_syn_retries)
+
+
+def syn_retries_for(
+    give_up_s: Optional[float], rto_jiffies: int, hz: int, linear_timeouts: int, what: str
+) -> Optional[int]:
+    """The TCP_SYNCNT that makes connect() give up at the first retransmission deadline at or past
+    give_up_s with this initial RTO (None: no syn_give_up_s, the socket keeps its own)."""
+    if give_up_s is None:
+        return None
+    if isinstance(give_up_s, bool) or not isinstance(give_up_s, (int, float)) or give_up_s <= 0:
+        raise ConfigError("%s: syn_give_up_s must be a positive number of seconds, got %r" % (what, give_up_s))
+    retries = syn_give_up.syn_retries_for_give_up(
+        give_up_s, rto_jiffies / float(hz), linear_timeouts, rto_program.MAX_SYN_RETRIES
+    )
+    if retries is None:
+        raise ConfigError(
+            "%s: syn_give_up_s %s is more than connect() can wait with %d SYN retransmits (TCP_SYNCNT's maximum) "
+            "at rto_ms %s: give a shorter syn_give_up_s"
+            % (what, give_up_s, rto_program.MAX_SYN_RETRIES, jiffies_to_ms(rto_jiffies, hz))
+        )
+    return retries
 
 
 def from_params(params: Dict[str, Any], attach_mode: str, hz: int, pending: bool = False) -> Desired:
@@ -166,6 +215,8 @@ def from_params(params: Dict[str, Any], attach_mode: str, hz: int, pending: bool
         params["direction"],
         attach_mode,
         obj,
+        syn_give_up_s=params.get("syn_give_up_s"),
+        linear_timeouts=host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0),
     )
 
 

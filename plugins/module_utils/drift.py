@@ -64,7 +64,10 @@ def maps_edited(current):
     if not recorded or rto_program.RULES_MAP not in current.maps or rto_program.CONFIG_MAP not in current.maps:
         return False
     held_rules = [rule for rule, _slot in current.rules]
-    return pins.maps_fingerprint(held_rules, current.default_jiffies, current.directions) != recorded
+    return (
+        pins.maps_fingerprint(held_rules, current.default_jiffies, current.directions, current.default_syn_retries)
+        != recorded
+    )
 
 
 def _map_findings(current, desired):
@@ -72,10 +75,16 @@ def _map_findings(current, desired):
     if not recorded or rto_program.RULES_MAP not in current.maps or rto_program.CONFIG_MAP not in current.maps:
         return []
     held_rules = [rule for rule, _slot in current.rules]
-    if pins.maps_fingerprint(held_rules, current.default_jiffies, current.directions) == recorded:
+    if (
+        pins.maps_fingerprint(held_rules, current.default_jiffies, current.directions, current.default_syn_retries)
+        == recorded
+    ):
         return []
     wanted_directions = rto_program.DIRECTIONS[desired.direction]
-    if pins.maps_fingerprint(desired.rules, desired.default_jiffies, wanted_directions) != recorded:
+    if (
+        pins.maps_fingerprint(desired.rules, desired.default_jiffies, wanted_directions, desired.default_syn_retries)
+        != recorded
+    ):
         return ["the rules or config map was edited outside tcp_rto since the last run"]
     found = []
     held = {network_text(rule.dest): rule.rto_jiffies for rule in held_rules}

@@ -21,10 +21,11 @@ __metaclass__ = type
 import errno
 import os
 import resource
+import socket
 import struct
 import sys
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, host, probe, probe_child
 
 FORCE_MISSING_ENVIRONMENT = "TCP_RTO_FORCE_MISSING"
 
@@ -215,6 +216,91 @@ def _probe_links(cgroup_root, prog_fd):
         os.rmdir(cgroup)
 
 
+# ---------------------------------------------------------------- TCP_SYNCNT from the program (issue 13)
+
+SOL_TCP = 6
+TCP_SYNCNT = 7
+BPF_FUNC_SETSOCKOPT = 49  # enum bpf_func_id
+
+
+def syncnt_probe_program(value):
+    """At TIMEOUT_INIT: bpf_setsockopt(ctx, SOL_TCP, TCP_SYNCNT, &value, 4); return 1. The verifier
+    takes it on every kernel with sock_ops (the option is checked when the helper runs)."""
+    return b"".join(
+        [
+            _insn(0xBF, dst=6, src=1),  # r6 = r1 (ctx)
+            _insn(0x61, dst=2, src=1, off=0),  # r2 = ctx->op
+            _insn(0x55, dst=2, off=8, imm=1),  # if r2 != BPF_SOCK_OPS_TIMEOUT_INIT goto exit
+            _insn(0x62, dst=10, off=-4, imm=value),  # *(u32 *)(r10 - 4) = value
+            _insn(0xBF, dst=1, src=6),
+            _insn(0xB7, dst=2, imm=SOL_TCP),
+            _insn(0xB7, dst=3, imm=TCP_SYNCNT),
+            _insn(0xBF, dst=4, src=10),
+            _insn(0x07, dst=4, imm=-4),
+            _insn(0xB7, dst=5, imm=4),
+            _insn(0x85, imm=BPF_FUNC_SETSOCKOPT),
+            _insn(0xB7, dst=0, imm=1),
+            _insn(0x95),
+        ]
+    )
+
+
+def _syncnt_body(send, _wait_parent, _joined):
+    """In the probe cgroup: a connect() to a bound port nobody listens on (answered by a RST) ->
+    the socket's TCP_SYNCNT, which the probe program set at its TIMEOUT_INIT if the kernel let it."""
+    target = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        target.bind(("127.0.0.1", 0))
+        client.setblocking(False)
+        client.connect_ex(target.getsockname())
+        send({"syn_retries": client.getsockopt(socket.IPPROTO_TCP, TCP_SYNCNT)})
+    finally:
+        client.close()
+        target.close()
+
+
+def probe_syn_retries(cgroup_root):
+    """Whether a sock_ops program may set TCP_SYNCNT on a connecting socket (upstream about 5.9):
+    the probe program, attached to a child cgroup made for it, sets a value the host's
+    tcp_syn_retries does not have, and a connect() from that cgroup reads it back."""
+    value = 3 if host.read_sysctl("net.ipv4.tcp_syn_retries", 6) != 3 else 4
+    prog_fd = bpf_syscall.prog_load(
+        bpf_syscall.BPF_PROG_TYPE_SOCK_OPS, syncnt_probe_program(value), "GPL", PROBE_PROGRAM_NAME
+    )
+    _sweep_probe_cgroups(cgroup_root)
+    cgroup = os.path.join(cgroup_root, PROBE_CGROUP_PREFIX + str(os.getpid()))
+    try:
+        os.mkdir(cgroup)
+        try:
+            with bpf_syscall.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
+                bpf_syscall.prog_attach(
+                    cgroup_fd, prog_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI
+                )
+                try:
+                    child = probe_child.ProbeChild(cgroup, _syncnt_body, probe.DEFAULT_TIMEOUT)
+                    try:
+                        found = child.receive()["syn_retries"]
+                    finally:
+                        child.close()
+                finally:
+                    bpf_syscall.prog_detach(cgroup_fd, prog_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS)
+        finally:
+            os.rmdir(cgroup)
+    except (OSError, probe_child.ProbeError) as exc:  # bpf_syscall.BpfError included
+        raise _unexpected("bpf_setsockopt(TCP_SYNCNT) from a sock_ops program", exc)
+    finally:
+        os.close(prog_fd)
+    return found == value
+
+
+def syn_retries_settable(cgroup_root=None):
+    """probe_syn_retries() on the cgroup v2 mount, unless TCP_RTO_FORCE_MISSING names syn_retries."""
+    if "syn_retries" in forced_missing():
+        return False
+    return probe_syn_retries(cgroup_root or host.cgroup2_mount())
+
+
 # ---------------------------------------------------------------- all of them
 
 # Every probed feature: the kernel that brought it upstream (for messages and docs only), what it is.
@@ -231,6 +317,8 @@ PROBES = (
     ("cap_bpf", "5.8", "CAP_BPF"),
 )
 PROBE_NAMES = tuple(name for name, _since, _what in PROBES)
+# Probed only when a run needs them (they take a forked process): syn_retries_settable().
+LAZY_PROBES = (("syn_retries", "5.9", "bpf_setsockopt(TCP_SYNCNT) from a sock_ops program"),)
 LINK_FEATURES = ("cgroup_link", "link_update", "link_info", "link_detach")
 
 
@@ -238,11 +326,11 @@ def forced_missing(environ=None):
     """The features TCP_RTO_FORCE_MISSING names; an unknown name is a programming error."""
     value = (os.environ if environ is None else environ).get(FORCE_MISSING_ENVIRONMENT, "")
     names = {name.strip() for name in value.split(",") if name.strip()}
-    unknown = sorted(names - set(PROBE_NAMES))
+    known = PROBE_NAMES + tuple(name for name, _since, _what in LAZY_PROBES)
+    unknown = sorted(names - set(known))
     if unknown:
         raise ValueError(
-            "%s names %s, not among the probes %s"
-            % (FORCE_MISSING_ENVIRONMENT, ", ".join(unknown), ", ".join(PROBE_NAMES))
+            "%s names %s, not among the probes %s" % (FORCE_MISSING_ENVIRONMENT, ", ".join(unknown), ", ".join(known))
         )
     return names
 
@@ -263,14 +351,14 @@ def detect(release=None, cgroup_root=None, status="/proc/self/status"):
     found["memcg_accounting"] = unless_forced("memcg_accounting", probe_memcg_accounting())
     if not found["memcg_accounting"]:
         host.raise_memlock()
-    for name, probe in (
+    for name, check in (
         ("prog_query", probe_prog_query),
         ("allow_multi", probe_allow_multi),
         ("prog_replace", probe_prog_replace),
         ("link_update", probe_link_update),
         ("link_detach", probe_link_detach),
     ):
-        found[name] = unless_forced(name, probe())
+        found[name] = unless_forced(name, check())
     prog_fd = load_probe_program()
     found["sock_ops"] = unless_forced("sock_ops", prog_fd is not None)
     cgroup_link = link_info = False

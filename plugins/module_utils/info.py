@@ -56,7 +56,7 @@ def _unit_problem(unit, systemctl=None):
 
 def _instance_state(current, problems):
     """ok, detached, drift (maps edited outside tcp_rto) or damaged (pins or program missing)."""
-    if current.meta is None or not current.program_intact:
+    if current.meta is None or not (current.program_intact or current.of_earlier_object):
         return "damaged"
     if not current.attached:
         return "detached"
@@ -74,7 +74,8 @@ def _instance_view(current, record_names, persist_root):
         unit=persistence.recorded_unit(name, persist_root) if name in record_names else None,
     )
     problems = [problem for problem in [current.meta_problem] if problem]
-    problems += [] if current.program_intact else ["program or maps missing or mismatched"]
+    if not (current.program_intact or current.of_earlier_object):
+        problems.append("program or maps missing or mismatched")
     view["state"] = _instance_state(current, problems)
     if view["state"] == "detached" and current.prog_info is not None:
         problems.append(
@@ -83,6 +84,11 @@ def _instance_view(current, record_names, persist_root):
         )
     if view["state"] == "drift" and drift.maps_edited(current):
         problems.append("drift: the rules or config map was edited outside tcp_rto; apply the instance again")
+    if current.of_earlier_object:
+        problems.append(
+            "applied from an earlier object, without the maps %s: apply the instance again to upgrade it"
+            % ", ".join(current.maps_of_newer_object)
+        )
     unit_problem = _unit_problem(view["unit"]) if view["unit"] else None
     if unit_problem:
         problems.append("unit missing: " + unit_problem)

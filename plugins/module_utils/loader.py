@@ -44,14 +44,15 @@ def create_maps(obj, opened, btf_fd):
     return fds
 
 
-def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo):
+def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo, stats_fd=None):
     """Write the entries of desired_rules that the rules map lacks or holds otherwise (hit slot =
     list position); current_rules None means the maps are new, else undo records how to restore
     the live maps. -> the keys to remove with delete_rules() once the default is written too:
     writes, then the default, then deletes, so that a connection never falls through to the kernel
     default while a rule moves or gives way to the default. Changed values go before new keys: the
     map is then below its capacity for each change (kernels without a 6.13 fix refuse any update to a full
-    LPM trie), which plan.rules_in_place_obstacle() checks the plan for."""
+    LPM trie), which plan.rules_in_place_obstacle() checks the plan for. stats_fd: the telemetry
+    map, whose slots reset with their hit counters."""
     fresh = current_rules is None
     wanted = rule_entries([(rule, slot) for slot, rule in enumerate(desired_rules)])
     held = rule_entries(current_rules or [])
@@ -68,6 +69,8 @@ def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo):
                     bpf_syscall.percpu_lookup(hits_fd, key, rto_program.HIT_VALUE.size),
                 )
                 bpf_syscall.percpu_update(hits_fd, key, zero)
+                if stats_fd is not None:
+                    _reset_stats(stats_fd, key, undo)
                 fault.point("hit_counter_reset")
     changed = [key for key in wanted if key in held and held[key] != wanted[key]]
     added = [key for key in wanted if key not in held]
@@ -77,6 +80,17 @@ def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo):
         bpf_syscall.map_update(rules_fd, key, wanted[key])
         fault.point("first_rule_written" if fresh else "first_rule_updated")
     return [(key, held[key]) for key in held if key not in wanted]
+
+
+def _reset_stats(stats_fd, key, undo):
+    """Zero a slot's telemetry (issue 13) on every CPU; undo puts the old counts back."""
+    undo.push(
+        bpf_syscall.percpu_update,
+        stats_fd,
+        key,
+        bpf_syscall.percpu_lookup(stats_fd, key, rto_program.STATS_VALUE.size),
+    )
+    bpf_syscall.percpu_update(stats_fd, key, [bytes(rto_program.STATS_VALUE.size)] * len(bpf_syscall.possible_cpus()))
 
 
 def _restore_rule(rules_fd, key, value):
@@ -106,7 +120,11 @@ def write_config(config_fd, desired, undo=None):
             bpf_syscall.map_lookup(config_fd, key, rto_program.CONFIG_VALUE.size),
         )
     bpf_syscall.map_update(
-        config_fd, key, rto_program.encode_config(desired.default_jiffies, rto_program.DIRECTIONS[desired.direction])
+        config_fd,
+        key,
+        rto_program.encode_config(
+            desired.default_jiffies, rto_program.DIRECTIONS[desired.direction], desired.default_syn_retries
+        ),
     )
 
 

@@ -56,6 +56,7 @@ CODE_FILES = (
     "loader",
     "attach",
     "probe_child",
+    "telemetry",
     "apply",
     "handshakes",
     "coexistence",

@@ -85,7 +85,10 @@ def meta_value(desired: Desired) -> bytes:
         "object_sha256": desired.object.sha256,
         "hz": desired.hz,
         "maps_sha256": maps_fingerprint(
-            desired.rules, desired.default_jiffies, rto_program.DIRECTIONS[desired.direction]
+            desired.rules,
+            desired.default_jiffies,
+            rto_program.DIRECTIONS[desired.direction],
+            desired.default_syn_retries,
         ),
         META_IPV6_MAPPED: ipv6_mapped_slots(desired.rules),
     }
@@ -98,11 +101,17 @@ def meta_value(desired: Desired) -> bytes:
     return raw.ljust(META_VALUE_SIZE, b"\0")
 
 
-def maps_fingerprint(rules: List[Rule], default_jiffies: Optional[int], directions: int) -> str:
+def maps_fingerprint(
+    rules: List[Rule], default_jiffies: Optional[int], directions: int, default_syn_retries: Optional[int] = None
+) -> str:
     """sha256 of what the rules and config maps hold. The meta record keeps the one written last,
-    so the next run tells an edit made outside tcp_rto (drift) from a change of parameters."""
+    so the next run tells an edit made outside tcp_rto (drift) from a change of parameters. SYN
+    retry counts enter only where set: instances without syn_give_up_s keep their fingerprint."""
+    held = [
+        [network_text(rule.dest), rule.rto_jiffies] + ([rule.syn_retries] if rule.syn_retries else []) for rule in rules
+    ]
     text = json.dumps(
-        [[[network_text(rule.dest), rule.rto_jiffies] for rule in rules], default_jiffies or 0, directions],
+        [held, default_jiffies or 0, directions] + ([default_syn_retries] if default_syn_retries else []),
         sort_keys=True,
     )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -51,7 +51,7 @@ class Plan(NamedTuple):
 def rule_entries(rules_and_slots: List[Tuple[Rule, int]]) -> Dict[bytes, bytes]:
     """[(Rule, hit slot)] -> {rules map key: value}, as the map holds them."""
     return {
-        rto_program.encode_rule_key(rule.dest): rto_program.encode_rule_value(rule.rto_jiffies, slot)
+        rto_program.encode_rule_key(rule.dest): rto_program.encode_rule_value(rule.rto_jiffies, slot, rule.syn_retries)
         for rule, slot in rules_and_slots
     }
 
@@ -105,7 +105,12 @@ def plan_present(
     steps = ["mount bpffs on /sys/fs/bpf"] if mount_bpffs else []
     if current.leftovers:
         steps.append("remove what an interrupted run left (%s)" % ", ".join(current.leftovers))
-    if current.exists and (not current.program_intact or current.meta_problem):
+    if current.of_earlier_object:
+        steps.append(
+            "upgrade the instance from an earlier object (its program has no maps %s)"
+            % ", ".join(current.maps_of_newer_object)
+        )
+    elif current.exists and (not current.program_intact or current.meta_problem):
         steps.append(
             "repair incomplete instance (%s)"
             % (
@@ -125,9 +130,10 @@ def plan_present(
     else:
         if [rule for rule, _slot in current.rules] != desired.rules:
             steps.append("update rules")
-        if (current.default_jiffies, current.directions) != (
+        if (current.default_jiffies, current.directions, current.default_syn_retries) != (
             desired.default_jiffies,
             rto_program.DIRECTIONS[desired.direction],
+            desired.default_syn_retries,
         ):
             steps.append("update default and direction")
     in_place = same_place(desired, current)

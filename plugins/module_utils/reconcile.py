@@ -138,6 +138,12 @@ def run(params, check_mode=False, diff=False):
             kernel_facts["hz"],
             pending=target.unit_running is False,
         )
+        if syn_give_up.sets_syn_retries(desired) and not features.syn_retries_settable():
+            raise host.HostError(
+                "kernel %s does not let a sock_ops program set TCP_SYNCNT (bpf_setsockopt refused it in a probe; "
+                "upstream Linux allows it from about 5.9), so syn_give_up_s cannot be kept: drop syn_give_up_s, "
+                "or set net.ipv4.tcp_syn_retries for the whole host instead" % kernel.release
+            )
     step = persistence_step(params) if desired is not None else None
     if desired is None or step:
         persistence.check_paths(params["name"], _persist_root(params))
@@ -331,6 +337,8 @@ def build_report(params, desired: Desired, kernel, check_mode) -> Report:
     applied = Current(os.path.join(params["pin_dir"], params["name"]), link_info=kernel.link_info)
     try:
         instance = views.with_hits(views.describe_desired(desired), applied)
+        for rule, held in zip(instance["rules"], desired.rules):
+            rule["syn_give_up_s"] = syn_give_up.rule_give_up_seconds(held.rto_jiffies, held.syn_retries, desired.hz)
     finally:
         applied.close()
     failed = [check for check in (verification or {}).get("checks", []) if not check["ok"]]

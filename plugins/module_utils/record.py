@@ -18,6 +18,7 @@ RECORDED = (
     "cgroup",
     "rules",
     "rto_ms",
+    "syn_give_up_s",
     "direction",
     "pin_dir",
     "mount_bpffs",
@@ -27,7 +28,7 @@ RECORDED = (
     "unit",
 )
 # Keys a record of an earlier version may lack, and what they meant there.
-ADDED_KEYS = {"unit": None}
+ADDED_KEYS = {"unit": None, "syn_give_up_s": None}
 
 
 class RecordError(Exception):
@@ -36,6 +37,8 @@ class RecordError(Exception):
 
 def record_content(params, object_sha256, object_path):
     record = {key: params.get(key) for key in RECORDED}
+    if record["rules"]:  # a rule's omitted syn_give_up_s (None from Ansible) is left out, as in earlier records
+        record["rules"] = [{key: value for key, value in rule.items() if value is not None} for rule in record["rules"]]
     record.update(format=RECORD_FORMAT, src=object_path, object_sha256=object_sha256)
     return (json.dumps(record, indent=2, sort_keys=True) + "\n").encode("utf-8")
 
@@ -52,9 +55,17 @@ def _is_str(value):
     return isinstance(value, str)
 
 
+def _is_seconds(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _is_rules(value):
     return isinstance(value, list) and all(
-        isinstance(rule, dict) and set(rule) == {"dest", "rto_ms"} and _is_str(rule["dest"]) and _is_int(rule["rto_ms"])
+        isinstance(rule, dict)
+        and {"dest", "rto_ms"} <= set(rule) <= {"dest", "rto_ms", "syn_give_up_s"}
+        and _is_str(rule["dest"])
+        and _is_int(rule["rto_ms"])
+        and _optional(_is_seconds)(rule.get("syn_give_up_s"))
         for rule in value
     )
 
@@ -64,8 +75,9 @@ RECORD_TYPES = {
     "format": (_is_int, "an integer"),
     "name": (_is_str, "a string"),
     "cgroup": (_optional(_is_str), "a string or null"),
-    "rules": (_optional(_is_rules), "a list of {dest: string, rto_ms: integer}"),
+    "rules": (_optional(_is_rules), "a list of {dest: string, rto_ms: integer, optional syn_give_up_s: number}"),
     "rto_ms": (_optional(_is_int), "an integer or null"),
+    "syn_give_up_s": (_optional(_is_seconds), "a number or null"),
     "direction": (_is_str, "a string"),
     "pin_dir": (_is_str, "a string"),
     "mount_bpffs": (lambda value: isinstance(value, bool), "true or false"),

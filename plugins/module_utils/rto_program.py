@@ -42,8 +42,11 @@ DIRECTIONS = {
 RULES_MAP = "rules"
 CONFIG_MAP = "config"
 HITS_MAP = "hits"
+STATS_MAP = "stats"  # per slot and CPU: what the handshakes did (telemetry.py reads it)
+SYN_RTX_TIME_MAP = "syn_rtx_time"  # the program's own: when a connect() last retransmitted its SYN
 BPF_MAP_TYPE_ARRAY = 2
 BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_HASH = 9
 BPF_MAP_TYPE_LPM_TRIE = 11
 BPF_F_NO_PREALLOC = 1
 
@@ -51,19 +54,51 @@ BPF_F_NO_PREALLOC = 1
 # network order. IPv4 lives in the IPv4-mapped IPv6 range (::ffff:0:0/96) so that one trie serves
 # both families and a dual-stack socket talking to a mapped address matches the IPv4 rule.
 RULE_KEY = struct.Struct("=I16s")
-# struct rule_value { __u32 rto_jiffies; __u32 hit_slot; }
-RULE_VALUE = struct.Struct("=II")
-# struct config_value { __u32 default_rto_jiffies; __u32 directions; }: 0 jiffies = no default.
+# struct rule_value { __u32 rto_jiffies; __u32 hit_slot; __u32 syn_retries; }: syn_retries is the
+# TCP_SYNCNT the program sets on connect()s the rule answers, 0 leaves the socket's own.
+RULE_VALUE = struct.Struct("=III")
+# struct config_value { __u32 default_rto_jiffies; __u32 directions; __u32 default_syn_retries; }:
+# 0 jiffies = no default; default_syn_retries as a rule's syn_retries, for the default.
 CONFIG_KEY = struct.Struct("=I")
-CONFIG_VALUE = struct.Struct("=II")
+CONFIG_VALUE = struct.Struct("=III")
 HIT_KEY = struct.Struct("=I")
 HIT_VALUE = struct.Struct("=Q")
+# TCP_SYNCNT takes 1..MAX_TCP_SYNCNT (include/net/tcp.h).
+MAX_SYN_RETRIES = 127
+
+# struct slot_stats, one per slot (as hits) and CPU: handshakes_outgoing, handshakes_incoming,
+# syn_retransmits, synack_retransmits, spurious_retransmits, rtt_sum_us, rtt_min_us (this CPU's
+# smallest sample, 0: none), then RTT_BUCKETS counters of handshake RTT: bucket b counts samples
+# in (2^(b-1), 2^b] µs (bucket 0: <= 1 µs).
+RTT_BUCKETS = 32
+STATS_FIELDS = (
+    "handshakes_outgoing",
+    "handshakes_incoming",
+    "syn_retransmits",
+    "synack_retransmits",
+    "spurious_retransmits",
+    "rtt_sum_us",
+    "rtt_min_us",
+)
+STATS_VALUE = struct.Struct("=%dQ" % (len(STATS_FIELDS) + RTT_BUCKETS))
+# struct conn_key { __u32 remote[4], local[4], remote_port, local_port; } -> __u64 ktime ns
+SYN_RTX_TIME_KEY = struct.Struct("=16s16sII")
+SYN_RTX_TIME_VALUE = struct.Struct("=Q")
+SYN_RTX_TIME_ENTRIES = 4096
 
 # What a loadable object must declare: name -> (map type, key size, value size, max entries, flags)
 MAP_CONTRACT = {
     RULES_MAP: (BPF_MAP_TYPE_LPM_TRIE, RULE_KEY.size, RULE_VALUE.size, MAX_RULES, BPF_F_NO_PREALLOC),
     CONFIG_MAP: (BPF_MAP_TYPE_ARRAY, CONFIG_KEY.size, CONFIG_VALUE.size, 1, 0),
     HITS_MAP: (BPF_MAP_TYPE_PERCPU_ARRAY, HIT_KEY.size, HIT_VALUE.size, MAX_RULES + 1, 0),
+    STATS_MAP: (BPF_MAP_TYPE_PERCPU_ARRAY, HIT_KEY.size, STATS_VALUE.size, MAX_RULES + 1, 0),
+    SYN_RTX_TIME_MAP: (
+        BPF_MAP_TYPE_LRU_HASH,
+        SYN_RTX_TIME_KEY.size,
+        SYN_RTX_TIME_VALUE.size,
+        SYN_RTX_TIME_ENTRIES,
+        0,
+    ),
 }
 
 # The program looks every connection up with the full address: IPv4 as ::ffff:a.b.c.d.
@@ -118,19 +153,21 @@ def decode_rule_key(key, mapped_as_ipv6=False):
     return network
 
 
-def encode_rule_value(rto_jiffies, hit_slot):
-    return RULE_VALUE.pack(rto_jiffies, hit_slot)
+def encode_rule_value(rto_jiffies, hit_slot, syn_retries=None):
+    return RULE_VALUE.pack(rto_jiffies, hit_slot, syn_retries or 0)
 
 
 def decode_rule_value(value):
-    return RULE_VALUE.unpack(value)
+    """-> (rto_jiffies, hit_slot, syn_retries or None)"""
+    rto_jiffies, hit_slot, syn_retries = RULE_VALUE.unpack(value)
+    return rto_jiffies, hit_slot, syn_retries or None
 
 
-def encode_config(default_rto_jiffies, directions):
-    return CONFIG_VALUE.pack(default_rto_jiffies or 0, directions)
+def encode_config(default_rto_jiffies, directions, default_syn_retries=None):
+    return CONFIG_VALUE.pack(default_rto_jiffies or 0, directions, default_syn_retries or 0)
 
 
 def decode_config(value):
-    """-> (default_rto_jiffies or None, directions bitmask)"""
-    default_rto_jiffies, directions = CONFIG_VALUE.unpack(value)
-    return default_rto_jiffies or None, directions
+    """-> (default_rto_jiffies or None, directions bitmask, default_syn_retries or None)"""
+    default_rto_jiffies, directions, default_syn_retries = CONFIG_VALUE.unpack(value)
+    return default_rto_jiffies or None, directions, default_syn_retries or None

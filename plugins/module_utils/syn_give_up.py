@@ -13,16 +13,30 @@ TCP_RTO_MAX_SECONDS = 120.0
 
 
 def give_up_seconds(desired):
-    """connect()'s give-up time with the shortest initial RTO desired gives, on this host's sysctls."""
-    values = [rule.rto_jiffies for rule in desired.rules] + [desired.default_jiffies or desired.hz]
+    """The soonest any connect() the instance answers gives up (the kernel's 1 s for the rest)."""
+    values = [(rule.rto_jiffies, rule.syn_retries) for rule in desired.rules]
+    values.append(
+        (desired.default_jiffies, desired.default_syn_retries) if desired.default_jiffies else (desired.hz, None)
+    )
+    return min(rule_give_up_seconds(jiffies, retries, desired.hz) for jiffies, retries in values)
+
+
+def rule_give_up_seconds(rto_jiffies, syn_retries, hz):
+    """When connect() with this initial RTO gives up on a peer that never answers: with the SYN
+    retries the program sets (syn_give_up_s), else the host's tcp_syn_retries."""
     return round(
         syn_give_up_seconds(
-            min(values) / float(desired.hz),
-            host.read_sysctl("net.ipv4.tcp_syn_retries", 6),
+            rto_jiffies / float(hz),
+            syn_retries or host.read_sysctl("net.ipv4.tcp_syn_retries", 6),
             host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0),
         ),
         3,
     )
+
+
+def sets_syn_retries(desired):
+    """Whether the program is to set TCP_SYNCNT on some connections (syn_give_up_s given)."""
+    return bool(desired.default_syn_retries or any(rule.syn_retries for rule in desired.rules))
 
 
 def _model_timeout(boundary, rto_base, rto_max):
@@ -63,3 +77,14 @@ def syn_give_up_seconds(
         retransmits += 1
         if retransmits > linear_timeouts:
             rto = min(rto * 2, rto_max_seconds)
+
+
+def syn_retries_for_give_up(give_up_s, rto_seconds, linear_timeouts=0, max_retries=127):
+    """The fewest SYN retries N (TCP_SYNCNT, 1..max_retries) with which connect() to a peer that
+    never answers keeps trying for at least give_up_s: it then gives up at the first retransmission
+    deadline at or past give_up_s (syn_give_up_seconds(rto_seconds, N, linear_timeouts)). None when
+    even max_retries give up sooner."""
+    for retries in range(1, max_retries + 1):
+        if syn_give_up_seconds(rto_seconds, retries, linear_timeouts) >= give_up_s * (1 - 1e-9):
+            return retries
+    return None

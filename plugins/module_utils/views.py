@@ -1,7 +1,8 @@
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """An instance as results show it: the diff's before and after, and the instance with its hit
-counters that both the module's result and the info module report. Plain stdlib."""
+counters and handshake telemetry that both the module's result and the info module report.
+Plain stdlib."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -11,6 +12,16 @@ import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import jiffies_to_ms, network_text
+
+# What results show of telemetry.slot_telemetry() per rule and for the default (the histogram
+# stays with the reader: 32 buckets per rule would swamp a result).
+REPORTED_TELEMETRY = ("handshakes", "syn_retransmits", "synack_retransmits", "spurious_retransmits", "rtt_us")
+
+
+def reported_telemetry(slot_telemetry):
+    """A slot's telemetry as results show it; every field None for an instance without the stats
+    map (applied by an earlier object, or not created yet)."""
+    return {key: (slot_telemetry or {}).get(key) for key in REPORTED_TELEMETRY}
 
 
 def rules_view(rules, hz):
@@ -55,13 +66,19 @@ def describe_current(current):
 
 def with_hits(view, current):
     """view (describe_desired or describe_current) with the instance's name, pins and program, and
-    per rule the connections it answered (hits) as current's hits map counts them."""
+    per rule and for the default the connections it answered (hits) and its handshake telemetry,
+    as current's hits and stats maps count them."""
     hits = current.hits()
+    telemetry = current.telemetry()
     return dict(
         view,
-        rules=[dict(rule, hits=hits.get(slot, 0)) for slot, rule in enumerate(view["rules"])],
+        rules=[
+            dict(rule, hits=hits.get(slot, 0), **reported_telemetry(telemetry.get(slot)))
+            for slot, rule in enumerate(view["rules"])
+        ],
         name=os.path.basename(current.instance_dir),
         pin_dir=current.instance_dir,
         program_id=current.prog_info.id if current.prog_info else None,
         default_hits=hits.get(rto_program.DEFAULT_HIT_SLOT, 0),
+        default_telemetry=reported_telemetry(telemetry.get(rto_program.DEFAULT_HIT_SLOT)),
     )

@@ -110,11 +110,25 @@ options:
           - It is rounded up to whole jiffies; the result reports the effective value.
         type: int
         required: true
+      syn_give_up_s:
+        description: O(syn_give_up_s) for this rule's connections (default the instance's).
+        type: float
   rto_ms:
     description:
       - Initial RTO in milliseconds for connections that match no rule.
       - Omitted, those connections keep the kernel default (1 second).
     type: int
+  syn_give_up_s:
+    description:
+      - Seconds C(connect) to an unreachable peer keeps trying, whatever the RTO, for the connections the
+        instance answers (rules without their own, and O(rto_ms)'s). The program sets the SYN retry
+        count (C(TCP_SYNCNT)) of each connection so that it gives up at the first retransmission deadline
+        at or past this (RV(instance.rules) shows it per rule as C(syn_give_up_s)), accounting for
+        C(net.ipv4.tcp_syn_linear_timeouts) as it is when the task runs.
+      - Needs O(direction) V(outgoing) or V(both), and a kernel whose C(bpf_setsockopt) takes C(TCP_SYNCNT)
+        (probed; upstream about 5.9); elsewhere the task fails before changing anything.
+      - Omitted, connections keep C(net.ipv4.tcp_syn_retries).
+    type: float
   direction:
     description:
       - V(outgoing) sets the timeout of the SYN sent by C(connect), V(incoming) the timeout of the
@@ -297,12 +311,28 @@ instance:
     attach_mode: {description: V(link) (a pinned bpf_link) or V(multi) (BPF_PROG_ATTACH with BPF_F_ALLOW_MULTI)., type: str, sample: link}
     direction: {description: Which handshakes the program answers., type: str, sample: both}
     rules:
-      description: The rules in order, with the effective value in ms and jiffies, and hits since the rule was set.
+      description:
+        - The rules in order, with the effective value in ms and jiffies, and hits since the rule was set.
+        - C(syn_give_up_s) is when C(connect) to an unreachable peer gives up with the rule's RTO and SYN
+          retries (O(syn_give_up_s), else C(net.ipv4.tcp_syn_retries)).
+        - C(handshakes) (C(outgoing), C(incoming)) counts completed handshakes, C(syn_retransmits) SYN
+          retransmits of C(connect) (completed or not), C(synack_retransmits) SYN-ACK retransmits of completed
+          incoming handshakes, C(spurious_retransmits) handshakes whose last SYN retransmit was not needed (an
+          estimate), C(rtt_us) the C(p50), C(p90) and C(p99) round trip in microseconds of handshakes without
+          a retransmit (null without samples); all summed over CPUs since the rule got its slot, and null for an
+          instance applied by an earlier object until its next apply.
       type: list
       elements: dict
-      sample: [{dest: 10.0.0.0/8, rto_ms: 52, rto_jiffies: 13, hits: 1200}]
+      sample:
+        - {dest: 10.0.0.0/8, rto_ms: 52, rto_jiffies: 13, hits: 1200, syn_give_up_s: 6.604,
+           handshakes: {outgoing: 1180, incoming: 0}, syn_retransmits: 21, synack_retransmits: 0,
+           spurious_retransmits: 2, rtt_us: {p50: 180, p90: 410, p99: 950}}
     default_rto_ms: {description: Effective value for connections matching no rule (null = kernel default)., type: float, sample: 1000}
     default_hits: {description: Connections that got the default value., type: int, sample: 3}
+    default_telemetry:
+      description: The telemetry fields of RV(instance.rules) for connections that got the default value.
+      type: dict
+      sample: {handshakes: {outgoing: 3, incoming: 0}, syn_retransmits: 0, synack_retransmits: 0, spurious_retransmits: 0, rtt_us: {p50: 96, p90: 120, p99: 127}}
     object_sha256: {description: SHA-256 of the loaded object., type: str}
 kernel:
   description: What the module found on the host.
@@ -439,9 +469,11 @@ ARGUMENT_SPEC = dict(
         options=dict(
             dest=dict(type="str", required=True),
             rto_ms=dict(type="int", required=True),
+            syn_give_up_s=dict(type="float"),
         ),
     ),
     rto_ms=dict(type="int"),
+    syn_give_up_s=dict(type="float"),
     direction=dict(type="str", choices=["both", "outgoing", "incoming"], default="both"),
     pin_dir=dict(type="path", default="/sys/fs/bpf/tcp_rto"),
     mount_bpffs=dict(type="bool", default=True),

@@ -105,9 +105,20 @@ instances:
     attach_mode: {description: V(link) or V(multi)., type: str}
     program_id: {description: Kernel program id., type: int}
     direction: {description: 'V(both), V(outgoing) or V(incoming).', type: str}
-    rules: {description: 'Rules with effective ms, jiffies and hits summed over CPUs.', type: list, elements: dict}
+    rules:
+      description:
+        - Rules with effective ms, jiffies and hits summed over CPUs.
+        - C(handshakes) (C(outgoing), C(incoming)) counts completed handshakes, C(syn_retransmits) SYN
+          retransmits of C(connect) (completed or not), C(synack_retransmits) SYN-ACK retransmits of completed
+          incoming handshakes, C(spurious_retransmits) handshakes whose last SYN retransmit was not needed (an
+          estimate), C(rtt_us) the C(p50), C(p90) and C(p99) round trip in microseconds of handshakes without
+          a retransmit (null without samples); all summed over CPUs since the rule got its slot, and null for an
+          instance applied by an earlier object until its next apply.
+      type: list
+      elements: dict
     default_rto_ms: {description: Value for connections matching no rule (null = kernel default)., type: float}
     default_hits: {description: Connections that got the default., type: int}
+    default_telemetry: {description: 'The telemetry fields of RV(instances[].rules) for connections that got the default.', type: dict}
     persistent: {description: Whether a record restores it at boot., type: bool}
     unit:
       description:
@@ -127,8 +138,12 @@ instances:
       elements: str
     foreign_programs: {description: Other sock_ops programs attached to its cgroup., type: list, elements: dict}
   sample: [{name: dc, cgroup: /sys/fs/cgroup, attached: true, attach_mode: link, program_id: 42, direction: both,
-            rules: [{dest: 10.0.0.0/8, rto_ms: 52, rto_jiffies: 13, hits: 1200}], default_rto_ms: null,
-            default_hits: 0, persistent: true, unit: null, state: ok, problems: [], foreign_programs: []}]
+            rules: [{dest: 10.0.0.0/8, rto_ms: 52, rto_jiffies: 13, hits: 1200, handshakes: {outgoing: 1180, incoming: 0},
+                     syn_retransmits: 21, synack_retransmits: 0, spurious_retransmits: 2,
+                     rtt_us: {p50: 180, p90: 410, p99: 950}}], default_rto_ms: null,
+            default_hits: 0, default_telemetry: {handshakes: {outgoing: 0, incoming: 0}, syn_retransmits: 0,
+                                                 synack_retransmits: 0, spurious_retransmits: 0, rtt_us: null},
+            persistent: true, unit: null, state: ok, problems: [], foreign_programs: []}]
 recorded_not_loaded:
   description: Persistent instances whose record exists but which the kernel does not hold (not restored yet).
   returned: always

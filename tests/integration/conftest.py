@@ -22,7 +22,7 @@ def second_object(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("second_object")
     with open(os.path.join(paths.REPO, "files", "bpf", "tcp_initial_rto.bpf.c")) as handle:
         source = handle.read()
-    anchor = "__u32 zero = 0, direction, remote_ip4;\n"
+    anchor = "__u32 zero = 0, direction, op = skops->op;\n"
     assert anchor in source
     source = source.replace(anchor, anchor + '\n\tasm volatile("r0 = 0" ::: "r0");\t/* the new version */\n')
     source_path = workdir / "tcp_initial_rto_v2.bpf.c"

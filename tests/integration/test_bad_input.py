@@ -23,7 +23,11 @@ import pytest
 
 from ansible_collections.netbpf.tcp_rto.tests.support import bpf_inventory, bpf_objects, sandbox
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool
-from ansible_collections.netbpf.tcp_rto.tests.support.bpf_objects import SH_OFFSET, section_header
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_objects import (
+    SH_OFFSET,
+    section_header,
+    shipped_section_size,
+)
 from ansible_collections.netbpf.tcp_rto.tests.support.paths import SHIPPED_OBJECT
 
 pytestmark = pytest.mark.kernel
@@ -540,7 +544,7 @@ ELF_CASES = [
     case(
         "elf-section-offset-past-end",
         src(patched_object("offset", (section_header("sockops", SH_OFFSET), "Q", 1 << 32))),
-        unloadable_with("(offset 4294967296, size 640) past end of file"),
+        unloadable_with("(offset 4294967296, size %d) past end of file" % shipped_section_size("sockops")),
         existing=True,
     ),
 ]

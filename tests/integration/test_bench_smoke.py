@@ -84,7 +84,7 @@ def test_every_benchmark_at_tiny_size(tmp_path):
                 assert row["retransmit_max_ms"] < 1000, row
 
     program = results["program"]
-    for name in ("collection", "blog"):
+    for name in ("collection", "collection, telemetry off", "blog"):
         entry = program["programs"][name]
         assert entry["run_cnt"] > 0 and entry["ns_per_invocation"] > 0, entry
         assert entry["invocations_per_connection"] >= 2  # the two TIMEOUT_INIT calls at least
@@ -106,7 +106,7 @@ def test_every_benchmark_at_tiny_size(tmp_path):
     assert lab.owned_leftovers(bench.pid) == []
     assert bpf_stats() == stats_before
     created = effect["program_ids"] + program["program_ids"] + module["program_ids"] + fleet["program_ids"]
-    assert len(created) == 3 + 2 + 2 + 1 + 3
+    assert len(created) == 3 + 3 + 2 + 1 + 3
     assert existing_program_ids(created) == []
 
 

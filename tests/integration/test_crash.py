@@ -247,7 +247,7 @@ def test_killed_run_is_repaired(point, scenario, cgroup, bpffs, tmp_path, second
             assert observed_rto_us(target) == expected_rto_us(request)
             link_mode = not request.get("force_legacy_attach")
             assert sorted(os.listdir(instance_dir)) == sorted(
-                ["config", "hits", "meta", "prog", "rules"] + (["link"] if link_mode else [])
+                ["config", "hits", "meta", "prog", "rules", "stats", "syn_rtx_time"] + (["link"] if link_mode else [])
             )
             ours = instance_objects(instance_dir)
             assert ours["progs"] == {program_id}
@@ -278,7 +278,7 @@ def test_fault_point_through_ansible(playbook, cgroup, bpffs):
     assert killed.results[-1]["status"] == "failed", killed.output
     assert killed.results[-1].get("rc") == 128 + 9, killed.results[-1]  # the shell reports SIGKILL
     assert sorted(os.listdir(os.path.join(args["pin_dir"], "crash"))) == sorted(
-        "new_" + name for name in ("config", "hits", "meta", "prog", "rules")
+        "new_" + name for name in ("config", "hits", "meta", "prog", "rules", "stats", "syn_rtx_time")
     )
     repaired = playbook.module(**args)
     assert repaired["changed"] is True, repaired["_output"]

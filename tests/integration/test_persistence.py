@@ -105,6 +105,7 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
                 "service_unit",
                 "syn_give_up",
                 "systemd",
+                "telemetry",
                 "uapi",
                 "views",
             )

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -41,8 +42,9 @@ from guest_kernel import (
 )
 from steps import GUEST_ROOT, STEPS, cgroup
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, features, probe
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, features, probe, syn_give_up
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.coexistence import attached_program_ids
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
 
 MARK = "@@TCPRTO"
 
@@ -367,9 +369,77 @@ def scenario_give_up():
     return "%d rtx %.2f s" % (retransmits, elapsed / 1000.0)
 
 
+TELEMETRY_HANDSHAKES = 5
+
+
+def loopback_handshakes():
+    listener = socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        for _ in range(TELEMETRY_HANDSHAKES):
+            client = socket.create_connection(listener.getsockname(), timeout=10)
+            listener.accept()[0].close()
+            client.close()
+    finally:
+        listener.close()
+
+
+def syn_sent_syncnt():
+    """TCP_SYNCNT of a connect() whose SYN is dropped (a listener with a full accept queue)."""
+    listener, filler, client = socket.socket(), socket.socket(), socket.socket()
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        filler.connect(listener.getsockname())
+        time.sleep(0.1)
+        client.setblocking(False)
+        client.connect_ex(listener.getsockname())
+        return client.getsockopt(socket.IPPROTO_TCP, 7)  # TCP_SYNCNT
+    finally:
+        for sock in (client, filler, listener):
+            sock.close()
+
+
+def scenario_telemetry():
+    """The program loads with its telemetry, counts loopback handshakes with an RTT each, and sets
+    TCP_SYNCNT for syn_give_up_s where the kernel lets it (else the module refuses the option)."""
+    os.mkdir(cgroup("telemetry"))
+    result = run_step("telemetry", may_fail=True)
+    if result.get("failed"):
+        check(
+            "does not let a sock_ops program set TCP_SYNCNT" in result.get("msg", ""),
+            "syn_give_up_s failed otherwise than refused: %s" % result.get("msg"),
+            "telemetry",
+            result,
+        )
+        result = run_step("telemetry-plain")
+        syncnt, completed = "no TCP_SYNCNT", 0
+    else:
+        linear = 4 if VERSION >= (6, 5) else 0
+        retries = syn_give_up.syn_retries_for_give_up(1.0, -(-100 * HZ // 1000) / float(HZ), linear)
+        held = in_cgroup(cgroup("telemetry"), syn_sent_syncnt)
+        check(held == retries, "TCP_SYNCNT %s, expected %d" % (held, retries), "telemetry", result)
+        syncnt, completed = "TCP_SYNCNT %d" % held, 1  # syn_sent_syncnt's filler completed its handshake
+    in_cgroup(cgroup("telemetry"), loopback_handshakes)
+    current = Current(os.path.join(PIN_DIR, "telemetry"))
+    try:
+        rule = current.telemetry()[0]
+    finally:
+        current.close()
+    count = TELEMETRY_HANDSHAKES + completed
+    check(
+        rule["handshakes"] == {"outgoing": count, "incoming": count} and rule["rtt_histogram"][-1][1] == 2 * count,
+        "telemetry after %d loopback handshakes: %s" % (count, rule),
+        "telemetry",
+        result,
+    )
+    return "p99 %s us, %s" % (rule["rtt_us"]["p99"], syncnt)
+
+
 MAP_UNDER_ZERO_MEMLOCK = """
 import os, resource
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall
 resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
 try:
     os.close(bpf_syscall.map_create(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 1))
@@ -521,6 +591,7 @@ SCENARIOS = [
     ("full-map", scenario_full_map),
     ("synack-2nd", scenario_synack),
     ("syn-give-up", scenario_give_up),
+    ("telemetry", scenario_telemetry),
     ("memlock", scenario_memlock),
     ("hz-measured", scenario_hz_measured),
     ("forced-missing", scenario_forced_missing),

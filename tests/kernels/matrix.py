@@ -37,6 +37,7 @@ SCENARIOS = [
     "full-map",
     "synack-2nd",
     "syn-give-up",
+    "telemetry",
     "memlock",
     "hz-measured",
     "forced-missing",

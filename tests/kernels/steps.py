@@ -53,6 +53,9 @@ STEPS = {
     "synack": task("synack", rto_ms=300, direction="incoming"),
     # connect() to a peer that never answers gives up after ~127 RTOs (131 on 6.5+)
     "give-up": task("giveup", rto_ms=20, direction="outgoing"),
+    # handshake telemetry and syn_give_up_s (issue 13); the second where the kernel refuses TCP_SYNCNT
+    "telemetry": task("telemetry", rules=[{"dest": LOOPBACK, "rto_ms": 100, "syn_give_up_s": 1.0}], verify=False),
+    "telemetry-plain": task("telemetry", rules=[{"dest": LOOPBACK, "rto_ms": 100}], verify=False),
     # run with RLIMIT_MEMLOCK 0 (kernels before 5.11 charge BPF memory to it)
     "memlock": task("memlock", rto_ms=500),
     # CONFIG_HZ with no kernel config readable

@@ -31,6 +31,16 @@ struct bpf_map_def SEC("maps") hits = {
 \t.value_size = sizeof(__u64), .max_entries = MAX_RULES + 1,
 };
 
+struct bpf_map_def SEC("maps") stats = {
+\t.type = BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = sizeof(__u32),
+\t.value_size = sizeof(struct slot_stats), .max_entries = MAX_RULES + 1,
+};
+
+struct bpf_map_def SEC("maps") syn_rtx_time = {
+\t.type = BPF_MAP_TYPE_LRU_HASH, .key_size = sizeof(struct conn_key),
+\t.value_size = sizeof(__u64), .max_entries = 4096,
+};
+
 """
 BTF_MAPS_START = "struct {\n\t__uint(type, BPF_MAP_TYPE_LPM_TRIE);"
 MAPS_END = "static __attribute__((always_inline)) void count_hit"
@@ -77,10 +87,12 @@ def build_legacy(directory, name="legacy"):
 # --- minimal objects that meet the collection's contract, one thing varied (bad-input cases) ------
 
 CONTRACT_MAPS = {
-    "rules": "BPF_MAP_TYPE_LPM_TRIE, .key_size = 20, .value_size = 8, .max_entries = 1024, "
+    "rules": "BPF_MAP_TYPE_LPM_TRIE, .key_size = 20, .value_size = 12, .max_entries = 1024, "
     ".map_flags = BPF_F_NO_PREALLOC",
-    "config": "BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 8, .max_entries = 1",
+    "config": "BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 12, .max_entries = 1",
     "hits": "BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = 4, .value_size = 8, .max_entries = 1025",
+    "stats": "BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = 4, .value_size = 312, .max_entries = 1025",
+    "syn_rtx_time": "BPF_MAP_TYPE_LRU_HASH, .key_size = 40, .value_size = 8, .max_entries = 4096",
 }
 OK_BODY = "return 1;"
 
@@ -129,6 +141,12 @@ def section_header(name, field):
 def section_body(name, offset):
     """Offset of byte `offset` of the section called name."""
     return lambda data: sections(data)[name][1] + offset
+
+
+def shipped_section_size(name):
+    """The size of the shipped object's section called name."""
+    with open(paths.SHIPPED_OBJECT, "rb") as handle:
+        return sections(handle.read())[name][2]
 
 
 def patched(data, *patches):

@@ -232,7 +232,7 @@ def test_legacy_object_reads_as_the_shipped_one(legacy, shipped):
 
 
 def test_instructions_patch_map_fds(shipped):
-    fds = {"rules": 7, "config": 1000, "hits": 2**31 - 1}
+    fds = {"rules": 7, "config": 1000, "hits": 2**31 - 1, "stats": 8, "syn_rtx_time": 9}
     patched = shipped.instructions(fds)
     assert len(patched) == len(shipped.insns)
     touched = set()
@@ -253,8 +253,8 @@ def test_instructions_patch_map_fds(shipped):
 
 
 def test_instructions_need_every_map_fd(shipped):
-    with pytest.raises(BpfObjectError, match="no fd given for map 'hits'"):
-        shipped.instructions({"rules": 3, "config": 4})
+    with pytest.raises(BpfObjectError, match="no fd given for map 'syn_rtx_time'"):
+        shipped.instructions({"rules": 3, "config": 4, "hits": 5, "stats": 6})
 
 
 @pytest.mark.parametrize("fd", [-1, 2**31, "3", None])
@@ -387,8 +387,9 @@ def test_maps_section_not_whole_definitions(legacy_bytes):
 
 
 def test_map_symbol_outside_maps_section(legacy_bytes):
-    data = _edit(legacy_bytes, _symbol_offset(legacy_bytes, "hits") + 8, "<Q", 60)
-    assert "map 'hits' at offset 60 is not a whole struct bpf_map_def" in _parse_error(data)
+    end = 20 * len(rto_program.MAP_CONTRACT)  # past the last struct bpf_map_def
+    data = _edit(legacy_bytes, _symbol_offset(legacy_bytes, "hits") + 8, "<Q", end)
+    assert "map 'hits' at offset %d is not a whole struct bpf_map_def" % end in _parse_error(data)
 
 
 def test_map_symbol_misaligned(legacy_bytes):
@@ -403,7 +404,8 @@ def test_map_symbol_wrong_size(legacy_bytes):
 
 def test_map_symbol_in_wrong_section(legacy_bytes):
     data = _edit(legacy_bytes, _symbol_offset(legacy_bytes, "hits") + 6, "<H", _sections(legacy_bytes)["license"][3])
-    assert "maps section holds 3 definitions but 2 are named by symbols" in _parse_error(data)
+    count = len(rto_program.MAP_CONTRACT)
+    assert "maps section holds %d definitions but %d are named by symbols" % (count, count - 1) in _parse_error(data)
 
 
 def _relocation(data, entry):
@@ -419,8 +421,11 @@ def test_relocation_symbol_index_out_of_range(shipped_bytes):
     assert "symbol index 999 out of range" in _parse_error(data)
 
 
-@pytest.mark.parametrize("r_offset", [0x280, 0x278, 2**63, 2**64 - 8])
+@pytest.mark.parametrize("r_offset", ["end", "end-8", 2**63, 2**64 - 8])
 def test_relocation_offset_outside_program(shipped_bytes, r_offset):
+    """end: the program section's size; end-8: its last instruction, half of no ld_imm64."""
+    end = _sections(shipped_bytes)["sockops"][2]
+    r_offset = {"end": end, "end-8": end - 8}.get(r_offset, r_offset)
     at, _r_offset, r_info = _relocation(shipped_bytes, 0)
     message = _parse_error(_edit(shipped_bytes, at, "<QQ", r_offset, r_info))
     assert "is outside the program section 'sockops'" in message
@@ -612,8 +617,10 @@ def test_btf_map_not_a_struct(shipped_bytes):
 
 
 def test_btf_map_symbol_past_its_section(shipped_bytes):
-    data = _edit(shipped_bytes, _symbol_offset(shipped_bytes, "hits") + 8, "<Q", 100)
-    assert "map 'hits' (32 bytes at offset 100) runs past the 104-byte .maps section" in _parse_error(data)
+    size = _sections(shipped_bytes)[".maps"][2]
+    data = _edit(shipped_bytes, _symbol_offset(shipped_bytes, "hits") + 8, "<Q", size - 4)
+    message = "map 'hits' (32 bytes at offset %d) runs past the %d-byte .maps section" % (size - 4, size)
+    assert message in _parse_error(data)
 
 
 def test_btf_ext_record_size(shipped_bytes):
@@ -857,7 +864,7 @@ def test_btf_map_key_and_value_sizes_from_types(tmp_path):
             ("__type(value, __u64);", "__uint(value_size, 8);"),
         )
     )
-    assert obj.maps["config"].value_size == 24
+    assert obj.maps["config"].value_size == 3 * rto_program.CONFIG_VALUE.size
     assert obj.maps["hits"].value_size == 8 and obj.btf.map_types["hits"][1] == 0
 
 
@@ -901,12 +908,13 @@ def test_big_endian_object(tmp_path, shipped):
     if sys.byteorder == "little":
         assert "object is big-endian, the host is little-endian" in _contract_error(obj)
     bpf_object.check_contract(obj, byteorder="big")
-    patched = obj.instructions({"rules": 5, "config": 6, "hits": 7})
+    fds = {"rules": 5, "config": 6, "hits": 7, "stats": 8, "syn_rtx_time": 9}
+    patched = obj.instructions(fds)
     for index, name in obj.map_relocations:
         offset = index * 8
         assert patched[offset + 1] & 0xF == bpf_object.BPF_PSEUDO_MAP_FD  # src_reg: low nibble in big-endian
         assert patched[offset + 1] >> 4 == obj.insns[offset + 1] >> 4
-        assert struct.unpack_from(">i", patched, offset + 4)[0] == {"rules": 5, "config": 6, "hits": 7}[name]
+        assert struct.unpack_from(">i", patched, offset + 4)[0] == fds[name]
 
 
 # --- the shipped program on this kernel -----------------------------------------------------------
@@ -1074,11 +1082,14 @@ def test_bpftool_loads_the_shipped_object_with_btf(bpffs):
     paths = _bpftool_load(SHIPPED_OBJECT, os.path.join(bpffs, "loaded"))
     prog = json.loads(_bpftool("-j", "prog", "show", "pinned", paths["prog"]))
     assert prog["type"] == "sock_ops" and prog["name"] == rto_program.PROGRAM_NAME and prog.get("btf_id")
-    assert len(prog["map_ids"]) == 3
+    assert len(prog["map_ids"]) == len(rto_program.MAP_CONTRACT)
     config = json.loads(_bpftool("-j", "map", "dump", "pinned", paths["config"]))
-    assert config[0]["formatted"] == {"key": 0, "value": {"default_rto_jiffies": 0, "directions": 0}}
+    assert config[0]["formatted"] == {
+        "key": 0,
+        "value": {"default_rto_jiffies": 0, "directions": 0, "default_syn_retries": 0},
+    }
     xlated = _bpftool("prog", "dump", "xlated", "pinned", paths["prog"])
-    assert "; if (skops->op != BPF_SOCK_OPS_TIMEOUT_INIT)" in xlated
+    assert "; if (op != BPF_SOCK_OPS_TIMEOUT_INIT && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&" in xlated
     prog_id, map_ids = prog["id"], prog["map_ids"]
     for path in paths.values():
         os.unlink(path)

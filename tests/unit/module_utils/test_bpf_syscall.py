@@ -219,7 +219,10 @@ def test_btf_load_and_typed_map(fds):
     assert info.btf_id > 0
     bpf_syscall.map_update(fd, rto_program.CONFIG_KEY.pack(0), rto_program.encode_config(7, 3))
     dump = bpf_inventory.bpftool("map", "dump", "id", str(info.id))
-    assert dump[0]["formatted"] == {"key": 0, "value": {"default_rto_jiffies": 7, "directions": 3}}
+    assert dump[0]["formatted"] == {
+        "key": 0,
+        "value": {"default_rto_jiffies": 7, "directions": 3, "default_syn_retries": 0},
+    }
     expect_error(
         "BPF_MAP_CREATE",
         errno.EINVAL,
@@ -248,8 +251,8 @@ def test_lpm_trie_map_with_rule_layout(fds):
         value = bpf_syscall.map_lookup(fd, rto_program.encode_rule_key(ipaddress.ip_network(address)), value_size)
         return value and rto_program.decode_rule_value(value)
 
-    assert lookup("10.1.2.3/32") == (25, 1)  # longest prefix
-    assert lookup("10.2.3.4/32") == (250, 0)
+    assert lookup("10.1.2.3/32") == (25, 1, None)  # longest prefix
+    assert lookup("10.2.3.4/32") == (250, 0, None)
     assert lookup("192.0.2.1/32") is None
     assert sorted(map(rto_program.decode_rule_key, bpf_syscall.map_keys(fd, key_size))) == [wide, narrow]
     expect_error(
@@ -263,7 +266,7 @@ def test_lpm_trie_map_with_rule_layout(fds):
     )
     assert bpf_syscall.map_delete(fd, rto_program.encode_rule_key(narrow)) is True
     assert bpf_syscall.map_delete(fd, rto_program.encode_rule_key(narrow)) is False
-    assert lookup("10.1.2.3/32") == (250, 0)
+    assert lookup("10.1.2.3/32") == (250, 0, None)
     assert bpf_syscall.map_info(fd).map_flags == bpf_syscall.BPF_F_NO_PREALLOC
 
 

@@ -49,6 +49,7 @@ class FakeCurrent:
         self.maps = {rto_program.RULES_MAP: 3, rto_program.CONFIG_MAP: 4}
         self.rules = [(rule, slot) for slot, rule in enumerate(written)]
         self.default_jiffies = default_jiffies
+        self.default_syn_retries = None
         self.directions = directions
 
     @property

@@ -25,6 +25,7 @@ def params(name="web", **given):
         cgroup="/sys/fs/cgroup/unified/tcp_rto_test",
         rules=[{"dest": "10.0.0.0/8", "rto_ms": 200}],
         rto_ms=None,
+        syn_give_up_s=None,
         direction="both",
         pin_dir="/sys/fs/bpf/tcp_rto",
         mount_bpffs=True,
@@ -260,6 +261,7 @@ def test_check_mode_reports_the_changes_and_writes_nothing(root, object_path):
         (lambda record: record.update(name="db"), "it names the instance 'db'"),
         (lambda record: record.update(src="/tmp/evil.o"), "src is /tmp/evil.o, not the collection's copy"),
         (lambda record: record.update(format=2), "format is not 1"),
+        (lambda record: record["rules"][0].update(syn_give_up_s="2"), "rules is"),
     ],
 )
 def test_an_edited_record_is_refused_with_what_is_wrong(root, layout, object_path, edit, reason):
@@ -283,6 +285,29 @@ def test_a_record_of_an_earlier_version_without_unit_reads_as_none(root, layout,
     with open(layout.record("web"), "w") as handle:
         json.dump(record, handle)
     assert persistence.read_record("web", root=root)["unit"] is None
+
+
+def test_syn_give_up_s_is_recorded_and_a_rule_without_one_as_before(root, object_path):
+    """Ansible passes a rule's omitted syn_give_up_s as None: the record leaves it out, so that a
+    record reads as an earlier version's did, and keeps the values given."""
+    rules = [
+        {"dest": "10.0.0.0/8", "rto_ms": 300, "syn_give_up_s": None},
+        {"dest": "10.1.0.0/16", "rto_ms": 300, "syn_give_up_s": 2.5},
+    ]
+    install_with(root, object_path, rules=rules, syn_give_up_s=4)
+    recorded = persistence.read_record("web", root=root)
+    assert recorded["rules"] == [{"dest": "10.0.0.0/8", "rto_ms": 300}, rules[1]]
+    assert recorded["syn_give_up_s"] == 4
+
+
+def test_a_record_of_an_earlier_version_without_syn_give_up_s_reads_as_none(root, layout, object_path):
+    install_with(root, object_path)
+    with open(layout.record("web")) as handle:
+        content = json.load(handle)
+    del content["syn_give_up_s"]
+    with open(layout.record("web"), "w") as handle:
+        json.dump(content, handle)
+    assert persistence.read_record("web", root=root)["syn_give_up_s"] is None
 
 
 def test_a_replaced_object_is_refused(root, layout, object_path):

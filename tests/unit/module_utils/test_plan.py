@@ -19,9 +19,13 @@ def desired(rules=(), default=None, direction="both", cgroup="/cg", attach_mode=
 class FakeCurrent:
     """The attributes of current.Current that plan_present reads."""
 
-    def __init__(self, want, attached=True, intact=True, cgroup=None, attach_mode=None, sha256=None, leftovers=()):
+    def __init__(
+        self, want, attached=True, intact=True, cgroup=None, attach_mode=None, sha256=None, leftovers=(), lacks=()
+    ):
         self.exists = True
         self.missing_pins = []
+        self.maps_of_newer_object = list(lacks)
+        self.of_earlier_object = bool(lacks)
         self.interrupted_cgroups = []
         self.interrupted_prog_id = None
         self.leftovers = list(leftovers)
@@ -30,6 +34,7 @@ class FakeCurrent:
         self.meta = {"object_sha256": sha256 or want.object.sha256}
         self.rules = [(rule, slot) for slot, rule in enumerate(want.rules)]
         self.default_jiffies = want.default_jiffies
+        self.default_syn_retries = want.default_syn_retries
         self.directions = rto_program.DIRECTIONS[want.direction]
         self.attached = attached
         self.cgroup = cgroup or want.cgroup
@@ -47,6 +52,18 @@ def test_plan_removes_what_a_killed_run_left():
     planned = plan.plan_present(want, FakeCurrent(want, leftovers=["new_meta", "new_prog"]))
     assert planned.steps == ["remove what an interrupted run left (new_meta, new_prog)"]
     assert not (planned.load_maps or planned.load_program or planned.attach)
+
+
+def test_an_instance_of_an_earlier_object_is_upgraded_not_repaired():
+    want = desired(rules=[{"dest": "10.0.0.0/8", "rto_ms": 50}])
+    held = FakeCurrent(want, intact=False, sha256="0" * 64, lacks=["stats", "syn_rtx_time"])
+    planned = plan.plan_present(want, held)
+    assert planned.steps == [
+        "upgrade the instance from an earlier object (its program has no maps stats, syn_rtx_time)",
+        "create maps and load program from object %s" % want.object.sha256[:12],
+        "replace the attached program atomically (link)",
+    ]
+    assert planned.load_maps and planned.attach == plan.ATTACH_UPDATE_LINK
 
 
 def test_plan_values_only_touch_maps():
@@ -142,12 +159,16 @@ def test_only_the_instance_pins_are_its_own():
             "rules",
             "config",
             "hits",
+            "stats",
+            "syn_rtx_time",
             "meta",
             "link",
             "new_prog",
             "new_rules",
             "new_config",
             "new_hits",
+            "new_stats",
+            "new_syn_rtx_time",
             "new_meta",
             "new_link",
         ]

@@ -139,7 +139,9 @@ def read_back(trie_fd, rules):
     mapped_slots = pins.mapped_slots(pins.ipv6_mapped_slots(rules))
     held = []
     for key in bpf_syscall.map_keys(trie_fd, rto_program.RULE_KEY.size):
-        jiffies, slot = rto_program.decode_rule_value(bpf_syscall.map_lookup(trie_fd, key, rto_program.RULE_VALUE.size))
+        jiffies, slot, _syn_retries = rto_program.decode_rule_value(
+            bpf_syscall.map_lookup(trie_fd, key, rto_program.RULE_VALUE.size)
+        )
         held.append(
             (slot, desired.Rule(rto_program.decode_rule_key(key, mapped_as_ipv6=slot in mapped_slots), jiffies))
         )

@@ -26,6 +26,7 @@ from ansible_collections.netbpf.tcp_rto.tests.support.bpf_objects import (
     at,
     section_body,
     section_header,
+    shipped_section_size,
 )
 from ansible_collections.netbpf.tcp_rto.tests.support.paths import SHIPPED_OBJECT
 
@@ -231,7 +232,7 @@ OBJECT_CASES = {
     ),
     "elf-section-offset-past-end": (
         patched_shipped((section_header("sockops", SH_OFFSET), "Q", 1 << 32)),
-        "(offset 4294967296, size 640) past end of file",
+        "(offset 4294967296, size %d) past end of file" % shipped_section_size("sockops"),
     ),
     "elf-section-size-past-end": (
         patched_shipped((section_header("sockops", SH_SIZE), "Q", 1 << 63)),
@@ -239,7 +240,7 @@ OBJECT_CASES = {
     ),
     "elf-section-offset-wraps-64-bit": (
         patched_shipped((section_header(".maps", SH_OFFSET), "Q", (1 << 64) - 8)),
-        "(offset 18446744073709551608, size 104) past end of file",
+        "(offset 18446744073709551608, size %d) past end of file" % shipped_section_size(".maps"),
     ),
     "elf-section-size-not-whole-instructions": (
         patched_shipped((section_header("sockops", SH_SIZE), "Q", 639)),

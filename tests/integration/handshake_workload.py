@@ -1,0 +1,110 @@
+"""Handshakes with a known outcome, made from inside a cgroup in a private network namespace (its
+own loopback, its own nftables ruleset; both go when the process exits). Prints one JSON line.
+
+    handshake_workload.py CGROUP loopback N
+        N connect()+accept() pairs on 127.0.0.1 -> {"connections": N}
+    handshake_workload.py CGROUP drop-syns N TIMEOUT
+        N blocking connect()s to a port whose SYNs nftables drops, each until it fails (or TIMEOUT s)
+        -> {"attempts": [{"errno": name, "elapsed_s": s, "total_retrans": k}], "dropped": SYNs dropped}
+    handshake_workload.py CGROUP drop-first-syn N
+        N connect()s whose first SYN is dropped and whose retransmit passes (nftables drops every
+        other SYN to the port) -> {"attempts": [...], "dropped": SYNs dropped}
+"""
+
+import ctypes
+import errno
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import time
+
+CLONE_NEWNET = 0x40000000
+TCP_INFO = 11
+TCPI_TOTAL_RETRANS = 100  # u32 offset in struct tcp_info
+NFT_TABLE = "tcp_rto_test"
+
+
+def join(cgroup):
+    with open(os.path.join(cgroup, "cgroup.procs"), "w") as handle:
+        handle.write("0")
+
+
+def private_network():
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def drop_syns(port, every_other):
+    match = "numgen inc mod 2 0 " if every_other else ""
+    ruleset = (
+        "table inet %s {\n chain input {\n  type filter hook input priority 0;\n"
+        "  tcp dport %d tcp flags & (syn | ack) == syn %scounter drop\n }\n}\n" % (NFT_TABLE, port, match)
+    )
+    subprocess.run(["nft", "-f", "-"], input=ruleset.encode(), check=True)
+
+
+def dropped():
+    listing = subprocess.run(
+        ["nft", "-j", "list", "table", "inet", NFT_TABLE], check=True, stdout=subprocess.PIPE
+    ).stdout
+    for item in json.loads(listing.decode())["nftables"]:
+        for expression in item.get("rule", {}).get("expr", []):
+            if "counter" in expression:
+                return expression["counter"]["packets"]
+    raise RuntimeError("no counter in the ruleset")
+
+
+def total_retrans(sock):
+    return struct.unpack_from("=I", sock.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 104), TCPI_TOTAL_RETRANS)[0]
+
+
+def attempt(target, timeout):
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.settimeout(timeout)
+    start = time.monotonic()
+    try:
+        client.connect(target)
+        outcome = "connected"
+    except OSError as exc:  # the kernel's ETIMEDOUT is a TimeoutError too, with its errno
+        outcome = errno.errorcode.get(exc.errno, "timeout") if exc.errno else "timeout"
+    try:
+        return {"errno": outcome, "elapsed_s": time.monotonic() - start, "total_retrans": total_retrans(client)}
+    finally:
+        client.close()
+
+
+def main(cgroup, mode, *args):
+    join(cgroup)
+    private_network()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    target = listener.getsockname()
+    if mode == "loopback":
+        for _ in range(int(args[0])):
+            client = socket.create_connection(target, timeout=10)
+            server, _address = listener.accept()
+            server.close()
+            client.close()
+        return {"connections": int(args[0])}
+    if mode == "drop-syns":
+        drop_syns(target[1], every_other=False)
+        attempts = [attempt(target, float(args[1])) for _ in range(int(args[0]))]
+    elif mode == "drop-first-syn":
+        drop_syns(target[1], every_other=True)
+        attempts = []
+        for _ in range(int(args[0])):
+            attempts.append(attempt(target, 10))
+            listener.accept()[0].close()
+    else:
+        raise SystemExit("unknown mode %s" % mode)
+    return {"attempts": attempts, "dropped": dropped()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(*sys.argv[1:])))
