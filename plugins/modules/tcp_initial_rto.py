@@ -332,7 +332,8 @@ instance:
     default_telemetry:
       description: The telemetry fields of RV(instance.rules) for connections that got the default value.
       type: dict
-      sample: {handshakes: {outgoing: 3, incoming: 0}, syn_retransmits: 0, synack_retransmits: 0, spurious_retransmits: 0, rtt_us: {p50: 96, p90: 120, p99: 127}}
+      sample: {handshakes: {outgoing: 3, incoming: 0}, syn_retransmits: 0, synack_retransmits: 0, spurious_retransmits: 0,
+               rtt_us: {p50: 96, p90: 120, p99: 127}}
     object_sha256: {description: SHA-256 of the loaded object., type: str}
 kernel:
   description: What the module found on the host.
