@@ -86,7 +86,7 @@ def main(cgroup, mode, *args):
     listener.listen(128)
     target = listener.getsockname()
     if mode == "loopback":
-        for _ in range(int(args[0])):
+        for _attempt in range(int(args[0])):
             client = socket.create_connection(target, timeout=10)
             server, _address = listener.accept()
             server.close()
@@ -94,11 +94,11 @@ def main(cgroup, mode, *args):
         return {"connections": int(args[0])}
     if mode == "drop-syns":
         drop_syns(target[1], every_other=False)
-        attempts = [attempt(target, float(args[1])) for _ in range(int(args[0]))]
+        attempts = [attempt(target, float(args[1])) for _attempt in range(int(args[0]))]
     elif mode == "drop-first-syn":
         drop_syns(target[1], every_other=True)
         attempts = []
-        for _ in range(int(args[0])):
+        for _attempt in range(int(args[0])):
             attempts.append(attempt(target, 10))
             listener.accept()[0].close()
     else:

@@ -377,7 +377,7 @@ def loopback_handshakes():
     try:
         listener.bind(("127.0.0.1", 0))
         listener.listen(16)
-        for _ in range(TELEMETRY_HANDSHAKES):
+        for _handshake in range(TELEMETRY_HANDSHAKES):
             client = socket.create_connection(listener.getsockname(), timeout=10)
             listener.accept()[0].close()
             client.close()
