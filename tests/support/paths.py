@@ -4,7 +4,9 @@ that run it."""
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# the checkout itself, not its path through the collections root's link (a script started through that
+# path would re-link the collection inside itself)
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 # ansible_collections/netbpf/tcp_rto in here is a symlink to REPO (scripts/setup-env makes it)
 COLLECTIONS_ROOT = os.path.join(REPO, ".cache", "collections")
 ANSIBLE_BIN = os.path.dirname(sys.executable)
