@@ -23,9 +23,8 @@ import socket
 import subprocess
 import time
 
-import programs
-
 from ansible_collections.netbpf.tcp_rto.tests.support import lab, paths, playbook
+from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
 
 SSHD = "/usr/sbin/sshd"
 PRIVSEP_DIR = "/run/sshd"  # sshd refuses to start without it; made (and removed) when missing
@@ -197,7 +196,7 @@ class SshFleet:
         )
 
     def attached(self):
-        return sum(len(programs.attached_ids(path)) for path in self.cgroups.values())
+        return sum(len(cgroup_program_ids(path)) for path in self.cgroups.values())
 
 
 def payload_sizes(workdir, log=print):
