@@ -60,11 +60,11 @@ def _join_cgroup(cgroup):
     return leaf
 
 
-def _remove_leaf(leaf, attempts=100):
-    """rmdir a probe leaf; EBUSY while the killed child is still leaving it."""
+def remove_empty_cgroup(path, attempts=100):
+    """rmdir a cgroup whose processes were killed; EBUSY while they are still leaving it."""
     for _attempt in range(attempts):
         try:
-            os.rmdir(leaf)
+            os.rmdir(path)
             return
         except OSError as exc:
             if exc.errno == errno.ENOENT:
@@ -72,7 +72,7 @@ def _remove_leaf(leaf, attempts=100):
             if exc.errno != errno.EBUSY:
                 raise
         time.sleep(0.01)
-    os.rmdir(leaf)
+    os.rmdir(path)
 
 
 def _describe(exc):
@@ -166,7 +166,7 @@ class ProbeChild:
             leaf = _leaf_path(self.cgroup, self.pid)
             if os.path.isdir(leaf):
                 try:
-                    _remove_leaf(leaf)
+                    remove_empty_cgroup(leaf)
                 except OSError as exc:
                     raise ProbeError(
                         "cannot remove the probe's temporary cgroup %s: %s; remove it with rmdir" % (leaf, exc)

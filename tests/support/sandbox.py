@@ -6,12 +6,12 @@ A private bpffs mount holds its own pins; unmounting it drops them with the moun
 """
 
 import contextlib
-import errno
 import os
 import signal
 import subprocess
-import time
 import uuid
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe_child
 
 SANDBOX_PREFIX = "tcp_rto_test-"
 BPFFS_PARENT = "/run"
@@ -60,17 +60,7 @@ def remove_cgroup_tree(cgroup):
         if os.path.isdir(child):
             remove_cgroup_tree(child)
     _kill_members(cgroup)
-    for _attempt in range(100):
-        try:
-            os.rmdir(cgroup)
-            return
-        except OSError as exc:
-            if exc.errno == errno.ENOENT:
-                return
-            if exc.errno != errno.EBUSY:
-                raise
-            time.sleep(0.02)
-    os.rmdir(cgroup)
+    probe_child.remove_empty_cgroup(cgroup)
 
 
 def make_cgroup(parent=None, label="cg"):
