@@ -24,7 +24,7 @@ import resource
 import struct
 import sys
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_info, bpf_maps, bpf_syscall, cgroups, host, uapi
 
 FORCE_MISSING_ENVIRONMENT = "TCP_RTO_FORCE_MISSING"
 
@@ -90,14 +90,14 @@ def _command_known(feature, call):
 
 def probe_prog_query():
     """BPF_PROG_QUERY (4.15): lists a cgroup's programs."""
-    return _command_known("BPF_PROG_QUERY", lambda: bpf_syscall.prog_query(BAD_FD, bpf_syscall.BPF_CGROUP_SOCK_OPS))
+    return _command_known("BPF_PROG_QUERY", lambda: bpf_syscall.prog_query(BAD_FD, uapi.BPF_CGROUP_SOCK_OPS))
 
 
 def probe_allow_multi():
     """BPF_F_ALLOW_MULTI on BPF_PROG_ATTACH (4.15): the kernel checks the flags before the fds."""
     return _command_known(
         "BPF_F_ALLOW_MULTI",
-        lambda: bpf_syscall.prog_attach(BAD_FD, BAD_FD, bpf_syscall.BPF_CGROUP_SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI),
+        lambda: bpf_syscall.prog_attach(BAD_FD, BAD_FD, uapi.BPF_CGROUP_SOCK_OPS, uapi.BPF_F_ALLOW_MULTI),
     )
 
 
@@ -106,16 +106,14 @@ def probe_prog_replace():
     return _command_known(
         "BPF_F_REPLACE",
         lambda: bpf_syscall.prog_attach(
-            BAD_FD, BAD_FD, bpf_syscall.BPF_CGROUP_SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI | bpf_syscall.BPF_F_REPLACE
+            BAD_FD, BAD_FD, uapi.BPF_CGROUP_SOCK_OPS, uapi.BPF_F_ALLOW_MULTI | uapi.BPF_F_REPLACE
         ),
     )
 
 
 def probe_link_create():
     """BPF_LINK_CREATE (5.7 with cgroup links, the first kind there was)."""
-    return _command_known(
-        "BPF_LINK_CREATE", lambda: bpf_syscall.link_create(BAD_FD, BAD_FD, bpf_syscall.BPF_CGROUP_SOCK_OPS)
-    )
+    return _command_known("BPF_LINK_CREATE", lambda: bpf_syscall.link_create(BAD_FD, BAD_FD, uapi.BPF_CGROUP_SOCK_OPS))
 
 
 def probe_link_update():
@@ -134,7 +132,7 @@ def probe_memcg_accounting():
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, hard))
     try:
-        os.close(bpf_syscall.map_create(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, PROBE_PROGRAM_NAME))
+        os.close(bpf_maps.map_create(uapi.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, PROBE_PROGRAM_NAME))
         return True
     except bpf_syscall.BpfError as exc:
         if exc.errno == errno.EPERM:
@@ -148,7 +146,7 @@ def load_probe_program():
     """The probe program's fd, or None where the kernel refuses it: no sock_ops programs (EINVAL)
     or no is_fullsock/state fields in their context (EACCES)."""
     try:
-        return bpf_syscall.prog_load(bpf_syscall.BPF_PROG_TYPE_SOCK_OPS, PROBE_PROGRAM, "GPL", PROBE_PROGRAM_NAME)
+        return bpf_syscall.prog_load(uapi.BPF_PROG_TYPE_SOCK_OPS, PROBE_PROGRAM, "GPL", PROBE_PROGRAM_NAME)
     except bpf_syscall.BpfError as exc:
         if exc.errno in (errno.EINVAL, errno.EACCES):
             return None
@@ -161,12 +159,12 @@ def probe_link_info(prog_fd, cgroup):
     (EINVAL; EPERM under an exclusive attachment of an ancestor) neither is used."""
     with bpf_syscall.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
         try:
-            link_fd = bpf_syscall.link_create(prog_fd, cgroup_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS)
+            link_fd = bpf_syscall.link_create(prog_fd, cgroup_fd, uapi.BPF_CGROUP_SOCK_OPS)
         except bpf_syscall.BpfError:
             return False, False
     with bpf_syscall.closing_fd(link_fd):  # an unpinned link detaches with its last fd
         try:
-            bpf_syscall.link_info(link_fd)
+            bpf_info.link_info(link_fd)
         except bpf_syscall.BpfError as exc:
             if exc.errno in UNKNOWN:
                 return True, False
@@ -279,7 +277,7 @@ def detect(release=None, cgroup_root=None, status="/proc/self/status"):
             if probe_link_create():
                 if cgroup_root is None:
                     try:
-                        cgroup_root = host.cgroup2_mount()
+                        cgroup_root = cgroups.cgroup2_mount()
                     except host.HostError:
                         pass
                 cgroup_link, link_info = _probe_links(cgroup_root, prog_fd)

@@ -11,6 +11,7 @@ import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     bpf_syscall,
+    cgroups,
     coexistence,
     drift,
     features,
@@ -36,7 +37,7 @@ def _support(release):
         reasons.append(str(exc))
     kernel["hz"], kernel["hz_source"] = hz.discover(None, release)
     try:
-        mount = host.cgroup2_mount()
+        mount = cgroups.cgroup2_mount()
     except host.HostError as exc:
         mount = None
         reasons.append(str(exc))

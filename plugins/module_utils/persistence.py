@@ -38,6 +38,8 @@ MODULE_UTILS = "ansible_collections.netbpf.tcp_rto.plugins.module_utils"
 CODE_FILES = (
     "rto_program",
     "bpf_syscall",
+    "bpf_maps",
+    "bpf_info",
     "uapi",
     "bpf_object",
     "elf",
@@ -45,6 +47,7 @@ CODE_FILES = (
     "btf_ext",
     "map_definitions",
     "host",
+    "cgroups",
     "hz",
     "features",
     "probe",

@@ -16,7 +16,9 @@ from typing import Any, Dict, List, NamedTuple, Optional
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     apply,
+    bpf_info,
     bpf_syscall,
+    cgroups,
     coexistence,
     drift,
     fault,
@@ -249,7 +251,7 @@ def follow_unit(params):
         raise ConfigError(
             "unit: %s attaches the instance at every start of the unit from its record: set persistent: true" % unit
         )
-    cgroup = service_unit.running_cgroup(unit, host.cgroup2_mount())
+    cgroup = service_unit.running_cgroup(unit, cgroups.cgroup2_mount())
     warnings = []
     if cgroup is None:
         warnings.append("%s does not run: the instance is recorded, and its next start attaches it" % unit)
@@ -278,7 +280,7 @@ def converge(params, desired, kernel, check_mode, diff):
                 link_detach=kernel.link_detach,
                 mount_bpffs=mount_bpffs,
                 others=instances_on_cgroup(params["pin_dir"], desired.cgroup, exclude=params["name"]),
-                blockers=coexistence.attach_blockers(desired.cgroup, host.cgroup2_mount()),
+                blockers=coexistence.attach_blockers(desired.cgroup, cgroups.cgroup2_mount()),
             )
         if plan.steps and not check_mode:
             apply.carry_out(plan, desired, current, params["pin_dir"], params["mount_bpffs"])
@@ -296,7 +298,7 @@ def converge(params, desired, kernel, check_mode, diff):
 def _cgroup_root():
     """The cgroup v2 mount, or None without one (then nothing can be attached)."""
     try:
-        return host.cgroup2_mount()
+        return cgroups.cgroup2_mount()
     except host.HostError:
         return None
 
@@ -310,7 +312,7 @@ def _instance_program_ids(params):
             continue
         try:
             with bpf_syscall.closing_fd(bpf_syscall.obj_get(os.path.join(pin_dir, name, pins.PROG_PIN))) as fd:
-                ids.append(bpf_syscall.prog_info(fd).id)
+                ids.append(bpf_info.prog_info(fd).id)
         except (OSError, bpf_syscall.BpfError):
             continue  # not an instance, or one without its program pin
     return ids
@@ -324,7 +326,7 @@ def build_report(params, desired: Desired, kernel, check_mode) -> Report:
         own_ids = [applied.prog_info.id] if applied.prog_info else []
     finally:
         applied.close()
-    programs = coexistence.survey(desired.cgroup, host.cgroup2_mount(), own_ids, _instance_program_ids(params))
+    programs = coexistence.survey(desired.cgroup, cgroups.cgroup2_mount(), own_ids, _instance_program_ids(params))
     verification = None
     if params["verify"] and not check_mode:
         verification = handshakes.verify(desired, coexistence.descendants_to_probe(programs))

@@ -16,7 +16,14 @@ import os
 import sys
 import time
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, persistence, reconcile, record, service_unit
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    cgroups,
+    host,
+    persistence,
+    reconcile,
+    record,
+    service_unit,
+)
 
 USAGE = "usage: restore.py INSTANCE | restore.py --attach INSTANCE\n"
 # How often a restore whose cgroup does not exist yet looks for it.
@@ -45,7 +52,7 @@ def main(argv, root="/"):
                 )
             )
         if attach:
-            params = dict(params, unit=None, cgroup=service_unit.own_cgroup(host.cgroup2_mount()))
+            params = dict(params, unit=None, cgroup=service_unit.own_cgroup(cgroups.cgroup2_mount()))
         elif _may_appear(params["cgroup"]) and _wait_in_background(name, params["cgroup"]):
             return 0
         result = reconcile.run(
@@ -63,7 +70,7 @@ def _may_appear(cgroup):
     if not cgroup or "\0" in cgroup or not os.path.isabs(cgroup) or os.path.lexists(cgroup):
         return False
     try:
-        mount = host.cgroup2_mount()
+        mount = cgroups.cgroup2_mount()
     except host.HostError:
         return False
     return host.is_within(os.path.normpath(cgroup), mount)

@@ -13,6 +13,8 @@ __metaclass__ = type
 import ipaddress
 import struct
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import uapi
+
 PROGRAM_SECTION = "sockops"
 PROGRAM_NAME = "tcp_initial_rto"
 
@@ -42,10 +44,6 @@ DIRECTIONS = {
 RULES_MAP = "rules"
 CONFIG_MAP = "config"
 HITS_MAP = "hits"
-BPF_MAP_TYPE_ARRAY = 2
-BPF_MAP_TYPE_PERCPU_ARRAY = 6
-BPF_MAP_TYPE_LPM_TRIE = 11
-BPF_F_NO_PREALLOC = 1
 
 # struct rule_key { __u32 prefixlen; __u32 addr[4]; }: prefixlen in host order, address bytes in
 # network order. IPv4 lives in the IPv4-mapped IPv6 range (::ffff:0:0/96) so that one trie serves
@@ -61,9 +59,9 @@ HIT_VALUE = struct.Struct("=Q")
 
 # What a loadable object must declare: name -> (map type, key size, value size, max entries, flags)
 MAP_CONTRACT = {
-    RULES_MAP: (BPF_MAP_TYPE_LPM_TRIE, RULE_KEY.size, RULE_VALUE.size, MAX_RULES, BPF_F_NO_PREALLOC),
-    CONFIG_MAP: (BPF_MAP_TYPE_ARRAY, CONFIG_KEY.size, CONFIG_VALUE.size, 1, 0),
-    HITS_MAP: (BPF_MAP_TYPE_PERCPU_ARRAY, HIT_KEY.size, HIT_VALUE.size, MAX_RULES + 1, 0),
+    RULES_MAP: (uapi.BPF_MAP_TYPE_LPM_TRIE, RULE_KEY.size, RULE_VALUE.size, MAX_RULES, uapi.BPF_F_NO_PREALLOC),
+    CONFIG_MAP: (uapi.BPF_MAP_TYPE_ARRAY, CONFIG_KEY.size, CONFIG_VALUE.size, 1, 0),
+    HITS_MAP: (uapi.BPF_MAP_TYPE_PERCPU_ARRAY, HIT_KEY.size, HIT_VALUE.size, MAX_RULES + 1, 0),
 }
 
 # The program looks every connection up with the full address: IPv4 as ::ffff:a.b.c.d.

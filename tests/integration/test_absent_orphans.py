@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_maps, bpf_syscall
 from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool, cgroup_program_ids
 from ansible_collections.netbpf.tcp_rto.tests.support.foreign_sockops import ForeignProgram
@@ -54,8 +54,8 @@ def run(params, check_mode=False):
 
 def spoil_meta(instance_dir):
     """Garbage in the meta record, as a damaged or foreign record would read."""
-    with bpf.closing_fd(bpf.obj_get(os.path.join(instance_dir, "meta"))) as fd:
-        bpf.map_update(fd, b"\0" * 4, b"not json".ljust(4096, b"\0"))
+    with bpf_syscall.closing_fd(bpf_syscall.obj_get(os.path.join(instance_dir, "meta"))) as fd:
+        bpf_maps.map_update(fd, b"\0" * 4, b"not json".ljust(4096, b"\0"))
 
 
 DAMAGE = {

@@ -20,8 +20,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import desired, plan, probe, reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, desired, plan, probe, reconcile, uapi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
 from ansible_collections.netbpf.tcp_rto.tests.support import foreign_sockops
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool
@@ -64,8 +63,8 @@ def test_kernel_runs_own_cgroup_first_in_attach_order_then_ancestors(cgroup, bpf
     first.attach(child, "multi")
     parent.attach(cgroup, "multi")
     second.attach(child, "multi")
-    with bpf.closing_fd(os.open(child, os.O_RDONLY)) as fd:
-        effective = bpf.prog_query(fd, bpf.BPF_CGROUP_SOCK_OPS, effective=True)[1]
+    with bpf_syscall.closing_fd(os.open(child, os.O_RDONLY)) as fd:
+        effective = bpf_syscall.prog_query(fd, uapi.BPF_CGROUP_SOCK_OPS, effective=True)[1]
     assert effective == [first.id, second.id, parent.id]
     assert observed_jiffies(child) == 200  # the ancestor ran last
     for program in (first, second, parent):
@@ -103,10 +102,10 @@ def test_preorder_ancestor_runs_before_the_cgroup_below(cgroup, bpffs):
     below.attach(child, "multi")
     try:
         above.attach(cgroup, "multi_preorder")
-    except bpf.BpfError as exc:
+    except bpf_syscall.BpfError as exc:
         pytest.skip("kernel without BPF_F_PREORDER: %s" % exc)
-    with bpf.closing_fd(os.open(child, os.O_RDONLY)) as fd:
-        assert bpf.prog_query(fd, bpf.BPF_CGROUP_SOCK_OPS, effective=True)[1] == [above.id, below.id]
+    with bpf_syscall.closing_fd(os.open(child, os.O_RDONLY)) as fd:
+        assert bpf_syscall.prog_query(fd, uapi.BPF_CGROUP_SOCK_OPS, effective=True)[1] == [above.id, below.id]
     assert observed_jiffies(child) == 100
 
 

@@ -75,10 +75,13 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
             for name in (
                 "apply",
                 "attach",
+                "bpf_info",
+                "bpf_maps",
                 "bpf_object",
                 "bpf_syscall",
                 "btf",
                 "btf_ext",
+                "cgroups",
                 "coexistence",
                 "current",
                 "desired",
