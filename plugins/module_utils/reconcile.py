@@ -116,7 +116,7 @@ class Converged(NamedTuple):
     diff: Optional[Dict[str, Any]]
 
 
-class Report(NamedTuple):
+class Observed(NamedTuple):
     """The instance as the kernel holds it after the run, and the handshakes that prove it."""
 
     instance: Dict[str, Any]
@@ -144,30 +144,30 @@ def run(params, check_mode=False, diff=False):
     if desired is None or step:
         persistence.check_paths(params["name"], _persist_root(params))
     if check_mode:  # reads only: no need to keep other runs out
-        converged, report, persisted = _reconcile(params, desired, kernel, target, step, check_mode, diff)
+        converged, observed, persisted = _reconcile(params, desired, kernel, target, step, check_mode, diff)
     else:
         with lock.InstanceLock(
             params["name"], params["pin_dir"], params.get("lock_timeout", lock.DEFAULT_TIMEOUT)
         ) as held:
             try:
                 fault.point("lock_taken")
-                converged, report, persisted = _reconcile(params, desired, kernel, target, step, check_mode, diff)
+                converged, observed, persisted = _reconcile(params, desired, kernel, target, step, check_mode, diff)
             finally:
                 if not os.path.isdir(os.path.join(params["pin_dir"], params["name"])):
                     held.remove_file()  # no instance (absent, or a refused first run): no lock file either
-    failed = _failed_checks(report)
+    failed = _failed_checks(observed)
     started = []
     if step == "record" and not params.get("unit") and not failed:
         # outside the lock: the unit's restore takes it
         started = persistence.start_unit(params["name"], _persist_root(params), check_mode)
-    result = _result(kernel_facts, target, converged, report, persisted + started)
+    result = _result(kernel_facts, target, converged, observed, persisted + started)
     if failed:
-        raise VerificationFailed(handshakes.failure_message(desired, failed, report.conflicts), result)
+        raise VerificationFailed(handshakes.failure_message(desired, failed, observed.conflicts), result)
     return result
 
 
 def _reconcile(params, desired, kernel, target, step, check_mode, diff):
-    """The run under the instance's lock -> (Converged or None, Report or None, persistence actions).
+    """The run under the instance's lock -> (Converged or None, Observed or None, persistence actions).
     A failed verification leaves persistence as it was."""
     running = target.unit_running is not False
     converged = converge(params, desired, kernel, check_mode, diff) if running else None
@@ -175,29 +175,29 @@ def _reconcile(params, desired, kernel, target, step, check_mode, diff):
     root = _persist_root(params)
     if desired is None:
         return converged, None, persistence.remove(params["name"], root, check_mode)
-    report = build_report(params, desired, kernel, check_mode) if running else None
-    if _failed_checks(report):
-        return converged, report, []
+    observed = observe(params, desired, kernel, check_mode) if running else None
+    if _failed_checks(observed):
+        return converged, observed, []
     if step == "record":
         return (
             converged,
-            report,
+            observed,
             persistence.install(params, params["src"], desired.object.sha256, root, check_mode=check_mode),
         )
     if step == "forget":
-        return converged, report, persistence.remove(params["name"], root, check_mode)
-    return converged, report, []
+        return converged, observed, persistence.remove(params["name"], root, check_mode)
+    return converged, observed, []
 
 
-def _result(kernel_facts, target, converged, report, persisted):
+def _result(kernel_facts, target, converged, observed, persisted):
     actions = list(converged.plan.steps if converged else ()) + list(persisted)
     result = dict(
         changed=bool(actions),
         actions=actions,
         kernel=kernel_facts,
-        foreign_programs=report.foreign_programs if report else [],
+        foreign_programs=observed.foreign_programs if observed else [],
         drift=converged.drift if converged else [],
-        conflicts=report.conflicts if report else [],
+        conflicts=observed.conflicts if observed else [],
     )
     warnings = target.warnings + list(converged.plan.warnings if converged else ())
     if warnings:
@@ -206,10 +206,10 @@ def _result(kernel_facts, target, converged, report, persisted):
         result["unit_running"] = target.unit_running
     if converged and converged.diff is not None:
         result["diff"] = converged.diff
-    if report:
-        result.update(instance=report.instance, syn_give_up_s=report.syn_give_up_s)
-        if report.verification is not None:
-            result["verification"] = report.verification
+    if observed:
+        result.update(instance=observed.instance, syn_give_up_s=observed.syn_give_up_s)
+        if observed.verification is not None:
+            result["verification"] = observed.verification
     return result
 
 
@@ -318,7 +318,7 @@ def _instance_program_ids(params):
     return ids
 
 
-def build_report(params, desired: Desired, kernel, check_mode) -> Report:
+def observe(params, desired: Desired, kernel, check_mode) -> Observed:
     """What the kernel holds now, proven by real handshakes unless check mode or verify: false;
     the foreign programs that meet ours, and those that can explain a failed handshake."""
     applied = Current(os.path.join(params["pin_dir"], params["name"]), link_info=kernel.link_info)
@@ -339,10 +339,10 @@ def build_report(params, desired: Desired, kernel, check_mode) -> Report:
     conflicts = (
         coexistence.conflicts(failed, programs, desired.cgroup, own_ids, KERNEL_DEFAULT_RTO_MS) if failed else []
     )
-    return Report(instance, programs, verification, conflicts, syn_give_up.give_up_seconds(desired))
+    return Observed(instance, programs, verification, conflicts, syn_give_up.give_up_seconds(desired))
 
 
-def _failed_checks(report):
-    if report is None or report.verification is None:
+def _failed_checks(observed):
+    if observed is None or observed.verification is None:
         return []
-    return [check for check in report.verification["checks"] if not check["ok"]]
+    return [check for check in observed.verification["checks"] if not check["ok"]]

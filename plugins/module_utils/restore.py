@@ -61,7 +61,7 @@ def main(argv, root="/"):
     except (record.RecordError, service_unit.UnitError, reconcile.VerificationFailed, *reconcile.ERRORS) as exc:
         sys.stderr.write("tcp-rto restore of %s failed: %s\n" % (name, reconcile.describe_error(exc)))
         return 1
-    return _report(name, attach, result)
+    return _print_result(name, attach, result)
 
 
 def _may_appear(cgroup):
@@ -94,7 +94,7 @@ def _wait_in_background(name, cgroup):
     return False
 
 
-def _report(name, attach, result):
+def _print_result(name, attach, result):
     summary = {key: result.get(key) for key in ("changed", "actions", "verification")}
     summary["program_id"] = result["instance"]["program_id"]
     sys.stdout.write(

@@ -168,10 +168,10 @@ def main():
         supports_check_mode=True,
     )
     try:
-        report = info.gather(module.params["pin_dir"], module.params["cgroups"], module.params["persist_root"])
+        gathered = info.gather(module.params["pin_dir"], module.params["cgroups"], module.params["persist_root"])
     except (OSError, ValueError) as exc:
         module.fail_json(msg="reading the host's BPF state failed: %s" % to_native(exc))
-    module.exit_json(changed=False, **report)
+    module.exit_json(changed=False, **gathered)
 
 
 if __name__ == "__main__":
