@@ -25,7 +25,7 @@ ATTACH_MULTI = "multi"
 
 # bpffs refuses names with a dot (reserved), so neither instance names nor pins have one.
 INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}\Z")  # \Z: $ would allow a final newline
-PATH_PARAMS = ("cgroup", "pin_dir", "src", "persist_root")
+PATH_PARAMS = ("cgroup", "pin_dir", "src")
 
 
 class ConfigError(ValueError):

@@ -10,7 +10,8 @@ tiny sock_ops program linked to a child cgroup the probe makes and removes again
 behind: every fd is closed and the cgroup removed before detect() returns.
 
 Test aid: TCP_RTO_FORCE_MISSING=link_info,link_detach (names of PROBES) makes those probes report
-the feature missing, so that the fallbacks run on a kernel that has everything. Unset outside tests.
+the feature missing, so that the fallbacks run on a kernel that has everything (cgroup_link: the
+legacy BPF_PROG_ATTACH where bpf_link exists). Unset outside tests.
 Plain stdlib, usable without Ansible.
 """
 
@@ -332,18 +333,18 @@ class KernelFeatures:
                 )
             )
 
-    def attach_mode(self, force_legacy_attach):
-        """'link' where every link feature works and legacy is not forced, else 'multi'
+    def attach_mode(self):
+        """'link' where every link feature works, else 'multi'
         (HostError where BPF_F_ALLOW_MULTI is missing too)."""
-        if self.link_mode and not force_legacy_attach:
+        if self.link_mode:
             return "link"
         if not self.allow_multi:
             raise host.HostError(
-                "kernel %s can attach the program neither through a bpf_link (%s) nor with %s: "
+                "kernel %s can attach the program neither through a bpf_link (lacks %s) nor with %s: "
                 "upgrade the kernel"
                 % (
                     self.release,
-                    "forced off by force_legacy_attach" if self.link_mode else "lacks " + self.missing(LINK_FEATURES),
+                    self.missing(LINK_FEATURES),
                     self.missing(("allow_multi",)),
                 )
             )

@@ -64,7 +64,7 @@ def persistence_step(params):
     persistent = params.get("persistent")
     if persistent is True:
         return "record"
-    if persistent not in (None, False) or not persistence.recorded(params["name"], _persist_root(params)):
+    if persistent not in (None, False) or not persistence.recorded(params["name"], persistence.host_root()):
         return None
     return "forget" if persistent is False else "record"
 
@@ -136,13 +136,13 @@ def run(params, check_mode=False, diff=False):
     if params["state"] == "present":
         desired = from_params(
             params,
-            kernel.attach_mode(params["force_legacy_attach"]),
+            kernel.attach_mode(),
             kernel_facts["hz"],
             pending=target.unit_running is False,
         )
     step = persistence_step(params) if desired is not None else None
     if desired is None or step:
-        persistence.check_paths(params["name"], _persist_root(params))
+        persistence.check_paths(params["name"], persistence.host_root())
     if check_mode:  # reads only: no need to keep other runs out
         converged, observed, persisted = _reconcile(params, desired, kernel, target, step, check_mode, diff)
     else:
@@ -159,7 +159,7 @@ def run(params, check_mode=False, diff=False):
     started = []
     if step == "record" and not params.get("unit") and not failed:
         # outside the lock: the unit's restore takes it
-        started = persistence.start_unit(params["name"], _persist_root(params), check_mode)
+        started = persistence.start_unit(params["name"], persistence.host_root(), check_mode)
     result = _result(kernel_facts, target, converged, observed, persisted + started)
     if failed:
         raise VerificationFailed(handshakes.failure_message(desired, failed, observed.conflicts), result)
@@ -172,7 +172,7 @@ def _reconcile(params, desired, kernel, target, step, check_mode, diff):
     running = target.unit_running is not False
     converged = converge(params, desired, kernel, check_mode, diff) if running else None
     fault.point("converged")
-    root = _persist_root(params)
+    root = persistence.host_root()
     if desired is None:
         return converged, None, persistence.remove(params["name"], root, check_mode)
     observed = observe(params, desired, kernel, check_mode) if running else None
@@ -211,10 +211,6 @@ def _result(kernel_facts, target, converged, observed, persisted):
         if observed.verification is not None:
             result["verification"] = observed.verification
     return result
-
-
-def _persist_root(params):
-    return params.get("persist_root") or "/"
 
 
 def preflight(params):

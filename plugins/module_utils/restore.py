@@ -31,6 +31,7 @@ CGROUP_POLL_SECONDS = 0.2
 
 
 def main(argv, root="/"):
+    """root: what stood for / when the calling script was installed (persistence.host_root())."""
     attach = argv[:1] == ["--attach"]
     if attach:
         argv = argv[1:]
@@ -55,9 +56,7 @@ def main(argv, root="/"):
             params = dict(params, unit=None, cgroup=service_unit.own_cgroup(cgroups.cgroup2_mount()))
         elif _may_appear(params["cgroup"]) and _wait_in_background(name, params["cgroup"]):
             return 0
-        result = reconcile.run(
-            dict(params, state="present", persistent=reconcile.PERSISTENCE_UNTOUCHED, persist_root=root)
-        )
+        result = reconcile.run(dict(params, state="present", persistent=reconcile.PERSISTENCE_UNTOUCHED))
     except (record.RecordError, service_unit.UnitError, reconcile.VerificationFailed, *reconcile.ERRORS) as exc:
         sys.stderr.write("tcp-rto restore of %s failed: %s\n" % (name, reconcile.describe_error(exc)))
         return 1

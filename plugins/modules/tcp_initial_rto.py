@@ -162,12 +162,6 @@ options:
       - The object must have a C(sockops) program, a GPL-compatible license and the maps
         C(rules), C(config) and C(hits) of the collection's program.
     type: path
-  force_legacy_attach:
-    description:
-      - Test aid. Attach with C(BPF_PROG_ATTACH) and C(BPF_F_ALLOW_MULTI) even where the kernel has
-        every cgroup bpf_link feature, to exercise the path older kernels take.
-    type: bool
-    default: false
   persistent:
     description:
       - Keep the instance across reboots. The module records its parameters in
@@ -188,12 +182,6 @@ options:
         the instance.
       - O(state=absent) removes the record, the unit and the copied files whatever this option says.
     type: bool
-  persist_root:
-    description:
-      - Test aid (and for building images). Directory that stands for C(/) for the files O(persistent)
-        writes and O(state=absent) removes.
-    type: path
-    default: /
   lock_timeout:
     description:
       - Runs on one instance take turns through a lock, C(/run/tcp_rto/<name>.lock) (with a hash of
@@ -227,9 +215,7 @@ notes:
   - Drift (a pin deleted, the program detached or a map entry edited outside the module) is reported
     in RV(drift) and repaired; check mode reports it without repairing.
   - A run killed at any point (SIGKILL, power cut) leaves no attachment or pin behind that the next
-    run does not repair; the next run reports what it removed. As a test aid, the environment
-    variable C(TCP_RTO_FAULT_AT) set to a step name (see C(docs/reliability.md)) makes the module kill
-    itself right after that step.
+    run does not repair; the next run reports what it removed.
 seealso:
   - name: Kernel sample tcp_synrto_kern.c
     description: The kernel's own example of a sock_ops program that sets the SYN RTO.
@@ -403,9 +389,7 @@ ARGUMENT_SPEC = dict(
     hz=dict(type="int"),
     verify=dict(type="bool", default=True),
     src=dict(type="path"),
-    force_legacy_attach=dict(type="bool", default=False),
     persistent=dict(type="bool"),
-    persist_root=dict(type="path", default="/"),
     lock_timeout=dict(type="int", default=60),
 )
 

@@ -67,7 +67,7 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_absent_finds_the_legacy_attachment_without_the_record(place, damage):
-    applied = run(place.params(rules=RULES, force_legacy_attach=True))
+    applied = run(place.params(rules=RULES, _legacy_attach=True))
     ours = applied["instance"]["program_id"]
     assert sorted(cgroup_program_ids(place.cgroup)) == sorted([place.neighbour.id, ours])
     DAMAGE[damage](place)
@@ -90,7 +90,7 @@ def test_absent_finds_the_legacy_attachment_without_the_record(place, damage):
     assert run(place.params(state="absent"))["changed"] is False
 
 
-@pytest.mark.parametrize("mode", [dict(), dict(force_legacy_attach=True)], ids=["link", "legacy"])
+@pytest.mark.parametrize("mode", [dict(), dict(_legacy_attach=True)], ids=["link", "legacy"])
 def test_absent_leaves_entries_it_did_not_make(place, mode):
     run(place.params(rules=RULES, **mode))
     notes = os.path.join(place.dir, "notes")

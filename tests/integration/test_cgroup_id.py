@@ -11,6 +11,7 @@ import stat
 import pytest
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_info, bpf_syscall, cgroups, reconcile
+from ansible_collections.netbpf.tcp_rto.tests.support import aids
 from ansible_collections.netbpf.tcp_rto.tests.support.foreign_sockops import ForeignProgram
 from ansible_collections.netbpf.tcp_rto.tests.support.reconcile_run import module_params
 
@@ -69,8 +70,13 @@ def test_module_finds_links_by_cgroup_id(cgroup, bpffs, tmp_path, foreign_link, 
         rto_ms=200,
         pin_dir=os.path.join(bpffs, "tcp_rto"),
         mount_bpffs=False,
-        persist_root=str(tmp_path),
+        _persist_root=str(tmp_path),
     )
+    with aids.applied(params) as params:
+        check_links_found_by_cgroup_id(params, foreign_link)
+
+
+def check_links_found_by_cgroup_id(params, foreign_link):
     try:
         first = reconcile.run(params)
         assert first["verification"]["ok"] is True

@@ -22,7 +22,7 @@ import pytest
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, desired, plan, probe, reconcile, uapi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
-from ansible_collections.netbpf.tcp_rto.tests.support import foreign_sockops
+from ansible_collections.netbpf.tcp_rto.tests.support import aids, foreign_sockops
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool
 from ansible_collections.netbpf.tcp_rto.tests.support.foreign_sockops import OWN_JIFFIES, ForeignProgram
 from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
@@ -121,7 +121,7 @@ AFTER_CONFLICT = ("ok", "conflict", "conflict", "ok")
 # variant: pass (returns 1, reply untouched) | zero (returns 0) | minus1 (reply = -1) | own (reply = 625)
 # place: where the foreign program is, seen from our cgroup; mode: how it is attached;
 # when: attached before our first apply, or after it; ours: our attach mode (link, or multi by
-# force_legacy_attach); outcomes: of apply, update, upgrade, absent.
+# _legacy_attach, tests/support/aids.py); outcomes: of apply, update, upgrade, absent.
 MATRIX = {
     "pass-same-multi-before": Row("pass", "same", "multi", "before", "link", OK4),
     "pass-same-link-after": Row("pass", "same", "link", "after", "multi", OK4),
@@ -183,8 +183,8 @@ class Scene:
             direction="outgoing",
             pin_dir=self.pin_dir,
             mount_bpffs=False,
-            force_legacy_attach=ours == "multi",
-            persist_root=self.persist_root,
+            _legacy_attach=ours == "multi",
+            _persist_root=self.persist_root,
         )
         mine.update(changes)
         return module_params(**mine)
@@ -199,7 +199,8 @@ def run_operation(scene, row, operation, second_object):
         "absent": {"state": "absent"},
     }
     try:
-        result = reconcile.run(scene.params(row.ours, **steps[operation]))
+        with aids.applied(scene.params(row.ours, **steps[operation])) as params:
+            result = reconcile.run(params)
     except reconcile.VerificationFailed as exc:
         return "conflict", exc.result
     except plan.InstanceError as exc:
@@ -307,7 +308,8 @@ def test_check_mode_refuses_blocked_attach(cgroup, bpffs, tmp_path):
     foreign.attach(scene.target, "exclusive")
     try:
         with pytest.raises(plan.InstanceError, match="program %d" % foreign.id):
-            reconcile.run(scene.params("link"), check_mode=True)
+            with aids.applied(scene.params("link")) as params:
+                reconcile.run(params, check_mode=True)
         assert not os.path.exists(scene.pin_dir)
     finally:
         foreign.detach_all()

@@ -93,9 +93,7 @@ def test_refuses_a_kernel_that_cannot_run_the_program(cgroup, bpffs, name):
 
 
 def test_legacy_attach_refused_without_allow_multi(cgroup, bpffs):
-    returncode, result, err = reconcile_run.run(
-        params(cgroup, bpffs, force_legacy_attach=True), force_missing="allow_multi"
-    )
+    returncode, result, err = reconcile_run.run(params(cgroup, bpffs, _legacy_attach=True), force_missing="allow_multi")
     assert returncode == 1, (result, err)
     assert "BPF_F_ALLOW_MULTI (4.15)" in result["error"]
     assert cgroup_program_ids(cgroup) == []

@@ -33,7 +33,7 @@ def args(cgroup, bpffs, root):
         pin_dir=os.path.join(bpffs, "tcp_rto"),
         mount_bpffs=False,
         persistent=True,
-        persist_root=root,
+        _persist_root=root,
         rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}],
     )
 

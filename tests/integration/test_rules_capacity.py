@@ -82,7 +82,7 @@ def apply(params, check_mode=False):
 
 @pytest.mark.parametrize(
     "mode",
-    [dict(), dict(force_legacy_attach=True), dict(force_legacy_attach=True, _no_prog_replace=True)],
+    [dict(), dict(_legacy_attach=True), dict(_legacy_attach=True, _no_prog_replace=True)],
     ids=["link_update", "legacy_replace", "legacy_attach_then_detach"],
 )
 def test_swap_beyond_capacity_replaces_maps_without_a_gap(instance, cgroup, mode):
@@ -180,7 +180,7 @@ NEW_MAPS_POINTS = [
 FAILURES = (
     [("in_place", point, dict()) for point in IN_PLACE_POINTS]
     + [("new_maps", point, dict()) for point in NEW_MAPS_POINTS]
-    + [("new_maps", point, dict(force_legacy_attach=True)) for point in NEW_MAPS_POINTS]
+    + [("new_maps", point, dict(_legacy_attach=True)) for point in NEW_MAPS_POINTS]
 )
 
 

@@ -219,7 +219,7 @@ def test_every_probe_finds_its_feature_here_and_leaves_nothing(cgroup, monkeypat
     before = _program_ids_named(features.PROBE_PROGRAM_NAME)
     kernel = features.detect(cgroup_root=cgroup)
     assert kernel.present == dict.fromkeys(features.PROBE_NAMES, True)
-    assert kernel.link_mode and kernel.attach_mode(False) == "link"
+    assert kernel.link_mode and kernel.attach_mode() == "link"
     kernel.require()
     assert not [entry for entry in os.listdir(cgroup) if entry.startswith(features.PROBE_CGROUP_PREFIX)]
     deadline = time.monotonic() + 5  # a freed program's id goes after an RCU grace period
@@ -287,17 +287,17 @@ def kernel_with(**missing):
 def test_link_mode_needs_every_link_feature(name):
     kernel = kernel_with(**{name: False})
     assert kernel.link_mode is False
-    assert kernel.attach_mode(force_legacy_attach=False) == "multi"
+    assert kernel.attach_mode() == "multi"
 
 
 def test_attach_mode():
-    assert kernel_with().attach_mode(False) == "link"
-    assert kernel_with().attach_mode(True) == "multi"
-    assert kernel_with(allow_multi=False).attach_mode(False) == "link"
-    with pytest.raises(host.HostError, match=r"BPF_F_ALLOW_MULTI.*4\.15"):
-        kernel_with(allow_multi=False).attach_mode(True)
+    assert kernel_with().attach_mode() == "link"
+    assert kernel_with(cgroup_link=False).attach_mode() == "multi"  # the test aid for legacy attach
+    assert kernel_with(allow_multi=False).attach_mode() == "link"
+    with pytest.raises(host.HostError, match=r"lacks cgroup bpf_link.*BPF_F_ALLOW_MULTI.*4\.15"):
+        kernel_with(allow_multi=False, cgroup_link=False).attach_mode()
     with pytest.raises(host.HostError, match=r"lacks BPF_LINK_DETACH \(5\.9\).*BPF_F_ALLOW_MULTI"):
-        kernel_with(allow_multi=False, link_detach=False).attach_mode(False)
+        kernel_with(allow_multi=False, link_detach=False).attach_mode()
 
 
 @pytest.mark.parametrize("name", ["sock_ops", "prog_query"])
