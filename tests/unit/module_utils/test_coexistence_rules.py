@@ -37,7 +37,7 @@ def kernel(tmp_path, monkeypatch):
     monkeypatch.setattr(coexistence, "_query", fake.query)
     monkeypatch.setattr(coexistence, "_program_names", lambda prog_id: ("prog%d" % prog_id, "tag%d" % prog_id))
     monkeypatch.setattr(coexistence, "_sock_ops_links", lambda: {(cgroups.cgroup_id(c), i) for c, i in fake.links})
-    monkeypatch.setattr(cgroups, "cgroup_id", lambda path: hash(path))
+    monkeypatch.setattr(cgroups, "cgroup_id", hash)
     return fake
 
 
