@@ -2,14 +2,15 @@
 
 One machine stands in for the fleet, as tests/integration/test_fleet.py does: every inventory host
 has the local connection, its own child cgroup and instance, its own pin_dir (in a private bpffs)
-and its own persist_root, and the module runs with persistent: true as a rollout does. Per round,
-with a fresh fleet: the rollout (every host changes), the same play again (no-op), and the same
+and its own root for the files of persistence (the test aid TCP_RTO_TEST_PERSIST_ROOT), and the
+module runs with persistent: true as a rollout does. Per round, with a fresh fleet: the rollout (every host changes), the same play again (no-op), and the same
 play shape with ansible.builtin.ping. Ansible's default forks (5).
 """
 
 import os
 import statistics
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
 from ansible_collections.netbpf.tcp_rto.tests.support import bpf_inventory, lab, paths, playbook
 
 RULES = [dict(dest="127.0.0.0/8", rto_ms=200)]
@@ -41,8 +42,8 @@ MODULE_TASK = {
         mount_bpffs=False,
         rules=RULES,
         persistent=True,
-        persist_root="{{ bench_persist_root }}",
     ),
+    "environment": {persistence.TEST_ROOT_ENVIRONMENT: "{{ bench_persist_root }}"},
 }
 
 

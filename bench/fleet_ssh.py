@@ -23,6 +23,7 @@ import socket
 import subprocess
 import time
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
 from ansible_collections.netbpf.tcp_rto.tests.support import lab, paths, playbook
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
 
@@ -81,6 +82,8 @@ class SshServer:
                         "MaxStartups 1000",
                         "PrintMotd no",
                         "Subsystem sftp internal-sftp",
+                        # each simulated host's own persistence root (the test aid), sent by its client
+                        "AcceptEnv " + persistence.TEST_ROOT_ENVIRONMENT,
                         "",
                     ]
                 )
@@ -131,8 +134,15 @@ class SshFleet:
         for host in self.hosts:
             os.mkdir(self.cgroups[host])
             lines.append(
-                "%s ansible_control_path=%%(directory)s/%s tcp_rto_cgroup=%s tcp_rto_pin_dir=%s tcp_rto_persist_root=%s"
-                % (host, host, self.cgroups[host], os.path.join(bpffs, host), os.path.join(workdir, "root", host))
+                "%s ansible_control_path=%%(directory)s/%s tcp_rto_cgroup=%s tcp_rto_pin_dir=%s ansible_ssh_extra_args='-o SetEnv=%s=%s'"
+                % (
+                    host,
+                    host,
+                    self.cgroups[host],
+                    os.path.join(bpffs, host),
+                    persistence.TEST_ROOT_ENVIRONMENT,
+                    os.path.join(workdir, "root", host),
+                )
             )
         lines += [
             "[fleet:vars]",

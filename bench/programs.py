@@ -10,7 +10,7 @@ import os
 import subprocess
 import time
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_info, bpf_syscall, reconcile
 from ansible_collections.netbpf.tcp_rto.tests.support import lab, paths, reconcile_run
 
 BLOG_SOURCE = os.path.join(lab.BENCH, "blog", "blog_rto.bpf.c")
@@ -111,11 +111,11 @@ def manual_sequence(workdir, cgroup, bpffs, hz):
 
 def program_id_of_pin(pin):
     with bpf_syscall.closing_fd(bpf_syscall.obj_get(pin)) as fd:
-        return bpf_syscall.prog_info(fd).id
+        return bpf_info.prog_info(fd).id
 
 
 def program_stats(prog_id):
     """(run_time_ns, run_cnt) of a program, as bpf_stats_enabled counts them."""
-    with bpf_syscall.closing_fd(bpf_syscall.prog_get_fd_by_id(prog_id)) as fd:
-        info = bpf_syscall.prog_info(fd)
+    with bpf_syscall.closing_fd(bpf_info.prog_get_fd_by_id(prog_id)) as fd:
+        info = bpf_info.prog_info(fd)
     return info.run_time_ns, info.run_cnt

@@ -460,7 +460,7 @@ def _fleet(results):
         "",
         "One play over %d inventory hosts on this machine (local connection, Ansible's default 5 forks);"
         % result["hosts"],
-        "each host has its own child cgroup, instance, pin_dir (private bpffs) and persist_root, as in",
+        "each host has its own child cgroup, instance, pin_dir (private bpffs) and root for the files of persistence, as in",
         "tests/integration/test_fleet.py, and the module runs with `persistent: true` as a rollout does.",
         "%d round(s), each with a fresh fleet; median wall time of `ansible-playbook`." % result["rounds"],
         "",

@@ -119,7 +119,7 @@ def page_text(html_dir, page):
         ("index.html", ["netbpf.tcp_rto", "Modules, filter and role", "Playbooks", "Guides", "Changelog"]),
         (
             "reference/tcp_initial_rto_module.html",
-            ["netbpf.tcp_rto.tcp_initial_rto module", "rto_ms", "force_legacy_attach", "syn_give_up_s", "Examples"],
+            ["netbpf.tcp_rto.tcp_initial_rto module", "rto_ms", "lock_timeout", "syn_give_up_s", "Examples"],
         ),
         ("reference/tcp_initial_rto_info_module.html", ["tcp_initial_rto_info module", "unsupported_reasons"]),
         ("reference/report_table_filter.html", ["report_table filter", "markdown"]),

@@ -17,13 +17,13 @@ INTERPRETERS = sorted({"/usr/bin/python3", *glob.glob("/root/.pyenv/versions/3.*
 
 SNIPPET = """
 import os, sys
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
-    apply, bpf_object, bpf_syscall, desired, host, hz, probe, reconcile, rto_program)
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import apply, bpf_maps, bpf_object, bpf_syscall
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import desired, host, hz, probe, reconcile, rto_program, uapi
 obj = bpf_object.BpfObject.from_file(os.path.join(sys.argv[1], "plugins", "plugin_utils", "tcp_initial_rto.bpf.o"))
 bpf_object.check_contract(obj)
 rules = desired.parse_rules([{"dest": "10.0.0.0/8", "rto_ms": 50}, {"dest": "fd00::/8", "rto_ms": 4}], 250)
 assert [rule.rto_jiffies for rule in rules] == [13, 1], rules
-fd = bpf_syscall.map_create(rto_program.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, "pycheck")
+fd = bpf_maps.map_create(uapi.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, "pycheck")
 os.close(fd)
 print(host.kernel_release())
 """

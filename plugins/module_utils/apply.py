@@ -15,12 +15,15 @@ import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     attach,
+    bpf_info,
+    bpf_maps,
     bpf_syscall,
     fault,
     host,
     loader,
     pins,
     rto_program,
+    uapi,
 )
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import ATTACH_LINK, ATTACH_MULTI, ConfigError
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.pins import LINK_PIN, META_MAP, NEW_PIN_PREFIX, PROG_PIN
@@ -149,7 +152,7 @@ def _attach(plan, desired, prog_fd, current, undo):
         elif desired.attach_mode == ATTACH_LINK:
             with bpf_syscall.closing_fd(os.open(desired.cgroup, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
                 # No undo entry: the caller closes the fd, and an unpinned link detaches with its last fd.
-                return bpf_syscall.link_create(prog_fd, cgroup_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS)
+                return bpf_syscall.link_create(prog_fd, cgroup_fd, uapi.BPF_CGROUP_SOCK_OPS)
         else:
             # Beside the old program for a moment (plan.detach_old): the old one runs first (attach
             # order) and the new one leaves its positive reply alone, so no connection sees the
@@ -164,8 +167,8 @@ def _attach(plan, desired, prog_fd, current, undo):
 def _new_meta(desired, opened, new_pins):
     """A new meta map holding desired's record. Written before anything is attached, so that the
     new_meta pin of a killed run names the cgroup its program went to."""
-    meta_fd = bpf_syscall.map_create(
-        rto_program.BPF_MAP_TYPE_ARRAY, rto_program.CONFIG_KEY.size, pins.META_VALUE_SIZE, 1, 0, META_MAP
+    meta_fd = bpf_maps.map_create(
+        uapi.BPF_MAP_TYPE_ARRAY, rto_program.CONFIG_KEY.size, pins.META_VALUE_SIZE, 1, 0, META_MAP
     )
     opened.append(meta_fd)
     loader.write_meta(meta_fd, desired)
@@ -276,7 +279,7 @@ def apply_absent(current, pin_dir, plan):
         if plan.detach_interrupted:
             _detach_interrupted(current, plan.detach_interrupted)
         for cgroup, prog_id in plan.detach_unrecorded:
-            with bpf_syscall.closing_fd(bpf_syscall.prog_get_fd_by_id(prog_id)) as prog_fd:
+            with bpf_syscall.closing_fd(bpf_info.prog_get_fd_by_id(prog_id)) as prog_fd:
                 attach.detach_multi_quiet(cgroup, prog_fd)
         fault.point("absent_detached")
         for entry in current.own_entries:

@@ -11,7 +11,7 @@ import errno
 import os
 import time
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, pins
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, pins, uapi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.coexistence import attached_program_ids
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import ATTACH_LINK, ATTACH_MULTI
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.plan import InstanceError
@@ -32,16 +32,14 @@ def attach_error(exc, cgroup):
 
 
 def attach_multi(cgroup, prog_fd, replace_prog_fd=None):
-    flags = bpf_syscall.BPF_F_ALLOW_MULTI | (bpf_syscall.BPF_F_REPLACE if replace_prog_fd is not None else 0)
+    flags = uapi.BPF_F_ALLOW_MULTI | (uapi.BPF_F_REPLACE if replace_prog_fd is not None else 0)
     with bpf_syscall.closing_fd(_open_cgroup(cgroup)) as cgroup_fd:
-        bpf_syscall.prog_attach(
-            cgroup_fd, prog_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS, flags, replace_prog_fd=replace_prog_fd
-        )
+        bpf_syscall.prog_attach(cgroup_fd, prog_fd, uapi.BPF_CGROUP_SOCK_OPS, flags, replace_prog_fd=replace_prog_fd)
 
 
 def detach_multi(cgroup, prog_fd):
     with bpf_syscall.closing_fd(_open_cgroup(cgroup)) as cgroup_fd:
-        bpf_syscall.prog_detach(cgroup_fd, prog_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS)
+        bpf_syscall.prog_detach(cgroup_fd, prog_fd, uapi.BPF_CGROUP_SOCK_OPS)
 
 
 def detach_multi_quiet(cgroup, prog_fd):

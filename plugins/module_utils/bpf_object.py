@@ -26,7 +26,7 @@ import hashlib
 import struct
 import sys
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program, uapi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.btf import BTF_SECTION, Btf, BtfTypes, loadable_data
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.btf_ext import read_program_info
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.elf import (
@@ -52,11 +52,10 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils.map_definitions imp
 )
 
 BPF_LD_IMM64 = 0x18  # BPF_LD | BPF_IMM | BPF_DW: two instruction slots
-BPF_PSEUDO_MAP_FD = 1
 # ld_imm64 src_reg values that make the kernel read imm as something other than a constant
 # (include/uapi/linux/bpf.h): only the loader may set them, from relocations.
 PSEUDO_SOURCES = {
-    1: "BPF_PSEUDO_MAP_FD",
+    uapi.BPF_PSEUDO_MAP_FD: "BPF_PSEUDO_MAP_FD",
     2: "BPF_PSEUDO_MAP_VALUE",
     3: "BPF_PSEUDO_BTF_ID",
     4: "BPF_PSEUDO_FUNC",
@@ -79,9 +78,9 @@ GPL_COMPATIBLE_LICENSES = (
 )
 
 MAP_TYPE_NAMES = {
-    rto_program.BPF_MAP_TYPE_ARRAY: "ARRAY",
-    rto_program.BPF_MAP_TYPE_PERCPU_ARRAY: "PERCPU_ARRAY",
-    rto_program.BPF_MAP_TYPE_LPM_TRIE: "LPM_TRIE",
+    uapi.BPF_MAP_TYPE_ARRAY: "ARRAY",
+    uapi.BPF_MAP_TYPE_PERCPU_ARRAY: "PERCPU_ARRAY",
+    uapi.BPF_MAP_TYPE_LPM_TRIE: "LPM_TRIE",
 }
 
 
@@ -161,7 +160,7 @@ class BpfObject:
                 raise BpfObjectError("fd %r for map %r is not a file descriptor" % (fd, name))
             offset = index * BPF_INSN_SIZE
             dst_reg = _regs(insns[offset + 1], self.byteorder)[0]
-            insns[offset + 1] = _pack_regs(dst_reg, BPF_PSEUDO_MAP_FD, self.byteorder)
+            insns[offset + 1] = _pack_regs(dst_reg, uapi.BPF_PSEUDO_MAP_FD, self.byteorder)
             struct.pack_into(endian + "i", insns, offset + 4, fd)
             struct.pack_into(endian + "i", insns, offset + BPF_INSN_SIZE + 4, 0)
         return bytes(insns)

@@ -19,7 +19,7 @@ __metaclass__ = type
 import errno
 import os
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_info, bpf_syscall, cgroups, host, uapi
 
 MAX_CGROUPS = 10000  # descendants walked for programs; a host has hundreds
 MAX_DESCENDANT_PROBES = 8  # descendants with foreign programs probed by verify
@@ -30,7 +30,7 @@ def attached_program_ids(cgroup, effective=False):
     those its sockets run, in the order they run them). OSError when cgroup is gone."""
     fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        return bpf_syscall.prog_query(fd, bpf_syscall.BPF_CGROUP_SOCK_OPS, effective=effective)
+        return bpf_syscall.prog_query(fd, uapi.BPF_CGROUP_SOCK_OPS, effective=effective)
     finally:
         os.close(fd)
 
@@ -51,17 +51,17 @@ def effective_ids(cgroup):
 
 
 def _attach_word(flags):
-    if flags & bpf_syscall.BPF_F_ALLOW_MULTI:
+    if flags & uapi.BPF_F_ALLOW_MULTI:
         return "multi"
-    return "override" if flags & bpf_syscall.BPF_F_ALLOW_OVERRIDE else "exclusive"
+    return "override" if flags & uapi.BPF_F_ALLOW_OVERRIDE else "exclusive"
 
 
 def _sock_ops_links():
     """{(cgroup inode, program id)} of the cgroup sock_ops bpf_links on the host."""
     found = set()
     try:
-        for info in bpf_syscall.link_infos():
-            if info.type == bpf_syscall.BPF_LINK_TYPE_CGROUP and info.attach_type == bpf_syscall.BPF_CGROUP_SOCK_OPS:
+        for info in bpf_info.link_infos():
+            if info.type == uapi.BPF_LINK_TYPE_CGROUP and info.attach_type == uapi.BPF_CGROUP_SOCK_OPS:
                 found.add((info.cgroup_id, info.prog_id))
     except bpf_syscall.BpfError as exc:
         # EINVAL before 5.8: no BPF_LINK_GET_NEXT_ID, nor cgroup links to list. EPERM without
@@ -73,8 +73,8 @@ def _sock_ops_links():
 
 def _program_names(prog_id):
     try:
-        with bpf_syscall.closing_fd(bpf_syscall.prog_get_fd_by_id(prog_id)) as fd:
-            info = bpf_syscall.prog_info(fd)
+        with bpf_syscall.closing_fd(bpf_info.prog_get_fd_by_id(prog_id)) as fd:
+            info = bpf_info.prog_info(fd)
         return info.name, info.tag
     except bpf_syscall.BpfError:
         return "", ""  # unloaded meanwhile
@@ -133,7 +133,7 @@ def survey(cgroup, cgroup_root, own_ids, instance_ids=()):
         if not ids:
             continue
         order = own_effective if relation != "descendant" else effective_ids(path)
-        cgroup_id = host.cgroup_id(path)
+        cgroup_id = cgroups.cgroup_id(path)
         for prog_id in ids:
             if prog_id in skip:
                 continue
@@ -163,14 +163,14 @@ def attach_blockers(cgroup, cgroup_root):
     attached exclusive (an override or multi ancestor allows it)."""
     blockers = []
     flags, ids = _query(cgroup)
-    if ids and not flags & bpf_syscall.BPF_F_ALLOW_MULTI:
+    if ids and not flags & uapi.BPF_F_ALLOW_MULTI:
         blockers.extend((prog_id, cgroup, flags) for prog_id in ids)
     for ancestor in _ancestors(cgroup, cgroup_root):
         flags, ids = _query(ancestor)
-        if flags & bpf_syscall.BPF_F_ALLOW_MULTI:
+        if flags & uapi.BPF_F_ALLOW_MULTI:
             break
         if ids:
-            if not flags & bpf_syscall.BPF_F_ALLOW_OVERRIDE:
+            if not flags & uapi.BPF_F_ALLOW_OVERRIDE:
                 blockers.extend((prog_id, ancestor, flags) for prog_id in ids)
             break
     return [

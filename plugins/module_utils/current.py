@@ -11,10 +11,12 @@ import os
 from typing import List
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    bpf_info,
+    bpf_maps,
     bpf_syscall,
+    cgroups,
     coexistence,
     desired,
-    host,
     pins,
     rto_program,
     telemetry,
@@ -71,13 +73,13 @@ class Current:
             fd = pins.open_pin(os.path.join(self.instance_dir, name))
             if fd is not None:
                 self.maps[name] = fd
-                self.map_ids[name] = bpf_syscall.map_info(fd).id
+                self.map_ids[name] = bpf_info.map_info(fd).id
         self.prog_fd = pins.open_pin(os.path.join(self.instance_dir, pins.PROG_PIN))
         if self.prog_fd is not None:
-            self.prog_info = bpf_syscall.prog_info(self.prog_fd)
+            self.prog_info = bpf_info.prog_info(self.prog_fd)
         self.link_fd = pins.open_pin(os.path.join(self.instance_dir, pins.LINK_PIN))
         if self.link_fd is not None and self.reads_link_info:
-            self.link_info = bpf_syscall.link_info(self.link_fd)
+            self.link_info = bpf_info.link_info(self.link_fd)
         self._read_meta()
         self.missing_pins = [
             name for name in [pins.PROG_PIN, *list(rto_program.MAP_CONTRACT), pins.META_MAP] if not self._pinned(name)
@@ -116,18 +118,18 @@ class Current:
             own_maps = {self.map_ids[name] for name in rto_program.MAP_CONTRACT if name in self.map_ids}
             for candidate in coexistence.attached_program_ids(self.cgroup)[1]:
                 try:
-                    with bpf_syscall.closing_fd(bpf_syscall.prog_get_fd_by_id(candidate)) as fd:
-                        if own_maps and own_maps <= set(bpf_syscall.prog_info(fd).map_ids):
+                    with bpf_syscall.closing_fd(bpf_info.prog_get_fd_by_id(candidate)) as fd:
+                        if own_maps and own_maps <= set(bpf_info.prog_info(fd).map_ids):
                             prog_id = candidate
                             break
                 except bpf_syscall.BpfError:
                     continue
         if prog_id is not None:
             try:
-                self.prog_fd = bpf_syscall.prog_get_fd_by_id(prog_id)
+                self.prog_fd = bpf_info.prog_get_fd_by_id(prog_id)
             except bpf_syscall.BpfError:
                 return
-            self.prog_info = bpf_syscall.prog_info(self.prog_fd)
+            self.prog_info = bpf_info.prog_info(self.prog_fd)
             self.prog_adopted = True
 
     def _adopt_attachment(self):
@@ -137,7 +139,7 @@ class Current:
         if not cgroup or not os.path.isdir(cgroup):
             return
         mode = None
-        if self.link_info is not None and self.link_info.cgroup_id == host.cgroup_id(cgroup):
+        if self.link_info is not None and self.link_info.cgroup_id == cgroups.cgroup_id(cgroup):
             mode = desired.ATTACH_LINK
         elif self.prog_info.id in coexistence.attached_program_ids(cgroup)[1]:
             mode = (
@@ -152,15 +154,15 @@ class Current:
 
     def _read_maps(self):
         if rto_program.CONFIG_MAP in self.maps:
-            value = bpf_syscall.map_lookup(
+            value = bpf_maps.map_lookup(
                 self.maps[rto_program.CONFIG_MAP], rto_program.CONFIG_KEY.pack(0), rto_program.CONFIG_VALUE.size
             )
             self.default_jiffies, self.directions, self.default_syn_retries = rto_program.decode_config(value)
         if rto_program.RULES_MAP in self.maps:
             fd = self.maps[rto_program.RULES_MAP]
             mapped_slots = pins.mapped_slots((self.meta or {}).get(pins.META_IPV6_MAPPED))
-            for key in bpf_syscall.map_keys(fd, rto_program.RULE_KEY.size):
-                value = bpf_syscall.map_lookup(fd, key, rto_program.RULE_VALUE.size)
+            for key in bpf_maps.map_keys(fd, rto_program.RULE_KEY.size):
+                value = bpf_maps.map_lookup(fd, key, rto_program.RULE_VALUE.size)
                 if value is not None:
                     jiffies, slot, syn_retries = rto_program.decode_rule_value(value)
                     dest = rto_program.decode_rule_key(key, mapped_as_ipv6=slot in mapped_slots)
@@ -174,7 +176,7 @@ class Current:
         if prog_fd is None:
             return
         meta = pins.read_meta_pin(os.path.join(self.instance_dir, pins.NEW_PIN_PREFIX + pins.META_MAP))
-        prog_id = bpf_syscall.prog_info(prog_fd).id
+        prog_id = bpf_info.prog_info(prog_fd).id
         for cgroup in [meta["cgroup"] if meta else None, self.cgroup, self.expected_cgroup]:
             if (
                 cgroup
@@ -218,7 +220,7 @@ class Current:
             return (
                 self.link_info is not None
                 and self.link_info.prog_id == self.prog_info.id
-                and self.link_info.cgroup_id == host.cgroup_id(self.cgroup)
+                and self.link_info.cgroup_id == cgroups.cgroup_id(self.cgroup)
             )
         if self.attach_mode == desired.ATTACH_LINK and self.link_fd is None:
             return False
@@ -233,7 +235,7 @@ class Current:
         return {
             slot: sum(
                 rto_program.HIT_VALUE.unpack(value)[0]
-                for value in bpf_syscall.percpu_lookup(fd, rto_program.HIT_KEY.pack(slot), rto_program.HIT_VALUE.size)
+                for value in bpf_maps.percpu_lookup(fd, rto_program.HIT_KEY.pack(slot), rto_program.HIT_VALUE.size)
             )
             for slot in slots
         }

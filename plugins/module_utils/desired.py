@@ -12,7 +12,7 @@ import ipaddress
 import re
 from typing import Any, Dict, List, NamedTuple, Optional, Union
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, rto_program, syn_give_up
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import cgroups, host, rto_program, syn_give_up
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject, check_contract
 
 # The kernel caps the initial RTO at TCP_RTO_MAX since 5.18; older kernels take any value, so we
@@ -25,7 +25,7 @@ ATTACH_MULTI = "multi"
 
 # bpffs refuses names with a dot (reserved), so neither instance names nor pins have one.
 INSTANCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}\Z")  # \Z: $ would allow a final newline
-PATH_PARAMS = ("cgroup", "pin_dir", "src", "persist_root")
+PATH_PARAMS = ("cgroup", "pin_dir", "src")
 
 
 class ConfigError(ValueError):
@@ -196,8 +196,8 @@ def syn_retries_for(
 def from_params(params: Dict[str, Any], attach_mode: str, hz: int, pending: bool = False) -> Desired:
     """The instance params ask for, fully validated (cgroup, object, rules) before any change; with
     pending (a unit that does not run yet) the cgroup is not resolved."""
-    cgroup_root = host.cgroup2_mount()
-    cgroup = None if pending else host.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
+    cgroup_root = cgroups.cgroup2_mount()
+    cgroup = None if pending else cgroups.resolve_cgroup(params["cgroup"] or cgroup_root, cgroup_root)
     if not params["src"]:
         raise ConfigError(
             "src is required: run the module as netbpf.tcp_rto.tcp_initial_rto so that "

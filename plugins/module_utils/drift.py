@@ -11,7 +11,7 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, pins, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import cgroups, pins, rto_program
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import ATTACH_LINK, network_text
 
 
@@ -53,7 +53,7 @@ def detach_cause(current):
         "the cgroup was removed and re-created, as systemd does at every start of a unit (the module's unit: "
         "option follows a service across restarts)"
     )
-    if current.link_info is not None and current.link_info.cgroup_id != host.cgroup_id(current.cgroup):
+    if current.link_info is not None and current.link_info.cgroup_id != cgroups.cgroup_id(current.cgroup):
         return recreated
     return "detached outside tcp_rto, or %s, or an earlier run was interrupted" % recreated
 

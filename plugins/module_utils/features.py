@@ -10,7 +10,8 @@ tiny sock_ops program linked to a child cgroup the probe makes and removes again
 behind: every fd is closed and the cgroup removed before detect() returns.
 
 Test aid: TCP_RTO_FORCE_MISSING=link_info,link_detach (names of PROBES) makes those probes report
-the feature missing, so that the fallbacks run on a kernel that has everything. Unset outside tests.
+the feature missing, so that the fallbacks run on a kernel that has everything (cgroup_link: the
+legacy BPF_PROG_ATTACH where bpf_link exists). Unset outside tests.
 Plain stdlib, usable without Ansible.
 """
 
@@ -25,7 +26,16 @@ import socket
 import struct
 import sys
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, host, probe, probe_child
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    bpf_info,
+    bpf_maps,
+    bpf_syscall,
+    cgroups,
+    host,
+    probe,
+    probe_child,
+    uapi,
+)
 
 FORCE_MISSING_ENVIRONMENT = "TCP_RTO_FORCE_MISSING"
 
@@ -91,14 +101,14 @@ def _command_known(feature, call):
 
 def probe_prog_query():
     """BPF_PROG_QUERY (4.15): lists a cgroup's programs."""
-    return _command_known("BPF_PROG_QUERY", lambda: bpf_syscall.prog_query(BAD_FD, bpf_syscall.BPF_CGROUP_SOCK_OPS))
+    return _command_known("BPF_PROG_QUERY", lambda: bpf_syscall.prog_query(BAD_FD, uapi.BPF_CGROUP_SOCK_OPS))
 
 
 def probe_allow_multi():
     """BPF_F_ALLOW_MULTI on BPF_PROG_ATTACH (4.15): the kernel checks the flags before the fds."""
     return _command_known(
         "BPF_F_ALLOW_MULTI",
-        lambda: bpf_syscall.prog_attach(BAD_FD, BAD_FD, bpf_syscall.BPF_CGROUP_SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI),
+        lambda: bpf_syscall.prog_attach(BAD_FD, BAD_FD, uapi.BPF_CGROUP_SOCK_OPS, uapi.BPF_F_ALLOW_MULTI),
     )
 
 
@@ -107,16 +117,14 @@ def probe_prog_replace():
     return _command_known(
         "BPF_F_REPLACE",
         lambda: bpf_syscall.prog_attach(
-            BAD_FD, BAD_FD, bpf_syscall.BPF_CGROUP_SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI | bpf_syscall.BPF_F_REPLACE
+            BAD_FD, BAD_FD, uapi.BPF_CGROUP_SOCK_OPS, uapi.BPF_F_ALLOW_MULTI | uapi.BPF_F_REPLACE
         ),
     )
 
 
 def probe_link_create():
     """BPF_LINK_CREATE (5.7 with cgroup links, the first kind there was)."""
-    return _command_known(
-        "BPF_LINK_CREATE", lambda: bpf_syscall.link_create(BAD_FD, BAD_FD, bpf_syscall.BPF_CGROUP_SOCK_OPS)
-    )
+    return _command_known("BPF_LINK_CREATE", lambda: bpf_syscall.link_create(BAD_FD, BAD_FD, uapi.BPF_CGROUP_SOCK_OPS))
 
 
 def probe_link_update():
@@ -135,7 +143,7 @@ def probe_memcg_accounting():
     soft, hard = resource.getrlimit(resource.RLIMIT_MEMLOCK)
     resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, hard))
     try:
-        os.close(bpf_syscall.map_create(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, PROBE_PROGRAM_NAME))
+        os.close(bpf_maps.map_create(uapi.BPF_MAP_TYPE_ARRAY, 4, 8, 1, 0, PROBE_PROGRAM_NAME))
         return True
     except bpf_syscall.BpfError as exc:
         if exc.errno == errno.EPERM:
@@ -149,7 +157,7 @@ def load_probe_program():
     """The probe program's fd, or None where the kernel refuses it: no sock_ops programs (EINVAL)
     or no is_fullsock/state fields in their context (EACCES)."""
     try:
-        return bpf_syscall.prog_load(bpf_syscall.BPF_PROG_TYPE_SOCK_OPS, PROBE_PROGRAM, "GPL", PROBE_PROGRAM_NAME)
+        return bpf_syscall.prog_load(uapi.BPF_PROG_TYPE_SOCK_OPS, PROBE_PROGRAM, "GPL", PROBE_PROGRAM_NAME)
     except bpf_syscall.BpfError as exc:
         if exc.errno in (errno.EINVAL, errno.EACCES):
             return None
@@ -162,12 +170,12 @@ def probe_link_info(prog_fd, cgroup):
     (EINVAL; EPERM under an exclusive attachment of an ancestor) neither is used."""
     with bpf_syscall.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
         try:
-            link_fd = bpf_syscall.link_create(prog_fd, cgroup_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS)
+            link_fd = bpf_syscall.link_create(prog_fd, cgroup_fd, uapi.BPF_CGROUP_SOCK_OPS)
         except bpf_syscall.BpfError:
             return False, False
     with bpf_syscall.closing_fd(link_fd):  # an unpinned link detaches with its last fd
         try:
-            bpf_syscall.link_info(link_fd)
+            bpf_info.link_info(link_fd)
         except bpf_syscall.BpfError as exc:
             if exc.errno in UNKNOWN:
                 return True, False
@@ -265,18 +273,14 @@ def probe_syn_retries(cgroup_root):
     the probe program, attached to a child cgroup made for it, sets a value the host's
     tcp_syn_retries does not have, and a connect() from that cgroup reads it back."""
     value = 3 if host.read_sysctl("net.ipv4.tcp_syn_retries", 6) != 3 else 4
-    prog_fd = bpf_syscall.prog_load(
-        bpf_syscall.BPF_PROG_TYPE_SOCK_OPS, syncnt_probe_program(value), "GPL", PROBE_PROGRAM_NAME
-    )
+    prog_fd = bpf_syscall.prog_load(uapi.BPF_PROG_TYPE_SOCK_OPS, syncnt_probe_program(value), "GPL", PROBE_PROGRAM_NAME)
     _sweep_probe_cgroups(cgroup_root)
     cgroup = os.path.join(cgroup_root, PROBE_CGROUP_PREFIX + str(os.getpid()))
     try:
         os.mkdir(cgroup)
         try:
             with bpf_syscall.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
-                bpf_syscall.prog_attach(
-                    cgroup_fd, prog_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI
-                )
+                bpf_syscall.prog_attach(cgroup_fd, prog_fd, uapi.BPF_CGROUP_SOCK_OPS, uapi.BPF_F_ALLOW_MULTI)
                 try:
                     child = probe_child.ProbeChild(cgroup, _syncnt_body, probe.DEFAULT_TIMEOUT)
                     try:
@@ -284,7 +288,7 @@ def probe_syn_retries(cgroup_root):
                     finally:
                         child.close()
                 finally:
-                    bpf_syscall.prog_detach(cgroup_fd, prog_fd, bpf_syscall.BPF_CGROUP_SOCK_OPS)
+                    bpf_syscall.prog_detach(cgroup_fd, prog_fd, uapi.BPF_CGROUP_SOCK_OPS)
         finally:
             os.rmdir(cgroup)
     except (OSError, probe_child.ProbeError) as exc:  # bpf_syscall.BpfError included
@@ -298,7 +302,7 @@ def syn_retries_settable(cgroup_root=None):
     """probe_syn_retries() on the cgroup v2 mount, unless TCP_RTO_FORCE_MISSING names syn_retries."""
     if "syn_retries" in forced_missing():
         return False
-    return probe_syn_retries(cgroup_root or host.cgroup2_mount())
+    return probe_syn_retries(cgroup_root or cgroups.cgroup2_mount())
 
 
 # ---------------------------------------------------------------- all of them
@@ -367,7 +371,7 @@ def detect(release=None, cgroup_root=None, status="/proc/self/status"):
             if probe_link_create():
                 if cgroup_root is None:
                     try:
-                        cgroup_root = host.cgroup2_mount()
+                        cgroup_root = cgroups.cgroup2_mount()
                     except host.HostError:
                         pass
                 cgroup_link, link_info = _probe_links(cgroup_root, prog_fd)
@@ -422,18 +426,18 @@ class KernelFeatures:
                 )
             )
 
-    def attach_mode(self, force_legacy_attach):
-        """'link' where every link feature works and legacy is not forced, else 'multi'
+    def attach_mode(self):
+        """'link' where every link feature works, else 'multi'
         (HostError where BPF_F_ALLOW_MULTI is missing too)."""
-        if self.link_mode and not force_legacy_attach:
+        if self.link_mode:
             return "link"
         if not self.allow_multi:
             raise host.HostError(
-                "kernel %s can attach the program neither through a bpf_link (%s) nor with %s: "
+                "kernel %s can attach the program neither through a bpf_link (lacks %s) nor with %s: "
                 "upgrade the kernel"
                 % (
                     self.release,
-                    "forced off by force_legacy_attach" if self.link_mode else "lacks " + self.missing(LINK_FEATURES),
+                    self.missing(LINK_FEATURES),
                     self.missing(("allow_multi",)),
                 )
             )

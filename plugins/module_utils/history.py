@@ -19,7 +19,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Curr
 ABSENT = {"state": "absent"}
 
 
-def configuration(pin_dir, name, root="/"):
+def configuration(pin_dir, name):
     """The instance's configuration as a history record holds it (and the role puts back):
     {"state": "absent"}, or state, cgroup (None for an instance that follows a unit), unit, rules
     ([{dest, rto_ms}]), rto_ms and direction. None when the pins cannot be read."""
@@ -35,7 +35,7 @@ def configuration(pin_dir, name, root="/"):
         view = views.describe_current(current)
     finally:
         current.close()
-    unit = persistence.recorded_unit(name, root)
+    unit = persistence.recorded_unit(name, persistence.host_root())
     return dict(
         state="present",
         cgroup=None if unit else view.get("cgroup"),
@@ -51,10 +51,10 @@ def _record_path(layout, name, step):
     return os.path.join(layout.record_dir, name + suffix)
 
 
-def record(name, before, steps, root="/"):
+def record(name, before, steps):
     """Keep before as the newest history record of name, the older ones moved up, at most steps
     of them; -> the path written."""
-    layout = persistence.Layout(root)
+    layout = persistence.Layout(persistence.host_root())
     last = 0
     while os.path.lexists(_record_path(layout, name, last + 1)):
         last += 1

@@ -1,7 +1,7 @@
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Discovering the host: kernel release (its features are probed in features.py, its HZ in
-hz.py), the cgroup v2 mount, bpffs, privileges, sysctls.
+hz.py, its cgroup v2 in cgroups.py), filesystems, bpffs, privileges, sysctls.
 
 Plain stdlib: the boot-time restore imports it without Ansible. Every function takes the paths it
 reads as parameters with the real ones as defaults, so that tests can point them at other files.
@@ -18,7 +18,6 @@ import os
 import platform
 import re
 import resource
-import struct
 from typing import Optional, Tuple
 
 # Filesystem magic numbers (include/uapi/linux/magic.h): statfs(2) f_type.
@@ -91,7 +90,7 @@ def parse_release(release: str) -> Tuple[int, int, int]:
 _libc = None
 
 
-def _get_libc():
+def libc():
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(None, use_errno=True)
@@ -118,7 +117,7 @@ _F_TYPE = ctypes.c_uint if platform.machine() == "s390x" else ctypes.c_ulong
 def fs_type(path):
     """statfs(2) f_type of the filesystem holding path (os.statvfs has no f_type). OSError on failure."""
     buf = ctypes.create_string_buffer(256)
-    if _get_libc().statfs(os.fsencode(path), buf) != 0:
+    if libc().statfs(os.fsencode(path), buf) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return _F_TYPE.from_buffer(buf).value & 0xFFFFFFFF
@@ -130,7 +129,7 @@ def fs_name(magic):
 
 def _mount(source, target, fstype, flags, data):
     if (
-        _get_libc().mount(
+        libc().mount(
             os.fsencode(source), os.fsencode(target), os.fsencode(fstype), flags, os.fsencode(data) if data else None
         )
         != 0
@@ -139,98 +138,9 @@ def _mount(source, target, fstype, flags, data):
         raise OSError(err, os.strerror(err), target)
 
 
-# --- cgroup v2 ------------------------------------------------------------------------------------
-
-
-def _unescape_mount_field(field):
-    # /proc/mounts escapes space, tab, newline and backslash as \ooo
-    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), field)
-
-
-def cgroup2_mount(mounts: str = "/proc/mounts") -> str:
-    """The cgroup v2 mount point, else HostError."""
-    try:
-        with open(mounts) as handle:
-            for line in handle:
-                fields = line.split()
-                if len(fields) >= 3 and fields[2] == "cgroup2":
-                    return _unescape_mount_field(fields[1])
-    except OSError as exc:
-        raise HostError("cannot read %s to find the cgroup v2 mount: %s" % (mounts, exc))
-    raise HostError(
-        "no cgroup v2 (cgroup2) filesystem is mounted, and sock_ops programs attach to a "
-        "cgroup v2 only: boot with systemd.unified_cgroup_hierarchy=1 (or =0 plus a hybrid "
-        "cgroup2 mount), or mount one: mount -t cgroup2 none /sys/fs/cgroup/unified"
-    )
-
-
 def is_within(path, root):
     """Whether path is root or lies below it."""
     return path == root or path.startswith(root.rstrip("/") + "/")
-
-
-def resolve_cgroup(path: Optional[str] = None, mount: Optional[str] = None) -> str:
-    """The real path of a cgroup v2 directory, else HostError.
-
-    path None or empty: the cgroup v2 root (the mount itself). A relative path is taken relative to
-    the mount ('system.slice' -> '<mount>/system.slice'). '..' and symlinks are resolved first; the
-    result must be a directory of the cgroup2 filesystem inside the cgroup v2 mount.
-    """
-    if mount is None:
-        mount = cgroup2_mount()
-    real_mount = os.path.realpath(mount)
-    if not path:
-        path = mount
-    elif not os.path.isabs(path):
-        path = os.path.join(mount, path)
-    real = os.path.realpath(path)
-    shown = path if real == path else "%s (resolves to %s)" % (path, real)
-    if not os.path.exists(real):
-        raise HostError(
-            "cgroup %s does not exist: create it first (mkdir, or a systemd slice/scope) "
-            "or give an existing cgroup v2 directory under %s" % (shown, mount)
-        )
-    if not os.path.isdir(real):
-        raise HostError("cgroup %s is not a directory: give a cgroup v2 directory under %s" % (shown, mount))
-    try:
-        magic = fs_type(real)
-    except OSError as exc:
-        raise HostError("cannot statfs cgroup %s: %s" % (shown, exc))
-    if magic == CGROUP_SUPER_MAGIC:
-        raise HostError(
-            "%s is a cgroup v1 directory, and sock_ops programs attach to a cgroup v2 only: "
-            "give the matching directory under the cgroup v2 mount %s" % (shown, mount)
-        )
-    if magic != CGROUP2_SUPER_MAGIC:
-        raise HostError(
-            "%s is on a %s filesystem, not cgroup2: give a cgroup v2 directory under %s"
-            % (shown, fs_name(magic), mount)
-        )
-    if not is_within(real, real_mount):
-        raise HostError("cgroup %s is outside the cgroup v2 mount %s: give a path under %s" % (shown, mount, mount))
-    return real
-
-
-_AT_FDCWD = -100
-_MAX_HANDLE_SZ = 128
-_FILE_HANDLE_HEADER = struct.Struct("=Ii")  # struct file_handle: handle_bytes, handle_type, f_handle[]
-
-
-def cgroup_id(path):
-    """The cgroup's id as the kernel reports it (link info, BPF_PROG_QUERY, `bpftool cgroup`): its
-    kernfs node id, which is the 8-byte file handle of the directory (name_to_handle_at, as libbpf's
-    get_cgroup_id). Not st_ino: a 32-bit ino_t holds only the id's low half, and before 5.5 the id
-    also carried the generation. OSError when path is missing or not a cgroup directory."""
-    handle = ctypes.create_string_buffer(_FILE_HANDLE_HEADER.size + _MAX_HANDLE_SZ)
-    _FILE_HANDLE_HEADER.pack_into(handle, 0, _MAX_HANDLE_SZ, 0)
-    mount_id = ctypes.c_int()
-    if _get_libc().name_to_handle_at(_AT_FDCWD, os.fsencode(path), handle, ctypes.byref(mount_id), 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err), path)
-    size = _FILE_HANDLE_HEADER.unpack_from(handle, 0)[0]
-    if size != 8:
-        raise OSError(errno.EINVAL, "a %d-byte file handle, not the 8-byte id of a cgroup" % size, path)
-    return struct.unpack_from("=Q", handle, _FILE_HANDLE_HEADER.size)[0]
 
 
 # --- bpffs --------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 # Copyright: netbpf.tcp_rto contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Read-only report of a host: can it run the program (and why not), which instances of the
-collection it holds, their counters, and the other sock_ops programs next to them."""
+"""A host read without changing it (tcp_initial_rto_info): can it run the program (and why not),
+which instances of the collection it holds, their counters, and the other sock_ops programs next to them."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -11,6 +11,7 @@ import os
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     bpf_syscall,
+    cgroups,
     coexistence,
     drift,
     features,
@@ -36,7 +37,7 @@ def _support(release):
         reasons.append(str(exc))
     kernel["hz"], kernel["hz_source"] = hz.discover(None, release)
     try:
-        mount = host.cgroup2_mount()
+        mount = cgroups.cgroup2_mount()
     except host.HostError as exc:
         mount = None
         reasons.append(str(exc))
@@ -65,13 +66,13 @@ def _instance_state(current, problems):
     return "ok"
 
 
-def _instance_view(current, record_names, persist_root):
+def _instance_view(current, record_names, root):
     view = views.with_hits(views.describe_current(current), current)
     name = view["name"]
     view.update(
         attached=current.attached,
         persistent=name in record_names,
-        unit=persistence.recorded_unit(name, persist_root) if name in record_names else None,
+        unit=persistence.recorded_unit(name, root) if name in record_names else None,
     )
     problems = [problem for problem in [current.meta_problem] if problem]
     if not (current.program_intact or current.of_earlier_object):
@@ -96,8 +97,8 @@ def _instance_view(current, record_names, persist_root):
     return view
 
 
-def _not_loaded_problem(name, persist_root):
-    unit = persistence.recorded_unit(name, persist_root)
+def _not_loaded_problem(name, root):
+    unit = persistence.recorded_unit(name, root)
     if unit:
         return "recorded, not loaded: %s follows %s, whose next start loads it%s" % (
             name,
@@ -117,18 +118,19 @@ def _foreign(cgroup, own_ids):
         return [{"error": "cannot query %s: %s" % (cgroup, exc)}]
 
 
-def gather(pin_dir, cgroups=(), persist_root="/"):
+def gather(pin_dir, cgroups=()):
+    root = persistence.host_root()
     release = host.kernel_release()
     kernel, mount, reasons = _support(release)
     link_info = kernel["features"].get("link_info", False)
     bpffs_mounted = host.is_bpffs(os.path.dirname(pin_dir.rstrip("/")) or "/")
-    record_names = persistence.Layout(persist_root).recorded_names()
+    record_names = persistence.Layout(root).recorded_names()
     instances, own_ids = [], []
     if os.path.isdir(pin_dir) and not reasons:
         for name in sorted(os.listdir(pin_dir)):
             current = Current(os.path.join(pin_dir, name), link_info=link_info)
             try:
-                instances.append(_instance_view(current, record_names, persist_root))
+                instances.append(_instance_view(current, record_names, root))
                 own_ids += [current.prog_info.id] if current.prog_info else []
             finally:
                 current.close()
@@ -141,10 +143,11 @@ def gather(pin_dir, cgroups=(), persist_root="/"):
         unsupported_reasons=reasons,
         kernel=kernel,
         cgroup2_mount=mount,
+        records_dir=persistence.Layout(root).record_dir,
         bpffs_mounted=bpffs_mounted,
         instances=instances,
         recorded_not_loaded=not_loaded,
         problems=["%s: %s" % (view["name"], problem) for view in instances for problem in view["problems"]]
-        + [_not_loaded_problem(name, persist_root) for name in not_loaded],
+        + [_not_loaded_problem(name, root) for name in not_loaded],
         foreign_programs={cgroup: _foreign(cgroup, own_ids) for cgroup in cgroups} if not reasons else {},
     )

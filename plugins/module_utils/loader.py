@@ -8,7 +8,14 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, fault, pins, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    bpf_maps,
+    bpf_syscall,
+    fault,
+    pins,
+    rto_program,
+    uapi,
+)
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.plan import InstanceError, rule_entries
 
 
@@ -34,11 +41,11 @@ def create_maps(obj, opened, btf_fd):
         fd = None
         if types is not None:
             try:
-                fd = bpf_syscall.map_create(*args, btf_fd=btf_fd, btf_types=types)
+                fd = bpf_maps.map_create(*args, btf_fd=btf_fd, btf_types=types)
             except bpf_syscall.BpfError:
                 pass  # a kernel that takes the BTF but not these types for this map: make it without
         if fd is None:
-            fd = bpf_syscall.map_create(*args)
+            fd = bpf_maps.map_create(*args)
         opened.append(fd)
         fds[name] = fd
     return fds
@@ -58,17 +65,17 @@ def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo, stats_fd=
     held = rule_entries(current_rules or [])
     if not fresh:
         held_slots = {slot: rule.dest for rule, slot in current_rules}
-        zero = [rto_program.HIT_VALUE.pack(0)] * len(bpf_syscall.possible_cpus())
+        zero = [rto_program.HIT_VALUE.pack(0)] * len(bpf_maps.possible_cpus())
         for slot, rule in enumerate(desired_rules):
             if held_slots.get(slot) != rule.dest:  # this slot's counter now counts another rule
                 key = rto_program.HIT_KEY.pack(slot)
                 undo.push(
-                    bpf_syscall.percpu_update,
+                    bpf_maps.percpu_update,
                     hits_fd,
                     key,
-                    bpf_syscall.percpu_lookup(hits_fd, key, rto_program.HIT_VALUE.size),
+                    bpf_maps.percpu_lookup(hits_fd, key, rto_program.HIT_VALUE.size),
                 )
-                bpf_syscall.percpu_update(hits_fd, key, zero)
+                bpf_maps.percpu_update(hits_fd, key, zero)
                 if stats_fd is not None:
                     _reset_stats(stats_fd, key, undo)
                 fault.point("hit_counter_reset")
@@ -77,7 +84,7 @@ def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo, stats_fd=
     for key in changed + added:
         if not fresh:
             undo.push(_restore_rule, rules_fd, key, held.get(key))
-        bpf_syscall.map_update(rules_fd, key, wanted[key])
+        bpf_maps.map_update(rules_fd, key, wanted[key])
         fault.point("first_rule_written" if fresh else "first_rule_updated")
     return [(key, held[key]) for key in held if key not in wanted]
 
@@ -85,27 +92,27 @@ def write_rules(rules_fd, hits_fd, desired_rules, current_rules, undo, stats_fd=
 def _reset_stats(stats_fd, key, undo):
     """Zero a slot's telemetry (issue 13) on every CPU; undo puts the old counts back."""
     undo.push(
-        bpf_syscall.percpu_update,
+        bpf_maps.percpu_update,
         stats_fd,
         key,
-        bpf_syscall.percpu_lookup(stats_fd, key, rto_program.STATS_VALUE.size),
+        bpf_maps.percpu_lookup(stats_fd, key, rto_program.STATS_VALUE.size),
     )
-    bpf_syscall.percpu_update(stats_fd, key, [bytes(rto_program.STATS_VALUE.size)] * len(bpf_syscall.possible_cpus()))
+    bpf_maps.percpu_update(stats_fd, key, [bytes(rto_program.STATS_VALUE.size)] * len(bpf_maps.possible_cpus()))
 
 
 def _restore_rule(rules_fd, key, value):
     """Put back what the rules map held for key (None: nothing)."""
     if value is None:
-        bpf_syscall.map_delete(rules_fd, key)
+        bpf_maps.map_delete(rules_fd, key)
     else:
-        bpf_syscall.map_update(rules_fd, key, value)
+        bpf_maps.map_update(rules_fd, key, value)
 
 
 def delete_rules(rules_fd, stale, undo):
     """Remove the (key, value) entries write_rules() returned; undo puts them back."""
     for key, value in stale:
-        undo.push(bpf_syscall.map_update, rules_fd, key, value)
-        bpf_syscall.map_delete(rules_fd, key)
+        undo.push(bpf_maps.map_update, rules_fd, key, value)
+        bpf_maps.map_delete(rules_fd, key)
         fault.point("first_rule_deleted")
 
 
@@ -114,12 +121,12 @@ def write_config(config_fd, desired, undo=None):
     key = rto_program.CONFIG_KEY.pack(0)
     if undo is not None:
         undo.push(
-            bpf_syscall.map_update,
+            bpf_maps.map_update,
             config_fd,
             key,
-            bpf_syscall.map_lookup(config_fd, key, rto_program.CONFIG_VALUE.size),
+            bpf_maps.map_lookup(config_fd, key, rto_program.CONFIG_VALUE.size),
         )
-    bpf_syscall.map_update(
+    bpf_maps.map_update(
         config_fd,
         key,
         rto_program.encode_config(
@@ -133,8 +140,8 @@ def write_meta(meta_fd, desired, undo=None):
     value = pins.meta_value(desired)
     key = rto_program.CONFIG_KEY.pack(0)
     if undo is not None:
-        undo.push(bpf_syscall.map_update, meta_fd, key, bpf_syscall.map_lookup(meta_fd, key, pins.META_VALUE_SIZE))
-    bpf_syscall.map_update(meta_fd, key, value)
+        undo.push(bpf_maps.map_update, meta_fd, key, bpf_maps.map_lookup(meta_fd, key, pins.META_VALUE_SIZE))
+    bpf_maps.map_update(meta_fd, key, value)
 
 
 # The verifier's verdict is at the end of a log that can fill the 16 MiB buffer.
@@ -146,7 +153,7 @@ def load_program(obj, map_fds, btf_fd=None):
     if btf_fd is not None:
         try:
             return bpf_syscall.prog_load(
-                bpf_syscall.BPF_PROG_TYPE_SOCK_OPS,
+                uapi.BPF_PROG_TYPE_SOCK_OPS,
                 insns,
                 obj.license,
                 rto_program.PROGRAM_NAME,
@@ -158,7 +165,7 @@ def load_program(obj, map_fds, btf_fd=None):
         except bpf_syscall.BpfError:
             pass  # the kernel may refuse the func or line info: load without; a bad program fails again below
     try:
-        return bpf_syscall.prog_load(bpf_syscall.BPF_PROG_TYPE_SOCK_OPS, insns, obj.license, rto_program.PROGRAM_NAME)
+        return bpf_syscall.prog_load(uapi.BPF_PROG_TYPE_SOCK_OPS, insns, obj.license, rto_program.PROGRAM_NAME)
     except bpf_syscall.BpfError as exc:
         lines = (exc.log or "(none)").rstrip("\n").split("\n")
         shown = (

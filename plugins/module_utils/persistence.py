@@ -35,9 +35,21 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils.systemd import Syst
 
 MODULE_UTILS = "ansible_collections.netbpf.tcp_rto.plugins.module_utils"
 # The module_utils the restore imports, directly or not.
+# Test aid: a directory standing for / for every file persistence writes, reads and removes
+# (records, the copied code and object, units). Unset outside tests.
+TEST_ROOT_ENVIRONMENT = "TCP_RTO_TEST_PERSIST_ROOT"
+
+
+def host_root():
+    """/, or under tests the directory TCP_RTO_TEST_PERSIST_ROOT names."""
+    return os.environ.get(TEST_ROOT_ENVIRONMENT) or "/"
+
+
 CODE_FILES = (
     "rto_program",
     "bpf_syscall",
+    "bpf_maps",
+    "bpf_info",
     "uapi",
     "bpf_object",
     "elf",
@@ -45,6 +57,7 @@ CODE_FILES = (
     "btf_ext",
     "map_definitions",
     "host",
+    "cgroups",
     "hz",
     "features",
     "probe",

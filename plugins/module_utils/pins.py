@@ -14,7 +14,7 @@ import json
 import os
 from typing import List, Optional
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_maps, bpf_syscall, rto_program
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import ConfigError, Desired, Rule, network_text
 
 PROG_PIN = "prog"
@@ -55,7 +55,7 @@ def read_meta(meta_fd):
     """The instance record in the meta map -> (record, None), or (None, what is wrong with it)."""
     if meta_fd is None:
         return None, "meta map is missing"
-    raw = bpf_syscall.map_lookup(meta_fd, rto_program.CONFIG_KEY.pack(0), META_VALUE_SIZE) or b""
+    raw = bpf_maps.map_lookup(meta_fd, rto_program.CONFIG_KEY.pack(0), META_VALUE_SIZE) or b""
     try:
         meta = json.loads(raw.rstrip(b"\0").decode("utf-8"))
         if meta.get("format") != META_FORMAT or not {"cgroup", "attach_mode", "object_sha256"} <= set(meta):

@@ -12,7 +12,14 @@ import collections
 import os
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, coexistence, host, pins, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    bpf_info,
+    bpf_syscall,
+    cgroups,
+    coexistence,
+    pins,
+    rto_program,
+)
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import ATTACH_LINK, Desired, Rule
 
@@ -213,7 +220,7 @@ def unrecorded_attachments(
         fd = pins.open_pin(os.path.join(current.instance_dir, name))
         if fd is not None:
             with bpf_syscall.closing_fd(fd):
-                own_ids.add(bpf_syscall.prog_info(fd).id)
+                own_ids.add(bpf_info.prog_info(fd).id)
     own_maps = (
         set() if own_ids else {current.map_ids[name] for name in rto_program.MAP_CONTRACT if name in current.map_ids}
     )
@@ -237,7 +244,7 @@ def unrecorded_attachments(
 def _through_link(current: Current, cgroup: str, prog_id: int) -> bool:
     """Whether the instance's pinned bpf_link is what attaches prog_id to cgroup (it goes with its pin)."""
     info = current.link_info
-    return info is not None and info.prog_id == prog_id and info.cgroup_id == host.cgroup_id(cgroup)
+    return info is not None and info.prog_id == prog_id and info.cgroup_id == cgroups.cgroup_id(cgroup)
 
 
 def _uses(prog_id: int, map_ids: set) -> bool:
@@ -245,8 +252,8 @@ def _uses(prog_id: int, map_ids: set) -> bool:
     if not map_ids:
         return False
     try:
-        with bpf_syscall.closing_fd(bpf_syscall.prog_get_fd_by_id(prog_id)) as fd:
-            return map_ids <= set(bpf_syscall.prog_info(fd).map_ids)
+        with bpf_syscall.closing_fd(bpf_info.prog_get_fd_by_id(prog_id)) as fd:
+            return map_ids <= set(bpf_info.prog_info(fd).map_ids)
     except bpf_syscall.BpfError:
         return False  # unloaded meanwhile
 

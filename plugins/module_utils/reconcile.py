@@ -16,7 +16,9 @@ from typing import Any, Dict, List, NamedTuple, Optional
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     apply,
+    bpf_info,
     bpf_syscall,
+    cgroups,
     coexistence,
     drift,
     fault,
@@ -62,7 +64,7 @@ def persistence_step(params):
     persistent = params.get("persistent")
     if persistent is True:
         return "record"
-    if persistent not in (None, False) or not persistence.recorded(params["name"], _persist_root(params)):
+    if persistent not in (None, False) or not persistence.recorded(params["name"], persistence.host_root()):
         return None
     return "forget" if persistent is False else "record"
 
@@ -114,7 +116,7 @@ class Converged(NamedTuple):
     diff: Optional[Dict[str, Any]]
 
 
-class Report(NamedTuple):
+class Observed(NamedTuple):
     """The instance as the kernel holds it after the run, and the handshakes that prove it."""
 
     instance: Dict[str, Any]
@@ -134,7 +136,7 @@ def run(params, check_mode=False, diff=False):
     if params["state"] == "present":
         desired = from_params(
             params,
-            kernel.attach_mode(params["force_legacy_attach"]),
+            kernel.attach_mode(),
             kernel_facts["hz"],
             pending=target.unit_running is False,
         )
@@ -146,62 +148,62 @@ def run(params, check_mode=False, diff=False):
             )
     step = persistence_step(params) if desired is not None else None
     if desired is None or step:
-        persistence.check_paths(params["name"], _persist_root(params))
+        persistence.check_paths(params["name"], persistence.host_root())
     if check_mode:  # reads only: no need to keep other runs out
-        converged, report, persisted = _reconcile(params, desired, kernel, target, step, check_mode, diff)
+        converged, observed, persisted = _reconcile(params, desired, kernel, target, step, check_mode, diff)
     else:
         with lock.InstanceLock(
             params["name"], params["pin_dir"], params.get("lock_timeout", lock.DEFAULT_TIMEOUT)
         ) as held:
             try:
                 fault.point("lock_taken")
-                converged, report, persisted = _reconcile(params, desired, kernel, target, step, check_mode, diff)
+                converged, observed, persisted = _reconcile(params, desired, kernel, target, step, check_mode, diff)
             finally:
                 if not os.path.isdir(os.path.join(params["pin_dir"], params["name"])):
                     held.remove_file()  # no instance (absent, or a refused first run): no lock file either
-    failed = _failed_checks(report)
+    failed = _failed_checks(observed)
     started = []
     if step == "record" and not params.get("unit") and not failed:
         # outside the lock: the unit's restore takes it
-        started = persistence.start_unit(params["name"], _persist_root(params), check_mode)
-    result = _result(kernel_facts, target, converged, report, persisted + started)
+        started = persistence.start_unit(params["name"], persistence.host_root(), check_mode)
+    result = _result(kernel_facts, target, converged, observed, persisted + started)
     if failed:
-        raise VerificationFailed(handshakes.failure_message(desired, failed, report.conflicts), result)
+        raise VerificationFailed(handshakes.failure_message(desired, failed, observed.conflicts), result)
     return result
 
 
 def _reconcile(params, desired, kernel, target, step, check_mode, diff):
-    """The run under the instance's lock -> (Converged or None, Report or None, persistence actions).
+    """The run under the instance's lock -> (Converged or None, Observed or None, persistence actions).
     A failed verification leaves persistence as it was."""
     running = target.unit_running is not False
     converged = converge(params, desired, kernel, check_mode, diff) if running else None
     fault.point("converged")
-    root = _persist_root(params)
+    root = persistence.host_root()
     if desired is None:
         return converged, None, persistence.remove(params["name"], root, check_mode)
-    report = build_report(params, desired, kernel, check_mode) if running else None
-    if _failed_checks(report):
-        return converged, report, []
+    observed = observe(params, desired, kernel, check_mode) if running else None
+    if _failed_checks(observed):
+        return converged, observed, []
     if step == "record":
         return (
             converged,
-            report,
+            observed,
             persistence.install(params, params["src"], desired.object.sha256, root, check_mode=check_mode),
         )
     if step == "forget":
-        return converged, report, persistence.remove(params["name"], root, check_mode)
-    return converged, report, []
+        return converged, observed, persistence.remove(params["name"], root, check_mode)
+    return converged, observed, []
 
 
-def _result(kernel_facts, target, converged, report, persisted):
+def _result(kernel_facts, target, converged, observed, persisted):
     actions = list(converged.plan.steps if converged else ()) + list(persisted)
     result = dict(
         changed=bool(actions),
         actions=actions,
         kernel=kernel_facts,
-        foreign_programs=report.foreign_programs if report else [],
+        foreign_programs=observed.foreign_programs if observed else [],
         drift=converged.drift if converged else [],
-        conflicts=report.conflicts if report else [],
+        conflicts=observed.conflicts if observed else [],
     )
     warnings = target.warnings + list(converged.plan.warnings if converged else ())
     if warnings:
@@ -210,15 +212,11 @@ def _result(kernel_facts, target, converged, report, persisted):
         result["unit_running"] = target.unit_running
     if converged and converged.diff is not None:
         result["diff"] = converged.diff
-    if report:
-        result.update(instance=report.instance, syn_give_up_s=report.syn_give_up_s)
-        if report.verification is not None:
-            result["verification"] = report.verification
+    if observed:
+        result.update(instance=observed.instance, syn_give_up_s=observed.syn_give_up_s)
+        if observed.verification is not None:
+            result["verification"] = observed.verification
     return result
-
-
-def _persist_root(params):
-    return params.get("persist_root") or "/"
 
 
 def preflight(params):
@@ -255,7 +253,7 @@ def follow_unit(params):
         raise ConfigError(
             "unit: %s attaches the instance at every start of the unit from its record: set persistent: true" % unit
         )
-    cgroup = service_unit.running_cgroup(unit, host.cgroup2_mount())
+    cgroup = service_unit.running_cgroup(unit, cgroups.cgroup2_mount())
     warnings = []
     if cgroup is None:
         warnings.append("%s does not run: the instance is recorded, and its next start attaches it" % unit)
@@ -284,7 +282,7 @@ def converge(params, desired, kernel, check_mode, diff):
                 link_detach=kernel.link_detach,
                 mount_bpffs=mount_bpffs,
                 others=instances_on_cgroup(params["pin_dir"], desired.cgroup, exclude=params["name"]),
-                blockers=coexistence.attach_blockers(desired.cgroup, host.cgroup2_mount()),
+                blockers=coexistence.attach_blockers(desired.cgroup, cgroups.cgroup2_mount()),
             )
         if plan.steps and not check_mode:
             apply.carry_out(plan, desired, current, params["pin_dir"], params["mount_bpffs"])
@@ -302,7 +300,7 @@ def converge(params, desired, kernel, check_mode, diff):
 def _cgroup_root():
     """The cgroup v2 mount, or None without one (then nothing can be attached)."""
     try:
-        return host.cgroup2_mount()
+        return cgroups.cgroup2_mount()
     except host.HostError:
         return None
 
@@ -316,13 +314,13 @@ def _instance_program_ids(params):
             continue
         try:
             with bpf_syscall.closing_fd(bpf_syscall.obj_get(os.path.join(pin_dir, name, pins.PROG_PIN))) as fd:
-                ids.append(bpf_syscall.prog_info(fd).id)
+                ids.append(bpf_info.prog_info(fd).id)
         except (OSError, bpf_syscall.BpfError):
             continue  # not an instance, or one without its program pin
     return ids
 
 
-def build_report(params, desired: Desired, kernel, check_mode) -> Report:
+def observe(params, desired: Desired, kernel, check_mode) -> Observed:
     """What the kernel holds now, proven by real handshakes unless check mode or verify: false;
     the foreign programs that meet ours, and those that can explain a failed handshake."""
     applied = Current(os.path.join(params["pin_dir"], params["name"]), link_info=kernel.link_info)
@@ -330,7 +328,7 @@ def build_report(params, desired: Desired, kernel, check_mode) -> Report:
         own_ids = [applied.prog_info.id] if applied.prog_info else []
     finally:
         applied.close()
-    programs = coexistence.survey(desired.cgroup, host.cgroup2_mount(), own_ids, _instance_program_ids(params))
+    programs = coexistence.survey(desired.cgroup, cgroups.cgroup2_mount(), own_ids, _instance_program_ids(params))
     verification = None
     if params["verify"] and not check_mode:
         verification = handshakes.verify(desired, coexistence.descendants_to_probe(programs))
@@ -345,10 +343,10 @@ def build_report(params, desired: Desired, kernel, check_mode) -> Report:
     conflicts = (
         coexistence.conflicts(failed, programs, desired.cgroup, own_ids, KERNEL_DEFAULT_RTO_MS) if failed else []
     )
-    return Report(instance, programs, verification, conflicts, syn_give_up.give_up_seconds(desired))
+    return Observed(instance, programs, verification, conflicts, syn_give_up.give_up_seconds(desired))
 
 
-def _failed_checks(report):
-    if report is None or report.verification is None:
+def _failed_checks(observed):
+    if observed is None or observed.verification is None:
         return []
-    return [check for check in report.verification["checks"] if not check["ok"]]
+    return [check for check in observed.verification["checks"] if not check["ok"]]

@@ -24,11 +24,13 @@ RECORDED = (
     "mount_bpffs",
     "hz",
     "verify",
-    "force_legacy_attach",
     "unit",
 )
 # Keys a record of an earlier version may lack, and what they meant there.
 ADDED_KEYS = {"unit": None, "syn_give_up_s": None}
+# Keys a record of an earlier version may hold that mean nothing now (force_legacy_attach: a
+# test aid, an option until 0.2.0).
+DROPPED_KEYS = ("force_legacy_attach",)
 
 
 class RecordError(Exception):
@@ -83,7 +85,6 @@ RECORD_TYPES = {
     "mount_bpffs": (lambda value: isinstance(value, bool), "true or false"),
     "hz": (_optional(_is_int), "an integer or null"),
     "verify": (lambda value: isinstance(value, bool), "true or false"),
-    "force_legacy_attach": (lambda value: isinstance(value, bool), "true or false"),
     "unit": (_optional(_is_str), "a string or null"),
     "src": (_is_str, "a string"),
     "object_sha256": (_is_str, "a string"),
@@ -100,7 +101,7 @@ def check_record(record, name, object_path):
     missing = sorted(set(RECORD_TYPES) - set(record) - set(ADDED_KEYS))
     if missing:
         raise ValueError("missing %s" % ", ".join(missing))
-    unknown = sorted(set(record) - set(RECORD_TYPES))
+    unknown = sorted(set(record) - set(RECORD_TYPES) - set(DROPPED_KEYS))
     if unknown:
         raise ValueError("unknown key(s) %s" % ", ".join(unknown))
     for key in sorted(RECORD_TYPES):

@@ -16,7 +16,14 @@ import os
 import sys
 import time
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, persistence, reconcile, record, service_unit
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    cgroups,
+    host,
+    persistence,
+    reconcile,
+    record,
+    service_unit,
+)
 
 USAGE = "usage: restore.py INSTANCE | restore.py --attach INSTANCE\n"
 # How often a restore whose cgroup does not exist yet looks for it.
@@ -24,6 +31,7 @@ CGROUP_POLL_SECONDS = 0.2
 
 
 def main(argv, root="/"):
+    """root: what stood for / when the calling script was installed (persistence.host_root())."""
     attach = argv[:1] == ["--attach"]
     if attach:
         argv = argv[1:]
@@ -45,16 +53,14 @@ def main(argv, root="/"):
                 )
             )
         if attach:
-            params = dict(params, unit=None, cgroup=service_unit.own_cgroup(host.cgroup2_mount()))
+            params = dict(params, unit=None, cgroup=service_unit.own_cgroup(cgroups.cgroup2_mount()))
         elif _may_appear(params["cgroup"]) and _wait_in_background(name, params["cgroup"]):
             return 0
-        result = reconcile.run(
-            dict(params, state="present", persistent=reconcile.PERSISTENCE_UNTOUCHED, persist_root=root)
-        )
+        result = reconcile.run(dict(params, state="present", persistent=reconcile.PERSISTENCE_UNTOUCHED))
     except (record.RecordError, service_unit.UnitError, reconcile.VerificationFailed, *reconcile.ERRORS) as exc:
         sys.stderr.write("tcp-rto restore of %s failed: %s\n" % (name, reconcile.describe_error(exc)))
         return 1
-    return _report(name, attach, result)
+    return _print_result(name, attach, result)
 
 
 def _may_appear(cgroup):
@@ -63,7 +69,7 @@ def _may_appear(cgroup):
     if not cgroup or "\0" in cgroup or not os.path.isabs(cgroup) or os.path.lexists(cgroup):
         return False
     try:
-        mount = host.cgroup2_mount()
+        mount = cgroups.cgroup2_mount()
     except host.HostError:
         return False
     return host.is_within(os.path.normpath(cgroup), mount)
@@ -87,7 +93,7 @@ def _wait_in_background(name, cgroup):
     return False
 
 
-def _report(name, attach, result):
+def _print_result(name, attach, result):
     summary = {key: result.get(key) for key in ("changed", "actions", "verification")}
     summary["program_id"] = result["instance"]["program_id"]
     sys.stdout.write(

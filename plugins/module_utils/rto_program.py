@@ -13,6 +13,8 @@ __metaclass__ = type
 import ipaddress
 import struct
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import uapi
+
 PROGRAM_SECTION = "sockops"
 PROGRAM_NAME = "tcp_initial_rto"
 
@@ -44,11 +46,6 @@ CONFIG_MAP = "config"
 HITS_MAP = "hits"
 STATS_MAP = "stats"  # per slot and CPU: what the handshakes did (telemetry.py reads it)
 SYN_RTX_TIME_MAP = "syn_rtx_time"  # the program's own: when a connect() last retransmitted its SYN
-BPF_MAP_TYPE_ARRAY = 2
-BPF_MAP_TYPE_PERCPU_ARRAY = 6
-BPF_MAP_TYPE_LRU_HASH = 9
-BPF_MAP_TYPE_LPM_TRIE = 11
-BPF_F_NO_PREALLOC = 1
 
 # struct rule_key { __u32 prefixlen; __u32 addr[4]; }: prefixlen in host order, address bytes in
 # network order. IPv4 lives in the IPv4-mapped IPv6 range (::ffff:0:0/96) so that one trie serves
@@ -88,12 +85,12 @@ SYN_RTX_TIME_ENTRIES = 4096
 
 # What a loadable object must declare: name -> (map type, key size, value size, max entries, flags)
 MAP_CONTRACT = {
-    RULES_MAP: (BPF_MAP_TYPE_LPM_TRIE, RULE_KEY.size, RULE_VALUE.size, MAX_RULES, BPF_F_NO_PREALLOC),
-    CONFIG_MAP: (BPF_MAP_TYPE_ARRAY, CONFIG_KEY.size, CONFIG_VALUE.size, 1, 0),
-    HITS_MAP: (BPF_MAP_TYPE_PERCPU_ARRAY, HIT_KEY.size, HIT_VALUE.size, MAX_RULES + 1, 0),
-    STATS_MAP: (BPF_MAP_TYPE_PERCPU_ARRAY, HIT_KEY.size, STATS_VALUE.size, MAX_RULES + 1, 0),
+    RULES_MAP: (uapi.BPF_MAP_TYPE_LPM_TRIE, RULE_KEY.size, RULE_VALUE.size, MAX_RULES, uapi.BPF_F_NO_PREALLOC),
+    CONFIG_MAP: (uapi.BPF_MAP_TYPE_ARRAY, CONFIG_KEY.size, CONFIG_VALUE.size, 1, 0),
+    HITS_MAP: (uapi.BPF_MAP_TYPE_PERCPU_ARRAY, HIT_KEY.size, HIT_VALUE.size, MAX_RULES + 1, 0),
+    STATS_MAP: (uapi.BPF_MAP_TYPE_PERCPU_ARRAY, HIT_KEY.size, STATS_VALUE.size, MAX_RULES + 1, 0),
     SYN_RTX_TIME_MAP: (
-        BPF_MAP_TYPE_LRU_HASH,
+        uapi.BPF_MAP_TYPE_LRU_HASH,
         SYN_RTX_TIME_KEY.size,
         SYN_RTX_TIME_VALUE.size,
         SYN_RTX_TIME_ENTRIES,

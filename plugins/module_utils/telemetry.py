@@ -10,7 +10,7 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_maps, rto_program
 
 PERCENTILES = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99))
 # Upper bound (µs, inclusive) of each RTT bucket: bucket b counts samples in (2^(b-1), 2^b].
@@ -90,7 +90,7 @@ def read_slots(stats_fd, slots):
     stats map stats_fd."""
     found = {}
     for slot in slots:
-        values = bpf_syscall.percpu_lookup(stats_fd, rto_program.HIT_KEY.pack(slot), rto_program.STATS_VALUE.size)
+        values = bpf_maps.percpu_lookup(stats_fd, rto_program.HIT_KEY.pack(slot), rto_program.STATS_VALUE.size)
         if values is not None:
             found[slot] = slot_telemetry(sum_cpus(values))
     return found

@@ -14,6 +14,28 @@ import ctypes
 import errno
 import struct
 
+# Map types (rto_program.MAP_CONTRACT), map update flags, program and attach types, attach and query
+# flags, the ld_imm64 source that makes imm a map fd, the cgroup link type.
+BPF_MAP_TYPE_HASH = 1
+BPF_MAP_TYPE_ARRAY = 2
+BPF_MAP_TYPE_PERCPU_ARRAY = 6
+BPF_MAP_TYPE_LRU_HASH = 9
+BPF_MAP_TYPE_LPM_TRIE = 11
+BPF_F_NO_PREALLOC = 1
+BPF_ANY = 0
+BPF_NOEXIST = 1
+BPF_EXIST = 2
+
+BPF_PROG_TYPE_SOCK_OPS = 13
+BPF_CGROUP_SOCK_OPS = 3
+BPF_F_ALLOW_OVERRIDE = 1
+BPF_F_ALLOW_MULTI = 2
+BPF_F_REPLACE = 4
+BPF_F_QUERY_EFFECTIVE = 1
+BPF_PSEUDO_MAP_FD = 1
+BPF_LINK_TYPE_CGROUP = 3
+BPF_OBJ_NAME_LEN = 16
+
 # Room for every union bpf_attr member up to at least 6.18 (144 bytes in 6.1): the kernel writes
 # some results back (query.revision, log_true_size) at offsets only newer headers know.
 ATTR_SIZE = 256

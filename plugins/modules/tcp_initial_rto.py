@@ -185,12 +185,6 @@ options:
         task with pipelining, no separate file transfer).
     type: str
     version_added: 0.3.0
-  force_legacy_attach:
-    description:
-      - Test aid. Attach with C(BPF_PROG_ATTACH) and C(BPF_F_ALLOW_MULTI) even where the kernel has
-        every cgroup bpf_link feature, to exercise the path older kernels take.
-    type: bool
-    default: false
   persistent:
     description:
       - Keep the instance across reboots. The module records its parameters in
@@ -211,12 +205,6 @@ options:
         the instance.
       - O(state=absent) removes the record, the unit and the copied files whatever this option says.
     type: bool
-  persist_root:
-    description:
-      - Test aid (and for building images). Directory that stands for C(/) for the files O(persistent)
-        writes and O(state=absent) removes.
-    type: path
-    default: /
   lock_timeout:
     description:
       - Runs on one instance take turns through a lock, C(/run/tcp_rto/<name>.lock) (with a hash of
@@ -231,7 +219,7 @@ options:
         the rollback of the role C(netbpf.tcp_rto.tcp_rto) (its C(rollback) entry point), which sets
         this option. When a run with O(state=present) changes the configuration (cgroup or unit,
         rules, default, direction), the configuration before it becomes
-        O(persist_root)C(/etc/tcp_rto/<name>.previous.json); the older records move to
+        C(/etc/tcp_rto/<name>.previous.json); the older records move to
         C(<name>.previous.2.json) and so on, and those beyond this number are dropped.
       - V(0) writes no record and leaves existing ones alone. Check mode writes none.
     type: int
@@ -262,9 +250,7 @@ notes:
   - Drift (a pin deleted, the program detached or a map entry edited outside the module) is reported
     in RV(drift) and repaired; check mode reports it without repairing.
   - A run killed at any point (SIGKILL, power cut) leaves no attachment or pin behind that the next
-    run does not repair; the next run reports what it removed. As a test aid, the environment
-    variable C(TCP_RTO_FAULT_AT) set to a step name (see C(docs/reliability.md)) makes the module kill
-    itself right after that step.
+    run does not repair; the next run reports what it removed.
 seealso:
   - name: Kernel sample tcp_synrto_kern.c
     description: The kernel's own example of a sock_ops program that sets the SYN RTO.
@@ -481,9 +467,7 @@ ARGUMENT_SPEC = dict(
     hz=dict(type="int"),
     verify=dict(type="bool", default=True),
     src=dict(type="path"),
-    force_legacy_attach=dict(type="bool", default=False),
     persistent=dict(type="bool"),
-    persist_root=dict(type="path", default="/"),
     lock_timeout=dict(type="int", default=60),
     history_steps=dict(type="int", default=0),
     src_object_base64=dict(type="str", no_log=True),
@@ -494,7 +478,7 @@ def read_before(params):
     """{"before": configuration} for a run with state present (see history_steps), else {}."""
     if params["state"] != "present":
         return {}
-    return dict(before=history.configuration(params["pin_dir"], params["name"], params["persist_root"]))
+    return dict(before=history.configuration(params["pin_dir"], params["name"]))
 
 
 def record_history(params, before, check_mode):
@@ -502,11 +486,9 @@ def record_history(params, before, check_mode):
     records, else {}."""
     if not params["history_steps"] or check_mode or not before or before["before"] is None:
         return {}
-    if history.configuration(params["pin_dir"], params["name"], params["persist_root"]) == before["before"]:
+    if history.configuration(params["pin_dir"], params["name"]) == before["before"]:
         return {}
-    return dict(
-        history_record=history.record(params["name"], before["before"], params["history_steps"], params["persist_root"])
-    )
+    return dict(history_record=history.record(params["name"], before["before"], params["history_steps"]))
 
 
 @contextlib.contextmanager

@@ -31,10 +31,6 @@ options:
     type: list
     elements: path
     default: []
-  persist_root:
-    description: Test aid. Directory that stands for C(/) when looking for records of persistent instances.
-    type: path
-    default: /
 attributes:
   check_mode:
     description: Read-only; runs the same in check mode.
@@ -89,6 +85,13 @@ cgroup2_mount:
   returned: always
   type: str
   sample: /sys/fs/cgroup
+records_dir:
+  description:
+    - Where the host keeps the records of persistent instances (C(/etc/tcp_rto)); the role
+      netbpf.tcp_rto.tcp_rto keeps its history of configurations there too.
+  returned: always
+  type: str
+  sample: /etc/tcp_rto
 bpffs_mounted:
   description: Whether the parent of O(pin_dir) is a bpffs.
   returned: always
@@ -178,15 +181,14 @@ def main():
         argument_spec=dict(
             pin_dir=dict(type="path", default="/sys/fs/bpf/tcp_rto"),
             cgroups=dict(type="list", elements="path", default=[]),
-            persist_root=dict(type="path", default="/"),
         ),
         supports_check_mode=True,
     )
     try:
-        report = info.gather(module.params["pin_dir"], module.params["cgroups"], module.params["persist_root"])
+        gathered = info.gather(module.params["pin_dir"], module.params["cgroups"])
     except (OSError, ValueError) as exc:
         module.fail_json(msg="reading the host's BPF state failed: %s" % to_native(exc))
-    module.exit_json(changed=False, **report)
+    module.exit_json(changed=False, **gathered)
 
 
 if __name__ == "__main__":

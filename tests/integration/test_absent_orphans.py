@@ -11,7 +11,7 @@ import subprocess
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_maps, bpf_syscall
 from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool, cgroup_program_ids
 from ansible_collections.netbpf.tcp_rto.tests.support.foreign_sockops import ForeignProgram
@@ -54,8 +54,8 @@ def run(params, check_mode=False):
 
 def spoil_meta(instance_dir):
     """Garbage in the meta record, as a damaged or foreign record would read."""
-    with bpf.closing_fd(bpf.obj_get(os.path.join(instance_dir, "meta"))) as fd:
-        bpf.map_update(fd, b"\0" * 4, b"not json".ljust(4096, b"\0"))
+    with bpf_syscall.closing_fd(bpf_syscall.obj_get(os.path.join(instance_dir, "meta"))) as fd:
+        bpf_maps.map_update(fd, b"\0" * 4, b"not json".ljust(4096, b"\0"))
 
 
 DAMAGE = {
@@ -67,7 +67,7 @@ DAMAGE = {
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_absent_finds_the_legacy_attachment_without_the_record(place, damage):
-    applied = run(place.params(rules=RULES, force_legacy_attach=True))
+    applied = run(place.params(rules=RULES, _legacy_attach=True))
     ours = applied["instance"]["program_id"]
     assert sorted(cgroup_program_ids(place.cgroup)) == sorted([place.neighbour.id, ours])
     DAMAGE[damage](place)
@@ -90,7 +90,7 @@ def test_absent_finds_the_legacy_attachment_without_the_record(place, damage):
     assert run(place.params(state="absent"))["changed"] is False
 
 
-@pytest.mark.parametrize("mode", [dict(), dict(force_legacy_attach=True)], ids=["link", "legacy"])
+@pytest.mark.parametrize("mode", [dict(), dict(_legacy_attach=True)], ids=["link", "legacy"])
 def test_absent_leaves_entries_it_did_not_make(place, mode):
     run(place.params(rules=RULES, **mode))
     notes = os.path.join(place.dir, "notes")

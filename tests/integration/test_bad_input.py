@@ -821,7 +821,7 @@ def exec_start(root, name):
 def test_bad_record_at_boot(playbook, env, item):
     root = env.scratch("root")
     os.mkdir(root)
-    applied = playbook.module(**env.args(persistent=True, persist_root=root, **GOOD))
+    applied = playbook.module(**env.args(persistent=True, _persist_root=root, **GOOD))
     assert applied["status"] == "ok", applied["_output"]
     shutil.rmtree(env.pin_dir)  # a reboot: every pin and attachment gone
     item.args(env, root, playbook)

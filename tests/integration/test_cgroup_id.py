@@ -1,7 +1,7 @@
 """Cgroup ids (issue 11): the id the kernel gives a cgroup in link info is its kernfs node id, the
 8-byte file handle of the directory (name_to_handle_at), not its st_ino (a 32-bit ino_t keeps
 only the low half; before 5.5 the id also carried the generation). Every comparison of a cgroup
-with a link's cgroup_id goes through host.cgroup_id: with a stat whose inode numbers are not the
+with a link's cgroup_id goes through cgroups.cgroup_id: with a stat whose inode numbers are not the
 ids, the module still finds its own link and tells a foreign link from a legacy attachment."""
 
 import errno
@@ -10,8 +10,8 @@ import stat
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host, reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_info, bpf_syscall, cgroups, reconcile
+from ansible_collections.netbpf.tcp_rto.tests.support import aids
 from ansible_collections.netbpf.tcp_rto.tests.support.foreign_sockops import ForeignProgram
 from ansible_collections.netbpf.tcp_rto.tests.support.reconcile_run import module_params
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.kernel
 def stat_without_cgroup_ids(monkeypatch):
     """os.stat giving every cgroup v2 directory an inode number that is not its cgroup id, as a
     32-bit ino_t does for a large id (the ids on this machine are small enough to fit)."""
-    mount = host.cgroup2_mount()
+    mount = cgroups.cgroup2_mount()
     real_stat = os.stat
 
     def stat_with_other_inodes(path, *args, **kwargs):
@@ -43,8 +43,8 @@ def foreign_link(cgroup, bpffs):
     program = ForeignProgram(bpffs, "pass", "cgid")
     program.attach(cgroup, "link")
     try:
-        with bpf.closing_fd(bpf.obj_get(program.attachments[0][2])) as link_fd:
-            yield bpf.link_info(link_fd)
+        with bpf_syscall.closing_fd(bpf_syscall.obj_get(program.attachments[0][2])) as link_fd:
+            yield bpf_info.link_info(link_fd)
     finally:
         program.detach_all()
 
@@ -52,14 +52,14 @@ def foreign_link(cgroup, bpffs):
 def test_cgroup_id_is_the_id_of_a_link_on_the_cgroup(cgroup, foreign_link, stat_without_cgroup_ids):
     assert foreign_link.cgroup_id != 0
     assert os.stat(cgroup).st_ino != foreign_link.cgroup_id  # the stand-in is in force
-    assert host.cgroup_id(cgroup) == foreign_link.cgroup_id
+    assert cgroups.cgroup_id(cgroup) == foreign_link.cgroup_id
     parent = os.path.dirname(cgroup)
-    assert host.cgroup_id(parent) not in (0, foreign_link.cgroup_id)
+    assert cgroups.cgroup_id(parent) not in (0, foreign_link.cgroup_id)
 
 
 def test_cgroup_id_of_a_missing_cgroup_is_an_os_error(cgroup):
     with pytest.raises(OSError) as caught:
-        host.cgroup_id(os.path.join(cgroup, "missing"))
+        cgroups.cgroup_id(os.path.join(cgroup, "missing"))
     assert caught.value.errno == errno.ENOENT
 
 
@@ -70,8 +70,13 @@ def test_module_finds_links_by_cgroup_id(cgroup, bpffs, tmp_path, foreign_link, 
         rto_ms=200,
         pin_dir=os.path.join(bpffs, "tcp_rto"),
         mount_bpffs=False,
-        persist_root=str(tmp_path),
+        _persist_root=str(tmp_path),
     )
+    with aids.applied(params) as params:
+        check_links_found_by_cgroup_id(params, foreign_link)
+
+
+def check_links_found_by_cgroup_id(params, foreign_link):
     try:
         first = reconcile.run(params)
         assert first["verification"]["ok"] is True

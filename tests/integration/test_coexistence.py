@@ -20,10 +20,9 @@ import subprocess
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import desired, plan, probe, reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, desired, plan, probe, reconcile, uapi
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
-from ansible_collections.netbpf.tcp_rto.tests.support import foreign_sockops
+from ansible_collections.netbpf.tcp_rto.tests.support import aids, foreign_sockops
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool
 from ansible_collections.netbpf.tcp_rto.tests.support.foreign_sockops import OWN_JIFFIES, ForeignProgram
 from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
@@ -64,8 +63,8 @@ def test_kernel_runs_own_cgroup_first_in_attach_order_then_ancestors(cgroup, bpf
     first.attach(child, "multi")
     parent.attach(cgroup, "multi")
     second.attach(child, "multi")
-    with bpf.closing_fd(os.open(child, os.O_RDONLY)) as fd:
-        effective = bpf.prog_query(fd, bpf.BPF_CGROUP_SOCK_OPS, effective=True)[1]
+    with bpf_syscall.closing_fd(os.open(child, os.O_RDONLY)) as fd:
+        effective = bpf_syscall.prog_query(fd, uapi.BPF_CGROUP_SOCK_OPS, effective=True)[1]
     assert effective == [first.id, second.id, parent.id]
     assert observed_jiffies(child) == 200  # the ancestor ran last
     for program in (first, second, parent):
@@ -103,10 +102,10 @@ def test_preorder_ancestor_runs_before_the_cgroup_below(cgroup, bpffs):
     below.attach(child, "multi")
     try:
         above.attach(cgroup, "multi_preorder")
-    except bpf.BpfError as exc:
+    except bpf_syscall.BpfError as exc:
         pytest.skip("kernel without BPF_F_PREORDER: %s" % exc)
-    with bpf.closing_fd(os.open(child, os.O_RDONLY)) as fd:
-        assert bpf.prog_query(fd, bpf.BPF_CGROUP_SOCK_OPS, effective=True)[1] == [above.id, below.id]
+    with bpf_syscall.closing_fd(os.open(child, os.O_RDONLY)) as fd:
+        assert bpf_syscall.prog_query(fd, uapi.BPF_CGROUP_SOCK_OPS, effective=True)[1] == [above.id, below.id]
     assert observed_jiffies(child) == 100
 
 
@@ -122,7 +121,7 @@ AFTER_CONFLICT = ("ok", "conflict", "conflict", "ok")
 # variant: pass (returns 1, reply untouched) | zero (returns 0) | minus1 (reply = -1) | own (reply = 625)
 # place: where the foreign program is, seen from our cgroup; mode: how it is attached;
 # when: attached before our first apply, or after it; ours: our attach mode (link, or multi by
-# force_legacy_attach); outcomes: of apply, update, upgrade, absent.
+# _legacy_attach, tests/support/aids.py); outcomes: of apply, update, upgrade, absent.
 MATRIX = {
     "pass-same-multi-before": Row("pass", "same", "multi", "before", "link", OK4),
     "pass-same-link-after": Row("pass", "same", "link", "after", "multi", OK4),
@@ -184,8 +183,8 @@ class Scene:
             direction="outgoing",
             pin_dir=self.pin_dir,
             mount_bpffs=False,
-            force_legacy_attach=ours == "multi",
-            persist_root=self.persist_root,
+            _legacy_attach=ours == "multi",
+            _persist_root=self.persist_root,
         )
         mine.update(changes)
         return module_params(**mine)
@@ -200,7 +199,8 @@ def run_operation(scene, row, operation, second_object):
         "absent": {"state": "absent"},
     }
     try:
-        result = reconcile.run(scene.params(row.ours, **steps[operation]))
+        with aids.applied(scene.params(row.ours, **steps[operation])) as params:
+            result = reconcile.run(params)
     except reconcile.VerificationFailed as exc:
         return "conflict", exc.result
     except plan.InstanceError as exc:
@@ -308,7 +308,8 @@ def test_check_mode_refuses_blocked_attach(cgroup, bpffs, tmp_path):
     foreign.attach(scene.target, "exclusive")
     try:
         with pytest.raises(plan.InstanceError, match="program %d" % foreign.id):
-            reconcile.run(scene.params("link"), check_mode=True)
+            with aids.applied(scene.params("link")) as params:
+                reconcile.run(params, check_mode=True)
         assert not os.path.exists(scene.pin_dir)
     finally:
         foreign.detach_all()

@@ -50,7 +50,7 @@ def test_eight_runs_at_once_on_one_instance(cgroup, bpffs, second_object, legacy
     runs = [
         reconcile_run.start(
             reconcile_run.module_params(
-                name="busy", cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, force_legacy_attach=legacy, **request
+                name="busy", cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, _legacy_attach=legacy, **request
             )
         )
         for request in requests

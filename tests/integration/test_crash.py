@@ -25,7 +25,7 @@ SIGKILLED = -9
 RULES_A = [{"dest": "127.0.0.0/8", "rto_ms": 200}, {"dest": "10.0.0.0/8", "rto_ms": 300}]
 # Against RULES_A: slot 0 counts another network (hit counter reset), 127/8 changes value, 10/8 goes.
 RULES_B = [{"dest": "10.1.0.0/16", "rto_ms": 400}, {"dest": "127.0.0.0/8", "rto_ms": 252}]
-LEGACY = dict(force_legacy_attach=True)
+LEGACY = dict(_legacy_attach=True)
 # 600 rules each, only 127.0.0.0/8 in common: together more than the rules map's 1024 entries, so
 # the swap takes new maps and a new program.
 SWAP_A = [{"dest": "127.0.0.0/8", "rto_ms": 200}] + [
@@ -222,7 +222,7 @@ def test_killed_run_is_repaired(point, scenario, cgroup, bpffs, tmp_path, second
             if options.get("src") == "second":
                 options["src"] = second_object
             return reconcile_run.module_params(
-                name="crash", pin_dir=pin_dir, mount_bpffs=False, persist_root=persist_root, **options
+                name="crash", pin_dir=pin_dir, mount_bpffs=False, _persist_root=persist_root, **options
             )
 
         cgroups = [cgroup, other]
@@ -245,7 +245,7 @@ def test_killed_run_is_repaired(point, scenario, cgroup, bpffs, tmp_path, second
             assert cgroup_program_ids(target) == [program_id]
             assert [cgroup_program_ids(place) for place in cgroups if place != target] == [[]]
             assert observed_rto_us(target) == expected_rto_us(request)
-            link_mode = not request.get("force_legacy_attach")
+            link_mode = not request.get("_legacy_attach")
             assert sorted(os.listdir(instance_dir)) == sorted(
                 ["config", "hits", "meta", "prog", "rules", "stats", "syn_rtx_time"] + (["link"] if link_mode else [])
             )

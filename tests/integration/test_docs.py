@@ -43,5 +43,5 @@ def test_module_doc_renders_and_matches_argument_spec():
 
 def test_info_module_doc_renders():
     doc = ansible_doc_json("netbpf.tcp_rto.tcp_initial_rto_info")
-    assert set(doc["doc"]["options"]) == {"pin_dir", "cgroups", "persist_root"}
+    assert set(doc["doc"]["options"]) == {"pin_dir", "cgroups"}
     assert {"supported", "unsupported_reasons", "kernel", "instances", "foreign_programs"} <= set(doc["return"])

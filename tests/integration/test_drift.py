@@ -16,6 +16,7 @@ import time
 import pytest
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import desired, probe, reconcile, rto_program
+from ansible_collections.netbpf.tcp_rto.tests.support import aids
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool
 from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 from ansible_collections.netbpf.tcp_rto.tests.support.reconcile_run import module_params
@@ -108,7 +109,7 @@ def params(cgroup, bpffs, tmp_path):
         rto_ms=DEFAULT_MS,
         pin_dir=os.path.join(bpffs, "tcp_rto"),
         mount_bpffs=False,
-        persist_root=str(tmp_path),
+        _persist_root=str(tmp_path),
     )
 
 
@@ -134,45 +135,46 @@ def loaded(kind, ids):
 
 @pytest.mark.parametrize("case", list(CASES.values()), ids=list(CASES))
 def test_drift_is_reported_and_repaired(params, cgroup, case):
-    params = dict(params, force_legacy_attach=case.ours == "multi")
-    instance_dir = os.path.join(params["pin_dir"], NAME)
-    applied = reconcile.run(params)
-    old = kernel_view(instance_dir, cgroup)
-    old_prog = applied["instance"]["program_id"]
-    assert old["cgroup"] == [old_prog]
+    with aids.applied(dict(params, _legacy_attach=case.ours == "multi")) as params:
+        instance_dir = os.path.join(params["pin_dir"], NAME)
+        applied = reconcile.run(params)
+        old = kernel_view(instance_dir, cgroup)
+        old_prog = applied["instance"]["program_id"]
+        assert old["cgroup"] == [old_prog]
 
-    case.tamper(instance_dir, cgroup, old_prog)
-    tampered = kernel_view(instance_dir, cgroup)
+        case.tamper(instance_dir, cgroup, old_prog)
+        tampered = kernel_view(instance_dir, cgroup)
 
-    checked = reconcile.run(params, check_mode=True)
-    assert checked["changed"] is True
-    assert any(case.says in finding for finding in checked["drift"]), checked["drift"]
-    assert kernel_view(instance_dir, cgroup) == tampered  # check mode repairs nothing
+        checked = reconcile.run(params, check_mode=True)
+        assert checked["changed"] is True
+        assert any(case.says in finding for finding in checked["drift"]), checked["drift"]
+        assert kernel_view(instance_dir, cgroup) == tampered  # check mode repairs nothing
 
-    repaired = reconcile.run(params, diff=True)
-    assert repaired["changed"] is True
-    assert repaired["drift"] == checked["drift"]
-    assert repaired["diff"]["before"]["drift"] == repaired["drift"]
-    assert repaired["verification"]["ok"] is True
-    now = kernel_view(instance_dir, cgroup)
-    assert sorted(now["pins"]) == sorted(PINS + (["link"] if case.ours == "link" else []))
-    assert now["cgroup"] == [repaired["instance"]["program_id"]]
-    assert probe.outgoing_rto_us(cgroup) == RULE_JIFFIES * 1000000 // HZ
-    # Nothing of the old objects is left loaded unless the repair still uses it.
-    assert loaded("prog", {old_prog} - {now["pins"]["prog"]}) == set()
-    old_maps = {old["pins"][name] for name in ("rules", "config", "hits", "meta")}
-    assert loaded("map", old_maps - set(now["pins"].values())) == set()
+        repaired = reconcile.run(params, diff=True)
+        assert repaired["changed"] is True
+        assert repaired["drift"] == checked["drift"]
+        assert repaired["diff"]["before"]["drift"] == repaired["drift"]
+        assert repaired["verification"]["ok"] is True
+        now = kernel_view(instance_dir, cgroup)
+        assert sorted(now["pins"]) == sorted(PINS + (["link"] if case.ours == "link" else []))
+        assert now["cgroup"] == [repaired["instance"]["program_id"]]
+        assert probe.outgoing_rto_us(cgroup) == RULE_JIFFIES * 1000000 // HZ
+        # Nothing of the old objects is left loaded unless the repair still uses it.
+        assert loaded("prog", {old_prog} - {now["pins"]["prog"]}) == set()
+        old_maps = {old["pins"][name] for name in ("rules", "config", "hits", "meta")}
+        assert loaded("map", old_maps - set(now["pins"].values())) == set()
 
-    again = reconcile.run(params)
-    assert (again["changed"], again["drift"], again["actions"]) == (False, [], [])
+        again = reconcile.run(params)
+        assert (again["changed"], again["drift"], again["actions"]) == (False, [], [])
 
 
 def test_parameter_change_is_not_drift(params):
     """A new value from the user is an update, not drift: the maps still hold what tcp_rto wrote."""
-    reconcile.run(params)
-    changed = reconcile.run(dict(params, rules=[{"dest": "127.0.0.0/8", "rto_ms": 300}], rto_ms=None))
-    assert changed["actions"] == ["update rules", "update default and direction"]
-    assert changed["drift"] == []
+    with aids.applied(params) as params:
+        reconcile.run(params)
+        changed = reconcile.run(dict(params, rules=[{"dest": "127.0.0.0/8", "rto_ms": 300}], rto_ms=None))
+        assert changed["actions"] == ["update rules", "update default and direction"]
+        assert changed["drift"] == []
 
 
 @pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop

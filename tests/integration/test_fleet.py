@@ -5,10 +5,12 @@ checked against the kernel (bpftool, a TCP_INFO probe), not only against Ansible
 import csv
 import json
 import os
+import shlex
 import shutil
 
 import pytest
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
 from ansible_collections.netbpf.tcp_rto.tests.support.paths import MANAGED_PYTHON, REPO
 from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
@@ -30,6 +32,16 @@ class Fleet:
         # under its own root, as it would on its own bpffs and filesystem
         self.pin_dirs = {host: os.path.join(bpffs, host) for host in HOSTS}
         self.roots = {host: os.path.join(self.root, host) for host in HOSTS}
+        # the collection's playbooks set no environment: each host's Python sets the test aid that
+        # puts its files of persistence and history under its root
+        self.pythons = {host: str(tmp_path / ("python-" + host)) for host in HOSTS}
+        for host, path in self.pythons.items():
+            with open(path, "w") as handle:
+                handle.write(
+                    '#!/bin/sh\n%s=%s exec %s "$@"\n'
+                    % (persistence.TEST_ROOT_ENVIRONMENT, shlex.quote(self.roots[host]), shlex.quote(MANAGED_PYTHON))
+                )
+            os.chmod(path, 0o755)
         self.inventory = str(tmp_path / "fleet.ini")
         self.write_inventory({})
 
@@ -42,13 +54,12 @@ class Fleet:
             extra.update(host_vars.get(host, {}))
             lines.append(
                 "%s ansible_connection=local ansible_python_interpreter=%s tcp_rto_cgroup=%s "
-                "tcp_rto_pin_dir=%s tcp_rto_persist_root=%s %s"
+                "tcp_rto_pin_dir=%s %s"
                 % (
                     host,
-                    MANAGED_PYTHON,
+                    self.pythons[host],
                     self.cgroups[host],
                     self.pin_dirs[host],
-                    self.roots[host],
                     " ".join("%s=%s" % (key, value) for key, value in extra.items()),
                 )
             )

@@ -144,7 +144,7 @@ def test_project_files_name_the_collection_and_its_playbook():
 def test_instances_and_group_rules_examples_use_the_role_keys():
     instances = yaml.safe_load(doc_block("tcp_rto_instances:"))["tcp_rto_instances"]
     keys = {"name", "state", "cgroup", "unit", "rules", "rules_vars", "rto_ms", "direction", "verify", "persistent"}
-    keys |= {"history", "src", "hz", "force_legacy_attach"}
+    keys |= {"history", "src", "hz"}
     assert all(set(instance) <= keys for instance in instances)
     groups = yaml.safe_load(doc_block("# group_vars/dc.yml"))
     assert all(name.startswith("tcp_rto_rules__") for name in groups)

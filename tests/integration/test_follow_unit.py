@@ -42,7 +42,6 @@ def record_for_unit(root, bpffs, name="api"):
         mount_bpffs=False,
         hz=None,
         verify=True,
-        force_legacy_attach=False,
     )
     with open(SHIPPED_OBJECT, "rb") as handle:
         sha256 = hashlib.sha256(handle.read()).hexdigest()
@@ -96,13 +95,13 @@ def test_moving_to_a_cgroup_removes_the_dropin(playbook, root, bpffs, cgroup):
         pin_dir=os.path.join(bpffs, "tcp_rto"),
         mount_bpffs=False,
         persistent=True,
-        persist_root=root,
+        _persist_root=root,
         rto_ms=300,
     )
     assert applied["status"] == "ok", applied["_output"]
     assert "remove %s/etc/systemd/system/api.service.d/tcp-rto-api.conf" % root in applied["actions"]
     assert persistence.recorded_unit("api", root) is None
-    removed = playbook.module(name="api", state="absent", pin_dir=os.path.join(bpffs, "tcp_rto"), persist_root=root)
+    removed = playbook.module(name="api", state="absent", pin_dir=os.path.join(bpffs, "tcp_rto"), _persist_root=root)
     assert removed["changed"] is True
     assert [name for _dir, _dirs, names in os.walk(root) for name in names] == []
 

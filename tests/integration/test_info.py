@@ -8,6 +8,7 @@ import pytest
 from test_tcp_initial_rto import load_foreign_program
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, host, info
+from ansible_collections.netbpf.tcp_rto.tests.support import aids
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool, cgroup_program_ids
 from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
@@ -16,7 +17,9 @@ INFO = "netbpf.tcp_rto.tcp_initial_rto_info"
 
 
 def gather(playbook, check=False, **args):
-    run = playbook.run([{"name": "info", INFO: args}], check=check)
+    """The info module's result; args may hold the test-only parameters of aids.py."""
+    args, environment = aids.split(args)
+    run = playbook.run([{"name": "info", INFO: args, "environment": environment}], check=check)
     assert run.results and run.results[-1]["status"] == "ok", run.output
     return run.results[-1]
 
@@ -28,6 +31,7 @@ def test_reports_instances_counters_and_foreign_programs(playbook, cgroup, bpffs
     empty = gather(playbook, pin_dir=pin_dir)
     assert empty["supported"] is True and empty["unsupported_reasons"] == []
     assert empty["instances"] == [] and empty["changed"] is False
+    assert empty["records_dir"] == "/etc/tcp_rto"
 
     root = str(tmp_path / "root")
     applied = playbook.module(
@@ -36,16 +40,17 @@ def test_reports_instances_counters_and_foreign_programs(playbook, cgroup, bpffs
         pin_dir=pin_dir,
         mount_bpffs=False,
         persistent=True,
-        persist_root=root,
+        _persist_root=root,
         rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}, {"dest": "10.0.0.0/8", "rto_ms": 50}],
     )
     foreign = load_foreign_program(tmp_path, bpffs, "")
     subprocess.run(["bpftool", "cgroup", "attach", other_cgroup, "sock_ops", "pinned", foreign, "multi"], check=True)
     try:
-        report = gather(playbook, check=True, pin_dir=pin_dir, cgroups=[other_cgroup], persist_root=root)
+        report = gather(playbook, check=True, pin_dir=pin_dir, cgroups=[other_cgroup], _persist_root=root)
         foreign_id = bpftool("prog", "show", "pinned", foreign)["id"]
     finally:
         subprocess.run(["bpftool", "cgroup", "detach", other_cgroup, "sock_ops", "pinned", foreign], check=False)
+    assert report["records_dir"] == os.path.join(root, "etc", "tcp_rto")
     [instance] = report["instances"]
     assert instance["program_id"] == applied["instance"]["program_id"] == cgroup_program_ids(cgroup)[0]
     assert (instance["cgroup"], instance["attached"], instance["attach_mode"]) == (cgroup, True, "link")
@@ -65,7 +70,7 @@ def test_reports_instances_counters_and_foreign_programs(playbook, cgroup, bpffs
 def test_reports_drift(playbook, cgroup, bpffs):
     pin_dir = os.path.join(bpffs, "tcp_rto")
     applied = playbook.module(
-        name="dc", cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, rto_ms=300, force_legacy_attach=True
+        name="dc", cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, rto_ms=300, _legacy_attach=True
     )
     subprocess.run(
         ["bpftool", "cgroup", "detach", cgroup, "sock_ops", "id", str(applied["instance"]["program_id"])], check=True
@@ -101,9 +106,9 @@ def test_a_recreated_cgroup_is_a_detached_instance_with_its_cause(playbook, cgro
 def test_a_recorded_instance_the_kernel_does_not_hold_is_a_problem(playbook, cgroup, bpffs, tmp_path):
     pin_dir = os.path.join(bpffs, "tcp_rto")
     root = str(tmp_path / "root")
-    playbook.module(name="dc", cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, persistent=True, persist_root=root)
+    playbook.module(name="dc", cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, persistent=True, _persist_root=root)
     shutil.rmtree(os.path.join(pin_dir, "dc"))  # as after a boot whose restore failed
-    report = gather(playbook, pin_dir=pin_dir, persist_root=root)
+    report = gather(playbook, pin_dir=pin_dir, _persist_root=root)
     assert report["instances"] == [] and report["recorded_not_loaded"] == ["dc"]
     [problem] = report["problems"]
     assert problem.startswith("recorded, not loaded: dc ") and "journalctl -u tcp-rto@dc" in problem

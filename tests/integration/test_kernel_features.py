@@ -9,8 +9,7 @@ import os
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_info, bpf_syscall, features
 from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
 
@@ -36,13 +35,13 @@ def run_ok(request, missing=None):
 
 def links_of(prog_id):
     """Ids of the bpf_links that hold the program."""
-    return [info.id for info in bpf.link_infos() if info.prog_id == prog_id]
+    return [info.id for info in bpf_info.link_infos() if info.prog_id == prog_id]
 
 
 def link_exists(link_id):
     try:
-        os.close(bpf.link_get_fd_by_id(link_id))
-    except bpf.BpfError as exc:
+        os.close(bpf_info.link_get_fd_by_id(link_id))
+    except bpf_syscall.BpfError as exc:
         if exc.errno == errno.ENOENT:
             return False
         raise
@@ -94,9 +93,7 @@ def test_refuses_a_kernel_that_cannot_run_the_program(cgroup, bpffs, name):
 
 
 def test_legacy_attach_refused_without_allow_multi(cgroup, bpffs):
-    returncode, result, err = reconcile_run.run(
-        params(cgroup, bpffs, force_legacy_attach=True), force_missing="allow_multi"
-    )
+    returncode, result, err = reconcile_run.run(params(cgroup, bpffs, _legacy_attach=True), force_missing="allow_multi")
     assert returncode == 1, (result, err)
     assert "BPF_F_ALLOW_MULTI (4.15)" in result["error"]
     assert cgroup_program_ids(cgroup) == []
@@ -137,7 +134,7 @@ def test_removal_without_link_detach_names_a_link_held_elsewhere(cgroup, bpffs):
     """Without BPF_LINK_DETACH a link goes with its last holder: one held by another process keeps
     the program attached, and the run says so instead of reporting it removed."""
     prog_id, link_id = apply_with_links(cgroup, bpffs)
-    held = bpf.obj_get(os.path.join(bpffs, "tcp_rto", NAME, "link"))
+    held = bpf_syscall.obj_get(os.path.join(bpffs, "tcp_rto", NAME, "link"))
     try:
         returncode, result, err = reconcile_run.run(params(cgroup, bpffs, state="absent"), force_missing="link_detach")
         assert returncode == 1, (result, err)

@@ -1,6 +1,6 @@
 """Kernels 5.7 and 5.8 as the module meets them: cgroup bpf_links exist there, but
 BPF_OBJ_GET_INFO_BY_FD on a link answers EINVAL before 5.8, and BPF_LINK_DETACH is an unknown
-command (EINVAL) before 5.9. Only those two answers are simulated, by replacing the bpf_syscall
+command (EINVAL) before 5.9. Only those two answers are simulated, by replacing the bpf(2)
 function with one that fails as those kernels do; everything else is this kernel. The module used
 to decide link mode from the release (5.7+), so on 5.7 every rerun failed and on 5.8 removal did;
 it now probes, and these runs take the legacy path."""
@@ -10,8 +10,7 @@ import os
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_info, bpf_syscall, reconcile
 from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
 
@@ -22,14 +21,14 @@ NAME = "oldlinks"
 
 def unknown_to_this_kernel(command):
     def call(*args, **kwargs):
-        raise bpf.BpfError(command, errno.EINVAL)
+        raise bpf_syscall.BpfError(command, errno.EINVAL)
 
     return call
 
 
 KERNELS = {
-    "5.7": {"link_info": "BPF_OBJ_GET_INFO_BY_FD", "link_detach": "BPF_LINK_DETACH"},
-    "5.8": {"link_detach": "BPF_LINK_DETACH"},
+    "5.7": [(bpf_info, "link_info", "BPF_OBJ_GET_INFO_BY_FD"), (bpf_syscall, "link_detach", "BPF_LINK_DETACH")],
+    "5.8": [(bpf_syscall, "link_detach", "BPF_LINK_DETACH")],
 }
 
 
@@ -46,8 +45,8 @@ def params(cgroup, bpffs, **options):
 
 def run_as(kernel, monkeypatch, request):
     with monkeypatch.context() as patch:
-        for function, command in KERNELS[kernel].items():
-            patch.setattr(bpf, function, unknown_to_this_kernel(command))
+        for module, function, command in KERNELS[kernel]:
+            patch.setattr(module, function, unknown_to_this_kernel(command))
         return reconcile.run(request)
 
 

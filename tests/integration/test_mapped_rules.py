@@ -31,7 +31,7 @@ def params(cgroup, bpffs, tmp_path):
             cgroup=cgroup,
             pin_dir=os.path.join(bpffs, "tcp_rto"),
             mount_bpffs=False,
-            persist_root=str(tmp_path),
+            _persist_root=str(tmp_path),
             **given,
         )
 
@@ -47,13 +47,13 @@ def run_ok(params):
 @pytest.mark.parametrize("legacy", [False, True], ids=["link", "multi"])
 def test_ipv6_catch_all_answers_ipv4_and_verifies(params, legacy):
     rules = [{"dest": "::/0", "rto_ms": 300}, {"dest": "10.0.0.0/8", "rto_ms": 40}]
-    result = run_ok(params(rules=rules, force_legacy_attach=legacy))
+    result = run_ok(params(rules=rules, _legacy_attach=legacy))
     assert result["verification"]["ok"] is True, result["verification"]
     assert {check["expected_ms"] for check in result["verification"]["checks"]} == {jiffies_ms(300)}
     assert result["conflicts"] == []
     by_dest = {rule["dest"]: rule["hits"] for rule in result["instance"]["rules"]}
     assert by_dest["::/0"] > 0 and by_dest["10.0.0.0/8"] == 0  # the kernel answered from ::/0
-    again = run_ok(params(rules=rules, force_legacy_attach=legacy))
+    again = run_ok(params(rules=rules, _legacy_attach=legacy))
     assert (again["changed"], again["actions"], again["drift"]) == (False, [], [])
 
 

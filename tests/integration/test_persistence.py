@@ -33,7 +33,7 @@ def args(cgroup, bpffs, root):
         pin_dir=os.path.join(bpffs, "tcp_rto"),
         mount_bpffs=False,
         persistent=True,
-        persist_root=root,
+        _persist_root=root,
         rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}],
     )
 
@@ -75,10 +75,13 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
             for name in (
                 "apply",
                 "attach",
+                "bpf_info",
+                "bpf_maps",
                 "bpf_object",
                 "bpf_syscall",
                 "btf",
                 "btf_ext",
+                "cgroups",
                 "coexistence",
                 "current",
                 "desired",

@@ -51,7 +51,7 @@ def playbook_as(tmp_path, setpriv_args):
 
 
 def persistent_args(env):
-    return env.args(persistent=True, persist_root=env.scratch("root"), **GOOD)
+    return env.args(persistent=True, _persist_root=env.scratch("root"), **GOOD)
 
 
 # ---------------------------------------------------------------- not root
@@ -252,7 +252,7 @@ def test_symlink_on_the_way_to_a_file_absent_removes(playbook, env, relative):
     os.symlink(target, path)
     before = settled_state(env)
     moved = sorted(os.path.relpath(os.path.join(d, n), target) for d, _s, names in os.walk(target) for n in names)
-    result = playbook.module(**env.args(state="absent", persist_root=root))
+    result = playbook.module(**env.args(state="absent", _persist_root=root))
     assert result["status"] == "failed", result["_output"]
     assert result["msg"].startswith("%s is a symlink (to %s)" % (path, target)), result["msg"]
     assert settled_state(env, before) == before  # the instance stays applied, the moved files stay

@@ -25,7 +25,7 @@ def test_scenario(playbook, cgroup, bpffs, tmp_path, scenario):
         tcp_rto_cgroup=cgroup,
         tcp_rto_pin_dir=os.path.join(bpffs, "tcp_rto"),
         tcp_rto_mount_bpffs=False,
-        tcp_rto_persist_root=str(root),
+        test_persist_root=str(root),  # tests/roles/*.yml: the environment of the play
     )
     run = playbook.run_playbook(scenario, str(inventory), ["-e", json.dumps(extra)])
     assert run.returncode == 0, run.output

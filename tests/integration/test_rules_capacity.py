@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program as abi
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program
 from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool, cgroup_program_ids
 from ansible_collections.netbpf.tcp_rto.tests.support.hz import jiffies_us, kernel_hz
@@ -35,7 +35,7 @@ def rules(count, loopback_dest, loopback_ms, first_octets, rto_ms=50):
 
 OLD_600 = rules(600, "127.0.0.0/8", 200, (10, 0))
 NEW_600 = rules(600, "127.0.0.0/9", 300, (172, 16), rto_ms=60)  # no network in common with OLD_600
-FULL = rules(abi.MAX_RULES, "127.0.0.0/8", 200, (10, 0))
+FULL = rules(rto_program.MAX_RULES, "127.0.0.0/8", 200, (10, 0))
 FULL_CHANGED = [dict(FULL[0], rto_ms=300), *FULL[1:]]
 
 
@@ -50,7 +50,7 @@ def kernel_rules(instance_dir):
 def map_entries(given):
     """What the rules map holds for the rules list given (hit slot = list position)."""
     return {
-        abi.encode_rule_key(ipaddress.ip_network(rule["dest"])): abi.encode_rule_value(
+        rto_program.encode_rule_key(ipaddress.ip_network(rule["dest"])): rto_program.encode_rule_value(
             -(-rule["rto_ms"] * HZ // 1000), slot
         )
         for slot, rule in enumerate(given)
@@ -82,7 +82,7 @@ def apply(params, check_mode=False):
 
 @pytest.mark.parametrize(
     "mode",
-    [dict(), dict(force_legacy_attach=True), dict(force_legacy_attach=True, _no_prog_replace=True)],
+    [dict(), dict(_legacy_attach=True), dict(_legacy_attach=True, _no_prog_replace=True)],
     ids=["link_update", "legacy_replace", "legacy_attach_then_detach"],
 )
 def test_swap_beyond_capacity_replaces_maps_without_a_gap(instance, cgroup, mode):
@@ -180,7 +180,7 @@ NEW_MAPS_POINTS = [
 FAILURES = (
     [("in_place", point, dict()) for point in IN_PLACE_POINTS]
     + [("new_maps", point, dict()) for point in NEW_MAPS_POINTS]
-    + [("new_maps", point, dict(force_legacy_attach=True)) for point in NEW_MAPS_POINTS]
+    + [("new_maps", point, dict(_legacy_attach=True)) for point in NEW_MAPS_POINTS]
 )
 
 

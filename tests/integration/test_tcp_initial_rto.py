@@ -99,7 +99,7 @@ def test_diff_mode(playbook, args):
 
 @pytest.mark.slow  # a long scenario of many playbook runs: in tests/run, not in the -m 'not slow' loop
 def test_legacy_attach_path(playbook, args, cgroup):
-    legacy = dict(args, force_legacy_attach=True)
+    legacy = dict(args, _legacy_attach=True)
     applied = playbook.module(rto_ms=500, **legacy)
     assert applied["instance"]["attach_mode"] == "multi"
     assert bpftool("link", "show") == [] or all(
@@ -158,7 +158,7 @@ def test_foreign_program_survives_every_step(playbook, args, cgroup, bpffs, tmp_
             dict(rto_ms=500),
             dict(rto_ms=500),
             dict(rto_ms=300),
-            dict(rto_ms=300, force_legacy_attach=True),
+            dict(rto_ms=300, _legacy_attach=True),
             dict(state="absent"),
         ):
             result = playbook.module(**dict(args, **step))
@@ -182,7 +182,7 @@ def variant_source(tmp_path):
 
 @pytest.mark.parametrize("legacy", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["link", "multi"])
 def test_new_object_replaces_program(playbook, args, cgroup, variant_source, legacy):
-    args = dict(args, force_legacy_attach=legacy)
+    args = dict(args, _legacy_attach=legacy)
     first = playbook.module(rto_ms=500, **args)
     replaced = playbook.module(rto_ms=500, src=variant_source, **args)
     assert replaced["changed"] is True, replaced["_output"]

@@ -25,7 +25,7 @@ STEPS = [
 
 @pytest.mark.parametrize(
     "mode",
-    [dict(), dict(force_legacy_attach=True), dict(force_legacy_attach=True, _no_prog_replace=True)],
+    [dict(), dict(_legacy_attach=True), dict(_legacy_attach=True, _no_prog_replace=True)],
     ids=["link_update", "legacy_replace", "legacy_attach_then_detach"],
 )
 def test_no_socket_sees_the_kernel_default(cgroup, bpffs, second_object, mode):

@@ -12,8 +12,7 @@ import socket
 import struct
 import time
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_info, bpf_syscall, probe
 
 RELEASE = os.uname()[2]
 VERSION = tuple(int(part) for part in re.match(r"(\d+)\.(\d+)", RELEASE).groups())
@@ -45,7 +44,7 @@ def check(condition, why, step=None, result=None):
 
 def links_of(program):
     """Every bpf_link whose program has the id program."""
-    return [info for info in bpf.link_infos() if info.prog_id == program]
+    return [info for info in bpf_info.link_infos() if info.prog_id == program]
 
 
 def program_exists(prog_id, wait_s=2.0):
@@ -53,8 +52,8 @@ def program_exists(prog_id, wait_s=2.0):
     end = time.monotonic() + wait_s
     while True:
         try:
-            os.close(bpf.prog_get_fd_by_id(prog_id))
-        except bpf.BpfError as exc:
+            os.close(bpf_info.prog_get_fd_by_id(prog_id))
+        except bpf_syscall.BpfError as exc:
             if exc.errno == errno.ENOENT:
                 return False
             raise

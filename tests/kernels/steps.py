@@ -41,9 +41,9 @@ STEPS = {
     # direction
     "outgoing": task("dir", rto_ms=500, direction="outgoing"),
     "incoming": task("dir", rto_ms=500, direction="incoming"),
-    # BPF_PROG_ATTACH with BPF_F_ALLOW_MULTI where bpf_link exists
-    "legacy": task("legacy", rto_ms=400, force_legacy_attach=True),
-    "legacy-again": task("legacy", rto_ms=400, force_legacy_attach=True),
+    # BPF_PROG_ATTACH with BPF_F_ALLOW_MULTI where bpf_link exists (the guest job forces cgroup_link missing)
+    "legacy": task("legacy", rto_ms=400),
+    "legacy-again": task("legacy", rto_ms=400),
     "legacy-absent": task("legacy", state="absent"),
     # a value change in a full rules map (kernels without the 6.13 fix refuse any update to a full LPM trie)
     "full": task("full", rules=full_rules(200), direction="outgoing"),

@@ -17,7 +17,7 @@ import os
 import struct
 import subprocess
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall as bpf
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_info, bpf_syscall, uapi
 
 BPF_SOCK_OPS_TIMEOUT_INIT = 1
 REPLY_OFFSET = 4  # struct bpf_sock_ops: __u32 op; union { __u32 args[4]; __u32 reply; ...}
@@ -67,10 +67,10 @@ class ForeignProgram:
     def __init__(self, bpffs, variant, label, jiffies=OWN_JIFFIES):
         self.variant = variant
         self.pin = os.path.join(bpffs, "foreign_" + label)
-        fd = bpf.prog_load(bpf.BPF_PROG_TYPE_SOCK_OPS, VARIANTS[variant](jiffies), "GPL", "foreign_" + variant)
+        fd = bpf_syscall.prog_load(uapi.BPF_PROG_TYPE_SOCK_OPS, VARIANTS[variant](jiffies), "GPL", "foreign_" + variant)
         try:
-            bpf.obj_pin(fd, self.pin)
-            self.id = bpf.prog_info(fd).id
+            bpf_syscall.obj_pin(fd, self.pin)
+            self.id = bpf_info.prog_info(fd).id
             self.name = "foreign_" + variant
         finally:
             os.close(fd)
@@ -80,18 +80,20 @@ class ForeignProgram:
         """mode: exclusive | override | multi (bpftool cgroup attach), link (pinned bpf_link), or
         multi_preorder (BPF_F_ALLOW_MULTI | BPF_F_PREORDER: bpftool 7.1 has no word for it)."""
         if mode == "multi_preorder":
-            with bpf.closing_fd(bpf.obj_get(self.pin)) as prog_fd:
-                with bpf.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
-                    flags = bpf.BPF_F_ALLOW_MULTI | BPF_F_PREORDER
-                    bpf.prog_attach(cgroup_fd, prog_fd, bpf.BPF_CGROUP_SOCK_OPS, flags)
+            with bpf_syscall.closing_fd(bpf_syscall.obj_get(self.pin)) as prog_fd:
+                with bpf_syscall.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
+                    flags = uapi.BPF_F_ALLOW_MULTI | BPF_F_PREORDER
+                    bpf_syscall.prog_attach(cgroup_fd, prog_fd, uapi.BPF_CGROUP_SOCK_OPS, flags)
             self.attachments.append((cgroup, mode, None))
             return
         if mode == "link":
             link_pin = self.pin + "_link%d" % len(self.attachments)
-            with bpf.closing_fd(bpf.obj_get(self.pin)) as prog_fd:
-                with bpf.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
-                    with bpf.closing_fd(bpf.link_create(prog_fd, cgroup_fd, bpf.BPF_CGROUP_SOCK_OPS)) as link_fd:
-                        bpf.obj_pin(link_fd, link_pin)
+            with bpf_syscall.closing_fd(bpf_syscall.obj_get(self.pin)) as prog_fd:
+                with bpf_syscall.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
+                    with bpf_syscall.closing_fd(
+                        bpf_syscall.link_create(prog_fd, cgroup_fd, uapi.BPF_CGROUP_SOCK_OPS)
+                    ) as link_fd:
+                        bpf_syscall.obj_pin(link_fd, link_pin)
             self.attachments.append((cgroup, mode, link_pin))
             return
         command = ["bpftool", "cgroup", "attach", cgroup, "cgroup_sock_ops", "pinned", self.pin]
@@ -104,8 +106,8 @@ class ForeignProgram:
         """Best effort (teardown): the sandbox cgroup's removal detaches whatever is left."""
         for cgroup, mode, link_pin in reversed(self.attachments):
             if mode == "link":
-                with bpf.closing_fd(bpf.obj_get(link_pin)) as link_fd:
-                    bpf.link_detach(link_fd)
+                with bpf_syscall.closing_fd(bpf_syscall.obj_get(link_pin)) as link_fd:
+                    bpf_syscall.link_detach(link_fd)
                 os.unlink(link_pin)
             elif os.path.isdir(cgroup):
                 subprocess.run(

@@ -6,7 +6,7 @@ import os
 import subprocess
 import time
 
-from ansible_collections.netbpf.tcp_rto.tests.support import lab, paths
+from ansible_collections.netbpf.tcp_rto.tests.support import aids, lab, paths
 
 CALLBACK_PLUGINS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "callback_plugins")
 
@@ -88,8 +88,11 @@ class Playbook:
         return PlaybookRun(proc.returncode, proc.stdout, results, custom_stats)
 
     def module(self, check=False, diff=False, **args):
-        """One task of the module; returns its result dict (with .output for debugging)."""
-        run = self.run([{"name": "tcp_initial_rto", paths.MODULE: args, "ignore_errors": True}], check=check, diff=diff)
+        """One task of the module; returns its result dict (with .output for debugging). args may
+        hold the test-only parameters of aids.py, set through the task's environment."""
+        args, environment = aids.split(args)
+        task = {"name": "tcp_initial_rto", paths.MODULE: args, "ignore_errors": True, "environment": environment}
+        run = self.run([task], check=check, diff=diff)
         assert run.results, "no result recorded:\n" + run.output
         result = run.results[-1]
         result["_output"] = run.output

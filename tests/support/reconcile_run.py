@@ -3,9 +3,8 @@
 {"error": message} and exits 1. The crash tests kill it with TCP_RTO_FAULT_AT; the concurrency
 tests start several at once.
 
-A parameter `_no_prog_replace: true` (test only) makes the run behave as on a kernel before 5.6,
-without BPF_F_REPLACE: attach the new program, then detach the old one (the same as starting it
-with force_missing="prog_replace"); `_check_mode: true` runs it in check mode.
+The test-only parameters of tests/support/aids.py set the test aids for the run; `_check_mode: true`
+runs it in check mode.
 """
 
 import copy
@@ -14,16 +13,12 @@ import os
 import subprocess
 import sys
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile
-from ansible_collections.netbpf.tcp_rto.tests.support import paths
-
-FORCE_MISSING = "TCP_RTO_FORCE_MISSING"  # features.FORCE_MISSING_ENVIRONMENT
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, persistence, reconcile
+from ansible_collections.netbpf.tcp_rto.tests.support import aids, paths
 
 
 def main():
     params = json.loads(sys.argv[1])
-    if params.pop("_no_prog_replace", False):
-        os.environ[FORCE_MISSING] = "prog_replace"
     check_mode = params.pop("_check_mode", False)
     try:
         result = reconcile.run(params, check_mode=check_mode)
@@ -57,12 +52,16 @@ def module_params(**given):
 def start(params, fault=None, fail_at=None, force_missing=None):
     """This script on params in a new process (the managed host's Python); fault: TCP_RTO_FAULT_AT
     (killed there), fail_at: TCP_RTO_FAIL_AT (a failed step there); force_missing:
-    TCP_RTO_FORCE_MISSING, the kernel features its probes report missing."""
-    aids = ("TCP_RTO_FAULT_AT", "TCP_RTO_FAIL_AT", FORCE_MISSING)
-    env = paths.python_env({key: value for key, value in os.environ.items() if key not in aids})
-    for name, value in zip(aids, (fault, fail_at, force_missing)):
+    TCP_RTO_FORCE_MISSING, the kernel features its probes report missing; params may hold the
+    test-only parameters of aids.py."""
+    params, aid_environment = aids.split(params, force_missing)
+    faults = ("TCP_RTO_FAULT_AT", "TCP_RTO_FAIL_AT")  # fault.ENVIRONMENT, fault.FAIL_ENVIRONMENT
+    unset = (*faults, features.FORCE_MISSING_ENVIRONMENT, persistence.TEST_ROOT_ENVIRONMENT)
+    env = paths.python_env({key: value for key, value in os.environ.items() if key not in unset})
+    for name, value in zip(faults, (fault, fail_at)):
         if value:
             env[name] = value
+    env.update(aid_environment)
     return subprocess.Popen(
         [paths.MANAGED_PYTHON, "-m", __spec__.name, json.dumps(params)],
         env=env,

@@ -19,7 +19,7 @@ import time
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, btf, elf, hz, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, btf, elf, hz, rto_program, uapi
 from ansible_collections.netbpf.tcp_rto.tests.support import bpf_objects, sandbox
 from ansible_collections.netbpf.tcp_rto.tests.support.paths import SHIPPED_OBJECT
 
@@ -239,7 +239,7 @@ def test_instructions_patch_map_fds(shipped):
     for index, name in shipped.map_relocations:
         first, second = index * 8, index * 8 + 8
         assert patched[first] == bpf_object.BPF_LD_IMM64
-        assert patched[first + 1] >> 4 == bpf_object.BPF_PSEUDO_MAP_FD
+        assert patched[first + 1] >> 4 == uapi.BPF_PSEUDO_MAP_FD
         assert patched[first + 1] & 0xF == shipped.insns[first + 1] & 0xF  # dst_reg kept
         assert struct.unpack_from("<i", patched, first + 4)[0] == fds[name]
         assert struct.unpack_from("<i", patched, second + 4)[0] == 0
@@ -912,7 +912,7 @@ def test_big_endian_object(tmp_path, shipped):
     patched = obj.instructions(fds)
     for index, name in obj.map_relocations:
         offset = index * 8
-        assert patched[offset + 1] & 0xF == bpf_object.BPF_PSEUDO_MAP_FD  # src_reg: low nibble in big-endian
+        assert patched[offset + 1] & 0xF == uapi.BPF_PSEUDO_MAP_FD  # src_reg: low nibble in big-endian
         assert patched[offset + 1] >> 4 == obj.insns[offset + 1] >> 4
         assert struct.unpack_from(">i", patched, offset + 4)[0] == fds[name]
 

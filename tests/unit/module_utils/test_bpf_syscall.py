@@ -17,15 +17,22 @@ import time
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, bpf_syscall, rto_program, uapi
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    bpf_info,
+    bpf_maps,
+    bpf_object,
+    bpf_syscall,
+    rto_program,
+    uapi,
+)
 from ansible_collections.netbpf.tcp_rto.tests.support import bpf_inventory
 from ansible_collections.netbpf.tcp_rto.tests.support.paths import SHIPPED_OBJECT
 
 pytestmark = pytest.mark.kernel
 
-SOCK_OPS = bpf_syscall.BPF_PROG_TYPE_SOCK_OPS
-CG_SOCK_OPS = bpf_syscall.BPF_CGROUP_SOCK_OPS
-MULTI = bpf_syscall.BPF_F_ALLOW_MULTI
+SOCK_OPS = uapi.BPF_PROG_TYPE_SOCK_OPS
+CG_SOCK_OPS = uapi.BPF_CGROUP_SOCK_OPS
+MULTI = uapi.BPF_F_ALLOW_MULTI
 BPFTOOL_SOCK_OPS = ("cgroup_sock_ops", "sock_ops")  # its name for attach type 3, by bpftool version
 
 
@@ -46,7 +53,7 @@ OUT_OF_BOUNDS = insn(LDX_W, R0, R1, off=10000) + insn(EXIT)
 
 def uses_map(map_fd):
     """r1 = map (ld_imm64 with BPF_PSEUDO_MAP_FD); return 1."""
-    return insn(LD_IMM64, R1, bpf_syscall.BPF_PSEUDO_MAP_FD, imm=map_fd) + insn(0) + RETURN_1
+    return insn(LD_IMM64, R1, uapi.BPF_PSEUDO_MAP_FD, imm=map_fd) + insn(0) + RETURN_1
 
 
 class Fds:
@@ -63,7 +70,7 @@ class Fds:
         return self.add(bpf_syscall.prog_load(SOCK_OPS, insns, "GPL", name=name, expected_attach_type=CG_SOCK_OPS))
 
     def map(self, *args, **kwargs):
-        return self.add(bpf_syscall.map_create(*args, **kwargs))
+        return self.add(bpf_maps.map_create(*args, **kwargs))
 
     def close(self):
         while self.fds:
@@ -91,7 +98,7 @@ class Cgroup:
         """Detach every legacy attachment (links go with their fds)."""
         for prog_id in self.query()[1]:
             try:
-                with bpf_syscall.closing_fd(bpf_syscall.prog_get_fd_by_id(prog_id)) as prog_fd:
+                with bpf_syscall.closing_fd(bpf_info.prog_get_fd_by_id(prog_id)) as prog_fd:
                     bpf_syscall.prog_detach(self.fd, prog_fd, CG_SOCK_OPS)
             except bpf_syscall.BpfError as exc:
                 if exc.errno != errno.ENOENT:  # attached through a link
@@ -112,7 +119,7 @@ def cg(cgroup):
 
 
 def prog_id(fd):
-    return bpf_syscall.prog_info(fd).id
+    return bpf_info.prog_info(fd).id
 
 
 def bpftool_json(*args):
@@ -176,26 +183,24 @@ def test_32_bit_python_on_a_64_bit_kernel_calls_the_32_bit_table(monkeypatch):
 def test_this_process_calls_the_x86_64_number(fds):
     assert bpf_syscall.process_arch()[:2] == ("x86_64", 64)
     assert bpf_syscall._syscall()[1] == 321
-    fds.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 1, name="rto_test_nr")  # and the kernel answers it
+    fds.map(uapi.BPF_MAP_TYPE_ARRAY, 4, 8, 1, name="rto_test_nr")  # and the kernel answers it
 
 
 # Maps
 
 
 def test_array_map(fds):
-    fd = fds.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 3, name="rto_test_array")
+    fd = fds.map(uapi.BPF_MAP_TYPE_ARRAY, 4, 8, 3, name="rto_test_array")
     key = struct.Struct("=I").pack
-    bpf_syscall.map_update(fd, key(1), struct.pack("=Q", 42))
-    assert bpf_syscall.map_lookup(fd, key(1), 8) == struct.pack("=Q", 42)
-    assert bpf_syscall.map_lookup(fd, key(0), 8) == bytes(8)  # arrays are preallocated, zeroed
-    assert bpf_syscall.map_lookup(fd, key(3), 8) is None  # out of range: ENOENT
-    assert bpf_syscall.map_keys(fd, 4) == [key(0), key(1), key(2)]
-    expect_error(
-        "BPF_MAP_UPDATE_ELEM", errno.EEXIST, bpf_syscall.map_update, fd, key(1), bytes(8), bpf_syscall.BPF_NOEXIST
-    )
-    expect_error("BPF_MAP_DELETE_ELEM", errno.EINVAL, bpf_syscall.map_delete, fd, key(1))
-    info = bpf_syscall.map_info(fd)
-    assert info[:1] + info[2:] == (bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 3, 0, "rto_test_array", 0)
+    bpf_maps.map_update(fd, key(1), struct.pack("=Q", 42))
+    assert bpf_maps.map_lookup(fd, key(1), 8) == struct.pack("=Q", 42)
+    assert bpf_maps.map_lookup(fd, key(0), 8) == bytes(8)  # arrays are preallocated, zeroed
+    assert bpf_maps.map_lookup(fd, key(3), 8) is None  # out of range: ENOENT
+    assert bpf_maps.map_keys(fd, 4) == [key(0), key(1), key(2)]
+    expect_error("BPF_MAP_UPDATE_ELEM", errno.EEXIST, bpf_maps.map_update, fd, key(1), bytes(8), uapi.BPF_NOEXIST)
+    expect_error("BPF_MAP_DELETE_ELEM", errno.EINVAL, bpf_maps.map_delete, fd, key(1))
+    info = bpf_info.map_info(fd)
+    assert info[:1] + info[2:] == (uapi.BPF_MAP_TYPE_ARRAY, 4, 8, 3, 0, "rto_test_array", 0)
     assert info.id > 0
 
 
@@ -215,9 +220,9 @@ def test_btf_load_and_typed_map(fds):
         btf_fd=btf_fd,
         btf_types=obj.btf.map_types[rto_program.CONFIG_MAP],
     )
-    info = bpf_syscall.map_info(fd)
+    info = bpf_info.map_info(fd)
     assert info.btf_id > 0
-    bpf_syscall.map_update(fd, rto_program.CONFIG_KEY.pack(0), rto_program.encode_config(7, 3))
+    bpf_maps.map_update(fd, rto_program.CONFIG_KEY.pack(0), rto_program.encode_config(7, 3))
     dump = bpf_inventory.bpftool("map", "dump", "id", str(info.id))
     assert dump[0]["formatted"] == {
         "key": 0,
@@ -226,8 +231,8 @@ def test_btf_load_and_typed_map(fds):
     expect_error(
         "BPF_MAP_CREATE",
         errno.EINVAL,
-        bpf_syscall.map_create,
-        bpf_syscall.BPF_MAP_TYPE_ARRAY,
+        bpf_maps.map_create,
+        uapi.BPF_MAP_TYPE_ARRAY,
         4,
         8,
         1,
@@ -244,74 +249,74 @@ def test_lpm_trie_map_with_rule_layout(fds):
     map_type, key_size, value_size, max_entries, flags = rto_program.MAP_CONTRACT[rto_program.RULES_MAP]
     fd = fds.map(map_type, key_size, value_size, max_entries, flags, name=rto_program.RULES_MAP)
     wide, narrow = ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("10.1.0.0/16")
-    bpf_syscall.map_update(fd, rto_program.encode_rule_key(wide), rto_program.encode_rule_value(250, 0))
-    bpf_syscall.map_update(fd, rto_program.encode_rule_key(narrow), rto_program.encode_rule_value(25, 1))
+    bpf_maps.map_update(fd, rto_program.encode_rule_key(wide), rto_program.encode_rule_value(250, 0))
+    bpf_maps.map_update(fd, rto_program.encode_rule_key(narrow), rto_program.encode_rule_value(25, 1))
 
     def lookup(address):
-        value = bpf_syscall.map_lookup(fd, rto_program.encode_rule_key(ipaddress.ip_network(address)), value_size)
+        value = bpf_maps.map_lookup(fd, rto_program.encode_rule_key(ipaddress.ip_network(address)), value_size)
         return value and rto_program.decode_rule_value(value)
 
     assert lookup("10.1.2.3/32") == (25, 1, None)  # longest prefix
     assert lookup("10.2.3.4/32") == (250, 0, None)
     assert lookup("192.0.2.1/32") is None
-    assert sorted(map(rto_program.decode_rule_key, bpf_syscall.map_keys(fd, key_size))) == [wide, narrow]
+    assert sorted(map(rto_program.decode_rule_key, bpf_maps.map_keys(fd, key_size))) == [wide, narrow]
     expect_error(
         "BPF_MAP_UPDATE_ELEM",
         errno.EEXIST,
-        bpf_syscall.map_update,
+        bpf_maps.map_update,
         fd,
         rto_program.encode_rule_key(wide),
         rto_program.encode_rule_value(1, 0),
-        bpf_syscall.BPF_NOEXIST,
+        uapi.BPF_NOEXIST,
     )
-    assert bpf_syscall.map_delete(fd, rto_program.encode_rule_key(narrow)) is True
-    assert bpf_syscall.map_delete(fd, rto_program.encode_rule_key(narrow)) is False
+    assert bpf_maps.map_delete(fd, rto_program.encode_rule_key(narrow)) is True
+    assert bpf_maps.map_delete(fd, rto_program.encode_rule_key(narrow)) is False
     assert lookup("10.1.2.3/32") == (250, 0, None)
-    assert bpf_syscall.map_info(fd).map_flags == bpf_syscall.BPF_F_NO_PREALLOC
+    assert bpf_info.map_info(fd).map_flags == uapi.BPF_F_NO_PREALLOC
 
 
 @pytest.mark.parametrize("value_size", [8, 4])  # 4: each CPU's slot is still 8 bytes
 def test_percpu_array_map(fds, value_size):
-    fd = fds.map(bpf_syscall.BPF_MAP_TYPE_PERCPU_ARRAY, 4, value_size, 2)
-    ncpus = len(bpf_syscall.possible_cpus())
+    fd = fds.map(uapi.BPF_MAP_TYPE_PERCPU_ARRAY, 4, value_size, 2)
+    ncpus = len(bpf_maps.possible_cpus())
     values = [struct.pack("=I", 1000 + cpu).ljust(value_size, b"\0") for cpu in range(ncpus)]
     key = struct.pack("=I", 1)
-    bpf_syscall.percpu_update(fd, key, values)
-    assert bpf_syscall.percpu_lookup(fd, key, value_size) == values
-    assert bpf_syscall.percpu_lookup(fd, struct.pack("=I", 0), value_size) == [bytes(value_size)] * ncpus
-    assert bpf_syscall.percpu_lookup(fd, struct.pack("=I", 2), value_size) is None
-    assert bpf_syscall.map_keys(fd, 4) == [struct.pack("=I", 0), key]
-    expect_error("BPF_MAP_DELETE_ELEM", errno.EINVAL, bpf_syscall.map_delete, fd, key)
+    bpf_maps.percpu_update(fd, key, values)
+    assert bpf_maps.percpu_lookup(fd, key, value_size) == values
+    assert bpf_maps.percpu_lookup(fd, struct.pack("=I", 0), value_size) == [bytes(value_size)] * ncpus
+    assert bpf_maps.percpu_lookup(fd, struct.pack("=I", 2), value_size) is None
+    assert bpf_maps.map_keys(fd, 4) == [struct.pack("=I", 0), key]
+    expect_error("BPF_MAP_DELETE_ELEM", errno.EINVAL, bpf_maps.map_delete, fd, key)
     with pytest.raises(ValueError):
-        bpf_syscall.percpu_update(fd, key, values + values)
+        bpf_maps.percpu_update(fd, key, values + values)
 
 
 @pytest.mark.parametrize("text, cpus", [("0", [0]), ("0-1,4", [0, 1, 4]), ("0-3,8-9", [0, 1, 2, 3, 8, 9])])
 def test_possible_cpus_parses_ranges(tmp_path, text, cpus):
     path = tmp_path / "possible"
     path.write_text(text + "\n")
-    assert bpf_syscall.possible_cpus(str(path)) == cpus
+    assert bpf_maps.possible_cpus(str(path)) == cpus
 
 
 def test_possible_cpus_of_this_machine():
-    assert len(bpf_syscall.possible_cpus()) >= os.cpu_count() >= 1
+    assert len(bpf_maps.possible_cpus()) >= os.cpu_count() >= 1
 
 
 # Pins
 
 
 def test_pin_and_get(fds, bpffs):
-    map_fd = fds.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 4, 1, name="rto_test_pin")
+    map_fd = fds.map(uapi.BPF_MAP_TYPE_ARRAY, 4, 4, 1, name="rto_test_pin")
     prog_fd = fds.prog(name="rto_test_pin")
     map_path, prog_path = os.path.join(bpffs, "map"), os.path.join(bpffs, "prog")
     bpf_syscall.obj_pin(map_fd, map_path)
     bpf_syscall.obj_pin(prog_fd, prog_path)
     with bpf_syscall.closing_fd(bpf_syscall.obj_get(map_path)) as fd:
-        assert bpf_syscall.map_info(fd) == bpf_syscall.map_info(map_fd)
-        bpf_syscall.map_update(fd, struct.pack("=I", 0), struct.pack("=I", 7))
-    assert bpf_syscall.map_lookup(map_fd, struct.pack("=I", 0), 4) == struct.pack("=I", 7)
+        assert bpf_info.map_info(fd) == bpf_info.map_info(map_fd)
+        bpf_maps.map_update(fd, struct.pack("=I", 0), struct.pack("=I", 7))
+    assert bpf_maps.map_lookup(map_fd, struct.pack("=I", 0), 4) == struct.pack("=I", 7)
     with bpf_syscall.closing_fd(bpf_syscall.obj_get(prog_path)) as fd:
-        assert bpf_syscall.prog_info(fd).id == prog_id(prog_fd)
+        assert bpf_info.prog_info(fd).id == prog_id(prog_fd)
     expect_error("BPF_OBJ_PIN", errno.EEXIST, bpf_syscall.obj_pin, prog_fd, prog_path)
     expect_error("BPF_OBJ_GET", errno.ENOENT, bpf_syscall.obj_get, os.path.join(bpffs, "absent"))
 
@@ -321,22 +326,22 @@ def test_pin_and_get(fds, bpffs):
 
 def test_prog_load_and_info(fds):
     fd = fds.prog(SET_REPLY_750, name="rto_test_750")
-    info = bpf_syscall.prog_info(fd)
+    info = bpf_info.prog_info(fd)
     assert (info.type, info.name, info.map_ids) == (SOCK_OPS, "rto_test_750", [])
     shown = bpftool_json("prog", "show", "id", str(info.id))
     assert (shown["tag"], shown["name"]) == (info.tag, "rto_test_750")
     assert len(info.tag) == 16 and int(info.tag, 16)
-    assert bpf_syscall.prog_info(fds.prog(SET_REPLY_750, name="other_name")).tag == info.tag
+    assert bpf_info.prog_info(fds.prog(SET_REPLY_750, name="other_name")).tag == info.tag
 
 
 def test_prog_info_lists_referenced_maps(fds):
-    map_fd = fds.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 8, 1, name="rto_test_ref")
-    info = bpf_syscall.prog_info(fds.prog(uses_map(map_fd), name="rto_test_ref"))
-    assert info.map_ids == [bpf_syscall.map_info(map_fd).id]
+    map_fd = fds.map(uapi.BPF_MAP_TYPE_ARRAY, 4, 8, 1, name="rto_test_ref")
+    info = bpf_info.prog_info(fds.prog(uses_map(map_fd), name="rto_test_ref"))
+    assert info.map_ids == [bpf_info.map_info(map_fd).id]
 
 
 def test_prog_name_is_truncated_to_15_bytes(fds):
-    assert bpf_syscall.prog_info(fds.prog(name="a_name_longer_than_15")).name == "a_name_longer_t"
+    assert bpf_info.prog_info(fds.prog(name="a_name_longer_than_15")).name == "a_name_longer_t"
 
 
 def test_verifier_failure_carries_the_log():
@@ -376,7 +381,7 @@ class InterruptedLoads:
 def test_interrupted_prog_load_is_retried(monkeypatch, fds):
     interrupted = InterruptedLoads(monkeypatch, bpf_syscall.PROG_LOAD_ATTEMPTS - 1)
     fd = fds.prog(SET_REPLY_750, name="rto_test_again")
-    assert bpf_syscall.prog_info(fd).name == "rto_test_again"
+    assert bpf_info.prog_info(fd).name == "rto_test_again"
     assert interrupted.loads == bpf_syscall.PROG_LOAD_ATTEMPTS
 
 
@@ -448,30 +453,30 @@ def test_link_lifecycle(fds, cg, bpffs):
     pin = os.path.join(bpffs, "link")
     try:
         assert cg.query()[1] == [prog_id(old)]
-        info = bpf_syscall.link_info(link_fd)
+        info = bpf_info.link_info(link_fd)
         assert (info.type, info.prog_id, info.cgroup_id, info.attach_type) == (
-            bpf_syscall.BPF_LINK_TYPE_CGROUP,
+            uapi.BPF_LINK_TYPE_CGROUP,
             prog_id(old),
             os.stat(cg.path).st_ino,
             CG_SOCK_OPS,
         )
         bpf_syscall.obj_pin(link_fd, pin)
         with bpf_syscall.closing_fd(bpf_syscall.obj_get(pin)) as fd:
-            assert bpf_syscall.link_info(fd) == info
+            assert bpf_info.link_info(fd) == info
         # a link is always multi: a legacy multi attach can join it
         bpf_syscall.prog_attach(cg.fd, new, CG_SOCK_OPS, MULTI)
         bpf_syscall.prog_detach(cg.fd, new, CG_SOCK_OPS)
 
         bpf_syscall.link_update(link_fd, new)
         assert cg.query()[1] == [prog_id(new)]
-        assert bpf_syscall.link_info(link_fd).prog_id == prog_id(new)
+        assert bpf_info.link_info(link_fd).prog_id == prog_id(new)
         expect_error("BPF_LINK_UPDATE", errno.EPERM, bpf_syscall.link_update, link_fd, old, old_prog_fd=old)
         bpf_syscall.link_update(link_fd, old, old_prog_fd=new)
         assert cg.query()[1] == [prog_id(old)]
 
         bpf_syscall.link_detach(link_fd)
         assert cg.query()[1] == []
-        assert bpf_syscall.link_info(link_fd).cgroup_id == 0  # defunct, the fd still valid
+        assert bpf_info.link_info(link_fd).cgroup_id == 0  # defunct, the fd still valid
         expect_error("BPF_LINK_UPDATE", errno.ENOLINK, bpf_syscall.link_update, link_fd, new)
     finally:
         if os.path.exists(pin):
@@ -493,27 +498,27 @@ def test_link_goes_with_its_last_fd(fds, cg):
 
 
 def test_get_fd_by_id_round_trips(fds, cg):
-    map_fd = fds.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 4, 1)
+    map_fd = fds.map(uapi.BPF_MAP_TYPE_ARRAY, 4, 4, 1)
     prog_fd = fds.prog(uses_map(map_fd))
     link_fd = fds.add(bpf_syscall.link_create(prog_fd, cg.fd, CG_SOCK_OPS))
     try:
-        ids = prog_id(prog_fd), bpf_syscall.map_info(map_fd).id, bpf_syscall.link_info(link_fd).id
-        with bpf_syscall.closing_fd(bpf_syscall.prog_get_fd_by_id(ids[0])) as fd:
-            assert bpf_syscall.prog_info(fd).map_ids == [ids[1]]
-        with bpf_syscall.closing_fd(bpf_syscall.map_get_fd_by_id(ids[1])) as fd:
-            assert bpf_syscall.map_info(fd).id == ids[1]
-        with bpf_syscall.closing_fd(bpf_syscall.link_get_fd_by_id(ids[2])) as fd:
-            assert bpf_syscall.link_info(fd).prog_id == ids[0]
-        assert bpf_syscall.prog_get_next_id(ids[0] - 1) == ids[0]
-        assert bpf_syscall.link_get_next_id(ids[2] - 1) == ids[2]
-        assert ids[0] in walk(bpf_syscall.prog_get_next_id)
-        assert ids[2] in walk(bpf_syscall.link_get_next_id)
-        assert [info.map_ids for info in bpf_syscall.prog_infos() if info.id == ids[0]] == [[ids[1]]]
-        assert [info.prog_id for info in bpf_syscall.link_infos() if info.id == ids[2]] == [ids[0]]
+        ids = prog_id(prog_fd), bpf_info.map_info(map_fd).id, bpf_info.link_info(link_fd).id
+        with bpf_syscall.closing_fd(bpf_info.prog_get_fd_by_id(ids[0])) as fd:
+            assert bpf_info.prog_info(fd).map_ids == [ids[1]]
+        with bpf_syscall.closing_fd(bpf_info.map_get_fd_by_id(ids[1])) as fd:
+            assert bpf_info.map_info(fd).id == ids[1]
+        with bpf_syscall.closing_fd(bpf_info.link_get_fd_by_id(ids[2])) as fd:
+            assert bpf_info.link_info(fd).prog_id == ids[0]
+        assert bpf_info.prog_get_next_id(ids[0] - 1) == ids[0]
+        assert bpf_info.link_get_next_id(ids[2] - 1) == ids[2]
+        assert ids[0] in walk(bpf_info.prog_get_next_id)
+        assert ids[2] in walk(bpf_info.link_get_next_id)
+        assert [info.map_ids for info in bpf_info.prog_infos() if info.id == ids[0]] == [[ids[1]]]
+        assert [info.prog_id for info in bpf_info.link_infos() if info.id == ids[2]] == [ids[0]]
         # ids are below INT_MAX; a start id from INT_MAX up is EINVAL
-        assert bpf_syscall.prog_get_next_id(0x7FFFFFFE) is None
-        assert bpf_syscall.link_get_next_id(0x7FFFFFFE) is None
-        expect_error("BPF_PROG_GET_NEXT_ID", errno.EINVAL, bpf_syscall.prog_get_next_id, 0x7FFFFFFF)
+        assert bpf_info.prog_get_next_id(0x7FFFFFFE) is None
+        assert bpf_info.link_get_next_id(0x7FFFFFFE) is None
+        expect_error("BPF_PROG_GET_NEXT_ID", errno.EINVAL, bpf_info.prog_get_next_id, 0x7FFFFFFF)
     finally:
         bpf_syscall.link_detach(link_fd)
 
@@ -532,20 +537,20 @@ def walk(next_id):
 def test_errors_name_the_command_and_errno(fds, cg):
     error = expect_error("BPF_PROG_ATTACH", errno.EBADF, bpf_syscall.prog_attach, cg.fd, 999999, CG_SOCK_OPS)
     assert str(error) == "bpf(BPF_PROG_ATTACH): Bad file descriptor (EBADF)"
-    expect_error("BPF_PROG_GET_FD_BY_ID", errno.ENOENT, bpf_syscall.prog_get_fd_by_id, 0xFFFFFFFF)
-    expect_error("BPF_MAP_GET_FD_BY_ID", errno.ENOENT, bpf_syscall.map_get_fd_by_id, 0xFFFFFFFF)
-    expect_error("BPF_LINK_GET_FD_BY_ID", errno.ENOENT, bpf_syscall.link_get_fd_by_id, 0xFFFFFFFF)
+    expect_error("BPF_PROG_GET_FD_BY_ID", errno.ENOENT, bpf_info.prog_get_fd_by_id, 0xFFFFFFFF)
+    expect_error("BPF_MAP_GET_FD_BY_ID", errno.ENOENT, bpf_info.map_get_fd_by_id, 0xFFFFFFFF)
+    expect_error("BPF_LINK_GET_FD_BY_ID", errno.ENOENT, bpf_info.link_get_fd_by_id, 0xFFFFFFFF)
     # a map fd where a program fd is expected
     expect_error(
         "BPF_PROG_ATTACH",
         errno.EINVAL,
         bpf_syscall.prog_attach,
         cg.fd,
-        fds.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 4, 1),
+        fds.map(uapi.BPF_MAP_TYPE_ARRAY, 4, 4, 1),
         CG_SOCK_OPS,
         MULTI,
     )
-    expect_error("BPF_MAP_CREATE", errno.EINVAL, bpf_syscall.map_create, bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 4, 0)
+    expect_error("BPF_MAP_CREATE", errno.EINVAL, bpf_maps.map_create, uapi.BPF_MAP_TYPE_ARRAY, 4, 4, 0)
 
 
 # The inventory helper
@@ -558,13 +563,13 @@ def test_inventory_sees_objects_and_their_cleanup(cgroup, bpffs):
     pin = os.path.join(bpffs, "map")
     cg_fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        map_fd = opened.map(bpf_syscall.BPF_MAP_TYPE_ARRAY, 4, 4, 1, name="rto_test_inv")
+        map_fd = opened.map(uapi.BPF_MAP_TYPE_ARRAY, 4, 4, 1, name="rto_test_inv")
         prog_fd = opened.prog(uses_map(map_fd), name="rto_test_inv")
         bpf_syscall.obj_pin(map_fd, pin)
         bpf_syscall.prog_attach(cg_fd, prog_fd, CG_SOCK_OPS, MULTI)
         try:
             during = bpf_inventory.snapshot([cgroup])
-            ident, map_id = prog_id(prog_fd), bpf_syscall.map_info(map_fd).id
+            ident, map_id = prog_id(prog_fd), bpf_info.map_info(map_fd).id
             assert during["progs"][ident] == ("sock_ops", "rto_test_inv")
             assert during["maps"][map_id] == ("array", "rto_test_inv")
             [(attached_id, attach_type, flags, name)] = during["cgroups"][cgroup]

@@ -7,9 +7,9 @@ import os
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, coexistence, host
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import cgroups, coexistence, uapi
 
-EXCLUSIVE, OVERRIDE, MULTI = 0, bpf_syscall.BPF_F_ALLOW_OVERRIDE, bpf_syscall.BPF_F_ALLOW_MULTI
+EXCLUSIVE, OVERRIDE, MULTI = 0, uapi.BPF_F_ALLOW_OVERRIDE, uapi.BPF_F_ALLOW_MULTI
 OURS = 10
 
 
@@ -36,8 +36,8 @@ def kernel(tmp_path, monkeypatch):
     fake = FakeKernel(str(tmp_path))
     monkeypatch.setattr(coexistence, "_query", fake.query)
     monkeypatch.setattr(coexistence, "_program_names", lambda prog_id: ("prog%d" % prog_id, "tag%d" % prog_id))
-    monkeypatch.setattr(coexistence, "_sock_ops_links", lambda: {(host.cgroup_id(c), i) for c, i in fake.links})
-    monkeypatch.setattr(host, "cgroup_id", hash)
+    monkeypatch.setattr(coexistence, "_sock_ops_links", lambda: {(cgroups.cgroup_id(c), i) for c, i in fake.links})
+    monkeypatch.setattr(cgroups, "cgroup_id", hash)
     return fake
 
 

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import desired, drift, host, pins, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import cgroups, desired, drift, pins, rto_program
 
 HZ = 250
 ProgInfo = collections.namedtuple("ProgInfo", "id")
@@ -65,7 +65,7 @@ class FakeCurrent:
 def cgroup(tmp_path, monkeypatch):
     path = str(tmp_path / "cg")
     os.mkdir(path)
-    monkeypatch.setattr(host, "cgroup_id", lambda _path: 1234)
+    monkeypatch.setattr(cgroups, "cgroup_id", lambda _path: 1234)
     return path
 
 

@@ -14,10 +14,18 @@ import time
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, features, host, uapi
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    bpf_info,
+    bpf_maps,
+    bpf_syscall,
+    cgroups,
+    features,
+    host,
+    uapi,
+)
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.features import FeatureProbeError
 
-SOCK_OPS = bpf_syscall.BPF_CGROUP_SOCK_OPS
+SOCK_OPS = uapi.BPF_CGROUP_SOCK_OPS
 
 
 def failing(err, calls=None):
@@ -77,8 +85,8 @@ def test_attach_probes_ask_for_their_flag(monkeypatch):
     features.probe_allow_multi()
     features.probe_prog_replace()
     assert [call[3] for call in calls] == [
-        bpf_syscall.BPF_F_ALLOW_MULTI,
-        bpf_syscall.BPF_F_ALLOW_MULTI | bpf_syscall.BPF_F_REPLACE,
+        uapi.BPF_F_ALLOW_MULTI,
+        uapi.BPF_F_ALLOW_MULTI | uapi.BPF_F_REPLACE,
     ]
     assert all(call[:2] == (features.BAD_FD, features.BAD_FD) for call in calls)
 
@@ -94,7 +102,7 @@ def test_memcg_probe_reads_the_errno_and_restores_the_limit(monkeypatch, err, pr
         return os.open("/dev/null", os.O_RDONLY)
 
     before = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    monkeypatch.setattr(bpf_syscall, "map_create", map_create)
+    monkeypatch.setattr(bpf_maps, "map_create", map_create)
     assert features.probe_memcg_accounting() is present
     assert seen == [0]  # the map was asked for under a soft limit of 0
     assert resource.getrlimit(resource.RLIMIT_MEMLOCK) == before
@@ -102,7 +110,7 @@ def test_memcg_probe_reads_the_errno_and_restores_the_limit(monkeypatch, err, pr
 
 def test_memcg_probe_refuses_to_guess(monkeypatch):
     before = resource.getrlimit(resource.RLIMIT_MEMLOCK)
-    monkeypatch.setattr(bpf_syscall, "map_create", failing(errno.EINVAL))
+    monkeypatch.setattr(bpf_maps, "map_create", failing(errno.EINVAL))
     with pytest.raises(FeatureProbeError, match="RLIMIT_MEMLOCK 0"):
         features.probe_memcg_accounting()
     assert resource.getrlimit(resource.RLIMIT_MEMLOCK) == before
@@ -155,7 +163,7 @@ def test_link_probe_real(cgroup, probe_program):
 @pytest.mark.kernel
 def test_link_probe_reads_link_info_einval_as_missing(monkeypatch, cgroup, probe_program):
     """As on 5.7: the link is made, BPF_OBJ_GET_INFO_BY_FD does not know it."""
-    monkeypatch.setattr(bpf_syscall, "link_info", failing(errno.EINVAL))
+    monkeypatch.setattr(bpf_info, "link_info", failing(errno.EINVAL))
     assert features.probe_link_info(probe_program, cgroup) == (True, False)
     assert attached(cgroup) == []
 
@@ -170,7 +178,7 @@ def test_link_probe_without_a_link(monkeypatch, cgroup, probe_program, err):
 
 @pytest.mark.kernel
 def test_link_probe_refuses_to_guess(monkeypatch, cgroup, probe_program):
-    monkeypatch.setattr(bpf_syscall, "link_info", failing(errno.EFAULT))
+    monkeypatch.setattr(bpf_info, "link_info", failing(errno.EFAULT))
     with pytest.raises(FeatureProbeError, match="link info"):
         features.probe_link_info(probe_program, cgroup)
     assert attached(cgroup) == []
@@ -194,17 +202,15 @@ def test_this_kernel_answers_unknown_with_einval_and_bad_fds_with_ebadf():
     assert _raw_bpf(9999) == errno.EINVAL
     unknown_flag = 1 << 30
     with pytest.raises(bpf_syscall.BpfError) as error:
-        bpf_syscall.prog_attach(
-            features.BAD_FD, features.BAD_FD, SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI | unknown_flag
-        )
+        bpf_syscall.prog_attach(features.BAD_FD, features.BAD_FD, SOCK_OPS, uapi.BPF_F_ALLOW_MULTI | unknown_flag)
     assert error.value.errno == errno.EINVAL
     with pytest.raises(bpf_syscall.BpfError) as error:
-        bpf_syscall.prog_attach(features.BAD_FD, features.BAD_FD, SOCK_OPS, bpf_syscall.BPF_F_ALLOW_MULTI)
+        bpf_syscall.prog_attach(features.BAD_FD, features.BAD_FD, SOCK_OPS, uapi.BPF_F_ALLOW_MULTI)
     assert error.value.errno == errno.EBADF
 
 
 def _program_ids_named(name):
-    return [info.id for info in bpf_syscall.prog_infos() if info.name == name]
+    return [info.id for info in bpf_info.prog_infos() if info.name == name]
 
 
 @pytest.mark.kernel
@@ -213,7 +219,7 @@ def test_every_probe_finds_its_feature_here_and_leaves_nothing(cgroup, monkeypat
     before = _program_ids_named(features.PROBE_PROGRAM_NAME)
     kernel = features.detect(cgroup_root=cgroup)
     assert kernel.present == dict.fromkeys(features.PROBE_NAMES, True)
-    assert kernel.link_mode and kernel.attach_mode(False) == "link"
+    assert kernel.link_mode and kernel.attach_mode() == "link"
     kernel.require()
     assert not [entry for entry in os.listdir(cgroup) if entry.startswith(features.PROBE_CGROUP_PREFIX)]
     deadline = time.monotonic() + 5  # a freed program's id goes after an RCU grace period
@@ -226,7 +232,7 @@ def test_every_probe_finds_its_feature_here_and_leaves_nothing(cgroup, monkeypat
 def test_detect_on_the_cgroup2_root_leaves_no_cgroup(monkeypatch):
     """The module probes on the cgroup v2 mount: a child made there and removed."""
     monkeypatch.delenv(features.FORCE_MISSING_ENVIRONMENT, raising=False)
-    root = host.cgroup2_mount()
+    root = cgroups.cgroup2_mount()
     assert features.detect().cgroup_link
     assert not [entry for entry in os.listdir(root) if entry == features.PROBE_CGROUP_PREFIX + str(os.getpid())]
 
@@ -281,17 +287,17 @@ def kernel_with(**missing):
 def test_link_mode_needs_every_link_feature(name):
     kernel = kernel_with(**{name: False})
     assert kernel.link_mode is False
-    assert kernel.attach_mode(force_legacy_attach=False) == "multi"
+    assert kernel.attach_mode() == "multi"
 
 
 def test_attach_mode():
-    assert kernel_with().attach_mode(False) == "link"
-    assert kernel_with().attach_mode(True) == "multi"
-    assert kernel_with(allow_multi=False).attach_mode(False) == "link"
-    with pytest.raises(host.HostError, match=r"BPF_F_ALLOW_MULTI.*4\.15"):
-        kernel_with(allow_multi=False).attach_mode(True)
+    assert kernel_with().attach_mode() == "link"
+    assert kernel_with(cgroup_link=False).attach_mode() == "multi"  # the test aid for legacy attach
+    assert kernel_with(allow_multi=False).attach_mode() == "link"
+    with pytest.raises(host.HostError, match=r"lacks cgroup bpf_link.*BPF_F_ALLOW_MULTI.*4\.15"):
+        kernel_with(allow_multi=False, cgroup_link=False).attach_mode()
     with pytest.raises(host.HostError, match=r"lacks BPF_LINK_DETACH \(5\.9\).*BPF_F_ALLOW_MULTI"):
-        kernel_with(allow_multi=False, link_detach=False).attach_mode(False)
+        kernel_with(allow_multi=False, link_detach=False).attach_mode()
 
 
 @pytest.mark.parametrize("name", ["sock_ops", "prog_query"])

@@ -31,7 +31,6 @@ def params(name="web", **given):
         mount_bpffs=True,
         hz=None,
         verify=True,
-        force_legacy_attach=False,
         unit=None,
     )
     values.update(given)
@@ -308,6 +307,27 @@ def test_a_record_of_an_earlier_version_without_syn_give_up_s_reads_as_none(root
     with open(layout.record("web"), "w") as handle:
         json.dump(content, handle)
     assert persistence.read_record("web", root=root)["syn_give_up_s"] is None
+
+
+def test_a_record_of_0_2_0_with_force_legacy_attach_reads_without_it(root, layout, object_path):
+    install_with(root, object_path)
+    with open(layout.record("web")) as handle:
+        record = json.load(handle)
+    record["force_legacy_attach"] = True  # an option until 0.2.0, a test aid; now the environment's
+    with open(layout.record("web"), "w") as handle:
+        json.dump(record, handle)
+    assert "force_legacy_attach" not in persistence.read_record("web", root=root)
+    record["force_legacy_attach"] = "yes"  # its value is never looked at
+    with open(layout.record("web"), "w") as handle:
+        json.dump(record, handle)
+    assert persistence.read_record("web", root=root) == dict(params(), src=layout.object("web"))
+
+
+def test_the_root_is_slash_unless_the_test_aid_moves_it(monkeypatch, root):
+    monkeypatch.delenv(persistence.TEST_ROOT_ENVIRONMENT, raising=False)
+    assert persistence.host_root() == "/"
+    monkeypatch.setenv(persistence.TEST_ROOT_ENVIRONMENT, root)
+    assert persistence.host_root() == root
 
 
 def test_a_replaced_object_is_refused(root, layout, object_path):

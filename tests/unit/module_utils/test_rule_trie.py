@@ -12,7 +12,7 @@ import random
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, desired, pins, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_maps, desired, pins, rto_program
 
 pytestmark = pytest.mark.kernel
 
@@ -89,13 +89,13 @@ def random_address(rng, rules):
 
 def kernel_lookup(trie_fd, address):
     """The jiffies of the rule the kernel's trie finds for a connection to address, or None."""
-    value = bpf_syscall.map_lookup(trie_fd, rto_program.encode_lookup_key(address), rto_program.RULE_VALUE.size)
+    value = bpf_maps.map_lookup(trie_fd, rto_program.encode_lookup_key(address), rto_program.RULE_VALUE.size)
     return None if value is None else rto_program.decode_rule_value(value)[0]
 
 
 @pytest.fixture
 def trie_fd():
-    fd = bpf_syscall.map_create(*rto_program.MAP_CONTRACT[rto_program.RULES_MAP], name="tcp_rto_test")
+    fd = bpf_maps.map_create(*rto_program.MAP_CONTRACT[rto_program.RULES_MAP], name="tcp_rto_test")
     try:
         yield fd
     finally:
@@ -104,14 +104,14 @@ def trie_fd():
 
 def fill(trie_fd, rules):
     for slot, rule in enumerate(rules):
-        bpf_syscall.map_update(
+        bpf_maps.map_update(
             trie_fd, rto_program.encode_rule_key(rule.dest), rto_program.encode_rule_value(rule.rto_jiffies, slot)
         )
 
 
 def empty(trie_fd, rules):
     for rule in rules:
-        assert bpf_syscall.map_delete(trie_fd, rto_program.encode_rule_key(rule.dest))
+        assert bpf_maps.map_delete(trie_fd, rto_program.encode_rule_key(rule.dest))
 
 
 def test_model_and_kernel_agree_on_random_rule_sets(trie_fd):
@@ -138,9 +138,9 @@ def read_back(trie_fd, rules):
     """The rules as current.Current reads them from the trie, with the meta record's mask."""
     mapped_slots = pins.mapped_slots(pins.ipv6_mapped_slots(rules))
     held = []
-    for key in bpf_syscall.map_keys(trie_fd, rto_program.RULE_KEY.size):
+    for key in bpf_maps.map_keys(trie_fd, rto_program.RULE_KEY.size):
         jiffies, slot, _syn_retries = rto_program.decode_rule_value(
-            bpf_syscall.map_lookup(trie_fd, key, rto_program.RULE_VALUE.size)
+            bpf_maps.map_lookup(trie_fd, key, rto_program.RULE_VALUE.size)
         )
         held.append(
             (slot, desired.Rule(rto_program.decode_rule_key(key, mapped_as_ipv6=slot in mapped_slots), jiffies))
