@@ -22,7 +22,6 @@ __metaclass__ = type
 import errno
 import os
 import resource
-import socket
 import struct
 import sys
 
@@ -32,8 +31,6 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     bpf_syscall,
     cgroups,
     host,
-    probe,
-    probe_child,
     uapi,
 )
 
@@ -47,13 +44,13 @@ UNKNOWN = (errno.EINVAL, errno.E2BIG)
 PROBE_CGROUP_PREFIX = "tcp_rto_probe-"
 PROBE_PROGRAM_NAME = "tcp_rto_probe"
 
-# struct bpf_sock_ops offsets (include/uapi/linux/bpf_syscall.h) of the fields the shipped program reads
+# struct bpf_sock_ops offsets (include/uapi/linux/bpf.h) of the fields the shipped program reads
 # last among those it needs: both 4.16.
 _SOCK_OPS_IS_FULLSOCK = 72
 _SOCK_OPS_STATE = 88
 
 
-def _insn(code, dst=0, src=0, off=0, imm=0):
+def insn(code, dst=0, src=0, off=0, imm=0):
     """struct bpf_insn; its register bitfields follow the host's bit order."""
     regs = (dst << 4 | src) if sys.byteorder == "big" else (src << 4 | dst)
     return struct.pack("=BBhi", code, regs, off, imm)
@@ -63,10 +60,10 @@ def _insn(code, dst=0, src=0, off=0, imm=0):
 # where the fields do not exist, and the program type (EINVAL) before 4.13.
 PROBE_PROGRAM = b"".join(
     [
-        _insn(0x61, dst=2, src=1, off=_SOCK_OPS_IS_FULLSOCK),  # BPF_LDX | BPF_MEM | BPF_W
-        _insn(0x61, dst=2, src=1, off=_SOCK_OPS_STATE),
-        _insn(0xB7, dst=0, imm=1),  # BPF_ALU64 | BPF_MOV | BPF_K
-        _insn(0x95),  # BPF_JMP | BPF_EXIT
+        insn(0x61, dst=2, src=1, off=_SOCK_OPS_IS_FULLSOCK),  # BPF_LDX | BPF_MEM | BPF_W
+        insn(0x61, dst=2, src=1, off=_SOCK_OPS_STATE),
+        insn(0xB7, dst=0, imm=1),  # BPF_ALU64 | BPF_MOV | BPF_K
+        insn(0x95),  # BPF_JMP | BPF_EXIT
     ]
 )
 
@@ -75,7 +72,7 @@ class FeatureProbeError(host.HostError):
     """A probe got an answer that says neither present nor missing."""
 
 
-def _unexpected(feature, exc):
+def unexpected(feature, exc):
     return FeatureProbeError(
         "probing the kernel for %s failed unexpectedly: %s. The module cannot tell whether this kernel "
         "has it; check that bpf(2) is not filtered (seccomp, a container's profile, LSM policy)" % (feature, exc)
@@ -92,7 +89,7 @@ def _command_known(feature, call):
             return True
         if exc.errno in UNKNOWN:
             return False
-        raise _unexpected(feature, exc)
+        raise unexpected(feature, exc)
     raise FeatureProbeError("probing the kernel for %s: a call with invalid fds succeeded" % feature)
 
 
@@ -148,7 +145,7 @@ def probe_memcg_accounting():
     except bpf_syscall.BpfError as exc:
         if exc.errno == errno.EPERM:
             return False
-        raise _unexpected("memory accounting (a map under RLIMIT_MEMLOCK 0)", exc)
+        raise unexpected("memory accounting (a map under RLIMIT_MEMLOCK 0)", exc)
     finally:
         resource.setrlimit(resource.RLIMIT_MEMLOCK, (soft, hard))
 
@@ -161,7 +158,7 @@ def load_probe_program():
     except bpf_syscall.BpfError as exc:
         if exc.errno in (errno.EINVAL, errno.EACCES):
             return None
-        raise _unexpected("sock_ops programs", exc)
+        raise unexpected("sock_ops programs", exc)
 
 
 def probe_link_info(prog_fd, cgroup):
@@ -179,7 +176,7 @@ def probe_link_info(prog_fd, cgroup):
         except bpf_syscall.BpfError as exc:
             if exc.errno in UNKNOWN:
                 return True, False
-            raise _unexpected("link info (BPF_OBJ_GET_INFO_BY_FD on a link)", exc)
+            raise unexpected("link info (BPF_OBJ_GET_INFO_BY_FD on a link)", exc)
     return True, True
 
 
@@ -195,7 +192,7 @@ def probe_cap_bpf(cap_last_cap="/proc/sys/kernel/cap_last_cap"):
 # ---------------------------------------------------------------- the throwaway cgroup
 
 
-def _sweep_probe_cgroups(cgroup_root):
+def sweep_probe_cgroups(cgroup_root):
     """Remove probe cgroups whose run was killed mid-probe (empty: the link went with its fds)."""
     for entry in os.listdir(cgroup_root):
         if not entry.startswith(PROBE_CGROUP_PREFIX):
@@ -212,7 +209,7 @@ def _probe_links(cgroup_root, prog_fd):
     """probe_link_info on a child cgroup of cgroup_root made for it and removed after."""
     if cgroup_root is None:
         return False, False
-    _sweep_probe_cgroups(cgroup_root)
+    sweep_probe_cgroups(cgroup_root)
     cgroup = os.path.join(cgroup_root, PROBE_CGROUP_PREFIX + str(os.getpid()))
     try:
         os.mkdir(cgroup)
@@ -222,87 +219,6 @@ def _probe_links(cgroup_root, prog_fd):
         return probe_link_info(prog_fd, cgroup)
     finally:
         os.rmdir(cgroup)
-
-
-# ---------------------------------------------------------------- TCP_SYNCNT from the program (issue 13)
-
-SOL_TCP = 6
-TCP_SYNCNT = 7
-BPF_FUNC_SETSOCKOPT = 49  # enum bpf_func_id
-
-
-def syncnt_probe_program(value):
-    """At TIMEOUT_INIT: bpf_setsockopt(ctx, SOL_TCP, TCP_SYNCNT, &value, 4); return 1. The verifier
-    takes it on every kernel with sock_ops (the option is checked when the helper runs)."""
-    return b"".join(
-        [
-            _insn(0xBF, dst=6, src=1),  # r6 = r1 (ctx)
-            _insn(0x61, dst=2, src=1, off=0),  # r2 = ctx->op
-            _insn(0x55, dst=2, off=8, imm=1),  # if r2 != BPF_SOCK_OPS_TIMEOUT_INIT goto exit
-            _insn(0x62, dst=10, off=-4, imm=value),  # *(u32 *)(r10 - 4) = value
-            _insn(0xBF, dst=1, src=6),
-            _insn(0xB7, dst=2, imm=SOL_TCP),
-            _insn(0xB7, dst=3, imm=TCP_SYNCNT),
-            _insn(0xBF, dst=4, src=10),
-            _insn(0x07, dst=4, imm=-4),
-            _insn(0xB7, dst=5, imm=4),
-            _insn(0x85, imm=BPF_FUNC_SETSOCKOPT),
-            _insn(0xB7, dst=0, imm=1),
-            _insn(0x95),
-        ]
-    )
-
-
-def _syncnt_body(send, _wait_parent, _joined):
-    """In the probe cgroup: a connect() to a bound port nobody listens on (answered by a RST) ->
-    the socket's TCP_SYNCNT, which the probe program set at its TIMEOUT_INIT if the kernel let it."""
-    target = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    try:
-        target.bind(("127.0.0.1", 0))
-        client.setblocking(False)
-        client.connect_ex(target.getsockname())
-        send({"syn_retries": client.getsockopt(socket.IPPROTO_TCP, TCP_SYNCNT)})
-    finally:
-        client.close()
-        target.close()
-
-
-def probe_syn_retries(cgroup_root):
-    """Whether a sock_ops program may set TCP_SYNCNT on a connecting socket (upstream about 5.9):
-    the probe program, attached to a child cgroup made for it, sets a value the host's
-    tcp_syn_retries does not have, and a connect() from that cgroup reads it back."""
-    value = 3 if host.read_sysctl("net.ipv4.tcp_syn_retries", 6) != 3 else 4
-    prog_fd = bpf_syscall.prog_load(uapi.BPF_PROG_TYPE_SOCK_OPS, syncnt_probe_program(value), "GPL", PROBE_PROGRAM_NAME)
-    _sweep_probe_cgroups(cgroup_root)
-    cgroup = os.path.join(cgroup_root, PROBE_CGROUP_PREFIX + str(os.getpid()))
-    try:
-        os.mkdir(cgroup)
-        try:
-            with bpf_syscall.closing_fd(os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)) as cgroup_fd:
-                bpf_syscall.prog_attach(cgroup_fd, prog_fd, uapi.BPF_CGROUP_SOCK_OPS, uapi.BPF_F_ALLOW_MULTI)
-                try:
-                    child = probe_child.ProbeChild(cgroup, _syncnt_body, probe.DEFAULT_TIMEOUT)
-                    try:
-                        found = child.receive()["syn_retries"]
-                    finally:
-                        child.close()
-                finally:
-                    bpf_syscall.prog_detach(cgroup_fd, prog_fd, uapi.BPF_CGROUP_SOCK_OPS)
-        finally:
-            os.rmdir(cgroup)
-    except (OSError, probe_child.ProbeError) as exc:  # bpf_syscall.BpfError included
-        raise _unexpected("bpf_setsockopt(TCP_SYNCNT) from a sock_ops program", exc)
-    finally:
-        os.close(prog_fd)
-    return found == value
-
-
-def syn_retries_settable(cgroup_root=None):
-    """probe_syn_retries() on the cgroup v2 mount, unless TCP_RTO_FORCE_MISSING names syn_retries."""
-    if "syn_retries" in forced_missing():
-        return False
-    return probe_syn_retries(cgroup_root or cgroups.cgroup2_mount())
 
 
 # ---------------------------------------------------------------- all of them
@@ -321,7 +237,7 @@ PROBES = (
     ("cap_bpf", "5.8", "CAP_BPF"),
 )
 PROBE_NAMES = tuple(name for name, _since, _what in PROBES)
-# Probed only when a run needs them (they take a forked process): syn_retries_settable().
+# Probed only when a run needs them (they take a forked process): syn_retries_probe.settable().
 LAZY_PROBES = (("syn_retries", "5.9", "bpf_setsockopt(TCP_SYNCNT) from a sock_ops program"),)
 LINK_FEATURES = ("cgroup_link", "link_update", "link_info", "link_detach")
 

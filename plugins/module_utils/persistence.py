@@ -75,6 +75,7 @@ CODE_FILES = (
     "coexistence",
     "drift",
     "syn_give_up",
+    "syn_retries_probe",
     "reconcile",
     "persistence",
     "restore",

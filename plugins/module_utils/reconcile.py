@@ -33,6 +33,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     record,
     service_unit,
     syn_give_up,
+    syn_retries_probe,
     views,
 )
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObjectError
@@ -140,7 +141,7 @@ def run(params, check_mode=False, diff=False):
             kernel_facts["hz"],
             pending=target.unit_running is False,
         )
-        if syn_give_up.sets_syn_retries(desired) and not features.syn_retries_settable():
+        if syn_give_up.sets_syn_retries(desired) and not syn_retries_probe.settable():
             raise host.HostError(
                 "kernel %s does not let a sock_ops program set TCP_SYNCNT (bpf_setsockopt refused it in a probe; "
                 "upstream Linux allows it from about 5.9), so syn_give_up_s cannot be kept: drop syn_give_up_s, "

@@ -15,6 +15,8 @@ pytestmark = pytest.mark.kernel
 
 RELEASE = "53e4551"  # Release 0.2.0: before the telemetry maps
 RULES = [{"dest": "127.0.0.0/8", "rto_ms": 200}]
+# Options of 0.2.0's module that are test aids now (tests/support/aids.py), at their defaults then.
+RELEASE_OPTIONS = dict(force_legacy_attach=False, persist_root="/")
 RUN_RELEASE = (
     "import json, sys\n"
     "from ansible_collections.netbpf.tcp_rto.plugins.module_utils import reconcile\n"
@@ -45,7 +47,7 @@ def test_an_instance_of_the_earlier_release_is_upgraded_not_repaired(cgroup, bpf
         release_root, "ansible_collections/netbpf/tcp_rto/plugins/plugin_utils/tcp_initial_rto.bpf.o"
     )
     old = subprocess.run(
-        [paths.MANAGED_PYTHON, "-c", RUN_RELEASE, json.dumps(params(cgroup, bpffs, rules=RULES, src=old_object))],
+        [paths.MANAGED_PYTHON, "-c", RUN_RELEASE, json.dumps(params(cgroup, bpffs, rules=RULES, src=old_object, **RELEASE_OPTIONS))],
         env=dict(os.environ, PYTHONPATH=release_root),
         stdout=subprocess.PIPE,
         check=True,
