@@ -107,6 +107,7 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
                 "safe_files",
                 "service_unit",
                 "syn_give_up",
+                "syn_retries_probe",
                 "systemd",
                 "telemetry",
                 "uapi",

@@ -244,7 +244,7 @@ def test_sweep_removes_probe_cgroups_of_dead_runs_only(cgroup):
     other = os.path.join(cgroup, "tcp_rto_probe_not_ours")
     for path in (dead, alive, other):
         os.mkdir(path)
-    features._sweep_probe_cgroups(cgroup)
+    features.sweep_probe_cgroups(cgroup)
     assert sorted(os.listdir(cgroup)) == sorted(
         entry for entry in os.listdir(cgroup) if entry != os.path.basename(dead)
     )
