@@ -525,7 +525,7 @@ def _ssh(results):
         "connections, next to `ansible.builtin.ping` over the same inventory. `bench/run --only ssh` starts its own",
         "sshd on 127.0.0.1 (a free port, its own host key, a key pair it generates) and writes an INI inventory",
         "with one alias per simulated host: each has its own SSH connection (ControlPath), child cgroup, pin_dir",
-        "and persist_root; pipelining on, `ansible_python_interpreter=/usr/bin/python3`. Each fleet size and",
+        "and persistence root (`TCP_RTO_TEST_PERSIST_ROOT`, sent with `SetEnv`); pipelining on, `ansible_python_interpreter=/usr/bin/python3`. Each fleet size and",
         "forks setting starts with a fresh fleet; every run starts without an SSH master. Round trips per host:",
         "the sessions sshd started per connection (one per module run, command or file transfer), from its log.",
         "Run on %s, ansible-core %s." % (results["started"], results["machine"]["ansible_core"]),

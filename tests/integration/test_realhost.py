@@ -16,12 +16,6 @@ from ansible_collections.netbpf.tcp_rto.tests.support.paths import REPO
 from ansible_collections.netbpf.tcp_rto.tests.support.playbook import Playbook
 from ansible_collections.netbpf.tcp_rto.tests.vm import guest, image
 
-# Opt-in until their cost in CI's 90 minutes is measured on a quiet machine: 4 min for the image
-# once, 11-32 min for the scenarios on a loaded one.
-pytestmark = pytest.mark.skipif(
-    os.environ.get("TCP_RTO_VM") != "1", reason="real-host VM scenarios: run with TCP_RTO_VM=1"
-)
-
 PROBE = os.path.join(REPO, "scripts", "syn_rto_probe.py")
 NAME = "default"
 UNIT = "tcp-rto@%s.service" % NAME

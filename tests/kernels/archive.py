@@ -27,10 +27,12 @@ KERNELS = [
     ("trixie-backports", ("trixie-backports",), r"linux-image-6\.1[6-8]\.\S+-cloud-amd64"),
 ]
 
-# The probes read request sockets through NETLINK_SOCK_DIAG, whose TCP handler Debian builds as
-# modules; a host loads them on demand with modprobe, the guest (no modprobe) with insmod at boot.
-DIAG_MODULES = ["inet_diag.ko", "tcp_diag.ko"]  # in load order
-KERNEL_FORMAT = 2  # bump when what is kept per kernel changes
+# Modules Debian builds that the guest (no modprobe) insmods at boot, in load order, by their path
+# under kernel/: the probes read request sockets through NETLINK_SOCK_DIAG, whose TCP handler they
+# are (a host loads them on demand); the telemetry scenario delays loopback with netem.
+GUEST_MODULES = ["net/ipv4/inet_diag.ko", "net/ipv4/tcp_diag.ko", "net/sched/sch_netem.ko"]
+GUEST_MODULE_FILES = [os.path.basename(path) for path in GUEST_MODULES]
+KERNEL_FORMAT = 3  # bump when what is kept per kernel changes
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 
@@ -171,13 +173,12 @@ def resolve_kernels(apt, kernels):
 
 
 def extract_kernel(deb, dest):
-    """vmlinuz, config and the DIAG_MODULES out of a kernel .deb into dest/ (modules decompressed);
-    -> the kernel release. Stops reading the archive once all are out."""
-    wanted = ["vmlinuz", "config", *DIAG_MODULES]
+    """vmlinuz, config and the GUEST_MODULES out of a kernel .deb into dest/ (modules decompressed,
+    by their file name); -> the kernel release. Stops reading the archive once all are out."""
+    wanted = ["vmlinuz", "config", *GUEST_MODULE_FILES]
     pattern = re.compile(
         r"^\./(?:boot/(vmlinuz|config)-(.+)"
-        r"|(?:usr/)?lib/modules/[^/]+/kernel/net/ipv4/(%s)(\.xz)?)$"
-        % "|".join(re.escape(name) for name in DIAG_MODULES)
+        r"|(?:usr/)?lib/modules/[^/]+/kernel/(%s)(\.xz)?)$" % "|".join(re.escape(path) for path in GUEST_MODULES)
     )
     proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", deb], stdout=subprocess.PIPE)
     release, got = None, set()
@@ -187,7 +188,7 @@ def extract_kernel(deb, dest):
                 match = pattern.match(member.name)
                 if not match or not member.isfile():
                     continue
-                name = match.group(1) or match.group(3)
+                name = match.group(1) or os.path.basename(match.group(3))
                 release = match.group(2) or release
                 data = archive.extractfile(member).read()
                 with open(os.path.join(dest, name), "wb") as out:
@@ -248,7 +249,7 @@ def fetch_kernels(apt, refresh, keys):
                 suite=suite,
                 release=release,
                 hz=hz,
-                modules=DIAG_MODULES,
+                modules=GUEST_MODULE_FILES,
             )
             with open(os.path.join(dest, "kernel.json"), "w") as handle:
                 json.dump(result[key], handle, indent=1)

@@ -21,6 +21,7 @@ import sys
 import time
 import traceback
 
+import netem
 from guest_kernel import (
     ATTACH,
     CONFIG,
@@ -48,6 +49,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     features,
     probe,
     syn_give_up,
+    telemetry,
     uapi,
 )
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.coexistence import attached_program_ids
@@ -444,9 +446,45 @@ def scenario_telemetry():
     return "p99 %s us, %s" % (rule["rtt_us"]["p99"], syncnt)
 
 
+# Each way on lo: a handshake's round trip (both sides sample one) is 35 ms plus the guest's own
+# time, low in the log2 bucket (32.8, 65.5] ms, so that a slow emulated guest stays inside it.
+NETEM_DELAY_US = 17500
+
+
+def scenario_rtt_netem():
+    """Handshake RTT percentiles against a known delay (issue 13): netem on lo holds every packet
+    NETEM_DELAY_US, and every sample of both sides lands in the bucket of 2 x that."""
+    os.mkdir(cgroup("netem"))
+    result = run_step("netem")
+    with netem.delay("lo", NETEM_DELAY_US):
+        in_cgroup(cgroup("netem"), loopback_handshakes)
+    current = Current(os.path.join(PIN_DIR, "netem"))
+    try:
+        rule = current.telemetry()[0]
+    finally:
+        current.close()
+    upper = next(bound for bound in telemetry.BUCKET_BOUNDS_US if bound >= 2 * NETEM_DELAY_US)
+    at_or_below = dict(rule["rtt_histogram"])
+    samples = rule["rtt_histogram"][-1][1]
+    check(
+        samples == 2 * TELEMETRY_HANDSHAKES and at_or_below[upper] - at_or_below[upper // 2] == samples,
+        "%d handshakes through a %d us netem delay: histogram %s"
+        % (TELEMETRY_HANDSHAKES, NETEM_DELAY_US, rule["rtt_histogram"]),
+        "netem",
+        result,
+    )
+    check(
+        upper // 2 < rule["rtt_us"]["p50"] <= rule["rtt_us"]["p99"] <= upper,
+        "percentiles %s outside (%d, %d] us" % (rule["rtt_us"], upper // 2, upper),
+        "netem",
+        result,
+    )
+    return "2x%.1f ms: p50 %d us, p99 %d us" % (NETEM_DELAY_US / 1000.0, rule["rtt_us"]["p50"], rule["rtt_us"]["p99"])
+
+
 MAP_UNDER_ZERO_MEMLOCK = """
 import os, resource
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_maps, bpf_syscall, uapi
 resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
 try:
     os.close(bpf_maps.map_create(uapi.BPF_MAP_TYPE_ARRAY, 4, 8, 1))
@@ -599,6 +637,7 @@ SCENARIOS = [
     ("synack-2nd", scenario_synack),
     ("syn-give-up", scenario_give_up),
     ("telemetry", scenario_telemetry),
+    ("rtt-netem", scenario_rtt_netem),
     ("memlock", scenario_memlock),
     ("hz-measured", scenario_hz_measured),
     ("forced-missing", scenario_forced_missing),

@@ -56,6 +56,8 @@ STEPS = {
     # handshake telemetry and syn_give_up_s (issue 13); the second where the kernel refuses TCP_SYNCNT
     "telemetry": task("telemetry", rules=[{"dest": LOOPBACK, "rto_ms": 100, "syn_give_up_s": 1.0}], verify=False),
     "telemetry-plain": task("telemetry", rules=[{"dest": LOOPBACK, "rto_ms": 100}], verify=False),
+    # handshake RTT percentiles through a netem delay on lo (an RTO well above it: no retransmits)
+    "netem": task("netem", rules=[{"dest": LOOPBACK, "rto_ms": 1000}], verify=False),
     # run with RLIMIT_MEMLOCK 0 (kernels before 5.11 charge BPF memory to it)
     "memlock": task("memlock", rto_ms=500),
     # CONFIG_HZ with no kernel config readable
