@@ -151,7 +151,7 @@ def run(params, check_mode=False, diff=False):
                 "or set net.ipv4.tcp_syn_retries for the whole host instead" % kernel.release
             )
     step = persistence_step(params) if desired is not None else None
-    if params.get("metrics_textfile"):
+    if desired is not None and params.get("metrics_textfile"):
         if step != "record":
             raise ConfigError(
                 "metrics_textfile: the metrics timer runs the code persistence installs: set persistent: true"

@@ -190,6 +190,7 @@ options:
         Omitted, the timer stays as it is. It also goes with the last persistent instance of the host
         (whose removal takes the code it runs).
       - An absolute path of letters, digits and C(._-/:+@) (systemd takes it as one word).
+      - Ignored with O(state=absent); the timer goes with the last persistent instance.
     type: path
     version_added: 0.3.0
   metrics_interval_s:

@@ -97,7 +97,8 @@ def value(family, sample_name=None, **labels):
     found = [
         sample.value
         for sample in family.samples
-        if (sample_name is None or sample.name == sample_name) and all(sample.labels.get(k) == v for k, v in labels.items())
+        if (sample_name is None or sample.name == sample_name)
+        and all(sample.labels.get(k) == v for k, v in labels.items())
     ]
     assert len(found) == 1, (family, labels)
     return found[0]
@@ -161,3 +162,27 @@ def test_the_timers_entry_point_writes_what_the_info_module_writes(cgroup, bpffs
     assert written == metrics.render(info.read_host(pin_dir)[1])
     assert metrics.main([pin_dir]) == 2
     assert metrics.main([pin_dir, str(tmp_path / "missing" / "x.prom")]) == 1
+
+
+def test_the_metrics_timer_needs_persistence(cgroup, bpffs, tmp_path):
+    params = reconcile_run.module_params(
+        name="harm",
+        cgroup=cgroup,
+        pin_dir=os.path.join(bpffs, "tcp_rto"),
+        mount_bpffs=False,
+        rto_ms=300,
+        metrics_textfile=str(tmp_path / "tcp_rto.prom"),
+        _persist_root=str(tmp_path / "root"),
+    )
+    returncode, result, _err = reconcile_run.run(params)
+    assert returncode == 1 and "set persistent: true" in result["error"]
+    assert not os.path.exists(os.path.join(bpffs, "tcp_rto", "harm"))
+    returncode, result, _err = reconcile_run.run(dict(params, persistent=True))
+    assert returncode == 0, result
+    assert "enable tcp-rto-metrics.timer" in result["actions"]
+    returncode, result, _err = reconcile_run.run(dict(params, state="absent"))
+    assert returncode == 0, result
+    assert (
+        "remove %s" % os.path.join(str(tmp_path / "root"), "etc/systemd/system/tcp-rto-metrics.timer")
+        in result["actions"]
+    )
