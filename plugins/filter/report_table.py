@@ -14,8 +14,8 @@ description:
     with a row per host and instance (a host without instances gets one row).
   - Columns are host, kernel, hz, instance, state, cgroup, rules, default_ms, program_id, hits, handshakes,
     syn_retransmits, synack_retransmits, rtt_p99_us, warnings, foreign, supported, problems.
-  - The handshake columns come from each instance's telemetry (see M(netbpf.tcp_rto.tcp_initial_rto_info)):
-    handshakes (outgoing and incoming), syn_retransmits and synack_retransmits summed over its rules and
+  - The handshake columns come from each instance's telemetry (see M(netbpf.tcp_rto.tcp_initial_rto_info)).
+    They are handshakes (outgoing and incoming), syn_retransmits and synack_retransmits summed over its rules and
     default; rtt_p99_us the p99 handshake round trip in microseconds of each rule that has samples, as
     C(dest=p99(n=samples)) (V(default) for the default); warnings the
     number of its harm warnings (a rule whose RTO is below the safety factor times that p99). Empty for an

@@ -186,8 +186,8 @@ options:
         M(netbpf.tcp_rto.tcp_initial_rto_info) writes them with its
         O(netbpf.tcp_rto.tcp_initial_rto_info#module:metrics_textfile)). Its service runs the collection's code
         that persistence copies to C(/var/lib/tcp_rto/), without Ansible.
-      - The timer is one per host: the last run that gives a path sets it. V("") stops and removes it.
-        Omitted, the timer stays as it is. It also goes with the last persistent instance of the host
+      - The timer is one per host; the last run that gives a path sets it. An empty string stops and removes
+        it. Omitted, the timer stays as it is. It also goes with the last persistent instance of the host
         (whose removal takes the code it runs).
       - An absolute path of letters, digits and C(._-/:+@) (systemd takes it as one word).
       - Ignored with O(state=absent); the timer goes with the last persistent instance.

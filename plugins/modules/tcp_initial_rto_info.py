@@ -33,8 +33,8 @@ options:
     default: []
   safety_factor:
     description:
-      - Harm warnings, as M(netbpf.tcp_rto.tcp_initial_rto) reports them (its
-        O(netbpf.tcp_rto.tcp_initial_rto#module:safety_factor)): a rule or default whose initial RTO is
+      - Harm warnings, as M(netbpf.tcp_rto.tcp_initial_rto) reports them with its
+        O(netbpf.tcp_rto.tcp_initial_rto#module:safety_factor). A rule or default whose initial RTO is
         below this many times the p99 handshake round trip measured on its connections is listed in
         RV(instances[].harm_warnings) and warned about.
     type: float
@@ -51,7 +51,7 @@ options:
         for node_exporter's textfile collector (give a path ending in C(.prom) in its directory).
       - The file is replaced atomically (a temporary file in the same directory, renamed over it) with
         mode C(0644); the task is changed only when the content changed. Check mode writes nothing.
-      - Metrics, each labelled C(name) (the instance) and C(rule) (the rule's C(dest), or V(default)):
+      - Metrics, each labelled C(name) (the instance) and C(rule) (the rule's C(dest), or V(default)), are
         C(tcp_rto_handshakes_total) (and C(direction) V(outgoing) or V(incoming)),
         C(tcp_rto_syn_retransmits_total), C(tcp_rto_synack_retransmits_total),
         C(tcp_rto_spurious_retransmits_total) (counters), C(tcp_rto_rtt_us) (histogram of handshake round
