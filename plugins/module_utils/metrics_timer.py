@@ -57,13 +57,14 @@ WantedBy=timers.target
 """
 
 
-def check(textfile, interval_s):
-    """RecordError for a textfile or interval the units cannot hold."""
-    for what, path in (("metrics_textfile", textfile),):
+def check(textfile, pin_dir, interval_s):
+    """RecordError for a textfile, pin_dir or interval the units cannot hold (checked before the
+    run changes anything)."""
+    for what, path in (("metrics_textfile", textfile), ("pin_dir", pin_dir)):
         if not PLAIN_PATH.match(path or ""):
             raise RecordError(
-                "%s %r: give an absolute path of letters, digits and ._-/:+@ only (systemd's ExecStart takes it "
-                "as one word)" % (what, path)
+                "%s %r: the metrics timer needs an absolute path of letters, digits and ._-/:+@ only (systemd's "
+                "ExecStart takes it as one word)" % (what, path)
             )
     if not isinstance(interval_s, int) or interval_s < 1:
         raise RecordError("metrics_interval_s must be 1 or more seconds, not %r" % (interval_s,))
@@ -82,9 +83,7 @@ def paths(layout):
 def install(layout, textfile, pin_dir, interval_s, python, check_mode):
     """Write the timer's script and units and enable it; -> list of what changed (the caller
     reloads systemd, then start() starts the timer)."""
-    check(textfile, interval_s)
-    if not PLAIN_PATH.match(pin_dir):
-        raise RecordError("pin_dir %r: the metrics timer needs a path of letters, digits and ._-/:+@ only" % pin_dir)
+    check(textfile, pin_dir, interval_s)
     files = paths(layout)
     texts = (
         (files["script"], SCRIPT_TEXT.format(lib=os.path.join(layout.lib_dir, "lib"))),

@@ -156,7 +156,7 @@ def run(params, check_mode=False, diff=False):
             raise ConfigError(
                 "metrics_textfile: the metrics timer runs the code persistence installs: set persistent: true"
             )
-        metrics_timer.check(params["metrics_textfile"], params.get("metrics_interval_s"))
+        metrics_timer.check(params["metrics_textfile"], params["pin_dir"], params.get("metrics_interval_s"))
     if desired is None or step:
         persistence.check_paths(params["name"], persistence.host_root())
     if check_mode:  # reads only: no need to keep other runs out

@@ -88,4 +88,8 @@ def test_the_last_instances_removal_takes_the_timer(root, layout, object_path): 
 @pytest.mark.parametrize("textfile", ["relative.prom", "/with space.prom", "/per%cent.prom"])
 def test_a_path_systemd_cannot_take_as_one_word_is_refused(textfile):
     with pytest.raises(RecordError, match="metrics_textfile"):
-        metrics_timer.check(textfile, 60)
+        metrics_timer.check(textfile, "/sys/fs/bpf/tcp_rto", 60)
+    with pytest.raises(RecordError, match="pin_dir"):
+        metrics_timer.check("/run/x.prom", textfile, 60)
+    with pytest.raises(RecordError, match="metrics_interval_s"):
+        metrics_timer.check("/run/x.prom", "/sys/fs/bpf/tcp_rto", 0)
