@@ -7,7 +7,7 @@ import os
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from test_telemetry import WORKLOAD, workload  # noqa: F401 (WORKLOAD: the script the helper runs)
+from test_telemetry import workload
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import info, metrics
 from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
