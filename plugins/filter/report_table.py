@@ -12,8 +12,14 @@ version_added: 0.1.0
 description:
   - Turns a mapping of host name to the result of M(netbpf.tcp_rto.tcp_initial_rto_info) into one table
     with a row per host and instance (a host without instances gets one row).
-  - Columns are host, kernel, hz, instance, state, cgroup, rules, default_ms, program_id, hits, foreign,
-    supported, problems.
+  - Columns are host, kernel, hz, instance, state, cgroup, rules, default_ms, program_id, hits, handshakes,
+    syn_retransmits, synack_retransmits, rtt_p99_us, warnings, foreign, supported, problems.
+  - The handshake columns come from each instance's telemetry (see M(netbpf.tcp_rto.tcp_initial_rto_info)).
+    They are handshakes (outgoing and incoming), syn_retransmits and synack_retransmits summed over its rules and
+    default; rtt_p99_us the p99 handshake round trip in microseconds of each rule that has samples, as
+    C(dest=p99(n=samples)) (V(default) for the default); warnings the
+    number of its harm warnings (a rule whose RTO is below the safety factor times that p99). Empty for an
+    instance without telemetry (applied by an earlier release, until its next apply).
   - The state of an instance is V(ok), V(detached) (its program is not attached to its cgroup),
     V(drift) (a map edited outside tcp_rto, or the unit it follows missing), V(damaged) (pins or the
     program missing), or V(not loaded) for a recorded instance the kernel does not hold (its boot restore
@@ -27,8 +33,8 @@ options:
   fmt:
     description:
       - Output format. V(summary) is not a table but one line per unhealthy host (unsupported, not read,
-        or an instance whose state is not V(ok)) with what is wrong, or a line saying that every host
-        is healthy.
+        an instance whose state is not V(ok), or one with harm warnings) with what is wrong, or a line
+        saying that every host is healthy.
     type: str
     choices: [csv, markdown, summary]
     default: csv
@@ -63,10 +69,42 @@ COLUMNS = (
     "default_ms",
     "program_id",
     "hits",
+    "handshakes",
+    "syn_retransmits",
+    "synack_retransmits",
+    "rtt_p99_us",
+    "warnings",
     "foreign",
     "supported",
     "problems",
 )
+
+
+def _slots(instance):
+    """(label, telemetry) of each rule and the default of an instance row."""
+    slots = [(rule.get("dest"), rule) for rule in instance.get("rules", [])]
+    if instance.get("default_telemetry"):
+        slots.append(("default", instance["default_telemetry"]))
+    return slots
+
+
+def _telemetry_cells(instance):
+    """The handshake columns of an instance: empty without telemetry (no instance, not loaded, or
+    an instance an earlier release applied, whose counters are null)."""
+    slots = [(label, slot) for label, slot in _slots(instance) if slot.get("handshakes") is not None]
+    if not slots:
+        return dict(handshakes="", syn_retransmits="", synack_retransmits="", rtt_p99_us="", warnings="")
+    return dict(
+        handshakes=sum(slot["handshakes"]["outgoing"] + slot["handshakes"]["incoming"] for _label, slot in slots),
+        syn_retransmits=sum(slot.get("syn_retransmits") or 0 for _label, slot in slots),
+        synack_retransmits=sum(slot.get("synack_retransmits") or 0 for _label, slot in slots),
+        rtt_p99_us=" ".join(
+            "%s=%s(n=%s)" % (label, slot["rtt_us"]["p99"], slot.get("rtt_samples", "?"))
+            for label, slot in slots
+            if slot.get("rtt_us")
+        ),
+        warnings=len(instance.get("harm_warnings") or []),
+    )
 
 
 def _rows(infos):
@@ -97,12 +135,13 @@ def _rows(infos):
                 program_id="" if instance.get("program_id") is None else instance["program_id"],
                 hits=sum(rule.get("hits", 0) for rule in rules) + instance.get("default_hits", 0) if instance else "",
                 foreign=" ".join(str(program.get("id")) for program in instance.get("foreign_programs", [])),
+                **_telemetry_cells(instance),
             )
 
 
 def unhealthy(infos):
-    """Host name -> what is wrong there (unsupported, a failed read, an instance not ok), for the
-    hosts where anything is."""
+    """Host name -> what is wrong there (unsupported, a failed read, an instance not ok or with harm
+    warnings), for the hosts where anything is."""
     found = {}
     for row in _rows(infos):
         reasons = []
@@ -111,6 +150,10 @@ def unhealthy(infos):
         if row["instance"] and row["state"] != "ok":
             reasons.append(
                 "%s %s%s" % (row["instance"], row["state"], " (%s)" % row["problems"] if row["problems"] else "")
+            )
+        if row["warnings"]:
+            reasons.append(
+                "%s has %s harm warnings (rtt_p99_us %s)" % (row["instance"], row["warnings"], row["rtt_p99_us"])
             )
         if reasons:
             found.setdefault(row["host"], []).extend(

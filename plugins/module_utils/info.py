@@ -15,6 +15,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     coexistence,
     drift,
     features,
+    harm,
     host,
     hz,
     persistence,
@@ -66,8 +67,9 @@ def _instance_state(current, problems):
     return "ok"
 
 
-def _instance_view(current, record_names, root):
-    view = views.with_hits(views.describe_current(current), current)
+def _instance_view(current, record_names, root, telemetry, thresholds):
+    view = views.with_hits(views.describe_current(current), current, telemetry)
+    view["harm_warnings"] = harm.harm_warnings(view, *thresholds)
     name = view["name"]
     view.update(
         attached=current.attached,
@@ -118,19 +120,29 @@ def _foreign(cgroup, own_ids):
         return [{"error": "cannot query %s: %s" % (cgroup, exc)}]
 
 
-def gather(pin_dir, cgroups=()):
+def gather(pin_dir, cgroups=(), safety_factor=harm.DEFAULT_SAFETY_FACTOR, min_samples=harm.DEFAULT_MIN_SAMPLES):
+    """The info module's result."""
+    return read_host(pin_dir, cgroups, safety_factor, min_samples)[0]
+
+
+def read_host(pin_dir, cgroups=(), safety_factor=harm.DEFAULT_SAFETY_FACTOR, min_samples=harm.DEFAULT_MIN_SAMPLES):
+    """-> (the info module's result, [(instance view, its current.telemetry())] for the metrics)."""
+    harm.check_thresholds(safety_factor, min_samples)
     root = persistence.host_root()
     release = host.kernel_release()
     kernel, mount, reasons = _support(release)
     link_info = kernel["features"].get("link_info", False)
     bpffs_mounted = host.is_bpffs(os.path.dirname(pin_dir.rstrip("/")) or "/")
     record_names = persistence.Layout(root).recorded_names()
-    instances, own_ids = [], []
+    instances, own_ids, telemetry = [], [], {}
     if os.path.isdir(pin_dir) and not reasons:
         for name in sorted(os.listdir(pin_dir)):
             current = Current(os.path.join(pin_dir, name), link_info=link_info)
             try:
-                instances.append(_instance_view(current, record_names, root))
+                telemetry[name] = current.telemetry()
+                instances.append(
+                    _instance_view(current, record_names, root, telemetry[name], (safety_factor, min_samples))
+                )
                 own_ids += [current.prog_info.id] if current.prog_info else []
             finally:
                 current.close()
@@ -138,7 +150,7 @@ def gather(pin_dir, cgroups=()):
         view["foreign_programs"] = _foreign(view["cgroup"], own_ids) if view["cgroup"] else []
     loaded = [view["name"] for view in instances]
     not_loaded = [name for name in record_names if name not in loaded]
-    return dict(
+    gathered = dict(
         supported=not reasons,
         unsupported_reasons=reasons,
         kernel=kernel,
@@ -151,3 +163,4 @@ def gather(pin_dir, cgroups=()):
         + [_not_loaded_problem(name, root) for name in not_loaded],
         foreign_programs={cgroup: _foreign(cgroup, own_ids) for cgroup in cgroups} if not reasons else {},
     )
+    return gathered, [(view, telemetry[view["name"]]) for view in instances]

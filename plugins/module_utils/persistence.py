@@ -23,7 +23,7 @@ import os
 import pkgutil
 import shutil
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault, lock, safe_files, service_unit
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault, lock, metrics_timer, safe_files, service_unit
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.record import (
     ADDED_KEYS,
     RECORDED,
@@ -72,6 +72,10 @@ CODE_FILES = (
     "telemetry",
     "apply",
     "handshakes",
+    "harm",
+    "info",
+    "metrics",
+    "metrics_timer",
     "coexistence",
     "drift",
     "syn_give_up",
@@ -276,10 +280,13 @@ def _install(params, object_path, object_sha256, root, python, check_mode, syste
         text = service_unit.dropin_text(name, unit, python_path, layout.script, record_path)
         if safe_files.write(layout, layout.dropin(unit, name), text.encode("utf-8"), 0o644, check_mode):
             changes.append("install %s (attaches at every start of %s)" % (layout.dropin(unit, name), unit))
+    timer_changes = metrics_timer.follow(layout, systemd, params, python_path, check_mode)
     fault.point("persist_enabled")
-    if changes and not check_mode:
+    if (changes or timer_changes) and not check_mode:
         systemd.reload()
-    return changes
+    if timer_changes and params.get("metrics_textfile"):
+        timer_changes += metrics_timer.start(systemd, check_mode)
+    return changes + timer_changes
 
 
 def remove(name, root="/", check_mode=False, systemd=None):
@@ -302,6 +309,7 @@ def _remove_instance(name, root, check_mode, systemd):
                 changes.append("remove %s" % leftover)
                 fault.point("unpersist_first_file_removed")
     if not [other for other in layout.recorded_names() if other != name]:
+        changes += metrics_timer.remove(layout, systemd, check_mode)  # it runs the code removed below
         for path in [layout.unit, *safe_files.temporaries(layout.unit)]:
             if safe_files.remove(layout, path, check_mode):
                 changes.append("remove %s" % path)

@@ -24,9 +24,11 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     fault,
     features,
     handshakes,
+    harm,
     host,
     hz,
     lock,
+    metrics_timer,
     persistence,
     pins,
     probe,
@@ -130,6 +132,7 @@ class Observed(NamedTuple):
 def run(params, check_mode=False, diff=False):
     """Bring the instance to what params describe (state present or absent); -> the result dict.
     Raises one of ERRORS; VerificationFailed after an apply whose handshakes do not match."""
+    thresholds = _harm_thresholds(params)
     kernel, kernel_facts = preflight(params)
     target = follow_unit(params)
     params = target.params
@@ -148,6 +151,12 @@ def run(params, check_mode=False, diff=False):
                 "or set net.ipv4.tcp_syn_retries for the whole host instead" % kernel.release
             )
     step = persistence_step(params) if desired is not None else None
+    if desired is not None and params.get("metrics_textfile"):
+        if step != "record":
+            raise ConfigError(
+                "metrics_textfile: the metrics timer runs the code persistence installs: set persistent: true"
+            )
+        metrics_timer.check(params["metrics_textfile"], params["pin_dir"], params.get("metrics_interval_s"))
     if desired is None or step:
         persistence.check_paths(params["name"], persistence.host_root())
     if check_mode:  # reads only: no need to keep other runs out
@@ -167,7 +176,7 @@ def run(params, check_mode=False, diff=False):
     if step == "record" and not params.get("unit") and not failed:
         # outside the lock: the unit's restore takes it
         started = persistence.start_unit(params["name"], persistence.host_root(), check_mode)
-    result = _result(kernel_facts, target, converged, observed, persisted + started)
+    result = _result(kernel_facts, target, converged, observed, persisted + started, thresholds)
     if failed:
         raise VerificationFailed(handshakes.failure_message(desired, failed, observed.conflicts), result)
     return result
@@ -196,8 +205,19 @@ def _reconcile(params, desired, kernel, target, step, check_mode, diff):
     return converged, observed, []
 
 
-def _result(kernel_facts, target, converged, observed, persisted):
+def _harm_thresholds(params):
+    """(safety_factor, min_samples) of the run; the harm defaults for a record (the boot restore)."""
+    thresholds = (
+        params.get("safety_factor", harm.DEFAULT_SAFETY_FACTOR),
+        params.get("min_samples", harm.DEFAULT_MIN_SAMPLES),
+    )
+    harm.check_thresholds(*thresholds)
+    return thresholds
+
+
+def _result(kernel_facts, target, converged, observed, persisted, thresholds):
     actions = list(converged.plan.steps if converged else ()) + list(persisted)
+    harmed = harm.harm_warnings(observed.instance, *thresholds) if observed else []
     result = dict(
         changed=bool(actions),
         actions=actions,
@@ -207,6 +227,7 @@ def _result(kernel_facts, target, converged, observed, persisted):
         conflicts=observed.conflicts if observed else [],
     )
     warnings = target.warnings + list(converged.plan.warnings if converged else ())
+    warnings += [warning["message"] for warning in harmed]
     if warnings:
         result["warnings"] = warnings
     if target.unit_running is not None:
@@ -214,7 +235,7 @@ def _result(kernel_facts, target, converged, observed, persisted):
     if converged and converged.diff is not None:
         result["diff"] = converged.diff
     if observed:
-        result.update(instance=observed.instance, syn_give_up_s=observed.syn_give_up_s)
+        result.update(instance=observed.instance, syn_give_up_s=observed.syn_give_up_s, harm_warnings=harmed)
         if observed.verification is not None:
             result["verification"] = observed.verification
     return result

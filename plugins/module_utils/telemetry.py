@@ -64,13 +64,15 @@ def slot_telemetry(summed):
         {"handshakes": {"outgoing": int, "incoming": int},
          "syn_retransmits": int|None, "synack_retransmits": int|None, "spurious_retransmits": int|None,
          "rtt_us": {"p50": num, "p90": num, "p99": num} or None when no samples,
+         "rtt_samples": int, "rtt_sum_us": int,
          "rtt_histogram": [[upper_bound_us, cumulative_count], ...]}
 
     handshakes: completed handshakes (connect() outgoing, accept()'s child incoming);
     syn_retransmits: SYN retransmits of connect()s, whether they completed or not;
     synack_retransmits: SYN-ACK retransmits of incoming handshakes that completed;
     spurious_retransmits: handshakes whose last SYN retransmit was not needed (an estimate);
-    rtt_us and rtt_histogram: round trips of handshakes that did not retransmit, in log2 buckets.
+    rtt_us and rtt_histogram: round trips of handshakes that did not retransmit, in log2 buckets;
+    rtt_samples: how many (the histogram's count), rtt_sum_us: their sum.
     None, not 0, marks a counter the kernel offers no source for: every kernel the program loads on
     (4.16+) has them all, so None appears only in the shape's contract, never from this program."""
     histogram = cumulative(summed["rtt_buckets"])
@@ -81,6 +83,8 @@ def slot_telemetry(summed):
         "synack_retransmits": summed["synack_retransmits"],
         "spurious_retransmits": summed["spurious_retransmits"],
         "rtt_us": {name: quantile(histogram, fraction) for name, fraction in PERCENTILES} if samples else None,
+        "rtt_samples": samples,
+        "rtt_sum_us": summed["rtt_sum_us"],
         "rtt_histogram": histogram,
     }
 

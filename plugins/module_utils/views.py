@@ -14,8 +14,15 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import jiffies_to_ms, network_text
 
 # What results show of telemetry.slot_telemetry() per rule and for the default (the histogram
-# stays with the reader: 32 buckets per rule would swamp a result).
-REPORTED_TELEMETRY = ("handshakes", "syn_retransmits", "synack_retransmits", "spurious_retransmits", "rtt_us")
+# stays with the reader and the metrics textfile: 32 buckets per rule would swamp a result).
+REPORTED_TELEMETRY = (
+    "handshakes",
+    "syn_retransmits",
+    "synack_retransmits",
+    "spurious_retransmits",
+    "rtt_us",
+    "rtt_samples",
+)
 
 
 def reported_telemetry(slot_telemetry):
@@ -64,12 +71,14 @@ def describe_current(current):
     }
 
 
-def with_hits(view, current):
+def with_hits(view, current, telemetry=None):
     """view (describe_desired or describe_current) with the instance's name, pins and program, and
     per rule and for the default the connections it answered (hits) and its handshake telemetry,
-    as current's hits and stats maps count them."""
+    as current's hits and stats maps count them (telemetry: current.telemetry() when the caller
+    has read it already)."""
     hits = current.hits()
-    telemetry = current.telemetry()
+    if telemetry is None:
+        telemetry = current.telemetry()
     return dict(
         view,
         rules=[

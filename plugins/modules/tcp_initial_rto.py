@@ -178,6 +178,26 @@ options:
       - The action plugin sends the object to the host inside the module's arguments
         (O(src_object_base64)); given to the module without its action plugin, O(src) is a path on the host.
     type: path
+  metrics_textfile:
+    description:
+      - With O(persistent=true), installs the host's metrics timer C(tcp-rto-metrics.timer), which every
+        O(metrics_interval_s) seconds writes the handshake telemetry of every instance under O(pin_dir) to this
+        file in the Prometheus text format, for node_exporter's textfile collector (metrics and labels as
+        M(netbpf.tcp_rto.tcp_initial_rto_info) writes them with its
+        O(netbpf.tcp_rto.tcp_initial_rto_info#module:metrics_textfile)). Its service runs the collection's code
+        that persistence copies to C(/var/lib/tcp_rto/), without Ansible.
+      - The timer is one per host; the last run that gives a path sets it. An empty string stops and removes
+        it. Omitted, the timer stays as it is. It also goes with the last persistent instance of the host
+        (whose removal takes the code it runs).
+      - An absolute path of letters, digits and C(._-/:+@) (systemd takes it as one word).
+      - Ignored with O(state=absent); the timer goes with the last persistent instance.
+    type: path
+    version_added: 0.3.0
+  metrics_interval_s:
+    description: How often, in seconds, the metrics timer of O(metrics_textfile) refreshes the file.
+    type: int
+    default: 60
+    version_added: 0.3.0
   src_object_base64:
     description:
       - Internal, set by the action plugin; do not set it. The BPF object's content in base64, which the
@@ -213,6 +233,24 @@ options:
       - Runs on other instances never wait for each other. Check mode reads without the lock.
     type: int
     default: 60
+  safety_factor:
+    description:
+      - Harm warnings. A rule (or O(rto_ms)) whose initial RTO is below this many times the p99 handshake
+        round trip measured on its own connections is reported in RV(harm_warnings) and as a warning of
+        the task, once at least O(min_samples) round trips were measured.
+      - The round trips are those the program counted since the rule got its slot (RV(instance.rules)
+        shows them as C(rtt_us) and C(rtt_samples)); see the collection's docs/tcp_initial_rto.md for how
+        to pick a value.
+    type: float
+    default: 3.0
+    version_added: 0.3.0
+  min_samples:
+    description:
+      - Harm warnings. How many handshake round trips a rule must have measured before its p99 is
+        trusted for O(safety_factor) (with fewer, the p99 is little more than the largest sample).
+    type: int
+    default: 100
+    version_added: 0.3.0
   history_steps:
     description:
       - How many history records of the instance's configuration before its changes to keep for
@@ -305,21 +343,22 @@ instance:
           retransmits of C(connect) (completed or not), C(synack_retransmits) SYN-ACK retransmits of completed
           incoming handshakes, C(spurious_retransmits) handshakes whose last SYN retransmit was not needed (an
           estimate), C(rtt_us) the C(p50), C(p90) and C(p99) round trip in microseconds of handshakes without
-          a retransmit (null without samples); all summed over CPUs since the rule got its slot, and null for an
-          instance applied by an earlier object until its next apply.
+          a retransmit (null without samples), C(rtt_samples) how many round trips they come from; all summed over
+          CPUs since the rule got its slot, and null for an instance applied by an earlier object until its next
+          apply.
       type: list
       elements: dict
       sample:
         - {dest: 10.0.0.0/8, rto_ms: 52, rto_jiffies: 13, hits: 1200, syn_give_up_s: 6.604,
            handshakes: {outgoing: 1180, incoming: 0}, syn_retransmits: 21, synack_retransmits: 0,
-           spurious_retransmits: 2, rtt_us: {p50: 180, p90: 410, p99: 950}}
+           spurious_retransmits: 2, rtt_us: {p50: 180, p90: 410, p99: 950}, rtt_samples: 1159}
     default_rto_ms: {description: Effective value for connections matching no rule (null = kernel default)., type: float, sample: 1000}
     default_hits: {description: Connections that got the default value., type: int, sample: 3}
     default_telemetry:
       description: The telemetry fields of RV(instance.rules) for connections that got the default value.
       type: dict
       sample: {handshakes: {outgoing: 3, incoming: 0}, syn_retransmits: 0, synack_retransmits: 0, spurious_retransmits: 0,
-               rtt_us: {p50: 96, p90: 120, p99: 127}}
+               rtt_us: {p50: 96, p90: 120, p99: 127}, rtt_samples: 3}
     object_sha256: {description: SHA-256 of the loaded object., type: str}
 kernel:
   description: What the module found on the host.
@@ -350,6 +389,17 @@ verification:
       type: list
       elements: dict
       sample: [{direction: outgoing, address: 127.0.0.1, expected_ms: 52, observed_ms: 52, ok: true}]
+harm_warnings:
+  description:
+    - The rules (C(dest), V(default) for O(rto_ms)) whose initial RTO is below O(safety_factor) times the p99
+      handshake round trip measured on their connections (C(p99_us)), with at least O(min_samples) samples
+      (C(samples)); each C(message) is also a warning of the task. Empty when none is.
+  returned: when O(state=present) and the instance is loaded
+  type: list
+  elements: dict
+  sample: [{instance: dc, dest: 10.0.0.0/8, rto_ms: 52, p99_us: 24576, samples: 1180,
+            message: "dc: rule 10.0.0.0/8: initial RTO 52 ms is below 3.0 x the p99 handshake round trip ..."}]
+  version_added: 0.3.0
 syn_give_up_s:
   description:
     - Seconds after which C(connect) to an unreachable peer gives up, for the smallest configured
@@ -436,10 +486,13 @@ import tempfile
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
-# Not called here: imported so that Ansible ships it to the host, where persistence copies it for
-# the boot-time restore.
+# restore, info and metrics are not called here: imported so that Ansible ships them to the host,
+# where persistence copies them for the boot-time restore and the metrics timer.
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (  # pylint: disable=unused-import
+    harm,
     history,
+    info,  # noqa: F401
+    metrics,  # noqa: F401
     reconcile,
     restore,  # noqa: F401
 )
@@ -470,6 +523,10 @@ ARGUMENT_SPEC = dict(
     persistent=dict(type="bool"),
     lock_timeout=dict(type="int", default=60),
     history_steps=dict(type="int", default=0),
+    safety_factor=dict(type="float", default=harm.DEFAULT_SAFETY_FACTOR),
+    min_samples=dict(type="int", default=harm.DEFAULT_MIN_SAMPLES),
+    metrics_textfile=dict(type="path"),
+    metrics_interval_s=dict(type="int", default=60),
     src_object_base64=dict(type="str", no_log=True),
 )
 

@@ -31,6 +31,35 @@ options:
     type: list
     elements: path
     default: []
+  safety_factor:
+    description:
+      - Harm warnings, as M(netbpf.tcp_rto.tcp_initial_rto) reports them with its
+        O(netbpf.tcp_rto.tcp_initial_rto#module:safety_factor). A rule or default whose initial RTO is
+        below this many times the p99 handshake round trip measured on its connections is listed in
+        RV(instances[].harm_warnings) and warned about.
+    type: float
+    default: 3.0
+    version_added: 0.3.0
+  min_samples:
+    description: Harm warnings. How many handshake round trips a rule must have measured before its p99 counts.
+    type: int
+    default: 100
+    version_added: 0.3.0
+  metrics_textfile:
+    description:
+      - Also write the handshake telemetry of every instance to this file in the Prometheus text format,
+        for node_exporter's textfile collector (give a path ending in C(.prom) in its directory).
+      - The file is replaced atomically (a temporary file in the same directory, renamed over it) with
+        mode C(0644); the task is changed only when the content changed. Check mode writes nothing.
+      - Metrics, each labelled C(name) (the instance) and C(rule) (the rule's C(dest), or V(default)), are
+        C(tcp_rto_handshakes_total) (and C(direction) V(outgoing) or V(incoming)),
+        C(tcp_rto_syn_retransmits_total), C(tcp_rto_synack_retransmits_total),
+        C(tcp_rto_spurious_retransmits_total) (counters), C(tcp_rto_rtt_us) (histogram of handshake round
+        trips in microseconds, C(_bucket) with C(le), C(_sum), C(_count)) and C(tcp_rto_initial_rto_us) (gauge).
+      - The role netbpf.tcp_rto.tcp_rto installs a systemd timer that refreshes such a file
+        (its C(tcp_rto_metrics_textfile)).
+    type: path
+    version_added: 0.3.0
 attributes:
   check_mode:
     description: Read-only; runs the same in check mode.
@@ -115,13 +144,22 @@ instances:
           retransmits of C(connect) (completed or not), C(synack_retransmits) SYN-ACK retransmits of completed
           incoming handshakes, C(spurious_retransmits) handshakes whose last SYN retransmit was not needed (an
           estimate), C(rtt_us) the C(p50), C(p90) and C(p99) round trip in microseconds of handshakes without
-          a retransmit (null without samples); all summed over CPUs since the rule got its slot, and null for an
-          instance applied by an earlier object until its next apply.
+          a retransmit (null without samples), C(rtt_samples) how many round trips they come from; all summed over
+          CPUs since the rule got its slot, and null for an instance applied by an earlier object until its next
+          apply.
       type: list
       elements: dict
     default_rto_ms: {description: Value for connections matching no rule (null = kernel default)., type: float}
     default_hits: {description: Connections that got the default., type: int}
     default_telemetry: {description: 'The telemetry fields of RV(instances[].rules) for connections that got the default.', type: dict}
+    harm_warnings:
+      description:
+        - The rules (C(dest), V(default) for the default) whose initial RTO is below O(safety_factor) times the
+          p99 handshake round trip measured on their connections (C(p99_us)), with at least O(min_samples)
+          samples (C(samples)), each with its C(message) (also a warning of the task). Empty when none is.
+      type: list
+      elements: dict
+      version_added: 0.3.0
     persistent: {description: Whether a record restores it at boot., type: bool}
     unit:
       description:
@@ -143,9 +181,11 @@ instances:
   sample: [{name: dc, cgroup: /sys/fs/cgroup, attached: true, attach_mode: link, program_id: 42, direction: both,
             rules: [{dest: 10.0.0.0/8, rto_ms: 52, rto_jiffies: 13, hits: 1200, handshakes: {outgoing: 1180, incoming: 0},
                      syn_retransmits: 21, synack_retransmits: 0, spurious_retransmits: 2,
-                     rtt_us: {p50: 180, p90: 410, p99: 950}}], default_rto_ms: null,
+                     rtt_us: {p50: 180, p90: 410, p99: 950}, rtt_samples: 1159}], default_rto_ms: null,
             default_hits: 0, default_telemetry: {handshakes: {outgoing: 0, incoming: 0}, syn_retransmits: 0,
-                                                 synack_retransmits: 0, spurious_retransmits: 0, rtt_us: null},
+                                                 synack_retransmits: 0, spurious_retransmits: 0, rtt_us: null,
+                                                 rtt_samples: 0},
+            harm_warnings: [],
             persistent: true, unit: null, state: ok, problems: [], foreign_programs: []}]
 recorded_not_loaded:
   description: Persistent instances whose record exists but which the kernel does not hold (not restored yet).
@@ -173,7 +213,8 @@ foreign_programs:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import info
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import harm, info, metrics
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import ConfigError
 
 
 def main():
@@ -181,14 +222,35 @@ def main():
         argument_spec=dict(
             pin_dir=dict(type="path", default="/sys/fs/bpf/tcp_rto"),
             cgroups=dict(type="list", elements="path", default=[]),
+            safety_factor=dict(type="float", default=harm.DEFAULT_SAFETY_FACTOR),
+            min_samples=dict(type="int", default=harm.DEFAULT_MIN_SAMPLES),
+            metrics_textfile=dict(type="path"),
         ),
         supports_check_mode=True,
     )
+    params = module.params
     try:
-        gathered = info.gather(module.params["pin_dir"], module.params["cgroups"])
+        gathered, instances = info.read_host(
+            params["pin_dir"], params["cgroups"], params["safety_factor"], params["min_samples"]
+        )
+    except ConfigError as exc:
+        module.fail_json(msg=to_native(exc))
     except (OSError, ValueError) as exc:
         module.fail_json(msg="reading the host's BPF state failed: %s" % to_native(exc))
-    module.exit_json(changed=False, **gathered)
+    changed = False
+    if params["metrics_textfile"]:
+        try:
+            changed = metrics.write_textfile(params["metrics_textfile"], metrics.render(instances), module.check_mode)
+        except OSError as exc:
+            module.fail_json(
+                msg="writing metrics_textfile %s failed: %s: give a path in an existing directory root can write"
+                % (params["metrics_textfile"], to_native(exc)),
+                **gathered,
+            )
+    warnings = [warning["message"] for view in gathered["instances"] for warning in view["harm_warnings"]]
+    if warnings:
+        gathered["warnings"] = warnings
+    module.exit_json(changed=changed, **gathered)
 
 
 if __name__ == "__main__":

@@ -9,22 +9,34 @@ own loopback, its own nftables ruleset; both go when the process exits). Prints 
     handshake_workload.py CGROUP drop-first-syn N
         N connect()s whose first SYN is dropped and whose retransmit passes (nftables drops every
         other SYN to the port) -> {"attempts": [...], "dropped": SYNs dropped}
+    handshake_workload.py CGROUP delayed N DELAY_MS
+        N connect()+accept() pairs from 10.99.0.1 to 10.99.0.2 across a wire that delays each packet
+        DELAY_MS each way (a round trip of 2 x DELAY_MS): two private network namespaces, each with a
+        tun device, whose packets a thread of this process carries to the other one late. (The
+        kernel here has no sch_netem.) -> {"connections": N}
 """
 
 import ctypes
 import errno
+import fcntl
+import heapq
 import json
 import os
+import select
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 
 CLONE_NEWNET = 0x40000000
 TCP_INFO = 11
 TCPI_TOTAL_RETRANS = 100  # u32 offset in struct tcp_info
 NFT_TABLE = "tcp_rto_test"
+TUNSETIFF = 0x400454CA
+IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
+WIRE_CLIENT, WIRE_SERVER = "10.99.0.1", "10.99.0.2"
 
 
 def join(cgroup):
@@ -37,6 +49,49 @@ def private_network():
     if libc.unshare(CLONE_NEWNET) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def tun_end(device, address, peer):
+    """A tun device in a new network namespace of this process, addressed point-to-point."""
+    private_network()
+    fd = os.open("/dev/net/tun", os.O_RDWR)
+    fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", device.encode(), IFF_TUN | IFF_NO_PI))
+    subprocess.run(["ip", "addr", "add", address, "peer", peer, "dev", device], check=True)
+    subprocess.run(["ip", "link", "set", device, "up"], check=True)
+    return fd, os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+
+
+def carry_late(ends, delay_s):
+    """Forever: each packet read from one tun device written to the other delay_s later."""
+    due, sequence = [], 0
+    while True:
+        timeout = max(0.0, due[0][0] - time.monotonic()) if due else None
+        readable, _w, _x = select.select(list(ends), [], [], timeout)
+        for fd in readable:
+            heapq.heappush(due, (time.monotonic() + delay_s, sequence, ends[fd], os.read(fd, 65536)))
+            sequence += 1
+        while due and due[0][0] <= time.monotonic():
+            os.write(*heapq.heappop(due)[2:])
+
+
+def delayed(count, delay_ms):
+    libc = ctypes.CDLL(None, use_errno=True)
+    client_fd, client_ns = tun_end("tcprtoc", WIRE_CLIENT, WIRE_SERVER)
+    server_fd, _server_ns = tun_end("tcprtos", WIRE_SERVER, WIRE_CLIENT)
+    threading.Thread(
+        target=carry_late, args=({client_fd: server_fd, server_fd: client_fd}, delay_ms / 1000.0), daemon=True
+    ).start()
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # in the server's namespace
+    listener.bind((WIRE_SERVER, 0))
+    listener.listen(128)
+    if libc.setns(client_ns, CLONE_NEWNET) != 0:
+        raise OSError(ctypes.get_errno(), "setns")
+    for _attempt in range(count):
+        client = socket.create_connection(listener.getsockname(), timeout=10)
+        server, _address = listener.accept()
+        server.close()
+        client.close()
+    return {"connections": count}
 
 
 def drop_syns(port, every_other):
@@ -80,6 +135,8 @@ def attempt(target, timeout):
 
 def main(cgroup, mode, *args):
     join(cgroup)
+    if mode == "delayed":
+        return delayed(int(args[0]), float(args[1]))
     private_network()
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))

@@ -37,11 +37,12 @@ def test_module_doc_renders_and_matches_argument_spec():
         "actions",
         "conflicts",
         "drift",
+        "harm_warnings",
     } <= set(doc["return"])
     assert "netbpf.tcp_rto.tcp_initial_rto:" in doc["examples"]
 
 
 def test_info_module_doc_renders():
     doc = ansible_doc_json("netbpf.tcp_rto.tcp_initial_rto_info")
-    assert set(doc["doc"]["options"]) == {"pin_dir", "cgroups"}
+    assert set(doc["doc"]["options"]) == {"pin_dir", "cgroups", "safety_factor", "min_samples", "metrics_textfile"}
     assert {"supported", "unsupported_reasons", "kernel", "instances", "foreign_programs"} <= set(doc["return"])

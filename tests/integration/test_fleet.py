@@ -157,6 +157,8 @@ def test_rollout_failed_batch_rollback_report(fleet, tmp_path):
         assert row["rules"] == "127.0.0.0/8=300ms"
         assert [int(row["program_id"])] == fleet.program_ids()[row["host"]]
         assert int(row["hits"]) >= 1
+        # the telemetry columns: the loopback handshakes of the verifications, no harm warnings
+        assert int(row["handshakes"]) >= 0 and int(row["syn_retransmits"]) >= 0 and row["warnings"] == "0"
     with open(os.path.join(report_dir, "tcp_rto_report.md")) as handle:
         markdown = handle.read().splitlines()
     assert markdown[0].startswith("| host | kernel | hz |") and len(markdown) == 2 + len(HOSTS)

@@ -9,6 +9,7 @@ cgroup (scripts/syn_rto_probe.py, which shares no code with the collection) and 
 import json
 import os
 import shutil
+import time
 
 import pytest
 
@@ -139,6 +140,30 @@ def test_not_persistent_any_more_forgets_the_record_and_the_unit(realhost):
     assert_healthy(realhost)
     _ok(realhost.play("netbpf.tcp_rto.rollout", tcp_rto_ms=300))
     assert realhost.unit_state() == "active"
+
+
+def test_metrics_timer_refreshes_the_textfile_until_the_option_goes(realhost):
+    """tcp-rto-metrics.timer runs the copied code every 2 s; null removes it, leaving nothing failed."""
+    textfile = "/run/tcp_rto_metrics.prom"
+    _ok(
+        realhost.play(
+            "netbpf.tcp_rto.rollout", tcp_rto_ms=300, tcp_rto_metrics_textfile=textfile, tcp_rto_metrics_interval_s=2
+        )
+    )
+    assert realhost.unit_state("tcp-rto-metrics.timer") == "active"
+    series = 'tcp_rto_initial_rto_us{name="%s",rule="default"} 300000' % NAME
+    written = ""
+    for _attempt in range(60):  # the timer's first runs, however slow the guest
+        written = realhost.guest.root("cat %s" % textfile, check=False).stdout
+        if series in written:
+            break
+        time.sleep(1)
+    assert series in written, written
+    assert_healthy(realhost)
+    _ok(realhost.play("netbpf.tcp_rto.rollout", tcp_rto_ms=300))
+    assert realhost.unit_state("tcp-rto-metrics.timer") == "inactive"
+    assert realhost.guest.root("ls /etc/systemd/system", check=False).stdout.count("tcp-rto-metrics") == 0
+    assert_healthy(realhost)
 
 
 def test_removal_leaves_no_unit(realhost):

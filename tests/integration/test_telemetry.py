@@ -73,6 +73,7 @@ def test_the_module_result_and_the_info_module_show_each_rules_telemetry(cgroup,
         "synack_retransmits": 0,
         "spurious_retransmits": 0,
         "rtt_us": None,
+        "rtt_samples": 0,
     }
     for instance in (result["instance"], reported):
         unused, loopback = instance["rules"]

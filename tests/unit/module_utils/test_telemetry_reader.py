@@ -64,6 +64,8 @@ def test_slot_without_samples_has_no_percentiles():
         "synack_retransmits": 0,
         "spurious_retransmits": 0,
         "rtt_us": None,
+        "rtt_samples": 0,
+        "rtt_sum_us": 0,
         "rtt_histogram": telemetry.cumulative([0] * rto_program.RTT_BUCKETS),
     }
 

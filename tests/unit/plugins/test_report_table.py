@@ -56,6 +56,18 @@ def test_summary_names_the_unhealthy_hosts():
     assert summary[2] == "h3: unsupported: unreachable"
 
 
+def telemetry(outgoing, incoming, syn=0, synack=0, p99=None, samples=0):
+    """The telemetry fields of a rule as the info module shows them."""
+    return {
+        "handshakes": {"outgoing": outgoing, "incoming": incoming},
+        "syn_retransmits": syn,
+        "synack_retransmits": synack,
+        "spurious_retransmits": 0,
+        "rtt_us": {"p50": 1, "p90": 1, "p99": p99} if p99 else None,
+        "rtt_samples": samples,
+    }
+
+
 FULL = {
     "supported": True,
     "kernel": KERNEL,
@@ -65,11 +77,16 @@ FULL = {
             "state": "ok",
             "cgroup": "/sys/fs/cgroup/web|front",
             "rules": [
-                {"dest": "10.0.0.0/8", "rto_ms": 200, "hits": 3},
-                {"dest": "fd00::/8", "rto_ms": 52.5, "hits": 1},
+                dict(
+                    {"dest": "10.0.0.0/8", "rto_ms": 200, "hits": 3},
+                    **telemetry(2, 1, syn=4, synack=1, p99=81920, samples=120),
+                ),
+                dict({"dest": "fd00::/8", "rto_ms": 52.5, "hits": 1}, **telemetry(0, 0)),
             ],
             "default_rto_ms": 500,
             "default_hits": 2,
+            "default_telemetry": telemetry(1, 0, syn=2, p99=900, samples=1),
+            "harm_warnings": [{"instance": "web", "dest": "10.0.0.0/8", "message": "web: rule 10.0.0.0/8: ..."}],
             "program_id": 41,
             "foreign_programs": [{"id": 7}, {"id": 9}],
             "problems": [],
@@ -93,6 +110,11 @@ def test_every_column_of_an_instance():
         "default_ms": "500",
         "program_id": "41",
         "hits": "6",
+        "handshakes": "4",
+        "syn_retransmits": "6",
+        "synack_retransmits": "1",
+        "rtt_p99_us": "10.0.0.0/8=81920(n=120) default=900(n=1)",
+        "warnings": "1",
         "foreign": "7 9",
         "supported": "yes",
         "problems": "",
@@ -130,4 +152,21 @@ def test_summary_names_each_reason_once_per_host():
             "api detached (%s)" % DETACHED_PROBLEM,
             "dc not loaded (recorded, not loaded: dc has a record but ...)",
         ]
+    }
+
+
+def test_handshake_columns_are_empty_without_telemetry_and_zero_without_traffic():
+    """An instance an earlier release applied has null counters; HEALTHY's has no rules nor default
+    telemetry; a quiet instance counts zeros."""
+    earlier = dict(HEALTHY["instances"][0], rules=[dict({"dest": "10.0.0.0/8", "rto_ms": 50}, **telemetry(0, 0))])
+    earlier["rules"][0]["handshakes"] = None
+    quiet = dict(HEALTHY["instances"][0], name="quiet", default_telemetry=telemetry(0, 0), harm_warnings=[])
+    table = rows({"h1": dict(HEALTHY, instances=[earlier, quiet])})
+    columns = ("handshakes", "syn_retransmits", "synack_retransmits", "rtt_p99_us", "warnings")
+    assert [[row[column] for column in columns] for row in table] == [["", "", "", "", ""], ["0", "0", "0", "", "0"]]
+
+
+def test_summary_names_hosts_with_harm_warnings():
+    assert unhealthy({"h1": FULL}) == {
+        "h1": ["web has 1 harm warnings (rtt_p99_us 10.0.0.0/8=81920(n=120) default=900(n=1))"]
     }
