@@ -21,13 +21,7 @@ INFO = "netbpf.tcp_rto.tcp_initial_rto_info"
 
 
 def apply(cgroup, bpffs, **options):
-    params = reconcile_run.module_params(
-        name="harm", cgroup=cgroup, pin_dir=os.path.join(bpffs, "tcp_rto"), mount_bpffs=False, verify=False
-    )
-    params.update(options)
-    returncode, result, err = reconcile_run.run(params)
-    assert returncode == 0, (result, err)
-    return result
+    return reconcile_run.applied("harm", cgroup, bpffs, **options)
 
 
 def test_a_rule_below_the_safety_factor_warns_in_both_modules(cgroup, bpffs, playbook):

@@ -29,13 +29,7 @@ def workload(cgroup, *args):
 
 
 def apply(cgroup, bpffs, **options):
-    params = reconcile_run.module_params(
-        name="telemetry", cgroup=cgroup, pin_dir=os.path.join(bpffs, "tcp_rto"), mount_bpffs=False, verify=False
-    )
-    params.update(options)
-    returncode, result, err = reconcile_run.run(params)
-    assert returncode == 0, (result, err)
-    return result
+    return reconcile_run.applied("telemetry", cgroup, bpffs, **options)
 
 
 def telemetry(bpffs):

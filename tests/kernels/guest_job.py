@@ -410,6 +410,15 @@ def syn_sent_syncnt():
             sock.close()
 
 
+def first_rule_telemetry(instance):
+    """The telemetry of the instance's first rule, read from its pins."""
+    current = Current(os.path.join(PIN_DIR, instance))
+    try:
+        return current.telemetry()[0]
+    finally:
+        current.close()
+
+
 def scenario_telemetry():
     """The program loads with its telemetry, counts loopback handshakes with an RTT each, and sets
     TCP_SYNCNT for syn_give_up_s where the kernel lets it (else the module refuses the option)."""
@@ -431,11 +440,7 @@ def scenario_telemetry():
         check(held == retries, "TCP_SYNCNT %s, expected %d" % (held, retries), "telemetry", result)
         syncnt, completed = "TCP_SYNCNT %d" % held, 1  # syn_sent_syncnt's filler completed its handshake
     in_cgroup(cgroup("telemetry"), loopback_handshakes)
-    current = Current(os.path.join(PIN_DIR, "telemetry"))
-    try:
-        rule = current.telemetry()[0]
-    finally:
-        current.close()
+    rule = first_rule_telemetry("telemetry")
     count = TELEMETRY_HANDSHAKES + completed
     check(
         rule["handshakes"] == {"outgoing": count, "incoming": count} and rule["rtt_histogram"][-1][1] == 2 * count,
@@ -458,11 +463,7 @@ def scenario_rtt_netem():
     result = run_step("netem")
     with netem.delay("lo", NETEM_DELAY_US):
         in_cgroup(cgroup("netem"), loopback_handshakes)
-    current = Current(os.path.join(PIN_DIR, "netem"))
-    try:
-        rule = current.telemetry()[0]
-    finally:
-        current.close()
+    rule = first_rule_telemetry("netem")
     upper = next(bound for bound in telemetry.BUCKET_BOUNDS_US if bound >= 2 * NETEM_DELAY_US)
     at_or_below = dict(rule["rtt_histogram"])
     samples = rule["rtt_histogram"][-1][1]
