@@ -22,7 +22,7 @@ TC_H_ROOT = 0xFFFFFFFF
 TCA_KIND = 1
 TCA_OPTIONS = 2
 NLMSGHDR = struct.Struct("=IHHII")
-TCMSG = struct.Struct("=BxxiIII")  # family, ifindex, handle, parent, info
+TCMSG = struct.Struct("=B3xiIII")  # family, 3 pad bytes, ifindex, handle, parent, info
 NLATTR = struct.Struct("=HH")
 # struct tc_netem_qopt: latency, limit, loss, gap, duplicate, jitter. latency and jitter are in
 # psched ticks of 64 ns (PSCHED_SHIFT 6: netem_change() takes PSCHED_TICKS2NS(latency)).
