@@ -47,7 +47,12 @@ def test_an_instance_of_the_earlier_release_is_upgraded_not_repaired(cgroup, bpf
         release_root, "ansible_collections/netbpf/tcp_rto/plugins/plugin_utils/tcp_initial_rto.bpf.o"
     )
     old = subprocess.run(
-        [paths.MANAGED_PYTHON, "-c", RUN_RELEASE, json.dumps(params(cgroup, bpffs, rules=RULES, src=old_object, **RELEASE_OPTIONS))],
+        [
+            paths.MANAGED_PYTHON,
+            "-c",
+            RUN_RELEASE,
+            json.dumps(params(cgroup, bpffs, rules=RULES, src=old_object, **RELEASE_OPTIONS)),
+        ],
         env=dict(os.environ, PYTHONPATH=release_root),
         stdout=subprocess.PIPE,
         check=True,

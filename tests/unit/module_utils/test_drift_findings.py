@@ -50,6 +50,8 @@ class FakeCurrent:
         self.rules = [(rule, slot) for slot, rule in enumerate(written)]
         self.default_jiffies = default_jiffies
         self.default_syn_retries = None
+        self.default_auto = False
+        self.auto_config = None
         self.directions = directions
 
     @property
