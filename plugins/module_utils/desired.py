@@ -148,14 +148,34 @@ def parse_dest(dest: Any, what: str) -> Network:
         raise ConfigError("%s: dest %r is not a network in CIDR notation: %s" % (what, dest, exc))
 
 
+def _rto_spelling(rto_ms: Any) -> Any:
+    """rto_ms as given (the module takes any type: a number or auto) in one spelling: "auto", or
+    an int for a whole number written as text (a template's result); anything else as it is."""
+    if isinstance(rto_ms, str) and rto_ms.strip().lower() == AUTO:
+        return AUTO
+    if isinstance(rto_ms, str) and rto_ms.strip().isdigit():
+        return int(rto_ms)
+    return rto_ms
+
+
+def with_rto_spelled(params: Dict[str, Any]) -> Dict[str, Any]:
+    """params with every rto_ms (the instance's, the rules') in one spelling, as the record keeps them."""
+    rules = params.get("rules")
+    if isinstance(rules, list):
+        rules = [
+            dict(rule, rto_ms=_rto_spelling(rule["rto_ms"])) if isinstance(rule, dict) and "rto_ms" in rule else rule
+            for rule in rules
+        ]
+    return dict(params, rto_ms=_rto_spelling(params.get("rto_ms")), rules=rules)
+
+
 def rto_value(rto_ms: Any, hz: int, what: str, auto: "AutoSettings") -> Tuple[int, bool]:
     """A rule's (or the default's) rto_ms -> (jiffies, auto): "auto" gives auto_max_ms's jiffies,
-    the learned value's upper bound. A whole number written as text (a template's result) counts."""
-    if isinstance(rto_ms, str) and rto_ms.strip().lower() == AUTO:
+    the learned value's upper bound."""
+    rto_ms = _rto_spelling(rto_ms)
+    if rto_ms == AUTO:
         return auto.max_jiffies, True
-    if isinstance(rto_ms, str) and rto_ms.strip().isdigit():
-        rto_ms = int(rto_ms)
-    if isinstance(rto_ms, str):
+    if isinstance(rto_ms, bool) or not isinstance(rto_ms, int):
         raise ConfigError("%s: rto_ms must be a whole number of milliseconds or auto, got %r" % (what, rto_ms))
     return rto_ms_to_jiffies(rto_ms, hz, what), False
 
