@@ -17,6 +17,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     cgroups,
     coexistence,
     desired,
+    learned,
     pins,
     rto_program,
     telemetry,
@@ -269,6 +270,16 @@ class Current:
         if fd is None:
             return {}
         return telemetry.read_slots(fd, [slot for _rule, slot in self.rules] + [rto_program.DEFAULT_HIT_SLOT])
+
+    def learned_hosts(self, limit=learned.SHOWN):
+        """learned.top_hosts() of the instance's learned map; [] when no rule or default is auto or
+        the instance has no learned map (applied by an earlier object)."""
+        fd = self.maps.get(rto_program.LEARNED_MAP)
+        held_rules = [rule for rule, _slot in self.rules]
+        bound = learned.upper_bound(held_rules, self.default_jiffies, self.default_auto)
+        if fd is None or not self.auto_config or bound is None:
+            return []
+        return learned.top_hosts(fd, self.auto_config, bound, limit)
 
     def close(self):
         for fd in [*list(self.maps.values()), self.prog_fd, self.link_fd, self.interrupted_prog_fd]:

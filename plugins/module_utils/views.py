@@ -10,7 +10,7 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import learned, rto_program
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import AUTO, jiffies_to_ms, network_text
 
 # What results show of telemetry.slot_telemetry() per rule and for the default (the histogram
@@ -63,12 +63,6 @@ def auto_view(auto_config, max_jiffies, table_size):
     }
 
 
-def _auto_max_jiffies(rules, default_jiffies, default_auto):
-    """The upper bound every auto rule and default shares (their rto_jiffies)."""
-    bounds = [rule.rto_jiffies for rule in rules if rule.auto] + ([default_jiffies] if default_auto else [])
-    return bounds[0] if bounds else None
-
-
 def describe_desired(desired):
     return {
         "cgroup": desired.cgroup,
@@ -78,7 +72,7 @@ def describe_desired(desired):
         "default_rto_ms": _default_view(desired.default_jiffies, desired.default_auto, desired.hz),
         "auto": auto_view(
             desired.auto_config(),
-            _auto_max_jiffies(desired.rules, desired.default_jiffies, desired.default_auto),
+            learned.upper_bound(desired.rules, desired.default_jiffies, desired.default_auto),
             desired.table_size(),
         ),
         "object_sha256": desired.object.sha256,
@@ -101,7 +95,7 @@ def describe_current(current):
         "default_rto_ms": _default_view(current.default_jiffies, current.default_auto, hz),
         "auto": auto_view(
             current.auto_config,
-            _auto_max_jiffies(rules, current.default_jiffies, current.default_auto),
+            learned.upper_bound(rules, current.default_jiffies, current.default_auto),
             current.learned_info.max_entries if current.learned_info else None,
         ),
         "object_sha256": current.meta["object_sha256"] if current.meta else None,

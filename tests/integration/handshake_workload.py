@@ -9,6 +9,9 @@ own loopback, its own nftables ruleset; both go when the process exits). Prints 
     handshake_workload.py CGROUP drop-first-syn N
         N connect()s whose first SYN is dropped and whose retransmit passes (nftables drops every
         other SYN to the port) -> {"attempts": [...], "dropped": SYNs dropped}
+    handshake_workload.py CGROUP syn-rto ADDRESS
+        the initial RTO a connect() to ADDRESS starts with (ADDRESS is put on the namespace's lo,
+        its SYNs are dropped; the socket's tcpi_rto read in SYN_SENT) -> {"rto_us": µs}
 """
 
 import ctypes
@@ -24,6 +27,7 @@ import time
 CLONE_NEWNET = 0x40000000
 TCP_INFO = 11
 TCPI_TOTAL_RETRANS = 100  # u32 offset in struct tcp_info
+TCPI_RTO = 8  # u32 µs
 NFT_TABLE = "tcp_rto_test"
 
 
@@ -37,6 +41,19 @@ def private_network():
     if libc.unshare(CLONE_NEWNET) != 0:
         raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNET)")
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+
+
+def syn_rto(address, port):
+    """The initial RTO of a connect() to address:port, read while its first SYN is in flight."""
+    if address != "127.0.0.1":
+        subprocess.run(["ip", "addr", "add", address + "/32", "dev", "lo"], check=True)
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setblocking(False)
+    try:
+        client.connect_ex((address, port))
+        return struct.unpack_from("=I", client.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 104), TCPI_RTO)[0]
+    finally:
+        client.close()
 
 
 def drop_syns(port, every_other):
@@ -95,6 +112,9 @@ def main(cgroup, mode, *args):
     if mode == "drop-syns":
         drop_syns(target[1], every_other=False)
         attempts = [attempt(target, float(args[1])) for _attempt in range(int(args[0]))]
+    elif mode == "syn-rto":
+        drop_syns(target[1], every_other=False)
+        return {"rto_us": syn_rto(args[0], target[1])}
     elif mode == "drop-first-syn":
         drop_syns(target[1], every_other=True)
         attempts = []
