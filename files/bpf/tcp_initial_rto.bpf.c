@@ -449,7 +449,8 @@ int tcp_initial_rto(struct bpf_sock_ops *skops)
 	struct rule_value *rule;
 	struct rule_key key;
 	struct conn_key conn;
-	__u32 zero = 0, direction, op = skops->op, rto_jiffies, flags, *started;
+	__u32 zero = 0, direction, op = skops->op;
+	__u32 rto_jiffies, flags, *started;
 	int syn_retries = 0;
 
 	/* Return 1 on every path: any other return value makes the kernel discard the reply of every

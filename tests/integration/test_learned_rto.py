@@ -13,7 +13,7 @@ import pytest
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_maps, info, learned, rto_program
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
 from ansible_collections.netbpf.tcp_rto.tests.integration.test_telemetry import workload
-from ansible_collections.netbpf.tcp_rto.tests.support import bpf_objects, hz, reconcile_run
+from ansible_collections.netbpf.tcp_rto.tests.support import hz, reconcile_run
 
 pytestmark = pytest.mark.kernel
 
@@ -161,7 +161,7 @@ def test_learned_values_are_not_configuration(cgroup, bpffs):
     assert learned_hosts(bpffs)["127.0.0.1"]["samples"] == 6  # a settings change keeps what was learned
 
 
-def test_the_learned_table_survives_an_upgrade_and_a_new_size_starts_afresh(cgroup, bpffs, tmp_path):
+def test_the_learned_table_survives_an_upgrade_and_a_new_size_starts_afresh(cgroup, bpffs, second_object):
     options = dict(rules=[{"dest": LOOPBACK, "rto_ms": "auto"}], **AUTO)
     apply(cgroup, bpffs, **options)
     workload(cgroup, "loopback", 3)
@@ -170,9 +170,7 @@ def test_the_learned_table_survives_an_upgrade_and_a_new_size_starts_afresh(cgro
         learned_id, prog_id = before.map_ids[rto_program.LEARNED_MAP], before.prog_info.id
     finally:
         before.close()
-    source = bpf_objects.shipped_source().replace("#define TS_SLACK_US\t\t2000", "#define TS_SLACK_US\t\t2001")
-    bpf_objects.build(source, tmp_path, "upgraded")
-    upgraded = apply(cgroup, bpffs, src=str(tmp_path / "upgraded.o"), **options)
+    upgraded = apply(cgroup, bpffs, src=second_object, **options)
     assert any("(keeping the map learned)" in action for action in upgraded["actions"]), upgraded["actions"]
     after = instance(bpffs)
     try:
@@ -182,7 +180,7 @@ def test_the_learned_table_survives_an_upgrade_and_a_new_size_starts_afresh(cgro
         after.close()
     assert learned_hosts(bpffs)["127.0.0.1"]["samples"] == 6
     assert syn_rto_ms(cgroup) == jiffy_ms(MIN_MS)  # the new program answers from the carried table
-    resized = apply(cgroup, bpffs, src=str(tmp_path / "upgraded.o"), auto_table_size=64, **options)
+    resized = apply(cgroup, bpffs, src=second_object, auto_table_size=64, **options)
     assert "resize the learned table from 4096 to 64 entries (what it learned starts afresh)" in resized["actions"]
     assert learned_hosts(bpffs) == {}
     assert syn_rto_ms(cgroup) == jiffy_ms(MAX_MS)
