@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_maps, info, learned, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_maps, info, learned, reconcile, rto_program
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
 from ansible_collections.netbpf.tcp_rto.tests.integration.test_telemetry import workload
 from ansible_collections.netbpf.tcp_rto.tests.support import hz, reconcile_run
@@ -184,3 +184,30 @@ def test_the_learned_table_survives_an_upgrade_and_a_new_size_starts_afresh(cgro
     assert "resize the learned table from 4096 to 64 entries (what it learned starts afresh)" in resized["actions"]
     assert learned_hosts(bpffs) == {}
     assert syn_rto_ms(cgroup) == jiffy_ms(MAX_MS)
+
+
+def test_check_mode_diff_and_verification_show_auto(cgroup, bpffs):
+    params = reconcile_run.module_params(
+        name="auto",
+        cgroup=cgroup,
+        pin_dir=os.path.join(bpffs, "tcp_rto"),
+        mount_bpffs=False,
+        rules=[{"dest": LOOPBACK, "rto_ms": "auto"}],
+        rto_ms=300,
+        **AUTO,
+    )
+    planned = reconcile.run(params, check_mode=True, diff=True)
+    assert planned["changed"] and not os.path.exists(os.path.join(bpffs, "tcp_rto", "auto"))
+    max_jiffies = -(-MAX_MS * hz.kernel_hz() // 1000)
+    assert planned["diff"]["after"]["rules"] == [{"dest": LOOPBACK, "rto_ms": "auto", "rto_jiffies": max_jiffies}]
+    assert planned["diff"]["after"]["auto"]["max_ms"] == jiffy_ms(MAX_MS)
+    applied = reconcile.run(params, diff=True)  # verify: true, before anything was learned
+    checks = applied["verification"]["checks"]
+    assert [check["direction"] for check in checks] == ["outgoing", "incoming"]
+    for check in checks:
+        assert check["ok"] and check["expected_ms"] == "auto"
+        assert check["expected_range_ms"] == [jiffy_ms(MIN_MS), jiffy_ms(MAX_MS)]
+    workload(cgroup, "loopback", 2)
+    rerun = reconcile.run(params, check_mode=True, diff=True)
+    assert not rerun["changed"] and rerun["diff"]["before"] == rerun["diff"]["after"]
+    assert reconcile.run(params, diff=True)["verification"]["ok"]  # verified with the learned minimum
