@@ -131,3 +131,14 @@ def test_summary_names_each_reason_once_per_host():
             "dc not loaded (recorded, not loaded: dc has a record but ...)",
         ]
     }
+
+
+def test_rules_column_shows_auto_without_a_unit():
+    instance = dict(
+        HEALTHY["instances"][0],
+        rules=[{"dest": "10.0.0.0/8", "rto_ms": 52}, {"dest": "0.0.0.0/0", "rto_ms": "auto"}],
+        default_rto_ms="auto",
+    )
+    (row,) = rows({"h1": dict(HEALTHY, instances=[instance])})
+    assert row["rules"] == "10.0.0.0/8=52ms 0.0.0.0/0=auto"
+    assert row["default_ms"] == "auto"
