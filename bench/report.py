@@ -354,7 +354,9 @@ def _program(results):
         "| program | ns per invocation | invocations per connection | ns per connection |",
         "|---|---|---|---|",
     ]
-    for name in [name for name in ("collection", "collection, telemetry off", "blog") if name in per]:
+    for name in [
+        name for name in ("collection", "collection, telemetry off", "collection, auto", "blog") if name in per
+    ]:
         entry = per[name]
         lines.append(
             "| %s | %.1f | %.1f | %.0f |"
@@ -375,13 +377,19 @@ def _program(results):
             % (result["ns_per_connection_ratio"], result["telemetry_ns_per_connection"]),
             "",
         ]
+    if "auto_ns_per_connection_ratio" in result:
+        lines += [
+            "Per connection, `rto_ms: auto` / a fixed value: **%.2f×** (issue 14's bound: ≤ 2×)."
+            % result["auto_ns_per_connection_ratio"],
+            "",
+        ]
     lines += [
         "| setting | connections/s (median, wall) | connections per CPU-second (median) | overhead (wall) | overhead (CPU) |",
         "|---|---|---|---|---|",
     ]
     for setting in [
         name
-        for name in ("no program", "collection", "collection, telemetry off", "blog")
+        for name in ("no program", "collection", "collection, telemetry off", "collection, auto", "blog")
         if name in result["median_rates"]
     ]:
         overhead = "–"

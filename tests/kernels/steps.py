@@ -56,6 +56,9 @@ STEPS = {
     # handshake telemetry and syn_give_up_s (issue 13); the second where the kernel refuses TCP_SYNCNT
     "telemetry": task("telemetry", rules=[{"dest": LOOPBACK, "rto_ms": 100, "syn_give_up_s": 1.0}], verify=False),
     "telemetry-plain": task("telemetry", rules=[{"dest": LOOPBACK, "rto_ms": 100}], verify=False),
+    # rto_ms: auto (issue 14): loopback's handshakes teach auto_min_ms; verify accepts the range
+    "auto": task("auto", rules=[{"dest": LOOPBACK, "rto_ms": "auto"}], auto_min_ms=100, auto_max_ms=800),
+    "auto-again": task("auto", rules=[{"dest": LOOPBACK, "rto_ms": "auto"}], auto_min_ms=100, auto_max_ms=800),
     # run with RLIMIT_MEMLOCK 0 (kernels before 5.11 charge BPF memory to it)
     "memlock": task("memlock", rto_ms=500),
     # CONFIG_HZ with no kernel config readable
