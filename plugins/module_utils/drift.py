@@ -109,6 +109,16 @@ def _map_findings(current, desired):
     for dest, jiffies in held.items():
         if dest not in written:
             found.append("rules map: a rule for %s (%d jiffies) was added" % (dest, jiffies))
+    held_auto = {network_text(rule.dest) for rule in held_rules if rule.auto}
+    for dest in sorted(held_auto ^ {network_text(rule.dest) for rule in desired.rules if rule.auto}):
+        if dest in held and dest in written:
+            found.append(
+                "rules map: the rto_ms: auto flag of %s was %s" % (dest, "set" if dest in held_auto else "cleared")
+            )
+    if (current.default_auto, current.auto_config) != (desired.default_auto, desired.auto_config()):
+        found.append(
+            "config map: the rto_ms: auto flag of the default or the auto settings differ from what tcp_rto wrote"
+        )
     if (current.default_jiffies or 0) != (desired.default_jiffies or 0):
         found.append(
             "config map: the default holds %d jiffies, tcp_rto wrote %d (0: kernel default)"

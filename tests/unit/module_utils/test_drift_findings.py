@@ -159,6 +159,18 @@ def test_config_edits_are_told(cgroup):
     ]
 
 
+def test_auto_edits_are_told(cgroup):
+    """bpftool set a rule's rto_ms: auto flag and the default's auto settings behind tcp_rto's back."""
+    current = FakeCurrent(cgroup)
+    rule, slot = current.rules[0]
+    current.rules[0] = (rule._replace(auto=True), slot)
+    current.auto_config = (5, 200, 3, 600, 3, HZ)
+    assert drift.findings(current, wanted(cgroup=cgroup)) == [
+        "rules map: the rto_ms: auto flag of %s was set" % rule.dest,
+        "config map: the rto_ms: auto flag of the default or the auto settings differ from what tcp_rto wrote",
+    ]
+
+
 def test_an_edit_with_new_parameters_is_told_as_one_finding(cgroup):
     """The parameters changed too: which difference is drift and which is the change is unknown."""
     current = FakeCurrent(cgroup)
