@@ -38,6 +38,7 @@ SCENARIOS = [
     "synack-2nd",
     "syn-give-up",
     "telemetry",
+    "auto",
     "memlock",
     "hz-measured",
     "forced-missing",
