@@ -477,7 +477,7 @@ def scenario_auto():
 
 MAP_UNDER_ZERO_MEMLOCK = """
 import os, resource
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_maps, bpf_syscall, uapi
 resource.setrlimit(resource.RLIMIT_MEMLOCK, (0, 0))
 try:
     os.close(bpf_maps.map_create(uapi.BPF_MAP_TYPE_ARRAY, 4, 8, 1))
