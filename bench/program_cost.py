@@ -1,9 +1,10 @@
 """Program cost: the collection's program vs the blog's, per invocation and per connection.
 
-Four sandbox cgroups: one without a program, one with the collection's instance (rule
+Five sandbox cgroups: one without a program, one with the collection's instance (rule
 127.0.0.0/8 -> 3000 ms, the blog's value, so both do the same job), one with the same instance
-from the program built with its telemetry off (programs.TELEMETRY_OFF), one with the blog's
-program loaded and attached by bpftool. A loopback connect + accept workload runs in a private network
+from the program built with its telemetry off (programs.TELEMETRY_OFF), one with the rule at
+rto_ms: auto (issue 14: every connection looks its host up in the learned map, records its answer
+and learns from its handshake), one with the blog's program loaded and attached by bpftool. A loopback connect + accept workload runs in a private network
 namespace from one cgroup at a time, in interleaved rounds:
 - rates (connections/s) with kernel.bpf_stats_enabled as found (normally 0: no timing overhead);
 - then with kernel.bpf_stats_enabled=1 (restored afterwards), each program's run_time_ns / run_cnt.
@@ -19,7 +20,7 @@ import programs
 from ansible_collections.netbpf.tcp_rto.tests.support import lab, paths
 from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
-SETTINGS = ("no program", "collection", "collection, telemetry off", "blog")
+SETTINGS = ("no program", "collection", "collection, telemetry off", "collection, auto", "blog")
 PROGRAMS = SETTINGS[1:]
 
 
@@ -55,11 +56,15 @@ def run(rounds, seconds, log=print):
             [("127.0.0.0/8", programs.BLOG_RTO_S * 1000)],
             src=programs.build_without_telemetry(workdir),
         )
+        auto_id = programs.apply_collection(
+            "cost-auto", cgroups["collection, auto"], pin_dir, [("127.0.0.0/8", "auto")]
+        )
         _times, blog_pin = programs.manual_sequence(workdir, cgroups["blog"], bpffs, hz)
         lab_.defer(programs.detach_blog, cgroups["blog"], blog_pin)
         program_ids = {
             "collection": collection_id,
             "collection, telemetry off": quiet_id,
+            "collection, auto": auto_id,
             "blog": programs.program_id_of_pin(blog_pin),
         }
 
@@ -95,6 +100,7 @@ def run(rounds, seconds, log=print):
             )
         programs.remove_collection("cost", cgroups["collection"], pin_dir)
         programs.remove_collection("cost-quiet", cgroups["collection, telemetry off"], pin_dir)
+        programs.remove_collection("cost-auto", cgroups["collection, auto"], pin_dir)
 
     median_rates = {setting: statistics.median(values) for setting, values in rates.items()}
     median_cpu_rates = {setting: statistics.median(values) for setting, values in cpu_rates.items()}
@@ -114,4 +120,6 @@ def run(rounds, seconds, log=print):
         / per_program["blog"]["ns_per_connection"],
         telemetry_ns_per_connection=per_program["collection"]["ns_per_connection"]
         - per_program["collection, telemetry off"]["ns_per_connection"],
+        auto_ns_per_connection_ratio=per_program["collection, auto"]["ns_per_connection"]
+        / per_program["collection"]["ns_per_connection"],
     )

@@ -5,11 +5,13 @@
  * SYN / SYN-ACK timeout) per remote address, optionally bounds how long connect() keeps
  * retransmitting its SYN (TCP_SYNCNT), and counts what the handshakes it answered did (per rule
  * slot: completed handshakes, SYN and SYN-ACK retransmits, an estimate of the spurious ones, a
- * histogram of handshake round trips). Maps and byte layouts are the contract in
+ * histogram of handshake round trips). With rto_ms: auto a rule (or the default) answers from what
+ * the handshakes to each remote host taught (the learned map, RFC 6298's SRTT + 4 RTTVAR over
+ * handshake round trips; docs/tcp_initial_rto.md). Maps and byte layouts are the contract in
  * plugins/module_utils/rto_program.py: change both together. Rebuild with files/bpf/build.
  *
  * Minimum kernel 4.16: the program reads bpf_sock_ops.is_fullsock, .state, .srtt_us and
- * .total_retrans and calls bpf_sock_ops_cb_flags_set (all added in 4.16). bpf_setsockopt(TCP_SYNCNT)
+ * .total_retrans, .packets_out and calls bpf_sock_ops_cb_flags_set (all added in 4.16). bpf_setsockopt(TCP_SYNCNT)
  * is refused at run time by kernels that lack it (probed by the loader before it stores a count).
  * No loops and no calls but helpers: the verifier walks short paths (checked on 5.10, 6.1, 6.18).
  */
@@ -55,6 +57,16 @@ static long (*bpf_sock_ops_cb_flags_set)(struct bpf_sock_ops *skops, int flags) 
 #define TS_SLACK_US		2000
 #define NSEC_PER_USEC		1000
 #define NS_TO_US(ns)		((ns) / NSEC_PER_USEC)
+#define NSEC_PER_SEC		1000000000ULL
+#define USEC_PER_SEC		1000000ULL
+#define PERCENT			100
+/* Divisions as macros: the object's line info quotes code lines, and a test wants no '/' in them. */
+#define TIMES_PERCENT(x, pct)	((x) * (pct) / PERCENT)
+#define US_TO_JIFFIES_UP(us, hz)	(((us) * (hz) + USEC_PER_SEC - 1) / USEC_PER_SEC)
+/* rule_value.flags and config_value.default_flags */
+#define RTO_AUTO		1		/* rto_ms: auto: learned, rto_jiffies is its upper bound and fallback */
+#define LEARNED_ENTRIES		4096		/* the loader creates the map with auto_table_size entries */
+#define AUTO_CONN_ENTRIES	4096
 
 /* IPv4 rules live in ::ffff:0:0/96: addr[2] holds the bytes 00 00 ff ff, read as a native u32. */
 #if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
@@ -64,10 +76,30 @@ static long (*bpf_sock_ops_cb_flags_set)(struct bpf_sock_ops *skops, int flags) 
 #endif
 
 struct rule_key { __u32 prefixlen, addr[4]; };	/* prefixlen host order, addr network order */
-/* syn_retries: TCP_SYNCNT for connect()s the rule answers; 0 leaves the socket's own. */
-struct rule_value { __u32 rto_jiffies, hit_slot, syn_retries; };
-/* default_rto_jiffies 0: no default; directions: DIRECTION_*; default_syn_retries as above. */
-struct config_value { __u32 default_rto_jiffies, directions, default_syn_retries; };
+/* syn_retries: TCP_SYNCNT for connect()s the rule answers; 0 leaves the socket's own. flags:
+ * RTO_AUTO, the answer is learned and rto_jiffies bounds it from above. */
+struct rule_value { __u32 rto_jiffies, hit_slot, syn_retries, flags; };
+/* default_rto_jiffies 0: no default; directions: DIRECTION_*; default_syn_retries as above;
+ * default_flags as a rule's flags. The auto_ fields hold for every rule and default with RTO_AUTO:
+ * the learned answer is clamp(estimate * auto_factor_pct / 100, auto_min_jiffies, rto_jiffies) once
+ * a host has auto_min_samples samples, the last younger than auto_ttl_s, and at most
+ * auto_retransmit_budget unforgiven retransmits; hz converts the estimate's µs to jiffies. */
+struct config_value {
+	__u32 default_rto_jiffies, directions, default_syn_retries, default_flags;
+	__u32 auto_min_jiffies, auto_factor_pct, auto_min_samples, auto_ttl_s, auto_retransmit_budget, hz;
+};
+
+/* What the handshakes to one remote host taught (RFC 6298 section 2 over handshake round trips,
+ * scaled as the kernel's tcp_rtt_estimator() keeps them: srtt_us8 = 8 SRTT, rttvar_us4 = 4 RTTVAR,
+ * so SRTT + 4 RTTVAR = srtt_us8 / 8 + rttvar_us4). Updated in place without a lock: two CPUs
+ * learning about one host at the same moment can lose one sample, nothing worse. */
+struct learned_value {
+	__u64 updated_ns;	/* ktime of the last sample */
+	__u64 srtt_us8;
+	__u64 rttvar_us4;
+	__u32 samples;		/* since the entry was made (or remade after auto_ttl_s without samples) */
+	__u32 retransmits;	/* SYN / SYN-ACK retransmits, less one per clean handshake since */
+};
 
 /* What the handshakes of one slot did, on one CPU (the loader sums the CPUs). */
 struct slot_stats {
@@ -123,6 +155,25 @@ struct {
 	__uint(max_entries, 4096);
 } syn_rtx_time SEC(".maps");
 
+/* Remote host (as the rules key spells it, IPv4 mapped) -> what its handshakes taught. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, __u32[4]);
+	__type(value, struct learned_value);
+	__uint(max_entries, LEARNED_ENTRIES);
+} learned SEC(".maps");
+
+/* The learned answer each connect() in its handshake started with: the kernel asks again at every
+ * SYN retransmit (retransmits_timed_out()), and a connection keeps its first answer while the
+ * learned map moves on. An LRU hash like syn_rtx_time (socket storage needs BTF the kernel may
+ * refuse); deleted at ACTIVE_ESTABLISHED, evicted for connections that never complete. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__type(key, struct conn_key);
+	__type(value, __u32);
+	__uint(max_entries, AUTO_CONN_ENTRIES);
+} auto_conn SEC(".maps");
+
 static __attribute__((always_inline)) void count_hit(__u32 slot)
 {
 	__u64 *counter = bpf_map_lookup_elem(&hits, &slot);
@@ -165,12 +216,16 @@ static __attribute__((always_inline)) int remote_address(struct bpf_sock_ops *sk
  * and no default: the program leaves it to the kernel and does not count it either). A callback
  * after TIMEOUT_INIT looks the rules up again: a rule changed in between counts the connection
  * where the rules place it now. */
-static __attribute__((always_inline)) int slot_of(struct config_value *config_value, struct rule_key *key)
+static __attribute__((always_inline)) int slot_of(struct config_value *config_value, struct rule_key *key,
+					   __u32 *flags)
 {
 	struct rule_value *rule = bpf_map_lookup_elem(&rules, key);
 
-	if (rule)
+	if (rule) {
+		*flags = rule->flags;
 		return rule->hit_slot;
+	}
+	*flags = config_value->default_flags;
 	if (config_value->default_rto_jiffies > 0)
 		return DEFAULT_HIT_SLOT;
 	return -1;
@@ -222,6 +277,68 @@ static __attribute__((always_inline)) __u32 rtt_bucket(__u64 rtt_us)
 	return b + v;
 }
 
+/* A completed handshake to the host addr teaches: a clean one (sample_us its round trip) is a
+ * sample and forgives one retransmit; one that retransmitted gives sample_us 0 (its srtt may span
+ * an earlier SYN: no sample) and adds the retransmits not counted yet (charge: SYN-ACKs; SYNs
+ * count at RETRANS_CB). A host whose last sample is older than auto_ttl_s starts afresh. */
+static __attribute__((always_inline)) void learn(struct config_value *config_value, __u32 addr[4], __u64 sample_us,
+					  __u64 charge)
+{
+	struct learned_value *known = bpf_map_lookup_elem(&learned, addr);
+	struct learned_value first = {};
+	__u64 now = bpf_ktime_get_ns(), err, srtt_us;
+
+	if (known && now - known->updated_ns <= config_value->auto_ttl_s * NSEC_PER_SEC) {
+		if (charge)
+			__sync_fetch_and_add(&known->retransmits, charge);
+		if (!sample_us)
+			return;
+		/* SRTT' = 7/8 SRTT + 1/8 R; RTTVAR' = 3/4 RTTVAR + 1/4 |SRTT - R| (with the old SRTT) */
+		srtt_us = known->srtt_us8 >> 3;
+		err = sample_us > srtt_us ? sample_us - srtt_us : srtt_us - sample_us;
+		known->rttvar_us4 = known->rttvar_us4 - (known->rttvar_us4 >> 2) + err;
+		known->srtt_us8 = known->srtt_us8 - srtt_us + sample_us;
+		if (known->samples < 0xffffffff)
+			known->samples++;
+		if (known->retransmits)
+			known->retransmits--;
+		known->updated_ns = now;
+		return;
+	}
+	if (!sample_us)
+		return;
+	/* The first sample R: SRTT = R, RTTVAR = R / 2 */
+	first.updated_ns = now;
+	first.srtt_us8 = sample_us << 3;
+	first.rttvar_us4 = sample_us << 1;
+	first.samples = 1;
+	bpf_map_update_elem(&learned, addr, &first, BPF_ANY);
+}
+
+/* The jiffies a connection to addr gets under rto_ms: auto with upper bound max_jiffies: what its
+ * handshakes taught, or max_jiffies while they taught too little, too long ago, or too many
+ * retransmits (an overloaded listener looks like loss: a lower RTO would only add SYNs). */
+static __attribute__((always_inline)) __u32 learned_rto(struct config_value *config_value, __u32 addr[4],
+						 __u32 max_jiffies)
+{
+	struct learned_value *known = bpf_map_lookup_elem(&learned, addr);
+	__u64 estimate_us, jiffies;
+
+	if (!known || known->samples < config_value->auto_min_samples ||
+	    known->retransmits > config_value->auto_retransmit_budget ||
+	    bpf_ktime_get_ns() - known->updated_ns > config_value->auto_ttl_s * NSEC_PER_SEC)
+		return max_jiffies;
+	estimate_us = (known->srtt_us8 >> 3) + known->rttvar_us4;
+	estimate_us = TIMES_PERCENT(estimate_us, config_value->auto_factor_pct);
+	/* rounded up, as msecs_to_jiffies() rounds */
+	jiffies = US_TO_JIFFIES_UP(estimate_us, config_value->hz);
+	if (jiffies < config_value->auto_min_jiffies)
+		jiffies = config_value->auto_min_jiffies;
+	if (jiffies > max_jiffies)
+		jiffies = max_jiffies;
+	return jiffies;
+}
+
 /* ACTIVE/PASSIVE_ESTABLISHED: one completed handshake of a connection the instance answered. */
 static __attribute__((always_inline)) void count_handshake(struct bpf_sock_ops *skops, struct config_value *config_value,
 					    struct rule_key *key, __u32 direction)
@@ -229,15 +346,12 @@ static __attribute__((always_inline)) void count_handshake(struct bpf_sock_ops *
 	struct slot_stats *slot_stats;
 	struct conn_key conn;
 	__u64 *retransmitted_ns, elapsed_us, rtt_us, retransmits;
-	__u32 slot, bucket;
-	int found = slot_of(config_value, key);
+	__u32 slot, bucket, flags;
+	int found = slot_of(config_value, key, &flags);
 
 	if (found < 0)
 		return;
 	slot = found;
-	slot_stats = bpf_map_lookup_elem(&stats, &slot);
-	if (!slot_stats)
-		return;
 	/* srtt_us holds 8 x the smoothed RTT; at ESTABLISHED it is the handshake's one sample (0: no
 	 * sample, e.g. a retransmitted SYN answered without TCP timestamps). */
 	rtt_us = skops->srtt_us >> 3;
@@ -245,6 +359,17 @@ static __attribute__((always_inline)) void count_handshake(struct bpf_sock_ops *
 	 * the request socket's SYN-ACK retransmits (tcp_create_openreq_child: total_retrans =
 	 * req->num_retrans). */
 	retransmits = skops->total_retrans;
+	if (flags & RTO_AUTO) {
+		learn(config_value, key->addr, retransmits ? 0 : rtt_us,
+		      direction == DIRECTION_INCOMING ? retransmits : 0);
+		if (direction == DIRECTION_OUTGOING) {
+			conn_key_of(skops, key, &conn);
+			bpf_map_delete_elem(&auto_conn, &conn);
+		}
+	}
+	slot_stats = bpf_map_lookup_elem(&stats, &slot);
+	if (!slot_stats)
+		return;
 	if (direction == DIRECTION_OUTGOING) {
 		__sync_fetch_and_add(&slot_stats->handshakes_outgoing, 1);
 	} else {
@@ -291,17 +416,24 @@ static __attribute__((always_inline)) void count_syn_retransmit(struct bpf_sock_
 						 struct rule_key *key)
 {
 	struct slot_stats *slot_stats;
+	struct learned_value *known;
 	struct conn_key conn;
 	__u64 now;
-	__u32 slot;
+	__u32 slot, flags;
 	int found;
 
 	if (skops->state != BPF_TCP_SYN_SENT || skops->args[RETRANS_CB_ERR_ARG])
 		return;	/* a data retransmit, or the SYN did not go out */
-	found = slot_of(config_value, key);
+	found = slot_of(config_value, key, &flags);
 	if (found < 0)
 		return;
 	slot = found;
+	/* Counted at once, not at ESTABLISHED: a host that never answers must exhaust its budget too. */
+	if (flags & RTO_AUTO) {
+		known = bpf_map_lookup_elem(&learned, key->addr);
+		if (known)
+			__sync_fetch_and_add(&known->retransmits, 1);
+	}
 	slot_stats = bpf_map_lookup_elem(&stats, &slot);
 	if (slot_stats)
 		__sync_fetch_and_add(&slot_stats->syn_retransmits, 1);
@@ -316,7 +448,9 @@ int tcp_initial_rto(struct bpf_sock_ops *skops)
 	struct config_value *config_value;
 	struct rule_value *rule;
 	struct rule_key key;
+	struct conn_key conn;
 	__u32 zero = 0, direction, op = skops->op;
+	__u32 rto_jiffies, flags, *started;
 	int syn_retries = 0;
 
 	/* Return 1 on every path: any other return value makes the kernel discard the reply of every
@@ -362,16 +496,36 @@ int tcp_initial_rto(struct bpf_sock_ops *skops)
 	/* reply is in jiffies; <= 0 means the kernel default (1 s); 5.18+ caps it at 120 s. */
 	rule = bpf_map_lookup_elem(&rules, &key);
 	if (rule) {
-		skops->reply = rule->rto_jiffies;
+		rto_jiffies = rule->rto_jiffies;
+		flags = rule->flags;
 		count_hit(rule->hit_slot);
 		syn_retries = rule->syn_retries;
 	} else if (config_value->default_rto_jiffies > 0) {
-		skops->reply = config_value->default_rto_jiffies;
+		rto_jiffies = config_value->default_rto_jiffies;
+		flags = config_value->default_flags;
 		count_hit(DEFAULT_HIT_SLOT);
 		syn_retries = config_value->default_syn_retries;
 	} else {
 		return SOCK_OPS_CONTINUE;
 	}
+	if (flags & RTO_AUTO) {
+		/* A passive open asks once per request socket (5.18+ keeps req->timeout for the SYN-ACK
+		 * retransmits): no record. connect() is asked first from tcp_connect_init() with nothing
+		 * in flight, then at each retransmit with its SYN in flight: it keeps its first answer. */
+		if (direction == DIRECTION_OUTGOING) {
+			conn_key_of(skops, &key, &conn);
+			started = skops->packets_out ? bpf_map_lookup_elem(&auto_conn, &conn) : 0;
+			if (started) {
+				rto_jiffies = *started;
+			} else {
+				rto_jiffies = learned_rto(config_value, key.addr, rto_jiffies);
+				bpf_map_update_elem(&auto_conn, &conn, &rto_jiffies, BPF_ANY);
+			}
+		} else {
+			rto_jiffies = learned_rto(config_value, key.addr, rto_jiffies);
+		}
+	}
+	skops->reply = rto_jiffies;
 	/* The kernel asks again at every SYN retransmit (retransmits_timed_out()): what follows is
 	 * done once, on connect()'s socket before its first retransmit. */
 	if (direction != DIRECTION_OUTGOING || skops->total_retrans)

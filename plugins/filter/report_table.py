@@ -130,7 +130,10 @@ def _rows(infos):
                 state=instance.get("state", ""),
                 problems="; ".join(instance.get("problems", [])),
                 cgroup=instance.get("cgroup", ""),
-                rules=" ".join("%s=%sms" % (rule["dest"], rule["rto_ms"]) for rule in rules),
+                rules=" ".join(
+                    "%s=%s" % (rule["dest"], rule["rto_ms"] if rule["rto_ms"] == "auto" else "%sms" % rule["rto_ms"])
+                    for rule in rules
+                ),
                 default_ms="" if instance.get("default_rto_ms") is None else instance["default_rto_ms"],
                 program_id="" if instance.get("program_id") is None else instance["program_id"],
                 hits=sum(rule.get("hits", 0) for rule in rules) + instance.get("default_hits", 0) if instance else "",

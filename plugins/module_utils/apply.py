@@ -191,12 +191,15 @@ def apply_present(desired, current, plan):
         fault.point("instance_dir_made")
         btf_fd = loader.load_btf(desired.object, opened) if plan.load_maps or plan.load_program else None
         if plan.load_maps:
-            map_fds = loader.create_maps(desired.object, opened, btf_fd)
+            carried = {name: current.maps[name] for name in plan.carried_maps}
+            map_fds = loader.create_maps(
+                desired.object, opened, btf_fd, {rto_program.LEARNED_MAP: desired.table_size()}, carried
+            )
             fault.point("maps_created")
             stale_rules = loader.write_rules(
                 map_fds[rto_program.RULES_MAP], map_fds[rto_program.HITS_MAP], desired.rules, None, undo
             )
-            new_pins.extend(map_fds)
+            new_pins.extend(name for name in map_fds if name not in carried)
             loader.write_config(map_fds[rto_program.CONFIG_MAP], desired)
         else:
             map_fds = {name: current.maps[name] for name in rto_program.MAP_CONTRACT}

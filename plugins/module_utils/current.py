@@ -17,6 +17,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     cgroups,
     coexistence,
     desired,
+    learned,
     pins,
     rto_program,
     telemetry,
@@ -51,6 +52,9 @@ class Current:
         self.rules = []  # [(Rule, hit_slot)]
         self.default_jiffies = None
         self.default_syn_retries = None
+        self.default_auto = False
+        self.auto_config = None  # rto_program.AUTO_CONFIG_FIELDS values, None: no auto rule or default
+        self.learned_info = None  # bpf_info.MapInfo of the pinned learned map (its size: auto_table_size)
         self.directions = None
         self.attached = False
         self.leftovers = []  # new_<name> pins of a run killed before it renamed them into place
@@ -157,16 +161,24 @@ class Current:
             value = bpf_maps.map_lookup(
                 self.maps[rto_program.CONFIG_MAP], rto_program.CONFIG_KEY.pack(0), rto_program.CONFIG_VALUE.size
             )
-            self.default_jiffies, self.directions, self.default_syn_retries = rto_program.decode_config(value)
+            (
+                self.default_jiffies,
+                self.directions,
+                self.default_syn_retries,
+                self.default_auto,
+                self.auto_config,
+            ) = rto_program.decode_config(value)
+        if rto_program.LEARNED_MAP in self.maps:
+            self.learned_info = bpf_info.map_info(self.maps[rto_program.LEARNED_MAP])
         if rto_program.RULES_MAP in self.maps:
             fd = self.maps[rto_program.RULES_MAP]
             mapped_slots = pins.mapped_slots((self.meta or {}).get(pins.META_IPV6_MAPPED))
             for key in bpf_maps.map_keys(fd, rto_program.RULE_KEY.size):
                 value = bpf_maps.map_lookup(fd, key, rto_program.RULE_VALUE.size)
                 if value is not None:
-                    jiffies, slot, syn_retries = rto_program.decode_rule_value(value)
+                    jiffies, slot, syn_retries, auto = rto_program.decode_rule_value(value)
                     dest = rto_program.decode_rule_key(key, mapped_as_ipv6=slot in mapped_slots)
-                    self.rules.append((desired.Rule(dest, jiffies, syn_retries), slot))
+                    self.rules.append((desired.Rule(dest, jiffies, syn_retries, auto), slot))
             self.rules.sort(key=lambda pair: pair[1])
 
     def _read_interrupted(self):
@@ -204,6 +216,17 @@ class Current:
         if any(name not in self.maps for name in rto_program.MAP_CONTRACT):
             return False
         return set(self.prog_info.map_ids) == {self.map_ids[name] for name in rto_program.MAP_CONTRACT}
+
+    def carried_maps(self, table_size):
+        """The pinned maps (rto_program.CARRIED_MAPS) a new program can use as they are: the learned
+        map when it has the contract's layout and table_size entries."""
+        info = self.learned_info
+        if info is None or self.meta is None or self.meta_problem is not None:
+            return ()
+        spec = rto_program.MAP_CONTRACT[rto_program.LEARNED_MAP]
+        if (info.type, info.key_size, info.value_size, info.max_entries) != (spec[0], spec[1], spec[2], table_size):
+            return ()
+        return (rto_program.LEARNED_MAP,)
 
     @property
     def cgroup(self):
@@ -247,6 +270,16 @@ class Current:
         if fd is None:
             return {}
         return telemetry.read_slots(fd, [slot for _rule, slot in self.rules] + [rto_program.DEFAULT_HIT_SLOT])
+
+    def learned_hosts(self, limit=learned.SHOWN):
+        """learned.top_hosts() of the instance's learned map; [] when no rule or default is auto or
+        the instance has no learned map (applied by an earlier object)."""
+        fd = self.maps.get(rto_program.LEARNED_MAP)
+        held_rules = [rule for rule, _slot in self.rules]
+        bound = learned.upper_bound(held_rules, self.default_jiffies, self.default_auto)
+        if fd is None or not self.auto_config or bound is None:
+            return []
+        return learned.top_hosts(fd, self.auto_config, bound, limit)
 
     def close(self):
         for fd in [*list(self.maps.values()), self.prog_fd, self.link_fd, self.interrupted_prog_fd]:

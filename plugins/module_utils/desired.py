@@ -10,7 +10,7 @@ __metaclass__ = type
 
 import ipaddress
 import re
-from typing import Any, Dict, List, NamedTuple, Optional, Union
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple, Union
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import cgroups, host, rto_program, syn_give_up
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObject, check_contract
@@ -37,8 +37,36 @@ Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 class Rule(NamedTuple):
     dest: Network
-    rto_jiffies: int
+    rto_jiffies: int  # for auto: the learned value's upper bound (auto_max_ms)
     syn_retries: Optional[int] = None  # TCP_SYNCNT the program sets (syn_give_up_s); None: the socket's own
+    auto: bool = False  # rto_ms: auto: the program answers what the host's handshakes taught
+
+
+AUTO = "auto"
+# rto_ms: auto's options: module parameter -> default (docs/tcp_initial_rto.md says why each).
+AUTO_DEFAULTS = {
+    "auto_min_ms": 20,
+    "auto_max_ms": KERNEL_DEFAULT_RTO_MS,
+    "auto_factor": 2.0,
+    "auto_min_samples": 3,
+    "auto_ttl_s": 600,
+    "auto_retransmit_budget": 3,
+    "auto_table_size": rto_program.LEARNED_ENTRIES,
+}
+MAX_AUTO_FACTOR = 10
+MAX_AUTO_TABLE_SIZE = 1 << 20  # about 100 MB of kernel memory: anything above is a typo
+
+
+class AutoSettings(NamedTuple):
+    """rto_ms: auto's options in the kernel's units."""
+
+    min_jiffies: int
+    max_jiffies: int
+    factor_pct: int
+    min_samples: int
+    ttl_s: int
+    retransmit_budget: int
+    table_size: int
 
 
 class Desired(NamedTuple):
@@ -54,6 +82,22 @@ class Desired(NamedTuple):
     attach_mode: str  # ATTACH_LINK or ATTACH_MULTI
     object: BpfObject
     default_syn_retries: Optional[int] = None  # TCP_SYNCNT for connections given the default
+    default_auto: bool = False  # rto_ms: auto for the default (default_jiffies is its upper bound)
+    auto: Optional[AutoSettings] = None  # rto_ms: auto's options (always given; written only when used)
+
+    def uses_auto(self) -> bool:
+        return self.default_auto or any(rule.auto for rule in self.rules)
+
+    def table_size(self) -> int:
+        """The learned map's entries (auto_table_size)."""
+        return self.auto.table_size if self.auto else rto_program.LEARNED_ENTRIES
+
+    def auto_config(self) -> Optional[tuple]:
+        """The config map's AUTO_CONFIG_FIELDS values, or None when no rule or default is auto."""
+        if not self.uses_auto():
+            return None
+        auto = self.auto
+        return (auto.min_jiffies, auto.factor_pct, auto.min_samples, auto.ttl_s, auto.retransmit_budget, self.hz)
 
 
 def validate_name(name: str) -> str:
@@ -104,12 +148,81 @@ def parse_dest(dest: Any, what: str) -> Network:
         raise ConfigError("%s: dest %r is not a network in CIDR notation: %s" % (what, dest, exc))
 
 
+def _rto_spelling(rto_ms: Any) -> Any:
+    """rto_ms as given (the module takes any type: a number or auto) in one spelling: "auto", or
+    an int for a whole number written as text (a template's result); anything else as it is."""
+    if isinstance(rto_ms, str) and rto_ms.strip().lower() == AUTO:
+        return AUTO
+    if isinstance(rto_ms, str) and rto_ms.strip().isdigit():
+        return int(rto_ms)
+    return rto_ms
+
+
+def with_rto_spelled(params: Dict[str, Any]) -> Dict[str, Any]:
+    """params with every rto_ms (the instance's, the rules') in one spelling, as the record keeps them."""
+    rules = params.get("rules")
+    if isinstance(rules, list):
+        rules = [
+            dict(rule, rto_ms=_rto_spelling(rule["rto_ms"])) if isinstance(rule, dict) and "rto_ms" in rule else rule
+            for rule in rules
+        ]
+    return dict(params, rto_ms=_rto_spelling(params.get("rto_ms")), rules=rules)
+
+
+def rto_value(rto_ms: Any, hz: int, what: str, auto: "AutoSettings") -> Tuple[int, bool]:
+    """A rule's (or the default's) rto_ms -> (jiffies, auto): "auto" gives auto_max_ms's jiffies,
+    the learned value's upper bound."""
+    rto_ms = _rto_spelling(rto_ms)
+    if rto_ms == AUTO:
+        return auto.max_jiffies, True
+    if isinstance(rto_ms, bool) or not isinstance(rto_ms, int):
+        raise ConfigError("%s: rto_ms must be a whole number of milliseconds or auto, got %r" % (what, rto_ms))
+    return rto_ms_to_jiffies(rto_ms, hz, what), False
+
+
+def _whole(params: Dict[str, Any], key: str, low: int, high: int) -> int:
+    value = params.get(key)
+    value = AUTO_DEFAULTS[key] if value is None else value
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ConfigError("%s must be a whole number from %d to %d, got %r" % (key, low, high, value))
+    return value
+
+
+def parse_auto(params: Dict[str, Any], hz: int) -> AutoSettings:
+    """rto_ms: auto's options (params may lack any: its default) -> AutoSettings, validated."""
+    min_ms = _whole(params, "auto_min_ms", 1, MAX_RTO_MS)
+    max_ms = _whole(params, "auto_max_ms", 1, MAX_RTO_MS)
+    if min_ms > max_ms:
+        raise ConfigError("auto_min_ms %d is above auto_max_ms %d: give auto_min_ms <= auto_max_ms" % (min_ms, max_ms))
+    factor = AUTO_DEFAULTS["auto_factor"] if params.get("auto_factor") is None else params["auto_factor"]
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 1 <= factor <= MAX_AUTO_FACTOR:
+        raise ConfigError(
+            "auto_factor must be a number from 1 to %d (the learned estimate is multiplied by it), got %r"
+            % (MAX_AUTO_FACTOR, factor)
+        )
+    return AutoSettings(
+        min_jiffies=rto_ms_to_jiffies(min_ms, hz, "auto_min_ms"),
+        max_jiffies=rto_ms_to_jiffies(max_ms, hz, "auto_max_ms"),
+        factor_pct=round(factor * 100),
+        min_samples=_whole(params, "auto_min_samples", 1, 1000000),
+        ttl_s=_whole(params, "auto_ttl_s", 1, 100 * 365 * 86400),
+        retransmit_budget=_whole(params, "auto_retransmit_budget", 0, 1000000),
+        table_size=_whole(params, "auto_table_size", 1, MAX_AUTO_TABLE_SIZE),
+    )
+
+
 def parse_rules(
-    raw_rules: Optional[List[Dict[str, Any]]], hz: int, syn_give_up_s: Optional[float] = None, linear_timeouts: int = 0
+    raw_rules: Optional[List[Dict[str, Any]]],
+    hz: int,
+    syn_give_up_s: Optional[float] = None,
+    linear_timeouts: int = 0,
+    auto: Optional[AutoSettings] = None,
 ) -> List[Rule]:
     """User rules (list of dicts with dest, rto_ms and optionally syn_give_up_s) -> [Rule],
-    validated. syn_give_up_s: the instance's, for rules without their own."""
+    validated. syn_give_up_s: the instance's, for rules without their own; auto: rto_ms: auto's
+    options (default ones when None)."""
     raw_rules = raw_rules or []
+    auto = auto or parse_auto({}, hz)
     if len(raw_rules) > rto_program.MAX_RULES:
         raise ConfigError(rto_program.too_many_rules(len(raw_rules)))
     rules, seen = [], {}
@@ -133,10 +246,22 @@ def parse_rules(
                 % (what, dest, seen[key], raw_rules[seen[key]]["dest"])
             )
         seen[key] = index
-        jiffies = rto_ms_to_jiffies(raw["rto_ms"], hz, what)
+        jiffies, is_auto = rto_value(raw["rto_ms"], hz, what, auto)
         give_up = syn_give_up_s if raw.get("syn_give_up_s") is None else raw["syn_give_up_s"]
-        rules.append(Rule(dest, jiffies, syn_retries_for(give_up, jiffies, hz, linear_timeouts, what)))
+        if is_auto:
+            _no_give_up_with_auto(give_up, what)
+            rules.append(Rule(dest, jiffies, None, True))
+        else:
+            rules.append(Rule(dest, jiffies, syn_retries_for(give_up, jiffies, hz, linear_timeouts, what)))
     return rules
+
+
+def _no_give_up_with_auto(give_up_s: Optional[float], what: str) -> None:
+    if give_up_s is not None:
+        raise ConfigError(
+            "%s: syn_give_up_s with rto_ms: auto is not supported (the give-up time would move with each host's "
+            "learned value): give the rule a number in rto_ms, or drop syn_give_up_s for it" % what
+        )
 
 
 def desired_state(
@@ -145,23 +270,29 @@ def desired_state(
     cgroup: str,
     hz: int,
     raw_rules: Optional[List[Dict[str, Any]]],
-    default_rto_ms: Optional[int],
+    default_rto_ms: Any,
     direction: str,
     attach_mode: str,
     obj: BpfObject,
     syn_give_up_s: Optional[float] = None,
     linear_timeouts: int = 0,
+    auto_params: Optional[Dict[str, Any]] = None,
 ) -> Desired:
     """syn_give_up_s: the instance's (rules may give their own); linear_timeouts: the host's
-    net.ipv4.tcp_syn_linear_timeouts (0 before 6.5)."""
+    net.ipv4.tcp_syn_linear_timeouts (0 before 6.5); auto_params: the auto_* parameters."""
     validate_name(name)
     if direction not in rto_program.DIRECTIONS:
         raise ConfigError("direction %r is not one of %s" % (direction, ", ".join(sorted(rto_program.DIRECTIONS))))
+    auto = parse_auto(auto_params or {}, hz)
     default_jiffies = default_syn_retries = None
+    default_auto = False
     if default_rto_ms is not None:
-        default_jiffies = rto_ms_to_jiffies(default_rto_ms, hz, "default")
-        default_syn_retries = syn_retries_for(syn_give_up_s, default_jiffies, hz, linear_timeouts, "default")
-    rules = parse_rules(raw_rules, hz, syn_give_up_s, linear_timeouts)
+        default_jiffies, default_auto = rto_value(default_rto_ms, hz, "default", auto)
+        if default_auto:
+            _no_give_up_with_auto(syn_give_up_s, "default")
+        else:
+            default_syn_retries = syn_retries_for(syn_give_up_s, default_jiffies, hz, linear_timeouts, "default")
+    rules = parse_rules(raw_rules, hz, syn_give_up_s, linear_timeouts, auto)
     if not rto_program.DIRECTIONS[direction] & rto_program.DIRECTION_OUTGOING and (
         default_syn_retries or any(rule.syn_retries for rule in rules)
     ):
@@ -169,7 +300,20 @@ def desired_state(
             "syn_give_up_s bounds how long connect() tries, and direction %s leaves outgoing connections alone: "
             "use direction outgoing or both, or drop syn_give_up_s" % direction
         )
-    return Desired(name, pin_dir, cgroup, hz, rules, default_jiffies, direction, attach_mode, obj, default_syn_retries)
+    return Desired(
+        name,
+        pin_dir,
+        cgroup,
+        hz,
+        rules,
+        default_jiffies,
+        direction,
+        attach_mode,
+        obj,
+        default_syn_retries,
+        default_auto,
+        auto,
+    )
 
 
 def syn_retries_for(
@@ -217,6 +361,7 @@ def from_params(params: Dict[str, Any], attach_mode: str, hz: int, pending: bool
         obj,
         syn_give_up_s=params.get("syn_give_up_s"),
         linear_timeouts=host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0),
+        auto_params={key: params.get(key) for key in AUTO_DEFAULTS},
     )
 
 
@@ -228,13 +373,18 @@ def network_text(network: Network) -> str:
     return str(network)
 
 
-def rule_for(address: str, rules: List[Rule], default_jiffies: Optional[int]) -> Optional[int]:
-    """The jiffies the program gives a connection to address, or None (kernel default): the
-    longest prefix as the rules trie holds it, where IPv4 lives inside ::ffff:0:0/96, so that an
-    IPv6 rule such as ::/0 matches IPv4 addresses as it does in the kernel."""
+def matching_rule(address: str, rules: List[Rule]) -> Optional[Rule]:
+    """The rule the program finds for a connection to address, or None: the longest prefix as the
+    rules trie holds it, where IPv4 lives inside ::ffff:0:0/96, so that an IPv6 rule such as ::/0
+    matches IPv4 addresses as it does in the kernel."""
     looked_up = rto_program.trie_address(ipaddress.ip_address("%s" % address))
     held = [(rto_program.trie_network(rule.dest), rule) for rule in rules]
     matches = [(network.prefixlen, rule) for network, rule in held if looked_up in network]
-    if matches:
-        return max(matches, key=lambda match: match[0])[1].rto_jiffies
-    return default_jiffies
+    return max(matches, key=lambda match: match[0])[1] if matches else None
+
+
+def rule_for(address: str, rules: List[Rule], default_jiffies: Optional[int]) -> Optional[int]:
+    """The jiffies the program gives a connection to address (for rto_ms: auto, the upper bound),
+    or None (kernel default)."""
+    rule = matching_rule(address, rules)
+    return rule.rto_jiffies if rule else default_jiffies

@@ -58,16 +58,24 @@ def detach_cause(current):
     return "detached outside tcp_rto, or %s, or an earlier run was interrupted" % recreated
 
 
+def _held_fingerprint(current, held_rules):
+    return pins.maps_fingerprint(
+        held_rules,
+        current.default_jiffies,
+        current.directions,
+        current.default_syn_retries,
+        current.default_auto,
+        current.auto_config,
+    )
+
+
 def maps_edited(current):
     """Whether the rules or config map differ from what tcp_rto last wrote (per the meta record)."""
     recorded = (current.meta or {}).get("maps_sha256")
     if not recorded or rto_program.RULES_MAP not in current.maps or rto_program.CONFIG_MAP not in current.maps:
         return False
     held_rules = [rule for rule, _slot in current.rules]
-    return (
-        pins.maps_fingerprint(held_rules, current.default_jiffies, current.directions, current.default_syn_retries)
-        != recorded
-    )
+    return _held_fingerprint(current, held_rules) != recorded
 
 
 def _map_findings(current, desired):
@@ -75,14 +83,18 @@ def _map_findings(current, desired):
     if not recorded or rto_program.RULES_MAP not in current.maps or rto_program.CONFIG_MAP not in current.maps:
         return []
     held_rules = [rule for rule, _slot in current.rules]
-    if (
-        pins.maps_fingerprint(held_rules, current.default_jiffies, current.directions, current.default_syn_retries)
-        == recorded
-    ):
+    if _held_fingerprint(current, held_rules) == recorded:
         return []
     wanted_directions = rto_program.DIRECTIONS[desired.direction]
     if (
-        pins.maps_fingerprint(desired.rules, desired.default_jiffies, wanted_directions, desired.default_syn_retries)
+        pins.maps_fingerprint(
+            desired.rules,
+            desired.default_jiffies,
+            wanted_directions,
+            desired.default_syn_retries,
+            desired.default_auto,
+            desired.auto_config(),
+        )
         != recorded
     ):
         return ["the rules or config map was edited outside tcp_rto since the last run"]
@@ -97,6 +109,16 @@ def _map_findings(current, desired):
     for dest, jiffies in held.items():
         if dest not in written:
             found.append("rules map: a rule for %s (%d jiffies) was added" % (dest, jiffies))
+    held_auto = {network_text(rule.dest) for rule in held_rules if rule.auto}
+    for dest in sorted(held_auto ^ {network_text(rule.dest) for rule in desired.rules if rule.auto}):
+        if dest in held and dest in written:
+            found.append(
+                "rules map: the rto_ms: auto flag of %s was %s" % (dest, "set" if dest in held_auto else "cleared")
+            )
+    if (current.default_auto, current.auto_config) != (desired.default_auto, desired.auto_config()):
+        found.append(
+            "config map: the rto_ms: auto flag of the default or the auto settings differ from what tcp_rto wrote"
+        )
     if (current.default_jiffies or 0) != (desired.default_jiffies or 0):
         found.append(
             "config map: the default holds %d jiffies, tcp_rto wrote %d (0: kernel default)"

@@ -9,25 +9,31 @@ __metaclass__ = type
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import probe, rto_program
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import (
+    AUTO,
     KERNEL_DEFAULT_RTO_MS,
     jiffies_to_ms,
+    matching_rule,
     plain_number,
-    rule_for,
 )
 
 PROBE_ADDRESS = "127.0.0.1"
 
 
-def _check(direction, expected_jiffies, observed_ms, low_ms, high_ms, hz):
-    """One handshake: ok when the value the rules give lies within what was observed."""
+def _check(direction, expected_jiffies, observed_ms, low_ms, high_ms, hz, auto_min_jiffies=None):
+    """One handshake: ok when the value the rules give lies within what was observed. With
+    auto_min_jiffies (rto_ms: auto), what the rules give is a range up to expected_jiffies: ok when
+    it meets what was observed (the learned value itself is no configuration)."""
+    check = {"direction": direction, "address": PROBE_ADDRESS, "observed_ms": plain_number(observed_ms)}
+    if auto_min_jiffies is not None:
+        expected_range = [jiffies_to_ms(auto_min_jiffies, hz), jiffies_to_ms(expected_jiffies, hz)]
+        return dict(
+            check,
+            expected_ms=AUTO,
+            expected_range_ms=expected_range,
+            ok=low_ms <= expected_range[1] and expected_range[0] <= high_ms,
+        )
     expected_ms = jiffies_to_ms(expected_jiffies, hz) if expected_jiffies else KERNEL_DEFAULT_RTO_MS
-    return {
-        "direction": direction,
-        "address": PROBE_ADDRESS,
-        "expected_ms": expected_ms,
-        "observed_ms": plain_number(observed_ms),
-        "ok": low_ms <= expected_ms <= high_ms,
-    }
+    return dict(check, expected_ms=expected_ms, ok=low_ms <= expected_ms <= high_ms)
 
 
 def verify(desired, descendants=()):
@@ -35,14 +41,22 @@ def verify(desired, descendants=()):
     always a connect() (the kernel default when direction leaves it out), and an accept() when
     direction includes incoming; a connect() in each of descendants too (checks with a cgroup key)."""
     directions = rto_program.DIRECTIONS[desired.direction]
-    jiffies = rule_for(PROBE_ADDRESS, desired.rules, desired.default_jiffies)
+    rule = matching_rule(PROBE_ADDRESS, desired.rules)
+    jiffies = rule.rto_jiffies if rule else desired.default_jiffies
+    auto_min = desired.auto.min_jiffies if (rule.auto if rule else desired.default_auto) else None
     jiffy_ms = 1000.0 / desired.hz
 
     def outgoing_check(cgroup):
         observed_ms = probe.outgoing_rto_us(cgroup, PROBE_ADDRESS) / 1000.0  # exact: tcpi_rto
-        expected = jiffies if directions & rto_program.DIRECTION_OUTGOING else None
+        answered = directions & rto_program.DIRECTION_OUTGOING
         return _check(
-            "outgoing", expected, observed_ms, observed_ms - jiffy_ms / 2, observed_ms + jiffy_ms / 2, desired.hz
+            "outgoing",
+            jiffies if answered else None,
+            observed_ms,
+            observed_ms - jiffy_ms / 2,
+            observed_ms + jiffy_ms / 2,
+            desired.hz,
+            auto_min if answered else None,
         )
 
     checks = [outgoing_check(desired.cgroup)]
@@ -59,6 +73,7 @@ def verify(desired, descendants=()):
                 incoming.remaining_ms - jiffy_ms,
                 incoming.remaining_ms + incoming.elapsed_ms + jiffy_ms,
                 desired.hz,
+                auto_min,
             )
         )
     checks.extend(dict(outgoing_check(descendant), cgroup=descendant) for descendant in descendants)
@@ -78,7 +93,9 @@ def failure_message(desired, failed, conflicts):
                     check["address"],
                     check.get("cgroup", desired.cgroup),
                     check["observed_ms"],
-                    check["expected_ms"],
+                    "%s to %s" % tuple(check["expected_range_ms"])
+                    if "expected_range_ms" in check
+                    else check["expected_ms"],
                 )
                 for check in failed
             ),

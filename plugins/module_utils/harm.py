@@ -14,7 +14,7 @@ __metaclass__ = type
 
 import math
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import ConfigError
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import AUTO, ConfigError
 
 DEFAULT_SAFETY_FACTOR = 3.0
 DEFAULT_MIN_SAMPLES = 100
@@ -31,11 +31,13 @@ def check_thresholds(safety_factor, min_samples):
 
 
 def _slots(instance):
-    """(dest, rto_ms, telemetry) of each rule and of the default when the instance sets one: a
-    connection the instance leaves at the kernel default (1 s) is not the instance's doing."""
+    """(dest, rto_ms, telemetry) of each rule and of the default when the instance sets a fixed
+    value: a connection the instance leaves at the kernel default (1 s) is not the instance's doing,
+    and rto_ms auto follows each host's own round trips (learned.py)."""
     for rule in instance.get("rules", []):
-        yield rule["dest"], rule.get("rto_ms"), rule
-    if instance.get("default_rto_ms") is not None:
+        if rule.get("rto_ms") != AUTO:
+            yield rule["dest"], rule.get("rto_ms"), rule
+    if instance.get("default_rto_ms") not in (None, AUTO):
         yield DEFAULT_RULE, instance["default_rto_ms"], instance.get("default_telemetry") or {}
 
 

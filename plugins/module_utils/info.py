@@ -79,6 +79,7 @@ def _instance_view(current, record_names, root, telemetry, thresholds):
     problems = [problem for problem in [current.meta_problem] if problem]
     if not (current.program_intact or current.of_earlier_object):
         problems.append("program or maps missing or mismatched")
+    view["learned"] = current.learned_hosts()
     view["state"] = _instance_state(current, problems)
     if view["state"] == "detached" and current.prog_info is not None:
         problems.append(

@@ -33,10 +33,16 @@ def load_btf(obj, opened):
     return fd
 
 
-def create_maps(obj, opened, btf_fd):
-    fds = {}
+def create_maps(obj, opened, btf_fd, sizes=None, carried=None):
+    """The object's maps -> {name: fd}. sizes: {name: max_entries} in place of the object's (the
+    learned table's auto_table_size); carried: {name: fd} of live maps the new program uses as they
+    are (rto_program.CARRIED_MAPS of an upgrade), not made anew."""
+    fds = dict(carried or {})
     for name, spec in obj.maps.items():
-        args = (spec.type, spec.key_size, spec.value_size, spec.max_entries, spec.flags, name)
+        if name in fds:
+            continue
+        max_entries = (sizes or {}).get(name, spec.max_entries)
+        args = (spec.type, spec.key_size, spec.value_size, max_entries, spec.flags, name)
         types = obj.btf.map_types.get(name) if btf_fd is not None else None
         fd = None
         if types is not None:
@@ -130,7 +136,11 @@ def write_config(config_fd, desired, undo=None):
         config_fd,
         key,
         rto_program.encode_config(
-            desired.default_jiffies, rto_program.DIRECTIONS[desired.direction], desired.default_syn_retries
+            desired.default_jiffies,
+            rto_program.DIRECTIONS[desired.direction],
+            desired.default_syn_retries,
+            desired.default_auto,
+            desired.auto_config(),
         ),
     )
 

@@ -16,6 +16,7 @@ import sys
 import tempfile
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import harm, info, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import AUTO
 
 # (counter, help, slot telemetry -> [(extra labels, value)])
 COUNTERS = (
@@ -95,7 +96,7 @@ def render(instances):
         lines.append("%s_count%s %d" % (HISTOGRAM, _labels(labels), slot["rtt_samples"]))
     lines += ["# HELP %s %s" % (RTO, RTO_HELP), "# TYPE %s gauge" % RTO]
     for name, rule, rto_ms, _slot in slots:
-        if rto_ms is not None:
+        if rto_ms not in (None, AUTO):  # auto: a value per remote host, not one per rule
             lines.append("%s%s %s" % (RTO, _labels([("name", name), ("rule", rule)]), _number(rto_ms * 1000)))
     return "\n".join(lines) + "\n"
 

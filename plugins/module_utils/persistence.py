@@ -70,6 +70,7 @@ CODE_FILES = (
     "attach",
     "probe_child",
     "telemetry",
+    "learned",
     "apply",
     "handshakes",
     "harm",

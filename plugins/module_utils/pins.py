@@ -89,6 +89,8 @@ def meta_value(desired: Desired) -> bytes:
             desired.default_jiffies,
             rto_program.DIRECTIONS[desired.direction],
             desired.default_syn_retries,
+            desired.default_auto,
+            desired.auto_config(),
         ),
         META_IPV6_MAPPED: ipv6_mapped_slots(desired.rules),
     }
@@ -102,16 +104,27 @@ def meta_value(desired: Desired) -> bytes:
 
 
 def maps_fingerprint(
-    rules: List[Rule], default_jiffies: Optional[int], directions: int, default_syn_retries: Optional[int] = None
+    rules: List[Rule],
+    default_jiffies: Optional[int],
+    directions: int,
+    default_syn_retries: Optional[int] = None,
+    default_auto: bool = False,
+    auto_config: Optional[tuple] = None,
 ) -> str:
     """sha256 of what the rules and config maps hold. The meta record keeps the one written last,
     so the next run tells an edit made outside tcp_rto (drift) from a change of parameters. SYN
-    retry counts enter only where set: instances without syn_give_up_s keep their fingerprint."""
+    retry counts and rto_ms: auto enter only where set: instances without them keep their
+    fingerprint. What the learned map holds is no configuration and never enters."""
     held = [
-        [network_text(rule.dest), rule.rto_jiffies] + ([rule.syn_retries] if rule.syn_retries else []) for rule in rules
+        [network_text(rule.dest), rule.rto_jiffies]
+        + ([rule.syn_retries] if rule.syn_retries else [])
+        + (["auto"] if rule.auto else [])
+        for rule in rules
     ]
     text = json.dumps(
-        [held, default_jiffies or 0, directions] + ([default_syn_retries] if default_syn_retries else []),
+        [held, default_jiffies or 0, directions]
+        + ([default_syn_retries] if default_syn_retries else [])
+        + ([["auto"] if default_auto else [], list(auto_config)] if auto_config else []),
         sort_keys=True,
     )
     return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -50,6 +50,7 @@ class Plan(NamedTuple):
     detach_old: bool = False  # the current program comes off its cgroup (after the new one is on)
     link_detach: bool = True  # a link comes off with BPF_LINK_DETACH (5.9), else by unpinning it
     new_meta: bool = False  # a new meta map holds the record; else the live one is rewritten
+    carried_maps: Tuple[str, ...] = ()  # with load_maps: pinned maps the new program uses as they are
     detach_interrupted: Tuple[str, ...] = ()  # cgroups the program of a killed run (new_prog) is on
     detach_unrecorded: Tuple[Tuple[str, int], ...] = ()  # (cgroup, program id) a search found
     warnings: Tuple[str, ...] = ()
@@ -58,7 +59,9 @@ class Plan(NamedTuple):
 def rule_entries(rules_and_slots: List[Tuple[Rule, int]]) -> Dict[bytes, bytes]:
     """[(Rule, hit slot)] -> {rules map key: value}, as the map holds them."""
     return {
-        rto_program.encode_rule_key(rule.dest): rto_program.encode_rule_value(rule.rto_jiffies, slot, rule.syn_retries)
+        rto_program.encode_rule_key(rule.dest): rto_program.encode_rule_value(
+            rule.rto_jiffies, slot, rule.syn_retries, rule.auto
+        )
         for rule, slot in rules_and_slots
     }
 
@@ -127,20 +130,39 @@ def plan_present(
             )
         )
     load_maps = not (current.program_intact and current.meta["object_sha256"] == desired.object.sha256)
+    table_size = desired.table_size()
+    if not load_maps and current.learned_info and current.learned_info.max_entries != table_size:
+        steps.append(
+            "resize the learned table from %d to %d entries (what it learned starts afresh)"
+            % (current.learned_info.max_entries, table_size)
+        )
+        load_maps = True
     if not load_maps:
         obstacle = rules_in_place_obstacle(current.rules, desired.rules)
         if obstacle:
             steps.append("rules do not fit the live rules map (%s): new maps and program instead" % obstacle)
             load_maps = True
+    carried = current.carried_maps(table_size) if load_maps else ()
     if load_maps:
-        steps.append("create maps and load program from object %s" % desired.object.sha256[:12])
+        steps.append(
+            "create maps and load program from object %s%s"
+            % (desired.object.sha256[:12], " (keeping the map %s)" % ", ".join(carried) if carried else "")
+        )
     else:
         if [rule for rule, _slot in current.rules] != desired.rules:
             steps.append("update rules")
-        if (current.default_jiffies, current.directions, current.default_syn_retries) != (
+        if (
+            current.default_jiffies,
+            current.directions,
+            current.default_syn_retries,
+            current.default_auto,
+            current.auto_config,
+        ) != (
             desired.default_jiffies,
             rto_program.DIRECTIONS[desired.direction],
             desired.default_syn_retries,
+            desired.default_auto,
+            desired.auto_config(),
         ):
             steps.append("update default and direction")
     in_place = same_place(desired, current)
@@ -178,6 +200,7 @@ def plan_present(
         link_detach=link_detach,
         # A record of its own for a new attachment, so that a killed run's new_meta names its cgroup.
         new_meta=pins.META_MAP in current.missing_pins or attach is not None or current.meta_problem is not None,
+        carried_maps=carried,
         detach_interrupted=tuple(current.interrupted_cgroups),
     )
 

@@ -47,6 +47,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import (
     check_paths,
     from_params,
     validate_name,
+    with_rto_spelled,
 )
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.plan import (
     InstanceError,
@@ -132,6 +133,7 @@ class Observed(NamedTuple):
 def run(params, check_mode=False, diff=False):
     """Bring the instance to what params describe (state present or absent); -> the result dict.
     Raises one of ERRORS; VerificationFailed after an apply whose handshakes do not match."""
+    params = with_rto_spelled(params)
     thresholds = _harm_thresholds(params)
     kernel, kernel_facts = preflight(params)
     target = follow_unit(params)
@@ -358,7 +360,9 @@ def observe(params, desired: Desired, kernel, check_mode) -> Observed:
     try:
         instance = views.with_hits(views.describe_desired(desired), applied)
         for rule, held in zip(instance["rules"], desired.rules):
-            rule["syn_give_up_s"] = syn_give_up.rule_give_up_seconds(held.rto_jiffies, held.syn_retries, desired.hz)
+            rule["syn_give_up_s"] = syn_give_up.rule_give_up_seconds(
+                syn_give_up.shortest_rto_jiffies(desired, held.rto_jiffies, held.auto), held.syn_retries, desired.hz
+            )
     finally:
         applied.close()
     failed = [check for check in (verification or {}).get("checks", []) if not check["ok"]]

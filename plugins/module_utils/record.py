@@ -25,9 +25,17 @@ RECORDED = (
     "hz",
     "verify",
     "unit",
+    "auto_min_ms",
+    "auto_max_ms",
+    "auto_factor",
+    "auto_min_samples",
+    "auto_ttl_s",
+    "auto_retransmit_budget",
+    "auto_table_size",
 )
-# Keys a record of an earlier version may lack, and what they meant there.
-ADDED_KEYS = {"unit": None, "syn_give_up_s": None}
+AUTO_KEYS = RECORDED[-7:]
+# Keys a record of an earlier version may lack, and what they meant there (None: the default).
+ADDED_KEYS = dict({"unit": None, "syn_give_up_s": None}, **dict.fromkeys(AUTO_KEYS))
 # Keys a record of an earlier version may hold that mean nothing now (force_legacy_attach: a
 # test aid, an option until 0.2.0).
 DROPPED_KEYS = ("force_legacy_attach",)
@@ -61,12 +69,17 @@ def _is_seconds(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_rto(value):
+    """rto_ms as the module takes it: whole milliseconds or "auto"."""
+    return _is_int(value) or value == "auto"
+
+
 def _is_rules(value):
     return isinstance(value, list) and all(
         isinstance(rule, dict)
         and {"dest", "rto_ms"} <= set(rule) <= {"dest", "rto_ms", "syn_give_up_s"}
         and _is_str(rule["dest"])
-        and _is_int(rule["rto_ms"])
+        and _is_rto(rule["rto_ms"])
         and _optional(_is_seconds)(rule.get("syn_give_up_s"))
         for rule in value
     )
@@ -77,8 +90,11 @@ RECORD_TYPES = {
     "format": (_is_int, "an integer"),
     "name": (_is_str, "a string"),
     "cgroup": (_optional(_is_str), "a string or null"),
-    "rules": (_optional(_is_rules), "a list of {dest: string, rto_ms: integer, optional syn_give_up_s: number}"),
-    "rto_ms": (_optional(_is_int), "an integer or null"),
+    "rules": (
+        _optional(_is_rules),
+        "a list of {dest: string, rto_ms: integer or auto, optional syn_give_up_s: number}",
+    ),
+    "rto_ms": (_optional(_is_rto), "an integer, auto or null"),
     "syn_give_up_s": (_optional(_is_seconds), "a number or null"),
     "direction": (_is_str, "a string"),
     "pin_dir": (_is_str, "a string"),
@@ -86,6 +102,13 @@ RECORD_TYPES = {
     "hz": (_optional(_is_int), "an integer or null"),
     "verify": (lambda value: isinstance(value, bool), "true or false"),
     "unit": (_optional(_is_str), "a string or null"),
+    "auto_min_ms": (_optional(_is_int), "an integer or null"),
+    "auto_max_ms": (_optional(_is_int), "an integer or null"),
+    "auto_factor": (_optional(_is_seconds), "a number or null"),
+    "auto_min_samples": (_optional(_is_int), "an integer or null"),
+    "auto_ttl_s": (_optional(_is_int), "an integer or null"),
+    "auto_retransmit_budget": (_optional(_is_int), "an integer or null"),
+    "auto_table_size": (_optional(_is_int), "an integer or null"),
     "src": (_is_str, "a string"),
     "object_sha256": (_is_str, "a string"),
 }

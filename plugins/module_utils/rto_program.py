@@ -46,18 +46,25 @@ CONFIG_MAP = "config"
 HITS_MAP = "hits"
 STATS_MAP = "stats"  # per slot and CPU: what the handshakes did (telemetry.py reads it)
 SYN_RTX_TIME_MAP = "syn_rtx_time"  # the program's own: when a connect() last retransmitted its SYN
+LEARNED_MAP = "learned"  # rto_ms: auto: what each remote host's handshakes taught (learned.py reads it)
+AUTO_CONN_MAP = "auto_conn"  # the program's own: the learned answer each connect() started with
 
 # struct rule_key { __u32 prefixlen; __u32 addr[4]; }: prefixlen in host order, address bytes in
 # network order. IPv4 lives in the IPv4-mapped IPv6 range (::ffff:0:0/96) so that one trie serves
 # both families and a dual-stack socket talking to a mapped address matches the IPv4 rule.
 RULE_KEY = struct.Struct("=I16s")
-# struct rule_value { __u32 rto_jiffies; __u32 hit_slot; __u32 syn_retries; }: syn_retries is the
-# TCP_SYNCNT the program sets on connect()s the rule answers, 0 leaves the socket's own.
-RULE_VALUE = struct.Struct("=III")
-# struct config_value { __u32 default_rto_jiffies; __u32 directions; __u32 default_syn_retries; }:
-# 0 jiffies = no default; default_syn_retries as a rule's syn_retries, for the default.
+# struct rule_value { __u32 rto_jiffies; __u32 hit_slot; __u32 syn_retries; __u32 flags; }:
+# syn_retries is the TCP_SYNCNT the program sets on connect()s the rule answers, 0 leaves the
+# socket's own; flags RTO_AUTO: rto_ms auto, rto_jiffies is the learned value's upper bound.
+RULE_VALUE = struct.Struct("=IIII")
+RTO_AUTO = 1
+# struct config_value { __u32 default_rto_jiffies, directions, default_syn_retries, default_flags;
+# __u32 auto_min_jiffies, auto_factor_pct, auto_min_samples, auto_ttl_s, auto_retransmit_budget, hz; }:
+# 0 jiffies = no default; default_syn_retries and default_flags as a rule's, for the default; the
+# AUTO_CONFIG fields (all 0 without rto_ms: auto) hold for every auto rule and default.
 CONFIG_KEY = struct.Struct("=I")
-CONFIG_VALUE = struct.Struct("=III")
+AUTO_CONFIG_FIELDS = ("min_jiffies", "factor_pct", "min_samples", "ttl_s", "retransmit_budget", "hz")
+CONFIG_VALUE = struct.Struct("=%dI" % (4 + len(AUTO_CONFIG_FIELDS)))
 HIT_KEY = struct.Struct("=I")
 HIT_VALUE = struct.Struct("=Q")
 # TCP_SYNCNT takes 1..MAX_TCP_SYNCNT (include/net/tcp.h).
@@ -82,6 +89,16 @@ STATS_VALUE = struct.Struct("=%dQ" % (len(STATS_FIELDS) + RTT_BUCKETS))
 SYN_RTX_TIME_KEY = struct.Struct("=16s16sII")
 SYN_RTX_TIME_VALUE = struct.Struct("=Q")
 SYN_RTX_TIME_ENTRIES = 4096
+# remote host (as RULE_KEY's address) -> struct learned_value { __u64 updated_ns, srtt_us8,
+# rttvar_us4; __u32 samples, retransmits; }: 8 SRTT and 4 RTTVAR in µs (RFC 6298, scaled as
+# the kernel's tcp_rtt_estimator()). The object declares LEARNED_ENTRIES; the loader creates the
+# map with auto_table_size entries.
+LEARNED_KEY = struct.Struct("=16s")
+LEARNED_VALUE = struct.Struct("=QQQII")
+LEARNED_ENTRIES = 4096
+# SYN_RTX_TIME_KEY -> __u32 jiffies
+AUTO_CONN_VALUE = struct.Struct("=I")
+AUTO_CONN_ENTRIES = 4096
 
 # What a loadable object must declare: name -> (map type, key size, value size, max entries, flags)
 MAP_CONTRACT = {
@@ -96,7 +113,11 @@ MAP_CONTRACT = {
         SYN_RTX_TIME_ENTRIES,
         0,
     ),
+    LEARNED_MAP: (uapi.BPF_MAP_TYPE_LRU_HASH, LEARNED_KEY.size, LEARNED_VALUE.size, LEARNED_ENTRIES, 0),
+    AUTO_CONN_MAP: (uapi.BPF_MAP_TYPE_LRU_HASH, SYN_RTX_TIME_KEY.size, AUTO_CONN_VALUE.size, AUTO_CONN_ENTRIES, 0),
 }
+# Maps whose entries outlive an upgrade: the new program is loaded on the pinned map.
+CARRIED_MAPS = (LEARNED_MAP,)
 
 # The program looks every connection up with the full address: IPv4 as ::ffff:a.b.c.d.
 LOOKUP_PREFIX = 128
@@ -150,21 +171,39 @@ def decode_rule_key(key, mapped_as_ipv6=False):
     return network
 
 
-def encode_rule_value(rto_jiffies, hit_slot, syn_retries=None):
-    return RULE_VALUE.pack(rto_jiffies, hit_slot, syn_retries or 0)
+def encode_rule_value(rto_jiffies, hit_slot, syn_retries=None, auto=False):
+    return RULE_VALUE.pack(rto_jiffies, hit_slot, syn_retries or 0, RTO_AUTO if auto else 0)
 
 
 def decode_rule_value(value):
-    """-> (rto_jiffies, hit_slot, syn_retries or None)"""
-    rto_jiffies, hit_slot, syn_retries = RULE_VALUE.unpack(value)
-    return rto_jiffies, hit_slot, syn_retries or None
+    """-> (rto_jiffies, hit_slot, syn_retries or None, auto). A value of an earlier object (no
+    flags) reads with trailing zeros: not auto."""
+    rto_jiffies, hit_slot, syn_retries, flags = RULE_VALUE.unpack(value)
+    return rto_jiffies, hit_slot, syn_retries or None, bool(flags & RTO_AUTO)
 
 
-def encode_config(default_rto_jiffies, directions, default_syn_retries=None):
-    return CONFIG_VALUE.pack(default_rto_jiffies or 0, directions, default_syn_retries or 0)
+def encode_config(default_rto_jiffies, directions, default_syn_retries=None, default_auto=False, auto_config=None):
+    """auto_config: the AUTO_CONFIG_FIELDS values in order, or None (no auto rule or default)."""
+    return CONFIG_VALUE.pack(
+        default_rto_jiffies or 0,
+        directions,
+        default_syn_retries or 0,
+        RTO_AUTO if default_auto else 0,
+        *(auto_config or (0,) * len(AUTO_CONFIG_FIELDS)),
+    )
 
 
 def decode_config(value):
-    """-> (default_rto_jiffies or None, directions bitmask, default_syn_retries or None)"""
-    default_rto_jiffies, directions, default_syn_retries = CONFIG_VALUE.unpack(value)
-    return default_rto_jiffies or None, directions, default_syn_retries or None
+    """-> (default_rto_jiffies or None, directions bitmask, default_syn_retries or None, default_auto,
+    the AUTO_CONFIG_FIELDS values or None when all are 0). A value of an earlier object reads with
+    trailing zeros."""
+    fields = CONFIG_VALUE.unpack(value)
+    default_rto_jiffies, directions, default_syn_retries, default_flags = fields[:4]
+    auto_config = tuple(fields[4:])
+    return (
+        default_rto_jiffies or None,
+        directions,
+        default_syn_retries or None,
+        bool(default_flags & RTO_AUTO),
+        auto_config if any(auto_config) else None,
+    )

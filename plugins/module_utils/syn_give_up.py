@@ -12,11 +12,19 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
 TCP_RTO_MAX_SECONDS = 120.0
 
 
+def shortest_rto_jiffies(desired, rto_jiffies, auto):
+    """The smallest initial RTO a rule (or the default) can give: for rto_ms: auto, auto_min_ms
+    (a host that taught a low value and then stops answering keeps it)."""
+    return desired.auto.min_jiffies if auto else rto_jiffies
+
+
 def give_up_seconds(desired):
     """The soonest any connect() the instance answers gives up (the kernel's 1 s for the rest)."""
-    values = [(rule.rto_jiffies, rule.syn_retries) for rule in desired.rules]
+    values = [(shortest_rto_jiffies(desired, rule.rto_jiffies, rule.auto), rule.syn_retries) for rule in desired.rules]
     values.append(
-        (desired.default_jiffies, desired.default_syn_retries) if desired.default_jiffies else (desired.hz, None)
+        (shortest_rto_jiffies(desired, desired.default_jiffies, desired.default_auto), desired.default_syn_retries)
+        if desired.default_jiffies
+        else (desired.hz, None)
     )
     return min(rule_give_up_seconds(jiffies, retries, desired.hz) for jiffies, retries in values)
 

@@ -10,8 +10,8 @@ __metaclass__ = type
 
 import os
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import jiffies_to_ms, network_text
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import learned, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import AUTO, jiffies_to_ms, network_text
 
 # What results show of telemetry.slot_telemetry() per rule and for the default (the histogram
 # stays with the reader and the metrics textfile: 32 buckets per rule would swamp a result).
@@ -32,15 +32,42 @@ def reported_telemetry(slot_telemetry):
 
 
 def rules_view(rules, hz):
-    """[Rule] -> [{dest, rto_ms, rto_jiffies}] (hz None: the jiffies alone)."""
+    """[Rule] -> [{dest, rto_ms, rto_jiffies}] (hz None: the jiffies alone); an auto rule's rto_ms
+    is "auto" and its rto_jiffies the learned value's upper bound (auto_max_ms)."""
     view = []
     for rule in rules:
         entry = {"dest": network_text(rule.dest)}
-        if hz:
+        if rule.auto:
+            entry["rto_ms"] = AUTO
+        elif hz:
             entry["rto_ms"] = jiffies_to_ms(rule.rto_jiffies, hz)
         entry["rto_jiffies"] = rule.rto_jiffies
         view.append(entry)
     return view
+
+
+def _default_view(default_jiffies, default_auto, hz):
+    if default_auto:
+        return AUTO
+    return jiffies_to_ms(default_jiffies, hz) if default_jiffies and hz else None
+
+
+def auto_view(auto_config, max_jiffies, table_size):
+    """rto_ms: auto's settings as results show them (rto_program.AUTO_CONFIG_FIELDS values, the
+    upper bound's jiffies, the learned map's size), or None when no rule or default is auto."""
+    if not auto_config:
+        return None
+    settings = dict(zip(rto_program.AUTO_CONFIG_FIELDS, auto_config))
+    hz = settings["hz"]
+    return {
+        "min_ms": jiffies_to_ms(settings["min_jiffies"], hz),
+        "max_ms": jiffies_to_ms(max_jiffies, hz) if max_jiffies else None,
+        "factor": settings["factor_pct"] / 100.0,
+        "min_samples": settings["min_samples"],
+        "ttl_s": settings["ttl_s"],
+        "retransmit_budget": settings["retransmit_budget"],
+        "table_size": table_size,
+    }
 
 
 def describe_desired(desired):
@@ -49,7 +76,12 @@ def describe_desired(desired):
         "attach_mode": desired.attach_mode,
         "direction": desired.direction,
         "rules": rules_view(desired.rules, desired.hz),
-        "default_rto_ms": jiffies_to_ms(desired.default_jiffies, desired.hz) if desired.default_jiffies else None,
+        "default_rto_ms": _default_view(desired.default_jiffies, desired.default_auto, desired.hz),
+        "auto": auto_view(
+            desired.auto_config(),
+            learned.upper_bound(desired.rules, desired.default_jiffies, desired.default_auto),
+            desired.table_size(),
+        ),
         "object_sha256": desired.object.sha256,
     }
 
@@ -61,12 +93,18 @@ def describe_current(current):
         return {}
     hz = current.meta.get("hz") if current.meta else None
     direction = [name for name, bits in rto_program.DIRECTIONS.items() if bits == current.directions]
+    rules = [rule for rule, _slot in current.rules]
     return {
         "cgroup": current.cgroup,
         "attach_mode": current.attach_mode,
         "direction": direction[0] if direction else None,
-        "rules": rules_view([rule for rule, _slot in current.rules], hz),
-        "default_rto_ms": jiffies_to_ms(current.default_jiffies, hz) if current.default_jiffies and hz else None,
+        "rules": rules_view(rules, hz),
+        "default_rto_ms": _default_view(current.default_jiffies, current.default_auto, hz),
+        "auto": auto_view(
+            current.auto_config,
+            learned.upper_bound(rules, current.default_jiffies, current.default_auto),
+            current.learned_info.max_entries if current.learned_info else None,
+        ),
         "object_sha256": current.meta["object_sha256"] if current.meta else None,
     }
 

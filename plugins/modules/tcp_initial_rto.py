@@ -108,15 +108,50 @@ options:
         description:
           - Initial RTO in milliseconds, from one jiffy (4 ms at C(HZ=250)) to 120000.
           - It is rounded up to whole jiffies; the result reports the effective value.
-        type: int
+          - V(auto) gives each remote host the value its own handshakes taught, between O(auto_min_ms)
+            and O(auto_max_ms) (see O(auto_min_ms), and the guide's section on V(auto)).
+        type: raw
         required: true
       syn_give_up_s:
         description: O(syn_give_up_s) for this rule's connections (default the instance's).
         type: float
   rto_ms:
     description:
-      - Initial RTO in milliseconds for connections that match no rule.
+      - Initial RTO in milliseconds for connections that match no rule, or V(auto) (as a rule's).
       - Omitted, those connections keep the kernel default (1 second).
+    type: raw
+  auto_min_ms:
+    description:
+      - For V(auto) rules and default (O(rules[].rto_ms), O(rto_ms)). Each remote host learns from its
+        handshakes without a retransmit (RFC 6298 SRTT + 4 RTTVAR of their round trips); once it has
+        O(auto_min_samples) of them, the latest younger than O(auto_ttl_s), its SYNs and SYN-ACKs get
+        that estimate times O(auto_factor), kept between O(auto_min_ms) and O(auto_max_ms). Any other
+        host gets O(auto_max_ms).
+      - The smallest learned value. Default 20 (two jiffies at C(HZ=100), the coarsest timer in use).
+    type: int
+  auto_max_ms:
+    description:
+      - The largest learned value, and the value of hosts without enough knowledge. Default 1000
+        (the kernel's own initial RTO).
+    type: int
+  auto_factor:
+    description: The learned estimate is multiplied by this, from 1 to 10 (steps of 0.01). Default 2.
+    type: float
+  auto_min_samples:
+    description: Handshakes a host needs before its learned value is used. Default 3.
+    type: int
+  auto_ttl_s:
+    description: Seconds without a sample after which a host's knowledge expires. Default 600.
+    type: int
+  auto_retransmit_budget:
+    description:
+      - A host whose SYN (and SYN-ACK) retransmits, less one per clean handshake since, exceed this
+        gets O(auto_max_ms) until clean handshakes bring it back under. Default 3.
+    type: int
+  auto_table_size:
+    description:
+      - Entries of the LRU map of learned hosts (the least recently used go first), about 100 bytes of
+        kernel memory each. Changing it starts the table afresh. Default 4096.
     type: int
   syn_give_up_s:
     description:
@@ -160,6 +195,8 @@ options:
         check too.
       - A mismatch (for example a program of an ancestor cgroup overriding the value) fails the task,
         and RV(conflicts) names the foreign programs that can explain it.
+      - Where loopback gets V(auto), any value from O(auto_min_ms) to O(auto_max_ms) matches (the check's
+        C(expected_ms) is V(auto), C(expected_range_ms) the range).
     type: bool
     default: true
   src:
@@ -339,6 +376,9 @@ instance:
         - The rules in order, with the effective value in ms and jiffies, and hits since the rule was set.
         - C(syn_give_up_s) is when C(connect) to an unreachable peer gives up with the rule's RTO and SYN
           retries (O(syn_give_up_s), else C(net.ipv4.tcp_syn_retries)).
+        - For a V(auto) rule C(rto_ms) is V(auto), C(rto_jiffies) its upper bound (O(auto_max_ms)), and
+          C(syn_give_up_s) the give-up at O(auto_min_ms), the soonest. What each host learned is not
+          configuration; the info module shows it (C(learned)).
         - C(handshakes) (C(outgoing), C(incoming)) counts completed handshakes, C(syn_retransmits) SYN
           retransmits of C(connect) (completed or not), C(synack_retransmits) SYN-ACK retransmits of completed
           incoming handshakes, C(spurious_retransmits) handshakes whose last SYN retransmit was not needed (an
@@ -352,7 +392,16 @@ instance:
         - {dest: 10.0.0.0/8, rto_ms: 52, rto_jiffies: 13, hits: 1200, syn_give_up_s: 6.604,
            handshakes: {outgoing: 1180, incoming: 0}, syn_retransmits: 21, synack_retransmits: 0,
            spurious_retransmits: 2, rtt_us: {p50: 180, p90: 410, p99: 950}, rtt_samples: 1159}
-    default_rto_ms: {description: Effective value for connections matching no rule (null = kernel default)., type: float, sample: 1000}
+    default_rto_ms:
+      description: Effective value for connections matching no rule (null = kernel default, V(auto) learned).
+      type: raw
+      sample: 1000
+    auto:
+      description:
+        - The settings of V(auto) rules and default (C(min_ms), C(max_ms), C(factor), C(min_samples), C(ttl_s),
+          C(retransmit_budget), C(table_size)); null when no rule or default is V(auto).
+      type: dict
+      sample: {min_ms: 20, max_ms: 1000, factor: 2.0, min_samples: 3, ttl_s: 600, retransmit_budget: 3, table_size: 4096}
     default_hits: {description: Connections that got the default value., type: int, sample: 3}
     default_telemetry:
       description: The telemetry fields of RV(instance.rules) for connections that got the default value.
@@ -508,11 +557,18 @@ ARGUMENT_SPEC = dict(
         default=[],
         options=dict(
             dest=dict(type="str", required=True),
-            rto_ms=dict(type="int", required=True),
+            rto_ms=dict(type="raw", required=True),
             syn_give_up_s=dict(type="float"),
         ),
     ),
-    rto_ms=dict(type="int"),
+    rto_ms=dict(type="raw"),
+    auto_min_ms=dict(type="int"),
+    auto_max_ms=dict(type="int"),
+    auto_factor=dict(type="float"),
+    auto_min_samples=dict(type="int"),
+    auto_ttl_s=dict(type="int"),
+    auto_retransmit_budget=dict(type="int"),
+    auto_table_size=dict(type="int"),
     syn_give_up_s=dict(type="float"),
     direction=dict(type="str", choices=["both", "outgoing", "incoming"], default="both"),
     pin_dir=dict(type="path", default="/sys/fs/bpf/tcp_rto"),

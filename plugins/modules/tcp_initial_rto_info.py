@@ -149,7 +149,24 @@ instances:
           apply.
       type: list
       elements: dict
-    default_rto_ms: {description: Value for connections matching no rule (null = kernel default)., type: float}
+    default_rto_ms: {description: 'Value for connections matching no rule (null = kernel default, V(auto) learned).', type: raw}
+    auto:
+      description:
+        - The settings of V(auto) rules and default (C(min_ms), C(max_ms), C(factor), C(min_samples), C(ttl_s),
+          C(retransmit_budget), C(table_size)), null when none is V(auto); see the module's
+          O(netbpf.tcp_rto.tcp_initial_rto#module:auto_min_ms).
+      type: dict
+    learned:
+      description:
+        - What V(auto) learned, for the 20 remote hosts with the most samples (empty when no rule or default is
+          V(auto)) - C(host); C(samples) (handshakes without a retransmit); C(srtt_us), C(rttvar_us) and
+          C(estimate_us) (SRTT + 4 RTTVAR, RFC 6298); C(retransmits) (outstanding against the budget); C(age_s)
+          since the last sample; C(rto_ms) the initial RTO a SYN to the host gets now; C(fallback) why that is
+          the upper bound (V(too_few_samples), V(expired), V(over_retransmit_budget)), null when it is learned.
+      type: list
+      elements: dict
+      sample: [{host: 10.1.2.3, samples: 41, srtt_us: 180, rttvar_us: 40, estimate_us: 340, retransmits: 0,
+                age_s: 2.5, rto_ms: 20, fallback: null}]
     default_hits: {description: Connections that got the default., type: int}
     default_telemetry: {description: 'The telemetry fields of RV(instances[].rules) for connections that got the default.', type: dict}
     harm_warnings:

@@ -14,6 +14,9 @@ own loopback, its own nftables ruleset; both go when the process exits). Prints 
         DELAY_MS each way (a round trip of 2 x DELAY_MS): two private network namespaces, each with a
         tun device, whose packets a thread of this process carries to the other one late. (The
         kernel here has no sch_netem.) -> {"connections": N}
+    handshake_workload.py CGROUP syn-rto ADDRESS
+        the initial RTO a connect() to ADDRESS starts with (ADDRESS is put on the namespace's lo,
+        its SYNs are dropped; the socket's tcpi_rto read in SYN_SENT) -> {"rto_us": µs}
 """
 
 import ctypes
@@ -33,6 +36,7 @@ import time
 CLONE_NEWNET = 0x40000000
 TCP_INFO = 11
 TCPI_TOTAL_RETRANS = 100  # u32 offset in struct tcp_info
+TCPI_RTO = 8  # u32 µs
 NFT_TABLE = "tcp_rto_test"
 TUNSETIFF = 0x400454CA
 IFF_TUN, IFF_NO_PI = 0x0001, 0x1000
@@ -94,6 +98,19 @@ def delayed(count, delay_ms):
     return {"connections": count}
 
 
+def syn_rto(address, port):
+    """The initial RTO of a connect() to address:port, read while its first SYN is in flight."""
+    if address != "127.0.0.1":
+        subprocess.run(["ip", "addr", "add", address + "/32", "dev", "lo"], check=True)
+    client = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    client.setblocking(False)
+    try:
+        client.connect_ex((address, port))
+        return struct.unpack_from("=I", client.getsockopt(socket.IPPROTO_TCP, TCP_INFO, 104), TCPI_RTO)[0]
+    finally:
+        client.close()
+
+
 def drop_syns(port, every_other):
     match = "numgen inc mod 2 0 " if every_other else ""
     ruleset = (
@@ -152,6 +169,9 @@ def main(cgroup, mode, *args):
     if mode == "drop-syns":
         drop_syns(target[1], every_other=False)
         attempts = [attempt(target, float(args[1])) for _attempt in range(int(args[0]))]
+    elif mode == "syn-rto":
+        drop_syns(target[1], every_other=False)
+        return {"rto_us": syn_rto(args[0], target[1])}
     elif mode == "drop-first-syn":
         drop_syns(target[1], every_other=True)
         attempts = []

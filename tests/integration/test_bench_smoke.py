@@ -84,7 +84,7 @@ def test_every_benchmark_at_tiny_size(tmp_path):
                 assert row["retransmit_max_ms"] < 1000, row
 
     program = results["program"]
-    for name in ("collection", "collection, telemetry off", "blog"):
+    for name in ("collection", "collection, telemetry off", "collection, auto", "blog"):
         entry = program["programs"][name]
         assert entry["run_cnt"] > 0 and entry["ns_per_invocation"] > 0, entry
         assert entry["invocations_per_connection"] >= 2  # the two TIMEOUT_INIT calls at least

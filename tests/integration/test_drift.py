@@ -28,7 +28,7 @@ NAME = "drift"
 RULE = {"dest": "127.0.0.0/8", "rto_ms": 200}
 RULE_JIFFIES = -(-200 * HZ // 1000)
 DEFAULT_MS = 500
-PINS = ["config", "hits", "meta", "prog", "rules", "stats", "syn_rtx_time"]
+PINS = ["auto_conn", "config", "hits", "learned", "meta", "prog", "rules", "stats", "syn_rtx_time"]
 
 
 def hex_words(raw):

@@ -94,6 +94,7 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
                 "host",
                 "hz",
                 "info",
+                "learned",
                 "loader",
                 "lock",
                 "map_definitions",

@@ -63,7 +63,7 @@ def test_an_instance_of_the_earlier_release_is_upgraded_not_repaired(cgroup, bpf
     (reported,) = info.gather(os.path.join(bpffs, "tcp_rto"))["instances"]
     assert reported["state"] == "ok"
     assert reported["problems"] == [
-        "applied from an earlier object, without the maps stats, syn_rtx_time: apply the instance again to upgrade it"
+        "applied from an earlier object, without the maps stats, syn_rtx_time, learned, auto_conn: apply the instance again to upgrade it"
     ]
 
     returncode, result, err = reconcile_run.run(params(cgroup, bpffs, rules=RULES))
@@ -71,7 +71,7 @@ def test_an_instance_of_the_earlier_release_is_upgraded_not_repaired(cgroup, bpf
     assert result["drift"] == []
     assert not [action for action in result["actions"] if "repair" in action], result["actions"]
     assert [action for action in result["actions"] if action.startswith("upgrade")] == [
-        "upgrade the instance from an earlier object (its program has no maps stats, syn_rtx_time)"
+        "upgrade the instance from an earlier object (its program has no maps stats, syn_rtx_time, learned, auto_conn)"
     ]
     assert "replace the attached program atomically (link)" in result["actions"]
     assert {"stats", "syn_rtx_time"} <= set(os.listdir(os.path.join(bpffs, "tcp_rto", "upgrade")))

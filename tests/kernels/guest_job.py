@@ -483,6 +483,37 @@ def scenario_rtt_netem():
     return "2x%.1f ms: p50 %d us, p99 %d us" % (NETEM_DELAY_US / 1000.0, rule["rtt_us"]["p50"], rule["rtt_us"]["p99"])
 
 
+def scenario_auto():
+    """rto_ms: auto loads and learns: before loopback taught anything a connect() gets auto_max_ms,
+    after its handshakes auto_min_ms (read by the module's verification), and the rerun is unchanged."""
+    os.mkdir(cgroup("auto"))
+    first = run_step("auto")
+    observed = {item["direction"]: item["observed_ms"] for item in first["verification"]["checks"]}
+    check(observed["outgoing"] == rto_us(800) / 1000.0, "before learning: %s" % observed, "auto", first)
+    in_cgroup(cgroup("auto"), loopback_handshakes)
+    current = Current(os.path.join(PIN_DIR, "auto"))
+    try:
+        hosts = {host["host"]: host for host in current.learned_hosts()}
+    finally:
+        current.close()
+    host = hosts.get("127.0.0.1") or {}
+    check(
+        host.get("samples", 0) >= 2 * TELEMETRY_HANDSHAKES and host.get("fallback", "none") is None,
+        "learned after %d loopback handshakes: %s" % (TELEMETRY_HANDSHAKES, hosts),
+        "auto",
+        first,
+    )
+    again = run_step("auto-again")
+    observed = {item["direction"]: item["observed_ms"] for item in again["verification"]["checks"]}
+    check(
+        not again["changed"] and observed["outgoing"] == rto_us(100) / 1000.0,
+        "after learning: changed %s, %s" % (again["changed"], observed),
+        "auto-again",
+        again,
+    )
+    return "%d samples, %s ms" % (host["samples"], observed["outgoing"])
+
+
 MAP_UNDER_ZERO_MEMLOCK = """
 import os, resource
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_maps, bpf_syscall, uapi
@@ -639,6 +670,7 @@ SCENARIOS = [
     ("syn-give-up", scenario_give_up),
     ("telemetry", scenario_telemetry),
     ("rtt-netem", scenario_rtt_netem),
+    ("auto", scenario_auto),
     ("memlock", scenario_memlock),
     ("hz-measured", scenario_hz_measured),
     ("forced-missing", scenario_forced_missing),

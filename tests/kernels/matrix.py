@@ -39,6 +39,7 @@ SCENARIOS = [
     "syn-give-up",
     "telemetry",
     "rtt-netem",
+    "auto",
     "memlock",
     "hz-measured",
     "forced-missing",

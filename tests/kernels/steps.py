@@ -58,6 +58,9 @@ STEPS = {
     "telemetry-plain": task("telemetry", rules=[{"dest": LOOPBACK, "rto_ms": 100}], verify=False),
     # handshake RTT percentiles through a netem delay on lo (an RTO well above it: no retransmits)
     "netem": task("netem", rules=[{"dest": LOOPBACK, "rto_ms": 1000}], verify=False),
+    # rto_ms: auto (issue 14): loopback's handshakes teach auto_min_ms; verify accepts the range
+    "auto": task("auto", rules=[{"dest": LOOPBACK, "rto_ms": "auto"}], auto_min_ms=100, auto_max_ms=800),
+    "auto-again": task("auto", rules=[{"dest": LOOPBACK, "rto_ms": "auto"}], auto_min_ms=100, auto_max_ms=800),
     # run with RLIMIT_MEMLOCK 0 (kernels before 5.11 charge BPF memory to it)
     "memlock": task("memlock", rto_ms=500),
     # CONFIG_HZ with no kernel config readable

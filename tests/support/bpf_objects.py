@@ -41,6 +41,16 @@ struct bpf_map_def SEC("maps") syn_rtx_time = {
 \t.value_size = sizeof(__u64), .max_entries = 4096,
 };
 
+struct bpf_map_def SEC("maps") learned = {
+\t.type = BPF_MAP_TYPE_LRU_HASH, .key_size = 4 * sizeof(__u32),
+\t.value_size = sizeof(struct learned_value), .max_entries = LEARNED_ENTRIES,
+};
+
+struct bpf_map_def SEC("maps") auto_conn = {
+\t.type = BPF_MAP_TYPE_LRU_HASH, .key_size = sizeof(struct conn_key),
+\t.value_size = sizeof(__u32), .max_entries = AUTO_CONN_ENTRIES,
+};
+
 """
 BTF_MAPS_START = "struct {\n\t__uint(type, BPF_MAP_TYPE_LPM_TRIE);"
 MAPS_END = "static __attribute__((always_inline)) void count_hit"
@@ -87,12 +97,14 @@ def build_legacy(directory, name="legacy"):
 # --- minimal objects that meet the collection's contract, one thing varied (bad-input cases) ------
 
 CONTRACT_MAPS = {
-    "rules": "BPF_MAP_TYPE_LPM_TRIE, .key_size = 20, .value_size = 12, .max_entries = 1024, "
+    "rules": "BPF_MAP_TYPE_LPM_TRIE, .key_size = 20, .value_size = 16, .max_entries = 1024, "
     ".map_flags = BPF_F_NO_PREALLOC",
-    "config": "BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 12, .max_entries = 1",
+    "config": "BPF_MAP_TYPE_ARRAY, .key_size = 4, .value_size = 40, .max_entries = 1",
     "hits": "BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = 4, .value_size = 8, .max_entries = 1025",
     "stats": "BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = 4, .value_size = 312, .max_entries = 1025",
     "syn_rtx_time": "BPF_MAP_TYPE_LRU_HASH, .key_size = 40, .value_size = 8, .max_entries = 4096",
+    "learned": "BPF_MAP_TYPE_LRU_HASH, .key_size = 16, .value_size = 32, .max_entries = 4096",
+    "auto_conn": "BPF_MAP_TYPE_LRU_HASH, .key_size = 40, .value_size = 4, .max_entries = 4096",
 }
 OK_BODY = "return 1;"
 

@@ -232,7 +232,7 @@ def test_legacy_object_reads_as_the_shipped_one(legacy, shipped):
 
 
 def test_instructions_patch_map_fds(shipped):
-    fds = {"rules": 7, "config": 1000, "hits": 2**31 - 1, "stats": 8, "syn_rtx_time": 9}
+    fds = {"rules": 7, "config": 1000, "hits": 2**31 - 1, "stats": 8, "syn_rtx_time": 9, "learned": 10, "auto_conn": 11}
     patched = shipped.instructions(fds)
     assert len(patched) == len(shipped.insns)
     touched = set()
@@ -253,8 +253,8 @@ def test_instructions_patch_map_fds(shipped):
 
 
 def test_instructions_need_every_map_fd(shipped):
-    with pytest.raises(BpfObjectError, match="no fd given for map 'syn_rtx_time'"):
-        shipped.instructions({"rules": 3, "config": 4, "hits": 5, "stats": 6})
+    with pytest.raises(BpfObjectError, match="no fd given for map 'auto_conn'"):
+        shipped.instructions({"rules": 3, "config": 4, "hits": 5, "stats": 6, "syn_rtx_time": 7, "learned": 8})
 
 
 @pytest.mark.parametrize("fd", [-1, 2**31, "3", None])
@@ -908,7 +908,7 @@ def test_big_endian_object(tmp_path, shipped):
     if sys.byteorder == "little":
         assert "object is big-endian, the host is little-endian" in _contract_error(obj)
     bpf_object.check_contract(obj, byteorder="big")
-    fds = {"rules": 5, "config": 6, "hits": 7, "stats": 8, "syn_rtx_time": 9}
+    fds = {"rules": 5, "config": 6, "hits": 7, "stats": 8, "syn_rtx_time": 9, "learned": 10, "auto_conn": 11}
     patched = obj.instructions(fds)
     for index, name in obj.map_relocations:
         offset = index * 8
@@ -1086,7 +1086,18 @@ def test_bpftool_loads_the_shipped_object_with_btf(bpffs):
     config = json.loads(_bpftool("-j", "map", "dump", "pinned", paths["config"]))
     assert config[0]["formatted"] == {
         "key": 0,
-        "value": {"default_rto_jiffies": 0, "directions": 0, "default_syn_retries": 0},
+        "value": {
+            "default_rto_jiffies": 0,
+            "directions": 0,
+            "default_syn_retries": 0,
+            "default_flags": 0,
+            "auto_min_jiffies": 0,
+            "auto_factor_pct": 0,
+            "auto_min_samples": 0,
+            "auto_ttl_s": 0,
+            "auto_retransmit_budget": 0,
+            "hz": 0,
+        },
     }
     xlated = _bpftool("prog", "dump", "xlated", "pinned", paths["prog"])
     assert "; if (op != BPF_SOCK_OPS_TIMEOUT_INIT && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&" in xlated

@@ -226,7 +226,18 @@ def test_btf_load_and_typed_map(fds):
     dump = bpf_inventory.bpftool("map", "dump", "id", str(info.id))
     assert dump[0]["formatted"] == {
         "key": 0,
-        "value": {"default_rto_jiffies": 7, "directions": 3, "default_syn_retries": 0},
+        "value": {
+            "default_rto_jiffies": 7,
+            "directions": 3,
+            "default_syn_retries": 0,
+            "default_flags": 0,
+            "auto_min_jiffies": 0,
+            "auto_factor_pct": 0,
+            "auto_min_samples": 0,
+            "auto_ttl_s": 0,
+            "auto_retransmit_budget": 0,
+            "hz": 0,
+        },
     }
     expect_error(
         "BPF_MAP_CREATE",
@@ -256,8 +267,8 @@ def test_lpm_trie_map_with_rule_layout(fds):
         value = bpf_maps.map_lookup(fd, rto_program.encode_rule_key(ipaddress.ip_network(address)), value_size)
         return value and rto_program.decode_rule_value(value)
 
-    assert lookup("10.1.2.3/32") == (25, 1, None)  # longest prefix
-    assert lookup("10.2.3.4/32") == (250, 0, None)
+    assert lookup("10.1.2.3/32") == (25, 1, None, False)  # longest prefix
+    assert lookup("10.2.3.4/32") == (250, 0, None, False)
     assert lookup("192.0.2.1/32") is None
     assert sorted(map(rto_program.decode_rule_key, bpf_maps.map_keys(fd, key_size))) == [wide, narrow]
     expect_error(
@@ -271,7 +282,7 @@ def test_lpm_trie_map_with_rule_layout(fds):
     )
     assert bpf_maps.map_delete(fd, rto_program.encode_rule_key(narrow)) is True
     assert bpf_maps.map_delete(fd, rto_program.encode_rule_key(narrow)) is False
-    assert lookup("10.1.2.3/32") == (250, 0, None)
+    assert lookup("10.1.2.3/32") == (250, 0, None, False)
     assert bpf_info.map_info(fd).map_flags == uapi.BPF_F_NO_PREALLOC
 
 

@@ -50,6 +50,8 @@ class FakeCurrent:
         self.rules = [(rule, slot) for slot, rule in enumerate(written)]
         self.default_jiffies = default_jiffies
         self.default_syn_retries = None
+        self.default_auto = False
+        self.auto_config = None
         self.directions = directions
 
     @property
@@ -154,6 +156,18 @@ def test_config_edits_are_told(cgroup):
     assert drift.findings(current, wanted(cgroup=cgroup)) == [
         "config map: the default holds 0 jiffies, tcp_rto wrote 125 (0: kernel default)",
         "config map: the direction holds incoming, tcp_rto wrote both",
+    ]
+
+
+def test_auto_edits_are_told(cgroup):
+    """bpftool set a rule's rto_ms: auto flag and the default's auto settings behind tcp_rto's back."""
+    current = FakeCurrent(cgroup)
+    rule, slot = current.rules[0]
+    current.rules[0] = (rule._replace(auto=True), slot)
+    current.auto_config = (5, 200, 3, 600, 3, HZ)
+    assert drift.findings(current, wanted(cgroup=cgroup)) == [
+        "rules map: the rto_ms: auto flag of %s was set" % rule.dest,
+        "config map: the rto_ms: auto flag of the default or the auto settings differ from what tcp_rto wrote",
     ]
 
 

@@ -63,6 +63,11 @@ def test_rules_without_a_value_in_ms_are_skipped():
     assert harm.harm_warnings(view) == []
 
 
+def test_auto_rules_and_default_are_skipped():
+    """rto_ms auto gives each remote host its own value from its round trips (learned.py)."""
+    assert harm.harm_warnings(instance([("10.0.0.0/8", "auto", 90000, 1000)], "auto", telemetry(90000, 1000))) == []
+
+
 @pytest.mark.parametrize("safety_factor, min_samples", [(0, 100), (-1, 100), (3, 0), (3, None)])
 def test_thresholds_that_mean_nothing_are_refused(safety_factor, min_samples):
     with pytest.raises(ConfigError):

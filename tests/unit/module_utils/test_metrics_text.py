@@ -61,6 +61,13 @@ def test_counters_and_histogram_per_rule_and_default():
     assert [(s.labels["rule"], s.value) for s in rto.samples] == [("10.0.0.0/8", 52500), ("fd00::/8", 100000)]
 
 
+def test_an_auto_rule_has_counters_and_no_initial_rto_gauge():
+    view = dict(VIEW, rules=[{"dest": "10.0.0.0/8", "rto_ms": "auto"}], default_rto_ms="auto")
+    found = parsed(metrics.render([(view, TELEMETRY)]))
+    assert samples(found["tcp_rto_syn_retransmits"], rule="10.0.0.0/8")[0].value == 2
+    assert found["tcp_rto_initial_rto_us"].samples == []
+
+
 def test_an_instance_without_a_stats_map_has_no_series():
     assert parsed(metrics.render([(VIEW, {})]))["tcp_rto_handshakes"].samples == []
 

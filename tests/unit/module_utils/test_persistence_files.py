@@ -42,6 +42,7 @@ def params(name="web", **given):
         hz=None,
         verify=True,
         unit=None,
+        **dict.fromkeys(record.AUTO_KEYS),  # the module passes the auto_ options, None when not given
     )
     values.update(given)
     return values
@@ -264,7 +265,7 @@ def test_check_mode_reports_the_changes_and_writes_nothing(root, object_path):
 @pytest.mark.parametrize(
     "edit, reason",
     [
-        (lambda record: record.update(rto_ms="fast"), 'rto_ms is "fast", expected an integer or null'),
+        (lambda record: record.update(rto_ms="fast"), 'rto_ms is "fast", expected an integer, auto or null'),
         (lambda record: record.pop("pin_dir"), "missing pin_dir"),
         (lambda record: record.update(extra=1), "unknown key(s) extra"),
         (lambda record: record.update(name="db"), "it names the instance 'db'"),

@@ -35,10 +35,16 @@ class FakeCurrent:
         self.rules = [(rule, slot) for slot, rule in enumerate(want.rules)]
         self.default_jiffies = want.default_jiffies
         self.default_syn_retries = want.default_syn_retries
+        self.default_auto = want.default_auto
+        self.auto_config = want.auto_config()
+        self.learned_info = None
         self.directions = rto_program.DIRECTIONS[want.direction]
         self.attached = attached
         self.cgroup = cgroup or want.cgroup
         self.attach_mode = attach_mode or want.attach_mode
+
+    def carried_maps(self, _table_size):
+        return ()
 
 
 def test_plan_nothing_to_do():
@@ -161,6 +167,8 @@ def test_only_the_instance_pins_are_its_own():
             "hits",
             "stats",
             "syn_rtx_time",
+            "learned",
+            "auto_conn",
             "meta",
             "link",
             "new_prog",
@@ -169,6 +177,8 @@ def test_only_the_instance_pins_are_its_own():
             "new_hits",
             "new_stats",
             "new_syn_rtx_time",
+            "new_learned",
+            "new_auto_conn",
             "new_meta",
             "new_link",
         ]

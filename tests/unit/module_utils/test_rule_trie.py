@@ -139,7 +139,7 @@ def read_back(trie_fd, rules):
     mapped_slots = pins.mapped_slots(pins.ipv6_mapped_slots(rules))
     held = []
     for key in bpf_maps.map_keys(trie_fd, rto_program.RULE_KEY.size):
-        jiffies, slot, _syn_retries = rto_program.decode_rule_value(
+        jiffies, slot, _syn_retries, _auto = rto_program.decode_rule_value(
             bpf_maps.map_lookup(trie_fd, key, rto_program.RULE_VALUE.size)
         )
         held.append(

@@ -45,7 +45,17 @@ def refusal(args, hz=HZ):
     try:
         rules, default = params["rules"], params["rto_ms"]
         desired.desired_state(
-            params["name"], params["pin_dir"], "/cg", hz, rules, default, params["direction"], "link", None
+            params["name"],
+            params["pin_dir"],
+            "/cg",
+            hz,
+            rules,
+            default,
+            params["direction"],
+            "link",
+            None,
+            syn_give_up_s=params["syn_give_up_s"],
+            auto_params={key: params[key] for key in desired.AUTO_DEFAULTS},
         )
     except desired.ConfigError as exc:
         return reconcile.describe_error(exc)
@@ -59,11 +69,8 @@ def rule(rto_ms=100, dest="10.0.0.0/8", **extra):
 PARAMETER_CASES = {
     "rto_ms-zero": (dict(rto_ms=0), "rto_ms must be positive"),
     "rto_ms-negative": (dict(rto_ms=-5), "default: rto_ms must be positive, got -5"),
-    "rto_ms-not-a-number": (
-        dict(rto_ms="abc"),
-        "argument 'rto_ms' is of type str and we were unable to convert to int",
-    ),
-    "rto_ms-fraction": (dict(rto_ms=1.5), '"1.5" cannot be converted to an int'),
+    "rto_ms-not-a-number": (dict(rto_ms="abc"), "default: rto_ms must be a whole number of milliseconds or auto"),
+    "rto_ms-fraction": (dict(rto_ms=1.5), "default: rto_ms must be a whole number of milliseconds or auto, got 1.5"),
     "rto_ms-above-rto-max": (dict(rto_ms=120001), "above the kernel's TCP_RTO_MAX of 120000 ms"),
     "rto_ms-one-ms-below-one-jiffy": (dict(rto_ms=1), "is below one jiffy at HZ %d" % HZ),
     "rto_ms-just-below-one-jiffy": (dict(rto_ms=ONE_JIFFY_MS - 1), "use at least %d" % ONE_JIFFY_MS),
@@ -71,9 +78,12 @@ PARAMETER_CASES = {
     "rule-rto_ms-negative": (dict(rules=[rule(-5)]), "rules[0]: rto_ms must be positive"),
     "rule-rto_ms-not-a-number": (
         dict(rules=[rule("abc")]),
-        "argument 'rto_ms' is of type str found in 'rules'. and we were unable to convert to int",
+        "rules[0]: rto_ms must be a whole number of milliseconds or auto, got 'abc'",
     ),
-    "rule-rto_ms-fraction": (dict(rules=[rule(1.5)]), '"1.5" cannot be converted to an int'),
+    "rule-rto_ms-fraction": (
+        dict(rules=[rule(1.5)]),
+        "rules[0]: rto_ms must be a whole number of milliseconds or auto",
+    ),
     "rule-rto_ms-above-rto-max": (
         dict(rules=[rule(), rule(120001, "fd00::/8")]),
         "rules[1]: rto_ms 120001 is above the kernel's TCP_RTO_MAX",
@@ -115,6 +125,29 @@ PARAMETER_CASES = {
     "dest-non-ascii-word": (dict(rules=[rule(dest="réseau/8")]), "is not a network in CIDR"),
     "dest-arabic-indic-prefix": (dict(rules=[rule(dest="10.0.0.0/\u0668")]), "is not a network in CIDR"),
     "dest-nul-byte": (dict(rules=[rule(dest="10.0.0.0/8\x00")]), "is not a network in CIDR"),
+    "rto_ms-auto-misspelt": (
+        dict(rto_ms="automatic"),
+        "default: rto_ms must be a whole number of milliseconds or auto",
+    ),
+    "auto-min-above-max": (
+        dict(rto_ms="auto", auto_min_ms=500, auto_max_ms=200),
+        "auto_min_ms 500 is above auto_max_ms 200: give auto_min_ms <= auto_max_ms",
+    ),
+    "auto-min-below-one-jiffy": (dict(rules=[rule("auto")], auto_min_ms=1), "auto_min_ms: rto_ms 1 is below one jiffy"),
+    "auto-max-above-rto-max": (dict(rto_ms="auto", auto_max_ms=120001), "auto_max_ms must be a whole number from 1"),
+    "auto-factor-below-one": (dict(rto_ms="auto", auto_factor=0.5), "auto_factor must be a number from 1 to 10"),
+    "auto-min-samples-zero": (dict(rto_ms="auto", auto_min_samples=0), "auto_min_samples must be a whole number"),
+    "auto-ttl-zero": (dict(rto_ms="auto", auto_ttl_s=0), "auto_ttl_s must be a whole number from 1"),
+    "auto-budget-negative": (dict(rto_ms="auto", auto_retransmit_budget=-1), "auto_retransmit_budget must be"),
+    "auto-table-size-zero": (dict(rto_ms="auto", auto_table_size=0), "auto_table_size must be a whole number from 1"),
+    "auto-rule-with-give-up": (
+        dict(rules=[rule("auto", syn_give_up_s=5)]),
+        "rules[0]: syn_give_up_s with rto_ms: auto is not supported",
+    ),
+    "auto-default-with-give-up": (
+        dict(rto_ms="auto", syn_give_up_s=5),
+        "default: syn_give_up_s with rto_ms: auto is not supported",
+    ),
 }
 
 
@@ -131,6 +164,8 @@ def test_good_parameters_are_accepted():
     assert refusal(dict(rules=[rule(ONE_JIFFY_MS), rule(120000, "fd00::/8")], rto_ms=ONE_JIFFY_MS)) is None
     full = [rule(dest="10.%d.%d.0/24" % divmod(index, 256)) for index in range(rto_program.MAX_RULES)]
     assert refusal(dict(name="n" * 64, rules=full)) is None
+    assert refusal(dict(rules=[rule("auto"), rule(40, "fd00::/8")], rto_ms="AUTO", auto_min_ms=ONE_JIFFY_MS)) is None
+    assert refusal(dict(rules=[rule("50")], rto_ms="auto", auto_factor=1, auto_retransmit_budget=0)) is None
 
 
 def test_one_millisecond_is_a_whole_jiffy_at_hz_1000():

@@ -170,3 +170,14 @@ def test_summary_names_hosts_with_harm_warnings():
     assert unhealthy({"h1": FULL}) == {
         "h1": ["web has 1 harm warnings (rtt_p99_us 10.0.0.0/8=81920(n=120) default=900(n=1))"]
     }
+
+
+def test_rules_column_shows_auto_without_a_unit():
+    instance = dict(
+        HEALTHY["instances"][0],
+        rules=[{"dest": "10.0.0.0/8", "rto_ms": 52}, {"dest": "0.0.0.0/0", "rto_ms": "auto"}],
+        default_rto_ms="auto",
+    )
+    (row,) = rows({"h1": dict(HEALTHY, instances=[instance])})
+    assert row["rules"] == "10.0.0.0/8=52ms 0.0.0.0/0=auto"
+    assert row["default_ms"] == "auto"
