@@ -93,11 +93,14 @@ def test_shipped_object_loads_with_btf(apply):
             "default_rto_jiffies": jiffies(DEFAULT_MS),
             "directions": rto_program.DIRECTION_OUTGOING | 2,
             "default_syn_retries": 0,
+            "default_flags": 0,
+            **{"auto_" + name: 0 for name in rto_program.AUTO_CONFIG_FIELDS if name != "hz"},
+            "hz": 0,  # no rule or default is auto
         },
     }
     (rule,) = bpftool("map", "dump", "pinned", pins["rules"])
     assert rule["formatted"]["key"]["prefixlen"] == 96 + 8  # 127.0.0.0/8 as ::ffff:127.0.0.0/104
-    assert rule["formatted"]["value"] == {"rto_jiffies": jiffies(RULE_MS), "hit_slot": 0, "syn_retries": 0}
+    assert rule["formatted"]["value"] == {"rto_jiffies": jiffies(RULE_MS), "hit_slot": 0, "syn_retries": 0, "flags": 0}
     xlated = bpftool("prog", "dump", "xlated", "pinned", pins["prog"])
     sources = [line.get("src") for insn in xlated for line in [insn] if "src" in insn]
     assert "rule = bpf_map_lookup_elem(&rules, &key);" in [text.strip() for text in sources]
