@@ -10,7 +10,7 @@ import struct
 import pytest
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, bpf_syscall, rto_program
-from ansible_collections.netbpf.tcp_rto.tests.support import bpf_objects
+from ansible_collections.netbpf.tcp_rto.tests.support import bpf_inventory, bpf_objects
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool
 from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 from ansible_collections.netbpf.tcp_rto.tests.support.paths import SHIPPED_OBJECT
@@ -89,14 +89,9 @@ def test_shipped_object_loads_with_btf(apply):
     config = bpftool("map", "dump", "pinned", pins["config"])
     assert config[0]["formatted"] == {
         "key": 0,
-        "value": {
-            "default_rto_jiffies": jiffies(DEFAULT_MS),
-            "directions": rto_program.DIRECTION_OUTGOING | 2,
-            "default_syn_retries": 0,
-            "default_flags": 0,
-            **{"auto_" + name: 0 for name in rto_program.AUTO_CONFIG_FIELDS if name != "hz"},
-            "hz": 0,  # no rule or default is auto
-        },
+        "value": bpf_inventory.config_as_bpftool_shows(
+            default_rto_jiffies=jiffies(DEFAULT_MS), directions=rto_program.DIRECTION_OUTGOING | 2
+        ),
     }
     (rule,) = bpftool("map", "dump", "pinned", pins["rules"])
     assert rule["formatted"]["key"]["prefixlen"] == 96 + 8  # 127.0.0.0/8 as ::ffff:127.0.0.0/104

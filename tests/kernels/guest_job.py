@@ -41,7 +41,7 @@ from guest_kernel import (
     synack_timers,
     wheel_granule,
 )
-from steps import GUEST_ROOT, STEPS, cgroup
+from steps import AUTO_FACTOR, GUEST_ROOT, STEPS, cgroup
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     bpf_info,
@@ -410,13 +410,22 @@ def syn_sent_syncnt():
             sock.close()
 
 
-def first_rule_telemetry(instance):
-    """The telemetry of the instance's first rule, read from its pins."""
+def read_pins(instance, read):
+    """read(Current) of the instance's pins."""
     current = Current(os.path.join(PIN_DIR, instance))
     try:
-        return current.telemetry()[0]
+        return read(current)
     finally:
         current.close()
+
+
+def first_rule_telemetry(instance):
+    return read_pins(instance, lambda current: current.telemetry()[0])
+
+
+def learned_hosts(instance):
+    """{remote host: what rto_ms auto learned of it} of the instance."""
+    return read_pins(instance, lambda current: {host["host"]: host for host in current.learned_hosts()})
 
 
 def scenario_telemetry():
@@ -491,11 +500,7 @@ def scenario_auto():
     observed = {item["direction"]: item["observed_ms"] for item in first["verification"]["checks"]}
     check(observed["outgoing"] == rto_us(800) / 1000.0, "before learning: %s" % observed, "auto", first)
     in_cgroup(cgroup("auto"), loopback_handshakes)
-    current = Current(os.path.join(PIN_DIR, "auto"))
-    try:
-        hosts = {host["host"]: host for host in current.learned_hosts()}
-    finally:
-        current.close()
+    hosts = learned_hosts("auto")
     host = hosts.get("127.0.0.1") or {}
     check(
         host.get("samples", 0) >= 2 * TELEMETRY_HANDSHAKES and host.get("fallback", "none") is None,
@@ -512,6 +517,27 @@ def scenario_auto():
         again,
     )
     return "%d samples, %s ms" % (host["samples"], observed["outgoing"])
+
+
+def scenario_auto_netem():
+    """rto_ms auto learns a known round trip (issue 14): netem holds every packet on lo
+    NETEM_DELAY_US, so 127.0.0.1's handshakes take R = 2 x that, and its RTO is AUTO_FACTOR x
+    (SRTT + 4 RTTVAR): at least AUTO_FACTOR x R, at most AUTO_FACTOR x 3 R (RFC 6298's first
+    sample sets RTTVAR to R / 2; steady samples only lower it), rounded up to a jiffy."""
+    os.mkdir(cgroup("autonetem"))
+    result = run_step("auto-netem")
+    with netem.delay("lo", NETEM_DELAY_US):
+        in_cgroup(cgroup("autonetem"), loopback_handshakes)
+    host = learned_hosts("autonetem").get("127.0.0.1") or {}
+    round_trip_ms = 2 * NETEM_DELAY_US / 1000.0
+    low, high = AUTO_FACTOR * round_trip_ms, AUTO_FACTOR * 3 * round_trip_ms + JIFFY_MS
+    check(
+        host.get("fallback", "none") is None and low <= host.get("rto_ms", 0) <= high,
+        "learned through a %.1f ms round trip: %s, expected %.1f-%.1f ms" % (round_trip_ms, host, low, high),
+        "auto-netem",
+        result,
+    )
+    return "%s ms for R %.0f ms (%d samples)" % (host["rto_ms"], round_trip_ms, host["samples"])
 
 
 MAP_UNDER_ZERO_MEMLOCK = """
@@ -671,6 +697,7 @@ SCENARIOS = [
     ("telemetry", scenario_telemetry),
     ("rtt-netem", scenario_rtt_netem),
     ("auto", scenario_auto),
+    ("auto-netem", scenario_auto_netem),
     ("memlock", scenario_memlock),
     ("hz-measured", scenario_hz_measured),
     ("forced-missing", scenario_forced_missing),

@@ -40,6 +40,7 @@ SCENARIOS = [
     "telemetry",
     "rtt-netem",
     "auto",
+    "auto-netem",
     "memlock",
     "hz-measured",
     "forced-missing",

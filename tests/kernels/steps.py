@@ -8,6 +8,7 @@ GUEST_ROOT = "/opt/tcp_rto"
 SRC = GUEST_ROOT + "/tcp_initial_rto.bpf.o"  # what the action plugin would have transferred
 CGROUP_ROOT = "/sys/fs/cgroup"
 LOOPBACK = "127.0.0.0/8"
+AUTO_FACTOR = 2.0  # rto_ms auto through a netem delay: the learned RTO is this x (SRTT + 4 RTTVAR)
 
 
 def cgroup(name):
@@ -61,6 +62,15 @@ STEPS = {
     # rto_ms: auto (issue 14): loopback's handshakes teach auto_min_ms; verify accepts the range
     "auto": task("auto", rules=[{"dest": LOOPBACK, "rto_ms": "auto"}], auto_min_ms=100, auto_max_ms=800),
     "auto-again": task("auto", rules=[{"dest": LOOPBACK, "rto_ms": "auto"}], auto_min_ms=100, auto_max_ms=800),
+    # rto_ms: auto learning a round trip netem makes on lo (below auto_max_ms, above auto_min_ms)
+    "auto-netem": task(
+        "autonetem",
+        rules=[{"dest": LOOPBACK, "rto_ms": "auto"}],
+        auto_min_ms=20,
+        auto_max_ms=1000,
+        auto_factor=AUTO_FACTOR,
+        verify=False,
+    ),
     # run with RLIMIT_MEMLOCK 0 (kernels before 5.11 charge BPF memory to it)
     "memlock": task("memlock", rto_ms=500),
     # CONFIG_HZ with no kernel config readable

@@ -119,3 +119,13 @@ def cgroup_program_ids(cgroup):
         for entry in bpftool("cgroup", "show", cgroup)
         if entry.get("attach_type") in ("sock_ops", "cgroup_sock_ops")
     ]
+
+
+def config_as_bpftool_shows(**values):
+    """The config map's value as bpftool prints it with the object's BTF: every field of struct
+    config_value (files/bpf/tcp_initial_rto.bpf.c), 0 unless given."""
+    from ansible_collections.netbpf.tcp_rto.plugins.module_utils import rto_program
+
+    fields = ["default_rto_jiffies", "directions", "default_syn_retries", "default_flags"]
+    fields += [name if name == "hz" else "auto_" + name for name in rto_program.AUTO_CONFIG_FIELDS]
+    return dict(dict.fromkeys(fields, 0), **values)

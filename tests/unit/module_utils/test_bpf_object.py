@@ -20,7 +20,7 @@ import time
 import pytest
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_object, btf, elf, hz, rto_program, uapi
-from ansible_collections.netbpf.tcp_rto.tests.support import bpf_objects, sandbox
+from ansible_collections.netbpf.tcp_rto.tests.support import bpf_inventory, bpf_objects, sandbox
 from ansible_collections.netbpf.tcp_rto.tests.support.paths import SHIPPED_OBJECT
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -1084,21 +1084,7 @@ def test_bpftool_loads_the_shipped_object_with_btf(bpffs):
     assert prog["type"] == "sock_ops" and prog["name"] == rto_program.PROGRAM_NAME and prog.get("btf_id")
     assert len(prog["map_ids"]) == len(rto_program.MAP_CONTRACT)
     config = json.loads(_bpftool("-j", "map", "dump", "pinned", paths["config"]))
-    assert config[0]["formatted"] == {
-        "key": 0,
-        "value": {
-            "default_rto_jiffies": 0,
-            "directions": 0,
-            "default_syn_retries": 0,
-            "default_flags": 0,
-            "auto_min_jiffies": 0,
-            "auto_factor_pct": 0,
-            "auto_min_samples": 0,
-            "auto_ttl_s": 0,
-            "auto_retransmit_budget": 0,
-            "hz": 0,
-        },
-    }
+    assert config[0]["formatted"] == {"key": 0, "value": bpf_inventory.config_as_bpftool_shows()}
     xlated = _bpftool("prog", "dump", "xlated", "pinned", paths["prog"])
     assert "; if (op != BPF_SOCK_OPS_TIMEOUT_INIT && op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB &&" in xlated
     prog_id, map_ids = prog["id"], prog["map_ids"]

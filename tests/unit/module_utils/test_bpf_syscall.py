@@ -226,18 +226,7 @@ def test_btf_load_and_typed_map(fds):
     dump = bpf_inventory.bpftool("map", "dump", "id", str(info.id))
     assert dump[0]["formatted"] == {
         "key": 0,
-        "value": {
-            "default_rto_jiffies": 7,
-            "directions": 3,
-            "default_syn_retries": 0,
-            "default_flags": 0,
-            "auto_min_jiffies": 0,
-            "auto_factor_pct": 0,
-            "auto_min_samples": 0,
-            "auto_ttl_s": 0,
-            "auto_retransmit_budget": 0,
-            "hz": 0,
-        },
+        "value": bpf_inventory.config_as_bpftool_shows(default_rto_jiffies=7, directions=3),
     }
     expect_error(
         "BPF_MAP_CREATE",
