@@ -354,7 +354,7 @@ RTO_CASES = [
     case(
         "rto_ms-not-a-number",
         dict(rto_ms="abc"),
-        "argument 'rto_ms' is of type str and we were unable to convert to int",
+        "default: rto_ms must be a whole number of milliseconds or auto, got 'abc'",
         existing=True,
     ),
     case(
@@ -758,8 +758,8 @@ RECORD_CASES = [
     case("record-format-2", setting("format", 2), "format is not 1"),
     case("record-missing-key", edited(lambda record, env: record.pop("rules")), "missing rules"),
     case("record-unknown-key", setting("port", 443), "unknown key(s) port"),
-    case("record-rto_ms-string", setting("rto_ms", "200"), 'rto_ms is "200", expected an integer or null'),
-    case("record-rto_ms-bool", setting("rto_ms", True), "rto_ms is true, expected an integer or null"),
+    case("record-rto_ms-string", setting("rto_ms", "200"), 'rto_ms is "200", expected an integer, auto or null'),
+    case("record-rto_ms-bool", setting("rto_ms", True), "rto_ms is true, expected an integer, auto or null"),
     case("record-rules-mapping", setting("rules", {"dest": "10.0.0.0/8"}), "rules is {"),
     case("record-rule-rto_ms-string", first_rule("rto_ms", "fast"), "expected a list of {dest: string"),
     case("record-rule-extra-key", first_rule("port", 443), "expected a list of {dest: string"),

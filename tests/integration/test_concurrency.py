@@ -72,9 +72,7 @@ def test_eight_runs_at_once_on_one_instance(cgroup, bpffs, second_object, legacy
     assert cgroup_program_ids(cgroup) == [program_id]
     loopback_ms = next(rule["rto_ms"] for rule in held["rules"] if rule["dest"] == "127.0.0.0/8")
     assert observed_rto_us(cgroup) == jiffies_us(loopback_ms)
-    assert sorted(os.listdir(instance_dir)) == sorted(
-        ["config", "hits", "meta", "prog", "rules", "stats", "syn_rtx_time"] + ([] if legacy else ["link"])
-    )
+    assert sorted(os.listdir(instance_dir)) == bpf_inventory.instance_pins(link=not legacy)
     leftover = bpf_inventory.unaccounted(before, [cgroup], bpffs)
     assert leftover["progs"] == {program_id}
     # the object's maps and the meta record the loader adds

@@ -246,9 +246,7 @@ def test_killed_run_is_repaired(point, scenario, cgroup, bpffs, tmp_path, second
             assert [cgroup_program_ids(place) for place in cgroups if place != target] == [[]]
             assert observed_rto_us(target) == expected_rto_us(request)
             link_mode = not request.get("_legacy_attach")
-            assert sorted(os.listdir(instance_dir)) == sorted(
-                ["config", "hits", "meta", "prog", "rules", "stats", "syn_rtx_time"] + (["link"] if link_mode else [])
-            )
+            assert sorted(os.listdir(instance_dir)) == bpf_inventory.instance_pins(link=link_mode)
             ours = instance_objects(instance_dir)
             assert ours["progs"] == {program_id}
             assert settle_unaccounted(before, ours, cgroups, bpffs) == ours
@@ -277,12 +275,12 @@ def test_fault_point_through_ansible(playbook, cgroup, bpffs):
     )
     assert killed.results[-1]["status"] == "failed", killed.output
     assert killed.results[-1].get("rc") == 128 + 9, killed.results[-1]  # the shell reports SIGKILL
-    assert sorted(os.listdir(os.path.join(args["pin_dir"], "crash"))) == sorted(
-        "new_" + name for name in ("config", "hits", "meta", "prog", "rules", "stats", "syn_rtx_time")
+    assert sorted(os.listdir(os.path.join(args["pin_dir"], "crash"))) == bpf_inventory.instance_pins(
+        link=False, prefix="new_"
     )
     repaired = playbook.module(**args)
     assert repaired["changed"] is True, repaired["_output"]
-    assert repaired["actions"][0].startswith("remove what an interrupted run left (new_config, new_hits")
+    assert repaired["actions"][0].startswith("remove what an interrupted run left (new_")
     assert cgroup_program_ids(cgroup) == [repaired["instance"]["program_id"]]
     assert observed_rto_us(cgroup) == expected_rto_us(args)
     assert playbook.module(state="absent", **args)["changed"] is True

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import desired, probe, reconcile, rto_program
-from ansible_collections.netbpf.tcp_rto.tests.support import aids
+from ansible_collections.netbpf.tcp_rto.tests.support import aids, bpf_inventory
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import bpftool
 from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 from ansible_collections.netbpf.tcp_rto.tests.support.reconcile_run import module_params
@@ -28,7 +28,7 @@ NAME = "drift"
 RULE = {"dest": "127.0.0.0/8", "rto_ms": 200}
 RULE_JIFFIES = -(-200 * HZ // 1000)
 DEFAULT_MS = 500
-PINS = ["auto_conn", "config", "hits", "learned", "meta", "prog", "rules", "stats", "syn_rtx_time"]
+PINS = bpf_inventory.instance_pins(link=False)
 
 
 def hex_words(raw):

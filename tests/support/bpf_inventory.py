@@ -129,3 +129,12 @@ def config_as_bpftool_shows(**values):
     fields = ["default_rto_jiffies", "directions", "default_syn_retries", "default_flags"]
     fields += [name if name == "hz" else "auto_" + name for name in rto_program.AUTO_CONFIG_FIELDS]
     return dict(dict.fromkeys(fields, 0), **values)
+
+
+def instance_pins(link=True, prefix=""):
+    """The pins in an applied instance's directory, sorted (prefix "new_": those of a run killed
+    before it renamed them into place); link: attached with a bpf_link."""
+    from ansible_collections.netbpf.tcp_rto.plugins.module_utils import pins, rto_program
+
+    names = [pins.PROG_PIN, pins.META_MAP, *rto_program.MAP_CONTRACT] + ([pins.LINK_PIN] if link else [])
+    return sorted(prefix + name for name in names)
