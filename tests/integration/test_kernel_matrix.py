@@ -16,7 +16,7 @@ def test_kernel_matrix(capsys):
         "qemu-system-x86_64 is not installed: scripts/setup-env installs it (apt package qemu-system-x86)"
     )
     proc = subprocess.run(
-        [RUN], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=1800, check=False
+        [RUN], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=3600, check=False
     )
     with capsys.disabled():  # the kernel table belongs in the test command's output, pass or fail
         print("\n" + proc.stdout)

@@ -258,7 +258,7 @@ def main(argv=None):
         help="look for newer kernel images in the archive instead of using the cached ones",
     )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="guests at once (default: cores)")
-    parser.add_argument("--timeout", type=int, default=900, help="seconds per guest (default: %(default)s)")
+    parser.add_argument("--timeout", type=int, default=1200, help="seconds per guest (default: %(default)s)")
     options = parser.parse_args(argv)
     keys = [key for key in options.kernels.split(",") if key]
     unknown = [key for key in keys if key not in [entry[0] for entry in KERNELS]]
