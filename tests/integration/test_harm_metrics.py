@@ -157,11 +157,10 @@ def test_the_timers_entry_point_writes_what_the_info_module_writes(cgroup, bpffs
 
 
 def test_the_metrics_timer_needs_persistence(cgroup, bpffs, tmp_path):
-    params = reconcile_run.module_params(
-        name="harm",
-        cgroup=cgroup,
-        pin_dir=os.path.join(bpffs, "tcp_rto"),
-        mount_bpffs=False,
+    params = reconcile_run.sandbox_params(
+        "harm",
+        cgroup,
+        bpffs,
         rto_ms=300,
         metrics_textfile=str(tmp_path / "tcp_rto.prom"),
         _persist_root=str(tmp_path / "root"),

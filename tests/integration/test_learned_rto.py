@@ -187,11 +187,10 @@ def test_the_learned_table_survives_an_upgrade_and_a_new_size_starts_afresh(cgro
 
 
 def test_check_mode_diff_and_verification_show_auto(cgroup, bpffs):
-    params = reconcile_run.module_params(
-        name="auto",
-        cgroup=cgroup,
-        pin_dir=os.path.join(bpffs, "tcp_rto"),
-        mount_bpffs=False,
+    params = reconcile_run.sandbox_params(
+        "auto",
+        cgroup,
+        bpffs,
         rules=[{"dest": LOOPBACK, "rto_ms": "auto"}],
         rto_ms=300,
         **AUTO,

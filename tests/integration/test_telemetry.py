@@ -149,11 +149,10 @@ def test_rule_slot_counters_reset_when_the_slot_changes_rule(cgroup, bpffs):
 
 
 def test_syn_give_up_s_is_refused_before_anything_changes_where_the_kernel_lacks_it(cgroup, bpffs):
-    params = reconcile_run.module_params(
-        name="telemetry",
-        cgroup=cgroup,
-        pin_dir=os.path.join(bpffs, "tcp_rto"),
-        mount_bpffs=False,
+    params = reconcile_run.sandbox_params(
+        "telemetry",
+        cgroup,
+        bpffs,
         rules=[{"dest": LOOPBACK, "rto_ms": 100}],
         syn_give_up_s=2,
     )
@@ -165,11 +164,10 @@ def test_syn_give_up_s_is_refused_before_anything_changes_where_the_kernel_lacks
 
 
 def test_syn_give_up_s_needs_outgoing(cgroup, bpffs):
-    params = reconcile_run.module_params(
-        name="telemetry",
-        cgroup=cgroup,
-        pin_dir=os.path.join(bpffs, "tcp_rto"),
-        mount_bpffs=False,
+    params = reconcile_run.sandbox_params(
+        "telemetry",
+        cgroup,
+        bpffs,
         rto_ms=100,
         syn_give_up_s=2,
         direction="incoming",

@@ -81,13 +81,14 @@ def run(params, fault=None, fail_at=None, force_missing=None):
     return finish(start(params, fault, fail_at, force_missing))
 
 
+def sandbox_params(name, cgroup, bpffs, **given):
+    """module_params() for instance name in a test's sandbox cgroup and bpffs, then given."""
+    return module_params(name=name, cgroup=cgroup, pin_dir=os.path.join(bpffs, "tcp_rto"), mount_bpffs=False, **given)
+
+
 def applied(name, cgroup, bpffs, **options):
     """A run that must succeed on instance name in the sandbox's cgroup and bpffs (the shipped
     object, no verification unless options ask for it) -> its result."""
-    params = module_params(
-        name=name, cgroup=cgroup, pin_dir=os.path.join(bpffs, "tcp_rto"), mount_bpffs=False, verify=False
-    )
-    params.update(options)
-    returncode, result, err = run(params)
+    returncode, result, err = run(sandbox_params(name, cgroup, bpffs, **dict(dict(verify=False), **options)))
     assert returncode == 0, (result, err)
     return result

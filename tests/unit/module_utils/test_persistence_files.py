@@ -287,14 +287,15 @@ def test_an_edited_record_is_refused_with_what_is_wrong(root, layout, object_pat
     assert "apply the instance again with Ansible to rewrite it" in str(raised.value)
 
 
-def test_a_record_of_an_earlier_version_without_unit_reads_as_none(root, layout, object_path):
+@pytest.mark.parametrize("key", sorted(record.ADDED_KEYS))
+def test_a_record_of_an_earlier_version_without_a_later_key_reads_with_its_default(root, layout, object_path, key):
     install_with(root, object_path)
     with open(layout.record("web")) as handle:
-        record = json.load(handle)
-    del record["unit"]
+        content = json.load(handle)
+    del content[key]
     with open(layout.record("web"), "w") as handle:
-        json.dump(record, handle)
-    assert persistence.read_record("web", root=root)["unit"] is None
+        json.dump(content, handle)
+    assert persistence.read_record("web", root=root)[key] == record.ADDED_KEYS[key]
 
 
 def test_syn_give_up_s_is_recorded_and_a_rule_without_one_as_before(root, object_path):
@@ -308,16 +309,6 @@ def test_syn_give_up_s_is_recorded_and_a_rule_without_one_as_before(root, object
     recorded = persistence.read_record("web", root=root)
     assert recorded["rules"] == [{"dest": "10.0.0.0/8", "rto_ms": 300}, rules[1]]
     assert recorded["syn_give_up_s"] == 4
-
-
-def test_a_record_of_an_earlier_version_without_syn_give_up_s_reads_as_none(root, layout, object_path):
-    install_with(root, object_path)
-    with open(layout.record("web")) as handle:
-        content = json.load(handle)
-    del content["syn_give_up_s"]
-    with open(layout.record("web"), "w") as handle:
-        json.dump(content, handle)
-    assert persistence.read_record("web", root=root)["syn_give_up_s"] is None
 
 
 def test_a_record_of_0_2_0_with_force_legacy_attach_reads_without_it(root, layout, object_path):
