@@ -264,6 +264,19 @@ def _no_give_up_with_auto(give_up_s: Optional[float], what: str) -> None:
         )
 
 
+def parse_default(
+    default_rto_ms: Any, hz: int, syn_give_up_s: Optional[float], linear_timeouts: int, auto: AutoSettings
+) -> Tuple[Optional[int], Optional[int], bool]:
+    """The instance's rto_ms -> (jiffies, syn_retries, auto) of the default (None jiffies: none)."""
+    if default_rto_ms is None:
+        return None, None, False
+    jiffies, is_auto = rto_value(default_rto_ms, hz, "default", auto)
+    if is_auto:
+        _no_give_up_with_auto(syn_give_up_s, "default")
+        return jiffies, None, True
+    return jiffies, syn_retries_for(syn_give_up_s, jiffies, hz, linear_timeouts, "default"), False
+
+
 def desired_state(
     name: str,
     pin_dir: str,
@@ -284,14 +297,9 @@ def desired_state(
     if direction not in rto_program.DIRECTIONS:
         raise ConfigError("direction %r is not one of %s" % (direction, ", ".join(sorted(rto_program.DIRECTIONS))))
     auto = parse_auto(auto_params or {}, hz)
-    default_jiffies = default_syn_retries = None
-    default_auto = False
-    if default_rto_ms is not None:
-        default_jiffies, default_auto = rto_value(default_rto_ms, hz, "default", auto)
-        if default_auto:
-            _no_give_up_with_auto(syn_give_up_s, "default")
-        else:
-            default_syn_retries = syn_retries_for(syn_give_up_s, default_jiffies, hz, linear_timeouts, "default")
+    default_jiffies, default_syn_retries, default_auto = parse_default(
+        default_rto_ms, hz, syn_give_up_s, linear_timeouts, auto
+    )
     rules = parse_rules(raw_rules, hz, syn_give_up_s, linear_timeouts, auto)
     if not rto_program.DIRECTIONS[direction] & rto_program.DIRECTION_OUTGOING and (
         default_syn_retries or any(rule.syn_retries for rule in rules)

@@ -13,7 +13,15 @@ __metaclass__ = type
 import json
 import os
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, persistence, views
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    bpf_syscall,
+    desired,
+    host,
+    persistence,
+    record,
+    syn_give_up,
+    views,
+)
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
 
 ABSENT = {"state": "absent"}
@@ -22,7 +30,8 @@ ABSENT = {"state": "absent"}
 def configuration(pin_dir, name):
     """The instance's configuration as a history record holds it (and the role puts back):
     {"state": "absent"}, or state, cgroup (None for an instance that follows a unit), unit, rules
-    ([{dest, rto_ms}]), rto_ms and direction. None when the pins cannot be read."""
+    ([{dest, rto_ms, syn_give_up_s}]), rto_ms, syn_give_up_s, direction and the auto_* settings
+    (record.AUTO_KEYS). None when the pins cannot be read."""
     instance_dir = os.path.join(pin_dir, name)
     if not os.path.isdir(instance_dir):
         return dict(ABSENT)
@@ -31,19 +40,76 @@ def configuration(pin_dir, name):
         current = Current(instance_dir, link_info=False)
     except (OSError, ValueError, bpf_syscall.BpfError):
         return None
+    root = persistence.host_root()
     try:
         view = views.describe_current(current)
+        hz = current.meta.get("hz") if current.meta else None
+        settings = _as_recorded(persistence.recorded_params(name, root), current, hz) or _as_held(current, view, hz)
     finally:
         current.close()
-    unit = persistence.recorded_unit(name, persistence.host_root())
+    unit = persistence.recorded_unit(name, root)
     return dict(
+        settings,
         state="present",
         cgroup=None if unit else view.get("cgroup"),
         unit=unit,
-        rules=[dict(dest=rule["dest"], rto_ms=rule.get("rto_ms")) for rule in view.get("rules", [])],
-        rto_ms=view.get("default_rto_ms"),
         direction=view.get("direction"),
     )
+
+
+def _as_held(current, view, hz):
+    """rules, rto_ms, syn_give_up_s and the auto_* settings from what the kernel holds: each
+    syn_give_up_s its deadline, cut to whole milliseconds (syn_give_up.recorded_give_up_seconds)."""
+    auto = view.get("auto") or {}
+    return dict(
+        rules=[
+            dict(
+                dest=shown["dest"],
+                rto_ms=shown.get("rto_ms"),
+                syn_give_up_s=_give_up(rule.rto_jiffies, rule.syn_retries, hz),
+            )
+            for shown, (rule, _slot) in zip(view.get("rules", []), current.rules)
+        ],
+        rto_ms=view.get("default_rto_ms"),
+        syn_give_up_s=_give_up(current.default_jiffies, current.default_syn_retries, hz),
+        **{key: auto.get(key[len("auto_") :]) for key in record.AUTO_KEYS},
+    )
+
+
+def _give_up(rto_jiffies, syn_retries, hz):
+    return syn_give_up.recorded_give_up_seconds(rto_jiffies, syn_retries, hz) if hz else None
+
+
+def _as_recorded(recorded, current, hz):
+    """rules, rto_ms, syn_give_up_s and the auto_* settings as the boot record gives them, when they
+    make exactly what the kernel holds (a run without persistence may have changed it since), else
+    None. A rollback then applies the words the operator used, and applying those again changes nothing."""
+    keys = ("rules", "rto_ms", "syn_give_up_s", *record.AUTO_KEYS)
+    if not recorded or not hz or not set(keys) - {"syn_give_up_s", *record.AUTO_KEYS} <= set(recorded):
+        return None
+    settings = {key: recorded.get(key) for key in keys}
+    linear_timeouts = host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0)
+    try:
+        auto = desired.parse_auto(settings, hz)
+        rules = desired.parse_rules(settings["rules"], hz, settings["syn_give_up_s"], linear_timeouts, auto)
+        default = desired.parse_default(settings["rto_ms"], hz, settings["syn_give_up_s"], linear_timeouts, auto)
+    except (desired.ConfigError, TypeError, ValueError):
+        return None
+    uses_auto = default[2] or any(rule.auto for rule in rules)
+    makes = (
+        [(rule.dest, rule.rto_jiffies, rule.syn_retries or 0, rule.auto) for rule in rules],
+        (default[0] or 0, default[1] or 0, default[2]),
+        (auto.min_jiffies, auto.factor_pct, auto.min_samples, auto.ttl_s, auto.retransmit_budget, auto.table_size)
+        if uses_auto
+        else None,
+    )
+    learned_entries = current.learned_info.max_entries if current.learned_info else None
+    holds = (
+        [(rule.dest, rule.rto_jiffies, rule.syn_retries or 0, rule.auto) for rule, _slot in current.rules],
+        (current.default_jiffies or 0, current.default_syn_retries or 0, bool(current.default_auto)),
+        (*current.auto_config[:5], learned_entries) if uses_auto and current.auto_config else None,
+    )
+    return settings if makes == holds else None
 
 
 def _record_path(layout, name, step):
@@ -51,7 +117,7 @@ def _record_path(layout, name, step):
     return os.path.join(layout.record_dir, name + suffix)
 
 
-def record(name, before, steps):
+def push(name, before, steps):
     """Keep before as the newest history record of name, the older ones moved up, at most steps
     of them; -> the path written."""
     layout = persistence.Layout(persistence.host_root())

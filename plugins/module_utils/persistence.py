@@ -339,15 +339,21 @@ def recorded(name, root="/"):
     )
 
 
-def recorded_unit(name, root="/"):
-    """The unit a recorded instance follows, None for none or when the record cannot tell."""
+def recorded_params(name, root="/"):
+    """The record of name as it stands ({} when there is none or it cannot be read), unchecked:
+    for what a reader may take from it, not for a restore (read_record)."""
     layout = Layout(root)
     try:
         safe_files.check_dirs(layout, layout.record_dir)
         record = json.loads((safe_files.read(layout.record(name)) or b"{}").decode("utf-8"))
     except (RecordError, ValueError, OSError):
-        return None
-    unit = record.get("unit") if isinstance(record, dict) else None
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def recorded_unit(name, root="/"):
+    """The unit a recorded instance follows, None for none or when the record cannot tell."""
+    unit = recorded_params(name, root).get("unit")
     return unit if isinstance(unit, str) else None
 
 

@@ -7,6 +7,8 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
+import math
+
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host
 
 TCP_RTO_MAX_SECONDS = 120.0
@@ -40,6 +42,18 @@ def rule_give_up_seconds(rto_jiffies, syn_retries, hz):
         ),
         3,
     )
+
+
+def recorded_give_up_seconds(rto_jiffies, syn_retries, hz):
+    """The syn_give_up_s that gives a rule (or the default) syn_retries again, for a history record:
+    its deadline cut to whole milliseconds, so that it does not pass that deadline and ask for one
+    retry more. None when the program sets no TCP_SYNCNT there (syn_retries 0)."""
+    if not syn_retries:
+        return None
+    seconds = syn_give_up_seconds(
+        rto_jiffies / float(hz), syn_retries, host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0)
+    )
+    return math.floor(seconds * 1000 + 1e-6) / 1000.0
 
 
 def sets_syn_retries(desired):

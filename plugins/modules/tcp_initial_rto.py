@@ -293,7 +293,7 @@ options:
       - How many history records of the instance's configuration before its changes to keep for
         the rollback of the role C(netbpf.tcp_rto.tcp_rto) (its C(rollback) entry point), which sets
         this option. When a run with O(state=present) changes the configuration (cgroup or unit,
-        rules, default, direction), the configuration before it becomes
+        rules, default, direction, O(syn_give_up_s), the C(auto_*) settings), the configuration before it becomes
         C(/etc/tcp_rto/<name>.previous.json); the older records move to
         C(<name>.previous.2.json) and so on, and those beyond this number are dropped.
       - V(0) writes no record and leaves existing ones alone. Check mode writes none.
@@ -601,7 +601,7 @@ def record_history(params, before, check_mode):
         return {}
     if history.configuration(params["pin_dir"], params["name"]) == before["before"]:
         return {}
-    return dict(history_record=history.record(params["name"], before["before"], params["history_steps"]))
+    return dict(history_record=history.push(params["name"], before["before"], params["history_steps"]))
 
 
 @contextlib.contextmanager

@@ -234,3 +234,58 @@ def test_rollback_steps_below_one_are_refused(fleet):
     assert run.returncode != 0
     assert "tcp_rto_rollback_steps must be 1 or more" in run.output, run.output
     assert fleet.program_ids()["h1"] == [] and files_under(fleet.roots["h1"]) == []
+
+
+def applied_settings(run):
+    """{name: what a rollback must put back besides the values} from the module results of the run's
+    last "Set the initial RTO" task: the auto settings, each rule's syn_give_up_s deadline and the
+    soonest of the instance (the default's, where it gives up first)."""
+    [*_earlier, last] = [
+        result for result in run.results if result["task"].endswith("Set the initial RTO of each instance")
+    ]
+    return {
+        item["item"]["name"]: dict(
+            auto=item["instance"]["auto"],
+            give_up={rule["dest"]: rule["syn_give_up_s"] for rule in item["instance"]["rules"]},
+            soonest_give_up=item["syn_give_up_s"],
+        )
+        for item in last["results"]
+    }
+
+
+def test_rollback_puts_back_the_auto_settings_and_give_up_deadlines(fleet):
+    """A rollback takes an instance back to all of its configuration: the auto_* settings and the
+    syn_give_up_s of the instance and of each rule, not only the values (issue 14; the history
+    record held rules and rto_ms only, and the role applied its current auto variables)."""
+    cgroups = child_cgroups(fleet, "h1", ["learn", "fixed"])
+
+    def listed(min_ms, rule_give_up_s, instance_give_up_s):
+        return [
+            dict(
+                name="learn",
+                cgroup=cgroups["learn"],
+                rules=[
+                    {"dest": "127.0.0.0/8", "rto_ms": "auto"},
+                    {"dest": "10.0.0.0/8", "rto_ms": 200, "syn_give_up_s": rule_give_up_s},
+                ],
+                auto_min_ms=min_ms,
+                auto_max_ms=800,
+            ),
+            dict(name="fixed", cgroup=cgroups["fixed"], rto_ms=300, syn_give_up_s=instance_give_up_s),
+        ]
+
+    first = fleet.play("rollout", tcp_rto_hosts="h1", tcp_rto_instances=listed(100, 3, 5))
+    assert first.returncode == 0, first.output
+    before = applied_settings(first)
+    assert before["learn"]["auto"]["min_ms"] == 100 and before["learn"]["give_up"]["10.0.0.0/8"] >= 3
+    second = fleet.play("rollout", tcp_rto_hosts="h1", tcp_rto_instances=listed(200, 6, 10))
+    assert second.returncode == 0, second.output
+    assert applied_settings(second) != before
+
+    # the rollback play names the instances only: all the rest comes from the history records
+    names = [dict(name="learn"), dict(name="fixed")]
+    back = fleet.play("rollback", tcp_rto_hosts="h1", tcp_rto_instances=names)
+    assert back.returncode == 0, back.output
+    assert applied_settings(back) == before
+    again = fleet.play("rollout", tcp_rto_hosts="h1", tcp_rto_instances=listed(100, 3, 5))
+    assert again.returncode == 0 and not changed(again), again.output
