@@ -115,6 +115,9 @@ struct slot_stats {
 
 /* A connection in SYN_SENT (or one that left it since), the same in every callback. */
 struct conn_key { __u32 remote[4], local[4], remote_port, local_port; };
+/* The answer a connect() keeps (rto_ms: auto), with its initial sequence number: a record left by
+ * an earlier connection on the same addresses and ports carries another one and is not used. */
+struct auto_conn_value { __u32 rto_jiffies, isn; };
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -163,14 +166,16 @@ struct {
 	__uint(max_entries, LEARNED_ENTRIES);
 } learned SEC(".maps");
 
-/* The learned answer each connect() in its handshake started with: the kernel asks again at every
- * SYN retransmit (retransmits_timed_out()), and a connection keeps its first answer while the
- * learned map moves on. An LRU hash like syn_rtx_time (socket storage needs BTF the kernel may
- * refuse); deleted at ACTIVE_ESTABLISHED, evicted for connections that never complete. */
+/* The learned answer a connect() whose SYN was retransmitted keeps: from the second SYN timeout on
+ * the kernel asks again (retransmits_timed_out(), for its give-up deadline), and the connection
+ * keeps the answer it had while the learned map moves on. Written at the first SYN retransmit,
+ * not at connect(): a handshake that needs no retransmit (nearly all) costs no map update. An
+ * LRU hash like syn_rtx_time (socket storage needs BTF the kernel may refuse); deleted at
+ * ACTIVE_ESTABLISHED, evicted for connections that never complete. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__type(key, struct conn_key);
-	__type(value, __u32);
+	__type(value, struct auto_conn_value);
 	__uint(max_entries, AUTO_CONN_ENTRIES);
 } auto_conn SEC(".maps");
 
@@ -217,15 +222,17 @@ static __attribute__((always_inline)) int remote_address(struct bpf_sock_ops *sk
  * after TIMEOUT_INIT looks the rules up again: a rule changed in between counts the connection
  * where the rules place it now. */
 static __attribute__((always_inline)) int slot_of(struct config_value *config_value, struct rule_key *key,
-					   __u32 *flags)
+					   __u32 *flags, __u32 *rto_jiffies)
 {
 	struct rule_value *rule = bpf_map_lookup_elem(&rules, key);
 
 	if (rule) {
 		*flags = rule->flags;
+		*rto_jiffies = rule->rto_jiffies;
 		return rule->hit_slot;
 	}
 	*flags = config_value->default_flags;
+	*rto_jiffies = config_value->default_rto_jiffies;
 	if (config_value->default_rto_jiffies > 0)
 		return DEFAULT_HIT_SLOT;
 	return -1;
@@ -346,8 +353,8 @@ static __attribute__((always_inline)) void count_handshake(struct bpf_sock_ops *
 	struct slot_stats *slot_stats;
 	struct conn_key conn;
 	__u64 *retransmitted_ns, elapsed_us, rtt_us, retransmits;
-	__u32 slot, bucket, flags;
-	int found = slot_of(config_value, key, &flags);
+	__u32 slot, bucket, flags, rto_jiffies;
+	int found = slot_of(config_value, key, &flags, &rto_jiffies);
 
 	if (found < 0)
 		return;
@@ -362,7 +369,7 @@ static __attribute__((always_inline)) void count_handshake(struct bpf_sock_ops *
 	if (flags & RTO_AUTO) {
 		learn(config_value, key->addr, retransmits ? 0 : rtt_us,
 		      direction == DIRECTION_INCOMING ? retransmits : 0);
-		if (direction == DIRECTION_OUTGOING) {
+		if (direction == DIRECTION_OUTGOING && retransmits) {
 			conn_key_of(skops, key, &conn);
 			bpf_map_delete_elem(&auto_conn, &conn);
 		}
@@ -417,19 +424,29 @@ static __attribute__((always_inline)) void count_syn_retransmit(struct bpf_sock_
 {
 	struct slot_stats *slot_stats;
 	struct learned_value *known;
+	struct auto_conn_value *kept, answer;
 	struct conn_key conn;
 	__u64 now;
-	__u32 slot, flags;
+	__u32 slot, flags, rto_jiffies;
 	int found;
 
 	if (skops->state != BPF_TCP_SYN_SENT || skops->args[RETRANS_CB_ERR_ARG])
 		return;	/* a data retransmit, or the SYN did not go out */
-	found = slot_of(config_value, key, &flags);
+	found = slot_of(config_value, key, &flags, &rto_jiffies);
 	if (found < 0)
 		return;
 	slot = found;
-	/* Counted at once, not at ESTABLISHED: a host that never answers must exhaust its budget too. */
+	conn_key_of(skops, key, &conn);
 	if (flags & RTO_AUTO) {
+		/* The first retransmit keeps the answer the connection has (before its own retransmit
+		 * counts against the host). In SYN_SENT snd_una is the initial sequence number. */
+		kept = bpf_map_lookup_elem(&auto_conn, &conn);
+		if (!kept || kept->isn != skops->snd_una) {
+			answer.rto_jiffies = learned_rto(config_value, key->addr, rto_jiffies);
+			answer.isn = skops->snd_una;
+			bpf_map_update_elem(&auto_conn, &conn, &answer, BPF_ANY);
+		}
+		/* Counted at once, not at ESTABLISHED: a host that never answers must exhaust its budget too. */
 		known = bpf_map_lookup_elem(&learned, key->addr);
 		if (known)
 			__sync_fetch_and_add(&known->retransmits, 1);
@@ -437,7 +454,6 @@ static __attribute__((always_inline)) void count_syn_retransmit(struct bpf_sock_
 	slot_stats = bpf_map_lookup_elem(&stats, &slot);
 	if (slot_stats)
 		__sync_fetch_and_add(&slot_stats->syn_retransmits, 1);
-	conn_key_of(skops, key, &conn);
 	now = bpf_ktime_get_ns();
 	bpf_map_update_elem(&syn_rtx_time, &conn, &now, BPF_ANY);
 }
@@ -449,8 +465,9 @@ int tcp_initial_rto(struct bpf_sock_ops *skops)
 	struct rule_value *rule;
 	struct rule_key key;
 	struct conn_key conn;
+	struct auto_conn_value *kept = 0;
 	__u32 zero = 0, direction, op = skops->op;
-	__u32 rto_jiffies, flags, *started;
+	__u32 rto_jiffies, flags;
 	int syn_retries = 0;
 
 	/* Return 1 on every path: any other return value makes the kernel discard the reply of every
@@ -511,19 +528,16 @@ int tcp_initial_rto(struct bpf_sock_ops *skops)
 	if (flags & RTO_AUTO) {
 		/* A passive open asks once per request socket (5.18+ keeps req->timeout for the SYN-ACK
 		 * retransmits): no record. connect() is asked first from tcp_connect_init() with nothing
-		 * in flight, then at each retransmit with its SYN in flight: it keeps its first answer. */
-		if (direction == DIRECTION_OUTGOING) {
+		 * in flight, then after its first SYN retransmit with the SYN in flight: it keeps the
+		 * answer its first retransmit recorded (count_syn_retransmit()). */
+		if (direction == DIRECTION_OUTGOING && skops->packets_out) {
 			conn_key_of(skops, &key, &conn);
-			started = skops->packets_out ? bpf_map_lookup_elem(&auto_conn, &conn) : 0;
-			if (started) {
-				rto_jiffies = *started;
-			} else {
-				rto_jiffies = learned_rto(config_value, key.addr, rto_jiffies);
-				bpf_map_update_elem(&auto_conn, &conn, &rto_jiffies, BPF_ANY);
-			}
-		} else {
-			rto_jiffies = learned_rto(config_value, key.addr, rto_jiffies);
+			kept = bpf_map_lookup_elem(&auto_conn, &conn);
 		}
+		if (kept && kept->isn == skops->snd_una)
+			rto_jiffies = kept->rto_jiffies;
+		else
+			rto_jiffies = learned_rto(config_value, key.addr, rto_jiffies);
 	}
 	skops->reply = rto_jiffies;
 	/* The kernel asks again at every SYN retransmit (retransmits_timed_out()): what follows is

@@ -218,15 +218,26 @@ class Current:
         return set(self.prog_info.map_ids) == {self.map_ids[name] for name in rto_program.MAP_CONTRACT}
 
     def carried_maps(self, table_size):
-        """The pinned maps (rto_program.CARRIED_MAPS) a new program can use as they are: the learned
-        map when it has the contract's layout and table_size entries."""
-        info = self.learned_info
-        if info is None or self.meta is None or self.meta_problem is not None:
+        """The pinned maps (rto_program.CARRIED_MAPS) a new program can use as they are: those with
+        the contract's layout, the learned map with table_size entries."""
+        if self.meta is None or self.meta_problem is not None:
             return ()
-        spec = rto_program.MAP_CONTRACT[rto_program.LEARNED_MAP]
-        if (info.type, info.key_size, info.value_size, info.max_entries) != (spec[0], spec[1], spec[2], table_size):
-            return ()
-        return (rto_program.LEARNED_MAP,)
+        carried = []
+        for name in rto_program.CARRIED_MAPS:
+            if name not in self.maps:
+                continue
+            info = self.learned_info if name == rto_program.LEARNED_MAP else bpf_info.map_info(self.maps[name])
+            map_type, key_size, value_size, max_entries, _flags = rto_program.MAP_CONTRACT[name]
+            if name == rto_program.LEARNED_MAP:
+                max_entries = table_size
+            if (info.type, info.key_size, info.value_size, info.max_entries) == (
+                map_type,
+                key_size,
+                value_size,
+                max_entries,
+            ):
+                carried.append(name)
+        return tuple(carried)
 
     @property
     def cgroup(self):

@@ -146,7 +146,10 @@ def plan_present(
     if load_maps:
         steps.append(
             "create maps and load program from object %s%s"
-            % (desired.object.sha256[:12], " (keeping the map %s)" % ", ".join(carried) if carried else "")
+            % (
+                desired.object.sha256[:12],
+                " (keeping the map%s %s)" % ("s" if len(carried) > 1 else "", ", ".join(carried)) if carried else "",
+            )
         )
     else:
         if [rule for rule, _slot in current.rules] != desired.rules:

@@ -96,8 +96,9 @@ SYN_RTX_TIME_ENTRIES = 4096
 LEARNED_KEY = struct.Struct("=16s")
 LEARNED_VALUE = struct.Struct("=QQQII")
 LEARNED_ENTRIES = 4096
-# SYN_RTX_TIME_KEY -> __u32 jiffies
-AUTO_CONN_VALUE = struct.Struct("=I")
+# SYN_RTX_TIME_KEY -> struct auto_conn_value { __u32 rto_jiffies, isn; }: the answer a connect()
+# whose SYN was retransmitted keeps, and its initial sequence number
+AUTO_CONN_VALUE = struct.Struct("=II")
 AUTO_CONN_ENTRIES = 4096
 
 # What a loadable object must declare: name -> (map type, key size, value size, max entries, flags)
@@ -116,8 +117,10 @@ MAP_CONTRACT = {
     LEARNED_MAP: (uapi.BPF_MAP_TYPE_LRU_HASH, LEARNED_KEY.size, LEARNED_VALUE.size, LEARNED_ENTRIES, 0),
     AUTO_CONN_MAP: (uapi.BPF_MAP_TYPE_LRU_HASH, SYN_RTX_TIME_KEY.size, AUTO_CONN_VALUE.size, AUTO_CONN_ENTRIES, 0),
 }
-# Maps whose entries outlive an upgrade: the new program is loaded on the pinned map.
-CARRIED_MAPS = (LEARNED_MAP,)
+# Maps whose entries outlive an upgrade: the new program is loaded on the pinned map. What was
+# learned, and what each connection in its handshake keeps: the answer it started with (so a SYN
+# retransmitted across the upgrade keeps its base) and when its SYN was last retransmitted.
+CARRIED_MAPS = (LEARNED_MAP, AUTO_CONN_MAP, SYN_RTX_TIME_MAP)
 
 # The program looks every connection up with the full address: IPv4 as ::ffff:a.b.c.d.
 LOOKUP_PREFIX = 128

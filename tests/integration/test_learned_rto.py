@@ -118,7 +118,7 @@ def loopback_records(bpffs, clear=False):
                 bpf_maps.map_delete(fd, key)
             else:
                 value = bpf_maps.map_lookup(fd, key, rto_program.AUTO_CONN_VALUE.size)
-                found.append(rto_program.AUTO_CONN_VALUE.unpack(value)[0])
+                found.append(rto_program.AUTO_CONN_VALUE.unpack(value)[0])  # the jiffies, not the ISN
         return found
     finally:
         current.close()
@@ -162,22 +162,30 @@ def test_learned_values_are_not_configuration(cgroup, bpffs):
 
 
 def test_the_learned_table_survives_an_upgrade_and_a_new_size_starts_afresh(cgroup, bpffs, second_object):
+    """The learned table and the answers connect()s keep (auto_conn: a connect() whose SYN was
+    retransmitted and that never completed leaves its record) are carried across an upgrade."""
     options = dict(rules=[{"dest": LOOPBACK, "rto_ms": "auto"}], **AUTO)
     apply(cgroup, bpffs, **options)
     workload(cgroup, "loopback", 3)
+    workload(cgroup, "drop-syns", 1, 0.3)  # one SYN retransmit, at 200 ms
+    started_with = loopback_records(bpffs)
+    assert started_with == [-(-MIN_MS * hz.kernel_hz() // 1000)]
     before = instance(bpffs)
     try:
-        learned_id, prog_id = before.map_ids[rto_program.LEARNED_MAP], before.prog_info.id
+        carried_ids, prog_id = [before.map_ids[name] for name in rto_program.CARRIED_MAPS], before.prog_info.id
     finally:
         before.close()
     upgraded = apply(cgroup, bpffs, src=second_object, **options)
-    assert any("(keeping the map learned)" in action for action in upgraded["actions"]), upgraded["actions"]
+    assert any("(keeping the maps learned, auto_conn, syn_rtx_time)" in action for action in upgraded["actions"]), (
+        upgraded["actions"]
+    )
     after = instance(bpffs)
     try:
-        assert after.map_ids[rto_program.LEARNED_MAP] == learned_id and after.prog_info.id != prog_id
-        assert after.program_intact
+        assert [after.map_ids[name] for name in rto_program.CARRIED_MAPS] == carried_ids
+        assert after.prog_info.id != prog_id and after.program_intact
     finally:
         after.close()
+    assert loopback_records(bpffs) == started_with
     assert learned_hosts(bpffs)["127.0.0.1"]["samples"] == 6
     assert syn_rto_ms(cgroup) == jiffy_ms(MIN_MS)  # the new program answers from the carried table
     resized = apply(cgroup, bpffs, src=second_object, auto_table_size=64, **options)
