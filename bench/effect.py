@@ -4,7 +4,8 @@ One server namespace, and per setting a client namespace joined to it by its own
 subnet (10.199.<n>.0/24, private, only inside these namespaces); nftables in the server namespace
 drops a share of the incoming SYNs at random (numgen random). Each client runs N sequential
 connects from its own sandbox cgroup; the collection's instance on that cgroup gives the client's
-subnet the RTO under test. The settings run side by side: a connect spends its time waiting for
+subnet the RTO under test, or rto_ms: auto (issue 14: what the handshakes to the server taught,
+at the module's default bounds). The settings run side by side: a connect spends its time waiting for
 timers, not on the CPU. An AF_PACKET capture on each client's veth times every first SYN against
 its first retransmission.
 """
@@ -16,11 +17,13 @@ import subprocess
 
 import programs
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import info
 from ansible_collections.netbpf.tcp_rto.tests.support import lab, paths
 from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
 PORT = 8080
 KERNEL_DEFAULT_MS = 1000
+AUTO = "auto"
 EARLY_TOLERANCE_MS = 0.1  # the two kernel timestamps of a SYN and its retransmission
 
 
@@ -84,12 +87,15 @@ def summarize(setting, rto_ms, series, jiffy_ms, hz):
         retransmitted=len(retransmits_ms),
     )
     if retransmits_ms:
-        granularity = wheel_granularity_jiffies(round(rto_ms * hz / 1000.0))
-        deviations = [value - rto_ms for value in retransmits_ms]
         row.update(
             retransmit_median_ms=percentile(retransmits_ms, 50),
             retransmit_min_ms=min(retransmits_ms),
             retransmit_max_ms=max(retransmits_ms),
+        )
+    if retransmits_ms and rto_ms is not None:
+        granularity = wheel_granularity_jiffies(round(rto_ms * hz / 1000.0))
+        deviations = [value - rto_ms for value in retransmits_ms]
+        row.update(
             # a timer fires on the first tick after its expiry (never early): R < interval <= R + 1 jiffy,
             # and with the wheel's coarser levels R + granularity; both plus the timer softirq's latency
             within_jiffy=sum(1 for value in deviations if -EARLY_TOLERANCE_MS <= value <= jiffy_ms),
@@ -97,6 +103,15 @@ def summarize(setting, rto_ms, series, jiffy_ms, hz):
             within_wheel=sum(1 for value in deviations if -EARLY_TOLERANCE_MS <= value <= granularity * jiffy_ms),
         )
     return row
+
+
+def learned_hosts(pin_dir):
+    """{(instance, host): what rto_ms: auto learned about it} of every instance under pin_dir."""
+    return {
+        (instance["name"], entry["host"]): entry
+        for instance in info.gather(pin_dir)["instances"]
+        for entry in instance.get("learned") or []
+    }
 
 
 def wheel_granularity_jiffies(rto_jiffies):
@@ -113,6 +128,7 @@ def run(connects, losses_percent, rtos_ms=(100, 200, 500), log=print):
     hz = kernel_hz()
     jiffy_ms = 1000.0 / hz
     settings = [("kernel default", None)] + [("collection %d ms" % rto, rto) for rto in rtos_ms]
+    settings.append(("collection, auto", AUTO))
     series, program_ids = {}, []
     with lab.Lab() as lab_:
         pin_dir = os.path.join(lab_.bpffs(), "tcp_rto")
@@ -138,12 +154,20 @@ def run(connects, losses_percent, rtos_ms=(100, 200, 500), log=print):
                 )
         # a generous bound: 2 s per connect
         outputs = {key: collect(proc, timeout=60 + connects * 2.0) for key, proc in series.items()}
+        learned = learned_hosts(pin_dir)
     results = []
-    for loss_percent in losses_percent:
+    for loss_index, loss_percent in enumerate(losses_percent):
         rows = []
         for index, (setting, rto_ms) in enumerate(settings):
-            configured_ms = KERNEL_DEFAULT_MS if rto_ms is None else math.ceil(rto_ms * hz / 1000.0) * jiffy_ms
-            rows.append(summarize(setting, configured_ms, outputs[loss_percent, index], jiffy_ms, hz))
+            series_output = outputs[loss_percent, index]
+            if rto_ms == AUTO:  # no one RTO to hold the retransmissions against: the learned one is shown
+                subnet_index = loss_index * len(settings) + index
+                row = summarize(setting, None, series_output, jiffy_ms, hz)
+                row["learned"] = learned.get(("bench%d" % subnet_index, subnet_addresses(subnet_index)[1]))
+            else:
+                configured_ms = KERNEL_DEFAULT_MS if rto_ms is None else math.ceil(rto_ms * hz / 1000.0) * jiffy_ms
+                row = summarize(setting, configured_ms, series_output, jiffy_ms, hz)
+            rows.append(row)
         for row in rows:
             row["default_p99_ratio"] = rows[0]["p99_ms"] / row["p99_ms"]
         results.append(

@@ -4,9 +4,13 @@ Five sandbox cgroups: one without a program, one with the collection's instance 
 127.0.0.0/8 -> 3000 ms, the blog's value, so both do the same job), one with the same instance
 from the program built with its telemetry off (programs.TELEMETRY_OFF), one with the rule at
 rto_ms: auto (issue 14: every connection looks its host up in the learned map, records its answer
-and learns from its handshake), one with the blog's program loaded and attached by bpftool. A loopback connect + accept workload runs in a private network
-namespace from one cgroup at a time, in interleaved rounds:
-- rates (connections/s) with kernel.bpf_stats_enabled as found (normally 0: no timing overhead);
+and learns from its handshake), one with the blog's program loaded and attached by bpftool. Loopback
+connect + accept workloads run in a private network namespace:
+- rates: one worker per cgroup, all on one CPU, taking turns in batches of RING_BATCH connections
+  (a few ms each; workloads/loopback_ring.py) with kernel.bpf_stats_enabled as found (normally 0:
+  no timing overhead). A slow spell of the shared machine lasts far longer than a round of five
+  batches, so each round compares the settings under the same conditions; the overhead is the
+  ratio of the summed times, with a 95 % interval from the spread of the per-round ratios;
 - then with kernel.bpf_stats_enabled=1 (restored afterwards), each program's run_time_ns / run_cnt.
 """
 
@@ -22,6 +26,8 @@ from ansible_collections.netbpf.tcp_rto.tests.support.hz import kernel_hz
 
 SETTINGS = ("no program", "collection", "collection, telemetry off", "collection, auto", "blog")
 PROGRAMS = SETTINGS[1:]
+RING_BATCH = 200  # connections per turn: ≈ 4 ms here, well inside a slow spell of the machine
+RING_CPU = 1
 
 
 def load_run(netns, cgroup, seconds):
@@ -33,9 +39,31 @@ def load_run(netns, cgroup, seconds):
     return json.loads(out)
 
 
-def _overhead(rates):
-    """Extra time per connection with each program, in % of the time without one."""
-    return {setting: (rates["no program"] / rates[setting] - 1) * 100 for setting in PROGRAMS}
+def ring_run(netns, cgroups, seconds):
+    """workloads/loopback_ring.py over cgroups (in that order) -> its rounds: [[wall s, CPU s] per cgroup]."""
+    command = [paths.MANAGED_PYTHON, lab.workload("loopback_ring.py"), str(seconds), str(RING_BATCH), str(RING_CPU)]
+    out = lab.run(lab.in_netns(netns, command + list(cgroups)), stdout=subprocess.PIPE, universal_newlines=True)
+    return json.loads(out)["rounds"]
+
+
+def ring_summary(rounds):
+    """Per setting: connections/s (wall and CPU) over all its batches, and against no program the
+    extra time per connection in % (ratio of the summed times) with the half width of its 95 %
+    interval (1.96 standard errors of the per-round ratios)."""
+    summary = {}
+    for index, setting in enumerate(SETTINGS):
+        entry = {}
+        for clock, position in (("wall", 0), ("cpu", 1)):
+            total = sum(times[index][position] for times in rounds)
+            baseline = sum(times[0][position] for times in rounds)
+            ratios = [times[index][position] / times[0][position] for times in rounds]
+            spread = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
+            entry[clock + "_rate"] = RING_BATCH * len(rounds) / total
+            if index:
+                entry[clock + "_overhead_percent"] = (total / baseline - 1) * 100
+                entry[clock + "_interval_percent"] = 196 * spread / len(ratios) ** 0.5
+        summary[setting] = entry
+    return summary
 
 
 def run(rounds, seconds, log=print):
@@ -68,17 +96,12 @@ def run(rounds, seconds, log=print):
             "blog": programs.program_id_of_pin(blog_pin),
         }
 
-        rates = {setting: [] for setting in SETTINGS}
-        cpu_rates = {setting: [] for setting in SETTINGS}
-        log("program cost: %d rounds x %d settings x %.1f s of loopback connects" % (rounds, len(SETTINGS), seconds))
-        for round_index in range(rounds):
-            # a different order each round, so that a slow spell of the shared machine hits all alike
-            shift = round_index % len(SETTINGS)
-            order = SETTINGS[shift:] + SETTINGS[:shift]
-            for setting in order:
-                result = load_run(netns, cgroups[setting], seconds)
-                rates[setting].append(result["connections"] / result["seconds"])
-                cpu_rates[setting].append(result["connections"] / result["cpu_seconds"])
+        ring_seconds = rounds * seconds * len(SETTINGS)
+        log(
+            "program cost: %d settings taking turns in batches of %d connections for %.0f s"
+            % (len(SETTINGS), RING_BATCH, ring_seconds)
+        )
+        ring_rounds = ring_run(netns, [cgroups[setting] for setting in SETTINGS], ring_seconds)
 
         lab_.bpf_stats_enabled()
         per_program = {}
@@ -102,17 +125,13 @@ def run(rounds, seconds, log=print):
         programs.remove_collection("cost-quiet", cgroups["collection, telemetry off"], pin_dir)
         programs.remove_collection("cost-auto", cgroups["collection, auto"], pin_dir)
 
-    median_rates = {setting: statistics.median(values) for setting, values in rates.items()}
-    median_cpu_rates = {setting: statistics.median(values) for setting, values in cpu_rates.items()}
+    ring = ring_summary(ring_rounds)
     return dict(
         rounds=rounds,
         seconds=seconds,
-        rates=rates,
-        cpu_rates=cpu_rates,
-        median_rates=median_rates,
-        median_cpu_rates=median_cpu_rates,
-        overhead_percent=_overhead(median_rates),
-        cpu_overhead_percent=_overhead(median_cpu_rates),
+        ring_batch=RING_BATCH,
+        ring_rounds=len(ring_rounds),
+        ring=ring,
         programs=per_program,
         program_ids=sorted(program_ids.values()),
         ns_ratio=per_program["collection"]["ns_per_invocation"] / per_program["blog"]["ns_per_invocation"],

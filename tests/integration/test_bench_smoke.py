@@ -18,6 +18,7 @@ pytestmark = pytest.mark.kernel
 BENCH_RUN = os.path.join(REPO, "bench", "run")  # as the docs say to run the benchmarks
 
 BPF_STATS = "/proc/sys/kernel/bpf_stats_enabled"
+PROGRAMS = ("collection", "collection, telemetry off", "collection, auto", "blog")  # bench/program_cost.py
 
 
 def bpf_stats():
@@ -84,11 +85,14 @@ def test_every_benchmark_at_tiny_size(tmp_path):
                 assert row["retransmit_max_ms"] < 1000, row
 
     program = results["program"]
-    for name in ("collection", "collection, telemetry off", "collection, auto", "blog"):
+    for name in PROGRAMS:
         entry = program["programs"][name]
         assert entry["run_cnt"] > 0 and entry["ns_per_invocation"] > 0, entry
         assert entry["invocations_per_connection"] >= 2  # the two TIMEOUT_INIT calls at least
-    assert all(rate > 0 for rates in program["rates"].values() for rate in rates)
+    ring = program["ring"]
+    assert program["ring_rounds"] >= 1 and list(ring) == ["no program", *PROGRAMS]
+    assert all(entry["wall_rate"] > 0 and entry["cpu_rate"] > 0 for entry in ring.values())
+    assert all("cpu_overhead_percent" in entry for name, entry in ring.items() if name != "no program")
 
     module = results["module"]
     assert set(module["medians"]) == {"command /bin/true", "no-op", "change"}
