@@ -48,7 +48,7 @@ struct bpf_map_def SEC("maps") learned = {
 
 struct bpf_map_def SEC("maps") auto_conn = {
 \t.type = BPF_MAP_TYPE_LRU_HASH, .key_size = sizeof(struct conn_key),
-\t.value_size = sizeof(__u32), .max_entries = AUTO_CONN_ENTRIES,
+\t.value_size = sizeof(struct auto_conn_value), .max_entries = AUTO_CONN_ENTRIES,
 };
 
 """
@@ -104,7 +104,7 @@ CONTRACT_MAPS = {
     "stats": "BPF_MAP_TYPE_PERCPU_ARRAY, .key_size = 4, .value_size = 312, .max_entries = 1025",
     "syn_rtx_time": "BPF_MAP_TYPE_LRU_HASH, .key_size = 40, .value_size = 8, .max_entries = 4096",
     "learned": "BPF_MAP_TYPE_LRU_HASH, .key_size = 16, .value_size = 32, .max_entries = 4096",
-    "auto_conn": "BPF_MAP_TYPE_LRU_HASH, .key_size = 40, .value_size = 4, .max_entries = 4096",
+    "auto_conn": "BPF_MAP_TYPE_LRU_HASH, .key_size = 40, .value_size = 8, .max_entries = 4096",
 }
 OK_BODY = "return 1;"
 
