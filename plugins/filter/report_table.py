@@ -13,7 +13,11 @@ description:
   - Turns a mapping of host name to the result of M(netbpf.tcp_rto.tcp_initial_rto_info) into one table
     with a row per host and instance (a host without instances gets one row).
   - Columns are host, kernel, hz, instance, state, cgroup, rules, default_ms, program_id, hits, handshakes,
-    syn_retransmits, synack_retransmits, rtt_p99_us, warnings, foreign, supported, problems.
+    syn_retransmits, synack_retransmits, rtt_p99_us, warnings, learned, foreign, supported, problems.
+  - The learned column shows, for an instance with C(rto_ms: auto), the remote hosts with the most samples
+    (at most five; the info module's C(learned) has twenty) as C(host=rto_ms(n=samples,est=estimate_us)): the
+    initial RTO a SYN to the host gets now, from how many clean handshakes, and their SRTT + 4 RTTVAR in
+    microseconds; C(!fallback) follows the RTO when it is the upper bound for that reason.
   - The handshake columns come from each instance's telemetry (see M(netbpf.tcp_rto.tcp_initial_rto_info)).
     They are handshakes (outgoing and incoming), syn_retransmits and synack_retransmits summed over its rules and
     default; rtt_p99_us the p99 handshake round trip in microseconds of each rule that has samples, as
@@ -74,6 +78,7 @@ COLUMNS = (
     "synack_retransmits",
     "rtt_p99_us",
     "warnings",
+    "learned",
     "foreign",
     "supported",
     "problems",
@@ -107,6 +112,23 @@ def _telemetry_cells(instance):
     )
 
 
+LEARNED_SHOWN = 5
+
+
+def _learned_cell(instance):
+    return " ".join(
+        "%s=%gms(n=%d,est=%dus)%s"
+        % (
+            host["host"],
+            host["rto_ms"],
+            host["samples"],
+            host["estimate_us"],
+            "!" + host["fallback"] if host.get("fallback") else "",
+        )
+        for host in (instance.get("learned") or [])[:LEARNED_SHOWN]
+    )
+
+
 def _rows(infos):
     for host in sorted(infos):
         info = infos[host] or {}
@@ -137,6 +159,7 @@ def _rows(infos):
                 default_ms="" if instance.get("default_rto_ms") is None else instance["default_rto_ms"],
                 program_id="" if instance.get("program_id") is None else instance["program_id"],
                 hits=sum(rule.get("hits", 0) for rule in rules) + instance.get("default_hits", 0) if instance else "",
+                learned=_learned_cell(instance),
                 foreign=" ".join(str(program.get("id")) for program in instance.get("foreign_programs", [])),
                 **_telemetry_cells(instance),
             )

@@ -4,8 +4,10 @@
 collector: written by the info module (metrics_textfile) and by the host's timer
 (tcp-rto-metrics.timer, see metrics_timer.py), which runs main() without Ansible.
 
-Every series has the labels name (the instance; `instance` is the label Prometheus gives the
-scraped target) and rule (the rule's dest, or "default" for the instance's default). Plain stdlib."""
+Every series has the label name (the instance; `instance` is the label Prometheus gives the
+scraped target), and rule (the rule's dest, or "default" for the instance's default) or, for what
+rto_ms: auto learned, host (one of the info module's learned hosts: the 20 with the most samples
+per instance, so the series stay few). Plain stdlib."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -46,6 +48,24 @@ COUNTERS = (
 )
 HISTOGRAM = "tcp_rto_rtt_us"
 HISTOGRAM_HELP = "Round trip (microseconds) of the rule's handshakes that did not retransmit, log2 buckets."
+# (gauge, help, learned host as learned.host_view() shows it -> value)
+LEARNED = (
+    (
+        "tcp_rto_learned_rto_us",
+        "The initial RTO (microseconds) rto_ms: auto gives a SYN to the remote host now.",
+        lambda host: host["rto_ms"] * 1000,
+    ),
+    (
+        "tcp_rto_learned_estimate_us",
+        "SRTT + 4 RTTVAR (microseconds) of the remote host's clean handshakes, before auto_factor and the bounds.",
+        lambda host: host["estimate_us"],
+    ),
+    (
+        "tcp_rto_learned_samples",
+        "Clean handshakes the remote host's estimate comes from (since its entry was made).",
+        lambda host: host["samples"],
+    ),
+)
 RTO = "tcp_rto_initial_rto_us"
 RTO_HELP = "The initial RTO (microseconds) the rule gives; the default's series only when the instance sets one."
 
@@ -98,6 +118,12 @@ def render(instances):
     for name, rule, rto_ms, _slot in slots:
         if rto_ms not in (None, AUTO):  # auto: a value per remote host, not one per rule
             lines.append("%s%s %s" % (RTO, _labels([("name", name), ("rule", rule)]), _number(rto_ms * 1000)))
+    for metric, text, value in LEARNED:
+        lines += ["# HELP %s %s" % (metric, text), "# TYPE %s gauge" % metric]
+        for view, _telemetry in instances:
+            for host in view.get("learned") or []:
+                labels = _labels([("name", view["name"]), ("host", host["host"])])
+                lines.append("%s%s %s" % (metric, labels, _number(value(host))))
     return "\n".join(lines) + "\n"
 
 

@@ -56,6 +56,8 @@ options:
         C(tcp_rto_syn_retransmits_total), C(tcp_rto_synack_retransmits_total),
         C(tcp_rto_spurious_retransmits_total) (counters), C(tcp_rto_rtt_us) (histogram of handshake round
         trips in microseconds, C(_bucket) with C(le), C(_sum), C(_count)) and C(tcp_rto_initial_rto_us) (gauge).
+      - For V(auto), labelled C(name) and C(host) (each host of RV(instances[].learned)), the gauges
+        C(tcp_rto_learned_rto_us), C(tcp_rto_learned_estimate_us) and C(tcp_rto_learned_samples).
       - The role netbpf.tcp_rto.tcp_rto installs a systemd timer that refreshes such a file
         (its C(tcp_rto_metrics_textfile)).
     type: path

@@ -10,7 +10,14 @@ import time
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_maps, info, learned, reconcile, rto_program
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    bpf_maps,
+    info,
+    learned,
+    metrics,
+    reconcile,
+    rto_program,
+)
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.current import Current
 from ansible_collections.netbpf.tcp_rto.tests.integration.test_telemetry import workload
 from ansible_collections.netbpf.tcp_rto.tests.support import hz, reconcile_run
@@ -71,6 +78,10 @@ def test_loopback_handshakes_teach_the_minimum_and_others_keep_the_maximum(cgrou
     (reported,) = info.gather(os.path.join(bpffs, "tcp_rto"))["instances"]
     assert [host["host"] for host in reported["learned"]] == ["127.0.0.1"]
     assert reported["state"] == "ok" and reported["rules"][0]["rto_ms"] == "auto"
+    # the metrics file shows it too (what the info module's metrics_textfile and the timer write)
+    text = metrics.render(info.read_host(os.path.join(bpffs, "tcp_rto"))[1])
+    assert 'tcp_rto_learned_rto_us{name="auto",host="127.0.0.1"} %d' % (jiffy_ms(MIN_MS) * 1000) in text.splitlines()
+    assert 'tcp_rto_learned_samples{name="auto",host="127.0.0.1"} 4' in text.splitlines()
 
 
 def test_too_few_samples_give_the_maximum(cgroup, bpffs):

@@ -41,6 +41,9 @@ def test_counters_and_histogram_per_rule_and_default():
     assert sorted(found) == [
         "tcp_rto_handshakes",
         "tcp_rto_initial_rto_us",
+        "tcp_rto_learned_estimate_us",
+        "tcp_rto_learned_rto_us",
+        "tcp_rto_learned_samples",
         "tcp_rto_rtt_us",
         "tcp_rto_spurious_retransmits",
         "tcp_rto_syn_retransmits",
@@ -66,6 +69,23 @@ def test_an_auto_rule_has_counters_and_no_initial_rto_gauge():
     found = parsed(metrics.render([(view, TELEMETRY)]))
     assert samples(found["tcp_rto_syn_retransmits"], rule="10.0.0.0/8")[0].value == 2
     assert found["tcp_rto_initial_rto_us"].samples == []
+
+
+def test_learned_hosts_are_gauges_per_host():
+    learned = [
+        dict(host="10.0.0.5", samples=120, estimate_us=42000, rto_ms=84.0, fallback=None),
+        dict(host="fd00::7", samples=2, estimate_us=900, rto_ms=1000.0, fallback="too_few_samples"),
+    ]
+    view = dict(VIEW, rules=[{"dest": "10.0.0.0/8", "rto_ms": "auto"}], learned=learned)
+    found = parsed(metrics.render([(view, TELEMETRY), (dict(VIEW, name="static"), TELEMETRY)]))
+
+    def by_host(metric):
+        return {s.labels["host"]: s.value for s in found[metric].samples if s.labels["name"] == 'we"b'}
+
+    assert by_host("tcp_rto_learned_rto_us") == {"10.0.0.5": 84000, "fd00::7": 1000000}
+    assert by_host("tcp_rto_learned_estimate_us") == {"10.0.0.5": 42000, "fd00::7": 900}
+    assert by_host("tcp_rto_learned_samples") == {"10.0.0.5": 120, "fd00::7": 2}
+    assert all(s.labels["name"] == 'we"b' for s in found["tcp_rto_learned_samples"].samples)
 
 
 def test_an_instance_without_a_stats_map_has_no_series():

@@ -115,6 +115,7 @@ def test_every_column_of_an_instance():
         "synack_retransmits": "1",
         "rtt_p99_us": "10.0.0.0/8=81920(n=120) default=900(n=1)",
         "warnings": "1",
+        "learned": "",
         "foreign": "7 9",
         "supported": "yes",
         "problems": "",
@@ -181,3 +182,22 @@ def test_rules_column_shows_auto_without_a_unit():
     (row,) = rows({"h1": dict(HEALTHY, instances=[instance])})
     assert row["rules"] == "10.0.0.0/8=52ms 0.0.0.0/0=auto"
     assert row["default_ms"] == "auto"
+
+
+def learned_host(host, samples, rto_ms=20.0, fallback=None):
+    """A host of the info module's learned list (the fields the report shows)."""
+    return dict(host=host, samples=samples, estimate_us=samples * 10, rto_ms=rto_ms, fallback=fallback)
+
+
+def test_learned_column_shows_the_hosts_with_the_most_samples():
+    learned = [learned_host("10.0.0.%d" % n, 100 - n) for n in range(1, 7)]
+    learned[1] = learned_host("10.0.0.2", 98, rto_ms=1000.0, fallback="over_retransmit_budget")
+    instance = dict(HEALTHY["instances"][0], learned=learned)
+    (row,) = rows({"h1": dict(HEALTHY, instances=[instance])})
+    assert row["learned"].split() == [
+        "10.0.0.1=20ms(n=99,est=990us)",
+        "10.0.0.2=1000ms(n=98,est=980us)!over_retransmit_budget",
+        "10.0.0.3=20ms(n=97,est=970us)",
+        "10.0.0.4=20ms(n=96,est=960us)",
+        "10.0.0.5=20ms(n=95,est=950us)",
+    ]  # five of the six, in the info module's order
