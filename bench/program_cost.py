@@ -47,12 +47,13 @@ def ring_run(netns, cgroups, seconds):
 
 
 def ring_summary(rounds):
-    """Per setting: connections/s (wall and CPU) over all its batches, and against no program the
-    extra time per connection in % (ratio of the summed times) with the half width of its 95 %
-    interval (1.96 standard errors of the per-round ratios)."""
-    summary = {}
+    """Per setting, in SETTINGS order (a list: the results' JSON sorts keys): connections/s (wall
+    and CPU) over all its batches, and against no program the extra time per connection in % (ratio
+    of the summed times) with the half width of its 95 % interval (1.96 standard errors of the
+    per-round ratios)."""
+    summary = []
     for index, setting in enumerate(SETTINGS):
-        entry = {}
+        entry = {"setting": setting}
         for clock, position in (("wall", 0), ("cpu", 1)):
             total = sum(times[index][position] for times in rounds)
             baseline = sum(times[0][position] for times in rounds)
@@ -62,7 +63,7 @@ def ring_summary(rounds):
             if index:
                 entry[clock + "_overhead_percent"] = (total / baseline - 1) * 100
                 entry[clock + "_interval_percent"] = 196 * spread / len(ratios) ** 0.5
-        summary[setting] = entry
+        summary.append(entry)
     return summary
 
 
