@@ -599,16 +599,22 @@ def _ssh(results):
     return [*lines, ""]
 
 
-def write_ssh_section(results, out_dir):
-    """Replace (or add) the SSH section of an existing performance.md, keeping the rest."""
-    path = os.path.join(out_dir, "performance.md")
+def _split_at_ssh_section(path):
+    """An existing performance.md -> (text before its SSH section, the section, text after it)."""
     text = open(path).read() if os.path.exists(path) else "# Performance\n"
     start = text.find(SSH_HEADING)
     if start < 0:
-        before, after = text.rstrip("\n") + "\n\n", ""
-    else:
-        following = text.find("\n## ", start + len(SSH_HEADING))
-        before, after = text[:start], text[following + 1 :] if following >= 0 else ""
+        return text.rstrip("\n") + "\n\n", "", ""
+    following = text.find("\n## ", start + len(SSH_HEADING))
+    if following < 0:
+        return text[:start], text[start:], ""
+    return text[:start], text[start : following + 1], text[following + 1 :]
+
+
+def write_ssh_section(results, out_dir):
+    """Replace (or add) the SSH section of an existing performance.md, keeping the rest."""
+    path = os.path.join(out_dir, "performance.md")
+    before, _section, after = _split_at_ssh_section(path)
     with open(path, "w") as handle:
         handle.write(before + "\n".join(_ssh(results)).rstrip("\n") + "\n" + ("\n" + after if after else ""))
 
@@ -629,6 +635,8 @@ def write(results, out_dir):
         lines += _fleet(results)
     if "ssh" in results:
         lines += _ssh(results)
+    else:  # the SSH benchmark runs only when named: keep the section of its last run
+        lines += _split_at_ssh_section(os.path.join(out_dir, "performance.md"))[1].rstrip("\n").split("\n")
     lines += results.get("notes", [])
     with open(os.path.join(out_dir, "performance.md"), "w") as handle:
         handle.write("\n".join(lines).rstrip("\n") + "\n")
