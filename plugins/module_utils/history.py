@@ -29,9 +29,7 @@ ABSENT = {"state": "absent"}
 
 def configuration(pin_dir, name):
     """The instance's configuration as a history record holds it (and the role puts back):
-    {"state": "absent"}, or state, cgroup (None for an instance that follows a unit), unit, rules
-    ([{dest, rto_ms, syn_give_up_s}]), rto_ms, syn_give_up_s, direction and the auto_* settings
-    (record.AUTO_KEYS). None when the pins cannot be read."""
+    {"state": "absent"}, or held_configuration(). None when the pins cannot be read."""
     instance_dir = os.path.join(pin_dir, name)
     if not os.path.isdir(instance_dir):
         return dict(ABSENT)
@@ -40,13 +38,20 @@ def configuration(pin_dir, name):
         current = Current(instance_dir, link_info=False)
     except (OSError, ValueError, bpf_syscall.BpfError):
         return None
-    root = persistence.host_root()
     try:
-        view = views.describe_current(current)
-        hz = current.meta.get("hz") if current.meta else None
-        settings = _as_recorded(persistence.recorded_params(name, root), current, hz) or _as_held(current, view, hz)
+        return held_configuration(current, name)
     finally:
         current.close()
+
+
+def held_configuration(current, name):
+    """The configuration of the instance current holds: state present, cgroup (None for an instance
+    that follows a unit), unit, rules ([{dest, rto_ms, syn_give_up_s}]), rto_ms, syn_give_up_s,
+    direction and the auto_* settings (record.AUTO_KEYS)."""
+    root = persistence.host_root()
+    view = views.describe_current(current)
+    hz = current.meta.get("hz") if current.meta else None
+    settings = _as_recorded(persistence.recorded_params(name, root), current, hz) or _as_held(current, view, hz)
     unit = persistence.recorded_unit(name, root)
     return dict(
         settings,

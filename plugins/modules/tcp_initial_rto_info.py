@@ -169,6 +169,19 @@ instances:
       elements: dict
       sample: [{host: 10.1.2.3, samples: 41, srtt_us: 180, rttvar_us: 40, estimate_us: 340, retransmits: 0,
                 age_s: 2.5, rto_ms: 20, fallback: null}]
+    configuration:
+      description:
+        - The instance's configuration as module options, what a rollback puts back (the role keeps it as the
+          history record) - C(state), C(cgroup) (null for an instance that follows a unit), C(unit), C(rules)
+          (each with C(dest), C(rto_ms), C(syn_give_up_s)), C(rto_ms), C(syn_give_up_s), C(direction) and
+          C(auto_min_ms) ... C(auto_table_size).
+        - Where the host's boot record describes what the kernel holds, its values as they were written;
+          otherwise read from the kernel (a C(syn_give_up_s) is then the deadline, to the millisecond).
+      type: dict
+      sample: {state: present, cgroup: /sys/fs/cgroup/system.slice/api.service, unit: null,
+               rules: [{dest: 10.0.0.0/8, rto_ms: 50, syn_give_up_s: 3}], rto_ms: null, syn_give_up_s: null,
+               direction: both, auto_min_ms: null, auto_max_ms: null, auto_factor: null, auto_min_samples: null,
+               auto_ttl_s: null, auto_retransmit_budget: null, auto_table_size: null}
     default_hits: {description: Connections that got the default., type: int}
     default_telemetry: {description: 'The telemetry fields of RV(instances[].rules) for connections that got the default.', type: dict}
     harm_warnings:

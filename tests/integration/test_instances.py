@@ -253,7 +253,12 @@ def applied_settings(run):
     }
 
 
-def test_rollback_puts_back_the_auto_settings_and_give_up_deadlines(fleet):
+@pytest.mark.parametrize(
+    "gate",
+    [{}, dict(tcp_rto_health_command="true")],
+    ids=["one-run", "phase-by-phase"],  # the history record from the module, or from preflight's info
+)
+def test_rollback_puts_back_the_auto_settings_and_give_up_deadlines(fleet, gate):
     """A rollback takes an instance back to all of its configuration: the auto_* settings and the
     syn_give_up_s of the instance and of each rule, not only the values (issue 14; the history
     record held rules and rto_ms only, and the role applied its current auto variables)."""
@@ -274,11 +279,11 @@ def test_rollback_puts_back_the_auto_settings_and_give_up_deadlines(fleet):
             dict(name="fixed", cgroup=cgroups["fixed"], rto_ms=300, syn_give_up_s=instance_give_up_s),
         ]
 
-    first = fleet.play("rollout", tcp_rto_hosts="h1", tcp_rto_instances=listed(100, 3, 5))
+    first = fleet.play("rollout", tcp_rto_hosts="h1", tcp_rto_instances=listed(100, 3, 5), **gate)
     assert first.returncode == 0, first.output
     before = applied_settings(first)
     assert before["learn"]["auto"]["min_ms"] == 100 and before["learn"]["give_up"]["10.0.0.0/8"] >= 3
-    second = fleet.play("rollout", tcp_rto_hosts="h1", tcp_rto_instances=listed(200, 6, 10))
+    second = fleet.play("rollout", tcp_rto_hosts="h1", tcp_rto_instances=listed(200, 6, 10), **gate)
     assert second.returncode == 0, second.output
     assert applied_settings(second) != before
 
@@ -287,5 +292,5 @@ def test_rollback_puts_back_the_auto_settings_and_give_up_deadlines(fleet):
     back = fleet.play("rollback", tcp_rto_hosts="h1", tcp_rto_instances=names)
     assert back.returncode == 0, back.output
     assert applied_settings(back) == before
-    again = fleet.play("rollout", tcp_rto_hosts="h1", tcp_rto_instances=listed(100, 3, 5))
+    again = fleet.play("rollout", tcp_rto_hosts="h1", tcp_rto_instances=listed(100, 3, 5), **gate)
     assert again.returncode == 0 and not changed(again), again.output
