@@ -30,7 +30,7 @@ def worker(cgroup, batch, orders, results):
     target = listener.getsockname()
     os.write(results, RESULT.pack(0.0, 0.0))  # ready
     while os.read(orders, 1) == b"g":
-        clients = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(batch)]
+        clients = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _index in range(batch)]
         start, cpu_start = time.perf_counter(), time.thread_time()
         for client in clients:
             client.connect(target)

@@ -14,9 +14,9 @@ description:
     with a row per host and instance (a host without instances gets one row).
   - Columns are host, kernel, hz, instance, state, cgroup, rules, default_ms, program_id, hits, handshakes,
     syn_retransmits, synack_retransmits, rtt_p99_us, warnings, learned, foreign, supported, problems.
-  - The learned column shows, for an instance with C(rto_ms: auto), the remote hosts with the most samples
-    (at most five; the info module's C(learned) has twenty) as C(host=rto_ms(n=samples,est=estimate_us)): the
-    initial RTO a SYN to the host gets now, from how many clean handshakes, and their SRTT + 4 RTTVAR in
+  - The learned column shows, for an instance with C(rto_ms=auto), the remote hosts with the most samples
+    (at most five; the info module's C(learned) has twenty) as C(host=rto_ms(n=samples,est=estimate_us)), that
+    is the initial RTO a SYN to the host gets now, from how many clean handshakes, and their SRTT + 4 RTTVAR in
     microseconds; C(!fallback) follows the RTO when it is the upper bound for that reason.
   - The handshake columns come from each instance's telemetry (see M(netbpf.tcp_rto.tcp_initial_rto_info)).
     They are handshakes (outgoing and incoming), syn_retransmits and synack_retransmits summed over its rules and

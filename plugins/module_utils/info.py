@@ -16,7 +16,6 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     drift,
     features,
     harm,
-    history,
     host,
     hz,
     persistence,
@@ -81,7 +80,6 @@ def _instance_view(current, record_names, root, telemetry, thresholds):
     if not (current.program_intact or current.of_earlier_object):
         problems.append("program or maps missing or mismatched")
     view["learned"] = current.learned_hosts()
-    view["configuration"] = history.held_configuration(current, name)
     view["state"] = _instance_state(current, problems)
     if view["state"] == "detached" and current.prog_info is not None:
         problems.append(

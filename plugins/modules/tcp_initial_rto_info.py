@@ -245,7 +245,7 @@ foreign_programs:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import harm, info, metrics
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import harm, history, info, metrics
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import ConfigError
 
 
@@ -269,6 +269,9 @@ def main():
         module.fail_json(msg=to_native(exc))
     except (OSError, ValueError) as exc:
         module.fail_json(msg="reading the host's BPF state failed: %s" % to_native(exc))
+    # here, not in info.read_host: the metrics timer runs that without history's code
+    for view in gathered["instances"]:
+        view["configuration"] = history.configuration(params["pin_dir"], view["name"])
     changed = False
     if params["metrics_textfile"]:
         try:
