@@ -551,9 +551,9 @@ def veth_handshakes(address, count):
 
 
 def lost_connect(address, retransmits):
-    """A non-blocking connect() to address whose SYNs netem drops: -> (its initial RTO in us, the
-    SYN retransmits it sent), closed once it sent retransmits of them. struct tcp_info: u32
-    tcpi_rto at byte 8, u32 tcpi_total_retrans at byte 100."""
+    """A non-blocking connect() to address whose SYNs netem drops, closed once it has retransmitted
+    its SYN retransmits times (at once for 0): -> (its initial RTO in us, its SYN retransmits).
+    struct tcp_info: u32 tcpi_rto at byte 8, u32 tcpi_total_retrans at byte 100."""
     client = socket.socket()
     try:
         client.setblocking(False)
