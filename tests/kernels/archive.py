@@ -29,10 +29,16 @@ KERNELS = [
 
 # Modules Debian builds that the guest (no modprobe) insmods at boot, in load order, by their path
 # under kernel/: the probes read request sockets through NETLINK_SOCK_DIAG, whose TCP handler they
-# are (a host loads them on demand); the telemetry scenario delays loopback with netem.
-GUEST_MODULES = ["net/ipv4/inet_diag.ko", "net/ipv4/tcp_diag.ko", "net/sched/sch_netem.ko"]
+# are (a host loads them on demand); the telemetry and auto scenarios delay and drop packets with
+# netem; the auto scenarios reach hosts in a network namespace over a veth pair.
+GUEST_MODULES = [
+    "net/ipv4/inet_diag.ko",
+    "net/ipv4/tcp_diag.ko",
+    "net/sched/sch_netem.ko",
+    "drivers/net/veth.ko",
+]
 GUEST_MODULE_FILES = [os.path.basename(path) for path in GUEST_MODULES]
-KERNEL_FORMAT = 3  # bump when what is kept per kernel changes
+KERNEL_FORMAT = 4  # bump when what is kept per kernel changes
 DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
 
 

@@ -11,17 +11,20 @@ pins, real sockets). Results go to the serial console as lines matrix.py parses:
     @@TCPRTO DONE
 """
 
+import functools
 import json
 import os
 import re
 import resource
 import socket
+import struct
 import subprocess
 import sys
 import time
 import traceback
 
 import netem
+import veth
 from guest_kernel import (
     ATTACH,
     CONFIG,
@@ -41,12 +44,13 @@ from guest_kernel import (
     synack_timers,
     wheel_granule,
 )
-from steps import AUTO_FACTOR, GUEST_ROOT, STEPS, cgroup
+from steps import AUTO_FACTOR, GUEST_ROOT, SCENARIOS, SCENARIOS_PARAMETER, STEPS, cgroup
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     bpf_info,
     bpf_syscall,
     features,
+    learned,
     probe,
     syn_give_up,
     telemetry,
@@ -315,7 +319,7 @@ def scenario_full_map():
     return "new maps"
 
 
-def scenario_synack():
+def scenario_synack_2nd():
     """After the first SYN-ACK timeout the timer doubles the BPF value from 5.18 on
     (5903123f662e); before, it is TCP_TIMEOUT_INIT << 1 = 2 s whatever the program said."""
     os.mkdir(cgroup("synack"))
@@ -342,7 +346,7 @@ def scenario_synack():
     return "2nd %d ms" % second
 
 
-def scenario_give_up():
+def scenario_syn_give_up():
     """SYN retransmits double from the initial RTO R; connect() fails at the expiry after
     tcp_syn_retries (6) retransmits: 127 R. From 6.5 on the first tcp_syn_linear_timeouts (4)
     intervals repeat R and 6 + 4 retransmits are sent: 131 R. The module's syn_give_up_s must
@@ -470,7 +474,7 @@ def scenario_rtt_netem():
     NETEM_DELAY_US, and every sample of both sides lands in the bucket of 2 x that."""
     os.mkdir(cgroup("netem"))
     result = run_step("netem")
-    with netem.delay("lo", NETEM_DELAY_US):
+    with netem.qdisc("lo", delay_us=NETEM_DELAY_US):
         in_cgroup(cgroup("netem"), loopback_handshakes)
     rule = first_rule_telemetry("netem")
     upper = next(bound for bound in telemetry.BUCKET_BOUNDS_US if bound >= 2 * NETEM_DELAY_US)
@@ -526,7 +530,7 @@ def scenario_auto_netem():
     sample sets RTTVAR to R / 2; steady samples only lower it), rounded up to a jiffy."""
     os.mkdir(cgroup("autonetem"))
     result = run_step("auto-netem")
-    with netem.delay("lo", NETEM_DELAY_US):
+    with netem.qdisc("lo", delay_us=NETEM_DELAY_US):
         in_cgroup(cgroup("autonetem"), loopback_handshakes)
     host = learned_hosts("autonetem").get("127.0.0.1") or {}
     round_trip_ms = 2 * NETEM_DELAY_US / 1000.0
@@ -538,6 +542,140 @@ def scenario_auto_netem():
         result,
     )
     return "%s ms for R %.0f ms (%d samples)" % (host["rto_ms"], round_trip_ms, host["samples"])
+
+
+def veth_handshakes(address, count):
+    """count connect()s to the veth server at address, each closed once established."""
+    for _handshake in range(count):
+        socket.create_connection((address, veth.PORT), timeout=10).close()
+
+
+def lost_connect(address, retransmits):
+    """A non-blocking connect() to address whose SYNs netem drops, closed once it has retransmitted
+    its SYN retransmits times (at once for 0): -> (its initial RTO in us, its SYN retransmits).
+    struct tcp_info: u32 tcpi_rto at byte 8, u32 tcpi_total_retrans at byte 100."""
+    client = socket.socket()
+    try:
+        client.setblocking(False)
+        client.connect_ex((address, veth.PORT))
+        initial_us = struct.unpack_from("=I", client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104), 8)[0]
+        end = time.monotonic() + 10
+        sent = 0
+        while sent < retransmits and time.monotonic() < end:
+            time.sleep(0.005)
+            sent = struct.unpack_from("=I", client.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104), 100)[0]
+        return initial_us, sent
+    finally:
+        client.close()
+
+
+def learned_host(instance, address):
+    return learned_hosts(instance).get(address) or {}
+
+
+# One way, on the guest's veth end: SYNs wait, SYN-ACKs do not, so a handshake's round trip is the delay.
+VETH_DELAYS_US = {veth.server_address(1): 5000, veth.server_address(2): 50000}
+VETH_HANDSHAKES = 5
+
+
+def scenario_auto_veth():
+    """rto_ms auto learns each remote host's own round trip (issue 14): two hosts behind a veth pair
+    in a network namespace of their own, netem on the guest's end delaying what goes to one by
+    5 ms, then to the other by 50 ms (the round trip R of their handshakes). Each host has
+    VETH_HANDSHAKES samples, all at least R, so SRTT >= R; its RTO is AUTO_FACTOR x (SRTT + 4 RTTVAR):
+    at least AUTO_FACTOR x R, at most AUTO_FACTOR x 3 R (RFC 6298's first sample sets RTTVAR to
+    R / 2; steady samples only lower it), rounded up to a jiffy. The listener is outside the
+    instance's cgroup: only connect() learns."""
+    cg = cgroup("autoveth")
+    os.mkdir(cg)
+    result = run_step("auto-veth")
+    notes = []
+    with veth.server(sorted(VETH_DELAYS_US)):
+        for address, delay_us in sorted(VETH_DELAYS_US.items()):
+            with netem.qdisc(veth.CLIENT_DEVICE, delay_us=delay_us):
+                veth_handshakes(address, 1)  # outside the cgroup: the neighbour's resolution is no sample
+                in_cgroup(cg, functools.partial(veth_handshakes, address, VETH_HANDSHAKES))
+        hosts = learned_hosts("autoveth")
+    for address, delay_us in sorted(VETH_DELAYS_US.items()):
+        host = hosts.get(address) or {}
+        round_trip_ms = delay_us / 1000.0
+        low, high = AUTO_FACTOR * round_trip_ms, AUTO_FACTOR * 3 * round_trip_ms + JIFFY_MS
+        check(
+            host.get("fallback", "none") is None
+            and host.get("samples") == VETH_HANDSHAKES
+            and host.get("srtt_us", 0) >= delay_us
+            and low <= host.get("rto_ms", 0) <= high,
+            "%s learned through a %.0f ms round trip: %s, expected %d samples, SRTT >= %d us, %.1f-%.1f ms"
+            % (address, round_trip_ms, hosts, VETH_HANDSHAKES, delay_us, low, high),
+            "auto-veth",
+            result,
+        )
+        notes.append("%s ms for R %.0f ms" % (host["rto_ms"], round_trip_ms))
+    return ", ".join(notes)
+
+
+def scenario_auto_loss():
+    """A host whose SYNs are lost falls back to auto_max_ms until it recovers (issue 14): it learns
+    from auto_min_samples clean handshakes over the veth pair (auto_min_ms: its round trip is far
+    below), then netem drops everything sent to it. A connect() starts at the learned value; once
+    its SYN retransmits exceed auto_retransmit_budget the host shows over_retransmit_budget and the
+    next connect() starts at auto_max_ms. Without the loss each clean handshake forgives one
+    retransmit: the host gets its learned value back after exactly retransmits - budget of them."""
+    step = "auto-loss"
+    params = STEPS[step]
+    min_ms, max_ms, budget = params["auto_min_ms"], params["auto_max_ms"], params["auto_retransmit_budget"]
+    cg = cgroup("autoloss")
+    os.mkdir(cg)
+    result = run_step(step)
+    address = veth.server_address(1)
+    with veth.server([address]):
+        veth_handshakes(address, 1)  # outside the cgroup: the neighbour's resolution is no sample
+        in_cgroup(cg, functools.partial(veth_handshakes, address, params["auto_min_samples"]))
+        clean = learned_host("autoloss", address)
+        check(
+            clean.get("fallback", "none") is None and clean.get("rto_ms") == min_ms,
+            "after %d clean handshakes: %s, expected %d ms" % (params["auto_min_samples"], clean, min_ms),
+            step,
+            result,
+        )
+        with netem.qdisc(veth.CLIENT_DEVICE, loss=1.0):
+            learned_us, sent = in_cgroup(cg, functools.partial(lost_connect, address, budget + 1))
+            lost = learned_host("autoloss", address)
+            check(
+                learned_us == rto_us(min_ms)
+                and sent > budget
+                and lost.get("fallback") == learned.OVER_BUDGET
+                and lost.get("retransmits", 0) > budget
+                and lost.get("rto_ms") == max_ms,
+                "a connect() whose SYNs are lost: initial RTO %d us (expected %d), %d SYN retransmits (budget %d),"
+                " then %s, expected over_retransmit_budget at %d ms"
+                % (learned_us, rto_us(min_ms), sent, budget, lost, max_ms),
+                step,
+                result,
+            )
+            fallback_us, _sent = in_cgroup(cg, functools.partial(lost_connect, address, 0))
+            check(
+                fallback_us == rto_us(max_ms),
+                "a connect() after the fallback starts at %d us, expected %d" % (fallback_us, rto_us(max_ms)),
+                step,
+                result,
+            )
+        forgiven, host = 0, lost
+        while host.get("fallback") is not None and forgiven < lost["retransmits"]:
+            in_cgroup(cg, functools.partial(veth_handshakes, address, 1))
+            forgiven += 1
+            host = learned_host("autoloss", address)
+    check(
+        host.get("fallback", "none") is None
+        and forgiven == lost["retransmits"] - budget
+        and host.get("retransmits") == budget
+        and host.get("rto_ms") == min_ms,
+        "after the loss, %d clean handshakes: %s, expected %d ms after %d"
+        % (forgiven, host, min_ms, lost["retransmits"] - budget),
+        step,
+        result,
+    )
+    return "%d rtx: %d ms, back after %d" % (lost["retransmits"], max_ms, forgiven)
 
 
 MAP_UNDER_ZERO_MEMLOCK = """
@@ -684,24 +822,12 @@ def scenario_forced_missing():
     return "%d features" % len(features.PROBE_NAMES)
 
 
-SCENARIOS = [
-    ("apply", scenario_apply),
-    ("reapply", scenario_reapply),
-    ("rules", scenario_rules),
-    ("absent", scenario_absent),
-    ("direction", scenario_direction),
-    ("legacy", scenario_legacy),
-    ("full-map", scenario_full_map),
-    ("synack-2nd", scenario_synack),
-    ("syn-give-up", scenario_give_up),
-    ("telemetry", scenario_telemetry),
-    ("rtt-netem", scenario_rtt_netem),
-    ("auto", scenario_auto),
-    ("auto-netem", scenario_auto_netem),
-    ("memlock", scenario_memlock),
-    ("hz-measured", scenario_hz_measured),
-    ("forced-missing", scenario_forced_missing),
-]
+def selected_scenarios():
+    """The scenarios matrix.py asked for on the kernel command line (all without it), in SCENARIOS order."""
+    with open("/proc/cmdline") as handle:
+        words = handle.read().split()
+    chosen = [word[len(SCENARIOS_PARAMETER) :].split(",") for word in words if word.startswith(SCENARIOS_PARAMETER)]
+    return [name for name in SCENARIOS if not chosen or name in chosen[-1]]
 
 
 VERIFIER_LOGS = {}  # log -> the first scenario that printed it
@@ -743,10 +869,10 @@ def main():
             }
         ),
     )
-    for name, scenario in SCENARIOS:
+    for name in selected_scenarios():
         started = time.monotonic()
         try:
-            note = scenario()
+            note = globals()["scenario_" + name.replace("-", "_")]()
             status = "PASS"
         except Exception as exc:  # every failure becomes a readable cell
             if not isinstance(exc, Failed):

@@ -14,7 +14,7 @@ from steps import GUEST_ROOT
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OBJECT = os.path.join(REPO, "plugins", "plugin_utils", "tcp_initial_rto.bpf.o")  # the shipped object
-GUEST_FILES = ["guest_job.py", "guest_kernel.py", "netem.py", "steps.py"]
+GUEST_FILES = ["guest_job.py", "guest_kernel.py", "netem.py", "rtnetlink.py", "steps.py", "veth.py"]
 
 # The guest userland: Debian 12's Python and what its interpreter and the stdlib modules the
 # module imports (ctypes, hashlib, zipfile ...) link against.

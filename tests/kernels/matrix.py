@@ -23,28 +23,10 @@ sys.dont_write_bytecode = True  # no __pycache__ in tests/kernels (the collectio
 import archive  # noqa: E402
 import initramfs  # noqa: E402
 from archive import CACHE, KERNELS, REPO, MatrixError, log  # noqa: E402
-from steps import STEPS  # noqa: E402
+from steps import SCENARIOS, SCENARIOS_PARAMETER, STEPS  # noqa: E402
 
 MODULE = "netbpf.tcp_rto.tcp_initial_rto"
 MARK = "@@TCPRTO"
-SCENARIOS = [
-    "apply",
-    "reapply",
-    "rules",
-    "absent",
-    "direction",
-    "legacy",
-    "full-map",
-    "synack-2nd",
-    "syn-give-up",
-    "telemetry",
-    "rtt-netem",
-    "auto",
-    "auto-netem",
-    "memlock",
-    "hz-measured",
-    "forced-missing",
-]
 
 # -icount: the guest's clock advances by instructions executed, so a slow or busy host does not show
 # up in the guest as late timers (the probes read socket timers to the jiffy), and sleep=off skips
@@ -140,8 +122,9 @@ def build_payloads():
 # ---------------------------------------------------------------- boot and parse
 
 
-def boot(kernel, initrd, timeout, logdir):
-    """Boot one kernel with the job; -> dict(kernel, cells, info, details, seconds, log, problem)."""
+def boot(kernel, initrd, timeout, logdir, scenarios):
+    """Boot one kernel with the job running scenarios; -> dict(kernel, cells, info, details,
+    seconds, log, problem)."""
     logfile = os.path.join(logdir, kernel["key"] + ".log")
     started = time.monotonic()
     command = [
@@ -155,7 +138,7 @@ def boot(kernel, initrd, timeout, logdir):
         "-initrd",
         initrd,
         "-append",
-        KERNEL_CMDLINE,
+        "%s %s%s" % (KERNEL_CMDLINE, SCENARIOS_PARAMETER, ",".join(scenarios)),
     ]
     with open(logfile, "wb") as out:
         proc = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, check=False)
@@ -205,8 +188,8 @@ def cell_text(cell):
     return "FAIL" if cell is None or cell["status"] != "PASS" else ("pass " + cell["note"]).strip()
 
 
-def table(results):
-    header = ["kernel", "suite", "HZ", "attach", *SCENARIOS]
+def table(results, scenarios):
+    header = ["kernel", "suite", "HZ", "attach", *scenarios]
     rows = []
     for result in results:
         kernel, cells = result["kernel"], result["cells"]
@@ -216,15 +199,15 @@ def table(results):
             str(result["info"].get("hz", kernel["hz"])),
             result["info"].get("attach", "?"),
         ]
-        rows.append(row + [cell_text(cells.get(scenario)) for scenario in SCENARIOS])
+        rows.append(row + [cell_text(cells.get(scenario)) for scenario in scenarios])
     widths = [max(len(row[column]) for row in [header, *rows]) for column in range(len(header))]
     lines = [" | ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [header, *rows]]
     lines.insert(1, "-+-".join("-" * width for width in widths))
     return "\n".join(lines)
 
 
-def markdown_table(results):
-    header = ["kernel", "Debian suite", "HZ", "attach", *SCENARIOS]
+def markdown_table(results, scenarios):
+    header = ["kernel", "Debian suite", "HZ", "attach", *scenarios]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for result in results:
         kernel, cells = result["kernel"], result["cells"]
@@ -234,12 +217,12 @@ def markdown_table(results):
             str(kernel["hz"]),
             result["info"].get("attach", "?"),
         ]
-        lines.append("| " + " | ".join(row + [cell_text(cells.get(scenario)) for scenario in SCENARIOS]) + " |")
+        lines.append("| " + " | ".join(row + [cell_text(cells.get(scenario)) for scenario in scenarios]) + " |")
     return "\n".join(lines)
 
 
-def failed(result):
-    return bool(result["problem"]) or any(result["cells"].get(name, {}).get("status") != "PASS" for name in SCENARIOS)
+def failed(result, scenarios):
+    return bool(result["problem"]) or any(result["cells"].get(name, {}).get("status") != "PASS" for name in scenarios)
 
 
 # ---------------------------------------------------------------- main
@@ -257,6 +240,12 @@ def main(argv=None):
         action="store_true",
         help="look for newer kernel images in the archive instead of using the cached ones",
     )
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help="comma-separated scenarios to run, in the guest's order (default: all; each makes its own"
+        " cgroup, but reapply, rules and absent build on apply): %(default)s",
+    )
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="guests at once (default: cores)")
     parser.add_argument("--timeout", type=int, default=1200, help="seconds per guest (default: %(default)s)")
     options = parser.parse_args(argv)
@@ -264,6 +253,11 @@ def main(argv=None):
     unknown = [key for key in keys if key not in [entry[0] for entry in KERNELS]]
     if unknown:
         parser.error("unknown kernel %s; known: %s" % (", ".join(unknown), ", ".join(entry[0] for entry in KERNELS)))
+    chosen = [name for name in options.scenarios.split(",") if name]
+    unknown = [name for name in chosen if name not in SCENARIOS]
+    if unknown or not chosen:
+        parser.error("unknown scenario %s; known: %s" % (", ".join(unknown) or "(none)", ", ".join(SCENARIOS)))
+    scenarios = [name for name in SCENARIOS if name in chosen]
     for tool in ("qemu-system-x86_64", "timeout", "apt-get", "dpkg-deb"):
         if shutil.which(tool) is None:
             raise MatrixError("%s is not installed (apt-get install qemu-system-x86 for qemu)" % tool)
@@ -313,12 +307,17 @@ def main(argv=None):
     )
 
     with concurrent.futures.ThreadPoolExecutor(max(1, options.jobs)) as pool:
-        results = list(pool.map(functools.partial(boot, initrd=initrd, timeout=options.timeout, logdir=work), kernels))
+        results = list(
+            pool.map(
+                functools.partial(boot, initrd=initrd, timeout=options.timeout, logdir=work, scenarios=scenarios),
+                kernels,
+            )
+        )
     for path in (initrd, project):  # the console logs stay
         os.unlink(path)
 
     for result in results:
-        if failed(result):
+        if failed(result, scenarios):
             kernel = result["kernel"]
             print(
                 "\n=== %s (%s): console log %s"
@@ -326,14 +325,14 @@ def main(argv=None):
             )
             if result["problem"]:
                 print(result["problem"])
-            for scenario in SCENARIOS:
+            for scenario in scenarios:
                 if scenario in result["details"]:
                     print("--- %s\n%s" % (scenario, result["details"][scenario]))
     print()
-    print(table(results))
+    print(table(results, scenarios))
     with open(os.path.join(CACHE, "last-run.md"), "w") as handle:
-        handle.write(markdown_table(results) + "\n")
-    bad = [result for result in results if failed(result)]
+        handle.write(markdown_table(results, scenarios) + "\n")
+    bad = [result for result in results if failed(result, scenarios)]
     print(
         "\n%d kernels, %d failed; guests %s; total %.0f s"
         % (

@@ -4,11 +4,39 @@ Imported by the host (matrix.py builds one AnsiballZ payload per step) and by th
 (guest_job.py runs the payloads in order and checks their results). Plain stdlib.
 """
 
+from veth import NETWORK
+
 GUEST_ROOT = "/opt/tcp_rto"
 SRC = GUEST_ROOT + "/tcp_initial_rto.bpf.o"  # what the action plugin would have transferred
 CGROUP_ROOT = "/sys/fs/cgroup"
 LOOPBACK = "127.0.0.0/8"
 AUTO_FACTOR = 2.0  # rto_ms auto through a netem delay: the learned RTO is this x (SRTT + 4 RTTVAR)
+VETH_RULES = [{"dest": str(NETWORK), "rto_ms": "auto"}]  # the hosts behind the guest's veth pair
+
+# The table's columns, in the order the guest runs them (guest_job.py: scenario_<name>); matrix.py
+# passes those it runs as SCENARIOS_PARAMETER on the guest's kernel command line (a parameter with a
+# dot and no such module: the kernel leaves it to /proc/cmdline).
+SCENARIOS_PARAMETER = "tcprto.scenarios="
+SCENARIOS = [
+    "apply",
+    "reapply",
+    "rules",
+    "absent",
+    "direction",
+    "legacy",
+    "full-map",
+    "synack-2nd",
+    "syn-give-up",
+    "telemetry",
+    "rtt-netem",
+    "auto",
+    "auto-netem",
+    "auto-veth",
+    "auto-loss",
+    "memlock",
+    "hz-measured",
+    "forced-missing",
+]
 
 
 def cgroup(name):
@@ -69,6 +97,22 @@ STEPS = {
         auto_min_ms=20,
         auto_max_ms=1000,
         auto_factor=AUTO_FACTOR,
+        verify=False,
+    ),
+    # rto_ms: auto learning two hosts behind a veth pair, one through a 5 ms netem delay, one through
+    # 50 ms; auto_min_ms two jiffies at HZ 250, below the 5 ms host's band (10-34 ms), so that the
+    # clamp cannot pass for learning
+    "auto-veth": task(
+        "autoveth", rules=VETH_RULES, auto_min_ms=8, auto_max_ms=1000, auto_factor=AUTO_FACTOR, verify=False
+    ),
+    # rto_ms: auto falling back to auto_max_ms when a host's SYNs are lost, and recovering
+    "auto-loss": task(
+        "autoloss",
+        rules=VETH_RULES,
+        auto_min_ms=20,
+        auto_max_ms=1000,
+        auto_min_samples=3,
+        auto_retransmit_budget=2,
         verify=False,
     ),
     # run with RLIMIT_MEMLOCK 0 (kernels before 5.11 charge BPF memory to it)
