@@ -12,7 +12,7 @@ master is up (each run pays its own connections), after it the masters are told 
 
 Remote round trips per host are the sessions sshd started (one per module run, file transfer or
 command), counted per connection from sshd's log. CPU per host, which the shared machine's load
-does not stretch as it does wall time: the controller's (ansible-playbook, its workers and ssh
+stretches less than wall time: the controller's (ansible-playbook, its workers and ssh
 clients: the run's reaped children) and the hosts' (sshd's sessions and all they ran, modules
 included: what sshd's listener reaped, from /proc/<pid>/stat). The AnsiballZ payload of each module is measured
 once with the local connection and ANSIBLE_KEEP_REMOTE_FILES.

@@ -542,7 +542,7 @@ def _ssh(results):
         "`ansible_python_interpreter=/usr/bin/python3`. Each fleet size and",
         "forks setting starts with a fresh fleet; every run starts without an SSH master. Round trips per host:",
         "the sessions sshd started per connection (one per module run, command or file transfer), from its log.",
-        "CPU per host, which the shared machine's load does not stretch as it does wall time: the controller's",
+        "CPU per host, which the shared machine's load stretches less than wall time: the controller's",
         "(ansible-playbook, its workers and ssh clients; not the detached SSH masters) and the hosts' (sshd's",
         "sessions and everything they ran, modules included), both divided by the hosts.",
         "Run on %s, ansible-core %s." % (results["started"], results["machine"]["ansible_core"]),
