@@ -11,7 +11,10 @@ the rollout again (no-op), rollback (every host back to no instance). Before eac
 master is up (each run pays its own connections), after it the masters are told to exit.
 
 Remote round trips per host are the sessions sshd started (one per module run, file transfer or
-command), counted per connection from sshd's log. The AnsiballZ payload of each module is measured
+command), counted per connection from sshd's log. CPU per host, which the shared machine's load
+stretches less than wall time: the controller's (ansible-playbook, its workers and ssh
+clients: the run's reaped children) and the hosts' (sshd's sessions and all they ran, modules
+included: what sshd's listener reaped, from /proc/<pid>/stat). The AnsiballZ payload of each module is measured
 once with the local connection and ANSIBLE_KEEP_REMOTE_FILES.
 """
 
@@ -19,6 +22,7 @@ import glob
 import json
 import os
 import re
+import resource
 import socket
 import subprocess
 import time
@@ -92,7 +96,7 @@ class SshServer:
             os.mkdir(PRIVSEP_DIR, 0o755)
             lab_.defer(_remove_privsep_dir)
         subprocess.run([SSHD, "-t", "-f", config], check=True)
-        lab_.spawn([SSHD, "-D", "-f", config, "-E", self.log])
+        self.process = lab_.spawn([SSHD, "-D", "-f", config, "-E", self.log])
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -102,6 +106,19 @@ class SshServer:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(0.05)
+
+    def reaped_cpu_seconds(self):
+        """CPU seconds of the sessions sshd has reaped (cutime + cstime), once none is left running."""
+        children = "/proc/%d/task/%d/children" % (self.process.pid, self.process.pid)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with open(children) as handle:
+                if not handle.read().strip():
+                    break
+            time.sleep(0.05)
+        with open("/proc/%d/stat" % self.process.pid) as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[13]) + int(fields[14])) / float(os.sysconf("SC_CLK_TCK"))  # fields 16, 17 of stat
 
     def log_size(self):
         return os.path.getsize(self.log)
@@ -189,16 +206,24 @@ class SshFleet:
         return "netbpf.tcp_rto.rollout", ["-e", "@" + self.rto_vars]
 
     def timed(self, kind, forks):
-        """-> dict(seconds, round trips per host (mean, max), connections) of one run."""
+        """-> dict(seconds, round trips per host (mean, max), connections, CPU ms per host of the
+        controller and of the hosts) of one run."""
         play, extra = self.command(kind)
         offset = self.server.log_size()
+        hosts_cpu = self.server.reaped_cpu_seconds()
+        controller = resource.getrusage(resource.RUSAGE_CHILDREN)
         seconds = playbook.timed_playbook(
             self.workdir, self.inventory, play, forks=forks, extra_args=extra, timeout=RUN_TIMEOUT
         )
         self.exit_masters()
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        controller_cpu = after.ru_utime + after.ru_stime - controller.ru_utime - controller.ru_stime
+        hosts_cpu = self.server.reaped_cpu_seconds() - hosts_cpu
         sessions = self.server.sessions_since(offset)
         total = sum(sessions.values())
         return dict(
+            controller_cpu_ms=1000.0 * controller_cpu / len(self.hosts),
+            hosts_cpu_ms=1000.0 * hosts_cpu / len(self.hosts),
             seconds=seconds,
             round_trips=total / float(len(self.hosts)),
             round_trips_max=max(sessions.values()) if sessions else 0,
@@ -262,9 +287,11 @@ def run(sizes, forks_list, log=print, playbooks=PLAYBOOKS):
                             assert fleet.attached() == 0, "the rollback left programs attached"
                     row["load_end"] = os.getloadavg()[0]
                     ping = row["runs"]["ping"]["seconds"]
+                    ping_cpu = row["runs"]["ping"]["controller_cpu_ms"] + row["runs"]["ping"]["hosts_cpu_ms"]
                     for run_ in row["runs"].values():
                         run_["ratio"] = run_["seconds"] / ping
                         run_["per_host_ms"] = 1000.0 * run_["seconds"] / hosts
+                        run_["cpu_ratio"] = (run_["controller_cpu_ms"] + run_["hosts_cpu_ms"]) / ping_cpu
                     log(
                         "  %s"
                         % ", ".join(

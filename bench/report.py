@@ -518,8 +518,8 @@ SSH_GOALS = (("rollout", 2.0), ("no-op", 1.5))  # at 100 hosts, issue 15
 def _ssh_table(result):
     lines = [
         "| hosts | forks | load (1 min) start → end | playbook | s | × ping | ms per host | round trips per host "
-        "| SSH connections |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| SSH connections | CPU ms per host: controller + hosts | CPU × ping |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         for kind, label in SSH_RUNS:
@@ -527,7 +527,7 @@ def _ssh_table(result):
                 continue
             run = row["runs"][kind]
             lines.append(
-                "| %d | %d | %.1f → %.1f | %s | %.1f | %.2f× | %.0f | %.1f | %d |"
+                "| %d | %d | %.1f → %.1f | %s | %.1f | %.2f× | %.0f | %.1f | %d | %s | %s |"
                 % (
                     row["hosts"],
                     row["forks"],
@@ -539,6 +539,9 @@ def _ssh_table(result):
                     run["per_host_ms"],
                     run["round_trips"],
                     run["connections"],
+                    # runs of the bench before it measured CPU have none
+                    "%.0f + %.0f" % (run["controller_cpu_ms"], run["hosts_cpu_ms"]) if "cpu_ratio" in run else "–",
+                    "%.2f×" % run["cpu_ratio"] if "cpu_ratio" in run else "–",
                 )
             )
     return lines
@@ -558,6 +561,9 @@ def _ssh(results):
         "`ansible_python_interpreter=/usr/bin/python3`. Each fleet size and",
         "forks setting starts with a fresh fleet; every run starts without an SSH master. Round trips per host:",
         "the sessions sshd started per connection (one per module run, command or file transfer), from its log.",
+        "CPU per host, which the shared machine's load stretches less than wall time: the controller's",
+        "(ansible-playbook, its workers and ssh clients; not the detached SSH masters) and the hosts' (sshd's",
+        "sessions and everything they ran, modules included), both divided by the hosts.",
         "Run on %s, ansible-core %s." % (results["started"], results["machine"]["ansible_core"]),
         "",
         *_ssh_table(result),
@@ -577,12 +583,13 @@ def _ssh(results):
             % (
                 row["forks"],
                 "; ".join(
-                    "%s %.2f× ping (goal ≤ %.1f×: %s)"
+                    "%s %.2f× ping (goal ≤ %.1f×: %s)%s"
                     % (
                         kind,
                         row["runs"][kind]["ratio"],
                         goal,
                         "met" if row["runs"][kind]["ratio"] <= goal else "not met",
+                        ", CPU %.2f×" % row["runs"][kind]["cpu_ratio"] if "cpu_ratio" in row["runs"][kind] else "",
                     )
                     for kind, goal in SSH_GOALS
                 ),
@@ -592,7 +599,7 @@ def _ssh(results):
     if "baseline" in result:
         lines += [
             "",
-            "Before the role ran each host in one module run (%s):" % result["baseline"]["label"],
+            "The baseline, %s:" % result["baseline"]["label"],
             "",
             *_ssh_table(result["baseline"]),
         ]

@@ -15,7 +15,6 @@ import os
 from typing import Any, Dict, List, NamedTuple, Optional
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
-    apply,
     bpf_info,
     bpf_syscall,
     cgroups,
@@ -35,7 +34,6 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     record,
     service_unit,
     syn_give_up,
-    syn_retries_probe,
     views,
 )
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.bpf_object import BpfObjectError
@@ -146,12 +144,15 @@ def run(params, check_mode=False, diff=False):
             kernel_facts["hz"],
             pending=target.unit_running is False,
         )
-        if syn_give_up.sets_syn_retries(desired) and not syn_retries_probe.settable():
-            raise host.HostError(
-                "kernel %s does not let a sock_ops program set TCP_SYNCNT (bpf_setsockopt refused it in a probe; "
-                "upstream Linux allows it from about 5.9), so syn_give_up_s cannot be kept: drop syn_give_up_s, "
-                "or set net.ipv4.tcp_syn_retries for the whole host instead" % kernel.release
-            )
+        if syn_give_up.sets_syn_retries(desired):
+            from ansible_collections.netbpf.tcp_rto.plugins.module_utils import syn_retries_probe
+
+            if not syn_retries_probe.settable():
+                raise host.HostError(
+                    "kernel %s does not let a sock_ops program set TCP_SYNCNT (bpf_setsockopt refused it in a probe; "
+                    "upstream Linux allows it from about 5.9), so syn_give_up_s cannot be kept: drop syn_give_up_s, "
+                    "or set net.ipv4.tcp_syn_retries for the whole host instead" % kernel.release
+                )
     step = persistence_step(params) if desired is not None else None
     if desired is not None and params.get("metrics_textfile"):
         if step != "record":
@@ -309,6 +310,10 @@ def converge(params, desired, kernel, check_mode, diff):
                 blockers=coexistence.attach_blockers(desired.cgroup, cgroups.cgroup2_mount()),
             )
         if plan.steps and not check_mode:
+            # imported on a change only: most runs (a rollout's rerun) change nothing, and every
+            # module_utils a run imports is compiled again from Ansible's zip on each run
+            from ansible_collections.netbpf.tcp_rto.plugins.module_utils import apply
+
             apply.carry_out(plan, desired, current, params["pin_dir"], params["mount_bpffs"])
         diff_view = None
         if diff:

@@ -183,6 +183,7 @@ def test_ssh_fleet_at_ten_hosts(tmp_path):
     assert row["hosts"] == 10 and set(row["runs"]) == {"ping", "rollout", "no-op", "rollback"}
     for kind, run in row["runs"].items():
         assert run["connections"] == 10, (kind, run)
+        assert run["controller_cpu_ms"] > 0 and run["hosts_cpu_ms"] > 0, (kind, run)
     for kind in ("ping", "rollout", "no-op"):
         assert row["runs"][kind]["round_trips"] == row["runs"][kind]["round_trips_max"] == 1, (kind, row["runs"][kind])
     assert set(results["payloads"]) == {"ping", "tcp_initial_rto", "tcp_initial_rto_info"}
