@@ -12,6 +12,7 @@ __metaclass__ = type
 import collections
 import ctypes
 import errno
+import time
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bpf_syscall, uapi
 
@@ -58,21 +59,45 @@ def link_get_next_id(start=0):
     return _get_next_id("LINK", start)
 
 
+# A link another process is creating has its id before the kernel settles it: BPF_LINK_GET_FD_BY_ID
+# then fails with EAGAIN (bpf_link_by_id()) for the microseconds until bpf_link_settle().
+UNSETTLED_RETRIES = 5
+UNSETTLED_WAIT_S = 0.001
+
+
+def _open_by_id(kind, obj_id):
+    """_get_fd_by_id(), waiting out a link still being created; None when the object is gone (or
+    stays unsettled: a creation that failed releases its id)."""
+    for attempt in range(UNSETTLED_RETRIES + 1):
+        try:
+            return _get_fd_by_id(kind, obj_id)
+        except bpf_syscall.BpfError as exc:
+            if exc.errno == errno.ENOENT or (exc.errno == errno.EAGAIN and attempt == UNSETTLED_RETRIES):
+                return None
+            if exc.errno != errno.EAGAIN:
+                raise
+        time.sleep(UNSETTLED_WAIT_S)
+    return None
+
+
 def _infos(kind, info_of):
     """info_of(fd) of every object of kind ("PROG", "LINK") the kernel holds, in id order; one
-    released between its id and its fd is skipped."""
+    released between its id and its fd is skipped, and so is a link whose creation does not settle."""
     obj_id = 0
     while True:
         obj_id = _get_next_id(kind, obj_id)
         if obj_id is None:
             return
-        try:
-            with bpf_syscall.closing_fd(_get_fd_by_id(kind, obj_id)) as fd:
-                info = info_of(fd)
-        except bpf_syscall.BpfError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
+        fd = _open_by_id(kind, obj_id)
+        if fd is None:
             continue
+        with bpf_syscall.closing_fd(fd):
+            try:
+                info = info_of(fd)
+            except bpf_syscall.BpfError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise
+                continue
         yield info
 
 

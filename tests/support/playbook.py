@@ -122,5 +122,10 @@ def timed_playbook(workdir, inventory, playbook, forks=None, extra_args=(), env=
             stderr=subprocess.STDOUT,
         )
     except subprocess.CalledProcessError as exc:
-        raise RuntimeError("%s failed:\n%s" % (os.path.basename(playbook), exc.output.decode(errors="replace")[-3000:]))
+        output = exc.output.decode(errors="replace")
+        # at a hundred hosts the output's tail is the recap: the failed tasks' lines say why
+        failures = [line for line in output.splitlines() if line.startswith(("fatal:", "failed:"))][:10]
+        raise RuntimeError(
+            "%s failed:\n%s\n...\n%s" % (os.path.basename(playbook), "\n".join(failures), output[-1500:])
+        )
     return time.perf_counter() - start
