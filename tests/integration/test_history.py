@@ -8,24 +8,12 @@ import os
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import history, reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import history, reconcile, record
 from ansible_collections.netbpf.tcp_rto.tests.support import reconcile_run
 
 pytestmark = pytest.mark.kernel
 
-REPLAYED = (
-    "rules",
-    "rto_ms",
-    "syn_give_up_s",
-    "direction",
-    "auto_min_ms",
-    "auto_max_ms",
-    "auto_factor",
-    "auto_min_samples",
-    "auto_ttl_s",
-    "auto_retransmit_budget",
-    "auto_table_size",
-)
+REPLAYED = ("rules", "rto_ms", "syn_give_up_s", "direction", *record.AUTO_KEYS)
 
 
 def replayed(name, cgroup, bpffs):
