@@ -49,10 +49,11 @@ def held_configuration(current, name):
     that follows a unit), unit, rules ([{dest, rto_ms, syn_give_up_s}]), rto_ms, syn_give_up_s,
     direction and the auto_* settings (record.AUTO_KEYS)."""
     root = persistence.host_root()
+    recorded = persistence.recorded_params(name, root)
     view = views.describe_current(current)
     hz = current.meta.get("hz") if current.meta else None
-    settings = _as_recorded(persistence.recorded_params(name, root), current, hz) or _as_held(current, view, hz)
-    unit = persistence.recorded_unit(name, root)
+    settings = _as_recorded(recorded, current, hz) or _as_held(current, view, hz)
+    unit = persistence.recorded_unit(name, root, recorded)
     return dict(
         settings,
         state="present",
@@ -90,7 +91,7 @@ def _as_recorded(recorded, current, hz):
     make exactly what the kernel holds (a run without persistence may have changed it since), else
     None. A rollback then applies the words the operator used, and applying those again changes nothing."""
     keys = ("rules", "rto_ms", "syn_give_up_s", *record.AUTO_KEYS)
-    if not recorded or not hz or not set(keys) - {"syn_give_up_s", *record.AUTO_KEYS} <= set(recorded):
+    if not hz or not {"rules", "rto_ms"} <= set(recorded):  # keys an earlier version may lack default to None
         return None
     settings = {key: recorded.get(key) for key in keys}
     linear_timeouts = host.read_sysctl("net.ipv4.tcp_syn_linear_timeouts", 0)

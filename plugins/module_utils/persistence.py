@@ -351,9 +351,10 @@ def recorded_params(name, root="/"):
     return record if isinstance(record, dict) else {}
 
 
-def recorded_unit(name, root="/"):
-    """The unit a recorded instance follows, None for none or when the record cannot tell."""
-    unit = recorded_params(name, root).get("unit")
+def recorded_unit(name, root="/", params=None):
+    """The unit a recorded instance follows, None for none or when the record cannot tell (params:
+    its recorded_params() when the caller has read them)."""
+    unit = (recorded_params(name, root) if params is None else params).get("unit")
     return unit if isinstance(unit, str) else None
 
 
