@@ -10,12 +10,12 @@ name: role_targets
 short_description: The instances a run of the role netbpf.tcp_rto.tcp_rto aims at, each with all its keys
 version_added: 0.2.0
 description:
-  - Used by the role R(netbpf.tcp_rto.tcp_rto,ansible_collections.netbpf.tcp_rto.tcp_rto_role) to settle the instances of
-    a run in one step on the controller (a loop of C(set_fact) tasks cost a task per host and instance).
+  - Used by the role P(netbpf.tcp_rto.tcp_rto#role) to settle the instances of
+    a run in one step on the controller, without tasks (each task of a play costs a forked worker per host).
   - Each instance of O(_input) (or O(single) when O(_input) is empty) takes the keys it leaves out from O(defaults);
     an instance that gives C(cgroup) or C(unit) takes neither from O(defaults), as the two are exclusive.
   - "Rules merge by destination: the instance's own rules first, then the value of each variable of O(rules_vars)
-    whose name its C(rules_vars) regular expression matches (searched, as M(ansible.builtin.varnames) does), in
+    whose name its C(rules_vars) regular expression matches (searched, as P(ansible.builtin.varnames#lookup) does), in
     sorted name order; a later rule for the same C(dest) (as written) replaces an earlier one, all of it."
   - With O(previous), the run goes back to recorded configurations instead. Each named instance gets O(defaults),
     then the instance of O(_input) with its name, then no cgroup, unit, rules, rto_ms or syn_give_up_s and
