@@ -15,7 +15,7 @@ description:
   - Each instance of O(_input) (or O(single) when O(_input) is empty) takes the keys it leaves out from O(defaults);
     an instance that gives C(cgroup) or C(unit) takes neither from O(defaults), as the two are exclusive.
   - "Rules merge by destination: the instance's own rules first, then the value of each variable of O(rules_vars)
-    whose name its C(rules_vars) regular expression matches (searched, as P(ansible.builtin.varnames#lookup) does), in
+    whose name its C(rules_vars) regular expression matches (searched, as the lookup C(ansible.builtin.varnames) does), in
     sorted name order; a later rule for the same C(dest) (as written) replaces an earlier one, all of it."
   - With O(previous), the run goes back to recorded configurations instead. Each named instance gets O(defaults),
     then the instance of O(_input) with its name, then no cgroup, unit, rules, rto_ms or syn_give_up_s and
