@@ -69,14 +69,15 @@ def _open_by_id(kind, obj_id):
     """_get_fd_by_id(), waiting out a link still being created; None when the object is gone (or
     stays unsettled: a creation that failed releases its id)."""
     for attempt in range(UNSETTLED_RETRIES + 1):
+        if attempt:
+            time.sleep(UNSETTLED_WAIT_S)
         try:
             return _get_fd_by_id(kind, obj_id)
         except bpf_syscall.BpfError as exc:
-            if exc.errno == errno.ENOENT or (exc.errno == errno.EAGAIN and attempt == UNSETTLED_RETRIES):
+            if exc.errno == errno.ENOENT:
                 return None
             if exc.errno != errno.EAGAIN:
                 raise
-        time.sleep(UNSETTLED_WAIT_S)
     return None
 
 
