@@ -10,7 +10,7 @@ play shape with ansible.builtin.ping. Ansible's default forks (5).
 import os
 import statistics
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host_paths
 from ansible_collections.netbpf.tcp_rto.tests.support import bpf_inventory, lab, paths, playbook
 
 RULES = [dict(dest="127.0.0.0/8", rto_ms=200)]
@@ -43,7 +43,7 @@ MODULE_TASK = {
         rules=RULES,
         persistent=True,
     ),
-    "environment": {persistence.TEST_ROOT_ENVIRONMENT: "{{ bench_persist_root }}"},
+    "environment": {host_paths.TEST_ROOT_ENVIRONMENT: "{{ bench_persist_root }}"},
 }
 
 

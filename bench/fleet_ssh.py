@@ -27,7 +27,7 @@ import socket
 import subprocess
 import time
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host_paths
 from ansible_collections.netbpf.tcp_rto.tests.support import lab, paths, playbook
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
 
@@ -87,7 +87,7 @@ class SshServer:
                         "PrintMotd no",
                         "Subsystem sftp internal-sftp",
                         # each simulated host's own persistence root (the test aid), sent by its client
-                        "AcceptEnv " + persistence.TEST_ROOT_ENVIRONMENT,
+                        "AcceptEnv " + host_paths.TEST_ROOT_ENVIRONMENT,
                         "",
                     ]
                 )
@@ -157,7 +157,7 @@ class SshFleet:
                     host,
                     self.cgroups[host],
                     os.path.join(bpffs, host),
-                    persistence.TEST_ROOT_ENVIRONMENT,
+                    host_paths.TEST_ROOT_ENVIRONMENT,
                     os.path.join(workdir, "root", host),
                 )
             )

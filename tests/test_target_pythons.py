@@ -49,6 +49,7 @@ PURE_LOGIC_TESTS = [
     "tests/unit/module_utils/test_desired.py",
     "tests/unit/module_utils/test_plan.py",
     "tests/unit/module_utils/test_bpf_object.py",
+    "tests/unit/module_utils/test_bytecode.py",
 ]
 # The newest pytest each Python runs, installed in this order. Python 3.6's own pip (18) does not
 # check what Python a wheel from a local --find-links directory needs: a newer pip first.

@@ -17,6 +17,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     bpf_syscall,
     desired,
     host,
+    host_paths,
     persistence,
     record,
     syn_give_up,
@@ -48,7 +49,7 @@ def held_configuration(current, name):
     """The configuration of the instance current holds: state present, cgroup (None for an instance
     that follows a unit), unit, rules ([{dest, rto_ms, syn_give_up_s}]), rto_ms, syn_give_up_s,
     direction and the auto_* settings (record.AUTO_KEYS)."""
-    root = persistence.host_root()
+    root = host_paths.host_root()
     recorded = persistence.recorded_params(name, root)
     view = views.describe_current(current)
     hz = current.meta.get("hz") if current.meta else None
@@ -126,7 +127,7 @@ def _record_path(layout, name, step):
 def push(name, before, steps):
     """Keep before as the newest history record of name, the older ones moved up, at most steps
     of them; -> the path written."""
-    layout = persistence.Layout(persistence.host_root())
+    layout = host_paths.Layout(host_paths.host_root())
     last = 0
     while os.path.lexists(_record_path(layout, name, last + 1)):
         last += 1

@@ -17,6 +17,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     features,
     harm,
     host,
+    host_paths,
     hz,
     persistence,
     service_unit,
@@ -129,12 +130,12 @@ def gather(pin_dir, cgroups=(), safety_factor=harm.DEFAULT_SAFETY_FACTOR, min_sa
 def read_host(pin_dir, cgroups=(), safety_factor=harm.DEFAULT_SAFETY_FACTOR, min_samples=harm.DEFAULT_MIN_SAMPLES):
     """-> (the info module's result, [(instance view, its current.telemetry())] for the metrics)."""
     harm.check_thresholds(safety_factor, min_samples)
-    root = persistence.host_root()
+    root = host_paths.host_root()
     release = host.kernel_release()
     kernel, mount, reasons = _support(release)
     link_info = kernel["features"].get("link_info", False)
     bpffs_mounted = host.is_bpffs(os.path.dirname(pin_dir.rstrip("/")) or "/")
-    record_names = persistence.Layout(root).recorded_names()
+    record_names = host_paths.Layout(root).recorded_names()
     instances, own_ids, telemetry = [], [], {}
     if os.path.isdir(pin_dir) and not reasons:
         for name in sorted(os.listdir(pin_dir)):
@@ -156,7 +157,7 @@ def read_host(pin_dir, cgroups=(), safety_factor=harm.DEFAULT_SAFETY_FACTOR, min
         unsupported_reasons=reasons,
         kernel=kernel,
         cgroup2_mount=mount,
-        records_dir=persistence.Layout(root).record_dir,
+        records_dir=host_paths.Layout(root).record_dir,
         bpffs_mounted=bpffs_mounted,
         instances=instances,
         recorded_not_loaded=not_loaded,

@@ -7,8 +7,8 @@ the collection's own stdlib code under /var/lib/tcp_rto/, and a systemd template
 tcp-rto@.service enabled as tcp-rto@<name>.service, whose ExecStart runs that code on that record.
 No Ansible, compiler or bpftool at boot. Every path lies under `root` ("/" but in tests).
 
-Here: where those files live (Layout), installing and removing them, reading the record back.
-What the record holds is in record, how each file is read and written in safe_files, systemctl
+Here: installing and removing them, reading the record back. Where they live is in host_paths,
+what the record holds in record, how each file is read and written in safe_files, systemctl
 and the boot unit's interpreter in systemd.
 """
 
@@ -23,7 +23,15 @@ import os
 import pkgutil
 import shutil
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import fault, lock, metrics_timer, safe_files, service_unit
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    bytecode,
+    fault,
+    lock,
+    metrics_timer,
+    safe_files,
+    service_unit,
+)
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.host_paths import MODULE_UTILS, UNIT_TEMPLATE, Layout
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.record import (
     ADDED_KEYS,
     RECORDED,
@@ -33,19 +41,10 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils.record import (
 )
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.systemd import Systemd, boot_python
 
-MODULE_UTILS = "ansible_collections.netbpf.tcp_rto.plugins.module_utils"
 # The module_utils the restore imports, directly or not.
-# Test aid: a directory standing for / for every file persistence writes, reads and removes
-# (records, the copied code and object, units). Unset outside tests.
-TEST_ROOT_ENVIRONMENT = "TCP_RTO_TEST_PERSIST_ROOT"
-
-
-def host_root():
-    """/, or under tests the directory TCP_RTO_TEST_PERSIST_ROOT names."""
-    return os.environ.get(TEST_ROOT_ENVIRONMENT) or "/"
-
-
 CODE_FILES = (
+    "bytecode",
+    "host_paths",
     "rto_program",
     "bpf_syscall",
     "bpf_maps",
@@ -91,7 +90,6 @@ CODE_FILES = (
     "safe_files",
     "systemd",
 )
-UNIT_TEMPLATE = "tcp-rto@.service"
 
 UNIT_TEXT = """\
 # Installed by the Ansible collection netbpf.tcp_rto: restores the instance named %i after a boot.
@@ -122,55 +120,6 @@ sys.exit(restore.main(sys.argv[1:], root={root!r}))
 """
 
 
-class Layout:
-    """Where the files of persistence live under root."""
-
-    def __init__(self, root="/"):
-        self.root = root
-        self.record_dir = os.path.join(root, "etc", "tcp_rto")
-        self.lib_dir = os.path.join(root, "var", "lib", "tcp_rto")
-        self.code_dir = os.path.join(self.lib_dir, "lib", *MODULE_UTILS.split("."))
-        self.script = os.path.join(self.lib_dir, "restore.py")
-        self.unit_dir = os.path.join(root, "etc", "systemd", "system")
-        self.unit = os.path.join(self.unit_dir, UNIT_TEMPLATE)
-
-    def owns(self, path):
-        """Whether path lies in a directory only the collection writes to."""
-        return any(path == mine or path.startswith(mine + os.sep) for mine in (self.record_dir, self.lib_dir))
-
-    def record(self, name):
-        return os.path.join(self.record_dir, name + ".json")
-
-    def object(self, name):
-        return os.path.join(self.lib_dir, "objects", name + ".bpf.o")
-
-    def wants_link(self, name):
-        return os.path.join(self.unit_dir, "multi-user.target.wants", "tcp-rto@%s.service" % name)
-
-    def dropin(self, unit, name):
-        """The drop-in of unit that attaches the instance name at every start of the unit."""
-        return os.path.join(service_unit.dropin_dir(self.unit_dir, unit), service_unit.DROPIN_NAME % name)
-
-    def dropins(self, name):
-        """The drop-ins of name, of whatever unit (an instance that moved leaves the old one behind)."""
-        wanted = service_unit.DROPIN_NAME % name
-        if not os.path.isdir(self.unit_dir):
-            return []
-        return sorted(
-            os.path.join(self.unit_dir, entry, wanted)
-            for entry in os.listdir(self.unit_dir)
-            if entry.endswith(".service.d") and os.path.lexists(os.path.join(self.unit_dir, entry, wanted))
-        )
-
-    def recorded_names(self):
-        if not os.path.isdir(self.record_dir):
-            return []
-        # Instance names have no dot, so <name>.previous.json (the role's history) is no record.
-        return sorted(
-            entry[:-5] for entry in os.listdir(self.record_dir) if entry.endswith(".json") and "." not in entry[:-5]
-        )
-
-
 def write_file(layout, path, content, mode):
     """A file of the collection's own under layout (e.g. a history record), written as records are."""
     return safe_files.write(layout, path, content, mode, check_mode=False)
@@ -187,11 +136,22 @@ def _code(module):
     return source
 
 
+def _write_compiled(layout, module, source, check_mode):
+    """Beside the copy of module, its code compiled by this interpreter, unless there already
+    (bytecode): a cache for the next runs, not a change of the host's configuration."""
+    path = bytecode.cached(layout.code_dir, module)
+    if path is None or bytecode.compiled_from(safe_files.read(path), source):
+        return
+    compiled = bytecode.compiled(source, os.path.join(layout.code_dir, module + ".py"))
+    safe_files.write(layout, path, compiled, 0o644, check_mode)
+
+
 def check_paths(name, root="/"):
     """UnsafePath for what install() or remove() would refuse, checked before the kernel is touched:
     a symlink (or a directory where a file belongs) at a file of name or at a directory above it."""
     layout = Layout(root)
     code = [os.path.join(layout.code_dir, module + ".py") for module in CODE_FILES]
+    code += [path for path in (bytecode.cached(layout.code_dir, module) for module in CODE_FILES) if path]
     for path in [layout.record(name), layout.object(name), layout.script, layout.unit, *code, *layout.dropins(name)]:
         safe_files.check_dirs(layout, os.path.dirname(path))
         if os.path.islink(path):
@@ -236,13 +196,11 @@ def _install(params, object_path, object_sha256, root, python, check_mode, syste
     fault.point("persist_object_copied")
     code_changed = False
     for module in CODE_FILES:
+        source = _code(module)
         code_changed |= safe_files.write(
-            layout,
-            os.path.join(layout.code_dir, module + ".py"),
-            _code(module),
-            0o644,
-            check_mode,
+            layout, os.path.join(layout.code_dir, module + ".py"), source, 0o644, check_mode
         )
+        _write_compiled(layout, module, source, check_mode)
     code_changed |= safe_files.write(
         layout,
         layout.script,

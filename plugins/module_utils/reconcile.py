@@ -25,6 +25,7 @@ from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     handshakes,
     harm,
     host,
+    host_paths,
     hz,
     lock,
     metrics_timer,
@@ -66,7 +67,7 @@ def persistence_step(params):
     persistent = params.get("persistent")
     if persistent is True:
         return "record"
-    if persistent not in (None, False) or not persistence.recorded(params["name"], persistence.host_root()):
+    if persistent not in (None, False) or not persistence.recorded(params["name"], host_paths.host_root()):
         return None
     return "forget" if persistent is False else "record"
 
@@ -161,7 +162,7 @@ def run(params, check_mode=False, diff=False):
             )
         metrics_timer.check(params["metrics_textfile"], params["pin_dir"], params.get("metrics_interval_s"))
     if desired is None or step:
-        persistence.check_paths(params["name"], persistence.host_root())
+        persistence.check_paths(params["name"], host_paths.host_root())
     if check_mode:  # reads only: no need to keep other runs out
         converged, observed, persisted = _reconcile(params, desired, kernel, target, step, check_mode, diff)
     else:
@@ -178,7 +179,7 @@ def run(params, check_mode=False, diff=False):
     started = []
     if step == "record" and not params.get("unit") and not failed:
         # outside the lock: the unit's restore takes it
-        started = persistence.start_unit(params["name"], persistence.host_root(), check_mode)
+        started = persistence.start_unit(params["name"], host_paths.host_root(), check_mode)
     result = _result(kernel_facts, target, converged, observed, persisted + started, thresholds)
     if failed:
         raise VerificationFailed(handshakes.failure_message(desired, failed, observed.conflicts), result)
@@ -191,7 +192,7 @@ def _reconcile(params, desired, kernel, target, step, check_mode, diff):
     running = target.unit_running is not False
     converged = converge(params, desired, kernel, check_mode, diff) if running else None
     fault.point("converged")
-    root = persistence.host_root()
+    root = host_paths.host_root()
     if desired is None:
         return converged, None, persistence.remove(params["name"], root, check_mode)
     observed = observe(params, desired, kernel, check_mode) if running else None

@@ -31,7 +31,7 @@ CGROUP_POLL_SECONDS = 0.2
 
 
 def main(argv, root="/"):
-    """root: what stood for / when the calling script was installed (persistence.host_root())."""
+    """root: what stood for / when the calling script was installed (host_paths.host_root())."""
     attach = argv[:1] == ["--attach"]
     if attach:
         argv = argv[1:]

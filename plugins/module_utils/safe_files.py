@@ -3,7 +3,7 @@
 """Reading and writing the files of persistence so that nothing can redirect them: no symlink
 followed, the collection's own directories owned by this user and writable by no one else, new
 content written atomically (a new file fsynced and renamed over the old one). `layout` is a
-persistence.Layout: its root and the directories it owns.
+host_paths.Layout: its root and the directories it owns.
 """
 
 from __future__ import absolute_import, division, print_function

@@ -246,7 +246,9 @@ options:
     description:
       - Keep the instance across reboots. The module records its parameters in
         C(/etc/tcp_rto/<name>.json), copies the object and the collection's own Python code (standard
-        library only) to C(/var/lib/tcp_rto/), and enables and starts the systemd unit
+        library only) to C(/var/lib/tcp_rto/), with that code compiled by the module's Python (later
+        runs of the modules take it rather than compile the same code again: a cache, not reported
+        as a change), and enables and starts the systemd unit
         C(tcp-rto@<name>.service) (a oneshot ordered before C(network-online.target)) that applies
         the record at boot with that code, verified on real handshakes when O(verify=true). No
         Ansible, compiler or bpftool is needed at boot.
@@ -534,6 +536,11 @@ import tempfile
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
+
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bytecode, host_paths
+
+# First: the imports below then take the code compiled on an earlier run (bytecode).
+bytecode.use_copies(host_paths.Layout(host_paths.host_root()).code_dir)
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import harm, history, reconcile
 

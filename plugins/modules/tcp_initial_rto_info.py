@@ -245,6 +245,11 @@ foreign_programs:
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.text.converters import to_native
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import bytecode, host_paths
+
+# First: the imports below then take the code compiled on an earlier run (bytecode).
+bytecode.use_copies(host_paths.Layout(host_paths.host_root()).code_dir)
+
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import harm, history, info, metrics
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils.desired import ConfigError
 

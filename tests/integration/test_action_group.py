@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host_paths
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
 
 pytestmark = pytest.mark.kernel
@@ -18,7 +18,7 @@ def test_module_defaults_for_the_group_reach_both_modules(playbook, cgroup, bpff
     play = {
         "hosts": "localhost",
         "gather_facts": False,
-        "environment": {persistence.TEST_ROOT_ENVIRONMENT: root},
+        "environment": {host_paths.TEST_ROOT_ENVIRONMENT: root},
         "module_defaults": {
             "group/netbpf.tcp_rto.tcp_rto": dict(pin_dir=pin_dir),
             "netbpf.tcp_rto.tcp_initial_rto": dict(mount_bpffs=False),  # an option of that module only

@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host_paths
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
 from ansible_collections.netbpf.tcp_rto.tests.support.paths import MANAGED_PYTHON, REPO
 from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
@@ -39,7 +39,7 @@ class Fleet:
             with open(path, "w") as handle:
                 handle.write(
                     '#!/bin/sh\n%s=%s exec %s "$@"\n'
-                    % (persistence.TEST_ROOT_ENVIRONMENT, shlex.quote(self.roots[host]), shlex.quote(MANAGED_PYTHON))
+                    % (host_paths.TEST_ROOT_ENVIRONMENT, shlex.quote(self.roots[host]), shlex.quote(MANAGED_PYTHON))
                 )
             os.chmod(path, 0o755)
         self.inventory = str(tmp_path / "fleet.ini")

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids, snapshot
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import MANAGED_PYTHON
 from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
 from ansible_collections.netbpf.tcp_rto.tests.support.systemd import run_as_systemd
 
@@ -36,6 +37,63 @@ def args(cgroup, bpffs, root):
         _persist_root=root,
         rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}],
     )
+
+
+CODE_DIR = "var/lib/tcp_rto/lib/ansible_collections/netbpf/tcp_rto/plugins/module_utils"
+COPIED_CODE = (
+    "apply",
+    "attach",
+    "bpf_info",
+    "bpf_maps",
+    "bpf_object",
+    "bpf_syscall",
+    "btf",
+    "btf_ext",
+    "bytecode",
+    "cgroups",
+    "coexistence",
+    "current",
+    "desired",
+    "drift",
+    "elf",
+    "fault",
+    "features",
+    "handshakes",
+    "harm",
+    "host",
+    "host_paths",
+    "hz",
+    "info",
+    "learned",
+    "loader",
+    "lock",
+    "map_definitions",
+    "metrics",
+    "metrics_timer",
+    "persistence",
+    "pins",
+    "plan",
+    "probe",
+    "probe_child",
+    "reconcile",
+    "record",
+    "restore",
+    "rto_program",
+    "safe_files",
+    "service_unit",
+    "syn_give_up",
+    "syn_retries_probe",
+    "systemd",
+    "telemetry",
+    "uapi",
+    "views",
+)
+MANAGED_CACHE_TAG = subprocess.run(
+    [MANAGED_PYTHON, "-c", "import sys; print(sys.implementation.cache_tag)"],
+    stdout=subprocess.PIPE,
+    universal_newlines=True,
+    check=True,
+).stdout.strip()
 
 
 def files_under(root):
@@ -70,55 +128,9 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
             "var/lib/tcp_rto/objects/boot.bpf.o",
             "var/lib/tcp_rto/restore.py",
         ]
-        + [
-            "var/lib/tcp_rto/lib/ansible_collections/netbpf/tcp_rto/plugins/module_utils/%s.py" % name
-            for name in (
-                "apply",
-                "attach",
-                "bpf_info",
-                "bpf_maps",
-                "bpf_object",
-                "bpf_syscall",
-                "btf",
-                "btf_ext",
-                "cgroups",
-                "coexistence",
-                "current",
-                "desired",
-                "drift",
-                "elf",
-                "fault",
-                "features",
-                "handshakes",
-                "harm",
-                "host",
-                "hz",
-                "info",
-                "learned",
-                "loader",
-                "lock",
-                "map_definitions",
-                "metrics",
-                "metrics_timer",
-                "persistence",
-                "pins",
-                "plan",
-                "probe",
-                "probe_child",
-                "reconcile",
-                "record",
-                "restore",
-                "rto_program",
-                "safe_files",
-                "service_unit",
-                "syn_give_up",
-                "syn_retries_probe",
-                "systemd",
-                "telemetry",
-                "uapi",
-                "views",
-            )
-        ]
+        + ["%s/%s.py" % (CODE_DIR, name) for name in COPIED_CODE]
+        # compiled by the managed host's Python, which later module runs take (bytecode.py)
+        + ["%s/__pycache__/%s.%s.pyc" % (CODE_DIR, name, MANAGED_CACHE_TAG) for name in COPIED_CODE]
     )
     for path in files_under(root):
         status = os.lstat(os.path.join(root, path))

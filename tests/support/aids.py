@@ -11,7 +11,7 @@ puts every file of persistence under dir instead of / (TCP_RTO_TEST_PERSIST_ROOT
 import contextlib
 import os
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, persistence
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, host_paths
 
 # test-only parameter -> the kernel feature it makes the probes report missing
 FORCED_MISSING = (("_no_prog_replace", "prog_replace"), ("_legacy_attach", "cgroup_link"))
@@ -28,7 +28,7 @@ def split(params, force_missing=None):
         environment[features.FORCE_MISSING_ENVIRONMENT] = ",".join(missing)
     root = params.pop("_persist_root", None)
     if root:
-        environment[persistence.TEST_ROOT_ENVIRONMENT] = root
+        environment[host_paths.TEST_ROOT_ENVIRONMENT] = root
     return params, environment
 
 

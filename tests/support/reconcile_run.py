@@ -13,7 +13,7 @@ import os
 import subprocess
 import sys
 
-from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, persistence, reconcile
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils import features, host_paths, reconcile
 from ansible_collections.netbpf.tcp_rto.tests.support import aids, paths
 
 
@@ -56,7 +56,7 @@ def start(params, fault=None, fail_at=None, force_missing=None):
     test-only parameters of aids.py."""
     params, aid_environment = aids.split(params, force_missing)
     faults = ("TCP_RTO_FAULT_AT", "TCP_RTO_FAIL_AT")  # fault.ENVIRONMENT, fault.FAIL_ENVIRONMENT
-    unset = (*faults, features.FORCE_MISSING_ENVIRONMENT, persistence.TEST_ROOT_ENVIRONMENT)
+    unset = (*faults, features.FORCE_MISSING_ENVIRONMENT, host_paths.TEST_ROOT_ENVIRONMENT)
     env = paths.python_env({key: value for key, value in os.environ.items() if key not in unset})
     for name, value in zip(faults, (fault, fail_at)):
         if value:

@@ -18,7 +18,9 @@ import threading
 import pytest
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
+    bytecode,
     fault,
+    host_paths,
     lock,
     metrics_timer,
     persistence,
@@ -79,12 +81,13 @@ def install(name, root, object_path):
 
 def shared_files(layout):
     code = [os.path.join(layout.code_dir, module + ".py") for module in persistence.CODE_FILES]
-    return [*code, layout.script, layout.unit]
+    compiled = [bytecode.cached(layout.code_dir, module) for module in persistence.CODE_FILES]
+    return [*code, *compiled, layout.script, layout.unit]
 
 
 def assert_installed_alone(name, root):
     """name's record reads back (its object matches), every shared file is there, nothing else is recorded."""
-    layout = persistence.Layout(root)
+    layout = host_paths.Layout(root)
     assert layout.recorded_names() == [name]
     assert persistence.read_record(name, root)["name"] == name
     assert [path for path in shared_files(layout) if not os.path.isfile(path)] == []
@@ -110,7 +113,7 @@ def test_files_are_synced_before_rename_and_their_directory_after(root, object_p
     monkeypatch.setattr(os, "rename", rename)
     install("dc", root, object_path)
 
-    layout = persistence.Layout(root)
+    layout = host_paths.Layout(root)
     renames = [(index, event) for index, event in enumerate(events) if event[0] == "rename"]
     assert sorted(event[2] for _index, event in renames) == sorted(
         [*shared_files(layout), layout.record("dc"), layout.object("dc")]
@@ -176,7 +179,7 @@ def test_remove_of_the_last_instance_keeps_what_an_install_copied(root, object_p
         lambda: persistence.remove("b", root),
     )
     assert_installed_alone("a", root)
-    assert "remove %s" % persistence.Layout(root).lib_dir not in removed
+    assert "remove %s" % host_paths.Layout(root).lib_dir not in removed
 
 
 def test_install_waits_for_the_last_remove(root, object_path, monkeypatch):
@@ -204,7 +207,7 @@ def test_persistence_lock_names():
 
 @pytest.fixture
 def layout(root):
-    return persistence.Layout(root)
+    return host_paths.Layout(root)
 
 
 def files_under(root):
@@ -231,9 +234,53 @@ def test_install_writes_the_record_object_code_and_unit(root, layout, object_pat
     with open(layout.unit) as handle:
         unit = handle.read()
     assert "ExecStart=%s -I %s %%i\n" % (sys.executable, layout.script) in unit
-    assert os.readlink(layout.wants_link("web")) == os.path.join("..", persistence.UNIT_TEMPLATE)
+    assert os.readlink(layout.wants_link("web")) == os.path.join("..", host_paths.UNIT_TEMPLATE)
     for path in (layout.record("web"), layout.object("web"), layout.unit, layout.script):
         assert os.stat(path).st_mode & 0o7777 == 0o644, path
+
+
+def compiled_files(layout):
+    """{path: (inode, mtime)} of the compiled code beside the copies."""
+    paths = (bytecode.cached(layout.code_dir, module) for module in persistence.CODE_FILES)
+    return {path: (os.stat(path).st_ino, os.stat(path).st_mtime_ns) for path in paths}
+
+
+def test_the_copied_code_is_compiled_beside_it_once_and_not_as_a_change(root, layout, object_path):
+    install_with(root, object_path)
+    for module in persistence.CODE_FILES:
+        path = bytecode.cached(layout.code_dir, module)
+        with open(path, "rb") as handle:
+            compiled = handle.read()
+        with open(os.path.join(layout.code_dir, module + ".py"), "rb") as handle:
+            assert bytecode.compiled_from(compiled, handle.read()), module
+        assert os.stat(path).st_mode & 0o7777 == 0o644, path
+    written = compiled_files(layout)
+    assert install_with(root, object_path) == []
+    assert compiled_files(layout) == written  # not rewritten
+    os.remove(next(iter(written)))
+    assert install_with(root, object_path) == []  # a cache written again, not a change of the host
+    assert sorted(compiled_files(layout)) == sorted(written)
+
+
+def test_the_restore_takes_the_compiled_code(root, layout, object_path):
+    """Python's own import of the copies (the boot-time restore, the metrics timer) checks the
+    compiled code's source hash and runs it."""
+    install_with(root, object_path)
+    module = "rto_program"
+    source_path = os.path.join(layout.code_dir, module + ".py")
+    with open(source_path, "rb") as handle:
+        source = handle.read()
+    # the code of another source under this source's hash: what runs tells which was taken
+    stand_in = bytecode.compiled(b"TAKEN_FROM = 'compiled'\n", source_path)
+    with open(bytecode.cached(layout.code_dir, module), "wb") as handle:
+        handle.write(bytecode.compiled(source, source_path)[:16] + stand_in[16:])
+    script = "import sys; sys.path.insert(0, %r); from %s import %s as m; print(getattr(m, 'TAKEN_FROM', 'source'))" % (
+        os.path.join(layout.lib_dir, "lib"),
+        host_paths.MODULE_UTILS,
+        module,
+    )
+    taken = subprocess.run([sys.executable, "-I", "-c", script], stdout=subprocess.PIPE, check=True)
+    assert taken.stdout == b"compiled\n"
 
 
 def test_the_record_reads_back_as_the_parameters(root, layout, object_path):
@@ -326,10 +373,10 @@ def test_a_record_of_0_2_0_with_force_legacy_attach_reads_without_it(root, layou
 
 
 def test_the_root_is_slash_unless_the_test_aid_moves_it(monkeypatch, root):
-    monkeypatch.delenv(persistence.TEST_ROOT_ENVIRONMENT, raising=False)
-    assert persistence.host_root() == "/"
-    monkeypatch.setenv(persistence.TEST_ROOT_ENVIRONMENT, root)
-    assert persistence.host_root() == root
+    monkeypatch.delenv(host_paths.TEST_ROOT_ENVIRONMENT, raising=False)
+    assert host_paths.host_root() == "/"
+    monkeypatch.setenv(host_paths.TEST_ROOT_ENVIRONMENT, root)
+    assert host_paths.host_root() == root
 
 
 def test_a_replaced_object_is_refused(root, layout, object_path):
