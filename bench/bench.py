@@ -34,6 +34,7 @@ FULL = dict(
     fleet_rounds=3,
     ssh_hosts=[10, 100, 300],
     ssh_forks=[5, 50],
+    ssh_rounds=1,
 )
 SMOKE = dict(
     connects=10,
@@ -45,6 +46,7 @@ SMOKE = dict(
     fleet_rounds=1,
     ssh_hosts=[3],
     ssh_forks=[5],
+    ssh_rounds=1,
 )
 
 
@@ -65,6 +67,9 @@ def parse_args(argv):
     parser.add_argument("--fleet-rounds", type=int, help="fleet cost: rounds, each with a fresh fleet")
     parser.add_argument("--ssh-hosts", type=int, nargs="+", help="fleet over SSH: fleet sizes")
     parser.add_argument("--ssh-forks", type=int, nargs="+", help="fleet over SSH: forks settings")
+    parser.add_argument(
+        "--ssh-rounds", type=int, help="fleet over SSH: runs of ping and of the no-op, alternated (medians)"
+    )
     parser.add_argument(
         "--ssh-playbooks",
         nargs="+",
@@ -111,7 +116,9 @@ def main(argv):
         if "fleet" in args.only:
             results["fleet"] = fleet_cost.run(args.fleet_hosts, args.fleet_rounds, log=log)
         if "ssh" in args.only:
-            results["ssh"] = fleet_ssh.run(args.ssh_hosts, args.ssh_forks, log=log, playbooks=args.ssh_playbooks)
+            results["ssh"] = fleet_ssh.run(
+                args.ssh_hosts, args.ssh_forks, log=log, playbooks=args.ssh_playbooks, rounds=args.ssh_rounds
+            )
             if args.ssh_baseline:
                 with open(args.ssh_baseline) as handle:
                     results["ssh"]["baseline"] = dict(json.load(handle)["ssh"], label=args.ssh_baseline_label)

@@ -261,9 +261,26 @@ def payload_sizes(workdir, log=print):
     return sizes
 
 
-def run(sizes, forks_list, log=print, playbooks=PLAYBOOKS):
+def sequence(playbooks, rounds):
+    """The runs on one fleet, in order: each of playbooks once; with rounds above 1, ping and the
+    no-op again, alternated, rounds - 1 times more before the rollback, so that a spell of load on
+    the shared machine does not fall on one side of their ratio only."""
+    again = [kind for kind in ("ping", "no-op") if kind in playbooks] * (rounds - 1)
+    return (
+        [kind for kind in playbooks if kind != "rollback"] + again + [kind for kind in playbooks if kind == "rollback"]
+    )
+
+
+def median_run(runs):
+    """The run of median wall time (of the upper two for an even count), with every run's time as samples."""
+    chosen = sorted(runs, key=lambda run_: run_["seconds"])[len(runs) // 2]
+    return dict(chosen, samples=[run_["seconds"] for run_ in runs]) if len(runs) > 1 else chosen
+
+
+def run(sizes, forks_list, log=print, playbooks=PLAYBOOKS, rounds=1):
     """For each fleet size and forks: ping, rollout, no-op rerun, rollback (or those of playbooks)
-    on a fresh fleet; without the rollback the fleet's teardown removes the instances."""
+    on a fresh fleet, ping and the no-op rounds times each (sequence); without the rollback the
+    fleet's teardown removes the instances."""
     assert "ping" in playbooks, "ratios are to ping: run it too"
     rows = []
     with lab.Lab() as lab_:
@@ -275,17 +292,19 @@ def run(sizes, forks_list, log=print, playbooks=PLAYBOOKS):
                 with lab.Lab() as fleet_lab:
                     fleet_dir = fleet_lab.tempdir()
                     fleet = SshFleet(fleet_lab, fleet_dir, server, hosts)
-                    row = dict(hosts=hosts, forks=forks, load=os.getloadavg()[0], runs={})
-                    for kind in playbooks:
+                    row = dict(hosts=hosts, forks=forks, load=os.getloadavg()[0])
+                    runs = {}
+                    for kind in sequence(playbooks, rounds):
                         log("fleet over SSH: %d hosts, forks %d: %s" % (hosts, forks, kind))
-                        row["runs"][kind] = fleet.timed(kind, forks)
-                        log("  %s: %s" % (kind, json.dumps(row["runs"][kind], sort_keys=True)))
+                        runs.setdefault(kind, []).append(fleet.timed(kind, forks))
+                        log("  %s: %s" % (kind, json.dumps(runs[kind][-1], sort_keys=True)))
                         if kind == "rollout":
                             attached = fleet.attached()
                             assert attached == hosts, "%d of %d hosts hold the instance" % (attached, hosts)
                         if kind == "rollback":
                             assert fleet.attached() == 0, "the rollback left programs attached"
                     row["load_end"] = os.getloadavg()[0]
+                    row["runs"] = {kind: median_run(runs[kind]) for kind in playbooks}
                     ping = row["runs"]["ping"]["seconds"]
                     ping_cpu = row["runs"]["ping"]["controller_cpu_ms"] + row["runs"]["ping"]["hosts_cpu_ms"]
                     for run_ in row["runs"].values():
@@ -301,4 +320,4 @@ def run(sizes, forks_list, log=print, playbooks=PLAYBOOKS):
                         )
                     )
                     rows.append(row)
-    return dict(rows=rows, payloads=payloads)
+    return dict(rows=rows, payloads=payloads, rounds=rounds)

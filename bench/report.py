@@ -527,14 +527,15 @@ def _ssh_table(result):
                 continue
             run = row["runs"][kind]
             lines.append(
-                "| %d | %d | %.1f → %.1f | %s | %.1f | %.2f× | %.0f | %.1f | %d | %s | %s |"
+                "| %d | %d | %.1f → %.1f | %s | %s | %.2f× | %.0f | %.1f | %d | %s | %s |"
                 % (
                     row["hosts"],
                     row["forks"],
                     row["load"],
                     row["load_end"],
                     label,
-                    run["seconds"],
+                    "%.1f" % run["seconds"]
+                    + (" (median of %s)" % ", ".join("%.1f" % s for s in run["samples"]) if "samples" in run else ""),
                     run["ratio"],
                     run["per_host_ms"],
                     run["round_trips"],
@@ -564,6 +565,15 @@ def _ssh(results):
         "CPU per host, which the shared machine's load stretches less than wall time: the controller's",
         "(ansible-playbook, its workers and ssh clients; not the detached SSH masters) and the hosts' (sshd's",
         "sessions and everything they ran, modules included), both divided by the hosts.",
+        *(
+            [
+                "Ping and the no-op ran %d times each on every fleet, alternated (`--ssh-rounds %d`); a row shows"
+                % (result["rounds"], result["rounds"]),
+                "the run of median time, every run's time in brackets.",
+            ]
+            if result.get("rounds", 1) > 1
+            else []
+        ),
         "Run on %s, ansible-core %s." % (results["started"], results["machine"]["ansible_core"]),
         "",
         *_ssh_table(result),

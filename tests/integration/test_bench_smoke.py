@@ -171,9 +171,12 @@ def test_sweep_removes_what_a_killed_run_left(tmp_path):
 def test_ssh_fleet_at_ten_hosts(tmp_path):
     """bench/run --only ssh at 10 hosts: the README's playbooks over real SSH through the bench's own
     sshd. Each host is one SSH connection; ping and the rollout (changing, then no-op) are one
-    remote command per host; nothing is left behind (sshd, SSH masters, cgroups, bpffs, files)."""
+    remote command per host; ping and the no-op run twice (--ssh-rounds 2), the row shows their median
+    run; nothing is left behind (sshd, SSH masters, cgroups, bpffs, files)."""
     bench = start_bench(
-        tmp_path, "--only", "ssh", "--ssh-hosts", "10", "--ssh-forks", "5", "--json", str(tmp_path / "results.json")
+        tmp_path,
+        *("--only", "ssh", "--ssh-hosts", "10", "--ssh-forks", "5", "--ssh-rounds", "2"),
+        *("--json", str(tmp_path / "results.json")),
     )
     output = bench.communicate(timeout=900)[0]
     assert bench.returncode == 0, output
@@ -186,9 +189,14 @@ def test_ssh_fleet_at_ten_hosts(tmp_path):
         assert run["controller_cpu_ms"] > 0 and run["hosts_cpu_ms"] > 0, (kind, run)
     for kind in ("ping", "rollout", "no-op"):
         assert row["runs"][kind]["round_trips"] == row["runs"][kind]["round_trips_max"] == 1, (kind, row["runs"][kind])
+    for kind in ("ping", "no-op"):
+        assert len(row["runs"][kind]["samples"]) == 2 and row["runs"][kind]["seconds"] == max(
+            row["runs"][kind]["samples"]
+        )
+    assert "samples" not in row["runs"]["rollout"] and "samples" not in row["runs"]["rollback"]
     assert set(results["payloads"]) == {"ping", "tcp_initial_rto", "tcp_initial_rto_info"}
     assert all(size > 0 for size in results["payloads"].values())
     with open(tmp_path / "performance.md") as handle:
         doc = handle.read()
-    assert "## Fleet over SSH" in doc and doc.count("| 10 | 5 |") == 4
+    assert "## Fleet over SSH" in doc and doc.count("| 10 | 5 |") == 4 and doc.count("(median of ") == 2
     assert lab.owned_leftovers(bench.pid) == []
