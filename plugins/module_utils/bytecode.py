@@ -44,9 +44,21 @@ def _header(source):
     return importlib.util.MAGIC_NUMBER + _HASH_CHECKED.to_bytes(4, "little") + importlib.util.source_hash(source)
 
 
+# {(filename, header): code} compiled by this process: a run that imports a module_utils module
+# from source and then writes its .pyc (the first persistent run) compiles it once.
+_compiled_here = {}
+
+
+def _compile(source, filename):
+    key = (filename, _header(source))
+    if key not in _compiled_here:
+        _compiled_here[key] = compile(source, filename, "exec", dont_inherit=True)
+    return _compiled_here[key]
+
+
 def compiled(source, filename):
     """The hash-checked .pyc of source (bytes) by this interpreter; filename is what tracebacks show."""
-    return _header(source) + marshal.dumps(compile(source, filename, "exec", dont_inherit=True))
+    return _header(source) + marshal.dumps(_compile(source, filename))
 
 
 def compiled_from(pyc, source):
@@ -71,11 +83,14 @@ def _read_own(path):
 
 class _CodeFromCopies:
     """Loader of one module_utils module: the source from Ansible's zip, the code from the .pyc
-    beside persistence's copy when compiled from that source. Whatever else a loader is asked
-    (get_source for tracebacks, get_data) goes to the zip's loader."""
+    beside persistence's copy when compiled from that source, else compiled under the copy's name
+    (as the .pyc would have it: tracebacks name the file the host keeps, not a run's temporary
+    zip). Whatever else a loader is asked (get_source for tracebacks, get_data) goes to the zip's
+    loader."""
 
-    def __init__(self, loader, pyc_path):
+    def __init__(self, loader, copy_path, pyc_path):
         self._loader = loader
+        self._copy_path = copy_path
         self._pyc_path = pyc_path
 
     def __getattr__(self, name):
@@ -95,7 +110,7 @@ class _CodeFromCopies:
             except (EOFError, ValueError, TypeError):
                 code = None
         if code is None:
-            code = compile(source, origin, "exec", dont_inherit=True)
+            code = _compile(source, self._copy_path)
         exec(code, module.__dict__)  # pylint: disable=exec-used
 
 
@@ -115,7 +130,7 @@ class _CopiesFinder:
         # Only modules read from a zip: from a directory Python caches the code itself.
         if spec is None or pyc_path is None or not isinstance(spec.loader, zipimport.zipimporter):
             return spec
-        spec.loader = _CodeFromCopies(spec.loader, pyc_path)
+        spec.loader = _CodeFromCopies(spec.loader, os.path.join(self.code_dir, module + ".py"), pyc_path)
         return spec
 
 

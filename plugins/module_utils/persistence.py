@@ -138,12 +138,13 @@ def _code(module):
 
 def _write_compiled(layout, module, source, check_mode):
     """Beside the copy of module, its code compiled by this interpreter, unless there already
-    (bytecode): a cache for the next runs, not a change of the host's configuration."""
+    (bytecode): a cache for the next runs, not a change of the host's configuration, and not synced
+    (a file a crash damaged is compiled again, by the modules and by Python's own import)."""
     path = bytecode.cached(layout.code_dir, module)
     if path is None or bytecode.compiled_from(safe_files.read(path), source):
         return
     compiled = bytecode.compiled(source, os.path.join(layout.code_dir, module + ".py"))
-    safe_files.write(layout, path, compiled, 0o644, check_mode)
+    safe_files.write(layout, path, compiled, 0o644, check_mode, durable=False)
 
 
 def check_paths(name, root="/"):

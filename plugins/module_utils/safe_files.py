@@ -84,9 +84,10 @@ def read(path):
         return handle.read()
 
 
-def write(layout, path, content, mode, check_mode):
+def write(layout, path, content, mode, check_mode, durable=True):
     """Write content atomically (a new file renamed over path) when it, the mode or the owner
-    differs; -> whether anything differed."""
+    differs; -> whether anything differed. durable=False skips the syncs, for a cache whose
+    readers take a damaged file for a missing one."""
     directory = os.path.dirname(path)
     check_dirs(layout, directory, create=not check_mode)
     if read(path) == content:
@@ -102,10 +103,12 @@ def write(layout, path, content, mode, check_mode):
                 handle.write(content)
                 os.fchmod(handle.fileno(), mode)
                 handle.flush()
-                os.fsync(handle.fileno())  # else a crash after the rename can leave an empty file
+                if durable:
+                    os.fsync(handle.fileno())  # else a crash after the rename can leave an empty file
             fault.point("persist_temp_file_written")
             os.rename(temporary, path)
-            _fsync_directory(directory)
+            if durable:
+                _fsync_directory(directory)
         except BaseException:
             _remove_quietly(temporary)
             raise

@@ -51,14 +51,15 @@ def write_compiled(code_dir, header_source=SOURCE, body=b"TAKEN_FROM = 'compiled
     return path
 
 
-def taken_from(payload, code_dir):
+def taken_from(payload, code_dir, then=""):
+    """What the imported module says it was taken from; then: more lines to run after the import."""
     script = (
         "import sys; sys.path.insert(0, %r)\n"
         "from %s import bytecode\n"
         "bytecode.use_copies(%r)\n"
         "from %s import %s as probe\n"
         "print(probe.TAKEN_FROM)\n"
-    ) % (payload, host_paths.MODULE_UTILS, code_dir, host_paths.MODULE_UTILS, MODULE)
+    ) % (payload, host_paths.MODULE_UTILS, code_dir, host_paths.MODULE_UTILS, MODULE) + then
     run = subprocess.run([sys.executable, "-I", "-c", script], stdout=subprocess.PIPE, check=True)
     return run.stdout.decode().strip()
 
@@ -71,6 +72,20 @@ def test_the_code_compiled_from_the_same_source_is_taken(payload, code_dir):
 
 def test_without_compiled_code_the_source_is_compiled(payload, code_dir):
     assert taken_from(payload, code_dir) == "zip"
+
+
+@needs_hash_based
+def test_a_module_compiled_for_its_import_is_not_compiled_again_for_its_pyc(payload, code_dir):
+    """The first persistent run imports from source, then writes the .pyc of the same code."""
+    then = (
+        "import builtins, os\n"
+        "def refuse(*args, **kwargs): raise AssertionError('compiled again')\n"
+        "builtins.compile = refuse\n"
+        "pyc = bytecode.compiled(%r, os.path.join(%r, %r))\n"
+        "print(bytecode.compiled_from(pyc, %r))\n"
+        "print(probe.TAKEN_FROM.__class__.__name__, probe.__spec__.loader.get_source(probe.__name__) == %r)\n"
+    ) % (SOURCE, code_dir, MODULE + ".py", SOURCE, SOURCE.decode())
+    assert taken_from(payload, code_dir, then).split("\n") == ["zip", "True", "str True"]
 
 
 @needs_hash_based
