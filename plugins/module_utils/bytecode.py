@@ -18,7 +18,6 @@ from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import importlib.machinery
 import importlib.util
 import marshal
 import os
@@ -88,8 +87,9 @@ class _CodeFromCopies:
     zip). Whatever else a loader is asked (get_source for tracebacks, get_data) goes to the zip's
     loader."""
 
-    def __init__(self, loader, copy_path, pyc_path):
+    def __init__(self, loader, source, copy_path, pyc_path):
         self._loader = loader
+        self._source = source
         self._copy_path = copy_path
         self._pyc_path = pyc_path
 
@@ -100,8 +100,7 @@ class _CodeFromCopies:
         return None
 
     def exec_module(self, module):
-        origin = module.__spec__.origin
-        source = self._loader.get_data(origin)
+        source = self._source
         pyc = _read_own(self._pyc_path)
         code = None
         if compiled_from(pyc, source):
@@ -115,23 +114,35 @@ class _CodeFromCopies:
 
 
 class _CopiesFinder:
-    """Finds the collection's module_utils modules where Python would (Ansible's zip) and loads
-    them with _CodeFromCopies."""
+    """Finds the collection's module_utils modules in Ansible's zip and loads them with
+    _CodeFromCopies. Only from a zip: from a directory Python caches the code itself. It makes the
+    spec itself, as Python's path finder would ask zipimport for the module's file name, which
+    zipimport finds by compiling the module."""
 
     def __init__(self, code_dir):
         self.code_dir = code_dir
 
     def find_spec(self, fullname, path=None, target=None):
         package, _dot, module = fullname.rpartition(".")
-        if package != _PACKAGE:
-            return None
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         pyc_path = cached(self.code_dir, module)
-        # Only modules read from a zip: from a directory Python caches the code itself.
-        if spec is None or pyc_path is None or not isinstance(spec.loader, zipimport.zipimporter):
-            return spec
-        spec.loader = _CodeFromCopies(spec.loader, os.path.join(self.code_dir, module + ".py"), pyc_path)
-        return spec
+        if package != _PACKAGE or pyc_path is None:
+            return None
+        for entry in path or ():
+            if os.path.isdir(entry):
+                return None
+            importer = sys.path_importer_cache.get(entry)
+            try:
+                if not isinstance(importer, zipimport.zipimporter):
+                    importer = zipimport.zipimporter(entry)
+                origin = os.path.join(entry, module + ".py")
+                source = importer.get_data(origin)
+            except (zipimport.ZipImportError, OSError):
+                continue
+            loader = _CodeFromCopies(importer, source, os.path.join(self.code_dir, module + ".py"), pyc_path)
+            return importlib.util.spec_from_file_location(
+                fullname, origin, loader=loader, submodule_search_locations=None
+            )
+        return None
 
 
 def use_copies(code_dir):
