@@ -3,13 +3,14 @@
 """The collection's module_utils compiled once on a host, not at every module run.
 
 Ansible sends a module with its module_utils in a zip, from which Python compiles every import
-anew: for this collection's 400 KB of code about 140 ms of a host's CPU per run (docs/performance.md),
-three times what a run that changes nothing spends on the kernel. Persistence copies the same files to the host for the
-boot-time restore; beside each copy it writes the code compiled by the interpreter of the run, as
-a hash-checked .pyc (PEP 552: the file carries the hash of the source it was compiled from, and
-Python's own import of the copies, at boot, checks it). A module run calls use_copies() before it
-imports the collection's module_utils: each is still read from the zip, and its code taken from
-such a .pyc when that was compiled from the very same source, else compiled as before.
+anew, each twice (zipimport compiles a module to tell its file name): for this collection's 400 KB
+of code, most of what a run that changes nothing cost a host beyond ansible.builtin.ping
+(docs/performance.md). Persistence copies the same files to the host for the boot-time restore;
+beside each copy it writes the code compiled by the interpreter of the run, as a hash-checked .pyc
+(PEP 552: the file carries the hash of the source it was compiled from, and Python's own import of
+the copies, at boot, checks it). A module run calls use_copies() before it imports the collection's
+module_utils: each is still read from the zip, and its code taken from such a .pyc when that was
+compiled from the very same source, else compiled, once.
 
 Plain stdlib; without hash-based .pyc files (Python 3.6) nothing is cached.
 """
