@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids, snapshot
-from ansible_collections.netbpf.tcp_rto.tests.support.paths import MANAGED_PYTHON
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import managed_cache_tag
 from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
 from ansible_collections.netbpf.tcp_rto.tests.support.systemd import run_as_systemd
 
@@ -88,12 +88,6 @@ COPIED_CODE = (
     "uapi",
     "views",
 )
-MANAGED_CACHE_TAG = subprocess.run(
-    [MANAGED_PYTHON, "-c", "import sys; print(sys.implementation.cache_tag)"],
-    stdout=subprocess.PIPE,
-    universal_newlines=True,
-    check=True,
-).stdout.strip()
 
 
 def files_under(root):
@@ -130,7 +124,7 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
         ]
         + ["%s/%s.py" % (CODE_DIR, name) for name in COPIED_CODE]
         # compiled by the managed host's Python, which later module runs take (bytecode.py)
-        + ["%s/__pycache__/%s.%s.pyc" % (CODE_DIR, name, MANAGED_CACHE_TAG) for name in COPIED_CODE]
+        + ["%s/__pycache__/%s.%s.pyc" % (CODE_DIR, name, managed_cache_tag()) for name in COPIED_CODE]
     )
     for path in files_under(root):
         status = os.lstat(os.path.join(root, path))

@@ -17,7 +17,7 @@ import test_bad_input
 from test_bad_input import GOOD, NAME, settled_state
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import persistence
-from ansible_collections.netbpf.tcp_rto.tests.support.paths import MANAGED_PYTHON, python_env
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import MANAGED_PYTHON, managed_cache_tag, python_env
 from ansible_collections.netbpf.tcp_rto.tests.support.playbook import Playbook
 
 pytestmark = pytest.mark.kernel
@@ -154,9 +154,9 @@ def test_modes_and_owners_under_any_umask(playbook, env, umask):
         "dir" if stat.S_ISDIR(status.st_mode) else "link" if stat.S_ISLNK(status.st_mode) else "file"
         for _relative, status in written
     )
-    # the object, the record, the unit, restore.py and the module_utils it imports
-    # (see tests/integration/test_persistence.py)
-    assert kinds == {"dir": 15, "file": 4 + len(persistence.CODE_FILES), "link": 1}
+    # the object, the record, the unit, restore.py and the module_utils it imports, each compiled
+    # beside it in __pycache__ (see tests/integration/test_persistence.py)
+    assert kinds == {"dir": 16, "file": 4 + 2 * len(persistence.CODE_FILES), "link": 1}
     for relative, status in written:
         mode = stat.S_IMODE(status.st_mode)
         assert (status.st_uid, status.st_gid) == (0, 0), relative
@@ -186,12 +186,15 @@ PERSISTENCE_PATHS = [
     "var/lib/tcp_rto/lib",
     "var/lib/tcp_rto/lib/ansible_collections/netbpf/tcp_rto/plugins/module_utils",
     "var/lib/tcp_rto/lib/ansible_collections/netbpf/tcp_rto/plugins/module_utils/host.py",
+    "var/lib/tcp_rto/lib/ansible_collections/netbpf/tcp_rto/plugins/module_utils/__pycache__",
+    "var/lib/tcp_rto/lib/ansible_collections/netbpf/tcp_rto/plugins/module_utils/__pycache__/host.%s.pyc"
+    % managed_cache_tag(),
     "etc/systemd",
     "etc/systemd/system",
     "etc/systemd/system/tcp-rto@.service",
     "etc/systemd/system/multi-user.target.wants",
 ]
-FILES = {path for path in PERSISTENCE_PATHS if path.endswith((".json", ".o", ".py", ".service"))}
+FILES = {path for path in PERSISTENCE_PATHS if path.endswith((".json", ".o", ".py", ".pyc", ".service"))}
 SENTINEL = b"not the collection's\n"
 
 

@@ -1,7 +1,9 @@
 """Where things are: the repository, the collections root that makes it importable and the tools
 that run it."""
 
+import functools
 import os
+import subprocess
 import sys
 
 # the checkout itself, not its path through the collections root's link (a script started through that
@@ -21,3 +23,15 @@ def python_env(env=None):
     env = dict(os.environ if env is None else env)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [COLLECTIONS_ROOT, env.get("PYTHONPATH")]))
     return env
+
+
+@functools.lru_cache(maxsize=None)
+def managed_cache_tag():
+    """MANAGED_PYTHON's sys.implementation.cache_tag: the <tag> of the code it compiles beside
+    persistence's copies (module_utils/__pycache__/<name>.<tag>.pyc)."""
+    return subprocess.run(
+        [MANAGED_PYTHON, "-c", "import sys; print(sys.implementation.cache_tag)"],
+        stdout=subprocess.PIPE,
+        universal_newlines=True,
+        check=True,
+    ).stdout.strip()
