@@ -247,7 +247,7 @@ options:
       - Keep the instance across reboots. The module records its parameters in
         C(/etc/tcp_rto/<name>.json), copies the object and the collection's own Python code (standard
         library only) to C(/var/lib/tcp_rto/), with that code compiled by the module's Python (later
-        runs of the modules take it rather than compile the same code again: a cache, not reported
+        runs of the modules take it rather than compile the same code again; a cache, not reported
         as a change), and enables and starts the systemd unit
         C(tcp-rto@<name>.service) (a oneshot ordered before C(network-online.target)) that applies
         the record at boot with that code, verified on real handshakes when O(verify=true). No
