@@ -153,8 +153,11 @@ def check_paths(name, root="/"):
     layout = Layout(root)
     code = [os.path.join(layout.code_dir, module + ".py") for module in CODE_FILES]
     code += [path for path in (bytecode.cached(layout.code_dir, module) for module in CODE_FILES) if path]
+    checked = set()  # the code files share one directory, their .pyc files another
     for path in [layout.record(name), layout.object(name), layout.script, layout.unit, *code, *layout.dropins(name)]:
-        safe_files.check_dirs(layout, os.path.dirname(path))
+        if os.path.dirname(path) not in checked:
+            safe_files.check_dirs(layout, os.path.dirname(path))
+            checked.add(os.path.dirname(path))
         if os.path.islink(path):
             safe_files.refuse_symlink(path)
         if os.path.lexists(path) and not os.path.isfile(path):
