@@ -125,8 +125,10 @@ class _CopiesFinder:
 
     def find_spec(self, fullname, path=None, target=None):
         package, _dot, module = fullname.rpartition(".")
+        if package != _PACKAGE:  # first: every later import of the run asks this finder
+            return None
         pyc_path = cached(self.code_dir, module)
-        if package != _PACKAGE or pyc_path is None:
+        if pyc_path is None:
             return None
         for entry in path or ():
             if os.path.isdir(entry):
