@@ -25,6 +25,7 @@ import os
 import stat
 import sys
 import zipimport
+from importlib.machinery import PathFinder
 
 _PACKAGE = __name__.rpartition(".")[0]  # the collection's module_utils
 _HASH_CHECKED = 0b11  # PEP 552 flags: hash-based, checked against the source on import
@@ -125,7 +126,7 @@ class _CopiesFinder:
 
     def find_spec(self, fullname, path=None, target=None):
         package, _dot, module = fullname.rpartition(".")
-        if package != _PACKAGE:  # first: every later import of the run asks this finder
+        if package != _PACKAGE:  # first: every later import of the run that reaches the path finder asks this one
             return None
         pyc_path = cached(self.code_dir, module)
         if pyc_path is None:
@@ -151,5 +152,10 @@ class _CopiesFinder:
 def use_copies(code_dir):
     """From now on, load this collection's module_utils with the code compiled beside their
     copies in code_dir when it was compiled from the same source (see the module's docstring)."""
-    if not any(isinstance(finder, _CopiesFinder) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _CopiesFinder(code_dir))
+    if any(isinstance(finder, _CopiesFinder) for finder in sys.meta_path):
+        return
+    # Just before Python's path finder, whose work it takes over for the collection's imports; not
+    # first: whoever put a finder first keeps it there (ansible-test's import check requires it).
+    finders = list(sys.meta_path)
+    position = finders.index(PathFinder) if PathFinder in finders else len(finders)
+    sys.meta_path.insert(position, _CopiesFinder(code_dir))

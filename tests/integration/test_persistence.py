@@ -12,7 +12,7 @@ import time
 import pytest
 
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids, snapshot
-from ansible_collections.netbpf.tcp_rto.tests.support.paths import managed_cache_tag
+from ansible_collections.netbpf.tcp_rto.tests.support.paths import MANAGED_PYTHON, managed_cache_tag
 from ansible_collections.netbpf.tcp_rto.tests.support.rto_probe import observed_rto_us
 from ansible_collections.netbpf.tcp_rto.tests.support.systemd import run_as_systemd
 
@@ -141,6 +141,29 @@ def test_files_installed_and_unit_verifies(playbook, args, root):
         check=False,
     )
     assert verify.returncode == 0, verify.stdout
+
+
+def test_a_later_run_takes_the_code_compiled_on_the_host(playbook, args, root):
+    """A module run takes a module_utils module's code from the .pyc beside its copy when that was
+    compiled from the same source (bytecode.py): here harm.py's, its code replaced to say so."""
+    assert playbook.module(**args)["status"] == "ok"
+    pyc = os.path.join(root, CODE_DIR, "__pycache__", "harm.%s.pyc" % managed_cache_tag())
+    with open(pyc, "rb") as handle:
+        header = handle.read(16)  # names the source it was compiled from
+    marker = "harm.py taken from the host's compiled copy"
+    code = subprocess.run(
+        [
+            MANAGED_PYTHON,
+            "-c",
+            "import marshal, sys; sys.stdout.buffer.write(marshal.dumps(compile(sys.argv[1], 'harm', 'exec')))",
+            "raise SystemExit(%r)" % marker,
+        ],
+        stdout=subprocess.PIPE,
+        check=True,
+    ).stdout
+    with open(pyc, "wb") as handle:
+        handle.write(header + code)
+    assert marker in playbook.module(**args)["_output"]
 
 
 def test_restore_after_reboot(playbook, args, root, cgroup):

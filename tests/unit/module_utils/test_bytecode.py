@@ -51,15 +51,17 @@ def write_compiled(code_dir, header_source=SOURCE, body=b"TAKEN_FROM = 'compiled
     return path
 
 
-def taken_from(payload, code_dir, then=""):
-    """What the imported module says it was taken from; then: more lines to run after the import."""
+def taken_from(payload, code_dir, then="", before=""):
+    """What the imported module says it was taken from; then: more lines to run after the import,
+    before: lines to run before use_copies."""
     script = (
         "import sys; sys.path.insert(0, %r)\n"
         "from %s import bytecode\n"
+        "%s"
         "bytecode.use_copies(%r)\n"
         "from %s import %s as probe\n"
         "print(probe.TAKEN_FROM)\n"
-    ) % (payload, host_paths.MODULE_UTILS, code_dir, host_paths.MODULE_UTILS, MODULE) + then
+    ) % (payload, host_paths.MODULE_UTILS, before, code_dir, host_paths.MODULE_UTILS, MODULE) + then
     run = subprocess.run([sys.executable, "-I", "-c", script], stdout=subprocess.PIPE, check=True)
     return run.stdout.decode().strip()
 
@@ -68,6 +70,15 @@ def taken_from(payload, code_dir, then=""):
 def test_the_code_compiled_from_the_same_source_is_taken(payload, code_dir):
     write_compiled(code_dir)
     assert taken_from(payload, code_dir) == "compiled"
+
+
+@needs_hash_based
+def test_a_finder_put_first_stays_first(payload, code_dir):
+    """ansible-test's import check puts its own finder first and fails a module that moves it."""
+    write_compiled(code_dir)
+    before = "class First:\n    def find_spec(self, *args): return None\nsys.meta_path.insert(0, First())\n"
+    then = "print(type(sys.meta_path[0]).__name__)\n"
+    assert taken_from(payload, code_dir, then, before).split("\n") == ["compiled", "First"]
 
 
 def test_without_compiled_code_the_source_is_compiled(payload, code_dir):
