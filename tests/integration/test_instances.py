@@ -83,7 +83,13 @@ def test_two_instances_applied_and_rolled_back_together(fleet):
     back = fleet.play("rollback", tcp_rto_hosts="h1", tcp_rto_instances=instances(cgroups, dict(dc=1, wan=1)))
     assert back.returncode == 0, back.output
     assert rto_ms_of(cgroups) == dict(dc=300, wan=200)
-    applied = [result for result in back.results if result["task"].endswith("Set the initial RTO of each instance")]
+    applied = [
+        result
+        for result in back.results
+        # not the one-run task, which a run phase by phase skips (roles/tcp_rto/tasks/runbook.yml)
+        if result["task"].endswith("Set the initial RTO of each instance")
+        and not all(item.get("skipped") for item in result["results"])
+    ]
     assert [sorted(item["item"]["name"] for item in result["results"]) for result in applied] == [["dc", "wan"]] * 2
     assert fleet.etc_files("h1") == ["dc.json", "wan.json"]
     fleet.write_inventory({}, named=False)  # no name, no instances: every instance with history
