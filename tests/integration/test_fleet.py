@@ -9,6 +9,7 @@ import shlex
 import shutil
 
 import pytest
+from ansible.release import __version__ as ansible_version
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import host_paths
 from ansible_collections.netbpf.tcp_rto.tests.support.bpf_inventory import cgroup_program_ids
@@ -19,6 +20,7 @@ pytestmark = pytest.mark.kernel
 
 HOSTS = ["h1", "h2", "h3", "h4", "h5"]
 BATCHES = '[1, 2, "100%"]'  # h1 | h2 h3 | h4 h5
+ANSIBLE_CORE = tuple(int(part) for part in ansible_version.split(".")[:2])  # the release the playbooks run on
 
 
 class Fleet:
@@ -170,6 +172,24 @@ def test_rollout_failed_batch_rollback_report(fleet, tmp_path):
     assert fleet.rto_ms() == dict.fromkeys(HOSTS, 1000)
     assert not [path for path in fleet.pin_dirs.values() if os.path.exists(path)]
     assert [files for _dir, _sub, files in os.walk(fleet.root) if files] == []
+
+
+def test_a_host_runs_the_role_in_two_tasks_when_no_phase_needs_the_controller(fleet):
+    """Without a health gate each host takes one module run per instance; from ansible-core 2.18 the
+    role then leaves the host with meta end_role, decided on the controller, so the role's tasks on a
+    host are its argument check and that run (before 2.18 an include chooses the path: one more)."""
+    for _run in range(2):  # a change, then a run that changes nothing
+        run = fleet.rollout(300)
+        assert run.returncode == 0, run.output
+        role_tasks = [
+            result["task"].split(" : ", 1)[1].split(" against ")[0]
+            for result in run.results
+            if result["host"] == "h2" and result["task"].startswith("netbpf.tcp_rto.tcp_rto : ")
+        ]
+        chooser = (
+            [] if ANSIBLE_CORE >= (2, 18) else ["Run the runbook, in one module run per instance or phase by phase"]
+        )
+        assert role_tasks == ["Validating arguments", *chooser, "Set the initial RTO of each instance"], run.output
 
 
 def test_rollback_without_a_name_rolls_back_every_instance_with_history(fleet):
