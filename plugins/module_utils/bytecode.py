@@ -126,7 +126,7 @@ class _CopiesFinder:
 
     def find_spec(self, fullname, path=None, target=None):
         package, _dot, module = fullname.rpartition(".")
-        if package != _PACKAGE:  # first: every later import of the run that reaches the path finder asks this one
+        if package != _PACKAGE:  # checked first: every import that reaches the path finder asks this finder
             return None
         pyc_path = cached(self.code_dir, module)
         if pyc_path is None:
@@ -156,6 +156,5 @@ def use_copies(code_dir):
         return
     # Just before Python's path finder, whose work it takes over for the collection's imports; not
     # first: whoever put a finder first keeps it there (ansible-test's import check requires it).
-    finders = list(sys.meta_path)
-    position = finders.index(PathFinder) if PathFinder in finders else len(finders)
+    position = sys.meta_path.index(PathFinder) if PathFinder in sys.meta_path else len(sys.meta_path)
     sys.meta_path.insert(position, _CopiesFinder(code_dir))
