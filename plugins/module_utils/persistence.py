@@ -22,6 +22,7 @@ import json
 import os
 import pkgutil
 import shutil
+import stat
 
 from ansible_collections.netbpf.tcp_rto.plugins.module_utils import (
     bytecode,
@@ -155,12 +156,17 @@ def check_paths(name, root="/"):
     code += [path for path in (bytecode.cached(layout.code_dir, module) for module in CODE_FILES) if path]
     checked = set()  # the code files share one directory, their .pyc files another
     for path in [layout.record(name), layout.object(name), layout.script, layout.unit, *code, *layout.dropins(name)]:
-        if os.path.dirname(path) not in checked:
-            safe_files.check_dirs(layout, os.path.dirname(path))
-            checked.add(os.path.dirname(path))
-        if os.path.islink(path):
+        directory = os.path.dirname(path)
+        if directory not in checked:
+            safe_files.check_dirs(layout, directory)
+            checked.add(directory)
+        try:
+            mode = os.lstat(path).st_mode  # one call per file: a no-op run checks about a hundred
+        except OSError:
+            continue
+        if stat.S_ISLNK(mode):
             safe_files.refuse_symlink(path)
-        if os.path.lexists(path) and not os.path.isfile(path):
+        if not stat.S_ISREG(mode):
             raise safe_files.UnsafePath("%s is not a regular file: remove it, then run again" % path)
     safe_files.check_dirs(layout, os.path.dirname(layout.wants_link(name)))  # the link itself is a symlink
 
