@@ -3,7 +3,8 @@
 """Controller side of netbpf.tcp_rto.tcp_initial_rto: choose the BPF object (the shipped one,
 another .o, or a .c compiled here with clang) and run the module with it. The object (a few KiB)
 travels inside the module's arguments: with pipelining the whole task is one remote command, where
-a file transfer would add three (a temporary directory, the copy, its removal)."""
+a file transfer would add three (a temporary directory, the copy, its removal). The option instance,
+a mapping of the module's options, is spread out here: the host never sees it."""
 
 from __future__ import absolute_import, division, print_function
 
@@ -13,6 +14,7 @@ import base64
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 
 from ansible.errors import AnsibleActionFail, AnsibleError
 from ansible.module_utils.common.text.converters import to_text
@@ -40,6 +42,28 @@ def compile_source(source, workdir):
     return output
 
 
+def expanded_args(args):
+    """The task's arguments with instance spread out: its options that have a value (null counts as
+    left out), then the options given on their own, which win."""
+    options = {key: value for key, value in args.items() if key != "instance"}
+    instance = args.get("instance")
+    if instance is None:
+        return options
+    if not isinstance(instance, Mapping):
+        raise AnsibleActionFail(
+            "instance must be a mapping of this module's options (name, cgroup, rules, ...), not %s: %r"
+            % (type(instance).__name__, instance)
+        )
+    reserved = sorted(key for key in instance if key in ("instance", "src_object_base64"))
+    if reserved:
+        raise AnsibleActionFail(
+            "instance cannot hold %s; give the options of the instance itself" % ", ".join(reserved)
+        )
+    expanded = {key: value for key, value in instance.items() if value is not None}
+    expanded.update(options)
+    return expanded
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
 
@@ -57,7 +81,11 @@ class ActionModule(ActionBase):
 
     def run(self, tmp=None, task_vars=None):
         result = super().run(tmp, task_vars)
-        module_args = dict(self._task.args)
+        try:
+            module_args = expanded_args(self._task.args)
+        except AnsibleActionFail as exc:
+            result.update(failed=True, msg=to_text(exc))
+            return result
         rules = module_args.get("rules")
         if isinstance(rules, list) and len(rules) > MAX_RULES:
             # Checked here too: validating a huge list on the host takes Ansible many seconds per 10 000 rules.

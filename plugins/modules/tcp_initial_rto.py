@@ -235,6 +235,16 @@ options:
     type: int
     default: 60
     version_added: 0.3.0
+  instance:
+    description:
+      - This module's options as one mapping, for example an entry of a list of instances kept in the
+        inventory, without a C(default(omit)) for each option. An option given on its own wins over the
+        same key of O(instance); a key set to V(null) counts as left out.
+      - Spread out on the controller by the module's action plugin; the host never sees it.
+        Templating one mapping costs the controller less than templating each option.
+      - O(name) is given on its own too, as the task's required option.
+    type: dict
+    version_added: 0.3.0
   src_object_base64:
     description:
       - Internal, set by the action plugin; do not set it. The BPF object's content in base64, which the
@@ -354,6 +364,14 @@ EXAMPLES = r"""
       - dest: 192.0.2.0/24
         rto_ms: 100
     rto_ms: 500
+
+- name: Each instance of a list kept in the inventory
+  netbpf.tcp_rto.tcp_initial_rto:
+    name: "{{ item.name }}"
+    instance: "{{ item }}"
+  loop: "{{ my_rto_instances }}"
+  loop_control:
+    label: "{{ item.name }}"
 
 - name: Remove the instance and everything it put in the kernel
   netbpf.tcp_rto.tcp_initial_rto:
@@ -581,6 +599,7 @@ ARGUMENT_SPEC = dict(
     min_samples=dict(type="int", default=harm.DEFAULT_MIN_SAMPLES),
     metrics_textfile=dict(type="path"),
     metrics_interval_s=dict(type="int", default=60),
+    instance=dict(type="dict"),
     src_object_base64=dict(type="str", no_log=True),
 )
 
@@ -621,6 +640,11 @@ def sent_object(params):
 
 def main():
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    if module.params["instance"] is not None:
+        module.fail_json(
+            msg="instance is spread out by the module's action plugin on the controller, which did not run; "
+            "give the options on their own"
+        )
     with sent_object(module.params) as params:
         run(module, params)
 

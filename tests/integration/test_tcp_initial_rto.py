@@ -76,6 +76,25 @@ def test_value_change_keeps_program(playbook, args, cgroup):
     assert observed_rto_us(cgroup) == jiffies_us(700)
 
 
+def test_an_instance_as_one_mapping_applies_as_the_options_do(playbook, args, cgroup):
+    # the values as an INI inventory gives them (strings), a null for an option left out
+    instance = dict(
+        args,
+        name="not-this",
+        mount_bpffs="false",
+        unit=None,
+        rto_ms="500",
+        rules=[{"dest": "127.0.0.0/8", "rto_ms": "200"}],
+    )
+    applied = playbook.module(name=args["name"], instance=instance)
+    assert applied["changed"] is True, applied["_output"]
+    assert applied["instance"]["name"] == args["name"]  # the option given on its own wins
+    assert observed_rto_us(cgroup) == jiffies_us(200)
+    # the same instance as options on their own: nothing to do
+    again = playbook.module(rules=[{"dest": "127.0.0.0/8", "rto_ms": 200}], rto_ms=500, **args)
+    assert again["changed"] is False, again["actions"]
+
+
 def test_absent_leaves_nothing(playbook, args, cgroup):
     applied = playbook.module(rto_ms=500, **args)
     prog_id = program_id(applied)

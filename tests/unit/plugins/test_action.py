@@ -162,3 +162,47 @@ def test_too_many_rules_fail_before_anything_is_sent(files_dir, workdirs):
     result, recorder = run_action(files_dir, name="web", rules=rules)
     assert result["failed"] is True and result["msg"] == rto_program.too_many_rules(rto_program.MAX_RULES + 1)
     assert recorder.transferred == [] and recorder.executed == [] and workdirs == []
+
+
+def test_instance_is_spread_out_and_options_given_on_their_own_win(files_dir, workdirs):
+    instance = dict(
+        name="ignored", rules=[{"dest": "10.0.0.0/8", "rto_ms": 200}], unit=None, src="custom.bpf.o", verify=True
+    )
+    _result, recorder = run_action(files_dir, name="web", verify=False, instance=instance)
+    [(_module, args)] = recorder.executed
+    # null counts as left out (the module's default holds), the object of instance's src is sent
+    assert "unit" not in args and "instance" not in args and "src" not in args
+    assert (args["name"], args["verify"], args["rules"]) == ("web", False, instance["rules"])
+    assert base64.b64decode(args["src_object_base64"]) == b"\x7fELF"
+
+
+def test_instance_state_absent_sends_no_object(files_dir, workdirs):
+    _result, recorder = run_action(files_dir, name="web", instance=dict(state="absent"))
+    assert recorder.executed == [("netbpf.tcp_rto.tcp_initial_rto", dict(name="web", state="absent"))]
+
+
+@pytest.mark.parametrize(
+    "instance, message",
+    [
+        (
+            "name=web",
+            "instance must be a mapping of this module's options (name, cgroup, rules, ...), not str: 'name=web'",
+        ),
+        (dict(instance=dict(name="web")), "instance cannot hold instance; give the options of the instance itself"),
+        (
+            dict(src_object_base64="AA=="),
+            "instance cannot hold src_object_base64; give the options of the instance itself",
+        ),
+    ],
+)
+def test_a_bad_instance_fails_on_the_controller(files_dir, workdirs, instance, message):
+    result, recorder = run_action(files_dir, name="web", instance=instance)
+    assert result["failed"] is True and result["msg"] == message
+    assert recorder.executed == [] and workdirs == []
+
+
+def test_too_many_rules_in_instance_fail_before_anything_is_sent(files_dir, workdirs):
+    rules = [{"dest": "10.%d.%d.0/24" % divmod(i, 256), "rto_ms": 200} for i in range(rto_program.MAX_RULES + 1)]
+    result, recorder = run_action(files_dir, name="web", instance=dict(rules=rules))
+    assert result["failed"] is True and result["msg"] == rto_program.too_many_rules(rto_program.MAX_RULES + 1)
+    assert recorder.executed == []
