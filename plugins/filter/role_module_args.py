@@ -80,25 +80,10 @@ _value:
 
 from ansible.module_utils.parsing.convert_bool import boolean
 
+from ansible_collections.netbpf.tcp_rto.plugins.module_utils.record import AUTO_KEYS
+
 # the keys of an instance of the run that are module options as they are
-INSTANCE_OPTIONS = (
-    "name",
-    "cgroup",
-    "unit",
-    "rules",
-    "rto_ms",
-    "auto_min_ms",
-    "auto_max_ms",
-    "auto_factor",
-    "auto_min_samples",
-    "auto_ttl_s",
-    "auto_retransmit_budget",
-    "auto_table_size",
-    "syn_give_up_s",
-    "direction",
-    "hz",
-    "src",
-)
+INSTANCE_OPTIONS = ("name", "cgroup", "unit", "rules", "rto_ms", "syn_give_up_s", "direction", "hz", "src", *AUTO_KEYS)
 
 
 def _on(value):
