@@ -124,14 +124,38 @@ def _record_path(layout, name, step):
     return os.path.join(layout.record_dir, name + suffix)
 
 
+def kept(layout):
+    """{name: {"previous": the configuration before its last change (None when the record cannot be
+    read), "records": how many records it keeps}} of every instance with a history record."""
+    if not os.path.isdir(layout.record_dir):
+        return {}
+    suffix = ".previous.json"
+    names = sorted(entry[: -len(suffix)] for entry in os.listdir(layout.record_dir) if entry.endswith(suffix))
+    return {name: _kept_by(layout, name) for name in names}
+
+
+def _records_of(layout, name):
+    """How many history records name has."""
+    count = 0
+    while os.path.lexists(_record_path(layout, name, count + 1)):
+        count += 1
+    return count
+
+
+def _kept_by(layout, name):
+    try:
+        with open(_record_path(layout, name, 1)) as handle:
+            previous = json.load(handle)
+    except (OSError, ValueError):
+        previous = None
+    return dict(previous=previous if isinstance(previous, dict) else None, records=_records_of(layout, name))
+
+
 def push(name, before, steps):
     """Keep before as the newest history record of name, the older ones moved up, at most steps
     of them; -> the path written."""
     layout = host_paths.Layout(host_paths.host_root())
-    last = 0
-    while os.path.lexists(_record_path(layout, name, last + 1)):
-        last += 1
-    for step in range(last, 0, -1):
+    for step in range(_records_of(layout, name), 0, -1):
         if step >= steps:
             os.unlink(_record_path(layout, name, step))
         else:

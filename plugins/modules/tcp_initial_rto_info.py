@@ -228,13 +228,30 @@ problems:
   description:
     - Every problem of the host's instances, as C(<name>) followed by a colon and the problem, and one
       line per recorded instance the kernel does not hold (its boot restore did not run or failed, or
-      the service it follows has not started), each with where to look. Empty on a healthy host.
+      the service it follows has not started), each with where to look, and one per history record that
+      cannot be read (RV(history)). Empty on a healthy host.
   returned: always
   type: list
   elements: str
   sample:
     - "api: detached: program 42 is not attached to /sys/fs/cgroup/system.slice/api.service: the cgroup was
       removed and re-created, ..."
+history:
+  description:
+    - For each instance with a history record (kept by the role P(netbpf.tcp_rto.tcp_rto#role) and by
+      M(netbpf.tcp_rto.tcp_initial_rto) with O(netbpf.tcp_rto.tcp_initial_rto#module:history_steps)), the
+      configuration a rollback puts back (C(previous), as RV(instances[].configuration) gives it; null when the
+      record cannot be read, which RV(problems) then names) and how many records it keeps (C(records), how many
+      rollbacks in a row can go back).
+    - An instance can have history and no longer exist (its last change created it; a rollback removes it).
+  returned: always
+  type: dict
+  version_added: 0.3.0
+  sample: {api: {previous: {state: present, cgroup: /sys/fs/cgroup/system.slice/api.service, unit: null,
+                            rules: [{dest: 10.0.0.0/8, rto_ms: 200, syn_give_up_s: null}], rto_ms: null,
+                            syn_give_up_s: null, direction: both},
+                 records: 2},
+           batch: {previous: {state: absent}, records: 1}}
 foreign_programs:
   description: For each cgroup of O(cgroups), the sock_ops programs attached to it.
   returned: always
@@ -277,6 +294,13 @@ def main():
     # here, not in info.read_host: the metrics timer runs that without history's code
     for view in gathered["instances"]:
         view["configuration"] = history.configuration(params["pin_dir"], view["name"])
+    gathered["history"] = history.kept(host_paths.Layout(host_paths.host_root()))
+    gathered["problems"] += [
+        "%s: its history record %s.previous.json in %s cannot be read as a configuration: a rollback of %s "
+        "fails until the record is fixed or removed" % (name, name, gathered["records_dir"], name)
+        for name, kept in gathered["history"].items()
+        if kept["previous"] is None
+    ]
     changed = False
     if params["metrics_textfile"]:
         try:

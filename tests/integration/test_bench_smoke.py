@@ -171,7 +171,7 @@ def test_sweep_removes_what_a_killed_run_left(tmp_path):
 def test_ssh_fleet_at_ten_hosts(tmp_path):
     """bench/run --only ssh at 10 hosts: the README's playbooks over real SSH through the bench's own
     sshd. Each host is one SSH connection; ping and the rollout (changing, then no-op) are one
-    remote command per host; ping and the no-op run twice (--ssh-rounds 2), the row shows their median
+    remote command per host, the rollback three; ping and the no-op run twice (--ssh-rounds 2), the row shows their median
     run; nothing is left behind (sshd, SSH masters, cgroups, bpffs, files)."""
     bench = start_bench(
         tmp_path,
@@ -189,6 +189,8 @@ def test_ssh_fleet_at_ten_hosts(tmp_path):
         assert run["controller_cpu_ms"] > 0 and run["hosts_cpu_ms"] > 0, (kind, run)
     for kind in ("ping", "rollout", "no-op"):
         assert row["runs"][kind]["round_trips"] == row["runs"][kind]["round_trips_max"] == 1, (kind, row["runs"][kind])
+    # read the history, remove the instance's records, remove the instance (test_fleet says which)
+    assert row["runs"]["rollback"]["round_trips"] == row["runs"]["rollback"]["round_trips_max"] == 3, row["runs"]
     for kind in ("ping", "no-op"):
         assert len(row["runs"][kind]["samples"]) == 2 and row["runs"][kind]["seconds"] == max(
             row["runs"][kind]["samples"]

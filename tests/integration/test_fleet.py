@@ -192,6 +192,46 @@ def test_a_host_runs_the_role_in_two_tasks_when_no_phase_needs_the_controller(fl
         assert role_tasks == ["Validating arguments", *chooser, "Set the initial RTO of each instance"], run.output
 
 
+# the actions of the role and playbooks that run on the host; the others run on the controller
+REMOTE_ACTIONS = {"netbpf.tcp_rto.tcp_initial_rto", "netbpf.tcp_rto.tcp_initial_rto_info", "ansible.builtin.command"}
+
+
+def remote_runs(run, host):
+    """The tasks of run that ran on host, once per loop item."""
+    return [
+        result["task"].split(" : ", 1)[-1]
+        for result in run.results
+        if result["host"] == host and result["action"] in REMOTE_ACTIONS and result["status"] != "skipped"
+        for _item in result.get("results") or [result]
+    ]
+
+
+def test_a_rollback_reads_puts_back_and_moves_the_records_in_three_module_runs(fleet):
+    """Per host and instance: the info module reads every history record; the instance goes back to
+    its configuration in one module run (verified and persistent, as the rollout's run) or, when its
+    last change created it, its records and then it are removed; the used record goes."""
+    for rto_ms in (300, 200):
+        run = fleet.rollout(rto_ms, tcp_rto_hosts="h1:h2")
+        assert run.returncode == 0, run.output
+    run = fleet.rollout(250, tcp_rto_hosts="h3")
+    assert run.returncode == 0, run.output
+    back = fleet.play("rollback", tcp_rto_hosts="h2:h3")
+    assert back.returncode == 0, back.output
+    assert fleet.rto_ms(["h1", "h2", "h3"]) == dict(h1=200, h2=300, h3=1000)
+    assert remote_runs(back, "h2") == [
+        "Read the history records",
+        "Set the initial RTO of each instance",
+        "Forget the history that was just used (the older records move up)",
+    ], back.output
+    assert fleet.etc_files("h2") == ["h2.json"]
+    assert remote_runs(back, "h3") == [
+        "Read the history records",
+        "Remove their history",
+        "Remove the instances, their persistence and their files",
+    ], back.output
+    assert fleet.etc_files("h3") == [] and fleet.program_ids()["h3"] == []
+
+
 def test_rollback_without_a_name_rolls_back_every_instance_with_history(fleet):
     """As the README shows it: the rollout names its instance on the command line, the rollback
     names none."""

@@ -114,6 +114,27 @@ def test_a_recorded_instance_the_kernel_does_not_hold_is_a_problem(playbook, cgr
     assert problem.startswith("recorded, not loaded: dc ") and "journalctl -u tcp-rto@dc" in problem
 
 
+def test_reports_what_a_rollback_of_each_instance_puts_back(playbook, cgroup, bpffs, tmp_path):
+    """history: the newest record of each instance and how many it keeps, read from the files the
+    module writes (history_steps); a record that is no configuration is a problem of the host."""
+    pin_dir = os.path.join(bpffs, "tcp_rto")
+    root = str(tmp_path / "root")
+    common = dict(name="dc", cgroup=cgroup, pin_dir=pin_dir, mount_bpffs=False, history_steps=3, _persist_root=root)
+    playbook.module(rto_ms=300, **common)
+    playbook.module(rto_ms=200, **common)
+    records_dir = os.path.join(root, "etc", "tcp_rto")
+    with open(os.path.join(records_dir, "gone.previous.json"), "w") as handle:
+        handle.write("{not json")
+    report = gather(playbook, pin_dir=pin_dir, _persist_root=root)
+    assert sorted(report["history"]) == ["dc", "gone"]
+    previous = report["history"]["dc"]["previous"]
+    assert (previous["state"], previous["rto_ms"], previous["cgroup"]) == ("present", 300, cgroup)
+    assert report["history"]["dc"]["records"] == 2  # before 300: no instance; before 200: 300
+    assert report["history"]["gone"] == {"previous": None, "records": 1}
+    [problem] = report["problems"]
+    assert problem.startswith("gone: its history record gone.previous.json in %s cannot be read" % records_dir)
+
+
 def test_old_kernel_is_unsupported_with_its_reason(monkeypatch):
     """The one thing that cannot be real here: a kernel without sock_ops programs that read
     is_fullsock and state (before 4.16), as its probe reports it (test switch)."""

@@ -78,7 +78,8 @@ def test_two_instances_applied_and_rolled_back_together(fleet):
     assert batch["failed"] == ["h1"] and batch["rolled_back"] == ["h1"], batch
     assert rto_ms_of(cgroups) == dict(dc=240, wan=160)
 
-    # one rollback takes both back one change, in one run of the runbook
+    # one rollback takes both back one change, in one run of the runbook: one module run per instance,
+    # as a return to configurations needs no health gate
     # (the inventory names the single instance h1: tcp_rto_instances names the instances instead)
     back = fleet.play("rollback", tcp_rto_hosts="h1", tcp_rto_instances=instances(cgroups, dict(dc=1, wan=1)))
     assert back.returncode == 0, back.output
@@ -90,7 +91,7 @@ def test_two_instances_applied_and_rolled_back_together(fleet):
         if result["task"].endswith("Set the initial RTO of each instance")
         and not all(item.get("skipped") for item in result["results"])
     ]
-    assert [sorted(item["item"]["name"] for item in result["results"]) for result in applied] == [["dc", "wan"]] * 2
+    assert [sorted(item["item"]["name"] for item in result["results"]) for result in applied] == [["dc", "wan"]]
     assert fleet.etc_files("h1") == ["dc.json", "wan.json"]
     fleet.write_inventory({}, named=False)  # no name, no instances: every instance with history
     nothing = fleet.play("rollback", tcp_rto_hosts="h1")

@@ -24,7 +24,13 @@ class CallbackModule(CallbackBase):
     CALLBACK_NEEDS_ENABLED = True
 
     def _record(self, result, status):
-        entry = dict(result._result, task=result._task.get_name(), host=result._host.get_name(), status=status)
+        entry = dict(
+            result._result,
+            task=result._task.get_name(),
+            action=result._task.action,
+            host=result._host.get_name(),
+            status=status,
+        )
         with open(os.environ["RECORD_RESULTS_FILE"], "a") as handle:
             handle.write(json.dumps(entry, default=str) + "\n")
 
