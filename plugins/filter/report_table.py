@@ -13,7 +13,7 @@ description:
   - Turns a mapping of host name to the result of M(netbpf.tcp_rto.tcp_initial_rto_info) into one table
     with a row per host and instance (a host without instances gets one row).
   - Columns are host, kernel, hz, instance, state, cgroup, rules, default_ms, program_id, hits, handshakes,
-    syn_retransmits, synack_retransmits, rtt_p99_us, warnings, learned, foreign, supported, problems.
+    syn_retransmits, synack_retransmits, rtt_p99_us, warnings, learned, foreign, supported, problems, rollback.
   - The learned column shows, for an instance with C(rto_ms=auto), the remote hosts with the most samples
     (at most five; the info module's C(learned) has twenty) as C(host=rto_ms(n=samples,est=estimate_us)), that
     is the initial RTO a SYN to the host gets now, from how many clean handshakes, and their SRTT + 4 RTTVAR in
@@ -24,6 +24,9 @@ description:
     C(dest=p99(n=samples)) (V(default) for the default); warnings the
     number of its harm warnings (a rule whose RTO is below the safety factor times that p99). Empty for an
     instance without telemetry (applied by an earlier release, until its next apply).
+  - "The rollback column shows, from the info module's C(history), how many rollbacks in a row the instance has
+    and what the next one puts back (its rules and default, or V(no instance)), as C(2: 10.0.0.0/8=200ms default=300ms);
+    empty when it has no history record (a rollback changes nothing)."
   - The state of an instance is V(ok), V(detached) (its program is not attached to its cgroup),
     V(drift) (a map edited outside tcp_rto, or the unit it follows missing), V(damaged) (pins or the
     program missing), or V(not loaded) for a recorded instance the kernel does not hold (its boot restore
@@ -82,6 +85,7 @@ COLUMNS = (
     "foreign",
     "supported",
     "problems",
+    "rollback",
 )
 
 
@@ -129,6 +133,35 @@ def _learned_cell(instance):
     )
 
 
+def _rules_cell(rules):
+    return " ".join(
+        "%s=%s" % (rule["dest"], rule["rto_ms"] if rule["rto_ms"] == "auto" else "%sms" % rule["rto_ms"])
+        for rule in rules
+    )
+
+
+def _rollback_cell(kept):
+    """How many rollbacks in a row the instance has, and what the next one puts back."""
+    if not kept:
+        return ""
+    previous = kept.get("previous")
+    if previous is None:
+        to = "record unreadable"
+    elif previous.get("state") == "absent":
+        to = "no instance"
+    else:
+        default = previous.get("rto_ms")
+        to = " ".join(
+            part
+            for part in (
+                _rules_cell(previous.get("rules") or []),
+                "" if default is None else "default=%s" % (default if default == "auto" else "%sms" % default),
+            )
+            if part
+        )
+    return "%s: %s" % (kept.get("records"), to)
+
+
 def _rows(infos):
     for host in sorted(infos):
         info = infos[host] or {}
@@ -152,15 +185,13 @@ def _rows(infos):
                 state=instance.get("state", ""),
                 problems="; ".join(instance.get("problems", [])),
                 cgroup=instance.get("cgroup", ""),
-                rules=" ".join(
-                    "%s=%s" % (rule["dest"], rule["rto_ms"] if rule["rto_ms"] == "auto" else "%sms" % rule["rto_ms"])
-                    for rule in rules
-                ),
+                rules=_rules_cell(rules),
                 default_ms="" if instance.get("default_rto_ms") is None else instance["default_rto_ms"],
                 program_id="" if instance.get("program_id") is None else instance["program_id"],
                 hits=sum(rule.get("hits", 0) for rule in rules) + instance.get("default_hits", 0) if instance else "",
                 learned=_learned_cell(instance),
                 foreign=" ".join(str(program.get("id")) for program in instance.get("foreign_programs", [])),
+                rollback=_rollback_cell((info.get("history") or {}).get(instance.get("name"))),
                 **_telemetry_cells(instance),
             )
 

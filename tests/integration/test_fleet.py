@@ -161,6 +161,12 @@ def test_rollout_failed_batch_rollback_report(fleet, tmp_path):
         assert int(row["hits"]) >= 1
         # the telemetry columns: the loopback handshakes of the verifications, no harm warnings
         assert int(row["handshakes"]) >= 0 and int(row["syn_retransmits"]) >= 0 and row["warnings"] == "0"
+    # what a rollback of each would do: h1's record was used; h2 ran v2 in one module run, which wrote
+    # its record (v1) before the batch was put back; h3's health gate failed before its record was
+    # written; h4 and h5 have the record of their first rollout
+    assert {row["host"]: row["rollback"] for row in rows} == dict(
+        h1="", h2="1: 127.0.0.0/8=300ms", h3="1: no instance", h4="1: no instance", h5="1: no instance"
+    )
     with open(os.path.join(report_dir, "tcp_rto_report.md")) as handle:
         markdown = handle.read().splitlines()
     assert markdown[0].startswith("| host | kernel | hz |") and len(markdown) == 2 + len(HOSTS)

@@ -119,6 +119,7 @@ def test_every_column_of_an_instance():
         "foreign": "7 9",
         "supported": "yes",
         "problems": "",
+        "rollback": "",
     }
 
 
@@ -201,3 +202,30 @@ def test_learned_column_shows_the_hosts_with_the_most_samples():
         "10.0.0.4=20ms(n=96,est=960us)",
         "10.0.0.5=20ms(n=95,est=950us)",
     ]  # five of the six, in the info module's order
+
+
+def test_rollback_column_says_how_far_back_and_to_what():
+    """From the info module's history: how many rollbacks in a row each instance has, and what the
+    next one puts back."""
+    previous = {
+        "state": "present",
+        "rules": [{"dest": "10.0.0.0/8", "rto_ms": 200, "syn_give_up_s": None}],
+        "rto_ms": 300,
+    }
+    info = dict(
+        HEALTHY,
+        instances=HEALTHY["instances"]
+        + [dict(HEALTHY["instances"][0], name="new"), dict(HEALTHY["instances"][0], name="odd")],
+        history={
+            "dc": {"previous": previous, "records": 2},
+            "new": {"previous": {"state": "absent"}, "records": 1},
+            "odd": {"previous": None, "records": 1},
+        },
+    )
+    table = rows({"h1": info, "h2": HEALTHY})
+    assert [(row["host"], row["instance"], row["rollback"]) for row in table] == [
+        ("h1", "dc", "2: 10.0.0.0/8=200ms default=300ms"),
+        ("h1", "new", "1: no instance"),
+        ("h1", "odd", "1: record unreadable"),
+        ("h2", "dc", ""),  # no history: a rollback changes nothing
+    ]
