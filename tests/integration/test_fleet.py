@@ -161,11 +161,12 @@ def test_rollout_failed_batch_rollback_report(fleet, tmp_path):
         assert int(row["hits"]) >= 1
         # the telemetry columns: the loopback handshakes of the verifications, no harm warnings
         assert int(row["handshakes"]) >= 0 and int(row["syn_retransmits"]) >= 0 and row["warnings"] == "0"
-    # what a rollback of each would do: h1's record was used; h2 ran v2 in one module run, which wrote
-    # its record (v1) before the batch was put back; h3's health gate failed before its record was
-    # written; h4 and h5 have the record of their first rollout
+    # what a rollback of each would do: h1's record was used; h2 ran v2 in one module run, whose record
+    # (v1) went when its batch was put back, and that record had taken the place of the first
+    # rollout's (one step kept); h3's health gate failed before its record was written; h4 and h5
+    # have the record of their first rollout
     assert {row["host"]: row["rollback"] for row in rows} == dict(
-        h1="", h2="1: 127.0.0.0/8=300ms", h3="1: no instance", h4="1: no instance", h5="1: no instance"
+        h1="", h2="", h3="1: no instance", h4="1: no instance", h5="1: no instance"
     )
     with open(os.path.join(report_dir, "tcp_rto_report.md")) as handle:
         markdown = handle.read().splitlines()
@@ -227,7 +228,7 @@ def test_a_rollback_reads_puts_back_and_moves_the_records_in_three_module_runs(f
     assert remote_runs(back, "h2") == [
         "Read the history records",
         "Set the initial RTO of each instance",
-        "Forget the history that was just used (the older records move up)",
+        "Drop the newest history record (the older ones move up)",
     ], back.output
     assert fleet.etc_files("h2") == ["h2.json"]
     assert remote_runs(back, "h3") == [
@@ -284,6 +285,29 @@ def test_rollback_without_a_name_rolls_back_every_instance_with_history(fleet):
     gone = fleet.play("rollback", tcp_rto_hosts="h1:h2", tcp_rto_state="absent", tcp_rto_name="dc")
     assert gone.returncode == 0, gone.output
     assert fleet.program_ids() == {host: [] for host in HOSTS}
+
+
+def test_a_batch_put_back_drops_the_history_its_run_wrote(fleet):
+    """With two steps kept, the hosts of a stopped batch keep the history they had before the run:
+    h2 ran v2 in one module run (which writes its record), h3 phase by phase (its health gate failed
+    before its persist phase wrote one); a rollback then undoes their first rollout."""
+    hosts = dict(tcp_rto_hosts="h1:h2:h3", tcp_rto_rollback_steps=2)
+    first = fleet.rollout(300, **hosts)
+    assert first.returncode == 0, first.output
+    fleet.write_inventory({"h3": {"tcp_rto_health_command": "'exit 3'"}})
+    second = fleet.rollout(200, **hosts)
+    assert second.returncode != 0
+    assert summary(second)[1]["rolled_back"] == ["h2", "h3"], second.output
+    assert fleet.rto_ms(["h1", "h2", "h3"]) == dict(h1=200, h2=300, h3=300)
+    assert fleet.etc_files("h1") == ["h1.json", "h1.previous.2.json", "h1.previous.json"]
+    for host in ("h2", "h3"):
+        assert fleet.etc_files(host) == [host + ".json", host + ".previous.json"], second.output
+        with open(os.path.join(fleet.roots[host], "etc", "tcp_rto", host + ".previous.json")) as handle:
+            assert json.load(handle) == {"state": "absent"}
+    back = fleet.play("rollback", **hosts)
+    assert back.returncode == 0, back.output
+    assert fleet.rto_ms(["h1", "h2", "h3"]) == dict(h1=300, h2=1000, h3=1000)
+    assert fleet.program_ids()["h2"] == fleet.program_ids()["h3"] == []
 
 
 def test_failed_canary_is_rolled_back_and_summarized(fleet):
@@ -397,4 +421,6 @@ def test_failed_module_run_puts_the_batch_back_to_what_the_module_reported(fleet
     fleet.write_inventory({})
     assert fleet.rto_ms() == dict(h1=200, h2=300, h3=300, h4=300, h5=300)
     assert fleet.program_ids()["h4"] == before["h4"]
-    assert fleet.etc_files("h3") == ["h3.json", "h3.previous.json"]
+    # h3's run wrote its history record (v1), which went with the put-back; with one step kept it had
+    # taken the place of the first rollout's (test_a_batch_put_back_drops_the_history_its_run_wrote keeps two)
+    assert fleet.etc_files("h3") == ["h3.json"]
