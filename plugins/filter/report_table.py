@@ -133,11 +133,12 @@ def _learned_cell(instance):
     )
 
 
+def _rto_text(rto_ms):
+    return rto_ms if rto_ms == "auto" else "%sms" % rto_ms
+
+
 def _rules_cell(rules):
-    return " ".join(
-        "%s=%s" % (rule["dest"], rule["rto_ms"] if rule["rto_ms"] == "auto" else "%sms" % rule["rto_ms"])
-        for rule in rules
-    )
+    return " ".join("%s=%s" % (rule["dest"], _rto_text(rule["rto_ms"])) for rule in rules)
 
 
 def _rollback_cell(kept):
@@ -155,7 +156,7 @@ def _rollback_cell(kept):
             part
             for part in (
                 _rules_cell(previous.get("rules") or []),
-                "" if default is None else "default=%s" % (default if default == "auto" else "%sms" % default),
+                "" if default is None else "default=" + _rto_text(default),
             )
             if part
         )

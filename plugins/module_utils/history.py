@@ -119,8 +119,11 @@ def _as_recorded(recorded, current, hz):
     return settings if makes == holds else None
 
 
+NEWEST = ".previous.json"  # <name> + NEWEST: the record before the last change
+
+
 def _record_path(layout, name, step):
-    suffix = ".previous.json" if step == 1 else ".previous.%d.json" % step
+    suffix = NEWEST if step == 1 else ".previous.%d.json" % step
     return os.path.join(layout.record_dir, name + suffix)
 
 
@@ -129,8 +132,7 @@ def kept(layout):
     read), "records": how many records it keeps}} of every instance with a history record."""
     if not os.path.isdir(layout.record_dir):
         return {}
-    suffix = ".previous.json"
-    names = sorted(entry[: -len(suffix)] for entry in os.listdir(layout.record_dir) if entry.endswith(suffix))
+    names = sorted(entry[: -len(NEWEST)] for entry in os.listdir(layout.record_dir) if entry.endswith(NEWEST))
     return {name: _kept_by(layout, name) for name in names}
 
 
